@@ -1,0 +1,382 @@
+"""The in-memory bus: the embedded default adapter, a real implementation of :class:`Bus`.
+
+It keeps everything in this process and survives nothing (no ``DURABLE``), but otherwise honours
+the whole contract of ``broker/bus.py`` and passes the same conformance suite as the adapters for
+real servers.
+
+Model:
+
+- Topics and groups are created on demand. A group receives every event published while it has
+  at least one subscription, starting the moment its first ``subscribe`` returned. A topic with
+  no group drops what is published to it: there is no one to deliver to (a freshly started
+  cemesh subscribes its Triggers before it accepts events).
+- When the last subscription of a group closes, the group keeps what it already holds (including
+  messages that were in a handler) for the next subscriber of that group, but receives nothing
+  new until one subscribes again, and it is forgotten once it is empty. Without that, a deleted
+  Trigger's group would fill up and then either stall every publisher of its topic
+  (back-pressure) or grow without bound.
+- Subscriptions of one group compete: each message goes to one of them. ``concurrency`` is the
+  number of handler tasks of a subscription; tasks live as long as the subscription (never one
+  task per message).
+- ``publish`` waits while a live group of the topic already holds ``queue_size`` messages that no
+  handler has taken (back-pressure) rather than dropping anything. Redeliveries are never held
+  back by that limit.
+- Settling: the handler returning acks; :class:`~broker.bus.Nack` redelivers after its delay;
+  any other exception is logged and redelivered after :data:`ERROR_REDELIVERY_DELAY` (so that a
+  broken handler does not spin the CPU). Redeliveries carry ``attempt + 1`` and join the back of
+  the queue, so one failing message cannot starve the others. Cancellation (closing a
+  subscription or the bus) never acks: the message goes back to the *front* of its group's queue.
+- Order per key (``ORDERED_BY_KEY``, at any concurrency): while a message with key ``k`` is
+  queued for, in the handler of, or waiting for redelivery to a group, later messages with key
+  ``k`` wait behind it in that group. Only the next one is released once it is acked, so a key's
+  messages are acked in publish order even across redeliveries. Messages without a key are not
+  ordered.
+- Events are passed by reference, not copied: consumers treat them as immutable (see
+  ``broker/events.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from broker.bus import Capability, Handler, Message, Nack
+from broker.errors import BusError, PublishError, SubscribeError
+from broker.events import CloudEvent
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 100_000
+
+# Redelivery delay after a handler raised something other than Nack: long enough that a handler
+# failing on every message does not busy-loop, short enough not to matter for a transient error.
+ERROR_REDELIVERY_DELAY = 0.05
+
+
+class _Entry:
+    """One event held for one group (each group counts its own attempts)."""
+
+    __slots__ = ("attempt", "event", "key")
+
+    def __init__(self, event: CloudEvent, key: str | None, attempt: int = 1) -> None:
+        self.event = event
+        self.key = key
+        self.attempt = attempt
+
+
+class _Group:
+    """The queue of one consumer group of one topic, shared by its subscriptions.
+
+    ``held`` counts the messages the group holds that no handler is working on (ready, waiting
+    behind their key, or waiting for a redelivery delay); it is what ``queue_size`` bounds.
+    """
+
+    __slots__ = (
+        "_getters",
+        "_loop",
+        "_putters",
+        "_timers",
+        "held",
+        "keys",
+        "name",
+        "ready",
+        "subscriptions",
+        "topic",
+    )
+
+    def __init__(self, topic: str, name: str) -> None:
+        self.topic = topic
+        self.name = name
+        self.ready: deque[_Entry] = deque()
+        # key -> later messages of that key, waiting for the one ahead of them to be acked. A key
+        # is present while one of its messages is anywhere in this group.
+        self.keys: dict[str, deque[_Entry]] = {}
+        self.held = 0
+        self.subscriptions: set[_MemorySubscription] = set()
+        self._getters: deque[asyncio.Future[_Entry]] = deque()
+        self._putters: deque[asyncio.Future[None]] = deque()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._loop = asyncio.get_running_loop()
+
+    # -- producing side ---------------------------------------------------------------------
+
+    def put(self, entry: _Entry) -> None:
+        """A newly published message."""
+        self.held += 1
+        key = entry.key
+        if key is not None:
+            waiting = self.keys.get(key)
+            if waiting is not None:
+                waiting.append(entry)
+                return
+            self.keys[key] = deque()
+        self._release(entry, front=False)
+
+    def _release(self, entry: _Entry, *, front: bool) -> None:
+        """Make ``entry`` deliverable: hand it to a waiting handler task, or queue it."""
+        getters = self._getters
+        while getters:
+            getter = getters.popleft()
+            if not getter.done():
+                self.held -= 1
+                getter.set_result(entry)
+                self._wake_putter()
+                return
+        if front:
+            self.ready.appendleft(entry)
+        else:
+            self.ready.append(entry)
+
+    async def wait_for_space(self, limit: int) -> None:
+        """Return once the group holds fewer than ``limit`` untaken messages, or is not live."""
+        while self.held >= limit and self.subscriptions:
+            putter = self._loop.create_future()
+            self._putters.append(putter)
+            try:
+                await putter
+            except asyncio.CancelledError:
+                # The wake-up was meant for someone waiting: pass it on rather than lose it.
+                if putter.done() and not putter.cancelled():
+                    self._wake_putter()
+                else:
+                    self._discard(self._putters, putter)
+                raise
+
+    def _wake_putter(self) -> None:
+        putters = self._putters
+        while putters:
+            putter = putters.popleft()
+            if not putter.done():
+                putter.set_result(None)
+                return
+
+    def wake_all_putters(self) -> None:
+        """Let every waiting publisher look again (group no longer live, or bus closed)."""
+        while self._putters:
+            putter = self._putters.popleft()
+            if not putter.done():
+                putter.set_result(None)
+
+    # -- consuming side ---------------------------------------------------------------------
+
+    async def take(self) -> _Entry:
+        """The next deliverable message, waiting for one if there is none."""
+        if self.ready:
+            self.held -= 1
+            self._wake_putter()
+            return self.ready.popleft()
+        getter = self._loop.create_future()
+        self._getters.append(getter)
+        try:
+            return await getter
+        except asyncio.CancelledError:
+            if getter.done() and not getter.cancelled():
+                # Handed a message, but cancelled before the handler saw it: not a delivery.
+                self.give_back(getter.result(), delivered=False)
+            else:
+                self._discard(self._getters, getter)
+            raise
+
+    def ack(self, entry: _Entry) -> None:
+        """The handler returned: forget ``entry`` and release the next message of its key."""
+        key = entry.key
+        if key is not None:
+            waiting = self.keys[key]
+            if waiting:
+                self._release(waiting.popleft(), front=False)
+            else:
+                del self.keys[key]
+
+    def redeliver(self, entry: _Entry, delay: float) -> None:
+        """The handler failed: deliver ``entry`` again after ``delay`` seconds, attempt + 1."""
+        entry.attempt += 1
+        self.held += 1  # its key (if any) stays taken, so nothing of that key overtakes it
+        if delay <= 0:
+            self._release(entry, front=False)
+            return
+        timer: asyncio.TimerHandle
+
+        def due() -> None:
+            self._timers.discard(timer)
+            self._release(entry, front=False)
+
+        timer = self._loop.call_later(delay, due)
+        self._timers.add(timer)
+
+    def give_back(self, entry: _Entry, *, delivered: bool) -> None:
+        """Cancelled, never acked: put ``entry`` back at the front for the next handler."""
+        if delivered:
+            entry.attempt += 1
+        self.held += 1
+        self._release(entry, front=True)
+
+    @property
+    def idle(self) -> bool:
+        """No subscription, nothing held, nothing in a handler: the group can be forgotten."""
+        return not self.subscriptions and self.held == 0 and not self.keys
+
+    def cancel_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+    @staticmethod
+    def _discard(waiters: deque[Any], waiter: asyncio.Future[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            waiters.remove(waiter)
+
+
+class _MemorySubscription:
+    """``concurrency`` handler tasks consuming one group for one subscriber."""
+
+    def __init__(self, bus: MemoryBus, group: _Group, handler: Handler, concurrency: int) -> None:
+        self._bus = bus
+        self._group = group
+        self._handler = handler
+        self._closed = False
+        name = f"memory-bus {group.topic}/{group.name}"
+        self._tasks = [asyncio.create_task(self._work(), name=name) for _ in range(concurrency)]
+
+    async def _work(self) -> None:
+        group = self._group
+        handler = self._handler
+        while True:
+            entry = await group.take()
+            try:
+                await handler(Message(entry.event, entry.key, entry.attempt))
+            except Nack as nack:
+                group.redeliver(entry, nack.delay)
+                continue
+            except Exception:
+                log.warning(
+                    "bus handler failed; redelivering the message",
+                    exc_info=True,
+                    extra={
+                        "topic": group.topic,
+                        "group": group.name,
+                        "event_id": entry.event.attributes.get("id"),
+                        "attempt": entry.attempt,
+                    },
+                )
+                group.redeliver(entry, ERROR_REDELIVERY_DELAY)
+                continue
+            except BaseException:  # cancellation (close) and interpreter exit: never an ack
+                group.give_back(entry, delivered=True)
+                raise
+            if self._closed:
+                # The handler swallowed the cancellation of close(): still not an ack.
+                group.give_back(entry, delivered=True)
+                return
+            group.ack(entry)
+
+    def stop(self) -> list[asyncio.Task[None]]:
+        """Detach from the group and cancel the handler tasks; return the tasks to await."""
+        self._closed = True
+        group = self._group
+        self._bus._subscriptions.discard(self)
+        if self in group.subscriptions:
+            group.subscriptions.discard(self)
+            if not group.subscriptions:
+                group.wake_all_putters()  # a group nobody consumes holds no publisher back
+        for task in self._tasks:
+            task.cancel()
+        # A handler may close its own subscription: its task is cancelled, not awaited.
+        current = asyncio.current_task()
+        return [task for task in self._tasks if task is not current and not task.done()]
+
+    async def close(self) -> None:
+        """Stop the handler tasks without acking what they hold. Idempotent."""
+        tasks = self.stop()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._bus._forget_if_idle(self._group)
+
+
+class MemoryBus:
+    """The in-process bus (``bus: memory``). Options: ``queue_size`` (default 100 000)."""
+
+    name = "memory"
+    capabilities = frozenset(
+        {Capability.NACK_DELAY, Capability.REDELIVERY_COUNT, Capability.ORDERED_BY_KEY}
+    )
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        queue_size = options.pop("queue_size", DEFAULT_QUEUE_SIZE)
+        if options:
+            raise BusError(f"memory bus: unknown options {sorted(options)}", retryable=False)
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise BusError(
+                f"memory bus: queue_size must be a positive integer, not {queue_size!r}",
+                retryable=False,
+            )
+        self.queue_size = queue_size
+        self._topics: dict[str, dict[str, _Group]] = {}
+        self._subscriptions: set[_MemorySubscription] = set()
+        self._closed = False
+
+    async def open(self) -> None:
+        """Nothing to connect to. Idempotent; a closed bus stays closed."""
+        if self._closed:
+            raise BusError("memory bus is closed", retryable=False)
+
+    async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
+        """Queue ``event`` for every live group of ``topic``; wait while one of them is full."""
+        if self._closed:
+            raise PublishError("memory bus is closed", retryable=False)
+        limit = self.queue_size
+        while True:
+            groups = self._topics.get(topic)
+            if not groups:
+                return  # no group: no one to deliver to
+            full = next((g for g in groups.values() if g.held >= limit and g.subscriptions), None)
+            if full is None:
+                break
+            await full.wait_for_space(limit)
+            if self._closed:
+                raise PublishError("memory bus closed while publishing", retryable=False)
+        for group in groups.values():
+            if group.subscriptions:
+                group.put(_Entry(event, key))
+
+    async def subscribe(
+        self, topic: str, *, group: str, handler: Handler, concurrency: int = 1
+    ) -> _MemorySubscription:
+        """Consume ``topic`` as ``group`` with ``concurrency`` handler tasks; live on return."""
+        if self._closed:
+            raise SubscribeError("memory bus is closed", retryable=False)
+        if concurrency < 1:
+            raise SubscribeError(f"concurrency must be >= 1, not {concurrency}", retryable=False)
+        groups = self._topics.setdefault(topic, {})
+        state = groups.get(group)
+        if state is None:
+            state = groups[group] = _Group(topic, group)
+        subscription = _MemorySubscription(self, state, handler, concurrency)
+        state.subscriptions.add(subscription)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def close(self) -> None:
+        """Stop every subscription (cancelling its handlers) and drop all state. Idempotent."""
+        self._closed = True
+        # Cancel every handler task before any of them runs its cancellation: a message given
+        # back by one subscription must not be handed to another one that is closing too.
+        tasks = [task for s in list(self._subscriptions) for task in s.stop()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for groups in self._topics.values():
+            for group in groups.values():
+                group.cancel_timers()
+                group.wake_all_putters()
+        self._topics.clear()
+
+    def _forget_if_idle(self, group: _Group) -> None:
+        groups = self._topics.get(group.topic)
+        if groups is not None and group.idle and groups.get(group.name) is group:
+            del groups[group.name]
+            if not groups:
+                del self._topics[group.topic]

@@ -1,0 +1,214 @@
+"""Kubernetes-style REST for cemesh resources.
+
+    /apis/{group}/{version}/namespaces/{namespace}/{plural}[/{name}]   (Knative kinds)
+    /apis/{group}/{version}/{plural}                                  (list, all namespaces)
+    /api/v1/namespaces/{namespace}/secrets[/{name}]                   (core v1 Secret)
+
+Create (POST), get, list (with ``labelSelector``), replace (PUT) and delete. Every write is
+admitted (validated and defaulted) by :func:`broker.resources.admit` and followed by a controller
+sync, so that when the call returns the data plane already serves the change and the returned
+object carries its status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from broker.controller import Controller
+from broker.errors import BindingError, InvalidResource
+from broker.resources import ResourceType, admit, type_for_path
+from broker.store import Store
+
+
+def parse_label_selector(selector: str | None) -> list[tuple[str, str, str | None]]:
+    """``a=b,c!=d,e`` -> [(key, op, value)] with op in ``=``, ``!=``, ``exists``."""
+    terms: list[tuple[str, str, str | None]] = []
+    for term in (selector or "").split(","):
+        term = term.strip()
+        if not term:
+            continue
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            terms.append((key.strip(), "!=", value.strip()))
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            terms.append((key.strip(), "=", value.strip().lstrip("=")))
+        else:
+            terms.append((term, "exists", None))
+    return terms
+
+
+def selector_matches(labels: dict[str, str], terms: list[tuple[str, str, str | None]]) -> bool:
+    for key, op, value in terms:
+        if op == "exists" and key not in labels:
+            return False
+        if op == "=" and labels.get(key) != value:
+            return False
+        if op == "!=" and labels.get(key) == value:
+            return False
+    return True
+
+
+def _group(group: str | None) -> str:
+    return group or ""
+
+
+class ResourceApi:
+    """The handlers, bound to one store and one controller."""
+
+    def __init__(self, store: Store, controller: Controller) -> None:
+        self.store = store
+        self.controller = controller
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BindingError(f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise InvalidResource("", "request body must be a JSON object")
+        return body
+
+    async def list(
+        self, rtype: ResourceType, namespace: str | None, label_selector: str | None
+    ) -> dict[str, Any]:
+        terms = parse_label_selector(label_selector)
+        items = [
+            obj
+            for obj in await self.store.list(rtype.group, rtype.kind, namespace)
+            if selector_matches(obj["metadata"].get("labels") or {}, terms)
+        ]
+        return {
+            "apiVersion": rtype.api_version,
+            "kind": f"{rtype.kind}List",
+            "metadata": {"resourceVersion": str(await self.store.revision())},
+            "items": items,
+        }
+
+    async def create(self, rtype: ResourceType, namespace: str, request: Request) -> JSONResponse:
+        body = await self._body(request)
+        self._check_kind(rtype, body)
+        obj = admit(body, namespace=namespace)
+        created = await self.store.create(obj)
+        await self.controller.sync()
+        meta = created["metadata"]
+        fresh = await self.store.get(rtype.group, rtype.kind, meta["namespace"], meta["name"])
+        return JSONResponse(fresh, status_code=201)
+
+    async def get(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any]:
+        return await self.store.get(rtype.group, rtype.kind, namespace, name)
+
+    async def replace(
+        self, rtype: ResourceType, namespace: str, name: str, request: Request
+    ) -> dict[str, Any]:
+        body = await self._body(request)
+        self._check_kind(rtype, body)
+        body_name = (body.get("metadata") or {}).get("name")
+        if body_name is not None and body_name != name:
+            raise InvalidResource(
+                "metadata.name",
+                f"the name in the body ({body_name!r}) differs from the URL ({name!r})",
+            )
+        body.setdefault("metadata", {})["name"] = name
+        old = await self.store.get(rtype.group, rtype.kind, namespace, name)
+        obj = admit(body, namespace=namespace, old=old)
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        if version:
+            obj["metadata"]["resourceVersion"] = version
+        await self.store.replace(obj)
+        await self.controller.sync()
+        return await self.store.get(rtype.group, rtype.kind, namespace, name)
+
+    async def delete(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any]:
+        deleted = await self.store.delete(rtype.group, rtype.kind, namespace, name)
+        await self.controller.sync()
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": {
+                "name": name,
+                "group": rtype.group,
+                "kind": rtype.plural,
+                "uid": deleted["metadata"].get("uid"),
+            },
+        }
+
+    @staticmethod
+    def _check_kind(rtype: ResourceType, body: dict[str, Any]) -> None:
+        kind = body.get("kind")
+        if kind is not None and kind != rtype.kind:
+            raise InvalidResource(
+                "kind", f"this endpoint serves {rtype.kind}, the body says {kind!r}"
+            )
+        body.setdefault("kind", rtype.kind)
+        body.setdefault("apiVersion", rtype.api_version)
+
+
+def install_resource_routes(app: FastAPI, api: ResourceApi) -> None:
+    """Register the Kubernetes-style paths for every kind in the resource table."""
+    router = APIRouter()
+    _register(router, api, "/apis/{group}/{version}", core=False)
+    _register(router, api, "/api/{version}", core=True)  # the core group: v1 Secret
+    app.include_router(router)
+
+
+def _register(router: APIRouter, api: ResourceApi, prefix: str, *, core: bool) -> None:
+    """One set of handlers under ``prefix``; ``core`` paths carry no group segment."""
+
+    def rtype(version: str, plural: str, group: str | None) -> ResourceType:
+        return type_for_path("" if core else _group(group), version, plural)
+
+    @router.get(prefix + "/namespaces/{namespace}/{plural}")
+    async def list_namespaced(
+        version: str,
+        namespace: str,
+        plural: str,
+        group: str | None = None,
+        labelSelector: str | None = None,  # noqa: N803 - Kubernetes query parameter name
+    ) -> dict[str, Any]:
+        return await api.list(rtype(version, plural, group), namespace, labelSelector)
+
+    @router.get(prefix + "/{plural}")
+    async def list_all(
+        version: str,
+        plural: str,
+        group: str | None = None,
+        labelSelector: str | None = None,  # noqa: N803
+    ) -> dict[str, Any]:
+        return await api.list(rtype(version, plural, group), None, labelSelector)
+
+    @router.post(prefix + "/namespaces/{namespace}/{plural}", status_code=201)
+    async def create(
+        version: str, namespace: str, plural: str, request: Request, group: str | None = None
+    ) -> JSONResponse:
+        return await api.create(rtype(version, plural, group), namespace, request)
+
+    @router.get(prefix + "/namespaces/{namespace}/{plural}/{name}")
+    async def get(
+        version: str, namespace: str, plural: str, name: str, group: str | None = None
+    ) -> dict[str, Any]:
+        return await api.get(rtype(version, plural, group), namespace, name)
+
+    @router.put(prefix + "/namespaces/{namespace}/{plural}/{name}")
+    async def replace(
+        version: str,
+        namespace: str,
+        plural: str,
+        name: str,
+        request: Request,
+        group: str | None = None,
+    ) -> dict[str, Any]:
+        return await api.replace(rtype(version, plural, group), namespace, name, request)
+
+    @router.delete(prefix + "/namespaces/{namespace}/{plural}/{name}")
+    async def delete(
+        version: str, namespace: str, plural: str, name: str, group: str | None = None
+    ) -> dict[str, Any]:
+        return await api.delete(rtype(version, plural, group), namespace, name)

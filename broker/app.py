@@ -1,0 +1,187 @@
+"""Wiring only: builds the cemesh ASGI app and its background work from :class:`Settings`.
+
+``create_app(settings)`` returns an ASGI callable that sends ingress paths to the raw
+:class:`~broker.ingress.Ingress` (the hot path) and everything else to a FastAPI app (management
+API, health, metrics). The store, bus, dispatcher and controller start and stop with the ASGI
+lifespan, so cemesh can be served by any ASGI server or mounted in another application.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from broker.api.resources import ResourceApi, install_resource_routes
+from broker.api.status import install_error_handlers
+from broker.bus import Bus, create_bus
+from broker.config import Settings
+from broker.controller import Controller
+from broker.dispatch.client import ReqwestClient
+from broker.dispatch.delivery import Deliverer
+from broker.dispatch.dispatcher import Dispatcher
+from broker.durations import parse_duration
+from broker.ingress import Ingress, Receive, Scope, Send, match_route
+from broker.metrics import Metrics
+from broker.spec import DeliveryPolicy, Snapshot
+from broker.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def default_delivery(settings: Settings) -> DeliveryPolicy:
+    """The delivery policy used when neither a Trigger/Subscription nor its parent sets one."""
+    return DeliveryPolicy(
+        retry=settings.delivery_retry,
+        backoff_policy=settings.delivery_backoff_policy,
+        backoff_delay=parse_duration(settings.delivery_backoff_delay, "delivery_backoff_delay"),
+        timeout=settings.delivery_timeout,
+        retry_after_max=settings.retry_after_max,
+    )
+
+
+def bus_options(settings: Settings, name: str) -> dict[str, Any]:
+    """Adapter options for bus ``name`` taken from the settings."""
+    if name == "memory":
+        return {"queue_size": settings.memory_queue_size}
+    return {}
+
+
+class Runtime:
+    """Everything one cemesh app owns while it runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = Store(settings.database_url)
+        self.buses: dict[str, Bus] = {}
+        self.client = ReqwestClient()
+        self.ingress = Ingress(
+            buses=self.buses,
+            metrics=self.metrics,
+            max_request_bytes=settings.max_request_bytes,
+            max_ttl=settings.max_ttl,
+        )
+        self.deliverer = Deliverer(
+            self.client,
+            max_inflight_per_subscriber=settings.max_inflight_per_subscriber,
+            dead_letter_redelivery_delay=settings.dead_letter_redelivery_delay,
+        )
+        self._topic_bus: dict[str, str] = {}
+        self.dispatcher = Dispatcher(
+            buses=self.buses,
+            bus_of_topic=lambda topic: self._topic_bus.get(topic, settings.bus),
+            deliverer=self.deliverer,
+            client=self.client,
+            reply_to_broker=self.ingress.publish_to_broker,
+            metrics=self.metrics,
+            concurrency=settings.dispatch_concurrency,
+        )
+        self.controller = Controller(
+            self.store,
+            base_url=settings.base_url,
+            default_delivery=default_delivery(settings),
+            bus=settings.bus,
+            apply_snapshot=self.apply_snapshot,
+            resync_interval=settings.resync_interval,
+        )
+        self.ready = False
+
+    async def _bus(self, name: str) -> Bus:
+        bus = self.buses.get(name)
+        if bus is None:
+            bus = create_bus(name, bus_options(self.settings, name))
+            await bus.open()
+            self.buses[name] = bus
+        return bus
+
+    async def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Open the buses the snapshot needs, then hand it to ingress and dispatcher."""
+        for spec in (*snapshot.brokers.values(), *snapshot.channels.values()):
+            await self._bus(spec.bus)
+            self._topic_bus[spec.topic] = spec.bus
+        self.ingress.snapshot = snapshot
+        await self.dispatcher.apply(snapshot)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        await self.store.open(migrate=True)
+        await self._bus(self.settings.bus)
+        await self.controller.sync()
+        self.controller.start()
+        self.ready = True
+        log.info("cemesh ready", extra={"url": self.settings.base_url, "bus": self.settings.bus})
+        try:
+            yield
+        finally:
+            self.ready = False
+            await self.controller.stop()
+            await self.dispatcher.drain(self.settings.drain_timeout)
+            for bus in self.buses.values():
+                await bus.close()
+            await self.client.close()
+            await self.store.close()
+            log.info("cemesh stopped")
+
+
+class CemeshApp:
+    """The ASGI entry: ingress paths to the raw ingress, the rest to the management API."""
+
+    def __init__(self, runtime: Runtime, api: FastAPI) -> None:
+        self.runtime = runtime
+        self.api = api
+        self._ingress = runtime.ingress
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = match_route(scope["path"])
+            if route is not None:
+                await self._ingress(scope, receive, send, route)
+                return
+        await self.api(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> CemeshApp:
+    """Build the cemesh ASGI app for ``settings`` (default: from the environment)."""
+    settings = settings or Settings()
+    runtime = Runtime(settings)
+    api = FastAPI(title="cemesh", version="0.1.0", lifespan=runtime.lifespan)
+    install_error_handlers(api)
+    install_resource_routes(api, ResourceApi(runtime.store, runtime.controller))
+
+    @api.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        ready = runtime.ready and runtime.controller.synced.is_set()
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503
+        )
+
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)
+
+    return CemeshApp(runtime, api)
+
+
+def serve(settings: Settings) -> None:
+    """Run cemesh under uvicorn (uvloop + httptools, no access log) until SIGTERM/SIGINT."""
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
+    )

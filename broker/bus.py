@@ -1,0 +1,138 @@
+"""THE bus adapter contract, and the registry that finds adapters by name.
+
+A bus moves events from ingress to the dispatcher. Every adapter (``adapters/memory.py``,
+``adapters/kafka.py``, ...) implements :class:`Bus`; the one conformance suite in
+``tests/conformance/`` holds each of them to it:
+
+- ``publish`` returns only once the backend durably accepted the event; otherwise it raises
+  :class:`~broker.errors.PublishError` (``retryable`` set) chained from the driver's error.
+- ``subscribe`` returns only when the subscription is live: nothing published after it returns
+  is missed. The same ``group`` means competing consumers (that is how replicas share work);
+  different groups each get every event.
+- At-least-once: the handler returning acks the message; the handler raising (or raising
+  :class:`Nack` with a delay) makes the bus redeliver it later. Closing or cancelling never acks
+  in-flight messages. An adapter never drops a message, never retries a handler by itself beyond
+  redelivery, and never dead-letters: retry and dead letters live in ``broker/dispatch`` only.
+- Events cross the bus unaltered: every attribute, extension and data byte.
+
+Adapters are found through the ``cemesh.buses`` entry-point group (the built-in ones also by the
+table below, so a source checkout works without installing), and are built from a plain mapping
+of options so that they need nothing from the rest of cemesh but this module, ``events`` and
+``errors``.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+from broker.errors import CemeshError
+from broker.events import CloudEvent
+
+
+class Capability(enum.Enum):
+    """What an adapter promises beyond the base contract (declared, and checked by the suite)."""
+
+    DURABLE = "durable"  # an accepted event survives a restart of cemesh and of the bus
+    ORDERED_BY_KEY = "ordered_by_key"  # events with one key reach one group in publish order
+    NACK_DELAY = "nack_delay"  # Nack(delay) is honoured (redelivery not before delay)
+    REDELIVERY_COUNT = "redelivery_count"  # Message.attempt counts deliveries of this message
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One delivery of one event to one subscription group."""
+
+    event: CloudEvent
+    key: str | None = None
+    attempt: int = 1  # 1 on first delivery; adapters with REDELIVERY_COUNT increase it
+
+
+Handler = Callable[[Message], Awaitable[None]]
+
+
+class Nack(Exception):  # a control-flow signal, named like faststream's
+    """Raised by a handler: do not ack; redeliver the message after ``delay`` seconds."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__(f"nack, redeliver after {delay:.3f}s")
+        self.delay = delay
+
+
+class Subscription(Protocol):
+    """A live subscription; ``close`` stops consuming without acking in-flight messages."""
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """The adapter contract: four methods and the declared capabilities."""
+
+    name: str
+    capabilities: frozenset[Capability]
+
+    async def open(self) -> None:
+        """Connect. Idempotent."""
+        ...
+
+    async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
+        """Return only once the event is durably accepted; raise PublishError otherwise."""
+        ...
+
+    async def subscribe(
+        self, topic: str, *, group: str, handler: Handler, concurrency: int = 1
+    ) -> Subscription:
+        """Start consuming ``topic`` as ``group``; return once live."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every subscription and disconnect. Idempotent; never acks in-flight work."""
+        ...
+
+
+BusFactory = Callable[[Mapping[str, Any]], Bus]
+
+ENTRY_POINT_GROUP = "cemesh.buses"
+
+# Built-in adapters, so a plain source checkout finds them without installed entry points.
+BUILTIN_ADAPTERS: dict[str, str] = {
+    "memory": "adapters.memory:MemoryBus",
+    "kafka": "adapters.kafka:KafkaBus",
+    "nats": "adapters.nats:NatsBus",
+    "pubsub": "adapters.pubsub:PubSubBus",
+    "redis": "adapters.redis_streams:RedisStreamsBus",
+}
+
+
+class UnknownBus(CemeshError):
+    """No adapter is registered under the requested name."""
+
+
+def _load(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def bus_factory(name: str) -> BusFactory:
+    """Find the adapter registered as ``name`` (entry point first, then the built-in table)."""
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        return entry_point.load()  # type: ignore[no-any-return]
+    if name in BUILTIN_ADAPTERS:
+        try:
+            return _load(BUILTIN_ADAPTERS[name])  # type: ignore[no-any-return]
+        except ImportError as exc:
+            raise UnknownBus(
+                f"bus {name!r} needs an optional dependency: pip install 'cemesh[{name}]' ({exc})"
+            ) from exc
+    known = sorted({*BUILTIN_ADAPTERS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+    raise UnknownBus(f"unknown bus {name!r}; known buses: {', '.join(known)}")
+
+
+def create_bus(name: str, options: Mapping[str, Any] | None = None) -> Bus:
+    """Build the adapter ``name`` from ``options`` (adapter-specific keyword settings)."""
+    return bus_factory(name)(options or {})

@@ -1,0 +1,122 @@
+"""Every cemesh setting, with its default, in one model.
+
+Settings come from (highest first) explicit arguments, ``CEMESH_*`` environment variables, and a
+YAML config file (``cemesh serve --config FILE`` or ``CEMESH_CONFIG``) whose keys are the field
+names below. Nothing else in cemesh reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class Settings(BaseSettings):
+    """cemesh configuration. Environment variables are ``CEMESH_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="CEMESH_", extra="forbid")
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL that Broker/Channel addresses are built from; "
+        "default http://HOST:PORT.",
+    )
+    config: Path | None = Field(default=None, description="YAML file with these same keys.")
+
+    # Store
+    database_url: str = "sqlite+aiosqlite:///./cemesh.db"
+    resync_interval: float = Field(
+        default=2.0, gt=0, description="Seconds between store polls for changes made by replicas."
+    )
+
+    # Bus
+    bus: str = Field(default="memory", description="Adapter name: memory, kafka, nats, ...")
+    memory_queue_size: int = Field(default=100_000, ge=1)
+
+    # Ingress
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    max_ttl: int = Field(default=255, ge=1, description="knativebrokerttl given to new events.")
+
+    # Delivery defaults (used when neither the Trigger/Subscription nor its Broker/Channel set any)
+    delivery_retry: int = Field(default=10, ge=0)
+    delivery_backoff_policy: Literal["linear", "exponential"] = "exponential"
+    delivery_backoff_delay: str = "PT0.2S"
+    delivery_timeout: float = Field(default=30.0, gt=0, description="Per attempt, seconds.")
+    retry_after_max: float = Field(
+        default=60.0, ge=0, description="Cap on honoured Retry-After, seconds (0 disables)."
+    )
+    dead_letter_redelivery_delay: float = Field(
+        default=30.0,
+        gt=0,
+        description="When the dead-letter sink itself fails, the event stays on the bus and is "
+        "tried again after this many seconds (it is never dropped).",
+    )
+    dispatch_concurrency: int = Field(
+        default=64, ge=1, description="Concurrent deliveries per Trigger/Subscription."
+    )
+    max_inflight_per_subscriber: int = Field(
+        default=128, ge=1, description="Concurrent requests to one subscriber host."
+    )
+    drain_timeout: float = Field(
+        default=30.0, ge=0, description="Seconds SIGTERM waits for in-flight deliveries."
+    )
+
+    # Logging
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @property
+    def base_url(self) -> str:
+        """Where this cemesh is reachable; addresses of Brokers and Channels start with it."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls, init_settings))
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by the ``config`` setting (argument or CEMESH_CONFIG)."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource
+    ) -> None:
+        super().__init__(settings_cls)
+        self._init = init_settings
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        import os
+
+        path = self._init().get("config") or os.environ.get("CEMESH_CONFIG")
+        if not path:
+            return {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ValueError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must be a mapping of setting names to values")
+        return {str(k).replace("-", "_"): v for k, v in loaded.items()}

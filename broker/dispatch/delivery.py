@@ -1,0 +1,356 @@
+"""Delivery of one event to one destination: attempts, retries, the reply, the dead letter.
+
+:meth:`Deliverer.deliver` POSTs an event to a subscriber (``Prefer: reply``, K16, K94; binary
+mode unless the policy says ``json``, K93), retries retryable failures with the policy's backoff
+(K113, :mod:`broker.dispatch.retry`), hands a reply to the target's ``on_reply`` (K104, K109) and
+counts a failure there as a failure of the whole attempt (K106, K110). When every attempt failed
+the *original* event goes to the dead-letter sink with ``knativeerror*`` extensions (K125-K134);
+if the dead-letter sink fails too, :class:`~broker.bus.Nack` keeps the event on the bus.
+
+Waiting between retries goes through the injectable ``sleep`` and never holds the per-subscriber
+in-flight slot, so a slow-retrying event does not block fresh ones to the same host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from broker import binding
+from broker.bus import Nack
+from broker.dispatch.client import HttpClient, Response
+from broker.dispatch.retry import (
+    RETRY_AFTER_STATUSES,
+    is_success,
+    next_wait,
+    parse_retry_after,
+    should_retry,
+)
+from broker.errors import BindingError, CemeshError, DeliveryError
+from broker.events import ERROR_CODE, ERROR_DATA, ERROR_DEST, CloudEvent
+from broker.spec import DeliveryPolicy
+
+logger = logging.getLogger(__name__)
+
+ReplyHandler = Callable[[CloudEvent], Awaitable[None]]
+
+PREFER_REPLY = ("prefer", "reply")
+# knativeerrorcode when there was no HTTP status at all: refused, reset, timed out (K130).
+TRANSPORT_ERROR_CODE = 500
+# knativeerrorcode when the subscriber answered 2xx with something that is not a usable reply
+# (K100, K101). Reporting the 2xx itself as the error code would read as success; Knative's
+# broker filter answers 502 Bad Gateway in exactly this case.
+BAD_REPLY_CODE = 502
+ERROR_DATA_MAX_CHARS = 1024  # K131
+# Base64 turns every 3 bytes into 4 characters, so the first 768 bytes of the body encode to
+# exactly the first 1024 characters of the encoding of the whole body: no need to encode more.
+_ERROR_DATA_MAX_BYTES = ERROR_DATA_MAX_CHARS // 4 * 3
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where and how one event is delivered (built per Trigger / Subscription by the dispatcher).
+
+    ``strict_reply``: a Trigger treats a 2xx whose non-empty body is not a CloudEvent as a failed
+    delivery (K100); a Subscription ignores such a body (K102).
+    """
+
+    subscriber_uri: str
+    policy: DeliveryPolicy
+    headers: tuple[tuple[str, str], ...] = ()  # extra headers, e.g. ("kn-namespace", ns) (K95)
+    on_reply: ReplyHandler | None = None  # None -> replies are dropped (K109)
+    strict_reply: bool = False
+
+
+class Outcome(enum.Enum):
+    """How a delivery settled. The bus message is acked for every one of them."""
+
+    DELIVERED = "delivered"
+    DEAD_LETTERED = "dead_lettered"
+    DROPPED = "dropped"  # failed, and there was no dead-letter sink to take it (K125)
+
+
+class ReplyError(DeliveryError):
+    """Forwarding a reply failed; names the destination that failed, for ``knativeerrordest``.
+
+    A ``ReplyHandler`` may raise any :class:`~broker.errors.CemeshError` (a ``PublishError`` when
+    storing the reply in the broker failed, say); raising this one instead lets the dead letter
+    report the reply destination, its status and its response body (K129-K131).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        destination: str,
+        status: int | None = None,
+        body: bytes = b"",
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message, status=status, retryable=retryable)
+        self.destination = destination
+        self.body = body
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """Why one attempt failed; the last one is what the dead letter reports."""
+
+    destination: str
+    status: int | None  # None: no HTTP status at all
+    body: bytes
+    retryable: bool
+    reason: str
+    retry_after: float | None = None  # seconds, from a Retry-After header
+
+
+# Judges a 2xx response: None = the attempt succeeded.
+_Settle = Callable[[Response], Awaitable[_Failure | None]]
+
+
+class Deliverer:
+    """Delivers events to HTTP destinations over one shared :class:`HttpClient`."""
+
+    def __init__(
+        self,
+        client: HttpClient,
+        *,
+        max_inflight_per_subscriber: int = 128,
+        dead_letter_redelivery_delay: float = 30.0,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self._client = client
+        self._max_inflight = max_inflight_per_subscriber
+        self._redelivery_delay = dead_letter_redelivery_delay
+        self._sleep = sleep
+        self._gates: dict[str, asyncio.Semaphore] = {}  # by scheme://host:port
+        self._origins: dict[str, str] = {}  # URL -> its scheme://host:port
+
+    async def deliver(self, event: CloudEvent, target: Target) -> Outcome:
+        """Deliver ``event`` to ``target``; dead-letter or drop it when every attempt failed.
+
+        Raises :class:`~broker.bus.Nack` when the dead-letter sink failed as well, so that the
+        bus keeps the event and offers it again later.
+        """
+        policy = target.policy
+        headers, body = _encode(event, policy)
+        headers.append(PREFER_REPLY)
+        headers.extend(target.headers)
+
+        async def settle(response: Response) -> _Failure | None:
+            return await self._settle_reply(response, target)
+
+        failure = await self._send(target.subscriber_uri, headers, body, policy, settle)
+        if failure is None:
+            return Outcome.DELIVERED
+        return await self._dead_letter(event, target, failure)
+
+    async def _settle_reply(self, response: Response, target: Target) -> _Failure | None:
+        """A 2xx arrived: find the reply in it and pass it on (K17-K19, K100-K110)."""
+        if response.status == 202:
+            return None  # a 202 body is never a reply, even a valid CloudEvent (K18)
+        url = target.subscriber_uri
+        try:
+            reply = binding.parse_response(response.headers, response.body)
+        except BindingError as exc:
+            # It claims to be a CloudEvent and is not a valid one (K101).
+            return _Failure(url, BAD_REPLY_CODE, response.body, True, f"malformed reply: {exc}")
+        if reply is None:
+            if target.strict_reply and response.body:
+                # Triggers: a body that is not an event means the subscriber misunderstood the
+                # contract (K100); Subscriptions just ignore the body (K102).
+                return _Failure(url, BAD_REPLY_CODE, response.body, True, "reply is not an event")
+            return None
+        if target.on_reply is None:
+            return None  # nowhere to send it (K109)
+        try:
+            await target.on_reply(reply)
+        except ReplyError as exc:
+            return _Failure(exc.destination, exc.status, exc.body, exc.retryable, exc.message)
+        except CemeshError as exc:
+            # Storing the reply failed (e.g. the broker's bus refused it): the whole delivery is
+            # retried (K106). No other URL failed, so the subscriber stays the reported one.
+            return _Failure(url, None, b"", exc.retryable, f"reply not forwarded: {exc.message}")
+        return None
+
+    async def _dead_letter(self, event: CloudEvent, target: Target, failure: _Failure) -> Outcome:
+        policy = target.policy
+        log_fields = {
+            "event_id": event.id,
+            "destination": failure.destination,
+            "status": failure.status,
+            "reason": failure.reason,
+        }
+        if policy.dead_letter_uri is None:
+            logger.warning(
+                "delivery failed and no dead-letter sink: event dropped", extra=log_fields
+            )
+            return Outcome.DROPPED
+        dead = event.evolve(  # the original event, never the reply (K128)
+            set={
+                ERROR_DEST: failure.destination,  # K129
+                ERROR_CODE: TRANSPORT_ERROR_CODE if failure.status is None else failure.status,
+                ERROR_DATA: error_data(failure.body),  # K131, K132
+            }
+        )
+        headers, body = _encode(dead, policy)
+        # Pass-through headers such as Kn-Namespace go to the sink too (K134). No Prefer: reply:
+        # a dead-letter sink's answer is never processed, and sinks must not rely on it (K134).
+        headers.extend(target.headers)
+        dls_failure = await self._send(policy.dead_letter_uri, headers, body, policy, _accept)
+        if dls_failure is not None:
+            logger.error(
+                "dead-letter sink failed too: event stays on the bus",
+                extra={
+                    **log_fields,
+                    "dead_letter_uri": policy.dead_letter_uri,
+                    "dead_letter_status": dls_failure.status,
+                    "dead_letter_reason": dls_failure.reason,
+                    "redelivery_delay": self._redelivery_delay,
+                },
+            )
+            raise Nack(self._redelivery_delay)
+        logger.info(
+            "event dead-lettered", extra={**log_fields, "dead_letter_uri": policy.dead_letter_uri}
+        )
+        return Outcome.DEAD_LETTERED
+
+    async def _send(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        policy: DeliveryPolicy,
+        settle: _Settle,
+    ) -> _Failure | None:
+        """Up to ``policy.retry + 1`` attempts (K113); the last failure, or None on success."""
+        retry_number = 0
+        while True:
+            failure = await self._attempt(url, headers, body, policy, settle)
+            if failure is None:
+                return None
+            if not failure.retryable or retry_number >= policy.retry:
+                return failure
+            retry_number += 1
+            wait = next_wait(policy, retry_number, failure.status, failure.retry_after)
+            logger.debug(
+                "delivery attempt failed, retrying",
+                extra={
+                    "destination": failure.destination,
+                    "status": failure.status,
+                    "reason": failure.reason,
+                    "retry": retry_number,
+                    "wait": wait,
+                },
+            )
+            # Sleeping outside the in-flight gate: a backing-off event holds no slot.
+            await self._sleep(wait)
+
+    async def _attempt(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        policy: DeliveryPolicy,
+        settle: _Settle,
+    ) -> _Failure | None:
+        async with self._gate(url):
+            try:
+                response = await self._client.post(url, headers, body, timeout=policy.timeout)
+            except DeliveryError as exc:
+                return _Failure(url, None, b"", exc.retryable, exc.message)
+        if not is_success(response.status):
+            return _Failure(
+                url,
+                response.status,
+                response.body,
+                should_retry(response.status),
+                f"HTTP {response.status}",
+                _retry_after(response),
+            )
+        # Outside the gate: on_reply may publish or POST elsewhere and must not hold this slot.
+        return await settle(response)
+
+    def _gate(self, url: str) -> asyncio.Semaphore:
+        """The in-flight limit shared by every URL on the same scheme://host:port."""
+        origin = self._origins.get(url)
+        if origin is None:
+            if len(self._origins) > 10_000:  # URLs come from config; this only bounds a leak
+                self._origins.clear()
+            origin = self._origins[url] = _origin(url)
+        gate = self._gates.get(origin)
+        if gate is None:
+            gate = self._gates[origin] = asyncio.Semaphore(self._max_inflight)
+        return gate
+
+
+def reply_poster(client: HttpClient, uri: str, policy: DeliveryPolicy) -> ReplyHandler:
+    """A ReplyHandler that POSTs a Subscription's reply to its reply URI (K109).
+
+    One attempt per call: a retryable failure here fails the whole delivery, which retries the
+    subscriber and the reply together (K110). Failures raise :class:`ReplyError` naming ``uri``.
+    """
+
+    async def post_reply(reply: CloudEvent) -> None:
+        headers, body = _encode(reply, policy)
+        try:
+            response = await client.post(uri, headers, body, timeout=policy.timeout)
+        except DeliveryError as exc:
+            raise ReplyError(
+                f"reply to {uri}: {exc.message}", destination=uri, retryable=exc.retryable
+            ) from exc
+        if not is_success(response.status):
+            raise ReplyError(
+                f"reply to {uri}: HTTP {response.status}",
+                destination=uri,
+                status=response.status,
+                body=response.body,
+                retryable=should_retry(response.status),
+            )
+
+    return post_reply
+
+
+def error_data(body: bytes) -> str:
+    """``knativeerrordata``: standard base64 of the body, cut to 1024 characters (K131, K132)."""
+    return base64.b64encode(body[:_ERROR_DATA_MAX_BYTES]).decode("ascii")
+
+
+async def _accept(response: Response) -> _Failure | None:
+    """Settles a dead-letter sink's 2xx: any 2xx will do and its body is ignored."""
+    return None
+
+
+def _encode(event: CloudEvent, policy: DeliveryPolicy) -> tuple[list[tuple[str, str]], bytes]:
+    if policy.format == "json":
+        headers, body = binding.to_structured(event)
+    else:
+        headers, body = binding.to_binary(event)  # binary is the default (K93)
+    return list(headers), body
+
+
+def _retry_after(response: Response) -> float | None:
+    """Seconds asked for by the response's Retry-After, only where it is honoured (K121)."""
+    if response.status not in RETRY_AFTER_STATUSES:
+        return None
+    for name, value in response.headers:
+        if name == b"retry-after":
+            return parse_retry_after(value.decode("latin-1"), datetime.now(UTC))
+    return None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: the request will fail on its own, keep one gate
+        port = None
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{parts.hostname}:{port}"

@@ -1,0 +1,177 @@
+"""Consume loops: one bus subscription (consumer group) per Trigger and per Subscription.
+
+The dispatcher is handed a :class:`~broker.spec.Snapshot` at a time and makes the bus
+subscriptions match it: new Triggers and Subscriptions are subscribed (and only then reported
+Ready, K61), changed ones have their spec swapped in place (no resubscribe, so nothing is missed),
+removed ones are unsubscribed. For each message it filters (Triggers: K62, K70-K91), strips
+``knativebrokerttl`` (K96), and hands the event to the :class:`~broker.dispatch.delivery.Deliverer`,
+which owns retries, replies and dead letters. The handler returns (ack) only once the outcome is
+settled; a Nack from the deliverer keeps the event on the bus.
+
+Draining (SIGTERM): new messages are nacked back to the bus while in-flight deliveries finish, up
+to the drain timeout; only then are the subscriptions closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from broker.bus import Bus, Message, Nack, Subscription
+from broker.dispatch.client import HttpClient
+from broker.dispatch.delivery import Deliverer, Outcome, Target, reply_poster
+from broker.events import BROKER_TTL, CloudEvent
+from broker.metrics import Metrics
+from broker.spec import Snapshot, SubscriptionSpec, TriggerSpec
+
+log = logging.getLogger(__name__)
+
+ReplyToBroker = Callable[[str, str, CloudEvent], Awaitable[bool]]
+
+
+@dataclass(slots=True)
+class _Consumer:
+    """One live bus subscription and the spec it currently serves."""
+
+    spec: TriggerSpec | SubscriptionSpec
+    target: Target
+    subscription: Subscription | None = None
+
+
+class Dispatcher:
+    """Keeps bus subscriptions in step with the snapshot and delivers what they receive."""
+
+    def __init__(
+        self,
+        *,
+        buses: Mapping[str, Bus],
+        bus_of_topic: Callable[[str], str],
+        deliverer: Deliverer,
+        client: HttpClient,
+        reply_to_broker: ReplyToBroker,
+        metrics: Metrics,
+        concurrency: int,
+    ) -> None:
+        self._buses = buses
+        self._bus_of_topic = bus_of_topic
+        self._deliverer = deliverer
+        self._client = client
+        self._reply_to_broker = reply_to_broker
+        self._concurrency = concurrency
+        self._consumers: dict[str, _Consumer] = {}
+        self._lock = asyncio.Lock()
+        self._draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._outcomes = {
+            outcome: metrics.deliveries.labels(outcome.value.lower()) for outcome in Outcome
+        }
+        self._filtered = metrics.deliveries.labels("filtered")
+
+    @property
+    def live(self) -> frozenset[str]:
+        """uids of the Triggers and Subscriptions whose bus subscription is live."""
+        return frozenset(uid for uid, c in self._consumers.items() if c.subscription is not None)
+
+    async def apply(self, snapshot: Snapshot) -> None:
+        """Subscribe, update and unsubscribe so that consumers match ``snapshot``."""
+        wanted: dict[str, TriggerSpec | SubscriptionSpec] = {
+            **snapshot.triggers,
+            **snapshot.subscriptions,
+        }
+        async with self._lock:
+            for uid in [uid for uid in self._consumers if uid not in wanted]:
+                consumer = self._consumers.pop(uid)
+                if consumer.subscription is not None:
+                    await consumer.subscription.close()
+            for uid, spec in wanted.items():
+                consumer = self._consumers.get(uid)
+                if consumer is not None and (consumer.spec.topic, consumer.spec.group) == (
+                    spec.topic,
+                    spec.group,
+                ):
+                    if consumer.spec != spec:
+                        consumer.spec, consumer.target = spec, self._target(spec)
+                    continue
+                if consumer is not None and consumer.subscription is not None:
+                    await consumer.subscription.close()
+                consumer = _Consumer(spec, self._target(spec))
+                self._consumers[uid] = consumer
+                bus = self._buses[self._bus_of_topic(spec.topic)]
+                consumer.subscription = await bus.subscribe(
+                    spec.topic,
+                    group=spec.group,
+                    handler=functools.partial(self._handle, consumer),
+                    concurrency=self._concurrency,
+                )
+
+    def _target(self, spec: TriggerSpec | SubscriptionSpec) -> Target:
+        if isinstance(spec, TriggerSpec):
+            # on_reply is bound per event (it carries the event's ttl); see _handle.
+            return Target(
+                spec.subscriber_uri,
+                spec.delivery,
+                headers=(("kn-namespace", spec.namespace),),  # K95
+                strict_reply=True,  # K100
+            )
+        on_reply = (
+            reply_poster(self._client, spec.reply_uri, spec.delivery) if spec.reply_uri else None
+        )
+        return Target(spec.subscriber_uri, spec.delivery, on_reply=on_reply)  # K102, K109
+
+    async def _handle(self, consumer: _Consumer, message: Message) -> None:
+        if self._draining:
+            raise Nack(0.0)  # leave it on the bus for whoever comes next
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            spec, target = consumer.spec, consumer.target
+            event = message.event
+            if isinstance(spec, TriggerSpec):
+                if not spec.filter(event):
+                    self._filtered.inc()
+                    return
+                ttl = event.attributes.get(BROKER_TTL)
+                event = event.evolve(remove=(BROKER_TTL,))  # K96
+                target = Target(
+                    target.subscriber_uri,
+                    target.policy,
+                    headers=target.headers,
+                    on_reply=functools.partial(self._reply, spec, ttl),
+                    strict_reply=True,
+                )
+            outcome = await self._deliverer.deliver(event, target)
+            self._outcomes[outcome].inc()
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _reply(self, spec: TriggerSpec, ttl: object, reply: CloudEvent) -> None:
+        """A Trigger subscriber's reply re-enters its Broker (K104, K105) with the ttl (K107)."""
+        if ttl is not None:
+            reply = reply.evolve(set={BROKER_TTL: ttl})  # type: ignore[dict-item]
+        await self._reply_to_broker(spec.namespace, spec.broker, reply)
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking new messages, let in-flight deliveries finish (up to ``grace`` s), close."""
+        self._draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            log.warning(
+                "drain timeout: closing with deliveries in flight (they stay on the bus)",
+                extra={"in_flight": self._inflight},
+            )
+        await self.close()
+
+    async def close(self) -> None:
+        async with self._lock:
+            consumers, self._consumers = list(self._consumers.values()), {}
+            for consumer in consumers:
+                if consumer.subscription is not None:
+                    await consumer.subscription.close()

@@ -1,0 +1,88 @@
+"""The one exception tree of cemesh.
+
+Every error that crosses a module boundary is a :class:`CemeshError`. Each says whether trying
+again may succeed (``retryable``). Driver exceptions (SQLAlchemy, aiokafka, pyreqwest, ...) are
+translated at the boundary where they occur, with the driver's exception kept as ``__cause__``
+(``raise PublishError(...) from exc``).
+
+    CemeshError
+    ├── BindingError          an HTTP message is not a valid CloudEvent        -> 400
+    │   └── EventTooLarge     the message is over the configured size          -> 413
+    ├── InvalidResource       a resource fails validation (names the field)    -> 422
+    ├── NotFound              no such resource                                 -> 404
+    ├── Conflict              already exists / stale resourceVersion           -> 409
+    ├── BusError              the message bus failed
+    │   ├── PublishError      the bus did not durably accept an event
+    │   └── SubscribeError    a subscription could not be made live
+    ├── DeliveryError         an event could not be delivered to a destination
+    └── StoreError            the resource store failed
+"""
+
+from __future__ import annotations
+
+
+class CemeshError(Exception):
+    """Base of every cemesh error."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class BindingError(CemeshError):
+    """The HTTP request does not carry a valid CloudEvent (missing attribute, bad encoding...)."""
+
+
+class EventTooLarge(BindingError):
+    """The request body is larger than the configured maximum."""
+
+
+class InvalidResource(CemeshError):
+    """A resource failed validation. ``field`` is the dotted path of the bad field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.reason = message
+
+
+class NotFound(CemeshError):
+    """The named resource (or broker, or channel) does not exist."""
+
+
+class Conflict(CemeshError):
+    """The resource already exists, or the update was made against a stale version."""
+
+
+class BusError(CemeshError):
+    """The message bus failed."""
+
+    retryable = True
+
+
+class PublishError(BusError):
+    """The bus did not durably accept the event; nothing may be acknowledged to the producer."""
+
+
+class SubscribeError(BusError):
+    """A subscription could not be made live."""
+
+
+class DeliveryError(CemeshError):
+    """An event could not be delivered to a destination."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retryable: bool | None = None
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status = status
+
+
+class StoreError(CemeshError):
+    """The resource store failed."""
+
+    retryable = True

@@ -1,0 +1,236 @@
+"""The CloudEvents ingress: ``POST /{namespace}/{broker}`` and ``POST /channels/{ns}/{channel}``.
+
+This is the hot path, so it is a raw ASGI handler, not a FastAPI route (FastAPI routing and
+validation cost more than the rest of the request: see the architecture page). It answers:
+
+- ``202`` only after every event of the request is durably on the bus (K27, K137);
+- ``400`` for anything that is not a valid CloudEvent, with a message naming the problem
+  (K23, K30, K40, K48, K49), and when the loop guard ``knativebrokerttl`` runs out (K45);
+- ``404`` for an unknown Broker or Channel (K21, K41), ``405`` with ``Allow`` for other methods
+  (K20, K28, K143), ``413`` above the configured size, ``503`` when the bus refuses the event;
+- ``OPTIONS`` with the CloudEvents webhook handshake headers (K39, K151).
+
+Every response carries ``Allow: POST, OPTIONS`` (K38). Broker ingress adds ``knativearrivaltime``
+(K44) and sets or decrements ``knativebrokerttl`` (K45); Channels forward events unaltered (K147).
+Events are never upgraded from 0.3 (K32, K146).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+import orjson
+
+from broker import binding
+from broker.bus import Bus
+from broker.errors import BindingError, PublishError
+from broker.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
+from broker.metrics import Metrics
+from broker.spec import Snapshot
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+# First path segments that belong to the management API, never to a broker namespace.
+RESERVED_SEGMENTS = frozenset(
+    {"api", "apis", "channels", "healthz", "readyz", "metrics", "docs", "openapi.json", "sources"}
+)
+
+_ALLOW = (b"allow", b"POST, OPTIONS")
+_JSON = (b"content-type", b"application/json")
+_ACCEPTED_START = {"type": "http.response.start", "status": 202, "headers": [_ALLOW]}
+_EMPTY_BODY = {"type": "http.response.body", "body": b""}
+_OPTIONS_HEADERS = [
+    _ALLOW,
+    (b"webhook-allowed-origin", b"*"),
+    (b"webhook-allowed-rate", b"*"),
+]
+
+
+class TtlExhausted(BindingError):
+    """The event's knativebrokerttl reached zero: it is looping (K45, K107)."""
+
+
+def match_route(path: str) -> tuple[str, str, str] | None:
+    """``("broker"|"channel", namespace, name)`` for an ingress path, else None (K36, K144).
+
+    One trailing slash is tolerated. Paths whose first segment belongs to the management API
+    (``RESERVED_SEGMENTS``) are not ingress paths, so no Broker can live in a namespace named
+    ``api``, ``apis``, ``channels``, ...
+    """
+    parts = path.strip("/").split("/")
+    if len(parts) == 2:
+        if parts[0] in RESERVED_SEGMENTS or not parts[0] or not parts[1]:
+            return None
+        return ("broker", parts[0], parts[1])
+    if len(parts) == 3 and parts[0] == "channels" and parts[1] and parts[2]:
+        return ("channel", parts[1], parts[2])
+    return None
+
+
+def apply_broker_ttl(event: CloudEvent, max_ttl: int) -> None:
+    """Set (missing) or decrement (present) ``knativebrokerttl`` in place (K45, K107)."""
+    attributes = event.attributes
+    raw = attributes.get(BROKER_TTL)
+    if raw is None:
+        attributes[BROKER_TTL] = max_ttl
+        return
+    try:
+        ttl = int(raw)
+    except (TypeError, ValueError):
+        raise BindingError(f"extension {BROKER_TTL} must be an integer, got {raw!r}") from None
+    ttl -= 1
+    if ttl <= 0:
+        raise TtlExhausted(
+            f"extension {BROKER_TTL} ran out: the event has passed through the broker too many "
+            "times (a reply loop?) and is dropped"
+        )
+    attributes[BROKER_TTL] = ttl
+
+
+class Ingress:
+    """Accepts events over HTTP and publishes them to the bus of their Broker or Channel."""
+
+    def __init__(
+        self,
+        *,
+        buses: Mapping[str, Bus],
+        metrics: Metrics,
+        max_request_bytes: int,
+        max_ttl: int,
+    ) -> None:
+        self.buses = buses
+        self.snapshot = Snapshot()
+        self.max_request_bytes = max_request_bytes
+        self.max_ttl = max_ttl
+        self._accepted = metrics.ingress_events.labels("202")
+        self._metrics = metrics
+
+    # -- programmatic entry (replies re-entering a broker: K104, K108) ------------------------
+
+    async def publish_to_broker(self, namespace: str, name: str, event: CloudEvent) -> bool:
+        """Put ``event`` into a Broker as ingress would. False if the loop guard dropped it.
+
+        Raises PublishError if the Broker is gone or its bus refuses the event, so that the
+        delivery that produced this reply is retried (K106).
+        """
+        broker = self.snapshot.brokers.get((namespace, name))
+        if broker is None:
+            raise PublishError(f"broker {namespace}/{name} does not exist", retryable=True)
+        try:
+            apply_broker_ttl(event, self.max_ttl)
+        except TtlExhausted:
+            self._metrics.loops_stopped.inc()
+            log.warning(
+                "reply dropped: knativebrokerttl ran out (loop guard)",
+                extra={"broker": f"{namespace}/{name}", "event_id": event.attributes.get("id")},
+            )
+            return False
+        event.attributes[ARRIVAL_TIME] = now_rfc3339()
+        await self.buses[broker.bus].publish(broker.topic, event, key=event.key)
+        return True
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, route: tuple[str, str, str]
+    ) -> None:
+        method = scope["method"]
+        if method == "POST":
+            await self._post(scope, receive, send, route)
+        elif method == "OPTIONS":
+            await send({"type": "http.response.start", "status": 200, "headers": _OPTIONS_HEADERS})
+            await send(_EMPTY_BODY)
+        else:
+            await _error(send, 405, f"method {method} is not allowed; use POST")
+
+    async def _post(
+        self, scope: Scope, receive: Receive, send: Send, route: tuple[str, str, str]
+    ) -> None:
+        kind, namespace, name = route
+        snapshot = self.snapshot
+        target = (
+            snapshot.brokers.get((namespace, name))
+            if kind == "broker"
+            else snapshot.channels.get((namespace, name))
+        )
+        if target is None:
+            await _error(send, 404, f"{kind} {namespace}/{name} not found")
+            return
+
+        headers = scope["headers"]
+        body = await self._read_body(headers, receive)
+        if body is None:
+            await _error(send, 413, f"request body is larger than {self.max_request_bytes} bytes")
+            return
+        try:
+            events = binding.parse_request(headers, body)
+            if kind == "broker":
+                arrival = now_rfc3339()
+                for event in events:
+                    apply_broker_ttl(event, self.max_ttl)
+                    event.attributes[ARRIVAL_TIME] = arrival
+        except BindingError as exc:
+            await _error(send, 400, exc.message)
+            return
+
+        bus = self.buses[target.bus]
+        topic = target.topic
+        try:
+            for event in events:
+                await bus.publish(topic, event, key=event.key)
+        except PublishError as exc:
+            log.error(
+                "bus refused an event",
+                extra={"topic": topic, "error": exc.message},
+                exc_info=exc.__cause__ is not None,
+            )
+            status = 503 if exc.retryable else 500
+            await _error(send, status, f"event not accepted: {exc.message}")
+            return
+        self._accepted.inc(len(events))
+        await send(_ACCEPTED_START)
+        await send(_EMPTY_BODY)
+
+    async def _read_body(
+        self, headers: list[tuple[bytes, bytes]], receive: Receive
+    ) -> bytes | None:
+        """The whole request body, or None when it is over the limit (checked before reading)."""
+        limit = self.max_request_bytes
+        for header_name, value in headers:
+            if header_name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        return None
+                except ValueError:
+                    pass
+                break
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body if len(body) <= limit else None
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+async def _error(send: Send, status: int, message: str) -> None:
+    """A JSON error body ``{"code": status, "message": ...}`` with the Allow header (K38)."""
+    body = orjson.dumps({"code": status, "message": message})
+    headers = [_ALLOW, _JSON]
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

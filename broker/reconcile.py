@@ -1,0 +1,681 @@
+"""Reconcile: stored resources in, their statuses and the data plane's Snapshot out. Pure.
+
+:func:`reconcile` looks at every stored object at once and decides, for each, the ``status`` it
+should have now (conditions with a summary ``Ready``, K163; addresses; resolved URIs) and which
+of them the data plane runs (:class:`~broker.spec.Snapshot`: Brokers and Channels that are Ready,
+Triggers and Subscriptions that are Ready, with URLs resolved, durations in seconds, filters
+compiled and the effective delivery policy chosen).
+
+Kinds are handled in phases so each sees what it depends on: addressables first (Broker,
+Channel, InMemoryChannel), then Subscriptions (they need their Channel), then Triggers (they need
+their Broker and may send to a Channel), then the Channels' subscriber lists. Destinations
+resolve through :data:`ADDRESS_RESOLVERS`, a table keyed by (API group, kind): a later kind that
+has an address (Knative Service, Sequence, Parallel) adds one row.
+
+Nothing here raises for a bad stored object: a field that no longer parses makes that object not
+Ready with a reason, and every other object is still reconciled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeGuard, cast
+from urllib.parse import urljoin
+
+from broker import spec as runtime
+from broker.dispatch.filters import compile_trigger_filter
+from broker.durations import parse_duration
+from broker.errors import InvalidResource
+from broker.events import now_rfc3339
+from broker.resources import (
+    BROKER,
+    CHANNEL,
+    DELIVERY_ORDER_ANNOTATION,
+    DEPENDENCY_ANNOTATION,
+    EVENTING,
+    IN_MEMORY_CHANNEL,
+    MESSAGING,
+    SECRET,
+    SUBSCRIPTION,
+    TRIGGER,
+    trigger_broker,
+)
+from broker.spec import (
+    BrokerSpec,
+    ChannelSpec,
+    DeliveryPolicy,
+    Snapshot,
+    SubscriptionSpec,
+    TriggerSpec,
+)
+
+__all__ = ["ADDRESS_RESOLVERS", "Reconciled", "broker_url", "channel_url", "reconcile"]
+
+Status = Literal["True", "False", "Unknown"]
+Obj = Mapping[str, Any]
+ObjKey = tuple[str, str, str, str]  # (API group, kind, namespace, name)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """The result of one reconcile pass."""
+
+    statuses: dict[str, dict[str, Any]]  # by metadata.uid: the status each object should have now
+    snapshot: Snapshot
+
+
+def broker_url(base_url: str, namespace: str, name: str) -> str:
+    """Address of a Broker (K26, K36)."""
+    return f"{base_url.rstrip('/')}/{namespace}/{name}"
+
+
+def channel_url(base_url: str, namespace: str, name: str) -> str:
+    """Address of a Channel or InMemoryChannel."""
+    return f"{base_url.rstrip('/')}/channels/{namespace}/{name}"
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
+
+
+def _key_of(obj: Obj) -> ObjKey:
+    metadata = obj["metadata"]
+    return (_group(obj["apiVersion"]), obj["kind"], metadata["namespace"], metadata["name"])
+
+
+def _describe(kind: str, namespace: str, name: str) -> str:
+    return f'{kind} "{namespace}/{name}"'
+
+
+def _sets_any(delivery: object) -> TypeGuard[Mapping[str, Any]]:
+    """Whether a delivery spec sets any field at all (K66, K124: then it replaces the parent's)."""
+    return isinstance(delivery, Mapping) and any(v is not None for v in delivery.values())
+
+
+class _Unresolvable(Exception):
+    """A destination has no URL now. ``reason`` is a CamelCase condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class _Conditions:
+    """Builds a status's conditions, keeping lastTransitionTime when a status did not change."""
+
+    def __init__(self, obj: Obj, now: str) -> None:
+        previous = (obj.get("status") or {}).get("conditions") or []
+        self._previous = {c.get("type"): c for c in previous if isinstance(c, Mapping)}
+        self._now = now
+        self._items: list[dict[str, str]] = []
+
+    def set(self, type_: str, status: Status, reason: str = "", message: str = "") -> None:
+        if status == "False" and not reason:  # K163: False always carries a reason
+            reason = f"{type_}False"
+        before = self._previous.get(type_)
+        since = (
+            before["lastTransitionTime"]
+            if before and before.get("status") == status and before.get("lastTransitionTime")
+            else self._now
+        )
+        self._items.append(
+            {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": since,
+            }
+        )
+
+    def get(self, type_: str) -> dict[str, str]:
+        return next(c for c in self._items if c["type"] == type_)
+
+    def summary(self) -> list[dict[str, str]]:
+        """``[Ready, *sub-conditions]``: Ready is the first False, else first Unknown, else True."""
+        worst = next((c for c in self._items if c["status"] == "False"), None)
+        worst = worst or next((c for c in self._items if c["status"] == "Unknown"), None)
+        if worst is None:
+            self.set("Ready", "True")
+        else:
+            self.set("Ready", cast(Status, worst["status"]), worst["reason"], worst["message"])
+        ready = self._items.pop()
+        return [ready, *self._items]
+
+
+def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"),
+        None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """The delivery spec in force for an object, and its dead-letter sink resolved."""
+
+    spec: Mapping[str, Any] | None  # None: the server default
+    dead_letter_uri: str | None = None
+    failure: tuple[str, str] | None = None  # (reason, message) when the sink does not resolve
+
+    @property
+    def configured(self) -> bool:
+        return self.spec is not None and self.spec.get("deadLetterSink") is not None
+
+
+def _base_status(obj: Obj, conditions: _Conditions) -> dict[str, Any]:
+    generation = obj["metadata"].get("generation") or 0
+    return {"observedGeneration": int(generation), "conditions": conditions.summary()}
+
+
+# --- the world one pass sees --------------------------------------------------------------------
+
+
+@dataclass
+class _World:
+    base_url: str
+    default_delivery: DeliveryPolicy
+    bus: str
+    now: str
+    objects: dict[ObjKey, Obj]
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The delivery of Brokers and Channels, as their Triggers and Subscriptions inherit it.
+    parent_delivery: dict[ObjKey, _Delivery] = field(default_factory=dict)
+    brokers: dict[tuple[str, str], BrokerSpec] = field(default_factory=dict)
+    channels: dict[tuple[str, str], ChannelSpec] = field(default_factory=dict)
+    triggers: dict[str, TriggerSpec] = field(default_factory=dict)
+    subscriptions: dict[str, SubscriptionSpec] = field(default_factory=dict)
+
+    def find(self, key: ObjKey) -> Obj | None:
+        return self.objects.get(key)
+
+    def is_ready(self, obj: Obj) -> bool | None:
+        """Ready as computed in this pass; None when not computed (yet)."""
+        status = self.statuses.get(obj["metadata"]["uid"])
+        if status is None:
+            return None
+        ready = _ready_condition(status)
+        return ready is not None and ready.get("status") == "True"
+
+    def resolve(
+        self, destination: Mapping[str, Any], namespace: str, *, require_ready: bool
+    ) -> str:
+        """The URL of a Destination (K159-K161), or _Unresolvable."""
+        uri = destination.get("uri") or ""
+        ref = destination.get("ref")
+        if not isinstance(ref, Mapping):
+            if not uri:
+                raise _Unresolvable("DestinationInvalid", "the destination has neither ref nor uri")
+            return str(uri)
+        api_version, kind = str(ref.get("apiVersion", "")), str(ref.get("kind", ""))
+        name = str(ref.get("name", ""))
+        ref_namespace = str(ref.get("namespace") or namespace)
+        what = _describe(kind, ref_namespace, name)
+        resolver = ADDRESS_RESOLVERS.get((_group(api_version), kind))
+        if resolver is None:
+            supported = ", ".join(k for _, k in ADDRESS_RESOLVERS)
+            raise _Unresolvable(
+                "DestinationNotSupported",
+                f"cannot resolve {what} ({api_version}): only {supported} references "
+                "and uri resolve in this version",
+            )
+        target = self.find((_group(api_version), kind, ref_namespace, name))
+        if target is None:
+            raise _Unresolvable("DestinationNotFound", f"{what} does not exist")
+        if require_ready and self.is_ready(target) is False:
+            raise _Unresolvable("DestinationNotReady", f"{what} is not Ready")
+        address = resolver(target, self)
+        return urljoin(address, uri) if uri else address  # K160
+
+    def policy(
+        self, delivery: Mapping[str, Any] | None, field_: str, dead_letter_uri: str | None
+    ) -> DeliveryPolicy:
+        """A DeliverySpec as a DeliveryPolicy; None means the server default.
+
+        Unset fields take the DeliveryPolicy defaults, except ``timeout``, which is a server
+        setting when not given.
+        """
+        if delivery is None:
+            return self.default_delivery
+        base = DeliveryPolicy()
+
+        def seconds(name: str, otherwise: float) -> float:
+            text = delivery.get(name)
+            return otherwise if text is None else parse_duration(text, f"{field_}.{name}")
+
+        return DeliveryPolicy(
+            retry=int(delivery.get("retry") or base.retry),
+            backoff_policy=delivery.get("backoffPolicy") or base.backoff_policy,
+            backoff_delay=seconds("backoffDelay", base.backoff_delay),
+            timeout=seconds("timeout", self.default_delivery.timeout),
+            retry_after_max=seconds("retryAfterMax", base.retry_after_max),
+            dead_letter_uri=dead_letter_uri,
+            format=delivery.get("format") or base.format,
+        )
+
+
+AddressResolver = Callable[[Obj, _World], str]
+
+# How a referenced object turns into a URL, by (API group, kind). Later kinds add rows.
+ADDRESS_RESOLVERS: dict[tuple[str, str], AddressResolver] = {
+    (EVENTING, BROKER.kind): lambda obj, world: broker_url(
+        world.base_url, obj["metadata"]["namespace"], obj["metadata"]["name"]
+    ),
+    (MESSAGING, CHANNEL.kind): lambda obj, world: channel_url(
+        world.base_url, obj["metadata"]["namespace"], obj["metadata"]["name"]
+    ),
+    (MESSAGING, IN_MEMORY_CHANNEL.kind): lambda obj, world: channel_url(
+        world.base_url, obj["metadata"]["namespace"], obj["metadata"]["name"]
+    ),
+}
+
+_CHANNEL_KINDS = frozenset({(MESSAGING, CHANNEL.kind), (MESSAGING, IN_MEMORY_CHANNEL.kind)})
+
+
+# --- per kind -----------------------------------------------------------------------------------
+
+
+def _own_delivery(obj: Obj, world: _World, *, require_ready: bool) -> _Delivery:
+    """``spec.delivery`` of ``obj`` with its dead-letter sink resolved (K58, K135)."""
+    delivery = (obj.get("spec") or {}).get("delivery")
+    if not _sets_any(delivery):
+        return _Delivery(None)
+    sink = delivery.get("deadLetterSink")
+    if sink is None:
+        return _Delivery(delivery)
+    try:
+        uri = world.resolve(sink, obj["metadata"]["namespace"], require_ready=require_ready)
+    except _Unresolvable as exc:
+        return _Delivery(delivery, failure=(exc.reason, f"dead letter sink: {exc.message}"))
+    return _Delivery(delivery, uri)
+
+
+def _effective_delivery(obj: Obj, world: _World, parent: ObjKey | None) -> _Delivery:
+    """The delivery of a Trigger/Subscription: its own, else its parent's, else the default.
+
+    K66/K124: a child that sets any delivery field uses only its own spec, never a field merge;
+    otherwise the parent's (Broker/Channel) spec as a whole applies.
+    """
+    own = _own_delivery(obj, world, require_ready=True)
+    if own.spec is not None or parent is None or parent not in world.parent_delivery:
+        return own
+    inherited = world.parent_delivery[parent]
+    if inherited.failure is not None:
+        reason, message = inherited.failure
+        return _Delivery(inherited.spec, failure=(reason, f"inherited from {parent[1]}: {message}"))
+    return inherited
+
+
+def _set_dead_letter_condition(conditions: _Conditions, delivery: _Delivery) -> None:
+    if delivery.failure is not None:
+        conditions.set("DeadLetterSinkResolved", "False", *delivery.failure)
+    elif delivery.dead_letter_uri is not None:
+        conditions.set("DeadLetterSinkResolved", "True")
+    else:
+        conditions.set(
+            "DeadLetterSinkResolved",
+            "True",
+            "DeadLetterSinkNotConfigured",
+            "No dead letter sink is configured.",
+        )
+
+
+def _reconcile_addressable(obj: Obj, world: _World, url: str) -> tuple[dict[str, Any], bool]:
+    """What Brokers and Channels share: address, dead-letter sink, the delivery children inherit.
+
+    Returns the status and whether the object is Ready.
+    """
+    conditions = _Conditions(obj, world.now)
+    delivery = _own_delivery(obj, world, require_ready=False)
+    _set_dead_letter_condition(conditions, delivery)
+    try:  # check the durations here, so a bad one shows on this object, not on every child
+        world.policy(delivery.spec, "spec.delivery", delivery.dead_letter_uri)
+    except InvalidResource as exc:
+        conditions.set("DeliveryValid", "False", "InvalidDelivery", str(exc))
+        delivery = _Delivery(delivery.spec, failure=("InvalidDelivery", str(exc)))
+    ready = delivery.failure is None
+    if ready:
+        conditions.set("Addressable", "True")
+    else:
+        conditions.set("Addressable", "Unknown", "NotReady", "no address until the spec resolves")
+    world.parent_delivery[_key_of(obj)] = delivery
+    status = _base_status(obj, conditions)
+    if ready:
+        address = {"name": "http", "url": url}
+        status["address"] = address
+        status["addresses"] = [dict(address)]
+    if delivery.dead_letter_uri is not None:
+        status["deadLetterSinkUri"] = delivery.dead_letter_uri
+    return status, ready
+
+
+def _reconcile_broker(obj: Obj, world: _World) -> None:
+    metadata = obj["metadata"]
+    namespace, name = metadata["namespace"], metadata["name"]
+    url = broker_url(world.base_url, namespace, name)  # K26, K36
+    status, ready = _reconcile_addressable(obj, world, url)
+    world.statuses[metadata["uid"]] = status
+    if ready:
+        world.brokers[(namespace, name)] = BrokerSpec(
+            namespace=namespace,
+            name=name,
+            uid=metadata["uid"],
+            topic=runtime.broker_topic(namespace, name),
+            bus=world.bus,
+        )
+
+
+def _reconcile_channel(obj: Obj, world: _World) -> None:
+    metadata = obj["metadata"]
+    namespace, name = metadata["namespace"], metadata["name"]
+    url = channel_url(world.base_url, namespace, name)
+    status, ready = _reconcile_addressable(obj, world, url)
+    status["subscribers"] = []  # filled by the Subscriptions (K141)
+    if obj["kind"] == CHANNEL.kind:
+        # The backing channel: the template's kind, with the Channel's own name (as Knative
+        # names it). No separate object is created: the Channel is its own backing channel.
+        template = (obj.get("spec") or {}).get("channelTemplate") or {}
+        status["channel"] = {
+            "apiVersion": template.get("apiVersion", IN_MEMORY_CHANNEL.api_version),
+            "kind": template.get("kind", IN_MEMORY_CHANNEL.kind),
+            "name": name,
+            "namespace": namespace,
+        }
+    world.statuses[metadata["uid"]] = status
+    if ready:
+        # A Channel and an InMemoryChannel of the same name are one channel (as in Knative,
+        # where the Channel is backed by that InMemoryChannel): same URL, same topic. The
+        # InMemoryChannel is reconciled first and keeps the entry.
+        world.channels.setdefault(
+            (namespace, name),
+            ChannelSpec(
+                namespace=namespace,
+                name=name,
+                uid=metadata["uid"],
+                kind=obj["kind"],
+                topic=runtime.channel_topic(namespace, name),
+                bus=world.bus,
+            ),
+        )
+
+
+def _dependency(obj: Obj, world: _World, conditions: _Conditions) -> None:
+    """``knative.dev/dependency`` (K69): the Trigger waits for that object to be Ready."""
+    text = (obj["metadata"].get("annotations") or {}).get(DEPENDENCY_ANNOTATION)
+    if not text:
+        conditions.set("DependencyReady", "True")
+        return
+    try:
+        ref = json.loads(text)
+        key = (
+            _group(str(ref["apiVersion"])),
+            str(ref["kind"]),
+            str(ref.get("namespace") or obj["metadata"]["namespace"]),
+            str(ref["name"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        conditions.set(
+            "DependencyReady", "False", "DependencyInvalid", f"{DEPENDENCY_ANNOTATION}: {text!r}"
+        )
+        return
+    what = _describe(key[1], key[2], key[3])
+    target = world.find(key)
+    if target is None:
+        conditions.set("DependencyReady", "False", "DependencyDoesNotExist", f"{what} not found")
+        return
+    status = world.statuses.get(target["metadata"]["uid"]) or target.get("status") or {}
+    ready = _ready_condition(status)
+    if ready is None:
+        conditions.set("DependencyReady", "Unknown", "DependencyUnknown", f"{what} has no status")
+    elif ready.get("status") == "True":
+        conditions.set("DependencyReady", "True")
+    else:
+        conditions.set(
+            "DependencyReady",
+            "False" if ready.get("status") == "False" else "Unknown",
+            str(ready.get("reason") or "DependencyNotReady"),
+            f"{what} is not Ready: {ready.get('message') or 'no message'}",
+        )
+
+
+_TRIGGER_PREREQUISITES = ("BrokerReady", "SubscriberResolved", "DeadLetterSinkResolved")
+
+
+def _reconcile_trigger(obj: Obj, world: _World) -> None:
+    metadata = obj["metadata"]
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    spec = obj.get("spec") or {}
+    conditions = _Conditions(obj, world.now)
+    status_fields: dict[str, Any] = {}
+
+    # BrokerReady (K56): the Trigger may come first; it waits, not Ready, until the Broker is.
+    broker = trigger_broker(spec)
+    broker_key = (EVENTING, BROKER.kind, namespace, broker)
+    broker_obj = world.find(broker_key)
+    if broker_obj is None:
+        conditions.set(
+            "BrokerReady",
+            "False",
+            "BrokerDoesNotExist",
+            f'Broker "{broker}" does not exist in namespace "{namespace}"',
+        )
+    elif (namespace, broker) not in world.brokers:
+        ready = _ready_condition(world.statuses.get(broker_obj["metadata"]["uid"]) or {}) or {}
+        conditions.set(
+            "BrokerReady",
+            "False",
+            str(ready.get("reason") or "BrokerNotReady"),
+            f'Broker "{broker}" is not Ready: {ready.get("message") or "no message"}',
+        )
+    else:
+        conditions.set("BrokerReady", "True")
+
+    # SubscriberResolved (K57): subscriberUri is "" while it does not resolve.
+    subscriber_uri = ""
+    try:
+        subscriber_uri = world.resolve(spec.get("subscriber") or {}, namespace, require_ready=True)
+    except _Unresolvable as exc:
+        conditions.set("SubscriberResolved", "False", exc.reason, f"subscriber: {exc.message}")
+    else:
+        conditions.set("SubscriberResolved", "True")
+    status_fields["subscriberUri"] = subscriber_uri
+
+    # DeadLetterSinkResolved (K58) for the delivery in force (K66).
+    delivery = _effective_delivery(obj, world, broker_key if broker_obj is not None else None)
+    _set_dead_letter_condition(conditions, delivery)
+    if delivery.dead_letter_uri is not None:
+        status_fields["deadLetterSinkUri"] = delivery.dead_letter_uri
+
+    _dependency(obj, world, conditions)
+
+    # SubscriptionReady: the data plane runs the Trigger (K61) once everything above holds.
+    trigger_spec: TriggerSpec | None = None
+    waiting = [
+        t
+        for t in (*_TRIGGER_PREREQUISITES, "DependencyReady")
+        if conditions.get(t)["status"] != "True"
+    ]
+    if waiting:
+        message = f"waiting for {', '.join(waiting)}"
+        conditions.set("SubscriptionReady", "Unknown", "NotSubscribed", message)
+    else:
+        try:
+            predicate, filter_text = compile_trigger_filter(spec)
+            policy = world.policy(delivery.spec, "spec.delivery", delivery.dead_letter_uri)
+        except InvalidResource as exc:  # stored before a rule tightened: report, do not crash
+            conditions.set("SubscriptionReady", "False", "InvalidSpec", str(exc))
+        else:
+            order = (metadata.get("annotations") or {}).get(DELIVERY_ORDER_ANNOTATION)
+            trigger_spec = TriggerSpec(
+                namespace=namespace,
+                name=name,
+                uid=uid,
+                broker=broker,
+                topic=runtime.broker_topic(namespace, broker),
+                group=runtime.trigger_group(uid),
+                subscriber_uri=subscriber_uri,
+                delivery=policy,
+                filter=predicate,
+                filter_source=filter_text,
+                ordered=order == "ordered",
+            )
+            conditions.set("SubscriptionReady", "True")
+    world.statuses[uid] = {**_base_status(obj, conditions), **status_fields}
+    if trigger_spec is not None:
+        world.triggers[uid] = trigger_spec
+
+
+def _channel_condition(conditions: _Conditions, world: _World, key: ObjKey) -> Obj | None:
+    """ChannelReady (K156): the Subscription may come first and waits for its Channel."""
+    what = _describe(key[1], key[2], key[3])
+    if key[:2] not in _CHANNEL_KINDS:
+        kinds = ", ".join(sorted(kind for _, kind in _CHANNEL_KINDS))
+        conditions.set(
+            "ChannelReady",
+            "False",
+            "ChannelNotSupported",
+            f"{what} is not a channel kind served here; channel kinds: {kinds}",
+        )
+        return None
+    channel = world.find(key)
+    if channel is None:
+        conditions.set("ChannelReady", "False", "ChannelNotFound", f"{what} does not exist")
+    elif not world.is_ready(channel):
+        conditions.set("ChannelReady", "False", "ChannelNotReady", f"{what} is not Ready")
+    else:
+        conditions.set("ChannelReady", "True")
+    return channel
+
+
+def _reconcile_subscription(obj: Obj, world: _World) -> None:
+    metadata = obj["metadata"]
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    spec = obj.get("spec") or {}
+    conditions = _Conditions(obj, world.now)
+
+    ref = spec.get("channel") or {}
+    channel_name = str(ref.get("name", ""))
+    channel_key = (
+        _group(str(ref.get("apiVersion", ""))),
+        str(ref.get("kind", "")),
+        namespace,
+        channel_name,
+    )
+    channel = _channel_condition(conditions, world, channel_key)
+
+    # ReferencesResolved (K155): subscriber, reply and dead-letter sink, each "" if it fails.
+    failures: list[tuple[str, str]] = []
+
+    def resolve(destination: Mapping[str, Any], what: str) -> str:
+        try:
+            return world.resolve(destination, namespace, require_ready=True)
+        except _Unresolvable as exc:
+            failures.append((exc.reason, f"{what}: {exc.message}"))
+            return ""
+
+    physical: dict[str, str] = {
+        "subscriberUri": resolve(spec.get("subscriber") or {}, "subscriber")
+    }
+    reply_uri: str | None = None
+    if spec.get("reply") is not None:
+        reply_uri = physical["replyUri"] = resolve(spec["reply"], "reply")
+    delivery = _effective_delivery(obj, world, channel_key if channel is not None else None)
+    if delivery.failure is not None:
+        failures.append(delivery.failure)
+    if delivery.configured:
+        physical["deadLetterSinkUri"] = delivery.dead_letter_uri or ""
+    if failures:
+        conditions.set("ReferencesResolved", "False", *failures[0])
+    else:
+        conditions.set("ReferencesResolved", "True")
+
+    subscription_spec: SubscriptionSpec | None = None
+    if channel is None or failures or not world.is_ready(channel):
+        conditions.set(
+            "AddedToChannel", "Unknown", "NotAdded", "waiting for ChannelReady, ReferencesResolved"
+        )
+    else:
+        try:
+            policy = world.policy(delivery.spec, "spec.delivery", delivery.dead_letter_uri)
+        except InvalidResource as exc:  # stored before a rule tightened: report, do not crash
+            conditions.set("AddedToChannel", "False", "InvalidSpec", str(exc))
+        else:
+            subscription_spec = SubscriptionSpec(
+                namespace=namespace,
+                name=name,
+                uid=uid,
+                channel=channel_name,
+                topic=runtime.channel_topic(namespace, channel_name),
+                group=runtime.subscription_group(uid),
+                subscriber_uri=physical["subscriberUri"],
+                reply_uri=reply_uri,
+                delivery=policy,
+            )
+            conditions.set("AddedToChannel", "True")
+    world.statuses[uid] = {**_base_status(obj, conditions), "physicalSubscription": physical}
+    if subscription_spec is not None and channel is not None:
+        world.subscriptions[uid] = subscription_spec
+        generation = int(metadata.get("generation") or 0)
+        world.statuses[channel["metadata"]["uid"]]["subscribers"].append(  # K141
+            {"uid": uid, "observedGeneration": generation, "ready": "True"}
+        )
+
+
+def _reconcile_secret(obj: Obj, world: _World) -> None:
+    world.statuses[obj["metadata"]["uid"]] = {}
+
+
+Reconciler = Callable[[Obj, _World], None]
+
+# (API group, kind) -> reconciler, in phase order: every kind sees the kinds before it.
+RECONCILERS: tuple[tuple[tuple[str, str], Reconciler], ...] = (
+    ((SECRET.group, SECRET.kind), _reconcile_secret),
+    ((EVENTING, BROKER.kind), _reconcile_broker),
+    ((MESSAGING, IN_MEMORY_CHANNEL.kind), _reconcile_channel),  # wins a name shared with a Channel
+    ((MESSAGING, CHANNEL.kind), _reconcile_channel),
+    ((MESSAGING, SUBSCRIPTION.kind), _reconcile_subscription),
+    ((EVENTING, TRIGGER.kind), _reconcile_trigger),
+)
+
+
+def reconcile(
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    base_url: str,
+    default_delivery: DeliveryPolicy,
+    bus: str = "memory",
+    now: str | None = None,
+) -> Reconciled:
+    """Statuses for ``objects`` (stored resources, with metadata.uid) and the Snapshot to run.
+
+    Objects of kinds this module does not reconcile get no entry in ``statuses``.
+    """
+    world = _World(
+        base_url=base_url.rstrip("/"),
+        default_delivery=default_delivery,
+        bus=bus,
+        now=now or now_rfc3339(),
+        objects={_key_of(obj): obj for obj in objects},
+    )
+    for kind_key, reconciler in RECONCILERS:
+        for obj in objects:
+            if (_group(obj["apiVersion"]), obj["kind"]) == kind_key:
+                reconciler(obj, world)
+    for status in world.statuses.values():
+        if "subscribers" in status:
+            status["subscribers"].sort(key=lambda entry: entry["uid"])
+    return Reconciled(
+        statuses=world.statuses,
+        snapshot=Snapshot(
+            brokers=world.brokers,
+            channels=world.channels,
+            triggers=world.triggers,
+            subscriptions=world.subscriptions,
+        ),
+    )

@@ -1,0 +1,91 @@
+"""The ADAPTERS table the one bus conformance suite runs over, and the fixtures it needs.
+
+Every test of ``test_bus_contract.py`` that takes the ``bus`` fixture runs once per row of
+:data:`ADAPTERS`. A row names the fixture that yields an *open* bus of that adapter, and the
+capabilities the adapter must declare (checked by ``test_declared_capabilities_match_table``, so
+losing one is a failure, not a silent skip). Tests of optional behaviour skip on the adapters
+that do not declare it.
+
+Adding an adapter means adding one row here, its bus fixture, and (for a real server) a
+session-scoped server fixture that starts the server on a free 127.0.0.1 port in a temporary
+directory and stops it afterwards; when the server binary is missing that fixture skips with
+the install command (and fails under ``CI=true``), like ``shared_fixture_dir`` in
+``tests/conftest.py``. Each test uses fresh topic and group names, so all tests of a run can
+share one server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from adapters.memory import MemoryBus
+from broker.bus import Bus, Capability
+
+
+@dataclass(frozen=True)
+class AdapterCase:
+    """One row of the table: how to get an open bus, and what it must declare."""
+
+    name: str  # the adapter's registered name (``Bus.name``)
+    fixture: str  # an async fixture yielding an open Bus (closed by the fixture afterwards)
+    capabilities: frozenset[Capability]
+
+    def require(self, capability: Capability) -> None:
+        """Skip the calling test unless this adapter declares ``capability``."""
+        if capability not in self.capabilities:
+            pytest.skip(f"{self.name} does not declare {capability.name}")
+
+
+ADAPTERS: dict[str, AdapterCase] = {
+    case.name: case
+    for case in (
+        AdapterCase(
+            "memory",
+            "memory_bus",
+            frozenset(
+                {Capability.NACK_DELAY, Capability.REDELIVERY_COUNT, Capability.ORDERED_BY_KEY}
+            ),
+        ),
+        # AdapterCase("kafka", "kafka_bus", frozenset({...})),  and a `kafka_server` fixture.
+    )
+}
+
+
+@pytest.fixture
+async def memory_bus() -> AsyncIterator[Bus]:
+    bus = MemoryBus({})
+    await bus.open()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture(params=list(ADAPTERS), ids=list(ADAPTERS))
+def adapter(request: pytest.FixtureRequest) -> AdapterCase:
+    """The table row the current test runs against."""
+    return ADAPTERS[request.param]
+
+
+@pytest.fixture
+def bus(adapter: AdapterCase, request: pytest.FixtureRequest) -> Bus:
+    """An open bus of the current adapter (closed after the test by its own fixture)."""
+    bus: Bus = request.getfixturevalue(adapter.fixture)
+    return bus
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Fresh names (topics, groups), so that tests sharing one real server never interfere."""
+
+    def make(prefix: str) -> str:
+        return f"conformance-{prefix}-{uuid.uuid4().hex}"
+
+    return make
+
+
+@pytest.fixture
+def topic(unique: Callable[[str], str]) -> str:
+    return unique("topic")

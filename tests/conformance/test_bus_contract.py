@@ -1,0 +1,497 @@
+"""The one bus conformance suite: every adapter of the ADAPTERS table against the contract.
+
+The requirements are the sentences of ``broker/bus.py`` and of the architecture page's "bus
+adapter contract" section; each test name states one of them. Capability-dependent tests skip
+on adapters that do not declare the capability (and the declared sets are checked against the
+table, so a lost capability fails ``test_declared_capabilities_match_table``).
+
+Every test uses a fresh topic and fresh group names, and waits on what handlers recorded with a
+timeout, never on a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections import Counter, defaultdict
+from collections.abc import Callable
+
+import pytest
+
+from broker.bus import Bus, Capability, Handler, Message, Nack, bus_factory
+from broker.errors import PublishError, SubscribeError
+from broker.events import CloudEvent
+from tests.conformance.conftest import AdapterCase
+from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set
+
+Names = Callable[[str], str]
+
+# A pause that gives a bus the chance to deliver something it must NOT deliver (an absence can
+# only be observed by waiting a little); never used to wait for something that must happen.
+SETTLE = 0.2
+
+
+async def publish_all(bus: Bus, topic: str, events: list[CloudEvent], batch: int = 100) -> None:
+    """Publish ``events`` with up to ``batch`` publishes in flight (real servers pipeline)."""
+    for start in range(0, len(events), batch):
+        await asyncio.gather(*(bus.publish(topic, e) for e in events[start : start + batch]))
+
+
+def typed(attributes: dict[str, str | int | bool]) -> dict[str, tuple[str, str | int | bool]]:
+    """Attributes with their Python types, so that True and 1 (equal in Python) differ."""
+    return {name: (type(value).__name__, value) for name, value in attributes.items()}
+
+
+# -- the base contract --------------------------------------------------------------------------
+
+
+async def test_declared_capabilities_match_table(bus: Bus, adapter: AdapterCase) -> None:
+    """Capabilities are declared and checked against the table; the adapter is registered."""
+    assert isinstance(bus, Bus)
+    assert bus.name == adapter.name
+    assert bus.capabilities == adapter.capabilities
+    assert bus_factory(adapter.name) is type(bus)
+
+
+async def test_publish_then_subscribe_live_gets_every_event(
+    bus: Bus, topic: str, unique: Names
+) -> None:
+    """``subscribe`` returns only when live: every event published after it is delivered."""
+    inbox = Inbox()
+    await bus.subscribe(topic, group=unique("group"), handler=inbox.handler)
+    events = [sample_event(i) for i in range(20)]
+    for event in events:
+        await bus.publish(topic, event)  # no pause after subscribe: it is live on return
+    expected = {event.id for event in events}
+    await inbox.wait_for_ids(expected)
+    assert set(inbox.ids()) == expected
+    assert all(message.attempt == 1 for message in inbox.messages)
+
+
+async def test_same_group_competing_consumers_share_events(
+    bus: Bus, topic: str, unique: Names
+) -> None:
+    """Same group = competing consumers: each event reaches one of them, and both get work."""
+    group = unique("group")
+    inbox = Inbox()  # every delivery, whichever consumer got it
+    got: dict[str, list[str]] = {"first": [], "second": []}
+    second_has_one = asyncio.Event()
+
+    async def busy_first(message: Message) -> None:
+        inbox.record(message)
+        got["first"].append(message.event.id)
+        if len(got["first"]) == 1:
+            # While this consumer is busy, the group's other consumer must be given work (if it
+            # never is, the assertion below says so once this wait has timed out).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(second_has_one.wait(), WAIT)
+
+    async def second(message: Message) -> None:
+        inbox.record(message)
+        got["second"].append(message.event.id)
+        second_has_one.set()
+
+    await bus.subscribe(topic, group=group, handler=busy_first)
+    await bus.subscribe(topic, group=group, handler=second)
+    # Distinct keys, so that partitioned buses spread the events over their partitions.
+    events = [sample_event(i) for i in range(40)]
+    for index, event in enumerate(events):
+        await bus.publish(topic, event, key=f"key-{index}")
+    expected = {event.id for event in events}
+    await inbox.wait_for_ids(expected, within=2 * WAIT)
+    await asyncio.sleep(SETTLE)  # room for a wrongful second copy to show up
+    assert got["second"], "the group's second consumer got nothing while the first was busy"
+    assert got["first"]
+    assert not set(got["first"]) & set(got["second"]), "an event reached both consumers"
+    assert sorted(inbox.ids()) == sorted(expected)
+
+
+async def test_different_groups_each_get_every_event(bus: Bus, topic: str, unique: Names) -> None:
+    """Different groups each get a copy of every event."""
+    inboxes = [Inbox(), Inbox(), Inbox()]
+    for inbox in inboxes:
+        await bus.subscribe(topic, group=unique("group"), handler=inbox.handler)
+    events = [sample_event(i) for i in range(25)]
+    await publish_all(bus, topic, events)
+    expected = {event.id for event in events}
+    for inbox in inboxes:
+        await inbox.wait_for_ids(expected)
+
+
+async def test_concurrency_runs_that_many_handlers_at_once(
+    bus: Bus, topic: str, unique: Names
+) -> None:
+    """``concurrency=n`` lets n handler calls of one subscription be in flight together."""
+    concurrency = 4
+    inbox = Inbox()
+    all_in_flight = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        inbox.record(message)
+        if len(inbox.messages) >= concurrency:
+            all_in_flight.set()
+        with contextlib.suppress(TimeoutError):  # the test's own wait below reports a timeout
+            await asyncio.wait_for(all_in_flight.wait(), WAIT)
+
+    await bus.subscribe(topic, group=unique("group"), handler=handler, concurrency=concurrency)
+    for index in range(concurrency):
+        await bus.publish(topic, sample_event(index), key=f"key-{index}")
+    await wait_set(all_in_flight, f"{concurrency} handler calls in flight at once")
+
+
+async def test_many_events_none_lost_none_duplicated_without_failures(
+    bus: Bus, topic: str, unique: Names
+) -> None:
+    """At-least-once without failures is exactly once: thousands of events, concurrency > 1."""
+    inbox = Inbox()
+    await bus.subscribe(topic, group=unique("group"), handler=inbox.handler, concurrency=16)
+    events = [sample_event(i) for i in range(3000)]
+    await publish_all(bus, topic, events)
+    expected = {event.id for event in events}
+    await inbox.wait_for_ids(expected)
+    await asyncio.sleep(SETTLE)  # room for a wrongful duplicate to show up
+    duplicated = [id_ for id_, count in Counter(inbox.ids()).items() if count > 1]
+    assert not duplicated, f"{len(duplicated)} events delivered more than once"
+    assert len(inbox.messages) == len(events)
+
+
+# -- at-least-once: handler failures, nacks, close ----------------------------------------------
+
+
+async def test_handler_error_redelivers_with_higher_attempt(
+    bus: Bus, adapter: AdapterCase, topic: str, unique: Names
+) -> None:
+    """A handler that raises does not ack: the event comes again (attempt + 1 if counted)."""
+    inbox = Inbox()
+    failed: set[str] = set()
+
+    async def fail_once(message: Message) -> None:
+        inbox.record(message)
+        if message.event.id not in failed:
+            failed.add(message.event.id)
+            raise RuntimeError("handler failure on purpose (conformance test)")
+
+    await bus.subscribe(topic, group=unique("group"), handler=fail_once, concurrency=2)
+    events = [sample_event(i) for i in range(3)]
+    await publish_all(bus, topic, events)
+    await inbox.wait_until(
+        lambda: all(inbox.ids().count(e.id) >= 2 for e in events), "each event twice"
+    )
+    for event in events:
+        deliveries = [m for m in inbox.messages if m.event.id == event.id]
+        assert deliveries[0].attempt == 1
+        assert typed(deliveries[1].event.attributes) == typed(event.attributes)
+        assert deliveries[1].event.data == event.data
+        if Capability.REDELIVERY_COUNT in adapter.capabilities:
+            assert deliveries[1].attempt == 2
+
+
+async def test_nack_redelivers_the_event(
+    bus: Bus, adapter: AdapterCase, topic: str, unique: Names
+) -> None:
+    """A handler raising ``Nack`` does not ack: the event comes again."""
+    inbox = Inbox()
+
+    async def nack_first(message: Message) -> None:
+        inbox.record(message)
+        if len(inbox.messages) == 1:
+            raise Nack(0.0)
+
+    await bus.subscribe(topic, group=unique("group"), handler=nack_first)
+    event = sample_event()
+    await bus.publish(topic, event)
+    await inbox.wait_for_count(2)
+    assert inbox.ids()[:2] == [event.id, event.id]
+    if Capability.REDELIVERY_COUNT in adapter.capabilities:
+        assert [m.attempt for m in inbox.messages[:2]] == [1, 2]
+
+
+async def test_nack_delay_is_honoured(
+    bus: Bus, adapter: AdapterCase, topic: str, unique: Names
+) -> None:
+    """NACK_DELAY: after ``Nack(delay)`` the event is not redelivered before ``delay``."""
+    adapter.require(Capability.NACK_DELAY)
+    delay = 0.5
+    loop = asyncio.get_running_loop()
+    inbox = Inbox()
+    received_at: list[float] = []
+
+    async def nack_first(message: Message) -> None:
+        received_at.append(loop.time())
+        inbox.record(message)
+        if len(inbox.messages) == 1:
+            raise Nack(delay)
+
+    await bus.subscribe(topic, group=unique("group"), handler=nack_first)
+    await bus.publish(topic, sample_event())
+    await inbox.wait_for_count(2, within=delay + WAIT)
+    # Only "not before": a lower bound (less a little timer slack), never an upper one.
+    assert received_at[1] - received_at[0] >= delay - 0.02
+
+
+async def test_close_never_acks_in_flight_message(
+    bus: Bus, adapter: AdapterCase, topic: str, unique: Names
+) -> None:
+    """An event in a handler when its subscription closes goes to the group's next subscriber."""
+    group = unique("group")
+    started = asyncio.Event()
+    stuck = Inbox()
+
+    async def never_finishes(message: Message) -> None:
+        stuck.record(message)
+        started.set()
+        await asyncio.Event().wait()  # until the subscription is closed
+
+    subscription = await bus.subscribe(topic, group=group, handler=never_finishes)
+    event = sample_event()
+    await bus.publish(topic, event)
+    await wait_set(started, "the handler to start")
+    await asyncio.wait_for(subscription.close(), WAIT)
+
+    later = Inbox()
+    await bus.subscribe(topic, group=group, handler=later.handler)
+    await later.wait_for_count(1)
+    assert later.ids()[0] == event.id
+    assert stuck.ids() == [event.id]
+    if Capability.REDELIVERY_COUNT in adapter.capabilities:
+        assert later.messages[0].attempt >= 2
+
+
+async def test_closed_subscription_stops_and_its_group_peer_gets_everything(
+    bus: Bus, topic: str, unique: Names
+) -> None:
+    """``Subscription.close`` stops that subscription only; the group's other consumer goes on."""
+    group = unique("group")
+    closed, peer = Inbox(), Inbox()
+    subscription = await bus.subscribe(topic, group=group, handler=closed.handler)
+    await bus.subscribe(topic, group=group, handler=peer.handler)
+    await subscription.close()
+    events = [sample_event(i) for i in range(20)]
+    await publish_all(bus, topic, events)
+    expected = {event.id for event in events}
+    await peer.wait_for_ids(expected)
+    await asyncio.sleep(SETTLE)  # room for a wrongful delivery to the closed subscription
+    assert closed.messages == []
+
+
+async def test_bus_close_returns_while_a_handler_is_stuck(
+    bus: Bus, topic: str, unique: Names
+) -> None:
+    """``close`` stops every subscription even when a handler never returns."""
+    started = asyncio.Event()
+
+    async def never_finishes(message: Message) -> None:
+        started.set()
+        await asyncio.Event().wait()  # until the bus is closed
+
+    await bus.subscribe(topic, group=unique("group"), handler=never_finishes)
+    await bus.publish(topic, sample_event())
+    await wait_set(started, "the handler to start")
+    await asyncio.wait_for(bus.close(), WAIT)
+
+
+# -- events cross unaltered ----------------------------------------------------------------------
+
+
+def unaltered_cases() -> list[tuple[CloudEvent, str | None]]:
+    """Events (and publish keys) that stress every part of an event a bus could alter."""
+    full = CloudEvent(
+        {
+            "specversion": "1.0",
+            "id": "full-1",
+            "source": "/sources/ünïcødé?q=1&r=ä#frag",
+            "type": "dev.cemesh.unaltered.full",
+            "time": "2024-02-29T23:59:59.123456Z",
+            "subject": "日本語 subject with spaces",
+            "dataschema": "https://example.com/schema.json",
+            "datacontenttype": "application/octet-stream",
+            "intzero": 0,
+            "intmax": 2147483647,
+            "intmin": -2147483648,
+            "booltrue": True,
+            "boolfalse": False,
+            "strtrue": "true",
+            "strint": "42",
+            "emptystr": "",
+            "emoji": "🚀 ✓ naïve",
+            "partitionkey": "clé-🔑",
+        },
+        # NUL bytes, invalid UTF-8 (lone continuation byte, truncated sequence, 0xff) and CR/LF.
+        b"\x00before\x00\x80\xc3\x28\xff\xfe\r\n\x00" + bytes(range(256)),
+    )
+    return [
+        (full, "clé-🔑"),
+        (
+            CloudEvent(
+                {"specversion": "1.0", "id": "no-data", "source": "/s", "type": "t.none"},
+                None,
+            ),
+            None,
+        ),
+        (
+            CloudEvent(
+                {
+                    "specversion": "1.0",
+                    "id": "empty-data",
+                    "source": "/s",
+                    "type": "t.empty",
+                    "datacontenttype": "text/plain",
+                },
+                b"",
+            ),
+            "",
+        ),
+        (
+            CloudEvent(
+                {
+                    "specversion": "0.3",
+                    "id": "v03",
+                    "source": "/legacy",
+                    "type": "t.v03",
+                    "schemaurl": "https://example.com/v03.json",
+                    "datacontentencoding": "base64",
+                    "datacontenttype": "application/json",
+                    "count": 7,
+                },
+                '{"text": "grüße"}'.encode(),
+            ),
+            "k",
+        ),
+        (
+            CloudEvent(
+                {"specversion": "1.0", "id": "big", "source": "/s", "type": "t.big"},
+                bytes(range(256)) * 256,  # 64 KiB
+            ),
+            None,
+        ),
+    ]
+
+
+async def test_events_cross_unaltered(bus: Bus, topic: str, unique: Names) -> None:
+    """Every attribute (with its type), extension, data byte and key crosses unaltered."""
+    cases = unaltered_cases()
+    # What was published, copied first: an adapter must not change the caller's event either.
+    expected = {event.id: (copy.deepcopy(event), key) for event, key in cases}
+    inbox = Inbox()
+    await bus.subscribe(topic, group=unique("group"), handler=inbox.handler)
+    for event, key in cases:
+        await bus.publish(topic, event, key=key)
+    await inbox.wait_for_ids(set(expected))
+    for message in inbox.messages:
+        sent, key = expected[message.event.id]
+        assert typed(message.event.attributes) == typed(sent.attributes), sent.id
+        assert type(message.event.data) is type(sent.data), sent.id
+        assert message.event.data == sent.data, sent.id
+        assert message.key == key, sent.id
+    for event, _ in cases:
+        sent, _ = expected[event.id]
+        assert typed(event.attributes) == typed(sent.attributes)
+        assert event.data == sent.data
+
+
+# -- ORDERED_BY_KEY ------------------------------------------------------------------------------
+
+
+async def test_key_order_per_group(
+    bus: Bus, adapter: AdapterCase, topic: str, unique: Names
+) -> None:
+    """ORDERED_BY_KEY: events of one key reach a group in publish order, even at concurrency > 1."""
+    adapter.require(Capability.ORDERED_BY_KEY)
+    keys = [f"key-{k}" for k in range(5)]
+    per_key = 40
+    seen: dict[int, dict[str, list[int]]] = {1: defaultdict(list), 8: defaultdict(list)}
+    inbox = Inbox()
+
+    def handler_for(concurrency: int) -> Handler:
+        async def handler(message: Message) -> None:
+            seq = message.event.get("seq")
+            assert isinstance(seq, int)
+            # Yield a varying number of times, so that handler calls finish out of step.
+            for _ in range(seq * 7 % 4):
+                await asyncio.sleep(0)
+            assert message.key is not None
+            seen[concurrency][message.key].append(seq)
+            inbox.record(message)
+
+        return handler
+
+    for concurrency in seen:
+        await bus.subscribe(
+            topic,
+            group=unique("group"),
+            handler=handler_for(concurrency),
+            concurrency=concurrency,
+        )
+    for seq in range(per_key):
+        for key in keys:  # keys interleaved in publish order
+            await bus.publish(topic, sample_event(seq), key=key)
+    await inbox.wait_for_count(2 * len(keys) * per_key)
+    for concurrency, by_key in seen.items():
+        for key in keys:
+            assert by_key[key] == list(range(per_key)), f"concurrency {concurrency}, {key}"
+
+
+async def test_key_order_holds_across_redelivery(
+    bus: Bus, adapter: AdapterCase, topic: str, unique: Names
+) -> None:
+    """ORDERED_BY_KEY: a nacked event is handled before later events of its key are acked."""
+    adapter.require(Capability.ORDERED_BY_KEY)
+    keys = [f"key-{k}" for k in range(4)]
+    per_key = 20
+    acked: dict[str, list[int]] = defaultdict(list)
+    nacked: set[str] = set()
+    inbox = Inbox()
+
+    async def handler(message: Message) -> None:
+        seq = message.event.get("seq")
+        assert isinstance(seq, int) and message.key is not None
+        if seq % 5 == 2 and message.event.id not in nacked:
+            nacked.add(message.event.id)
+            raise Nack(0.0)
+        acked[message.key].append(seq)
+        inbox.record(message)
+
+    await bus.subscribe(topic, group=unique("group"), handler=handler, concurrency=8)
+    for seq in range(per_key):
+        for key in keys:
+            await bus.publish(topic, sample_event(seq), key=key)
+    await inbox.wait_for_count(len(keys) * per_key)
+    for key in keys:
+        assert acked[key] == list(range(per_key)), key
+
+
+# -- lifecycle -----------------------------------------------------------------------------------
+
+
+async def test_open_and_close_are_idempotent(bus: Bus, topic: str, unique: Names) -> None:
+    """``open`` and ``close`` (of the bus and of a subscription) may be called again."""
+    await bus.open()
+    await bus.open()
+    inbox = Inbox()
+    subscription = await bus.subscribe(topic, group=unique("group"), handler=inbox.handler)
+    await bus.publish(topic, sample_event())
+    await inbox.wait_for_count(1)
+    await subscription.close()
+    await subscription.close()
+    await bus.close()
+    await bus.close()
+
+
+async def test_publish_after_close_raises_publish_error(bus: Bus, topic: str) -> None:
+    """A closed bus refuses to publish with a terminal PublishError (no silent drop)."""
+    await bus.close()
+    with pytest.raises(PublishError) as raised:
+        await bus.publish(topic, sample_event())
+    assert raised.value.retryable is False
+
+
+async def test_subscribe_after_close_raises_subscribe_error(
+    bus: Bus, topic: str, unique: Names
+) -> None:
+    """A closed bus refuses to subscribe with a terminal SubscribeError."""
+    inbox = Inbox()
+    await bus.close()
+    with pytest.raises(SubscribeError) as raised:
+        await bus.subscribe(topic, group=unique("group"), handler=inbox.handler)
+    assert raised.value.retryable is False

@@ -1,0 +1,701 @@
+"""Admission of resources: validation and defaults per kind, errors naming the field (K54-K69,
+K112-K122, K140, K153-K154, K159, K162), ISO-8601 durations (K122), Knative doc samples."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from broker.durations import parse_duration
+from broker.errors import InvalidResource
+from broker.resources import (
+    ADMISSIONS,
+    BROKER,
+    BROKER_CLASS_ANNOTATION,
+    BROKER_LABEL,
+    DEFAULT_BROKER_CLASS,
+    TYPES,
+    admit,
+    trigger_broker,
+    type_for_kind,
+)
+from tests.conftest import shared_fixture_dir
+
+EVENTING = "eventing.knative.dev/v1"
+MESSAGING = "messaging.knative.dev/v1"
+SINK = {"uri": "http://sink.example.com/"}
+
+
+def obj(kind: str, spec: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
+    api_version = {
+        "Broker": EVENTING,
+        "Trigger": EVENTING,
+        "Channel": MESSAGING,
+        "InMemoryChannel": MESSAGING,
+        "Subscription": MESSAGING,
+    }[kind]
+    result: dict[str, Any] = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": "x", **metadata},
+    }
+    if spec is not None:
+        result["spec"] = spec
+    return result
+
+
+def trigger(**spec: Any) -> dict[str, Any]:
+    return obj("Trigger", {"broker": "default", "subscriber": SINK, **spec})
+
+
+def subscription(**spec: Any) -> dict[str, Any]:
+    channel = {"apiVersion": MESSAGING, "kind": "Channel", "name": "ch"}
+    return obj("Subscription", {"channel": channel, "subscriber": SINK, **spec})
+
+
+def secret(**fields: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, **fields}
+
+
+def invalid(body: Any, field: str, *fragments: str, **kwargs: Any) -> InvalidResource:
+    with pytest.raises(InvalidResource) as info:
+        admit(body, **kwargs)
+    assert info.value.field == field, info.value
+    for fragment in fragments:
+        assert fragment in info.value.reason, info.value.reason
+    return info.value
+
+
+# --- durations (K122) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("PT0.2S", 0.2), ("PT1M", 60), ("P1D", 86400), ("PT1.5H", 5400), ("PT0S", 0), ("P1W", 604800)],
+)
+def test_k122_iso8601_durations_parse_to_seconds(text: str, seconds: float) -> None:
+    assert parse_duration(text, "f") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["-PT1S", "PT", "P1DT", "1S", "pt1s", "", "PT1S ", "soon"])
+def test_k122_negative_or_unparsable_durations_are_invalid(text: str) -> None:
+    with pytest.raises(InvalidResource) as info:
+        parse_duration(text, "spec.delivery.backoffDelay")
+    assert info.value.field == "spec.delivery.backoffDelay"
+    assert "ISO-8601" in info.value.reason or "negative" in info.value.reason
+
+
+def test_durations_must_be_strings() -> None:
+    with pytest.raises(InvalidResource, match="ISO-8601"):
+        parse_duration(5, "timeout")  # type: ignore[arg-type]
+
+
+# --- shared: apiVersion, kind, body, metadata ---------------------------------------------------
+
+
+def test_missing_or_unknown_api_version_and_kind_are_named() -> None:
+    invalid({"kind": "Broker", "metadata": {"name": "b"}}, "apiVersion", "required")
+    invalid({"apiVersion": EVENTING, "metadata": {"name": "b"}}, "kind", "required")
+    invalid({"apiVersion": EVENTING, "kind": "Brokr", "metadata": {"name": "b"}}, "kind", "Brokr")
+    invalid({"apiVersion": "eventing.knative.dev/v2", "kind": "Broker"}, "apiVersion", "v2")
+    invalid({"apiVersion": 1, "kind": "Broker"}, "apiVersion", "string")
+
+
+def test_non_object_body_and_spec_are_rejected() -> None:
+    invalid(["Broker"], "", "object")
+    invalid(obj("Broker", ["x"]), "spec", "object")  # type: ignore[arg-type]
+    invalid({**obj("Broker"), "metadata": "x"}, "metadata", "object")
+
+
+def test_name_is_required_and_must_be_a_dns_subdomain() -> None:
+    invalid({**obj("Broker"), "metadata": {}}, "metadata.name", "required")
+    invalid({**obj("Broker"), "metadata": {"generateName": "b-"}}, "metadata.name", "generateName")
+    for bad in ("Default", "a_b", "-a", "a-", "a" * 254, "a..b"):
+        invalid(obj("Broker", name=bad), "metadata.name", "lower-case")
+    for good in ("default", "a.b-c", "a" * 253, "0"):
+        assert admit(obj("Broker", name=good))["metadata"]["name"] == good
+
+
+def test_namespace_comes_from_the_object_or_the_argument_and_defaults_to_default() -> None:
+    assert admit(obj("Broker"))["metadata"]["namespace"] == "default"
+    assert admit(obj("Broker"), namespace="team")["metadata"]["namespace"] == "team"
+    assert admit(obj("Broker", namespace="team"))["metadata"]["namespace"] == "team"
+    assert (
+        admit(obj("Broker", namespace="team"), namespace="team")["metadata"]["namespace"] == "team"
+    )
+    invalid(obj("Broker", namespace="a"), "metadata.namespace", "'a'", "'b'", namespace="b")
+    invalid(obj("Broker", namespace="a.b"), "metadata.namespace", "63")
+    invalid(obj("Broker"), "metadata.namespace", "63", namespace="x" * 64)
+
+
+def test_server_set_metadata_and_status_are_dropped() -> None:
+    body = obj(
+        "Broker",
+        uid="u",
+        generation=7,
+        resourceVersion="9",
+        creationTimestamp="2020-01-01T00:00:00Z",
+        finalizers=["f"],
+    )
+    body["status"] = {"conditions": []}
+    admitted = admit(body)
+    assert set(admitted["metadata"]) == {"name", "namespace", "labels", "annotations"}
+    assert "status" not in admitted
+    assert list(admitted) == ["apiVersion", "kind", "metadata", "spec"]
+
+
+def test_input_is_not_modified() -> None:
+    body = trigger()
+    before = copy.deepcopy(body)
+    admit(body)
+    assert body == before
+
+
+def test_labels_and_annotations_must_be_string_maps_with_valid_keys() -> None:
+    invalid(obj("Broker", labels={"a": 1}), "metadata.labels[a]", "string")
+    invalid(obj("Broker", labels={"a": "x y"}), "metadata.labels[a]", "label value")
+    invalid(obj("Broker", labels={"bad key": "x"}), "metadata.labels", "bad key")
+    invalid(obj("Broker", annotations={"a": True}), "metadata.annotations[a]", "string")
+    invalid(obj("Broker", annotations=["a"]), "metadata.annotations", "map")
+    ok = admit(obj("Broker", labels={"app.kubernetes.io/name": "x"}, annotations={"note": "a b"}))
+    assert ok["metadata"]["labels"] == {"app.kubernetes.io/name": "x"}
+    assert ok["metadata"]["annotations"]["note"] == "a b"
+
+
+def test_unknown_spec_fields_are_kept() -> None:
+    admitted = admit(trigger(somethingNew={"a": 1}))
+    assert admitted["spec"]["somethingNew"] == {"a": 1}
+
+
+def test_admission_is_idempotent_on_stored_objects() -> None:
+    for body in (
+        obj("Broker", {"delivery": {"retry": 3}}),
+        trigger(filters=[{"exact": {"type": "a"}}]),
+        obj("Channel"),
+        obj("InMemoryChannel"),
+        subscription(reply={"uri": "http://r/"}),
+        secret(stringData={"a": "b"}),
+    ):
+        once = admit(body)
+        stored = copy.deepcopy(once)
+        stored["metadata"].update(uid="u", generation=1, resourceVersion="1")
+        stored["status"] = {"conditions": []}
+        assert admit(stored, old=stored) == once
+
+
+def test_every_served_kind_has_an_admission_entry() -> None:
+    assert set(ADMISSIONS) == set(TYPES)
+
+
+def test_update_cannot_change_name_namespace_or_kind() -> None:
+    old = admit(obj("Broker"))
+    invalid(obj("Broker", name="y"), "metadata.name", "cannot change", old=old)
+    invalid(obj("Broker", namespace="other"), "metadata.namespace", "cannot change", old=old)
+
+
+# --- Broker (K59, K66) --------------------------------------------------------------------------
+
+
+def test_k59_broker_class_defaults_to_mt_channel_based_broker() -> None:
+    admitted = admit(obj("Broker"))
+    assert admitted["metadata"]["annotations"][BROKER_CLASS_ANNOTATION] == DEFAULT_BROKER_CLASS
+    assert admitted["spec"] == {}
+    kafka = admit(obj("Broker", annotations={BROKER_CLASS_ANNOTATION: "Kafka"}))
+    assert kafka["metadata"]["annotations"][BROKER_CLASS_ANNOTATION] == "Kafka"
+
+
+def test_k59_broker_class_is_immutable_and_kept_when_an_update_omits_it() -> None:
+    old = admit(obj("Broker", annotations={BROKER_CLASS_ANNOTATION: "Kafka"}))
+    kept = admit(obj("Broker"), old=old)
+    assert kept["metadata"]["annotations"][BROKER_CLASS_ANNOTATION] == "Kafka"
+    invalid(
+        obj("Broker", annotations={BROKER_CLASS_ANNOTATION: DEFAULT_BROKER_CLASS}),
+        f"metadata.annotations[{BROKER_CLASS_ANNOTATION}]",
+        "immutable",
+        old=old,
+    )
+
+
+def test_k59_broker_config_is_immutable() -> None:
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "namespace": "n"}
+    old = admit(obj("Broker", {"config": config}))
+    assert admit(obj("Broker", {"config": dict(config), "delivery": {"retry": 1}}), old=old)
+    invalid(obj("Broker", {"config": {**config, "name": "d"}}), "spec.config", "immutable", old=old)
+    invalid(obj("Broker", {}), "spec.config", "immutable", old=old)
+    invalid(obj("Broker", {"config": "c"}), "spec.config", "object")
+
+
+# --- delivery (K112, K114, K120, K121) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind", ["Broker", "Trigger", "Channel", "InMemoryChannel", "Subscription"]
+)
+def test_k114_delivery_is_validated_on_every_kind_that_has_it(kind: str) -> None:
+    def body(delivery: dict[str, Any]) -> dict[str, Any]:
+        if kind == "Trigger":
+            return trigger(delivery=delivery)
+        if kind == "Subscription":
+            return subscription(delivery=delivery)
+        return obj(kind, {"delivery": delivery})
+
+    good = {
+        "retry": 5,
+        "backoffPolicy": "linear",
+        "backoffDelay": "PT0.5S",
+        "timeout": "PT10S",
+        "retryAfterMax": "PT0S",
+        "format": "json",
+        "deadLetterSink": {"uri": "http://dls.example.com"},
+    }
+    assert admit(body(good))["spec"]["delivery"] == good
+    invalid(body({"retry": -1}), "spec.delivery.retry", ">= 0")
+    invalid(body({"retry": "3"}), "spec.delivery.retry", "integer")
+    invalid(body({"retry": True}), "spec.delivery.retry", "integer")
+    invalid(body({"backoffPolicy": "fibonacci"}), "spec.delivery.backoffPolicy", "linear")
+    invalid(body({"backoffDelay": "0.5s"}), "spec.delivery.backoffDelay", "ISO-8601")
+    invalid(body({"backoffDelay": "-PT1S"}), "spec.delivery.backoffDelay", "negative")
+    invalid(body({"timeout": "PT0S"}), "spec.delivery.timeout", "longer than zero")
+    invalid(body({"timeout": "10"}), "spec.delivery.timeout", "ISO-8601")
+    invalid(body({"retryAfterMax": "1m"}), "spec.delivery.retryAfterMax", "ISO-8601")
+    invalid(body({"format": "xml"}), "spec.delivery.format", "json")
+    invalid(body({"retries": 3}), "spec.delivery.retries", "unknown field")
+    invalid(body({"deadLetterSink": {}}), "spec.delivery.deadLetterSink", "ref")
+    invalid(body("PT1S"), "spec.delivery", "object")  # type: ignore[arg-type]
+
+
+def test_k112_dead_letter_sink_ref_gets_the_objects_namespace() -> None:
+    body = obj(
+        "Broker",
+        {
+            "delivery": {
+                "deadLetterSink": {"ref": {"apiVersion": MESSAGING, "kind": "Channel", "name": "d"}}
+            }
+        },
+        namespace="team",
+    )
+    ref = admit(body)["spec"]["delivery"]["deadLetterSink"]["ref"]
+    assert ref["namespace"] == "team"
+
+
+# --- Trigger (K54, K55, K67, K69, K74, K81, K159, K162) -----------------------------------------
+
+
+def test_k54_trigger_broker_is_required_and_immutable() -> None:
+    invalid(obj("Trigger", {"subscriber": SINK}), "spec.broker", "required")
+    invalid(trigger(broker=""), "spec.broker", "required")
+    invalid(trigger(broker=3), "spec.broker", "string")
+    invalid(trigger(broker="Bad_Name"), "spec.broker", "lower-case")
+    old = admit(trigger())
+    assert admit(trigger(filter={"attributes": {"type": "a"}}), old=old)  # K60: others may change
+    invalid(trigger(broker="other"), "spec.broker", "immutable", old=old)
+
+
+def test_k55_broker_and_broker_ref_are_mutually_exclusive() -> None:
+    ref = {"name": "default"}
+    admitted = admit(obj("Trigger", {"brokerRef": ref, "subscriber": SINK}))
+    assert trigger_broker(admitted["spec"]) == "default"
+    assert admitted["metadata"]["labels"][BROKER_LABEL] == "default"
+    invalid(trigger(brokerRef=ref), "spec.brokerRef", "mutually exclusive")
+    invalid(
+        obj("Trigger", {"brokerRef": {}, "subscriber": SINK}), "spec.brokerRef.name", "required"
+    )
+    invalid(
+        obj("Trigger", {"brokerRef": {"name": "b", "namespace": "other"}, "subscriber": SINK}),
+        "spec.brokerRef.namespace",
+        "other namespaces",
+    )
+    same_ns = {"name": "b", "namespace": "default", "kind": "Broker", "apiVersion": EVENTING}
+    assert admit(obj("Trigger", {"brokerRef": same_ns, "subscriber": SINK}))
+    invalid(
+        obj("Trigger", {"brokerRef": {"name": "b", "kind": "Channel"}, "subscriber": SINK}),
+        "spec.brokerRef.kind",
+        "Broker",
+    )
+    old = admit(obj("Trigger", {"brokerRef": ref, "subscriber": SINK}))
+    invalid(
+        obj("Trigger", {"brokerRef": {"name": "other"}, "subscriber": SINK}),
+        "spec.brokerRef.name",
+        "immutable",
+        old=old,
+    )
+    assert admit(trigger(), old=old)  # the same broker, named the other way
+
+
+def test_k67_trigger_defaults_filter_label_and_subscriber_ref_namespace() -> None:
+    body = obj(
+        "Trigger",
+        {
+            "broker": "b",
+            "subscriber": {"ref": {"apiVersion": "v1", "kind": "Service", "name": "s"}},
+        },
+        namespace="team",
+    )
+    admitted = admit(body)
+    assert admitted["spec"]["filter"] == {}
+    assert admitted["metadata"]["labels"] == {BROKER_LABEL: "b"}
+    assert admitted["spec"]["subscriber"]["ref"]["namespace"] == "team"
+    explicit = copy.deepcopy(body)
+    explicit["spec"]["subscriber"]["ref"]["namespace"] = "elsewhere"
+    assert admit(explicit)["spec"]["subscriber"]["ref"]["namespace"] == "elsewhere"
+
+
+def test_trigger_subscriber_is_required() -> None:
+    invalid(obj("Trigger", {"broker": "b"}), "spec.subscriber", "required")
+
+
+@pytest.mark.parametrize(
+    ("destination", "field", "fragment"),
+    [
+        ({}, "spec.subscriber", "neither"),
+        ({"uri": ""}, "spec.subscriber", "neither"),
+        ("http://x", "spec.subscriber", "object"),
+        ({"uri": "/relative"}, "spec.subscriber.uri", "relative"),
+        (
+            {"uri": "http://x/", "ref": {"apiVersion": "v1", "kind": "Service", "name": "s"}},
+            "spec.subscriber.uri",
+            "absolute uri cannot be combined with ref",
+        ),
+        ({"uri": "ftp://x/"}, "spec.subscriber.uri", "http"),
+        ({"uri": "http://"}, "spec.subscriber.uri", "host"),
+        ({"uri": 5}, "spec.subscriber.uri", "string"),
+        ({"ref": {"kind": "Service", "name": "s"}}, "spec.subscriber.ref.apiVersion", "required"),
+        ({"ref": {"apiVersion": "v1", "name": "s"}}, "spec.subscriber.ref.kind", "required"),
+        ({"ref": {"apiVersion": "v1", "kind": "Service"}}, "spec.subscriber.ref.name", "required"),
+        ({"ref": "svc"}, "spec.subscriber.ref", "object reference"),
+    ],
+)
+def test_k159_k162_destination_rules(destination: Any, field: str, fragment: str) -> None:
+    invalid(trigger(subscriber=destination), field, fragment)
+
+
+def test_k159_destination_forms_that_are_accepted() -> None:
+    ref = {"apiVersion": "v1", "kind": "Service", "name": "s"}
+    assert admit(trigger(subscriber={"uri": "https://x.example.com:8443/p?q=1"}))
+    assert admit(trigger(subscriber={"ref": ref}))
+    with_path = admit(trigger(subscriber={"ref": ref, "uri": "/path"}))
+    assert with_path["spec"]["subscriber"]["uri"] == "/path"
+
+
+def test_k74_k77_legacy_filter_attributes_are_checked() -> None:
+    invalid(trigger(filter={"attributes": {"My-Ext": "a"}}), "spec.filter.attributes", "My-Ext")
+    invalid(trigger(filter={"attributes": {"exint": 1}}), "spec.filter.attributes.exint", "string")
+    assert admit(trigger(filter={"attributes": {"type": "", "myext": "v"}}))
+
+
+def test_k81_k85_k89_filters_are_checked_with_their_paths() -> None:
+    invalid(
+        trigger(filters=[{"exact": {"type": "a"}}, {"prefix": {"type": ""}}]),
+        "spec.filters[1].prefix.type",
+        "empty",
+    )
+    invalid(
+        trigger(filters=[{"exact": {"type": "a"}, "suffix": {"type": "b"}}]),
+        "spec.filters[0]",
+        "multiple dialects found",
+    )
+    invalid(
+        trigger(filters=[{"cesql": "type = 'a'"}]), "spec.filters[0].cesql", "not supported yet"
+    )
+    assert admit(trigger(filters=[{"any": [{"exact": {"type": "a"}}, {"not": {}}]}]))
+
+
+def test_k69_dependency_annotation_must_be_a_json_object_reference() -> None:
+    field = "metadata.annotations[knative.dev/dependency]"
+
+    def with_dependency(value: str, namespace: str = "default") -> dict[str, Any]:
+        body = trigger()
+        body["metadata"].update(annotations={"knative.dev/dependency": value}, namespace=namespace)
+        return body
+
+    good = {"kind": "PingSource", "name": "p", "apiVersion": "sources.knative.dev/v1"}
+    assert admit(with_dependency(json.dumps(good)))
+    assert admit(with_dependency(json.dumps({**good, "namespace": "default"})))
+    invalid(with_dependency("PingSource/p"), field, "JSON object reference")
+    invalid(with_dependency("[]"), field, "object reference")
+    for key in ("kind", "name", "apiVersion"):
+        missing = {k: v for k, v in good.items() if k != key}
+        invalid(with_dependency(json.dumps(missing)), f"{field}.{key}", "required")
+    invalid(with_dependency(json.dumps({**good, "namespace": "other"})), f"{field}.namespace", "")
+
+
+def test_delivery_order_annotation_is_ordered_or_unordered() -> None:
+    key = "kafka.eventing.knative.dev/delivery.order"
+    for value in ("ordered", "unordered"):
+        body = trigger()
+        body["metadata"]["annotations"] = {key: value}
+        assert admit(body)["metadata"]["annotations"][key] == value
+    body = trigger()
+    body["metadata"]["annotations"] = {key: "sorted"}
+    invalid(body, f"metadata.annotations[{key}]", "ordered")
+
+
+# --- Channel, InMemoryChannel (K140) ------------------------------------------------------------
+
+
+def test_k140_channel_template_defaults_to_in_memory_channel_and_is_immutable() -> None:
+    admitted = admit(obj("Channel"))
+    assert admitted["spec"]["channelTemplate"] == {
+        "apiVersion": MESSAGING,
+        "kind": "InMemoryChannel",
+    }
+    explicit = obj(
+        "Channel", {"channelTemplate": {"apiVersion": MESSAGING, "kind": "InMemoryChannel"}}
+    )
+    assert admit(explicit, old=admitted)
+    assert admit(obj("Channel", {"delivery": {"retry": 2}}), old=admitted)
+    changed = obj(
+        "Channel",
+        {"channelTemplate": {"apiVersion": MESSAGING, "kind": "InMemoryChannel", "spec": {"x": 1}}},
+    )
+    invalid(changed, "spec.channelTemplate", "immutable", old=admitted)
+
+
+def test_k140_channel_kinds_other_than_in_memory_channel_are_rejected_for_now() -> None:
+    kafka = {"apiVersion": "messaging.knative.dev/v1beta1", "kind": "KafkaChannel"}
+    error = invalid(
+        obj("Channel", {"channelTemplate": kafka}), "spec.channelTemplate.kind", "KafkaChannel"
+    )
+    assert "available channel kinds: InMemoryChannel (messaging.knative.dev/v1)" in error.reason
+    invalid(
+        obj("Channel", {"channelTemplate": {"kind": "InMemoryChannel"}}),
+        "spec.channelTemplate.apiVersion",
+        "required",
+    )
+
+
+def test_in_memory_channel_admits_with_an_empty_spec() -> None:
+    assert admit(obj("InMemoryChannel"))["spec"] == {}
+
+
+# --- Subscription (K153, K154) ------------------------------------------------------------------
+
+
+def test_k153_subscription_channel_is_a_required_same_namespace_reference() -> None:
+    invalid(obj("Subscription", {"subscriber": SINK}), "spec.channel", "required")
+    invalid(subscription(channel={"kind": "Channel", "name": "c"}), "spec.channel.apiVersion", "")
+    invalid(subscription(channel={"apiVersion": MESSAGING, "name": "c"}), "spec.channel.kind", "")
+    invalid(
+        subscription(channel={"apiVersion": MESSAGING, "kind": "Channel"}), "spec.channel.name", ""
+    )
+    invalid(
+        subscription(
+            channel={"apiVersion": MESSAGING, "kind": "Channel", "name": "c", "namespace": "o"}
+        ),
+        "spec.channel.namespace",
+        "'o'",
+    )
+    admitted = admit(subscription())
+    assert admitted["spec"]["channel"]["namespace"] == "default"
+
+
+def test_k153_subscription_channel_is_immutable() -> None:
+    old = admit(subscription())
+    assert admit(subscription(reply={"uri": "http://r.example.com/"}), old=old)  # K157
+    other = {"apiVersion": MESSAGING, "kind": "Channel", "name": "other"}
+    invalid(subscription(channel=other), "spec.channel", "immutable", old=old)
+
+
+def test_k154_subscription_subscriber_required_reply_optional() -> None:
+    channel = {"apiVersion": MESSAGING, "kind": "Channel", "name": "ch"}
+    invalid(obj("Subscription", {"channel": channel}), "spec.subscriber", "required")
+    invalid(subscription(reply={"uri": "relative"}), "spec.reply.uri", "relative")
+    assert "reply" not in admit(subscription())["spec"]
+
+
+# --- Secret -------------------------------------------------------------------------------------
+
+
+def test_secret_defaults_type_and_merges_string_data_into_base64_data() -> None:
+    admitted = admit(secret(data={"a": base64.b64encode(b"1").decode()}, stringData={"b": "two"}))
+    assert admitted["type"] == "Opaque"
+    assert "stringData" not in admitted
+    assert admitted["data"] == {"a": "MQ==", "b": base64.b64encode(b"two").decode()}
+    assert "spec" not in admitted
+    override = admit(secret(data={"a": "MQ=="}, stringData={"a": "new"}))
+    assert base64.b64decode(override["data"]["a"]) == b"new"  # stringData wins, as in Kubernetes
+    assert admit(secret(type="kubernetes.io/basic-auth"))["type"] == "kubernetes.io/basic-auth"
+
+
+def test_secret_data_must_be_base64_with_valid_keys() -> None:
+    invalid(secret(data={"token": "not base64!"}), "data.token", "base64")
+    invalid(secret(data={"bad key": "MQ=="}), "data", "bad key")
+    invalid(secret(data={"a": 1}), "data.a", "string")
+    invalid(secret(stringData={"a": 1}), "stringData.a", "string")
+    invalid(secret(data="x"), "data", "map")
+
+
+def test_secret_name_is_required() -> None:
+    invalid({"apiVersion": "v1", "kind": "Secret", "metadata": {}}, "metadata.name", "required")
+    invalid({"apiVersion": "v1", "kind": "Secret"}, "metadata.name", "required")
+
+
+def test_secret_type_is_immutable_and_immutable_secrets_keep_their_data() -> None:
+    old = admit(secret(stringData={"a": "1"}))
+    assert admit(secret(stringData={"a": "2"}), old=old)
+    invalid(secret(type="kubernetes.io/tls"), "type", "immutable", old=old)
+    frozen = admit(secret(stringData={"a": "1"}, immutable=True))
+    assert admit(secret(stringData={"a": "1"}, immutable=True), old=frozen)
+    invalid(secret(stringData={"a": "2"}, immutable=True), "data", "immutable", old=frozen)
+    invalid(secret(immutable="yes"), "immutable", "true or false")
+
+
+# --- Knative doc samples ------------------------------------------------------------------------
+
+
+def _documents(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every YAML document in the .yaml files and ```yaml blocks of the .md files."""
+    texts: list[tuple[str, str]] = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in (".yaml", ".yml"):
+            texts.append((str(path.relative_to(folder)), path.read_text()))
+        elif path.suffix == ".md":
+            blocks = re.findall(r"```yaml\n(.*?)```", path.read_text(), flags=re.DOTALL)
+            texts += [(f"{path.relative_to(folder)}#{i}", block) for i, block in enumerate(blocks)]
+    documents = []
+    for name, text in texts:
+        try:
+            loaded = list(yaml.safe_load_all(text))
+        except yaml.YAMLError:
+            # Some README blocks elide parts with "..." lines; the .yaml files never do.
+            assert "#" in name, f"{name} is not valid YAML"
+            continue
+        documents += [
+            (name, document)
+            for document in loaded
+            if isinstance(document, dict) and "kind" in document and "apiVersion" in document
+        ]
+    return documents
+
+
+def _served(document: dict[str, Any]) -> bool:
+    try:
+        type_for_kind(str(document["apiVersion"]), str(document["kind"]))
+    except InvalidResource:
+        return False
+    return True
+
+
+def test_knative_doc_samples_admit_unchanged() -> None:
+    folder = shared_fixture_dir("knative-docs")
+    channels = folder / "docs/versioned/eventing/channels/channels.yaml"
+    # The channels list names the implementations; InMemoryChannel is the one served here.
+    listed = {entry["name"] for entry in yaml.safe_load(channels.read_text())["channels"]}
+    assert "InMemoryChannel" in listed
+    admitted_kinds: set[str] = set()
+    for name, document in _documents(folder):
+        if not _served(document):
+            continue
+        admitted = admit(copy.deepcopy(document))
+        admitted_kinds.add(document["kind"])
+        content = document.get("spec") if "spec" in document else None
+        if content is not None:
+            # Nothing written by the user is lost: every spec key survives, values as written
+            # (defaults only add).
+            for key, value in content.items():
+                if key != "subscriber":
+                    assert admitted["spec"][key] == value, (name, key)
+            if "subscriber" in content:  # the ref gains its namespace (K67), nothing else
+                written = content["subscriber"]["ref"]
+                assert admitted["spec"]["subscriber"]["ref"] == {"namespace": "default", **written}
+    assert {"Broker", "Trigger", "Secret"} <= admitted_kinds
+
+
+def test_knative_style_samples_of_every_kind_admit() -> None:
+    samples = yaml.safe_load_all(
+        """
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: default
+  namespace: default
+  annotations:
+    eventing.knative.dev/broker.class: MTChannelBasedBroker
+spec:
+  config:
+    apiVersion: v1
+    kind: ConfigMap
+    name: config-br-default-channel
+    namespace: knative-eventing
+  delivery:
+    deadLetterSink:
+      ref:
+        apiVersion: serving.knative.dev/v1
+        kind: Service
+        name: dlq
+    retry: 5
+    backoffPolicy: exponential
+    backoffDelay: PT0.5S
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: my-service-trigger
+  annotations:
+    knative.dev/dependency: '{"kind":"PingSource","name":"p","apiVersion":"sources.knative.dev/v1"}'
+    kafka.eventing.knative.dev/delivery.order: ordered
+spec:
+  broker: default
+  filters:
+    - any:
+        - exact:
+            type: com.github.push
+        - prefix:
+            source: https://github.com/
+  subscriber:
+    ref:
+      apiVersion: serving.knative.dev/v1
+      kind: Service
+      name: my-service
+    uri: /my-custom-path
+  delivery:
+    timeout: PT10S
+---
+apiVersion: messaging.knative.dev/v1
+kind: Channel
+metadata:
+  name: my-channel
+spec:
+  channelTemplate:
+    apiVersion: messaging.knative.dev/v1
+    kind: InMemoryChannel
+---
+apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata:
+  name: imc
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata:
+  name: my-subscription
+spec:
+  channel:
+    apiVersion: messaging.knative.dev/v1
+    kind: Channel
+    name: my-channel
+  delivery:
+    deadLetterSink:
+      uri: http://dls.example.com
+  reply:
+    ref:
+      apiVersion: messaging.knative.dev/v1
+      kind: InMemoryChannel
+      name: imc
+  subscriber:
+    ref:
+      apiVersion: serving.knative.dev/v1
+      kind: Service
+      name: my-service
+"""
+    )
+    kinds = [admit(sample)["kind"] for sample in samples]
+    assert kinds == ["Broker", "Trigger", "Channel", "InMemoryChannel", "Subscription"]
+    assert BROKER.kind in kinds
