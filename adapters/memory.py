@@ -19,8 +19,10 @@ Model:
   number of handler tasks of a subscription; tasks live as long as the subscription (never one
   task per message).
 - ``publish`` waits while a live group of the topic already holds ``queue_size`` messages that no
-  handler has taken (back-pressure) rather than dropping anything. Redeliveries are never held
-  back by that limit.
+  handler has taken (back-pressure) rather than dropping anything. Two exceptions, both to avoid
+  deadlocks: redeliveries are never held back, and neither is a publish made from inside a
+  handler of this bus (a reply re-entering a broker): handlers are what drains the queues, so a
+  handler waiting for room could be waiting for itself.
 - Settling: the handler returning acks; :class:`~broker.bus.Nack` redelivers after its delay;
   any other exception is logged and redelivered after :data:`ERROR_REDELIVERY_DELAY` (so that a
   broken handler does not spin the CPU). Redeliveries carry ``attempt + 1`` and join the back of
@@ -42,9 +44,10 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
-from broker.bus import Capability, Handler, Message, Nack
+from broker.bus import BusFactory, Capability, Handler, Message, Nack
 from broker.errors import BusError, PublishError, SubscribeError
 from broker.events import CloudEvent
 
@@ -55,6 +58,10 @@ DEFAULT_QUEUE_SIZE = 100_000
 # Redelivery delay after a handler raised something other than Nack: long enough that a handler
 # failing on every message does not busy-loop, short enough not to matter for a transient error.
 ERROR_REDELIVERY_DELAY = 0.05
+
+# True in the handler tasks of memory-bus subscriptions (and in tasks they start): their
+# publishes skip back-pressure (see the module docstring).
+_in_handler: ContextVar[bool] = ContextVar("cemesh_memory_bus_in_handler", default=False)
 
 
 class _Entry:
@@ -73,6 +80,7 @@ class _Group:
 
     ``held`` counts the messages the group holds that no handler is working on (ready, waiting
     behind their key, or waiting for a redelivery delay); it is what ``queue_size`` bounds.
+    ``taken`` counts the messages in a handler.
     """
 
     __slots__ = (
@@ -85,6 +93,7 @@ class _Group:
         "name",
         "ready",
         "subscriptions",
+        "taken",
         "topic",
     )
 
@@ -96,6 +105,7 @@ class _Group:
         # is present while one of its messages is anywhere in this group.
         self.keys: dict[str, deque[_Entry]] = {}
         self.held = 0
+        self.taken = 0
         self.subscriptions: set[_MemorySubscription] = set()
         self._getters: deque[asyncio.Future[_Entry]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
@@ -123,8 +133,9 @@ class _Group:
             getter = getters.popleft()
             if not getter.done():
                 self.held -= 1
+                self.taken += 1
                 getter.set_result(entry)
-                self._wake_putter()
+                self.wake_putter()
                 return
         if front:
             self.ready.appendleft(entry)
@@ -141,12 +152,12 @@ class _Group:
             except asyncio.CancelledError:
                 # The wake-up was meant for someone waiting: pass it on rather than lose it.
                 if putter.done() and not putter.cancelled():
-                    self._wake_putter()
+                    self.wake_putter()
                 else:
                     self._discard(self._putters, putter)
                 raise
 
-    def _wake_putter(self) -> None:
+    def wake_putter(self) -> None:
         putters = self._putters
         while putters:
             putter = putters.popleft()
@@ -167,7 +178,8 @@ class _Group:
         """The next deliverable message, waiting for one if there is none."""
         if self.ready:
             self.held -= 1
-            self._wake_putter()
+            self.taken += 1
+            self.wake_putter()
             return self.ready.popleft()
         getter = self._loop.create_future()
         self._getters.append(getter)
@@ -183,6 +195,7 @@ class _Group:
 
     def ack(self, entry: _Entry) -> None:
         """The handler returned: forget ``entry`` and release the next message of its key."""
+        self.taken -= 1
         key = entry.key
         if key is not None:
             waiting = self.keys[key]
@@ -194,6 +207,7 @@ class _Group:
     def redeliver(self, entry: _Entry, delay: float) -> None:
         """The handler failed: deliver ``entry`` again after ``delay`` seconds, attempt + 1."""
         entry.attempt += 1
+        self.taken -= 1
         self.held += 1  # its key (if any) stays taken, so nothing of that key overtakes it
         if delay <= 0:
             self._release(entry, front=False)
@@ -211,13 +225,14 @@ class _Group:
         """Cancelled, never acked: put ``entry`` back at the front for the next handler."""
         if delivered:
             entry.attempt += 1
+        self.taken -= 1
         self.held += 1
         self._release(entry, front=True)
 
     @property
     def idle(self) -> bool:
         """No subscription, nothing held, nothing in a handler: the group can be forgotten."""
-        return not self.subscriptions and self.held == 0 and not self.keys
+        return not self.subscriptions and self.held == 0 and self.taken == 0
 
     def cancel_timers(self) -> None:
         for timer in self._timers:
@@ -242,6 +257,7 @@ class _MemorySubscription:
         self._tasks = [asyncio.create_task(self._work(), name=name) for _ in range(concurrency)]
 
     async def _work(self) -> None:
+        _in_handler.set(True)  # this task runs in its own copy of the context
         group = self._group
         handler = self._handler
         while True:
@@ -329,14 +345,18 @@ class MemoryBus:
         if self._closed:
             raise PublishError("memory bus is closed", retryable=False)
         limit = self.queue_size
+        woken_by: _Group | None = None
         while True:
             groups = self._topics.get(topic)
             if not groups:
                 return  # no group: no one to deliver to
             full = next((g for g in groups.values() if g.held >= limit and g.subscriptions), None)
-            if full is None:
+            if full is None or _in_handler.get():
                 break
+            if woken_by is not None and woken_by is not full and woken_by.held < limit:
+                woken_by.wake_putter()  # room made for us that we cannot use yet: pass it on
             await full.wait_for_space(limit)
+            woken_by = full
             if self._closed:
                 raise PublishError("memory bus closed while publishing", retryable=False)
         for group in groups.values():
@@ -380,3 +400,7 @@ class MemoryBus:
             del groups[group.name]
             if not groups:
                 del self._topics[group.topic]
+
+
+# Checked by mypy: MemoryBus is a BusFactory building a Bus.
+_factory: BusFactory = MemoryBus

@@ -197,15 +197,14 @@ def decode_header_value(raw: bytes) -> str:
     if len(raw) >= 2 and raw[0] == 0x22 and raw[-1] == 0x22:
         inner = raw[1:-1]
         if not _QUOTED_STRING_BODY.fullmatch(inner):
-            raise BindingError("unescaped '\"' inside a quoted-string")
+            raise BindingError("malformed quoted-string (an unescaped '\"' or a dangling '\\')")
         raw = _QUOTED_PAIR.sub(rb"\1", inner) if b"\\" in inner else inner
     if b"%" in raw:
         bad = _BAD_PERCENT.search(raw)
         if bad is not None:
             found = raw[bad.start() : bad.start() + 3].decode("latin-1")
             raise BindingError(
-                f"invalid percent-encoding {found!r} at offset {bad.start()} "
-                "(% must be followed by two hex digits)"
+                f"invalid percent-encoding {found!r} (% must be followed by two hex digits)"
             )
         # Every % now starts a valid escape, so the stdlib's single round is exactly C38.
         raw = unquote_to_bytes(raw)

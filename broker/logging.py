@@ -31,3 +31,5 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic narrates every migration step at INFO; only its warnings matter at startup.
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))

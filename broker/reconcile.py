@@ -6,9 +6,9 @@ of them the data plane runs (:class:`~broker.spec.Snapshot`: Brokers and Channel
 Triggers and Subscriptions that are Ready, with URLs resolved, durations in seconds, filters
 compiled and the effective delivery policy chosen).
 
-Kinds are handled in phases so each sees what it depends on: addressables first (Broker,
-Channel, InMemoryChannel), then Subscriptions (they need their Channel), then Triggers (they need
-their Broker and may send to a Channel), then the Channels' subscriber lists. Destinations
+Kinds are handled in phases (:data:`RECONCILERS`) so each sees what it depends on: addressables
+first (Broker, InMemoryChannel, Channel), then Subscriptions (they need their Channel and add
+themselves to its subscriber list), then Triggers (they need their Broker). Destinations
 resolve through :data:`ADDRESS_RESOLVERS`, a table keyed by (API group, kind): a later kind that
 has an address (Knative Service, Sequence, Parallel) adds one row.
 
@@ -97,7 +97,7 @@ def _sets_any(delivery: object) -> TypeGuard[Mapping[str, Any]]:
     return isinstance(delivery, Mapping) and any(v is not None for v in delivery.values())
 
 
-class _Unresolvable(Exception):
+class _UnresolvableError(Exception):
     """A destination has no URL now. ``reason`` is a CamelCase condition reason."""
 
     def __init__(self, reason: str, message: str) -> None:
@@ -206,12 +206,14 @@ class _World:
     def resolve(
         self, destination: Mapping[str, Any], namespace: str, *, require_ready: bool
     ) -> str:
-        """The URL of a Destination (K159-K161), or _Unresolvable."""
+        """The URL of a Destination (K159-K161), or _UnresolvableError."""
         uri = destination.get("uri") or ""
         ref = destination.get("ref")
         if not isinstance(ref, Mapping):
             if not uri:
-                raise _Unresolvable("DestinationInvalid", "the destination has neither ref nor uri")
+                raise _UnresolvableError(
+                    "DestinationInvalid", "the destination has neither ref nor uri"
+                )
             return str(uri)
         api_version, kind = str(ref.get("apiVersion", "")), str(ref.get("kind", ""))
         name = str(ref.get("name", ""))
@@ -220,16 +222,16 @@ class _World:
         resolver = ADDRESS_RESOLVERS.get((_group(api_version), kind))
         if resolver is None:
             supported = ", ".join(k for _, k in ADDRESS_RESOLVERS)
-            raise _Unresolvable(
+            raise _UnresolvableError(
                 "DestinationNotSupported",
                 f"cannot resolve {what} ({api_version}): only {supported} references "
                 "and uri resolve in this version",
             )
         target = self.find((_group(api_version), kind, ref_namespace, name))
         if target is None:
-            raise _Unresolvable("DestinationNotFound", f"{what} does not exist")
+            raise _UnresolvableError("DestinationNotFound", f"{what} does not exist")
         if require_ready and self.is_ready(target) is False:
-            raise _Unresolvable("DestinationNotReady", f"{what} is not Ready")
+            raise _UnresolvableError("DestinationNotReady", f"{what} is not Ready")
         address = resolver(target, self)
         return urljoin(address, uri) if uri else address  # K160
 
@@ -291,7 +293,7 @@ def _own_delivery(obj: Obj, world: _World, *, require_ready: bool) -> _Delivery:
         return _Delivery(delivery)
     try:
         uri = world.resolve(sink, obj["metadata"]["namespace"], require_ready=require_ready)
-    except _Unresolvable as exc:
+    except _UnresolvableError as exc:
         return _Delivery(delivery, failure=(exc.reason, f"dead letter sink: {exc.message}"))
     return _Delivery(delivery, uri)
 
@@ -480,7 +482,7 @@ def _reconcile_trigger(obj: Obj, world: _World) -> None:
     subscriber_uri = ""
     try:
         subscriber_uri = world.resolve(spec.get("subscriber") or {}, namespace, require_ready=True)
-    except _Unresolvable as exc:
+    except _UnresolvableError as exc:
         conditions.set("SubscriberResolved", "False", exc.reason, f"subscriber: {exc.message}")
     else:
         conditions.set("SubscriberResolved", "True")
@@ -575,7 +577,7 @@ def _reconcile_subscription(obj: Obj, world: _World) -> None:
     def resolve(destination: Mapping[str, Any], what: str) -> str:
         try:
             return world.resolve(destination, namespace, require_ready=True)
-        except _Unresolvable as exc:
+        except _UnresolvableError as exc:
             failures.append((exc.reason, f"{what}: {exc.message}"))
             return ""
 

@@ -147,9 +147,6 @@ _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
-# Fields the server owns: whatever a client sends for them is dropped.
-_SERVER_METADATA = ("uid", "generation", "resourceVersion", "creationTimestamp")
-
 
 def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
@@ -174,7 +171,7 @@ def _require_string(value: object, field: str, what: str = "") -> str:
 
 def check_subdomain_name(name: str, field: str) -> None:
     """A DNS-1123 subdomain: lower-case alphanumerics, '-' and '.', at most 253 characters."""
-    if len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+    if len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
         raise InvalidResource(
             field,
             f"{name!r} is not a valid name: use lower-case letters, digits, '-' and '.', "
@@ -184,7 +181,7 @@ def check_subdomain_name(name: str, field: str) -> None:
 
 def check_label_name(name: str, field: str) -> None:
     """A DNS-1123 label: lower-case alphanumerics and '-', at most 63 characters."""
-    if len(name) > 63 or not _DNS1123_LABEL.match(name):
+    if len(name) > 63 or not _DNS1123_LABEL.fullmatch(name):
         raise InvalidResource(
             field,
             f"{name!r} is not a valid name: use lower-case letters, digits and '-', "
@@ -197,9 +194,9 @@ def _check_qualified_key(key: object, field: str) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidResource(field, "keys must be non-empty strings")
     prefix, slash, name = key.rpartition("/")
-    valid = len(name) <= 63 and bool(_QUALIFIED_NAME.match(name))
+    valid = len(name) <= 63 and bool(_QUALIFIED_NAME.fullmatch(name))
     if slash:
-        valid = valid and len(prefix) <= 253 and bool(_DNS1123_SUBDOMAIN.match(prefix))
+        valid = valid and len(prefix) <= 253 and bool(_DNS1123_SUBDOMAIN.fullmatch(prefix))
     if not valid:
         raise InvalidResource(
             field,
@@ -219,7 +216,7 @@ def _string_map(value: object, field: str, *, labels: bool) -> dict[str, str]:
             raise InvalidResource(
                 f"{field}[{key}]", f"must be a string, got {_type_name(item)} {item!r}; quote it"
             )
-        if labels and (len(item) > 63 or not _LABEL_VALUE.match(item)):
+        if labels and (len(item) > 63 or not _LABEL_VALUE.fullmatch(item)):
             raise InvalidResource(
                 f"{field}[{key}]",
                 f"invalid label value {item!r}: at most 63 letters, digits, '-', '_' or '.', "
@@ -580,7 +577,7 @@ def _secret_items(value: object, field: str) -> dict[str, str]:
     mapping = _require_mapping(value, field, "a map of key to string value")
     items: dict[str, str] = {}
     for key, item in mapping.items():
-        if not isinstance(key, str) or len(key) > 253 or not _SECRET_KEY.match(key):
+        if not isinstance(key, str) or len(key) > 253 or not _SECRET_KEY.fullmatch(key):
             raise InvalidResource(
                 field, f"invalid key {key!r}: use letters, digits, '-', '_' or '.' (<= 253)"
             )

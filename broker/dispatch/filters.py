@@ -103,6 +103,42 @@ def _attribute(name: str, test: _Test) -> EventFilter:
     return lookup
 
 
+def _exact_all(pairs: Mapping[str, str], *, empty_matches_any: bool) -> EventFilter:
+    """Every attribute present and equal (``""`` = any present value if ``empty_matches_any``).
+
+    The common Trigger filter (type + source, K70-K73) as one closure and one loop, rather than
+    a chain of per-attribute predicates.
+    """
+    if any(name in _DERIVED for name in pairs):
+        return _all_of(
+            [
+                _attribute(name, None if empty_matches_any and not want else _exact_test(want))
+                for name, want in pairs.items()
+            ]
+        )
+    # None: the attribute only has to be present.
+    frozen: tuple[tuple[str, str | None], ...] = tuple(
+        (name, None if empty_matches_any and not want else want) for name, want in pairs.items()
+    )
+    if len(frozen) == 1:
+        ((name, want),) = frozen
+        return _attribute(name, None if want is None else _exact_test(want))
+
+    def exact(event: CloudEvent) -> bool:
+        attributes = event.attributes
+        for name, want in frozen:
+            value = attributes.get(name)
+            if value is None:
+                return False
+            if want is not None and want != (
+                value if value.__class__ is str else attribute_text(value)
+            ):
+                return False
+        return True
+
+    return exact
+
+
 def _all_of(predicates: Sequence[EventFilter]) -> EventFilter:
     if not predicates:
         return match_all
@@ -159,7 +195,7 @@ def _suffix_test(want: str) -> _Test:
 def _check_name(name: object, path: str) -> None:
     if not isinstance(name, str) or not name:
         raise InvalidResource(path, f"attribute names must not be empty; names are {_NAME_RULE}")
-    if not _ATTRIBUTE_NAME.match(name):
+    if not _ATTRIBUTE_NAME.fullmatch(name):
         raise InvalidResource(path, f"invalid attribute name {name!r}: names are {_NAME_RULE}")
     if name == "data":
         raise InvalidResource(
@@ -208,6 +244,8 @@ def _attribute_dialect(test: Callable[[str], _Test]) -> _Dialect:
             raise InvalidResource(path, "must name at least one attribute")
 
     def compile_(value: Mapping[str, str]) -> EventFilter:
+        if test is _exact_test:
+            return _exact_all(value, empty_matches_any=False)
         return _all_of([_attribute(name, test(wanted)) for name, wanted in value.items()])
 
     return _Dialect(validate, compile_)
@@ -329,12 +367,7 @@ def _validate_legacy(filter_: object) -> None:
 
 def _compile_legacy(attributes: Mapping[str, str]) -> EventFilter:
     # K70-K73: all keys must hold; the attribute must be present; "" matches any present value.
-    return _all_of(
-        [
-            _attribute(name, _exact_test(wanted) if wanted else None)
-            for name, wanted in attributes.items()
-        ]
-    )
+    return _exact_all(attributes, empty_matches_any=True)
 
 
 # --- public -------------------------------------------------------------------------------------

@@ -50,7 +50,13 @@ def rejected(spec: dict[str, Any], field: str, *fragments: str) -> InvalidResour
 
 
 def test_k75_no_filter_or_empty_map_passes_every_event() -> None:
-    for spec in ({}, {"filter": {}}, {"filter": {"attributes": {}}}, {"filter": None}):
+    specs: list[dict[str, Any]] = [
+        {},
+        {"filter": {}},
+        {"filter": {"attributes": {}}},
+        {"filter": None},
+    ]
+    for spec in specs:
         predicate, text = compile_trigger_filter(spec)
         assert predicate is match_all
         assert text == "{}"
@@ -104,8 +110,22 @@ def test_k77_non_string_attributes_compare_by_canonical_string() -> None:
     assert legacy({"exint": "42"})(event(exint=42))
 
 
+def test_k70_k76_several_attributes_mixing_lookups_wildcards_and_typed_values() -> None:
+    predicate = legacy({"type": "t", "exint": "42", "subject": ""})
+    assert predicate(event(type="t", exint=42, subject="s"))
+    assert not predicate(event(type="t", exint=42))
+    assert not predicate(event(type="t", exint=43, subject="s"))
+    derived = legacy({"datamediatype": "application/json", "type": "", "schemaurl": "http://s"})
+    assert derived(event(datacontenttype="application/json", dataschema="http://s"))
+    assert not derived(event(datacontenttype="text/plain", dataschema="http://s"))
+    assert not derived(event(datacontenttype="application/json"))
+    exact = filters({"exact": {"type": "t", "source": "s", "exbool": "false"}})
+    assert exact(event(type="t", source="s", exbool=False))
+    assert not exact(event(type="t", source="s"))
+
+
 def test_k74_attribute_names_must_be_lowercase_alphanumerics() -> None:
-    for bad in ("Type", "my-ext", "1abc", "my_ext", ""):
+    for bad in ("Type", "my-ext", "1abc", "my_ext", "type\n", ""):
         rejected(
             {"filter": {"attributes": {bad: "x"}}},
             "spec.filter.attributes",
@@ -132,13 +152,14 @@ def test_k53_filters_on_data_are_rejected() -> None:
 ANY = ""
 T1, T2 = "type1", "type2"
 S1, S2 = "http://source1.com", "http://source2.com"
-MANY_TRIGGERS_1 = {
+Expectations = dict[str, tuple[str, str, dict[str, str]]]
+MANY_TRIGGERS_1: Expectations = {
     "dumper-1": (ANY, ANY, {}),
     "dumper-12": (T1, ANY, {}),
     "dumper-123": (ANY, S1, {}),
     "dumper-1234": (T1, S1, {}),
 }
-MANY_TRIGGERS_2 = {
+MANY_TRIGGERS_2: Expectations = {
     "dumper-12345": (ANY, ANY, {"extname1": "extval1"}),
     "dumper-123456": (ANY, ANY, {"extname1": "extval1", "extname2": "extvalue2"}),
     "dumper-1234567": (ANY, ANY, {"extname2": "extvalue2"}),
@@ -196,7 +217,7 @@ MANY_TRIGGERS_2 = {
     ],
 )
 def test_k78_many_triggers_conformance_matrix(
-    triggers: dict[str, tuple[str, str, dict[str, str]]],
+    triggers: Expectations,
     sent: tuple[str, str, dict[str, str]],
     expected: set[str],
 ) -> None:

@@ -117,7 +117,7 @@ def test_non_object_body_and_spec_are_rejected() -> None:
 def test_name_is_required_and_must_be_a_dns_subdomain() -> None:
     invalid({**obj("Broker"), "metadata": {}}, "metadata.name", "required")
     invalid({**obj("Broker"), "metadata": {"generateName": "b-"}}, "metadata.name", "generateName")
-    for bad in ("Default", "a_b", "-a", "a-", "a" * 254, "a..b"):
+    for bad in ("Default", "a_b", "-a", "a-", "a" * 254, "a..b", "a\n"):
         invalid(obj("Broker", name=bad), "metadata.name", "lower-case")
     for good in ("default", "a.b-c", "a" * 253, "0"):
         assert admit(obj("Broker", name=good))["metadata"]["name"] == good

@@ -1,0 +1,241 @@
+"""What the memory bus promises beyond the shared contract (its docstring, ``adapters/memory.py``).
+
+The contract itself is checked by ``test_bus_contract.py`` like for every adapter; these tests
+cover the memory bus's own choices: back-pressure instead of dropping (``queue_size``), what
+happens to a group without subscribers, option validation, logging of handler failures, and
+that a delayed redelivery holds back its key only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from adapters.memory import MemoryBus
+from broker.bus import Message, Nack, Subscription, create_bus
+from broker.errors import BusError, PublishError
+from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set
+
+Names = Callable[[str], str]
+
+# A pause that gives the bus the chance to do something it must NOT do (complete a publish that
+# must wait, deliver to a group that must not get the event); never used to wait for something.
+SETTLE = 0.1
+
+
+@pytest.fixture
+async def small_bus() -> AsyncIterator[MemoryBus]:
+    bus = MemoryBus({"queue_size": 2})
+    await bus.open()
+    yield bus
+    await bus.close()
+
+
+async def test_full_group_makes_publish_wait_instead_of_dropping(
+    small_bus: MemoryBus, topic: str
+) -> None:
+    """Back-pressure: with ``queue_size`` untaken messages queued, publish waits for room."""
+    release = asyncio.Event()
+    started = asyncio.Event()
+    inbox = Inbox()
+
+    async def slow(message: Message) -> None:
+        started.set()
+        await release.wait()
+        inbox.record(message)
+
+    await small_bus.subscribe(topic, group="g", handler=slow)
+    events = [sample_event(i) for i in range(4)]
+    await small_bus.publish(topic, events[0])  # taken by the handler at once
+    await wait_set(started, "the handler to take the first event")
+    await small_bus.publish(topic, events[1])
+    await small_bus.publish(topic, events[2])  # the group now holds queue_size (2) events
+    blocked = asyncio.create_task(small_bus.publish(topic, events[3]))
+    await asyncio.sleep(SETTLE)  # room for a wrongful completion of the blocked publish
+    assert not blocked.done()
+    release.set()
+    await asyncio.wait_for(blocked, WAIT)
+    await inbox.wait_for_ids({event.id for event in events})
+    assert inbox.ids() == [event.id for event in events]
+
+
+async def test_close_fails_a_waiting_publish_with_publish_error(
+    small_bus: MemoryBus, topic: str
+) -> None:
+    """A publish waiting for room when the bus closes raises a terminal PublishError."""
+    started = asyncio.Event()
+
+    async def stuck(message: Message) -> None:
+        started.set()
+        await asyncio.Event().wait()  # until the bus is closed
+
+    await small_bus.subscribe(topic, group="g", handler=stuck)
+    for index in range(3):
+        await small_bus.publish(topic, sample_event(index))
+    await wait_set(started, "the handler to start")
+    blocked = asyncio.create_task(small_bus.publish(topic, sample_event(3)))
+    await asyncio.sleep(SETTLE)  # room for a wrongful completion of the blocked publish
+    assert not blocked.done()
+    await small_bus.close()
+    with pytest.raises(PublishError) as raised:
+        await asyncio.wait_for(blocked, WAIT)
+    assert raised.value.retryable is False
+
+
+async def test_publish_from_a_handler_is_not_held_back(topic: str) -> None:
+    """A handler publishing into its own full group (a reply re-entering) cannot deadlock."""
+    bus = MemoryBus({"queue_size": 1})
+    inbox = Inbox()
+    replies = [sample_event(i) for i in range(1, 4)]
+
+    async def reply_three_times(message: Message) -> None:
+        inbox.record(message)
+        if len(inbox.messages) == 1:
+            for reply in replies:  # the group is full after the first one
+                await asyncio.wait_for(bus.publish(topic, reply), WAIT)
+
+    await bus.subscribe(topic, group="g", handler=reply_three_times)
+    first = sample_event(0)
+    await bus.publish(topic, first)
+    await inbox.wait_for_ids({first.id, *(reply.id for reply in replies)})
+    await bus.close()
+
+
+async def test_topic_without_group_drops_the_event(topic: str) -> None:
+    """No group on the topic: there is no one to deliver to, publish returns at once."""
+    bus = MemoryBus()
+    await bus.publish(topic, sample_event())
+    inbox = Inbox()
+    await bus.subscribe(topic, group="g", handler=inbox.handler)
+    later = sample_event(1)
+    await bus.publish(topic, later)
+    await inbox.wait_for_count(1)
+    await asyncio.sleep(SETTLE)  # room for a wrongful delivery of the event published before
+    assert inbox.ids() == [later.id]
+    await bus.close()
+
+
+async def test_group_without_subscribers_keeps_its_backlog_but_holds_no_publisher_back(
+    small_bus: MemoryBus, topic: str
+) -> None:
+    """A group whose last subscriber left keeps what it held, gets nothing new, blocks no one."""
+    started = asyncio.Event()
+
+    async def stuck(message: Message) -> None:
+        started.set()
+        await asyncio.Event().wait()  # until the subscription is closed
+
+    subscription = await small_bus.subscribe(topic, group="g", handler=stuck)
+    held = [sample_event(i) for i in range(3)]
+    for event in held:
+        await small_bus.publish(topic, event)
+    await wait_set(started, "the handler to start")
+    await subscription.close()
+    # The group is full (queue_size 2 + the one given back) but nobody consumes it any more.
+    unseen = [sample_event(i) for i in range(3, 8)]
+    for event in unseen:
+        await asyncio.wait_for(small_bus.publish(topic, event), WAIT)
+    inbox = Inbox()
+    await small_bus.subscribe(topic, group="g", handler=inbox.handler)
+    await inbox.wait_for_ids({event.id for event in held})
+    await asyncio.sleep(SETTLE)  # room for a wrongful delivery of the events published meanwhile
+    assert inbox.ids() == [event.id for event in held]  # the one given back first
+
+
+async def test_emptied_group_without_subscribers_is_forgotten(topic: str) -> None:
+    bus = MemoryBus()
+    inbox = Inbox()
+    subscription = await bus.subscribe(topic, group="g", handler=inbox.handler)
+    await bus.publish(topic, sample_event())
+    await inbox.wait_for_count(1)
+    await subscription.close()
+    assert topic not in bus._topics
+    await bus.close()
+
+
+async def test_nack_delay_holds_back_its_key_only(topic: str) -> None:
+    """While a nacked event waits for its delay, its key waits; other events go on."""
+    bus = MemoryBus()
+    inbox = Inbox()
+    nacked: set[str] = set()
+
+    async def nack_first(message: Message) -> None:
+        if not nacked:
+            nacked.add(message.event.id)
+            raise Nack(60.0)  # far beyond the test: only what is not held back arrives
+        inbox.record(message)
+
+    await bus.subscribe(topic, group="g", handler=nack_first)
+    first, same_key, other_key, no_key = (sample_event(i) for i in range(4))
+    await bus.publish(topic, first, key="a")
+    await bus.publish(topic, same_key, key="a")
+    await bus.publish(topic, other_key, key="b")
+    await bus.publish(topic, no_key)
+    await inbox.wait_for_ids({other_key.id, no_key.id})
+    await asyncio.sleep(SETTLE)  # room for a wrongful delivery of the held-back key
+    assert same_key.id not in inbox.ids()
+    await bus.close()
+
+
+async def test_handler_error_is_logged_with_the_exception(
+    topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = MemoryBus()
+    inbox = Inbox()
+
+    async def fail_once(message: Message) -> None:
+        inbox.record(message)
+        if len(inbox.messages) == 1:
+            raise ValueError("boom on purpose")
+
+    with caplog.at_level(logging.WARNING, logger="adapters.memory"):
+        await bus.subscribe(topic, group="g", handler=fail_once)
+        await bus.publish(topic, sample_event())
+        await inbox.wait_for_count(2)
+    records = [r for r in caplog.records if r.name == "adapters.memory"]
+    assert len(records) == 1
+    assert records[0].exc_info is not None and isinstance(records[0].exc_info[1], ValueError)
+    await bus.close()
+
+
+async def test_handler_may_close_its_own_subscription(topic: str) -> None:
+    """Closing from inside a handler neither deadlocks nor acks the message being handled."""
+    bus = MemoryBus()
+    closed = asyncio.Event()
+    holder: list[Subscription] = []
+
+    async def close_self(message: Message) -> None:
+        await holder[0].close()
+        closed.set()
+        await asyncio.sleep(0)  # the cancellation of this task lands here
+
+    holder.append(await bus.subscribe(topic, group="g", handler=close_self))
+    event = sample_event()
+    await bus.publish(topic, event)
+    await wait_set(closed, "the handler to close its subscription")
+    inbox = Inbox()
+    await bus.subscribe(topic, group="g", handler=inbox.handler)
+    await inbox.wait_for_count(1)
+    assert inbox.messages[0].event.id == event.id
+    assert inbox.messages[0].attempt == 2
+    await bus.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"queue_size": 0}, {"queue_size": "10"}, {"queue_size": True}, {"queue_sise": 10}],
+)
+def test_bad_options_are_rejected(options: dict[str, object]) -> None:
+    with pytest.raises(BusError) as raised:
+        MemoryBus(options)
+    assert raised.value.retryable is False
+
+
+def test_built_by_name_with_options() -> None:
+    bus = create_bus("memory", {"queue_size": 3})
+    assert isinstance(bus, MemoryBus)
+    assert bus.queue_size == 3
+    assert MemoryBus().queue_size == 100_000
