@@ -7,13 +7,21 @@ background work (store, bus, dispatcher) tied to the ASGI lifespan::
     app = create_app(Settings(database_url="sqlite+aiosqlite:///./cemesh.db"))
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from broker.config import Settings
+
+if TYPE_CHECKING:
+    from broker.app import CemeshApp
 
 __all__ = ["Settings", "create_app"]
 
 
-def create_app(settings: Settings | None = None):  # type: ignore[no-untyped-def]
+def create_app(settings: Settings | None = None) -> CemeshApp:
     """Build the cemesh ASGI app (ingress + management API) for ``settings``."""
+    # Imported here so that `import broker` stays light (the CLI imports it for every command).
     from broker.app import create_app as _create_app
 
     return _create_app(settings)

@@ -28,7 +28,7 @@ from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
 from broker.ingress import Ingress, Receive, Scope, Send, match_route
 from broker.metrics import Metrics
-from broker.spec import DeliveryPolicy, Snapshot
+from broker.spec import BrokerSpec, ChannelSpec, DeliveryPolicy, Snapshot
 from broker.store import Store
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,11 @@ class Runtime:
 
     async def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Open the buses the snapshot needs, then hand it to ingress and dispatcher."""
-        for spec in (*snapshot.brokers.values(), *snapshot.channels.values()):
+        addressables: list[BrokerSpec | ChannelSpec] = [
+            *snapshot.brokers.values(),
+            *snapshot.channels.values(),
+        ]
+        for spec in addressables:
             await self._bus(spec.bus)
             self._topic_bus[spec.topic] = spec.bus
         self.ingress.snapshot = snapshot

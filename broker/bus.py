@@ -121,10 +121,12 @@ def _load(target: str) -> Any:
 def bus_factory(name: str) -> BusFactory:
     """Find the adapter registered as ``name`` (entry point first, then the built-in table)."""
     for entry_point in entry_points(group=ENTRY_POINT_GROUP, name=name):
-        return entry_point.load()  # type: ignore[no-any-return]
+        factory: BusFactory = entry_point.load()
+        return factory
     if name in BUILTIN_ADAPTERS:
         try:
-            return _load(BUILTIN_ADAPTERS[name])  # type: ignore[no-any-return]
+            factory = _load(BUILTIN_ADAPTERS[name])
+            return factory
         except ImportError as exc:
             raise UnknownBus(
                 f"bus {name!r} needs an optional dependency: pip install 'cemesh[{name}]' ({exc})"

@@ -85,9 +85,9 @@ class Dispatcher:
         }
         async with self._lock:
             for uid in [uid for uid in self._consumers if uid not in wanted]:
-                consumer = self._consumers.pop(uid)
-                if consumer.subscription is not None:
-                    await consumer.subscription.close()
+                removed = self._consumers.pop(uid)
+                if removed.subscription is not None:
+                    await removed.subscription.close()
             for uid, spec in wanted.items():
                 consumer = self._consumers.get(uid)
                 if consumer is not None and (consumer.spec.topic, consumer.spec.group) == (
