@@ -35,7 +35,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-test: $(VENV)/.installed-dev servers lint
+test: $(VENV)/.installed-dev servers lint typecheck
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.installed-dev
