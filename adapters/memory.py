@@ -27,7 +27,8 @@ Model:
   any other exception is logged and redelivered after :data:`ERROR_REDELIVERY_DELAY` (so that a
   broken handler does not spin the CPU). Redeliveries carry ``attempt + 1`` and join the back of
   the queue, so one failing message cannot starve the others. Cancellation (closing a
-  subscription or the bus) never acks: the message goes back to the *front* of its group's queue.
+  subscription or the bus) never acks: the message goes back to the *front* of its group's queue,
+  for the group's next handler (``attempt + 1`` too if its handler had been called).
 - Order per key (``ORDERED_BY_KEY``, at any concurrency): while a message with key ``k`` is
   queued for, in the handler of, or waiting for redelivery to a group, later messages with key
   ``k`` wait behind it in that group. Only the next one is released once it is acked, so a key's
@@ -209,16 +210,15 @@ class _Group:
         entry.attempt += 1
         self.taken -= 1
         self.held += 1  # its key (if any) stays taken, so nothing of that key overtakes it
-        if delay <= 0:
-            self._release(entry, front=False)
-            return
+        # Even with no delay, through the loop: a handler that nacks without awaiting anything
+        # would otherwise take the message back at once, forever, and freeze the event loop.
         timer: asyncio.TimerHandle
 
         def due() -> None:
             self._timers.discard(timer)
             self._release(entry, front=False)
 
-        timer = self._loop.call_later(delay, due)
+        timer = self._loop.call_later(max(delay, 0.0), due)
         self._timers.add(timer)
 
     def give_back(self, entry: _Entry, *, delivered: bool) -> None:
@@ -260,7 +260,7 @@ class _MemorySubscription:
         _in_handler.set(True)  # this task runs in its own copy of the context
         group = self._group
         handler = self._handler
-        while True:
+        while not self._closed:  # checked for handlers that swallow the cancellation of close()
             entry = await group.take()
             try:
                 await handler(Message(entry.event, entry.key, entry.attempt))
@@ -286,8 +286,8 @@ class _MemorySubscription:
             if self._closed:
                 # The handler swallowed the cancellation of close(): still not an ack.
                 group.give_back(entry, delivered=True)
-                return
-            group.ack(entry)
+            else:
+                group.ack(entry)
 
     def stop(self) -> list[asyncio.Task[None]]:
         """Detach from the group and cancel the handler tasks; return the tasks to await."""

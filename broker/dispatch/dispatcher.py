@@ -125,7 +125,7 @@ class Dispatcher:
 
     async def _handle(self, consumer: _Consumer, message: Message) -> None:
         if self._draining:
-            raise Nack(0.0)  # leave it on the bus for whoever comes next
+            raise Nack(0.5)  # leave it on the bus for whoever comes next; no busy loop
         self._inflight += 1
         self._idle.clear()
         try:

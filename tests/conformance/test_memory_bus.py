@@ -9,6 +9,7 @@ that a delayed redelivery holds back its key only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -180,6 +181,29 @@ async def test_nack_delay_holds_back_its_key_only(topic: str) -> None:
     await bus.close()
 
 
+async def test_handler_nacking_at_once_does_not_freeze_the_loop(topic: str) -> None:
+    """``Nack(0)`` from a handler that never awaits still lets the rest of the program run."""
+    bus = MemoryBus()
+    nacks = 0
+    limit = 10_000  # a spinning bus reaches this before anything else runs; then it stops
+
+    async def nack_at_once(message: Message) -> None:
+        nonlocal nacks
+        nacks += 1
+        if nacks < limit:
+            raise Nack(0.0)
+
+    inbox = Inbox()
+    await bus.subscribe(topic, group="g", handler=nack_at_once)
+    await bus.subscribe(topic, group="other", handler=inbox.handler)
+    await bus.publish(topic, sample_event())
+    other = sample_event(1)
+    await bus.publish(topic, other)
+    await inbox.wait_for_ids({other.id})
+    assert nacks < limit, "the nack loop ran without letting the other group's handler run"
+    await bus.close()
+
+
 async def test_handler_error_is_logged_with_the_exception(
     topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -221,6 +245,28 @@ async def test_handler_may_close_its_own_subscription(topic: str) -> None:
     await inbox.wait_for_count(1)
     assert inbox.messages[0].event.id == event.id
     assert inbox.messages[0].attempt == 2
+    await bus.close()
+
+
+async def test_handler_swallowing_the_cancellation_does_not_ack(topic: str) -> None:
+    """A handler that catches the cancellation of close() and returns still does not ack."""
+    bus = MemoryBus()
+    started = asyncio.Event()
+
+    async def swallow(message: Message) -> None:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()  # until the subscription is closed
+
+    subscription = await bus.subscribe(topic, group="g", handler=swallow)
+    event = sample_event()
+    await bus.publish(topic, event)
+    await wait_set(started, "the handler to start")
+    await asyncio.wait_for(subscription.close(), WAIT)
+    inbox = Inbox()
+    await bus.subscribe(topic, group="g", handler=inbox.handler)
+    await inbox.wait_for_count(1)
+    assert inbox.ids() == [event.id]
     await bus.close()
 
 

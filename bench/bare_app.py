@@ -1,0 +1,64 @@
+"""The ceiling: the least an ASGI app can do per event, under the server cemesh runs on.
+
+It reads the request body (any ingress must) and answers ``202`` with no body, served by uvicorn
+with exactly the flags of ``broker.app.serve``: uvloop, httptools, no access log, no log config.
+Whatever cemesh's ingress reaches is compared with what this reaches in the same run.
+
+Run: ``python bench/bare_app.py --port PORT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import uvicorn
+
+Message = MutableMapping[str, Any]
+
+_START = {"type": "http.response.start", "status": 202, "headers": []}
+_BODY = {"type": "http.response.body", "body": b""}
+
+
+async def app(
+    scope: Message,
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    """202 to every HTTP request once its body is read; lifespan events are acknowledged."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    message = await receive()
+    while message.get("more_body", False):
+        message = await receive()
+    await send(_START)
+    await send(_BODY)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    # The same arguments as broker.app.serve, so the only difference is the app.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+    )
+
+
+if __name__ == "__main__":
+    main()

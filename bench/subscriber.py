@@ -1,0 +1,204 @@
+"""The benchmark's subscriber: a lean HTTP/1.1 server that answers 202 and times every event.
+
+It is a bare asyncio protocol on uvloop with httptools doing the parsing (no ASGI framework in
+between), because it shares the two cores of the machine with cemesh and the load generator: the
+less CPU it takes per event, the less it steals from the broker it measures. It keeps, per
+event, the time it received it, its ``ce-id`` and its ``ce-knativearrivaltime`` (set by the
+ingress when it accepted the event); latency is computed from those only when asked, off the
+hot path.
+
+Control requests on the same port (``GET``):
+
+- ``/count``: ``{"received": n}``, cheap enough to poll while the queue drains;
+- ``/stats``: counts, unique ids, duplicates, delivered rate and latency percentiles of what was
+  received since the last ``/reset``;
+- ``/reset``: forget everything received so far.
+
+Every other request (any path, usually ``POST``) is an event: ``202``, no body.
+
+Run: ``python bench/subscriber.py --port PORT`` (prints ``listening`` once it accepts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import signal
+import time
+from datetime import datetime
+from typing import Any
+
+import httptools
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+    uvloop = None  # type: ignore[assignment]
+
+ACCEPTED = b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n"
+ARRIVAL_HEADER = b"ce-knativearrivaltime"
+ID_HEADER = b"ce-id"
+
+
+class Recorder:
+    """What arrived: receive times, ids and arrival times, in arrival order."""
+
+    def __init__(self) -> None:
+        self.received_at: list[float] = []
+        self.ids: list[bytes] = []
+        self.arrivals: list[bytes | None] = []
+
+    def reset(self) -> None:
+        self.received_at.clear()
+        self.ids.clear()
+        self.arrivals.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and latency (receive time minus ``knativearrivaltime``) of what arrived."""
+        count = len(self.ids)
+        unique = len(set(self.ids))
+        latencies: list[float] = []
+        unparsable = 0
+        for received, arrival in zip(self.received_at, self.arrivals, strict=True):
+            if arrival is None:
+                unparsable += 1
+                continue
+            try:
+                accepted = datetime.fromisoformat(arrival.decode("ascii")).timestamp()
+            except ValueError:
+                unparsable += 1
+                continue
+            latencies.append((received - accepted) * 1000.0)
+        latencies.sort()
+        window = self.received_at[-1] - self.received_at[0] if count > 1 else 0.0
+        return {
+            "received": count,
+            "unique": unique,
+            "duplicates": count - unique,
+            "without_arrival_time": unparsable,
+            "first": self.received_at[0] if count else None,
+            "last": self.received_at[-1] if count else None,
+            "rate": (count - 1) / window if window > 0 else 0.0,
+            "latency_ms": {
+                "p50": percentile(latencies, 50),
+                "p90": percentile(latencies, 90),
+                "p99": percentile(latencies, 99),
+                "p999": percentile(latencies, 99.9),
+                "max": latencies[-1] if latencies else None,
+                "min": latencies[0] if latencies else None,
+            },
+        }
+
+
+def percentile(sorted_values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile of an ascending list (None when empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+class EventProtocol(asyncio.Protocol):
+    """One connection: httptools callbacks fill the current request, completion answers it."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.event_id = b""
+        self.arrival: bytes | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.transport is not None:
+                self.transport.close()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.event_id = b""
+        self.arrival = None
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # cemesh's client sends lower-case names; anything else is not worth a .lower() per
+        # header here (an event without the arrival time is counted as such in the stats).
+        if name == ARRIVAL_HEADER:
+            self.arrival = value
+        elif name == ID_HEADER:
+            self.event_id = value
+
+    def on_message_complete(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self.parser.get_method() == b"GET":
+            transport.write(self._control())
+        else:
+            recorder = self.recorder
+            recorder.received_at.append(time.time())
+            recorder.ids.append(self.event_id)
+            recorder.arrivals.append(self.arrival)
+            transport.write(ACCEPTED)
+        if not self.parser.should_keep_alive():
+            transport.close()
+
+    def _control(self) -> bytes:
+        path = self.url.split(b"?", 1)[0]
+        if path == b"/count":
+            payload: dict[str, Any] = {"received": len(self.recorder.ids)}
+        elif path == b"/stats":
+            payload = self.recorder.stats()
+        elif path == b"/reset":
+            self.recorder.reset()
+            payload = {"received": 0}
+        else:
+            body = b'{"error": "unknown control path"}'
+            return b"HTTP/1.1 404 Not Found\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        body = json.dumps(payload).encode()
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+
+
+async def serve(host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    recorder = Recorder()
+    server = await loop.create_server(
+        lambda: EventProtocol(recorder), host, port, reuse_address=True, backlog=1024
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("listening", flush=True)
+    async with server:
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    if uvloop is not None:
+        uvloop.run(serve(args.host, args.port))
+    else:
+        asyncio.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
