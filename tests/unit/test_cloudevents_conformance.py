@@ -22,79 +22,29 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from broker import binding
 from broker.events import CloudEvent
-from tests.conftest import SHARED_FIXTURES, shared_fixture_dir
+from tests.conftest import shared_fixture_dir
+from tests.support.conformance_cases import (
+    FIXTURE,
+    MISSING,
+    ROOT,
+    binary_request,
+    expected_attributes,
+    structured_request,
+    yaml_cases,
+    yaml_documents,
+)
 
 pytestmark = pytest.mark.fixtures
 
-FIXTURE = "cloudevents-conformance"
-_ROOT = SHARED_FIXTURES / FIXTURE
-_MISSING = "fixtures-missing"  # placeholder case: its test skips (or fails under CI)
 
-
-# --- YAML documents -------------------------------------------------------------------------
-
-
-def _yaml_documents(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.load_all(path.read_text("utf-8"), Loader=yaml.BaseLoader) if doc]
-
-
-def _yaml_cases() -> list[Any]:
-    """One case per (file, document index), collected without skipping the module."""
-    if not (_ROOT / "yaml").is_dir():
-        return [pytest.param(_MISSING, 0, id=_MISSING)]
-    cases = []
-    for path in sorted((_ROOT / "yaml").rglob("*.yaml")):
-        relative = path.relative_to(_ROOT / "yaml").as_posix()
-        for index in range(len(_yaml_documents(path))):
-            cases.append(pytest.param(relative, index, id=f"{relative}#{index}"))
-    return cases
-
-
-def _trim(value: str) -> str:
-    return value.strip()  # the tool's strings.TrimSpace
-
-
-def _expected_attributes(document: dict[str, Any]) -> dict[str, str]:
-    context = dict(document.get("ContextAttributes") or {})
-    extensions = context.pop("Extensions", None) or {}
-    attributes = {name: _trim(value) for name, value in context.items()}
-    attributes.update({name.strip(): _trim(value) for name, value in extensions.items()})
-    return {name: value for name, value in attributes.items() if value}
-
-
-def _binary_request(document: dict[str, Any]) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    headers: list[tuple[bytes, bytes]] = []
-    for name, value in _expected_attributes(document).items():
-        header = "content-type" if name == "datacontenttype" else f"ce-{name}"
-        headers.append((header.encode(), value.encode("utf-8")))
-    for name, value in (document.get("TransportExtensions") or {}).items():
-        if _trim(value):
-            headers.append((name.lower().encode(), _trim(value).encode("utf-8")))
-    return headers, document.get("Data", "").encode("utf-8")
-
-
-def _structured_request(document: dict[str, Any]) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    envelope: dict[str, Any] = dict(_expected_attributes(document))
-    data = document.get("Data", "")
-    if data.strip():
-        envelope["data"] = json.loads(data)
-    headers = [(b"content-type", b"application/cloudevents+json; charset=UTF-8")]
-    for name, value in (document.get("TransportExtensions") or {}).items():
-        if _trim(value):
-            headers.append((name.lower().encode(), _trim(value).encode("utf-8")))
-    return headers, json.dumps(envelope).encode("utf-8")
-
-
-@pytest.mark.parametrize(("relative", "index"), _yaml_cases())
+@pytest.mark.parametrize(("relative", "index"), yaml_cases())
 def test_conformance_yaml_document_parses_to_its_attributes_and_data(
     relative: str, index: int
 ) -> None:
@@ -106,15 +56,15 @@ def test_conformance_yaml_document_parses_to_its_attributes_and_data(
     (K31, K32, C83); the transport header ``user-agent`` is not an attribute.
     """
     root = shared_fixture_dir(FIXTURE)
-    document = _yaml_documents(root / "yaml" / relative)[index]
+    document = yaml_documents(root / "yaml" / relative)[index]
     mode = document.get("Mode") or "binary"
-    expected = _expected_attributes(document)
+    expected = expected_attributes(document)
 
     if mode == "binary":
-        headers, body = _binary_request(document)
+        headers, body = binary_request(document)
     else:
         assert mode == "structured", f"unknown Mode {mode!r}"
-        headers, body = _structured_request(document)
+        headers, body = structured_request(document)
     (event,) = binding.parse_request(headers, body)
 
     assert event.attributes == expected
@@ -139,7 +89,7 @@ def test_conformance_yaml_files_are_all_listed_in_the_manifest() -> None:
         if local.startswith("conformance/yaml/"):
             counts[local.removeprefix("conformance/yaml/")] = int(docs)
     found = {
-        path.relative_to(root / "yaml").as_posix(): len(_yaml_documents(path))
+        path.relative_to(root / "yaml").as_posix(): len(yaml_documents(path))
         for path in (root / "yaml").rglob("*.yaml")
     }
     assert found == counts
@@ -224,9 +174,9 @@ def _followed_by_examples(lines: list[str], index: int) -> bool:
 
 
 def _feature_cases() -> list[Any]:
-    path = _ROOT / "features" / "http-protocol-binding.feature"
+    path = ROOT / "features" / "http-protocol-binding.feature"
     if not path.is_file():
-        return [pytest.param(_MISSING, id=_MISSING)]
+        return [pytest.param(MISSING, id=MISSING)]
     return [pytest.param(s.name, id=s.name) for s in _scenarios(path.read_text("utf-8"))]
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of cemesh; each prints its figures next to the ceiling or goal it is judged by."""
