@@ -168,9 +168,7 @@ def run_wrk(
         url,
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=duration + 30, check=False
-    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     for line in done.stdout.splitlines():

@@ -28,7 +28,7 @@ import math
 import signal
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -112,8 +112,8 @@ class EventProtocol(asyncio.Protocol):
         self.arrival: bytes | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -46,10 +46,13 @@ def default_delivery(settings: Settings) -> DeliveryPolicy:
 
 
 def bus_options(settings: Settings, name: str) -> dict[str, Any]:
-    """Adapter options for bus ``name`` taken from the settings."""
-    if name == "memory":
-        return {"queue_size": settings.memory_queue_size}
-    return {}
+    """Adapter options for bus ``name``: every setting ``<name>_<option>`` that is set."""
+    prefix = f"{name}_"
+    return {
+        field[len(prefix) :]: value
+        for field, value in settings.model_dump().items()
+        if field.startswith(prefix) and value is not None
+    }
 
 
 class Runtime:

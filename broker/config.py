@@ -40,9 +40,43 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="Seconds between store polls for changes made by replicas."
     )
 
-    # Bus
-    bus: str = Field(default="memory", description="Adapter name: memory, kafka, nats, ...")
+    # Bus. Settings named ``<adapter>_<option>`` are handed to that adapter as ``option``.
+    bus: str = Field(
+        default="memory", description="Default adapter: memory, kafka, nats, pubsub, redis."
+    )
     memory_queue_size: int = Field(default=100_000, ge=1)
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_num_partitions: int = Field(default=3, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_token: str | None = None
+    nats_creds_file: str | None = None
+    nats_tls_ca_file: str | None = None
+    nats_tls_cert_file: str | None = None
+    nats_tls_key_file: str | None = None
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_maxlen: int | None = Field(
+        default=None, ge=1, description="Approximate MAXLEN trimming of each stream."
+    )
+    redis_visibility_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds before an unacked message is claimed again."
+    )
+
+    pubsub_project: str = "cemesh"
+    pubsub_ack_deadline: int = Field(default=60, ge=10, le=600)
 
     # Ingress
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)

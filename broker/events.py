@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
+
 AttributeValue = str | int | bool
 
 # Core attributes (CloudEvents 1.0 and 0.3).
@@ -122,3 +124,33 @@ def new_event(
     if extensions:
         attributes.update(extensions)
     return CloudEvent(attributes, data)
+
+
+# -- The envelope: one event as bytes, for buses that carry opaque payloads ---------------------
+#
+# Layout: one flag byte (b"\x00" no data, b"\x01" data), the attributes as a JSON object (orjson
+# escapes every newline inside strings, so the first b"\n" ends it), b"\n", then the data bytes
+# exactly as received. Attribute types (int, bool extensions) survive, unlike header mappings.
+
+_NO_DATA = b"\x00"
+_HAS_DATA = b"\x01"
+
+
+def encode_envelope(event: CloudEvent) -> bytes:
+    """The event as one byte string that :func:`decode_envelope` turns back into it, unaltered."""
+    head = orjson.dumps(event.attributes)
+    if event.data is None:
+        return _NO_DATA + head + b"\n"
+    return _HAS_DATA + head + b"\n" + event.data
+
+
+def decode_envelope(payload: bytes) -> CloudEvent:
+    """The event :func:`encode_envelope` wrote. Raises ValueError for anything else."""
+    flag, rest = payload[:1], payload[1:]
+    head, newline, data = rest.partition(b"\n")
+    if flag not in (_NO_DATA, _HAS_DATA) or not newline:
+        raise ValueError("not a cemesh event envelope")
+    attributes = orjson.loads(head)
+    if not isinstance(attributes, dict):
+        raise ValueError("not a cemesh event envelope: attributes are not an object")
+    return CloudEvent(attributes, data if flag == _HAS_DATA else None)

