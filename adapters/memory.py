@@ -29,11 +29,12 @@ Model:
   the queue, so one failing message cannot starve the others. Cancellation (closing a
   subscription or the bus) never acks: the message goes back to the *front* of its group's queue,
   for the group's next handler (``attempt + 1`` too if its handler had been called).
-- Order per key (``ORDERED_BY_KEY``, at any concurrency): while a message with key ``k`` is
-  queued for, in the handler of, or waiting for redelivery to a group, later messages with key
-  ``k`` wait behind it in that group. Only the next one is released once it is acked, so a key's
-  messages are acked in publish order even across redeliveries. Messages without a key are not
-  ordered.
+- Order per key (``ORDERED_BY_KEY``, at any concurrency, for groups subscribed with
+  ``ordered=True``): while a message with key ``k`` is queued for, in the handler of, or waiting
+  for redelivery to a group, later messages with key ``k`` wait behind it in that group. Only
+  the next one is released once it is acked, so a key's messages are acked in publish order even
+  across redeliveries. Messages without a key are not ordered; unordered groups run a key's
+  messages concurrently.
 - Events are passed by reference, not copied: consumers treat them as immutable (see
   ``broker/events.py``).
 """
@@ -92,15 +93,18 @@ class _Group:
         "held",
         "keys",
         "name",
+        "ordered",
         "ready",
         "subscriptions",
         "taken",
         "topic",
     )
 
-    def __init__(self, topic: str, name: str) -> None:
+    def __init__(self, topic: str, name: str, *, ordered: bool) -> None:
         self.topic = topic
         self.name = name
+        # Fixed when the group is made: the per-key guard must see a key's every message.
+        self.ordered = ordered
         self.ready: deque[_Entry] = deque()
         # key -> later messages of that key, waiting for the one ahead of them to be acked. A key
         # is present while one of its messages is anywhere in this group.
@@ -118,7 +122,7 @@ class _Group:
     def put(self, entry: _Entry) -> None:
         """A newly published message."""
         self.held += 1
-        key = entry.key
+        key = entry.key if self.ordered else None
         if key is not None:
             waiting = self.keys.get(key)
             if waiting is not None:
@@ -197,7 +201,7 @@ class _Group:
     def ack(self, entry: _Entry) -> None:
         """The handler returned: forget ``entry`` and release the next message of its key."""
         self.taken -= 1
-        key = entry.key
+        key = entry.key if self.ordered else None
         if key is not None:
             waiting = self.keys[key]
             if waiting:
@@ -364,9 +368,18 @@ class MemoryBus:
                 group.put(_Entry(event, key))
 
     async def subscribe(
-        self, topic: str, *, group: str, handler: Handler, concurrency: int = 1
+        self,
+        topic: str,
+        *,
+        group: str,
+        handler: Handler,
+        concurrency: int = 1,
+        ordered: bool = False,
     ) -> _MemorySubscription:
-        """Consume ``topic`` as ``group`` with ``concurrency`` handler tasks; live on return."""
+        """Consume ``topic`` as ``group`` with ``concurrency`` handler tasks; live on return.
+
+        ``ordered`` (fixed by the group's first subscription) turns on the per-key guard.
+        """
         if self._closed:
             raise SubscribeError("memory bus is closed", retryable=False)
         if concurrency < 1:
@@ -374,7 +387,7 @@ class MemoryBus:
         groups = self._topics.setdefault(topic, {})
         state = groups.get(group)
         if state is None:
-            state = groups[group] = _Group(topic, group)
+            state = groups[group] = _Group(topic, group, ordered=ordered)
         subscription = _MemorySubscription(self, state, handler, concurrency)
         state.subscriptions.add(subscription)
         self._subscriptions.add(subscription)

@@ -78,7 +78,7 @@ class Runtime:
         self._topic_bus: dict[str, str] = {}
         self.dispatcher = Dispatcher(
             buses=self.buses,
-            bus_of_topic=lambda topic: self._topic_bus.get(topic, settings.bus),
+            bus_of_topic=lambda topic: self._topic_bus.get(topic, settings.default_bus),
             deliverer=self.deliverer,
             client=self.client,
             reply_to_broker=self.ingress.publish_to_broker,
@@ -89,7 +89,7 @@ class Runtime:
             self.store,
             base_url=settings.base_url,
             default_delivery=default_delivery(settings),
-            bus=settings.bus,
+            default_channel=settings.default_channel,
             apply_snapshot=self.apply_snapshot,
             resync_interval=settings.resync_interval,
         )
@@ -118,11 +118,14 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         await self.store.open(migrate=True)
-        await self._bus(self.settings.bus)
+        await self._bus(self.settings.default_bus)
         await self.controller.sync()
         self.controller.start()
         self.ready = True
-        log.info("cemesh ready", extra={"url": self.settings.base_url, "bus": self.settings.bus})
+        log.info(
+            "cemesh ready",
+            extra={"url": self.settings.base_url, "channel": self.settings.default_channel},
+        )
         try:
             yield
         finally:

@@ -14,6 +14,10 @@ A bus moves events from ingress to the dispatcher. Every adapter (``adapters/mem
   in-flight messages. An adapter never drops a message, never retries a handler by itself beyond
   redelivery, and never dead-letters: retry and dead letters live in ``broker/dispatch`` only.
 - Events cross the bus unaltered: every attribute, extension and data byte.
+- Ordering: ``subscribe(..., ordered=True)`` asks that events with the same key reach the group's
+  handler one at a time, in publish order, even across redeliveries; only adapters declaring
+  ``ORDERED_BY_KEY`` accept it. With ``ordered=False`` (the default) an adapter may hand events of
+  one key to several handler tasks at once, so unordered consumers run at full concurrency.
 
 Adapters are found through the ``cemesh.buses`` entry-point group (the built-in ones also by the
 table below, so a source checkout works without installing), and are built from a plain mapping
@@ -85,9 +89,15 @@ class Bus(Protocol):
         ...
 
     async def subscribe(
-        self, topic: str, *, group: str, handler: Handler, concurrency: int = 1
+        self,
+        topic: str,
+        *,
+        group: str,
+        handler: Handler,
+        concurrency: int = 1,
+        ordered: bool = False,
     ) -> Subscription:
-        """Start consuming ``topic`` as ``group``; return once live."""
+        """Start consuming ``topic`` as ``group``; return once live (``ordered``: see above)."""
         ...
 
     async def close(self) -> None:

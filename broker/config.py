@@ -40,10 +40,17 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="Seconds between store polls for changes made by replicas."
     )
 
-    # Bus. Settings named ``<adapter>_<option>`` are handed to that adapter as ``option``.
-    bus: str = Field(
-        default="memory", description="Default adapter: memory, kafka, nats, pubsub, redis."
-    )
+    # Bus. The default channel kind backs Brokers and template-less Channels; each kind has its
+    # bus adapter (InMemoryChannel: memory, KafkaChannel: kafka, NatsJetStreamChannel: nats,
+    # PubSubChannel: pubsub, RedisStreamChannel: redis). Settings named ``<adapter>_<option>``
+    # are handed to that adapter as ``option``.
+    default_channel: Literal[
+        "InMemoryChannel",
+        "KafkaChannel",
+        "NatsJetStreamChannel",
+        "PubSubChannel",
+        "RedisStreamChannel",
+    ] = "InMemoryChannel"
     memory_queue_size: int = Field(default=100_000, ge=1)
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -109,6 +116,15 @@ class Settings(BaseSettings):
     # Logging
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+
+    @property
+    def default_bus(self) -> str:
+        """The bus adapter of the default channel kind."""
+        from broker.resources import CHANNEL_BUSES, channel_type
+
+        backing = channel_type(self.default_channel)
+        assert backing is not None  # the Literal above lists only channel kinds
+        return CHANNEL_BUSES[backing]
 
     @property
     def base_url(self) -> str:

@@ -16,10 +16,41 @@ from collections.abc import Awaitable, Callable
 
 from broker.errors import CemeshError
 from broker.reconcile import reconcile
+from broker.resources import admit
 from broker.spec import DeliveryPolicy, Snapshot
 from broker.store import Store
 
 log = logging.getLogger(__name__)
+
+MAX_PASSES = 4  # owner -> owned -> ready: enough for Channels (and Sequence/Parallel later)
+# Kinds whose owned objects (controller ownerReferences) this controller creates and deletes.
+MANAGED_OWNER_KINDS = frozenset({"Channel"})
+
+
+def _group(obj: dict) -> str:
+    return str(obj["apiVersion"]).rpartition("/")[0]
+
+
+def _key(obj: dict) -> tuple[str, str, str, str]:
+    metadata = obj["metadata"]
+    return (_group(obj), obj["kind"], metadata.get("namespace") or "default", metadata["name"])
+
+
+def _controller(obj: dict) -> dict | None:
+    for owner in obj["metadata"].get("ownerReferences") or ():
+        if owner.get("controller"):
+            return dict(owner)
+    return None
+
+
+def _controller_uid(obj: dict) -> str | None:
+    owner = _controller(obj)
+    return None if owner is None else owner.get("uid")
+
+
+def _controller_kind(obj: dict) -> str | None:
+    owner = _controller(obj)
+    return None if owner is None else owner.get("kind")
 
 
 class Controller:
@@ -31,14 +62,14 @@ class Controller:
         *,
         base_url: str,
         default_delivery: DeliveryPolicy,
-        bus: str,
+        default_channel: str,
         apply_snapshot: Callable[[Snapshot], Awaitable[None]],
         resync_interval: float,
     ) -> None:
         self._store = store
         self._base_url = base_url
         self._default_delivery = default_delivery
-        self._bus = bus
+        self._default_channel = default_channel
         self._apply_snapshot = apply_snapshot
         self._resync_interval = resync_interval
         self._lock = asyncio.Lock()
@@ -49,32 +80,71 @@ class Controller:
     async def sync(self) -> None:
         """Bring the data plane and statuses up to date with the store, now."""
         async with self._lock:
-            revision = await self._store.revision()
-            objects = await self._store.list()
-            result = reconcile(
-                objects,
-                base_url=self._base_url,
-                default_delivery=self._default_delivery,
-                bus=self._bus,
-            )
-            await self._apply_snapshot(result.snapshot)
-            for obj in objects:
-                metadata = obj["metadata"]
-                status = result.statuses.get(metadata["uid"])
-                if status is None or status == obj.get("status"):
-                    continue
-                group = obj["apiVersion"].rpartition("/")[0]
-                try:
-                    await self._store.update_status(
-                        group, obj["kind"], metadata["namespace"], metadata["name"], status
-                    )
-                except CemeshError as exc:  # deleted meanwhile, or a passing store error
-                    log.info(
-                        "status not written", extra={"name": metadata["name"], "why": str(exc)}
-                    )
-            # Our own status writes move the revision; remember the one after them.
+            # Owned objects created in one pass are reconciled in the next: a Channel's backing
+            # channel exists, then becomes Ready, then the Channel is Ready. A few passes settle.
+            for _ in range(MAX_PASSES):
+                revision = await self._store.revision()
+                objects = await self._store.list()
+                result = reconcile(
+                    objects,
+                    base_url=self._base_url,
+                    default_delivery=self._default_delivery,
+                    default_channel=self._default_channel,
+                )
+                await self._apply_snapshot(result.snapshot)
+                await self._write_statuses(objects, result.statuses)
+                if not await self._converge_children(objects, result.children):
+                    break
+            # Our own writes move the revision; remember the one after them.
             self._seen_revision = max(revision, await self._store.revision())
             self.synced.set()
+
+    async def _write_statuses(self, objects: list[dict], statuses: dict[str, dict]) -> None:
+        for obj in objects:
+            metadata = obj["metadata"]
+            status = statuses.get(metadata["uid"])
+            if status is None or status == obj.get("status"):
+                continue
+            try:
+                await self._store.update_status(
+                    _group(obj), obj["kind"], metadata["namespace"], metadata["name"], status
+                )
+            except CemeshError as exc:  # deleted meanwhile, or a passing store error
+                log.info("status not written", extra={"name": metadata["name"], "why": str(exc)})
+
+    async def _converge_children(self, objects: list[dict], desired: list[dict]) -> bool:
+        """Create, update and delete owned objects to match ``desired``; True if any changed.
+
+        An object is ours to manage when its controller ownerReference names a kind in
+        MANAGED_OWNER_KINDS; when its owner is gone or no longer wants it, it is deleted
+        (garbage collection, as Kubernetes does with ownerReferences).
+        """
+        by_key = {_key(obj): obj for obj in objects}
+        wanted = {_key(child): child for child in desired}
+        changed = False
+        for key, child in wanted.items():
+            try:
+                admitted = admit(child)
+                current = by_key.get(key)
+                if current is None:
+                    await self._store.create(admitted)
+                    changed = True
+                elif _controller_uid(current) == _controller_uid(admitted) and current.get(
+                    "spec"
+                ) != admitted.get("spec"):
+                    await self._store.replace(admitted)
+                    changed = True
+            except CemeshError as exc:
+                log.warning("owned object not written", extra={"object": key, "why": str(exc)})
+        for key, obj in by_key.items():
+            if key in wanted or _controller_kind(obj) not in MANAGED_OWNER_KINDS:
+                continue  # wanted, or not ours to manage: leave it alone
+            try:
+                await self._store.delete(*key)
+                changed = True
+            except CemeshError as exc:
+                log.info("owned object not deleted", extra={"object": key, "why": str(exc)})
+        return changed
 
     def start(self) -> None:
         """Poll the store for changes made elsewhere (other replicas, direct DB edits)."""

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard, cast
 from urllib.parse import urljoin
 
+import yaml
+
 from broker import spec as runtime
 from broker.dispatch.filters import compile_trigger_filter
 from broker.durations import parse_duration
@@ -31,15 +33,21 @@ from broker.errors import InvalidResource
 from broker.events import now_rfc3339
 from broker.resources import (
     BROKER,
+    BROKER_CLASS_ANNOTATION,
     CHANNEL,
+    CHANNEL_BUSES,
+    CONFIG_MAP,
     DELIVERY_ORDER_ANNOTATION,
     DEPENDENCY_ANNOTATION,
     EVENTING,
     IN_MEMORY_CHANNEL,
+    KAFKA_CHANNEL,
     MESSAGING,
     SECRET,
     SUBSCRIPTION,
     TRIGGER,
+    ResourceType,
+    channel_type,
     trigger_broker,
 )
 from broker.spec import (
@@ -51,7 +59,17 @@ from broker.spec import (
     TriggerSpec,
 )
 
-__all__ = ["ADDRESS_RESOLVERS", "Reconciled", "broker_url", "channel_url", "reconcile"]
+__all__ = [
+    "ADDRESS_RESOLVERS",
+    "Reconciled",
+    "broker_url",
+    "channel_url",
+    "owner_reference",
+    "reconcile",
+]
+
+# The broker class of Knative's Kafka broker: a Broker of that class is backed by Kafka.
+KAFKA_BROKER_CLASS = "Kafka"
 
 Status = Literal["True", "False", "Unknown"]
 Obj = Mapping[str, Any]
@@ -64,6 +82,8 @@ class Reconciled:
 
     statuses: dict[str, dict[str, Any]]  # by metadata.uid: the status each object should have now
     snapshot: Snapshot
+    # Objects owned by others (ownerReferences, controller) that must exist, as desired now.
+    children: list[dict[str, Any]] = field(default_factory=list)
 
 
 def broker_url(base_url: str, namespace: str, name: str) -> str:
@@ -181,7 +201,7 @@ def _base_status(obj: Obj, conditions: _Conditions) -> dict[str, Any]:
 class _World:
     base_url: str
     default_delivery: DeliveryPolicy
-    bus: str
+    default_channel: ResourceType  # the kind that backs Brokers and template-less Channels
     now: str
     objects: dict[ObjKey, Obj]
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -191,6 +211,8 @@ class _World:
     channels: dict[tuple[str, str], ChannelSpec] = field(default_factory=dict)
     triggers: dict[str, TriggerSpec] = field(default_factory=dict)
     subscriptions: dict[str, SubscriptionSpec] = field(default_factory=dict)
+    # Objects that resources own and cemesh keeps in the store (a Channel's backing channel).
+    children: list[dict[str, Any]] = field(default_factory=list)
 
     def find(self, key: ObjKey) -> Obj | None:
         return self.objects.get(key)
@@ -272,12 +294,17 @@ ADDRESS_RESOLVERS: dict[tuple[str, str], AddressResolver] = {
     (MESSAGING, CHANNEL.kind): lambda obj, world: channel_url(
         world.base_url, obj["metadata"]["namespace"], obj["metadata"]["name"]
     ),
-    (MESSAGING, IN_MEMORY_CHANNEL.kind): lambda obj, world: channel_url(
-        world.base_url, obj["metadata"]["namespace"], obj["metadata"]["name"]
-    ),
+    **{
+        (channel.group, channel.kind): lambda obj, world: channel_url(
+            world.base_url, obj["metadata"]["namespace"], obj["metadata"]["name"]
+        )
+        for channel in CHANNEL_BUSES
+    },
 }
 
-_CHANNEL_KINDS = frozenset({(MESSAGING, CHANNEL.kind), (MESSAGING, IN_MEMORY_CHANNEL.kind)})
+_CHANNEL_KINDS = frozenset(
+    {(MESSAGING, CHANNEL.kind), *((channel.group, channel.kind) for channel in CHANNEL_BUSES)}
+)
 
 
 # --- per kind -----------------------------------------------------------------------------------
@@ -357,11 +384,80 @@ def _reconcile_addressable(obj: Obj, world: _World, url: str) -> tuple[dict[str,
     return status, ready
 
 
+def _broker_channel(obj: Obj, world: _World) -> ResourceType:
+    """The channel kind that backs a Broker: from ``spec.config``, its class, or the default.
+
+    ``spec.config`` may reference a channel kind directly (``kind: KafkaChannel``), or, as in
+    Knative, a ConfigMap whose ``channel-template-spec`` (or ``channelTemplateSpec``) names one;
+    the Knative Kafka broker class (``Kafka``) means Kafka. Raises _UnresolvableError.
+    """
+    config = (obj.get("spec") or {}).get("config")
+    namespace = obj["metadata"]["namespace"]
+    if isinstance(config, Mapping):
+        kind = str(config.get("kind", ""))
+        if kind == CONFIG_MAP.kind:
+            name = str(config.get("name", ""))
+            config_namespace = str(config.get("namespace") or namespace)
+            config_map = world.find(("", CONFIG_MAP.kind, config_namespace, name))
+            if config_map is None:
+                raise _UnresolvableError(
+                    "ConfigNotFound", f"ConfigMap {config_namespace}/{name} does not exist"
+                )
+            data = config_map.get("data") or {}
+            text = data.get("channel-template-spec") or data.get("channelTemplateSpec")
+            if not text:
+                raise _UnresolvableError(
+                    "ConfigInvalid",
+                    f"ConfigMap {config_namespace}/{name} has no channel-template-spec key",
+                )
+            try:
+                template = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise _UnresolvableError(
+                    "ConfigInvalid", f"channel-template-spec is not YAML: {exc}"
+                ) from None
+            kind = str((template or {}).get("kind", "")) if isinstance(template, dict) else ""
+        backing = channel_type(kind)
+        if backing is None:
+            available = ", ".join(t.kind for t in CHANNEL_BUSES)
+            raise _UnresolvableError(
+                "ConfigInvalid",
+                f"spec.config names {kind or 'no kind'}; channel kinds: {available}",
+            )
+        return backing
+    annotations = obj["metadata"].get("annotations") or {}
+    if annotations.get(BROKER_CLASS_ANNOTATION) == KAFKA_BROKER_CLASS:
+        return KAFKA_CHANNEL
+    return world.default_channel
+
+
 def _reconcile_broker(obj: Obj, world: _World) -> None:
     metadata = obj["metadata"]
     namespace, name = metadata["namespace"], metadata["name"]
     url = broker_url(world.base_url, namespace, name)  # K26, K36
     status, ready = _reconcile_addressable(obj, world, url)
+    try:
+        backing = _broker_channel(obj, world)
+    except _UnresolvableError as exc:
+        conditions = _Conditions(obj, world.now)
+        for condition in status.get("conditions", []):
+            if condition["type"] != "Ready":
+                conditions.set(
+                    condition["type"],
+                    condition["status"],
+                    condition.get("reason", ""),
+                    condition.get("message", ""),
+                )
+        conditions.set("ChannelReady", "False", exc.reason, exc.message)
+        status = {**_base_status(obj, conditions)}
+        ready = False
+    else:
+        # Knative's MT broker reports its backing channel in status.annotations.
+        status["annotations"] = {
+            "knative.dev/channelAPIVersion": backing.api_version,
+            "knative.dev/channelKind": backing.kind,
+            "knative.dev/channelName": f"{name}-kne-trigger",
+        }
     world.statuses[metadata["uid"]] = status
     if ready:
         world.brokers[(namespace, name)] = BrokerSpec(
@@ -369,42 +465,95 @@ def _reconcile_broker(obj: Obj, world: _World) -> None:
             name=name,
             uid=metadata["uid"],
             topic=runtime.broker_topic(namespace, name),
-            bus=world.bus,
+            bus=CHANNEL_BUSES[backing],
         )
 
 
-def _reconcile_channel(obj: Obj, world: _World) -> None:
+def _reconcile_backing_channel(obj: Obj, world: _World) -> None:
+    """A channel implementation (InMemoryChannel, KafkaChannel, ...): an address on its bus."""
     metadata = obj["metadata"]
     namespace, name = metadata["namespace"], metadata["name"]
     url = channel_url(world.base_url, namespace, name)
     status, ready = _reconcile_addressable(obj, world, url)
     status["subscribers"] = []  # filled by the Subscriptions (K141)
-    if obj["kind"] == CHANNEL.kind:
-        # The backing channel: the template's kind, with the Channel's own name (as Knative
-        # names it). No separate object is created: the Channel is its own backing channel.
-        template = (obj.get("spec") or {}).get("channelTemplate") or {}
-        status["channel"] = {
-            "apiVersion": template.get("apiVersion", IN_MEMORY_CHANNEL.api_version),
-            "kind": template.get("kind", IN_MEMORY_CHANNEL.kind),
-            "name": name,
-            "namespace": namespace,
-        }
     world.statuses[metadata["uid"]] = status
-    if ready:
-        # A Channel and an InMemoryChannel of the same name are one channel (as in Knative,
-        # where the Channel is backed by that InMemoryChannel): same URL, same topic. The
-        # InMemoryChannel is reconciled first and keeps the entry.
-        world.channels.setdefault(
-            (namespace, name),
-            ChannelSpec(
-                namespace=namespace,
-                name=name,
-                uid=metadata["uid"],
-                kind=obj["kind"],
-                topic=runtime.channel_topic(namespace, name),
-                bus=world.bus,
-            ),
+    backing = channel_type(obj["kind"])
+    if ready and backing is not None:
+        world.channels[(namespace, name)] = ChannelSpec(
+            namespace=namespace,
+            name=name,
+            uid=metadata["uid"],
+            kind=obj["kind"],
+            topic=runtime.channel_topic(namespace, name),
+            bus=CHANNEL_BUSES[backing],
         )
+
+
+def _reconcile_channel(obj: Obj, world: _World) -> None:
+    """A generic Channel owns a backing channel of its template's kind, with its own name (as
+    Knative names it); the Channel's address is the backing channel's (K136, K140)."""
+    metadata = obj["metadata"]
+    namespace, name = metadata["namespace"], metadata["name"]
+    spec = obj.get("spec") or {}
+    template = spec.get("channelTemplate") or {}
+    backing = channel_type(str(template.get("kind", ""))) or world.default_channel
+    child_spec = dict(template.get("spec") or {})
+    if spec.get("delivery") is not None:
+        child_spec["delivery"] = spec["delivery"]
+    world.children.append(
+        {
+            "apiVersion": backing.api_version,
+            "kind": backing.kind,
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"messaging.knative.dev/channel": name},
+                "ownerReferences": [owner_reference(obj)],
+            },
+            "spec": child_spec,
+        }
+    )
+    conditions = _Conditions(obj, world.now)
+    child = world.find((backing.group, backing.kind, namespace, name))
+    child_ready = child is not None and world.is_ready(child)
+    status: dict[str, Any]
+    if child is None:
+        conditions.set(
+            "BackingChannelReady", "Unknown", "Creating", f"creating {backing.kind} {name}"
+        )
+    elif not child_ready:
+        conditions.set(
+            "BackingChannelReady", "False", "BackingChannelNotReady", f"{backing.kind} not Ready"
+        )
+    else:
+        conditions.set("BackingChannelReady", "True")
+    status = _base_status(obj, conditions)
+    status["channel"] = {
+        "apiVersion": backing.api_version,
+        "kind": backing.kind,
+        "name": name,
+        "namespace": namespace,
+    }
+    status["subscribers"] = []  # filled by the Subscriptions (K141)
+    if child is not None and child_ready:
+        child_status = world.statuses[child["metadata"]["uid"]]
+        for key in ("address", "addresses", "deadLetterSinkUri"):
+            if key in child_status:
+                status[key] = child_status[key]
+        world.parent_delivery[_key_of(obj)] = world.parent_delivery[_key_of(child)]
+    world.statuses[metadata["uid"]] = status
+
+
+def owner_reference(obj: Obj) -> dict[str, Any]:
+    """An ownerReference to ``obj`` marking it as the controller of the owned object."""
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _dependency(obj: Obj, world: _World, conditions: _Conditions) -> None:
@@ -618,6 +767,8 @@ def _reconcile_subscription(obj: Obj, world: _World) -> None:
                 subscriber_uri=physical["subscriberUri"],
                 reply_uri=reply_uri,
                 delivery=policy,
+                ordered=(metadata.get("annotations") or {}).get(DELIVERY_ORDER_ANNOTATION)
+                == "ordered",
             )
             conditions.set("AddedToChannel", "True")
     world.statuses[uid] = {**_base_status(obj, conditions), "physicalSubscription": physical}
@@ -638,9 +789,10 @@ Reconciler = Callable[[Obj, _World], None]
 # (API group, kind) -> reconciler, in phase order: every kind sees the kinds before it.
 RECONCILERS: tuple[tuple[tuple[str, str], Reconciler], ...] = (
     ((SECRET.group, SECRET.kind), _reconcile_secret),
+    ((CONFIG_MAP.group, CONFIG_MAP.kind), _reconcile_secret),
     ((EVENTING, BROKER.kind), _reconcile_broker),
-    ((MESSAGING, IN_MEMORY_CHANNEL.kind), _reconcile_channel),  # wins a name shared with a Channel
-    ((MESSAGING, CHANNEL.kind), _reconcile_channel),
+    *(((channel.group, channel.kind), _reconcile_backing_channel) for channel in CHANNEL_BUSES),
+    ((MESSAGING, CHANNEL.kind), _reconcile_channel),  # after the backing channels it owns
     ((MESSAGING, SUBSCRIPTION.kind), _reconcile_subscription),
     ((EVENTING, TRIGGER.kind), _reconcile_trigger),
 )
@@ -651,7 +803,7 @@ def reconcile(
     *,
     base_url: str,
     default_delivery: DeliveryPolicy,
-    bus: str = "memory",
+    default_channel: str = IN_MEMORY_CHANNEL.kind,
     now: str | None = None,
 ) -> Reconciled:
     """Statuses for ``objects`` (stored resources, with metadata.uid) and the Snapshot to run.
@@ -661,7 +813,7 @@ def reconcile(
     world = _World(
         base_url=base_url.rstrip("/"),
         default_delivery=default_delivery,
-        bus=bus,
+        default_channel=channel_type(default_channel) or IN_MEMORY_CHANNEL,
         now=now or now_rfc3339(),
         objects={_key_of(obj): obj for obj in objects},
     )
@@ -680,4 +832,5 @@ def reconcile(
             triggers=world.triggers,
             subscriptions=world.subscriptions,
         ),
+        children=world.children,
     )

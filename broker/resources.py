@@ -60,15 +60,53 @@ SUBSCRIPTION = ResourceType(
     MESSAGING, ("v1",), "Subscription", "subscriptions", ("subscription", "sub")
 )
 SECRET = ResourceType("", ("v1",), "Secret", "secrets", ("secret",))
+CONFIG_MAP = ResourceType("", ("v1",), "ConfigMap", "configmaps", ("configmap", "cm"))
+
+CEMESH_MESSAGING = "messaging.cemesh.dev"
+KAFKA_CHANNEL = ResourceType(
+    MESSAGING, ("v1beta1",), "KafkaChannel", "kafkachannels", ("kafkachannel", "kc")
+)
+NATS_CHANNEL = ResourceType(
+    MESSAGING,
+    ("v1alpha1",),
+    "NatsJetStreamChannel",
+    "natsjetstreamchannels",
+    ("natsjetstreamchannel", "natschannel"),
+)
+PUBSUB_CHANNEL = ResourceType(
+    CEMESH_MESSAGING, ("v1alpha1",), "PubSubChannel", "pubsubchannels", ("pubsubchannel",)
+)
+REDIS_CHANNEL = ResourceType(
+    CEMESH_MESSAGING,
+    ("v1alpha1",),
+    "RedisStreamChannel",
+    "redisstreamchannels",
+    ("redisstreamchannel", "redischannel"),
+)
+
+# Each channel implementation and the bus adapter that carries it.
+CHANNEL_BUSES: dict[ResourceType, str] = {
+    IN_MEMORY_CHANNEL: "memory",
+    KAFKA_CHANNEL: "kafka",
+    NATS_CHANNEL: "nats",
+    PUBSUB_CHANNEL: "pubsub",
+    REDIS_CHANNEL: "redis",
+}
 
 TYPES: tuple[ResourceType, ...] = (
     BROKER,
     TRIGGER,
     CHANNEL,
-    IN_MEMORY_CHANNEL,
+    *CHANNEL_BUSES,
     SUBSCRIPTION,
     SECRET,
+    CONFIG_MAP,
 )
+
+
+def channel_type(kind: str) -> ResourceType | None:
+    """The channel implementation named ``kind`` (InMemoryChannel, KafkaChannel, ...), if any."""
+    return next((t for t in CHANNEL_BUSES if t.kind == kind), None)
 
 
 def type_for_path(group: str, version: str, plural: str) -> ResourceType:
@@ -137,7 +175,7 @@ DEFAULT_CHANNEL_TEMPLATE: dict[str, str] = {
     "apiVersion": IN_MEMORY_CHANNEL.api_version,
     "kind": IN_MEMORY_CHANNEL.kind,
 }
-CHANNEL_IMPLEMENTATIONS: tuple[ResourceType, ...] = (IN_MEMORY_CHANNEL,)
+CHANNEL_IMPLEMENTATIONS: tuple[ResourceType, ...] = tuple(CHANNEL_BUSES)
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(
@@ -248,12 +286,18 @@ def _admit_metadata(
         )
     resolved = own or namespace or DEFAULT_NAMESPACE
     check_label_name(resolved, "metadata.namespace")
-    return {
+    metadata: dict[str, Any] = {
         "name": name,
         "namespace": resolved,
         "labels": _string_map(raw.get("labels"), "metadata.labels", labels=True),
         "annotations": _string_map(raw.get("annotations"), "metadata.annotations", labels=False),
     }
+    owners = raw.get("ownerReferences")
+    if owners:  # objects cemesh creates for a Channel (and later flows) name their owner
+        if not isinstance(owners, list) or not all(isinstance(o, Mapping) for o in owners):
+            raise InvalidResource("metadata.ownerReferences", "must be a list of objects")
+        metadata["ownerReferences"] = [dict(owner) for owner in owners]
+    return metadata
 
 
 # --- shared shapes: KReference, Destination, DeliverySpec ----------------------------------------
@@ -460,6 +504,11 @@ def _admit_trigger(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     annotations = metadata["annotations"]
     if DEPENDENCY_ANNOTATION in annotations:  # K69
         _check_dependency(annotations[DEPENDENCY_ANNOTATION], namespace)
+    _check_delivery_order(annotations)
+
+
+def _check_delivery_order(annotations: Mapping[str, str]) -> None:
+    """The Kafka broker's ordered-delivery annotation, honoured on Triggers and Subscriptions."""
     order = annotations.get(DELIVERY_ORDER_ANNOTATION)
     if order is not None and order not in ("ordered", "unordered"):
         raise InvalidResource(
@@ -490,9 +539,9 @@ def _check_dependency(text: str, namespace: str) -> None:
 def _admit_channel(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     spec = obj["spec"]
     template = spec.get("channelTemplate")
-    if template is None:  # K140: default
-        spec["channelTemplate"] = dict(DEFAULT_CHANNEL_TEMPLATE)
-    else:
+    # No template: the configured default channel kind backs it (CEMESH_DEFAULT_CHANNEL, K140);
+    # that is decided at reconcile time, where the setting is known.
+    if template is not None:
         template = _require_mapping(template, "spec.channelTemplate")
         api_version = _require_string(template.get("apiVersion"), "spec.channelTemplate.apiVersion")
         kind = _require_string(template.get("kind"), "spec.channelTemplate.kind")
@@ -509,18 +558,42 @@ def _admit_channel(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     if old is not None:  # K140: immutable
         _immutable(
             old,
-            spec["channelTemplate"],
-            _old_spec(old).get("channelTemplate") or DEFAULT_CHANNEL_TEMPLATE,
+            spec.get("channelTemplate"),
+            _old_spec(old).get("channelTemplate"),
             "spec.channelTemplate",
         )
 
 
-def _admit_in_memory_channel(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
+def _admit_backing_channel(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     _admit_spec_delivery(obj["spec"], obj["metadata"]["namespace"])
+
+
+def _admit_kafka_channel(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
+    """KafkaChannel (messaging.knative.dev/v1beta1): numPartitions, replicationFactor,
+    retentionDuration, as Knative's; the first two are immutable once the topic exists."""
+    spec = obj["spec"]
+    for key in ("numPartitions", "replicationFactor"):
+        value = spec.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise InvalidResource(f"spec.{key}", f"must be an integer >= 1, got {value!r}")
+        if old is not None:
+            _immutable(old, value, _old_spec(old).get(key), f"spec.{key}")
+    if spec.get("retentionDuration") is not None:
+        parse_duration(spec["retentionDuration"], "spec.retentionDuration")
+    _admit_spec_delivery(spec, obj["metadata"]["namespace"])
+
+
+def _admit_config_map(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
+    for field in ("data", "binaryData"):
+        if obj.get(field) is not None:
+            obj[field] = _string_map(obj[field], field, labels=False)
 
 
 def _admit_subscription(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     namespace = obj["metadata"]["namespace"]
+    _check_delivery_order(obj["metadata"]["annotations"])
     spec = obj["spec"]
     if spec.get("channel") is None:  # K153
         raise InvalidResource("spec.channel", "is required: a reference to a Channel")
@@ -612,9 +685,14 @@ ADMISSIONS: dict[ResourceType, Admission] = {
     BROKER: Admission(_admit_broker),
     TRIGGER: Admission(_admit_trigger),
     CHANNEL: Admission(_admit_channel),
-    IN_MEMORY_CHANNEL: Admission(_admit_in_memory_channel),
+    IN_MEMORY_CHANNEL: Admission(_admit_backing_channel),
     SUBSCRIPTION: Admission(_admit_subscription),
+    KAFKA_CHANNEL: Admission(_admit_kafka_channel),
+    NATS_CHANNEL: Admission(_admit_backing_channel),
+    PUBSUB_CHANNEL: Admission(_admit_backing_channel),
+    REDIS_CHANNEL: Admission(_admit_backing_channel),
     SECRET: Admission(_admit_secret, content=("type", "data", "stringData", "immutable")),
+    CONFIG_MAP: Admission(_admit_config_map, content=("data", "binaryData", "immutable")),
 }
 
 

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from broker.bus import Bus, Message, Nack, Subscription
+from broker.bus import Bus, Capability, Message, Nack, Subscription
 from broker.dispatch.client import HttpClient
 from broker.dispatch.delivery import Deliverer, Outcome, Target, reply_poster
 from broker.events import BROKER_TTL, CloudEvent
@@ -102,12 +102,26 @@ class Dispatcher:
                 consumer = _Consumer(spec, self._target(spec))
                 self._consumers[uid] = consumer
                 bus = self._buses[self._bus_of_topic(spec.topic)]
-                consumer.subscription = await bus.subscribe(
-                    spec.topic,
-                    group=spec.group,
-                    handler=functools.partial(self._handle, consumer),
-                    concurrency=self._concurrency,
-                )
+                handler = functools.partial(self._handle, consumer)
+                if not spec.ordered:
+                    consumer.subscription = await bus.subscribe(
+                        spec.topic, group=spec.group, handler=handler, concurrency=self._concurrency
+                    )
+                elif Capability.ORDERED_BY_KEY in bus.capabilities:
+                    # Ordered delivery (kafka.eventing.knative.dev/delivery.order: ordered): one
+                    # event per partition key at a time, in order; keys still run in parallel.
+                    consumer.subscription = await bus.subscribe(
+                        spec.topic,
+                        group=spec.group,
+                        handler=handler,
+                        concurrency=self._concurrency,
+                        ordered=True,
+                    )
+                else:
+                    # The bus cannot order per key: one delivery at a time orders everything.
+                    consumer.subscription = await bus.subscribe(
+                        spec.topic, group=spec.group, handler=handler, concurrency=1
+                    )
 
     def _target(self, spec: TriggerSpec | SubscriptionSpec) -> Target:
         if isinstance(spec, TriggerSpec):

@@ -396,7 +396,8 @@ async def test_events_cross_unaltered(bus: Bus, topic: str, unique: Names) -> No
 async def test_key_order_per_group(
     bus: Bus, adapter: AdapterCase, topic: str, unique: Names
 ) -> None:
-    """ORDERED_BY_KEY: events of one key reach a group in publish order, even at concurrency > 1."""
+    """ORDERED_BY_KEY + ordered=True: one key's events reach a group in publish order, even at
+    concurrency > 1."""
     adapter.require(Capability.ORDERED_BY_KEY)
     keys = [f"key-{k}" for k in range(5)]
     per_key = 40
@@ -422,6 +423,7 @@ async def test_key_order_per_group(
             group=unique("group"),
             handler=handler_for(concurrency),
             concurrency=concurrency,
+            ordered=True,
         )
     for seq in range(per_key):
         for key in keys:  # keys interleaved in publish order
@@ -452,7 +454,7 @@ async def test_key_order_holds_across_redelivery(
         acked[message.key].append(seq)
         inbox.record(message)
 
-    await bus.subscribe(topic, group=unique("group"), handler=handler, concurrency=8)
+    await bus.subscribe(topic, group=unique("group"), handler=handler, concurrency=8, ordered=True)
     for seq in range(per_key):
         for key in keys:
             await bus.publish(topic, sample_event(seq), key=key)

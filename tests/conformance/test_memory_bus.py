@@ -158,7 +158,7 @@ async def test_emptied_group_without_subscribers_is_forgotten(topic: str) -> Non
 
 
 async def test_nack_delay_holds_back_its_key_only(topic: str) -> None:
-    """While a nacked event waits for its delay, its key waits; other events go on."""
+    """Ordered groups: while a nacked event waits for its delay, its key waits; others go on."""
     bus = MemoryBus()
     inbox = Inbox()
     nacked: set[str] = set()
@@ -169,7 +169,7 @@ async def test_nack_delay_holds_back_its_key_only(topic: str) -> None:
             raise Nack(60.0)  # far beyond the test: only what is not held back arrives
         inbox.record(message)
 
-    await bus.subscribe(topic, group="g", handler=nack_first)
+    await bus.subscribe(topic, group="g", handler=nack_first, ordered=True)
     first, same_key, other_key, no_key = (sample_event(i) for i in range(4))
     await bus.publish(topic, first, key="a")
     await bus.publish(topic, same_key, key="a")
@@ -285,3 +285,22 @@ def test_built_by_name_with_options() -> None:
     assert isinstance(bus, MemoryBus)
     assert bus.queue_size == 3
     assert MemoryBus().queue_size == 100_000
+
+
+async def test_unordered_group_runs_one_keys_events_concurrently(topic: str) -> None:
+    """ordered=False (the default): events sharing a key are not held back behind each other."""
+    bus = MemoryBus()
+    both_started = asyncio.Event()
+    started: list[str] = []
+
+    async def handler(message: Message) -> None:
+        started.append(message.event.id)
+        if len(started) == 2:
+            both_started.set()
+        await asyncio.wait_for(both_started.wait(), 5)  # only returns if both run at once
+
+    await bus.subscribe(topic, group="g", handler=handler, concurrency=2)
+    await bus.publish(topic, sample_event(0), key="same")
+    await bus.publish(topic, sample_event(1), key="same")
+    await asyncio.wait_for(both_started.wait(), 5)
+    await bus.close()
