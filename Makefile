@@ -38,7 +38,9 @@ typecheck: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev servers lint typecheck
 	$(BIN)/pytest -q
 
+# End-to-end benchmark against its ceiling (~1 min; installs wrk when missing and root).
 bench: $(VENV)/.installed-dev
+	sh bench/install_wrk.sh
 	$(BIN)/python bench/e2e.py
 
 clean:

@@ -92,6 +92,7 @@ class Options:
     connections: int
     rate: float
     drain_timeout: float
+    rounds: int
     json_path: Path | None
     strict: bool
     keep_logs: Path | None
@@ -147,40 +148,80 @@ class Bench:
                 "cemesh_env": {k: v for k, v in os.environ.items() if k.startswith("CEMESH_")},
             }
         }
-        results["ceiling"] = self.ceiling()
+        bare_url = self.start_bare_app()
         cemesh_url, subscriber_url = self.start_cemesh_and_subscriber()
-        results["ingress"] = self.ingress_alone(cemesh_url)
+        results["ceiling"], results["ingress"] = self.ceiling_and_ingress(bare_url, cemesh_url)
+        self.bare_app.stop()  # idle from here on, but nothing should share the CPU
         self.add_trigger(cemesh_url, subscriber_url)
         results["e2e_closed"] = self.end_to_end(cemesh_url, subscriber_url, rate=0.0)
         results["e2e_paced"] = self.end_to_end(cemesh_url, subscriber_url, rate=self.options.rate)
         return results
 
-    def ceiling(self) -> dict[str, Any]:
+    def start_bare_app(self) -> str:
         port = free_port()
-        self.log(f"ceiling: bare ASGI 202 app on :{port}")
-        child = self.start(
+        self.bare_app = self.start(
             "bare_app", [sys.executable, str(BENCH_DIR / "bare_app.py"), "--port", str(port)]
         )
-        try:
-            wait_until_listening(child, port)
-            url = f"http://127.0.0.1:{port}/default/default"
-            self.wrk(url, self.options.warmup)
-            cpu = child.cpu_seconds()
-            result = self.wrk(url, self.options.duration)
-            cpu = child.cpu_seconds() - cpu
-        finally:
-            child.stop()
-        return {
-            "rate": result.rate,
-            "requests": result.requests,
-            "non_2xx": result.non_2xx,
-            "socket_errors": result.socket_errors,
-            "wrk_latency_us": result.latency_us,
-            "server_cpu_us_per_request": cpu / result.requests * 1e6 if result.requests else None,
-            "wrk_cpu_us_per_request": result.cpu_seconds / result.requests * 1e6
-            if result.requests
+        wait_until_listening(self.bare_app, port)
+        return f"http://127.0.0.1:{port}/default/default"
+
+    def ceiling_and_ingress(self, bare_url: str, cemesh_url: str) -> tuple[dict, dict]:
+        """The ceiling and cemesh's ingress alone (Broker, no Trigger), measured in turns.
+
+        ``--rounds`` alternating runs of ``duration / rounds`` seconds each (ceiling, ingress,
+        ceiling, ingress, ...), so that a machine that speeds up or slows down during the bench
+        (a shared 2-core VM does) moves both figures alike instead of skewing their ratio.
+        """
+        rounds = self.options.rounds
+        slice_s = self.options.duration / rounds
+        ingress_url = f"{cemesh_url}/default/default"
+        self.log(f"ceiling (bare ASGI 202 app) and ingress alone: {rounds} rounds of {slice_s:g}s")
+        self.wrk(bare_url, self.options.warmup)
+        self.wrk(ingress_url, self.options.warmup)
+        bare: list[WrkResult] = []
+        ingress: list[WrkResult] = []
+        bare_cpu = cemesh_cpu = 0.0
+        accepted = 0
+        threads, profiler = self.observe_cemesh("ingress", self.options.duration * 2)
+        for _ in range(rounds):
+            cpu = self.bare_app.cpu_seconds()
+            bare.append(self.wrk(bare_url, slice_s))
+            bare_cpu += self.bare_app.cpu_seconds() - cpu
+            before, cpu = self.accepted(cemesh_url), self.cemesh.cpu_seconds()
+            ingress.append(self.wrk(ingress_url, slice_s))
+            cemesh_cpu += self.cemesh.cpu_seconds() - cpu
+            accepted += self.accepted(cemesh_url) - before
+        split = self.cemesh_cpu_split(threads, profiler, accepted)
+        ceiling_rate = _rate(bare)
+        ingress_rate = _rate(ingress)
+        bare_requests = sum(r.requests for r in bare)
+        ceiling = {
+            "rate": ceiling_rate,
+            "requests": bare_requests,
+            "rates_per_round": [r.rate for r in bare],
+            "non_2xx": sum(r.non_2xx for r in bare),
+            "socket_errors": sum(r.socket_errors for r in bare),
+            "wrk_latency_us": [r.latency_us for r in bare],
+            "server_cpu_us_per_request": bare_cpu / bare_requests * 1e6 if bare_requests else None,
+            "wrk_cpu_us_per_request": sum(r.cpu_seconds for r in bare) / bare_requests * 1e6
+            if bare_requests
             else None,
         }
+        result = {
+            "rate": ingress_rate,
+            "ratio_to_ceiling": ingress_rate / ceiling_rate if ceiling_rate else None,
+            "ratios_per_round": [
+                i.rate / b.rate if b.rate else None for b, i in zip(bare, ingress, strict=True)
+            ],
+            "requests": sum(r.requests for r in ingress),
+            "accepted_202": accepted,
+            "non_2xx": sum(r.non_2xx for r in ingress),
+            "socket_errors": sum(r.socket_errors for r in ingress),
+            "wrk_latency_us": [r.latency_us for r in ingress],
+            "cemesh_cpu_us_per_event": cemesh_cpu / accepted * 1e6 if accepted else None,
+            "cemesh_cpu_us_per_event_by_thread": split,
+        }
+        return ceiling, result
 
     def start_cemesh_and_subscriber(self) -> tuple[str, str]:
         sub_port = free_port()
@@ -213,28 +254,6 @@ class Bench:
         # The Broker is live once its ingress answers 202 (the controller applies it async).
         self.wait_for(lambda: self.probe(cemesh_url) == 202, "Broker default/default to be live")
         return cemesh_url, subscriber_url
-
-    def ingress_alone(self, cemesh_url: str) -> dict[str, Any]:
-        self.log("ingress alone (Broker, no Trigger)")
-        url = f"{cemesh_url}/default/default"
-        self.wrk(url, self.options.warmup)
-        accepted = self.accepted(cemesh_url)
-        cpu = self.cemesh.cpu_seconds()
-        threads, profiler = self.observe_cemesh("ingress")
-        result = self.wrk(url, self.options.duration)
-        cpu = self.cemesh.cpu_seconds() - cpu
-        accepted = self.accepted(cemesh_url) - accepted
-        split = self.cemesh_cpu_split(threads, profiler, accepted)
-        return {
-            "rate": result.rate,
-            "requests": result.requests,
-            "accepted_202": accepted,
-            "non_2xx": result.non_2xx,
-            "socket_errors": result.socket_errors,
-            "wrk_latency_us": result.latency_us,
-            "cemesh_cpu_us_per_event": cpu / accepted * 1e6 if accepted else None,
-            "cemesh_cpu_us_per_event_by_thread": split,
-        }
 
     def add_trigger(self, cemesh_url: str, subscriber_url: str) -> None:
         self.apply(cemesh_url, TRIGGER_MANIFEST.format(uri=f"{subscriber_url}/"), "trigger")
@@ -296,7 +315,9 @@ class Bench:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def observe_cemesh(self, phase: str) -> tuple[dict[str, float], Child | None]:
+    def observe_cemesh(
+        self, phase: str, duration: float | None = None
+    ) -> tuple[dict[str, float], Child | None]:
         """Start watching cemesh for one measured run: its CPU per thread, and py-spy if asked."""
         profiler = None
         if self.options.profile is not None:
@@ -311,7 +332,7 @@ class Bench:
                     "--pid",
                     str(self.cemesh.pid),
                     "--duration",
-                    str(max(1, round(self.options.duration))),
+                    str(max(1, round(duration or self.options.duration))),
                     "--rate",
                     "250",
                     "--nonblocking",
@@ -394,13 +415,15 @@ class Bench:
         last, quiet_since = -1, time.monotonic()
         while time.monotonic() < deadline:
             received = self.received(subscriber_url)
-            if since is not None and received >= self.accepted(cemesh_url) - since:
+            expected = self.accepted(cemesh_url) - since if since is not None else 0
+            if expected > 0 and received >= expected:
                 return True
             now = time.monotonic()
             if received != last:
                 last, quiet_since = received, now
-            elif since is None and now - quiet_since >= 0.3:
-                return True
+            elif expected <= 0 and now - quiet_since >= 0.3:
+                # Nothing to count against (no 202 counter): done once deliveries stop.
+                return since is None
             if not self.cemesh.alive():
                 raise RuntimeError(f"cemesh died:\n{self.cemesh.log_tail()}")
             time.sleep(0.05)
@@ -412,6 +435,11 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out waiting for {what}:\n{self.cemesh.log_tail()}")
             time.sleep(0.05)
+
+
+def _rate(results: list[WrkResult]) -> float:
+    duration = sum(r.duration for r in results)
+    return sum(r.requests for r in results) / duration if duration > 0 else 0.0
 
 
 # -- verdicts and output ------------------------------------------------------------------------
@@ -460,6 +488,10 @@ def rows_for(results: dict[str, Any], options: Options) -> list[Row]:
             "0",
             "",
             _check(ingress["non_2xx"] == 0 and ingress["socket_errors"] == 0),
+        ),
+        Row(
+            "  ratio per round",
+            ", ".join(f"{r:.0%}" for r in ingress["ratios_per_round"] if r is not None),
         ),
         Row("  cemesh CPU per event", _us(ingress["cemesh_cpu_us_per_event"])),
     ]
@@ -557,6 +589,12 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--rate", type=float, default=DELIVERED_RATE_GOAL, help="paced rate/s")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternating ceiling/ingress runs that share --duration (default 2)",
+    )
+    parser.add_argument(
         "--drain-timeout", type=float, default=40.0, help="max seconds to wait for the queue"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
@@ -584,6 +622,7 @@ def parse_args(argv: list[str] | None) -> Options:
         connections=args.connections,
         rate=args.rate,
         drain_timeout=args.drain_timeout,
+        rounds=max(1, args.rounds),
         json_path=args.json,
         strict=args.strict,
         keep_logs=args.keep_logs,

@@ -394,6 +394,9 @@ DEAD_LETTER_URI = Column(
     "DEAD_LETTER_SINK_URI", lambda o: dig(o, "status", "deadLetterSinkUri"), True
 )
 
+# What every channel implementation (InMemoryChannel, KafkaChannel, ...) shows.
+CHANNEL_COLUMNS: tuple[Column, ...] = (URL, READY, DEAD_LETTER_URI)
+
 # Per kind, the columns between NAME (and NAMESPACE) and AGE. A new kind adds one entry;
 # kinds without one get READY and REASON.
 COLUMNS: dict[str, tuple[Column, ...]] = {
@@ -406,6 +409,12 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
             lambda o: dig(o, "metadata", "annotations", "eventing.knative.dev/broker.class"),
             wide=True,
         ),
+        # The channel kind backing the Broker, as Knative's MT broker reports it.
+        Column(
+            "CHANNEL",
+            lambda o: dig(o, "status", "annotations", "knative.dev/channelKind"),
+            wide=True,
+        ),
     ),
     "Trigger": (
         Column("BROKER", lambda o: dig(o, "spec", "broker")),
@@ -415,8 +424,18 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("FILTER", _filter_summary, wide=True),
         DEAD_LETTER_URI,
     ),
-    "Channel": (URL, READY, DEAD_LETTER_URI),
-    "InMemoryChannel": (URL, READY, DEAD_LETTER_URI),
+    # kn's channel list: TYPE is the backing channel kind the Channel created.
+    "Channel": (Column("TYPE", lambda o: dig(o, "status", "channel", "kind")), *CHANNEL_COLUMNS),
+    "InMemoryChannel": CHANNEL_COLUMNS,
+    "KafkaChannel": (
+        *CHANNEL_COLUMNS,
+        Column("PARTITIONS", lambda o: dig(o, "spec", "numPartitions"), wide=True),
+        Column("REPLICATION", lambda o: dig(o, "spec", "replicationFactor"), wide=True),
+        Column("RETENTION", lambda o: dig(o, "spec", "retentionDuration"), wide=True),
+    ),
+    "NatsJetStreamChannel": CHANNEL_COLUMNS,
+    "PubSubChannel": CHANNEL_COLUMNS,
+    "RedisStreamChannel": CHANNEL_COLUMNS,
     "Subscription": (
         Column("CHANNEL", _channel_ref),
         Column(
@@ -429,6 +448,9 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "Secret": (
         Column("TYPE", lambda o: dig(o, "type") or "Opaque"),
         Column("DATA", lambda o: str(len(o.get("data") or {}) + len(o.get("stringData") or {}))),
+    ),
+    "ConfigMap": (
+        Column("DATA", lambda o: str(len(o.get("data") or {}) + len(o.get("binaryData") or {}))),
     ),
 }
 DEFAULT_COLUMNS: tuple[Column, ...] = (READY, REASON)
@@ -972,7 +994,7 @@ def get(
     output: str,
     selector: str | None,
 ) -> None:
-    """Show objects of KIND (broker, trigger, channel, imc, subscription, secret...).
+    """Show objects of KIND (broker, trigger, channel, imc, kc, subscription, cm, secret...).
 
     Secret values are never printed: the table shows the number of keys, and with -o yaml/json
     every value in data (and stringData) is replaced by "<redacted>".

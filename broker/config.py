@@ -73,6 +73,26 @@ class Settings(BaseSettings):
     nats_tls_ca_file: str | None = None
     nats_tls_cert_file: str | None = None
     nats_tls_key_file: str | None = None
+    nats_ack_wait: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds before a message nobody settled is redelivered (a crashed "
+        "consumer); messages in a handler are kept alive meanwhile.",
+    )
+    nats_max_ack_pending: int = Field(
+        default=1000, ge=1, description="Unacked messages per group (ordered groups: 1)."
+    )
+    nats_duplicate_window: float = Field(
+        default=120.0, gt=0, description="Seconds a republished event (same source+id) is dropped."
+    )
+    nats_retention: Literal["interest", "limits"] = "interest"
+    nats_max_age: float = Field(default=0.0, ge=0, description="Stream max age, s (0: none).")
+    nats_replicas: int = Field(default=1, ge=1, le=5)
+    nats_inactive_threshold: float | None = Field(
+        default=None, gt=0, description="Delete a group nobody consumed for this long, s."
+    )
+    nats_request_timeout: float = Field(default=5.0, gt=0)
+    nats_connect_timeout: float = Field(default=5.0, gt=0)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_maxlen: int | None = Field(
@@ -84,6 +104,18 @@ class Settings(BaseSettings):
 
     pubsub_project: str = "cemesh"
     pubsub_ack_deadline: int = Field(default=60, ge=10, le=600)
+    pubsub_emulator_host: str | None = Field(
+        default=None, description="host:port of a Pub/Sub emulator (plaintext, no credentials)."
+    )
+    pubsub_credentials_file: str | None = Field(
+        default=None, description="google-auth JSON credentials; default: Application Default."
+    )
+    pubsub_rpc_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds a publish or admin call may take, with retries."
+    )
+    pubsub_pull_streams: int | None = Field(
+        default=None, ge=1, description="StreamingPull streams per subscription (default: auto)."
+    )
 
     # Ingress
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)

@@ -385,12 +385,18 @@ def _reconcile_addressable(obj: Obj, world: _World, url: str) -> tuple[dict[str,
 
 
 def _broker_channel(obj: Obj, world: _World) -> ResourceType:
-    """The channel kind that backs a Broker: from ``spec.config``, its class, or the default.
+    """The channel kind that backs a Broker: from its class, ``spec.config``, or the default.
 
     ``spec.config`` may reference a channel kind directly (``kind: KafkaChannel``), or, as in
     Knative, a ConfigMap whose ``channel-template-spec`` (or ``channelTemplateSpec``) names one;
     the Knative Kafka broker class (``Kafka``) means Kafka. Raises _UnresolvableError.
     """
+    annotations = obj["metadata"].get("annotations") or {}
+    if annotations.get(BROKER_CLASS_ANNOTATION) == KAFKA_BROKER_CLASS:
+        # A Kafka-class Broker's spec.config names Kafka client settings (Knative's
+        # kafka-broker-config: bootstrap.servers, ...), not a channel template; cemesh takes
+        # those from its own kafka_* settings, so the ConfigMap is neither read nor required.
+        return KAFKA_CHANNEL
     config = (obj.get("spec") or {}).get("config")
     namespace = obj["metadata"]["namespace"]
     if isinstance(config, Mapping):
@@ -425,9 +431,6 @@ def _broker_channel(obj: Obj, world: _World) -> ResourceType:
                 f"spec.config names {kind or 'no kind'}; channel kinds: {available}",
             )
         return backing
-    annotations = obj["metadata"].get("annotations") or {}
-    if annotations.get(BROKER_CLASS_ANNOTATION) == KAFKA_BROKER_CLASS:
-        return KAFKA_CHANNEL
     return world.default_channel
 
 

@@ -539,6 +539,11 @@ def _check_dependency(text: str, namespace: str) -> None:
 def _admit_channel(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     spec = obj["spec"]
     template = spec.get("channelTemplate")
+    old_template = _old_spec(old).get("channelTemplate")
+    if template is None and old_template is not None:
+        # An update that leaves the template out keeps it (as the Broker class, K59): Channels
+        # stored when admission still defaulted it re-apply from the same YAML.
+        template = spec["channelTemplate"] = copy.deepcopy(old_template)
     # No template: the configured default channel kind backs it (CEMESH_DEFAULT_CHANNEL, K140);
     # that is decided at reconcile time, where the setting is known.
     if template is not None:
@@ -556,12 +561,7 @@ def _admit_channel(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
             )
     _admit_spec_delivery(spec, obj["metadata"]["namespace"])
     if old is not None:  # K140: immutable
-        _immutable(
-            old,
-            spec.get("channelTemplate"),
-            _old_spec(old).get("channelTemplate"),
-            "spec.channelTemplate",
-        )
+        _immutable(old, spec.get("channelTemplate"), old_template, "spec.channelTemplate")
 
 
 def _admit_backing_channel(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
@@ -586,9 +586,18 @@ def _admit_kafka_channel(obj: dict[str, Any], old: Mapping[str, Any] | None) -> 
 
 
 def _admit_config_map(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
+    # ConfigMap keys follow the Secret key rule, not the label-key one: Knative's own
+    # ConfigMaps carry an ``_example`` key, and ``a/b`` is not a valid key.
     for field in ("data", "binaryData"):
         if obj.get(field) is not None:
-            obj[field] = _string_map(obj[field], field, labels=False)
+            obj[field] = _secret_items(obj[field], field)
+    immutable = obj.get("immutable")
+    if immutable is not None and not isinstance(immutable, bool):
+        raise InvalidResource("immutable", f"must be true or false, got {immutable!r}")
+    if old is not None and old.get("immutable") is True:
+        for field in ("data", "binaryData"):
+            _immutable(old, obj.get(field) or {}, old.get(field) or {}, field)
+        _immutable(old, immutable, True, "immutable")
 
 
 def _admit_subscription(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:

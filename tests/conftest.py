@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.postgres"]
+pytest_plugins = [
+    "tests.support.postgres",
+    "tests.support.servers.nats",
+    "tests.support.servers.pubsub",
+    "tests.support.servers.kafka",
+    "tests.support.servers.redis",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"

@@ -24,6 +24,10 @@ import pytest
 
 from adapters.memory import MemoryBus
 from broker.bus import Bus, Capability
+from tests.support.servers.kafka import KafkaServer
+from tests.support.servers.nats import NatsServer
+from tests.support.servers.pubsub import PubSubEmulator
+from tests.support.servers.redis import RedisServer
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,40 @@ ADAPTERS: dict[str, AdapterCase] = {
                 {Capability.NACK_DELAY, Capability.REDELIVERY_COUNT, Capability.ORDERED_BY_KEY}
             ),
         ),
-        # AdapterCase("kafka", "kafka_bus", frozenset({...})),  and a `kafka_server` fixture.
+        AdapterCase(
+            "nats",
+            "nats_bus",
+            frozenset(
+                {
+                    Capability.DURABLE,
+                    Capability.NACK_DELAY,
+                    Capability.REDELIVERY_COUNT,
+                    Capability.ORDERED_BY_KEY,
+                }
+            ),
+        ),
+        AdapterCase(
+            "pubsub",
+            "pubsub_bus",
+            frozenset({Capability.DURABLE, Capability.NACK_DELAY, Capability.ORDERED_BY_KEY}),
+        ),
+        AdapterCase(
+            "kafka",
+            "kafka_bus",
+            frozenset(
+                {
+                    Capability.DURABLE,
+                    Capability.NACK_DELAY,
+                    Capability.REDELIVERY_COUNT,
+                    Capability.ORDERED_BY_KEY,
+                }
+            ),
+        ),
+        AdapterCase(
+            "redis",
+            "redis_bus",
+            frozenset({Capability.DURABLE, Capability.NACK_DELAY, Capability.REDELIVERY_COUNT}),
+        ),
     )
 }
 
@@ -58,6 +95,59 @@ ADAPTERS: dict[str, AdapterCase] = {
 @pytest.fixture
 async def memory_bus() -> AsyncIterator[Bus]:
     bus = MemoryBus({})
+    await bus.open()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+async def nats_bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    """A NatsBus on the session's NATS server; short ack_wait so that redelivery tests are quick."""
+    from adapters.nats import NatsBus  # imported here: only this row needs nats-py
+
+    bus = NatsBus({"url": nats_server.url, "ack_wait": 2.0, "connect_timeout": 5.0})
+    await bus.open()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+async def pubsub_bus(pubsub_emulator: PubSubEmulator) -> AsyncIterator[Bus]:
+    """A PubSubBus on the session's emulator; the shortest ack deadline Pub/Sub allows (10 s)."""
+    from adapters.pubsub import PubSubBus  # imported here: only this row needs the client
+
+    bus = PubSubBus(
+        {"emulator_host": pubsub_emulator.host, "project": "cemesh-test", "ack_deadline": 10}
+    )
+    await bus.open()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+async def kafka_bus(kafka_server: KafkaServer) -> AsyncIterator[Bus]:
+    """A KafkaBus on the session's Tansu server; short session timeout so that joins are quick."""
+    from adapters.kafka import KafkaBus  # imported here: only this row needs aiokafka
+
+    bus = KafkaBus(
+        {
+            "bootstrap_servers": kafka_server.bootstrap_servers,
+            "session_timeout_ms": 1000,
+            "heartbeat_interval_ms": 100,
+            "request_timeout_ms": 10_000,
+        }
+    )
+    await bus.open()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+async def redis_bus(redis_server: RedisServer) -> AsyncIterator[Bus]:
+    """A RedisStreamsBus on the session's Redis; short visibility timeout for redelivery tests."""
+    from adapters.redis_streams import RedisStreamsBus  # imported here: only this row needs redis
+
+    bus = RedisStreamsBus({"url": redis_server.url, "visibility_timeout": 2.0})
     await bus.open()
     yield bus
     await bus.close()

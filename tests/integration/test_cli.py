@@ -318,6 +318,33 @@ def test_get_trigger_table_shows_broker_and_subscriber_uri(
     assert row.split()[:4] == ["t", "default", "http://127.0.0.1:9/x", "True"]
 
 
+def test_get_channels_shows_the_backing_kind_and_the_new_channel_kinds_are_named(
+    server: str, ns: str, tmp_path: Path
+) -> None:
+    """K140: a Channel's TYPE is its backing kind (kn's column), which ``get imc`` lists too;
+    ``get broker -o wide`` shows the Broker's channel kind; ``kc`` names KafkaChannels."""
+    channel = {
+        "apiVersion": "messaging.knative.dev/v1",
+        "kind": "Channel",
+        "metadata": {"name": "c"},
+    }
+    manifest = write(tmp_path / "c.yaml", channel, broker("default"))
+    assert run(server, "apply", "-n", ns, "-f", str(manifest)).exit_code == 0
+    again = run(server, "apply", "-n", ns, "-f", str(manifest))
+    assert "channel.messaging.knative.dev/c unchanged" in again.stdout.splitlines()
+    header, row = run(server, "get", "channels", "-n", ns).stdout.splitlines()
+    assert header.split() == ["NAME", "TYPE", "URL", "READY", "AGE"]
+    assert row.split()[:4] == ["c", "InMemoryChannel", f"{server}/channels/{ns}/c", "True"]
+    header, row = run(server, "get", "imc", "-n", ns).stdout.splitlines()
+    assert row.split()[:3] == ["c", f"{server}/channels/{ns}/c", "True"]
+    header, row = run(server, "get", "broker", "-n", ns, "-o", "wide").stdout.splitlines()
+    assert row[header.index("CHANNEL") :].split()[0] == "InMemoryChannel"  # REASON is empty
+    for name in ("kafkachannels", "kc", "natsjetstreamchannels", "pubsubchannels", "cm"):
+        result = run(server, "get", name, "-n", ns)
+        assert result.exit_code == 0, (name, result.output)
+        assert result.stderr.strip() == f"No resources found in {ns} namespace.", name
+
+
 def test_get_filters_by_label_selector(server: str, ns: str, tmp_path: Path) -> None:
     manifest = write(
         tmp_path / "b.yaml",

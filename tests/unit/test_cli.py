@@ -14,7 +14,7 @@ import pytest
 
 from broker import cli
 from broker.errors import InvalidResource
-from broker.resources import BROKER, SECRET, TRIGGER
+from broker.resources import BROKER, SECRET, TRIGGER, type_for_name
 
 NOW = datetime(2026, 6, 20, 12, 0, 0, tzinfo=UTC)
 
@@ -269,7 +269,7 @@ def test_broker_table_has_kn_columns() -> None:
 
 def test_all_namespaces_adds_namespace_and_wide_adds_wide_columns() -> None:
     rows = cli.table_rows("Broker", [_broker("a", "dev")], now=NOW, all_namespaces=True, wide=True)
-    assert rows[0] == ["NAME", "NAMESPACE", "URL", "READY", "REASON", "CLASS", "AGE"]
+    assert rows[0] == ["NAME", "NAMESPACE", "URL", "READY", "REASON", "CLASS", "CHANNEL", "AGE"]
     assert rows[1][:2] == ["a", "dev"] and rows[1][5] == "MTChannelBasedBroker"
 
 
@@ -302,6 +302,63 @@ def test_trigger_subscription_channel_secret_columns() -> None:
         ["NAME", "TYPE", "DATA", "AGE"],
         ["s", "Opaque", "2", "<unknown>"],
     ]
+
+
+def test_broker_wide_table_shows_its_backing_channel_kind() -> None:
+    broker = _broker("b")
+    broker["status"]["annotations"] = {"knative.dev/channelKind": "KafkaChannel"}
+    rows = cli.table_rows("Broker", [broker], now=NOW, wide=True)
+    assert rows[1][rows[0].index("CHANNEL")] == "KafkaChannel"
+    assert "CHANNEL" not in cli.table_rows("Broker", [broker], now=NOW)[0]
+
+
+def test_channel_table_shows_the_backing_kind_as_kn_does() -> None:
+    channel = _broker("ch")
+    channel["status"]["channel"] = {"kind": "KafkaChannel", "name": "ch"}
+    rows = cli.table_rows("Channel", [channel], now=NOW)
+    assert rows[0] == ["NAME", "TYPE", "URL", "READY", "AGE"]
+    assert rows[1][:4] == ["ch", "KafkaChannel", "http://127.0.0.1:8080/default/ch", "True"]
+
+
+@pytest.mark.parametrize(
+    "kind", ["InMemoryChannel", "KafkaChannel", "NatsJetStreamChannel", "PubSubChannel"]
+)
+def test_every_channel_kind_has_url_and_ready_columns(kind: str) -> None:
+    assert cli.table_rows(kind, [_broker("c")], now=NOW)[0] == ["NAME", "URL", "READY", "AGE"]
+
+
+def test_kafka_channel_wide_table_shows_partitions_replication_and_retention() -> None:
+    channel = _broker("k")
+    channel["spec"] = {"numPartitions": 3, "replicationFactor": 1, "retentionDuration": "PT1H"}
+    rows = cli.table_rows("KafkaChannel", [channel], now=NOW, wide=True)
+    assert rows[0][-4:] == ["PARTITIONS", "REPLICATION", "RETENTION", "AGE"]
+    assert rows[1][-4:-1] == ["3", "1", "PT1H"]
+
+
+def test_config_map_table_counts_its_keys_like_kubectl() -> None:
+    config_map = {"metadata": {"name": "c"}, "data": {"a": "1"}, "binaryData": {"b": "eA=="}}
+    assert cli.table_rows("ConfigMap", [config_map], now=NOW) == [
+        ["NAME", "DATA", "AGE"],
+        ["c", "2", "<unknown>"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("kafkachannels", "KafkaChannel"),
+        ("kc", "KafkaChannel"),
+        ("natsjetstreamchannels", "NatsJetStreamChannel"),
+        ("natschannel", "NatsJetStreamChannel"),
+        ("pubsubchannels", "PubSubChannel"),
+        ("redisstreamchannels", "RedisStreamChannel"),
+        ("redischannel", "RedisStreamChannel"),
+        ("cm", "ConfigMap"),
+        ("configmaps", "ConfigMap"),
+    ],
+)
+def test_get_names_the_new_channel_kinds_and_config_maps(name: str, kind: str) -> None:
+    assert type_for_name(name).kind == kind
 
 
 def test_kinds_without_a_columns_row_get_ready_and_reason() -> None:

@@ -1,6 +1,7 @@
 """Reconcile: statuses (K163), addresses (K26, K36), destination resolution (K159-K161),
 Trigger before Broker (K56), subscriber and dead-letter URIs (K57, K58, K155), delivery
-precedence (K66, K124), Channel subscribers (K141), Subscription before Channel (K156)."""
+precedence (K66, K124), Channel subscribers (K141), Subscription before Channel (K156),
+channel kinds and a generic Channel's backing channel (K136, K140), Broker backing (K59)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from broker.events import CloudEvent
-from broker.reconcile import ADDRESS_RESOLVERS, Reconciled, reconcile
+from broker.reconcile import ADDRESS_RESOLVERS, Reconciled, owner_reference, reconcile
 from broker.resources import admit
 from broker.spec import (
     BrokerSpec,
@@ -31,6 +32,7 @@ LATER = "2030-01-01T00:05:00.000000Z"
 EVENTING = "eventing.knative.dev/v1"
 MESSAGING = "messaging.knative.dev/v1"
 SINK = {"uri": "http://sink.example.com/"}
+IMC = "InMemoryChannel"
 
 
 def stored(body: dict[str, Any], uid: str, generation: int = 1) -> dict[str, Any]:
@@ -91,13 +93,32 @@ def subscription(
     return stored(body, uid)
 
 
+def backing(owner: dict[str, Any], uid: str, default_channel: str = IMC) -> dict[str, Any]:
+    """The backing channel the controller creates for a generic Channel, as the store holds it:
+    the one object reconcile wants for ``owner`` (Reconciled.children), admitted, with a uid."""
+    [child] = run(owner, default_channel=default_channel).children
+    return stored(child, uid)
+
+
+def backed(name: str = "ch", uid: str = "c1", **spec: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A generic Channel and its backing InMemoryChannel (uid ``<uid>-imc``), as after a sync."""
+    owner = channel(name, uid, **spec)
+    return owner, backing(owner, f"{uid}-imc")
+
+
 def ref(kind: str, name: str, api_version: str = "") -> dict[str, Any]:
     group = {"Broker": EVENTING, "Channel": MESSAGING, "InMemoryChannel": MESSAGING}
     return {"apiVersion": api_version or group.get(kind, "v1"), "kind": kind, "name": name}
 
 
-def run(*objects: dict[str, Any], now: str = NOW) -> Reconciled:
-    return reconcile(list(objects), base_url=BASE, default_delivery=DEFAULT, now=now)
+def run(*objects: dict[str, Any], now: str = NOW, default_channel: str = IMC) -> Reconciled:
+    return reconcile(
+        list(objects),
+        base_url=BASE,
+        default_delivery=DEFAULT,
+        default_channel=default_channel,
+        now=now,
+    )
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -137,10 +158,13 @@ def test_k26_k36_broker_is_ready_with_its_address_and_runs() -> None:
     }
 
 
-def test_bus_name_and_base_url_trailing_slash() -> None:
-    result = reconcile([broker()], base_url=BASE + "/", default_delivery=DEFAULT, bus="kafka")
+def test_default_channel_sets_the_brokers_bus_and_base_url_trailing_slash_is_dropped() -> None:
+    result = reconcile(
+        [broker()], base_url=BASE + "/", default_delivery=DEFAULT, default_channel="KafkaChannel"
+    )
     assert result.snapshot.brokers[("default", "default")].bus == "kafka"
     assert result.statuses["b1"]["address"]["url"] == f"{BASE}/default/default"
+    assert result.statuses["b1"]["annotations"]["knative.dev/channelKind"] == "KafkaChannel"
 
 
 def test_k58_broker_dead_letter_sink_is_resolved_into_status() -> None:
@@ -165,9 +189,9 @@ def test_k58_broker_with_unresolvable_dead_letter_sink_is_not_ready_and_not_run(
 # --- Channel / InMemoryChannel ------------------------------------------------------------------
 
 
-def test_channel_and_in_memory_channel_are_ready_addressable_and_run() -> None:
-    result = run(channel("ch", "c1"), channel("imc", "c2", kind="InMemoryChannel"))
-    for uid, name in (("c1", "ch"), ("c2", "imc")):
+def test_k136_channel_and_in_memory_channel_are_ready_addressable_and_run() -> None:
+    result = run(*backed("ch", "c1"), channel("imc", "c2", kind="InMemoryChannel"))
+    for uid, name in (("c1", "ch"), ("c1-imc", "ch"), ("c2", "imc")):
         status = result.statuses[uid]
         assert ready(status) == "True"
         assert status["address"]["url"] == f"{BASE}/channels/default/{name}"
@@ -179,19 +203,22 @@ def test_channel_and_in_memory_channel_are_ready_addressable_and_run() -> None:
         "namespace": "default",
     }
     assert "channel" not in result.statuses["c2"]
+    # The generic Channel runs as its backing channel: same URL and topic, the backing's uid.
     assert result.snapshot.channels[("default", "ch")] == ChannelSpec(
         namespace="default",
         name="ch",
-        uid="c1",
-        kind="Channel",
+        uid="c1-imc",
+        kind="InMemoryChannel",
         topic=channel_topic("default", "ch"),
+        bus="memory",
     )
     assert result.snapshot.channels[("default", "imc")].kind == "InMemoryChannel"
+    assert set(result.snapshot.channels) == {("default", "ch"), ("default", "imc")}
 
 
 def test_k141_channel_lists_its_ready_subscriptions() -> None:
     result = run(
-        channel(),
+        *backed(),
         subscription("s2", "s2"),
         subscription("s1", "s1"),
         subscription("bad", "s3", reply={"ref": ref("Broker", "missing")}),
@@ -201,6 +228,346 @@ def test_k141_channel_lists_its_ready_subscriptions() -> None:
         {"uid": "s1", "observedGeneration": 1, "ready": "True"},
         {"uid": "s2", "observedGeneration": 1, "ready": "True"},
     ]
+
+
+# --- generic Channel and its backing channel (K136, K140) ----------------------------------------
+
+CHANNEL_KINDS = {  # kind -> (apiVersion, bus)
+    "InMemoryChannel": (MESSAGING, "memory"),
+    "KafkaChannel": ("messaging.knative.dev/v1beta1", "kafka"),
+    "NatsJetStreamChannel": ("messaging.knative.dev/v1alpha1", "nats"),
+    "PubSubChannel": ("messaging.cemesh.dev/v1alpha1", "pubsub"),
+    "RedisStreamChannel": ("messaging.cemesh.dev/v1alpha1", "redis"),
+}
+
+
+def implementation(kind: str, name: str = "k", uid: str = "k1", **spec: Any) -> dict[str, Any]:
+    """A channel implementation object (InMemoryChannel, KafkaChannel, ...) as stored."""
+    body = {
+        "apiVersion": CHANNEL_KINDS[kind][0],
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    return stored(body, uid)
+
+
+def test_k140_channel_without_backing_channel_wants_one_and_is_not_ready_yet() -> None:
+    owner = channel()
+    result = run(owner)
+    assert result.children == [
+        {
+            "apiVersion": MESSAGING,
+            "kind": "InMemoryChannel",
+            "metadata": {
+                "name": "ch",
+                "namespace": "default",
+                "labels": {"messaging.knative.dev/channel": "ch"},
+                "ownerReferences": [
+                    {
+                        "apiVersion": MESSAGING,
+                        "kind": "Channel",
+                        "name": "ch",
+                        "uid": "c1",
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {},
+        }
+    ]
+    assert result.children[0]["metadata"]["ownerReferences"] == [owner_reference(owner)]
+    status = result.statuses["c1"]
+    assert ready(status) == "Unknown"
+    backing_ready = condition(status, "BackingChannelReady")
+    assert (backing_ready["status"], backing_ready["reason"]) == ("Unknown", "Creating")
+    assert "InMemoryChannel ch" in backing_ready["message"]
+    assert status["channel"]["kind"] == "InMemoryChannel"  # named before it exists, as Knative
+    assert "address" not in status
+    assert result.snapshot.channels == {}
+
+
+def test_k136_channel_is_ready_only_once_its_backing_channel_is() -> None:
+    """Creating -> backing channel not Ready -> Ready with the backing channel's address."""
+    dls = {"deadLetterSink": {"ref": ref("Broker", "dlq")}}
+    owner = channel(delivery=dls)
+    first = run(owner)
+    assert ready(first.statuses["c1"]) == "Unknown"
+
+    # The backing channel exists (created from Reconciled.children) but its dead-letter sink,
+    # copied from the Channel, does not resolve yet: neither is Ready.
+    child = stored(first.children[0], "c1-imc")
+    assert child["spec"]["delivery"]["deadLetterSink"]["ref"]["name"] == "dlq"
+    second = run(with_status(owner, first), child, now=LATER)
+    assert ready(second.statuses["c1-imc"]) == "False"
+    status = second.statuses["c1"]
+    assert ready(status) == "False"
+    backing_ready = condition(status, "BackingChannelReady")
+    assert (backing_ready["status"], backing_ready["reason"]) == ("False", "BackingChannelNotReady")
+    assert condition(status, "Ready")["lastTransitionTime"] == LATER
+    assert "address" not in status
+    assert second.snapshot.channels == {}
+
+    third = run(with_status(owner, second), with_status(child, second), broker("dlq", "b1"))
+    status = third.statuses["c1"]
+    assert ready(status) == "True"
+    url = f"{BASE}/channels/default/ch"
+    assert status["address"] == {"name": "http", "url": url}
+    assert status["addresses"] == third.statuses["c1-imc"]["addresses"]
+    assert status["deadLetterSinkUri"] == f"{BASE}/default/dlq"
+    assert third.snapshot.channels[("default", "ch")].uid == "c1-imc"
+    assert third.children == first.children  # nothing more to create or change
+
+
+def test_k140_default_channel_setting_picks_the_backing_kind_of_a_template_less_channel() -> None:
+    owner = channel()
+    result = run(owner, default_channel="KafkaChannel")
+    [child] = result.children
+    assert (child["apiVersion"], child["kind"]) == (
+        CHANNEL_KINDS["KafkaChannel"][0],
+        "KafkaChannel",
+    )
+    assert result.statuses["c1"]["channel"] == {
+        "apiVersion": "messaging.knative.dev/v1beta1",
+        "kind": "KafkaChannel",
+        "name": "ch",
+        "namespace": "default",
+    }
+    kafka = stored(child, "c1-kafka")
+    ready_now = run(owner, kafka, default_channel="KafkaChannel")
+    assert ready(ready_now.statuses["c1"]) == "True"
+    assert ready_now.snapshot.channels[("default", "ch")].bus == "kafka"
+    # An InMemoryChannel of the same name does not back it when the default is KafkaChannel.
+    imc = backing(owner, "c1-imc")
+    assert ready(run(owner, imc, default_channel="KafkaChannel").statuses["c1"]) == "Unknown"
+
+
+@pytest.mark.parametrize("kind", CHANNEL_KINDS)
+def test_k140_channel_template_kind_and_spec_make_the_backing_channel(kind: str) -> None:
+    api_version, bus = CHANNEL_KINDS[kind]
+    template = {"apiVersion": api_version, "kind": kind, "spec": {"numPartitions": 3}}
+    delivery = {"retry": 2}
+    owner = channel(channelTemplate=template, delivery=delivery)
+    # The template wins over the configured default.
+    [child] = run(owner, default_channel="RedisStreamChannel").children
+    assert (child["apiVersion"], child["kind"]) == (api_version, kind)
+    assert child["spec"] == {"numPartitions": 3, "delivery": delivery}
+    result = run(owner, stored(child, "c1-b"), default_channel="RedisStreamChannel")
+    assert ready(result.statuses["c1"]) == "True"
+    assert result.statuses["c1"]["channel"]["kind"] == kind
+    assert result.snapshot.channels[("default", "ch")] == ChannelSpec(
+        namespace="default",
+        name="ch",
+        uid="c1-b",
+        kind=kind,
+        topic=channel_topic("default", "ch"),
+        bus=bus,
+    )
+
+
+@pytest.mark.parametrize("kind", CHANNEL_KINDS)
+def test_k136_every_channel_kind_is_addressable_runs_on_its_bus_and_takes_subscriptions(
+    kind: str,
+) -> None:
+    api_version, bus = CHANNEL_KINDS[kind]
+    sub = subscription(channel_name="k", kind=kind)
+    sub["spec"]["channel"]["apiVersion"] = api_version
+    result = run(implementation(kind), sub)
+    status = result.statuses["k1"]
+    assert ready(status) == "True"
+    assert status["address"]["url"] == f"{BASE}/channels/default/k"
+    assert status["subscribers"] == [{"uid": "s1", "observedGeneration": 1, "ready": "True"}]
+    assert result.snapshot.channels[("default", "k")].bus == bus
+    assert result.snapshot.subscriptions["s1"].topic == channel_topic("default", "k")
+    assert result.children == []  # only a generic Channel owns another object
+    reference = {"ref": {"apiVersion": api_version, "kind": kind, "name": "k"}}
+    resolved = run(implementation(kind), broker(), trigger(subscriber=reference))
+    assert resolved.statuses["t1"]["subscriberUri"] == f"{BASE}/channels/default/k"
+
+
+def test_k141_subscriptions_to_a_generic_channel_are_listed_on_it_and_run_on_its_topic() -> None:
+    result = run(*backed(), subscription())
+    assert result.statuses["c1"]["subscribers"] == [
+        {"uid": "s1", "observedGeneration": 1, "ready": "True"}
+    ]
+    assert result.snapshot.subscriptions["s1"].topic == channel_topic("default", "ch")
+    assert result.snapshot.channels[("default", "ch")].topic == channel_topic("default", "ch")
+
+
+def test_k156_subscription_waits_for_the_generic_channels_backing_channel() -> None:
+    result = run(channel(), subscription())
+    cond = condition(result.statuses["s1"], "ChannelReady")
+    assert (cond["status"], cond["reason"]) == ("False", "ChannelNotReady")
+    assert result.snapshot.subscriptions == {}
+
+
+def test_a_backing_channel_whose_channel_is_gone_is_no_longer_wanted() -> None:
+    _, child = backed()
+    result = run(child)  # the Channel was deleted: the controller deletes what is not wanted
+    assert result.children == []
+    assert ready(result.statuses["c1-imc"]) == "True"  # served until it is deleted
+
+
+def test_owner_reference_marks_the_controller() -> None:
+    owner = channel()
+    assert owner_reference(owner) == {
+        "apiVersion": MESSAGING,
+        "kind": "Channel",
+        "name": "ch",
+        "uid": "c1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+# --- what backs a Broker (K59) ------------------------------------------------------------------
+
+
+def config_map(
+    name: str = "config-br-default-channel",
+    uid: str = "cm1",
+    namespace: str = "knative-eventing",
+    **data: str,
+) -> dict[str, Any]:
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": data,
+    }
+    return stored(body, uid)
+
+
+def config_ref(name: str = "config-br-default-channel") -> dict[str, str]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "name": name, "namespace": "knative-eventing"}
+
+
+def classed(broker_class: str, uid: str = "b1", **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": EVENTING,
+        "kind": "Broker",
+        "metadata": {
+            "name": "default",
+            "annotations": {"eventing.knative.dev/broker.class": broker_class},
+        },
+        "spec": spec,
+    }
+    return stored(body, uid)
+
+
+def channel_annotations(kind: str, name: str = "default") -> dict[str, str]:
+    return {
+        "knative.dev/channelAPIVersion": CHANNEL_KINDS[kind][0],
+        "knative.dev/channelKind": kind,
+        "knative.dev/channelName": f"{name}-kne-trigger",
+    }
+
+
+@pytest.mark.parametrize("kind", CHANNEL_KINDS)
+def test_k59_default_channel_backs_a_broker_without_config(kind: str) -> None:
+    result = run(broker(), default_channel=kind)
+    status = result.statuses["b1"]
+    assert ready(status) == "True"
+    assert status["annotations"] == channel_annotations(kind)
+    assert result.snapshot.brokers[("default", "default")].bus == CHANNEL_KINDS[kind][1]
+
+
+def test_k59_broker_config_may_name_a_channel_kind_directly() -> None:
+    config = {"apiVersion": "messaging.knative.dev/v1beta1", "kind": "KafkaChannel", "name": "x"}
+    result = run(broker(config=config))
+    assert ready(result.statuses["b1"]) == "True"
+    assert result.statuses["b1"]["annotations"] == channel_annotations("KafkaChannel")
+    assert result.snapshot.brokers[("default", "default")].bus == "kafka"
+
+
+@pytest.mark.parametrize("key", ["channel-template-spec", "channelTemplateSpec"])
+def test_k59_broker_config_map_channel_template_spec_names_the_kind(key: str) -> None:
+    # As Knative's config-br-default-channel in knative-eventing.
+    template = "apiVersion: messaging.knative.dev/v1alpha1\nkind: NatsJetStreamChannel\n"
+    result = run(broker(config=config_ref()), config_map(**{key: template}))
+    status = result.statuses["b1"]
+    assert ready(status) == "True"
+    assert status["annotations"]["knative.dev/channelKind"] == "NatsJetStreamChannel"
+    assert result.snapshot.brokers[("default", "default")].bus == "nats"
+    assert result.statuses["cm1"] == {}  # a ConfigMap has no status of its own
+
+
+def test_k59_broker_whose_config_map_is_missing_is_not_ready_then_ready_when_it_appears() -> None:
+    owner = broker(config=config_ref())
+    result = run(owner, trigger())
+    status = result.statuses["b1"]
+    assert ready(status) == "False"
+    channel_ready = condition(status, "ChannelReady")
+    assert (channel_ready["status"], channel_ready["reason"]) == ("False", "ConfigNotFound")
+    assert "knative-eventing/config-br-default-channel" in channel_ready["message"]
+    assert condition(status, "Ready")["reason"] == "ConfigNotFound"
+    assert "address" not in status and "annotations" not in status
+    assert result.snapshot.brokers == {}
+    broker_ready = condition(result.statuses["t1"], "BrokerReady")
+    assert (broker_ready["status"], broker_ready["reason"]) == ("False", "ConfigNotFound")
+    assert result.snapshot.triggers == {}
+
+    template = "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\n"
+    later = run(
+        with_status(owner, result),
+        config_map(**{"channel-template-spec": template}),
+        trigger(),
+        now=LATER,
+    )
+    assert ready(later.statuses["b1"]) == "True"
+    assert later.snapshot.brokers[("default", "default")].bus == "memory"
+    assert "t1" in later.snapshot.triggers
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({}, "no channel-template-spec key"),
+        ({"channel-template-spec": "kind: [unclosed"}, "not YAML"),
+        ({"channel-template-spec": "- a list"}, "no kind"),
+        ({"channel-template-spec": "apiVersion: v1\nkind: Service\n"}, "Service"),
+    ],
+)
+def test_k59_broker_config_map_without_a_usable_template_is_not_ready(
+    data: dict[str, str], fragment: str
+) -> None:
+    result = run(broker(config=config_ref()), config_map(**data))
+    channel_ready = condition(result.statuses["b1"], "ChannelReady")
+    assert (channel_ready["status"], channel_ready["reason"]) == ("False", "ConfigInvalid")
+    assert fragment in channel_ready["message"]
+    assert result.snapshot.brokers == {}
+
+
+def test_k59_broker_config_naming_a_kind_that_is_not_a_channel_lists_the_channel_kinds() -> None:
+    result = run(broker(config={"apiVersion": "v1", "kind": "Secret", "name": "s"}))
+    channel_ready = condition(result.statuses["b1"], "ChannelReady")
+    assert channel_ready["reason"] == "ConfigInvalid"
+    assert channel_ready["message"] == (
+        "spec.config names Secret; channel kinds: InMemoryChannel, KafkaChannel, "
+        "NatsJetStreamChannel, PubSubChannel, RedisStreamChannel"
+    )
+
+
+def test_k59_kafka_broker_class_is_backed_by_kafka_whatever_the_default() -> None:
+    result = run(classed("Kafka"), default_channel="NatsJetStreamChannel")
+    assert result.statuses["b1"]["annotations"] == channel_annotations("KafkaChannel")
+    assert result.snapshot.brokers[("default", "default")].bus == "kafka"
+    mt = run(classed("MTChannelBasedBroker"), default_channel="NatsJetStreamChannel")
+    assert mt.snapshot.brokers[("default", "default")].bus == "nats"
+
+
+def test_k59_kafka_broker_sample_with_kafka_broker_config_is_ready_on_kafka() -> None:
+    """Knative's Kafka Broker sample: spec.config names kafka-broker-config (bootstrap.servers,
+    ...), which holds no channel template; cemesh takes Kafka settings from its own config."""
+    sample = classed("Kafka", config=config_ref("kafka-broker-config"))
+    for objects in (
+        [sample],
+        [sample, config_map("kafka-broker-config", **{"bootstrap.servers": "k:9092"})],
+    ):
+        result = run(*objects)
+        assert ready(result.statuses["b1"]) == "True"
+        assert result.snapshot.brokers[("default", "default")].bus == "kafka"
 
 
 # --- Trigger ------------------------------------------------------------------------------------
@@ -308,7 +675,7 @@ def test_k159_k160_subscriber_resolution(
     if "broker" in extra:
         objects.append(broker("other", "b2"))
     if "channel" in extra:
-        objects.append(channel("ch", "c1"))
+        objects.extend(backed("ch", "c1"))
     if "imc" in extra:
         objects.append(channel("ch", "c1", kind="InMemoryChannel"))
     result = run(*objects)
@@ -334,7 +701,10 @@ def test_k57_k161_kubernetes_service_ref_is_not_resolvable_in_this_version() -> 
     resolved = condition(status, "SubscriberResolved")
     assert resolved["status"] == "False"
     assert resolved["reason"] == "DestinationNotSupported"
-    assert "only Broker, Channel, InMemoryChannel references and uri resolve" in resolved["message"]
+    assert (
+        "only Broker, Channel, InMemoryChannel, KafkaChannel, NatsJetStreamChannel, "
+        "PubSubChannel, RedisStreamChannel references and uri resolve" in resolved["message"]
+    )
     assert result.snapshot.triggers == {}
 
 
@@ -367,6 +737,10 @@ def test_resolver_table_is_keyed_by_group_and_kind() -> None:
         ("eventing.knative.dev", "Broker"),
         ("messaging.knative.dev", "Channel"),
         ("messaging.knative.dev", "InMemoryChannel"),
+        ("messaging.knative.dev", "KafkaChannel"),
+        ("messaging.knative.dev", "NatsJetStreamChannel"),
+        ("messaging.cemesh.dev", "PubSubChannel"),
+        ("messaging.cemesh.dev", "RedisStreamChannel"),
     }
 
 
@@ -457,10 +831,10 @@ def test_bad_stored_delivery_makes_only_that_trigger_not_ready() -> None:
 def test_k124_subscription_delivery_precedence_over_channel_and_default() -> None:
     channel_delivery = {"retry": 4, "deadLetterSink": {"uri": "http://channel-dls/"}}
     result = run(
-        channel(delivery=channel_delivery),
+        *backed(delivery=channel_delivery),
         subscription("own", "s1", delivery={"backoffPolicy": "linear"}),
         subscription("inherits", "s2"),
-        channel("plain", "c2"),
+        *backed("plain", "c2"),
         subscription("default", "s3", channel_name="plain"),
     )
     subs = result.snapshot.subscriptions
@@ -515,15 +889,18 @@ def test_k156_subscription_before_its_channel_is_not_ready() -> None:
 
 
 def test_subscription_to_an_unsupported_channel_kind_says_which_are() -> None:
-    result = run(subscription(kind="KafkaChannel"))
+    result = run(subscription(kind="RabbitmqChannel"))
     cond = condition(result.statuses["s1"], "ChannelReady")
     assert cond["reason"] == "ChannelNotSupported"
-    assert "Channel, InMemoryChannel" in cond["message"]
+    assert (
+        "channel kinds: Channel, InMemoryChannel, KafkaChannel, NatsJetStreamChannel, "
+        "PubSubChannel, RedisStreamChannel" in cond["message"]
+    )
 
 
 def test_k155_ready_subscription_reports_physical_subscription_and_runs() -> None:
     result = run(
-        channel(),
+        *backed(),
         broker("replies", "b1"),
         subscription(
             reply={"ref": ref("Broker", "replies")},
@@ -547,7 +924,7 @@ def test_k155_ready_subscription_reports_physical_subscription_and_runs() -> Non
 
 
 def test_k155_unresolvable_reply_leaves_an_empty_uri_and_a_reason() -> None:
-    result = run(channel(), subscription(reply={"ref": ref("Broker", "gone")}))
+    result = run(*backed(), subscription(reply={"ref": ref("Broker", "gone")}))
     status = result.statuses["s1"]
     assert ready(status) == "False"
     assert status["physicalSubscription"]["replyUri"] == ""
@@ -558,7 +935,7 @@ def test_k155_unresolvable_reply_leaves_an_empty_uri_and_a_reason() -> None:
 
 
 def test_subscription_without_reply_has_no_reply_uri() -> None:
-    result = run(channel(), subscription())
+    result = run(*backed(), subscription())
     assert result.statuses["s1"]["physicalSubscription"] == {
         "subscriberUri": "http://sink.example.com/"
     }
@@ -612,7 +989,7 @@ def test_secrets_get_an_empty_status_and_unknown_kinds_none() -> None:
 
 
 def test_reconcile_does_not_modify_its_input() -> None:
-    objects = [broker(), trigger(), channel(), subscription()]
+    objects = [broker(), trigger(), *backed(delivery={"retry": 1}), subscription()]
     before = copy.deepcopy(objects)
     run(*objects)
     assert objects == before

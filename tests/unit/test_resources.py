@@ -1,5 +1,7 @@
 """Admission of resources: validation and defaults per kind, errors naming the field (K54-K69,
-K112-K122, K140, K153-K154, K159, K162), ISO-8601 durations (K122), Knative doc samples."""
+K112-K122, K140, K153-K154, K159, K162), ISO-8601 durations (K122), Knative doc samples, the
+channel kinds (InMemoryChannel, KafkaChannel, NatsJetStreamChannel, PubSubChannel,
+RedisStreamChannel) and ConfigMap."""
 
 from __future__ import annotations
 
@@ -31,6 +33,14 @@ from tests.conftest import shared_fixture_dir
 EVENTING = "eventing.knative.dev/v1"
 MESSAGING = "messaging.knative.dev/v1"
 SINK = {"uri": "http://sink.example.com/"}
+# Every channel implementation a Channel may be backed by, with the apiVersion it is served as.
+CHANNEL_KINDS = {
+    "InMemoryChannel": MESSAGING,
+    "KafkaChannel": "messaging.knative.dev/v1beta1",
+    "NatsJetStreamChannel": "messaging.knative.dev/v1alpha1",
+    "PubSubChannel": "messaging.cemesh.dev/v1alpha1",
+    "RedisStreamChannel": "messaging.cemesh.dev/v1alpha1",
+}
 
 
 def obj(kind: str, spec: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
@@ -38,8 +48,8 @@ def obj(kind: str, spec: dict[str, Any] | None = None, **metadata: Any) -> dict[
         "Broker": EVENTING,
         "Trigger": EVENTING,
         "Channel": MESSAGING,
-        "InMemoryChannel": MESSAGING,
         "Subscription": MESSAGING,
+        **CHANNEL_KINDS,
     }[kind]
     result: dict[str, Any] = {
         "apiVersion": api_version,
@@ -62,6 +72,10 @@ def subscription(**spec: Any) -> dict[str, Any]:
 
 def secret(**fields: Any) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, **fields}
+
+
+def config_map(**fields: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, **fields}
 
 
 def invalid(body: Any, field: str, *fragments: str, **kwargs: Any) -> InvalidResource:
@@ -179,9 +193,12 @@ def test_admission_is_idempotent_on_stored_objects() -> None:
         obj("Broker", {"delivery": {"retry": 3}}),
         trigger(filters=[{"exact": {"type": "a"}}]),
         obj("Channel"),
-        obj("InMemoryChannel"),
+        obj("Channel", {"channelTemplate": {"apiVersion": MESSAGING, "kind": "InMemoryChannel"}}),
+        *(obj(kind) for kind in CHANNEL_KINDS),
+        obj("KafkaChannel", {"numPartitions": 3, "replicationFactor": 1}),
         subscription(reply={"uri": "http://r/"}),
         secret(stringData={"a": "b"}),
+        config_map(data={"a": "b"}, immutable=True),
     ):
         once = admit(body)
         stored = copy.deepcopy(once)
@@ -235,9 +252,7 @@ def test_k59_broker_config_is_immutable() -> None:
 # --- delivery (K112, K114, K120, K121) ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "kind", ["Broker", "Trigger", "Channel", "InMemoryChannel", "Subscription"]
-)
+@pytest.mark.parametrize("kind", ["Broker", "Trigger", "Channel", *CHANNEL_KINDS, "Subscription"])
 def test_k114_delivery_is_validated_on_every_kind_that_has_it(kind: str) -> None:
     def body(delivery: dict[str, Any]) -> dict[str, Any]:
         if kind == "Trigger":
@@ -440,39 +455,149 @@ def test_delivery_order_annotation_is_ordered_or_unordered() -> None:
 # --- Channel, InMemoryChannel (K140) ------------------------------------------------------------
 
 
-def test_k140_channel_template_defaults_to_in_memory_channel_and_is_immutable() -> None:
+def test_k140_channel_template_is_left_unset_for_the_configured_default_and_is_immutable() -> None:
+    # No template: the kind comes from CEMESH_DEFAULT_CHANNEL when reconciled, not admission.
     admitted = admit(obj("Channel"))
-    assert admitted["spec"]["channelTemplate"] == {
-        "apiVersion": MESSAGING,
-        "kind": "InMemoryChannel",
-    }
-    explicit = obj(
-        "Channel", {"channelTemplate": {"apiVersion": MESSAGING, "kind": "InMemoryChannel"}}
+    assert "channelTemplate" not in admitted["spec"]
+    assert admit(obj("Channel", {"delivery": {"retry": 2}}), old=admitted)  # others may change
+    imc = {"apiVersion": MESSAGING, "kind": "InMemoryChannel"}
+    invalid(
+        obj("Channel", {"channelTemplate": imc}), "spec.channelTemplate", "immutable", old=admitted
     )
-    assert admit(explicit, old=admitted)
-    assert admit(obj("Channel", {"delivery": {"retry": 2}}), old=admitted)
-    changed = obj(
-        "Channel",
-        {"channelTemplate": {"apiVersion": MESSAGING, "kind": "InMemoryChannel", "spec": {"x": 1}}},
+
+    explicit = admit(obj("Channel", {"channelTemplate": imc}))
+    assert explicit["spec"]["channelTemplate"] == imc
+    assert admit(obj("Channel", {"channelTemplate": dict(imc)}), old=explicit)
+    # An update leaving the template out keeps it (a Channel stored when admission defaulted
+    # it re-applies from the same template-less YAML).
+    kept = admit(obj("Channel", {"delivery": {"retry": 2}}), old=explicit)
+    assert kept["spec"]["channelTemplate"] == imc
+    changed = obj("Channel", {"channelTemplate": {**imc, "spec": {"x": 1}}})
+    invalid(changed, "spec.channelTemplate", "immutable", old=explicit)
+    kafka = {"apiVersion": CHANNEL_KINDS["KafkaChannel"], "kind": "KafkaChannel"}
+    invalid(
+        obj("Channel", {"channelTemplate": kafka}),
+        "spec.channelTemplate",
+        "immutable",
+        old=explicit,
     )
-    invalid(changed, "spec.channelTemplate", "immutable", old=admitted)
 
 
-def test_k140_channel_kinds_other_than_in_memory_channel_are_rejected_for_now() -> None:
-    kafka = {"apiVersion": "messaging.knative.dev/v1beta1", "kind": "KafkaChannel"}
+@pytest.mark.parametrize(("kind", "api_version"), CHANNEL_KINDS.items())
+def test_k140_channel_template_may_name_every_channel_kind(kind: str, api_version: str) -> None:
+    template = {"apiVersion": api_version, "kind": kind, "spec": {"numPartitions": 2}}
+    admitted = admit(obj("Channel", {"channelTemplate": template}))
+    assert admitted["spec"]["channelTemplate"] == template  # kept as written, spec included
+
+
+def test_k140_channel_template_of_an_unknown_kind_or_version_names_the_available_ones() -> None:
+    listed = (
+        "available channel kinds: InMemoryChannel (messaging.knative.dev/v1), KafkaChannel "
+        "(messaging.knative.dev/v1beta1), NatsJetStreamChannel (messaging.knative.dev/v1alpha1), "
+        "PubSubChannel (messaging.cemesh.dev/v1alpha1), RedisStreamChannel "
+        "(messaging.cemesh.dev/v1alpha1)"
+    )
+    rabbit = {"apiVersion": "messaging.knative.dev/v1", "kind": "RabbitmqChannel"}
     error = invalid(
-        obj("Channel", {"channelTemplate": kafka}), "spec.channelTemplate.kind", "KafkaChannel"
+        obj("Channel", {"channelTemplate": rabbit}), "spec.channelTemplate.kind", "RabbitmqChannel"
     )
-    assert "available channel kinds: InMemoryChannel (messaging.knative.dev/v1)" in error.reason
+    assert listed in error.reason
+    wrong_version = {"apiVersion": MESSAGING, "kind": "KafkaChannel"}  # KafkaChannel is v1beta1
+    invalid(
+        obj("Channel", {"channelTemplate": wrong_version}),
+        "spec.channelTemplate.kind",
+        "KafkaChannel (messaging.knative.dev/v1) is not available",
+    )
     invalid(
         obj("Channel", {"channelTemplate": {"kind": "InMemoryChannel"}}),
         "spec.channelTemplate.apiVersion",
         "required",
     )
+    invalid(
+        obj("Channel", {"channelTemplate": {"apiVersion": MESSAGING}}),
+        "spec.channelTemplate.kind",
+        "required",
+    )
+    invalid(
+        obj("Channel", {"channelTemplate": "InMemoryChannel"}), "spec.channelTemplate", "object"
+    )
 
 
-def test_in_memory_channel_admits_with_an_empty_spec() -> None:
-    assert admit(obj("InMemoryChannel"))["spec"] == {}
+@pytest.mark.parametrize("kind", CHANNEL_KINDS)
+def test_every_channel_kind_admits_with_an_empty_spec(kind: str) -> None:
+    admitted = admit(obj(kind))
+    assert admitted["apiVersion"] == CHANNEL_KINDS[kind]
+    assert admitted["spec"] == {}
+
+
+@pytest.mark.parametrize(
+    ("kind", "api_version"),
+    [
+        ("KafkaChannel", MESSAGING),  # served as v1beta1 only
+        ("NatsJetStreamChannel", "messaging.knative.dev/v1beta1"),
+        ("PubSubChannel", "messaging.cemesh.dev/v1"),
+    ],
+)
+def test_channel_kinds_in_a_version_not_served_name_the_served_one(
+    kind: str, api_version: str
+) -> None:
+    body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"}}
+    invalid(body, "apiVersion", CHANNEL_KINDS[kind].rpartition("/")[2])
+
+
+def test_cemesh_channel_kinds_are_not_served_in_the_knative_group() -> None:
+    body = {"apiVersion": "messaging.knative.dev/v1alpha1", "kind": "PubSubChannel"}
+    invalid({**body, "metadata": {"name": "x"}}, "kind", "PubSubChannel")
+
+
+def test_kafka_channel_partitions_and_replication_are_positive_integers() -> None:
+    spec = {"numPartitions": 10, "replicationFactor": 3, "retentionDuration": "PT168H"}
+    assert admit(obj("KafkaChannel", spec))["spec"] == spec
+    for key in ("numPartitions", "replicationFactor"):
+        for bad in (0, -1, "3", 2.5, True):
+            invalid(obj("KafkaChannel", {key: bad}), f"spec.{key}", "integer >= 1")
+
+
+@pytest.mark.parametrize("text", ["168h", "P", "-PT1H", "soon"])
+def test_kafka_channel_retention_is_an_iso8601_duration(text: str) -> None:
+    invalid(obj("KafkaChannel", {"retentionDuration": text}), "spec.retentionDuration", "")
+
+
+def test_kafka_channel_partitions_and_replication_are_immutable_retention_is_not() -> None:
+    old = admit(obj("KafkaChannel", {"numPartitions": 3, "replicationFactor": 1}))
+    again = {"numPartitions": 3, "replicationFactor": 1, "retentionDuration": "PT1H"}
+    assert admit(obj("KafkaChannel", again), old=old)["spec"]["retentionDuration"] == "PT1H"
+    invalid(
+        obj("KafkaChannel", {"numPartitions": 4, "replicationFactor": 1}),
+        "spec.numPartitions",
+        "immutable",
+        old=old,
+    )
+    invalid(
+        obj("KafkaChannel", {"numPartitions": 3, "replicationFactor": 2}),
+        "spec.replicationFactor",
+        "immutable",
+        old=old,
+    )
+    invalid(
+        obj("KafkaChannel", {"replicationFactor": 1}), "spec.numPartitions", "immutable", old=old
+    )
+
+
+def test_owner_references_are_kept_and_must_be_a_list_of_objects() -> None:
+    owner = {
+        "apiVersion": MESSAGING,
+        "kind": "Channel",
+        "name": "ch",
+        "uid": "u-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    admitted = admit(obj("InMemoryChannel", name="ch", ownerReferences=[owner]))
+    assert admitted["metadata"]["ownerReferences"] == [owner]
+    assert "ownerReferences" not in admit(obj("InMemoryChannel"))["metadata"]
+    invalid(obj("InMemoryChannel", ownerReferences=owner), "metadata.ownerReferences", "list")
+    invalid(obj("InMemoryChannel", ownerReferences=["ch"]), "metadata.ownerReferences", "list")
 
 
 # --- Subscription (K153, K154) ------------------------------------------------------------------
@@ -547,6 +672,64 @@ def test_secret_type_is_immutable_and_immutable_secrets_keep_their_data() -> Non
     invalid(secret(immutable="yes"), "immutable", "true or false")
 
 
+# --- ConfigMap ----------------------------------------------------------------------------------
+
+
+def test_config_map_keeps_data_binary_data_and_immutable() -> None:
+    template = "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\n"
+    body = config_map(
+        data={"channel-template-spec": template}, binaryData={"b": "eA=="}, immutable=True
+    )
+    body["metadata"]["namespace"] = "knative-eventing"
+    body["status"] = {"x": 1}
+    admitted = admit(body)
+    assert admitted == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "cm",
+            "namespace": "knative-eventing",
+            "labels": {},
+            "annotations": {},
+        },
+        "data": {"channel-template-spec": template},
+        "binaryData": {"b": "eA=="},
+        "immutable": True,
+    }
+    assert "data" not in admit(config_map())
+
+
+def test_config_map_values_must_be_strings_and_name_is_required() -> None:
+    invalid(config_map(data={"n": 3}), "data.n", "string")
+    invalid(config_map(binaryData={"b": 1}), "binaryData.b", "string")
+    invalid(config_map(data=["a"]), "data", "map")
+    invalid(config_map(immutable="yes"), "immutable", "true or false")
+    invalid({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}, "metadata.name", "required")
+
+
+def test_config_map_keys_follow_the_kubernetes_config_map_key_rule() -> None:
+    # Knative's own ConfigMaps carry an "_example" key; keys are [-._a-zA-Z0-9]+.
+    keys = {"_example": "x", ".env": "x", "bootstrap.servers": "x", "channel-template-spec": "x"}
+    assert admit(config_map(data=keys))["data"] == keys
+    for bad in ("a/b", "a b", ""):
+        invalid(config_map(data={bad: "x"}), "data", "invalid key")
+
+
+def test_immutable_config_map_keeps_its_data() -> None:
+    old = admit(config_map(data={"a": "1"}))
+    assert admit(config_map(data={"a": "2"}), old=old)["data"] == {"a": "2"}
+    frozen = admit(config_map(data={"a": "1"}, immutable=True))
+    assert admit(config_map(data={"a": "1"}, immutable=True), old=frozen)
+    invalid(config_map(data={"a": "2"}, immutable=True), "data", "immutable", old=frozen)
+    invalid(
+        config_map(data={"a": "1"}, binaryData={"b": "eA=="}, immutable=True),
+        "binaryData",
+        "immutable",
+        old=frozen,
+    )
+    invalid(config_map(data={"a": "1"}), "immutable", "immutable", old=frozen)
+
+
 # --- Knative doc samples ------------------------------------------------------------------------
 
 
@@ -586,9 +769,9 @@ def _served(document: dict[str, Any]) -> bool:
 def test_knative_doc_samples_admit_unchanged() -> None:
     folder = shared_fixture_dir("knative-docs")
     channels = folder / "docs/versioned/eventing/channels/channels.yaml"
-    # The channels list names the implementations; InMemoryChannel is the one served here.
+    # The channels list names the implementations; InMemoryChannel and KafkaChannel are served.
     listed = {entry["name"] for entry in yaml.safe_load(channels.read_text())["channels"]}
-    assert "InMemoryChannel" in listed
+    assert {"InMemoryChannel", "KafkaChannel"} <= listed & set(CHANNEL_KINDS)
     admitted_kinds: set[str] = set()
     for name, document in _documents(folder):
         if not _served(document):
