@@ -26,6 +26,7 @@ from broker.dispatch.client import ReqwestClient
 from broker.dispatch.delivery import Deliverer
 from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
+from broker.errors import CemeshError
 from broker.ingress import Ingress, Receive, Scope, Send, match_route
 from broker.metrics import Metrics
 from broker.spec import BrokerSpec, ChannelSpec, DeliveryPolicy, Snapshot
@@ -91,6 +92,7 @@ class Runtime:
             default_delivery=default_delivery(settings),
             default_channel=settings.default_channel,
             apply_snapshot=self.apply_snapshot,
+            open_buses=self.open_buses,
             resync_interval=settings.resync_interval,
         )
         self.ready = False
@@ -99,18 +101,32 @@ class Runtime:
         bus = self.buses.get(name)
         if bus is None:
             bus = create_bus(name, bus_options(self.settings, name))
-            await bus.open()
+            try:
+                await bus.open()
+            except BaseException:
+                await bus.close()  # release whatever a half-open adapter holds
+                raise
             self.buses[name] = bus
         return bus
 
+    async def open_buses(self, names: set[str]) -> dict[str, str]:
+        """Open every bus in ``names`` not open yet; the ones that failed, with why."""
+        errors: dict[str, str] = {}
+        for name in sorted(names):
+            try:
+                await self._bus(name)
+            except CemeshError as exc:
+                errors[name] = f"bus {name!r} is unavailable: {exc.message}"
+                log.error("bus unavailable", extra={"bus": name, "error": exc.message})
+        return errors
+
     async def apply_snapshot(self, snapshot: Snapshot) -> None:
-        """Open the buses the snapshot needs, then hand it to ingress and dispatcher."""
+        """Hand the snapshot to ingress and dispatcher (its buses are open: see open_buses)."""
         addressables: list[BrokerSpec | ChannelSpec] = [
             *snapshot.brokers.values(),
             *snapshot.channels.values(),
         ]
         for spec in addressables:
-            await self._bus(spec.bus)
             self._topic_bus[spec.topic] = spec.bus
         self.ingress.snapshot = snapshot
         await self.dispatcher.apply(snapshot)
@@ -118,7 +134,8 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         await self.store.open(migrate=True)
-        await self._bus(self.settings.default_bus)
+        # Buses open as Brokers and Channels need them; one that cannot open marks those not
+        # Ready (and /readyz 503) and is tried again on every poll, rather than failing startup.
         await self.controller.sync()
         self.controller.start()
         self.ready = True
@@ -170,10 +187,13 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
 
     @api.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        ready = runtime.ready and runtime.controller.synced.is_set()
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503
-        )
+        problems = list(runtime.controller.bus_errors.values())
+        if not (runtime.ready and runtime.controller.synced.is_set()):
+            problems.insert(0, "starting")
+        body: dict[str, Any] = {"status": "not ready" if problems else "ready"}
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=503 if problems else 200)
 
     @api.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     redis_visibility_timeout: float = Field(
         default=30.0, gt=0, description="Seconds before an unacked message is claimed again."
     )
+    redis_block_ms: int = Field(
+        default=200, ge=1, description="XREADGROUP BLOCK, ms: how long closing a group may wait."
+    )
+    redis_claim_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between scans for messages abandoned by others."
+    )
+    redis_trim_interval: float = Field(
+        default=60.0, ge=0, description="Seconds between trims of acked entries (0: never)."
+    )
+    redis_socket_timeout: float = Field(default=5.0, gt=0)
+    redis_connect_timeout: float = Field(default=5.0, gt=0)
 
     pubsub_project: str = "cemesh"
     pubsub_ack_deadline: int = Field(default=60, ge=10, le=600)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from broker.errors import CemeshError
-from broker.reconcile import reconcile
+from broker.reconcile import Reconciled, reconcile
 from broker.resources import admit
 from broker.spec import DeliveryPolicy, Snapshot
 from broker.store import Store
@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 MAX_PASSES = 4  # owner -> owned -> ready: enough for Channels (and Sequence/Parallel later)
 # Kinds whose owned objects (controller ownerReferences) this controller creates and deletes.
 MANAGED_OWNER_KINDS = frozenset({"Channel"})
+
+
+def _buses_of(snapshot: Snapshot) -> set[str]:
+    """The buses the Brokers and Channels of ``snapshot`` live on."""
+    return {spec.bus for spec in snapshot.brokers.values()} | {
+        spec.bus for spec in snapshot.channels.values()
+    }
 
 
 def _group(obj: dict) -> str:
@@ -64,6 +71,7 @@ class Controller:
         default_delivery: DeliveryPolicy,
         default_channel: str,
         apply_snapshot: Callable[[Snapshot], Awaitable[None]],
+        open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
         resync_interval: float,
     ) -> None:
         self._store = store
@@ -71,6 +79,8 @@ class Controller:
         self._default_delivery = default_delivery
         self._default_channel = default_channel
         self._apply_snapshot = apply_snapshot
+        self._open_buses = open_buses
+        self._bus_errors: dict[str, str] = {}  # buses that failed to open, retried every poll
         self._resync_interval = resync_interval
         self._lock = asyncio.Lock()
         self._seen_revision = -1
@@ -85,12 +95,10 @@ class Controller:
             for _ in range(MAX_PASSES):
                 revision = await self._store.revision()
                 objects = await self._store.list()
-                result = reconcile(
-                    objects,
-                    base_url=self._base_url,
-                    default_delivery=self._default_delivery,
-                    default_channel=self._default_channel,
-                )
+                result = self._reconcile(objects, {})
+                self._bus_errors = await self._open_buses(_buses_of(result.snapshot))
+                if self._bus_errors:
+                    result = self._reconcile(objects, self._bus_errors)
                 await self._apply_snapshot(result.snapshot)
                 await self._write_statuses(objects, result.statuses)
                 if not await self._converge_children(objects, result.children):
@@ -98,6 +106,20 @@ class Controller:
             # Our own writes move the revision; remember the one after them.
             self._seen_revision = max(revision, await self._store.revision())
             self.synced.set()
+
+    @property
+    def bus_errors(self) -> dict[str, str]:
+        """Buses that failed to open at the last sync, with why."""
+        return dict(self._bus_errors)
+
+    def _reconcile(self, objects: list[dict], unavailable: dict[str, str]) -> Reconciled:
+        return reconcile(
+            objects,
+            base_url=self._base_url,
+            default_delivery=self._default_delivery,
+            default_channel=self._default_channel,
+            unavailable_buses=unavailable,
+        )
 
     async def _write_statuses(self, objects: list[dict], statuses: dict[str, dict]) -> None:
         for obj in objects:
@@ -161,7 +183,8 @@ class Controller:
         while True:
             await asyncio.sleep(self._resync_interval)
             try:
-                if await self._store.revision() != self._seen_revision:
+                # A bus that failed to open is tried again on every poll.
+                if self._bus_errors or await self._store.revision() != self._seen_revision:
                     await self.sync()
             except Exception:  # keep the loop alive: a store outage must not stop the data plane
                 log.exception("resync failed; will try again")

@@ -203,6 +203,7 @@ class _World:
     default_delivery: DeliveryPolicy
     default_channel: ResourceType  # the kind that backs Brokers and template-less Channels
     now: str
+    unavailable_buses: Mapping[str, str]  # bus name -> why it cannot be used now
     objects: dict[ObjKey, Obj]
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The delivery of Brokers and Channels, as their Triggers and Subscriptions inherit it.
@@ -434,6 +435,30 @@ def _broker_channel(obj: Obj, world: _World) -> ResourceType:
     return world.default_channel
 
 
+def _without_readiness(
+    obj: Obj, world: _World, status: dict[str, Any], type_: str, reason: str, message: str
+) -> dict[str, Any]:
+    """``status`` with condition ``type_`` False (so Ready False) and no address."""
+    conditions = _Conditions(obj, world.now)
+    for condition in status.get("conditions", []):
+        if condition["type"] not in ("Ready", "Addressable"):
+            conditions.set(
+                condition["type"],
+                condition["status"],
+                condition.get("reason", ""),
+                condition.get("message", ""),
+            )
+    conditions.set("Addressable", "Unknown", "NotReady", "no address until it is Ready")
+    conditions.set(type_, "False", reason, message)
+    kept = {k: v for k, v in status.items() if k not in ("conditions", "address", "addresses")}
+    return {**kept, **_base_status(obj, conditions)}
+
+
+def _bus_unavailable(world: _World, bus: str) -> str | None:
+    """Why ``bus`` cannot be used right now (it failed to open), or None."""
+    return world.unavailable_buses.get(bus)
+
+
 def _reconcile_broker(obj: Obj, world: _World) -> None:
     metadata = obj["metadata"]
     namespace, name = metadata["namespace"], metadata["name"]
@@ -442,17 +467,7 @@ def _reconcile_broker(obj: Obj, world: _World) -> None:
     try:
         backing = _broker_channel(obj, world)
     except _UnresolvableError as exc:
-        conditions = _Conditions(obj, world.now)
-        for condition in status.get("conditions", []):
-            if condition["type"] != "Ready":
-                conditions.set(
-                    condition["type"],
-                    condition["status"],
-                    condition.get("reason", ""),
-                    condition.get("message", ""),
-                )
-        conditions.set("ChannelReady", "False", exc.reason, exc.message)
-        status = {**_base_status(obj, conditions)}
+        status = _without_readiness(obj, world, status, "ChannelReady", exc.reason, exc.message)
         ready = False
     else:
         # Knative's MT broker reports its backing channel in status.annotations.
@@ -461,6 +476,10 @@ def _reconcile_broker(obj: Obj, world: _World) -> None:
             "knative.dev/channelKind": backing.kind,
             "knative.dev/channelName": f"{name}-kne-trigger",
         }
+        why = _bus_unavailable(world, CHANNEL_BUSES[backing])
+        if why is not None:
+            status = _without_readiness(obj, world, status, "ChannelReady", "BusUnavailable", why)
+            ready = False
     world.statuses[metadata["uid"]] = status
     if ready:
         world.brokers[(namespace, name)] = BrokerSpec(
@@ -478,9 +497,13 @@ def _reconcile_backing_channel(obj: Obj, world: _World) -> None:
     namespace, name = metadata["namespace"], metadata["name"]
     url = channel_url(world.base_url, namespace, name)
     status, ready = _reconcile_addressable(obj, world, url)
+    backing = channel_type(obj["kind"])
+    why = None if backing is None else _bus_unavailable(world, CHANNEL_BUSES[backing])
+    if why is not None:
+        status = _without_readiness(obj, world, status, "BusReady", "BusUnavailable", why)
+        ready = False
     status["subscribers"] = []  # filled by the Subscriptions (K141)
     world.statuses[metadata["uid"]] = status
-    backing = channel_type(obj["kind"])
     if ready and backing is not None:
         world.channels[(namespace, name)] = ChannelSpec(
             namespace=namespace,
@@ -807,17 +830,21 @@ def reconcile(
     base_url: str,
     default_delivery: DeliveryPolicy,
     default_channel: str = IN_MEMORY_CHANNEL.kind,
+    unavailable_buses: Mapping[str, str] | None = None,
     now: str | None = None,
 ) -> Reconciled:
     """Statuses for ``objects`` (stored resources, with metadata.uid) and the Snapshot to run.
 
-    Objects of kinds this module does not reconcile get no entry in ``statuses``.
+    Objects of kinds this module does not reconcile get no entry in ``statuses``. Brokers and
+    channels on a bus named in ``unavailable_buses`` (it failed to open) are not Ready and stay
+    out of the snapshot, so that one unreachable bus does not stop everything else.
     """
     world = _World(
         base_url=base_url.rstrip("/"),
         default_delivery=default_delivery,
         default_channel=channel_type(default_channel) or IN_MEMORY_CHANNEL,
         now=now or now_rfc3339(),
+        unavailable_buses=unavailable_buses or {},
         objects={_key_of(obj): obj for obj in objects},
     )
     for kind_key, reconciler in RECONCILERS:

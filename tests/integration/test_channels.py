@@ -234,11 +234,6 @@ data:
         assert accepted.status_code == 202
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker/app.py Runtime.apply_snapshot raises when a bus cannot be opened, so the "
-    "controller sync fails and every later write answers 500 (see the report)",
-)
 async def test_a_channel_whose_bus_cannot_open_does_not_break_other_resources(
     tmp_path: Path,
 ) -> None:
@@ -252,3 +247,9 @@ async def test_a_channel_whose_bus_cannot_open_does_not_break_other_resources(
         response = await mesh.client.post(CHANNELS, json=generic_channel("orders"))
         assert response.status_code == 201, response.text
         assert condition(response.json())["status"] == "True"
+        kafka = (await mesh.client.get(f"{KAFKA_CHANNELS}/payments")).json()
+        bus_ready = next(c for c in kafka["status"]["conditions"] if c["type"] == "BusReady")
+        assert bus_ready["status"] == "False" and bus_ready["reason"] == "BusUnavailable"
+        assert "kafka" in bus_ready["message"]
+        readyz = await mesh.client.get("/readyz")
+        assert readyz.status_code == 503 and "kafka" in readyz.text
