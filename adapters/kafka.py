@@ -115,6 +115,16 @@ _TYPE_NAMES = {"Integer": int, "Boolean": bool}
 _LEGAL_TOPIC_CHARS = frozenset(string.ascii_letters + string.digits + ".-")
 _MAX_TOPIC_LENGTH = 249
 _TOPIC_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
+# CreateTopics answers meaning "not by you": the topic is then left to the server's auto-create.
+_CREATE_REFUSED = frozenset(
+    error.errno
+    for error in (
+        kafka_errors.ClusterAuthorizationFailedError,
+        kafka_errors.TopicAuthorizationFailedError,
+        kafka_errors.UnsupportedVersionError,
+        kafka_errors.PolicyViolationError,
+    )
+)
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
@@ -340,8 +350,8 @@ class _Partition:
     """What one subscription holds of one assigned partition."""
 
     __slots__ = (
-        "committed",
         "commit_to",
+        "committed",
         "draining",
         "in_handler",
         "lanes",
@@ -374,7 +384,7 @@ class _Partition:
         return moved
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, subscription: _KafkaSubscription) -> None:
         self._subscription = subscription
 
@@ -415,8 +425,8 @@ class _KafkaSubscription:
             heartbeat_interval_ms=options.heartbeat_ms,
         )
         self._partitions: dict[TopicPartition, _Partition] = {}
-        self._ready: deque[_Entry] = deque()
-        self._wakeup = asyncio.Event()  # something was put in _ready
+        self._ready: deque[_Entry] = deque()  # deliverable, no handler task free yet
+        self._getters: deque[asyncio.Future[_Entry]] = deque()  # handler tasks waiting
         self._room = asyncio.Event()  # a message was settled: the fetch loop may fetch more
         self._settled = asyncio.Event()  # a handler call ended (revoke waits on it)
         self._dirty = asyncio.Event()  # a commit point moved
@@ -444,15 +454,15 @@ class _KafkaSubscription:
             for _ in range(self._concurrency)
         ]
 
-    async def wait_assigned(self, timeout: float) -> None:
-        """Until the group gave this member its (possibly empty) assignment, or ``timeout``."""
+    async def wait_assigned(self, limit: float) -> None:
+        """Until the group gave this member its (possibly empty) assignment, or ``limit`` s."""
         try:
-            await asyncio.wait_for(self._assigned.wait(), timeout)
+            await asyncio.wait_for(self._assigned.wait(), limit)
         except TimeoutError:
             # Safe: the group's offsets are set, so nothing published meanwhile will be missed.
             log.warning(
                 "kafka group join not finished after %.0fs; consuming will start when it is",
-                timeout,
+                limit,
                 extra={"topic": self._topic, "group": self._group},
             )
 
@@ -462,11 +472,13 @@ class _KafkaSubscription:
             return
         self._closed = True
         self._closing.set()
+        self._settled.set()  # a revoke waiting for handlers stops waiting
         self._bus._subscriptions.discard(self)
+        # A handler closing its own subscription is not cancelled: its task ends after it.
         current = asyncio.current_task()
-        for task in self._tasks:
-            task.cancel()
         others = [task for task in self._tasks if task is not current]
+        for task in others:
+            task.cancel()
         if others:
             await asyncio.gather(*others, return_exceptions=True)
         parts = list(self._partitions.values())
@@ -504,8 +516,7 @@ class _KafkaSubscription:
             self._settled.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), remaining)
-        if not self._closing.is_set():
-            await self._commit(parts, final=True)
+        await self._commit(parts, final=True)
         for part in parts:
             self._give_up(part)
         for task, entry in list(self._running.items()):
@@ -570,7 +581,11 @@ class _KafkaSubscription:
             log.error(
                 "kafka record is not a CloudEvent; skipped: %s",
                 exc,
-                extra={**self._log_extra(), "partition": part.tp.partition, "offset": record.offset},
+                extra={
+                    **self._log_extra(),
+                    "partition": part.tp.partition,
+                    "offset": record.offset,
+                },
             )
             event = None
         entry = _Entry(part, record.offset, event, key)
@@ -588,17 +603,36 @@ class _KafkaSubscription:
                 lane.append(entry)  # behind the key's message that is out
                 return
             part.lanes[key] = deque()
-        self._ready.append(entry)
-        self._wakeup.set()
+        self._put(entry)
 
     # -- handling -------------------------------------------------------------------------------
 
+    def _put(self, entry: _Entry) -> None:
+        """Hand ``entry`` to a waiting handler task (one, not all of them), or queue it."""
+        getters = self._getters
+        while getters:
+            getter = getters.popleft()
+            if not getter.done():
+                getter.set_result(entry)
+                return
+        self._ready.append(entry)
+
     async def _next(self) -> _Entry:
         while True:
-            while not self._ready:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            entry = self._ready.popleft()
+            if self._ready:
+                entry = self._ready.popleft()
+            else:
+                getter = self._loop.create_future()
+                self._getters.append(getter)
+                try:
+                    entry = await getter
+                except asyncio.CancelledError:
+                    if getter.done() and not getter.cancelled():
+                        self._ready.appendleft(getter.result())  # handed one, not delivered
+                    else:
+                        with contextlib.suppress(ValueError):
+                            self._getters.remove(getter)
+                    raise
             if not entry.partition.draining:
                 return entry
 
@@ -637,7 +671,11 @@ class _KafkaSubscription:
                     del self._running[task]
                     self._settled.set()
                 if self._closing.is_set() or part.lost:
-                    continue  # the handler swallowed a cancellation: still not an ack
+                    # Closed or revoked meanwhile (the handler may have swallowed our
+                    # cancellation, whose count is then reset): still not an ack.
+                    while not self._closing.is_set() and task.cancelling():
+                        task.uncancel()
+                    continue
                 if delay is None:
                     self._ack(entry)
                 else:
@@ -658,8 +696,7 @@ class _KafkaSubscription:
         if self._ordered and entry.key is not None:
             lane = part.lanes[entry.key]
             if lane:
-                self._ready.append(lane.popleft())
-                self._wakeup.set()
+                self._put(lane.popleft())
             else:
                 del part.lanes[entry.key]
         if part.advance():
@@ -672,8 +709,7 @@ class _KafkaSubscription:
     def _requeue(self, entry: _Entry) -> None:
         entry.timer = None
         if not entry.partition.draining and not self._closing.is_set():
-            self._ready.append(entry)
-            self._wakeup.set()
+            self._put(entry)
 
     # -- committing -----------------------------------------------------------------------------
 
@@ -787,6 +823,8 @@ class KafkaBus:
             raise PublishError(
                 f"kafka bus: publish to {topic!r} failed: {exc!r}", retryable=_retryable(exc)
             ) from exc
+        except UnicodeEncodeError as exc:  # a lone surrogate in an attribute or the key
+            raise PublishError(f"kafka bus: event not encodable: {exc}", retryable=False) from exc
 
     async def subscribe(
         self,
@@ -849,9 +887,7 @@ class KafkaBus:
             created = self._topics[name] = asyncio.ensure_future(self._create_topic(name))
             # A failure is not remembered: the next caller tries again.
             created.add_done_callback(
-                lambda f: self._topics.pop(name, None)
-                if f.cancelled() or f.exception()
-                else None
+                lambda f: self._topics.pop(name, None) if f.cancelled() or f.exception() else None
             )
         await asyncio.shield(created)
 
@@ -868,11 +904,12 @@ class KafkaBus:
             log.warning("kafka CreateTopics for %s refused (%r); relying on auto-create", name, exc)
         else:
             for _, code, *message in response.topic_errors:
-                if code not in (0, _TOPIC_EXISTS):
-                    error = kafka_errors.for_code(code)
-                    if error.retriable:
-                        raise error(f"{name}: {message}")
-                    log.warning("kafka CreateTopics for %s: %s %s", name, error.__name__, message)
+                if code in (0, _TOPIC_EXISTS):
+                    continue
+                error = kafka_errors.for_code(code)
+                if code not in _CREATE_REFUSED:  # a bad partition count, replication factor...
+                    raise error(f"cannot create topic {name}: {message}")
+                log.warning("kafka CreateTopics for %s: %s %s", name, error.__name__, message)
         await self._producer.partitions_for(name)  # until the metadata knows its partitions
 
     async def _start_group_at_end(self, name: str, group: str) -> None:
@@ -880,9 +917,7 @@ class KafkaBus:
         assert self._producer is not None
         partitions = await self._producer.partitions_for(name)
         tps = [TopicPartition(name, p) for p in sorted(partitions)]
-        consumer = AIOKafkaConsumer(
-            **self._client_kwargs, group_id=group, enable_auto_commit=False
-        )
+        consumer = AIOKafkaConsumer(**self._client_kwargs, group_id=group, enable_auto_commit=False)
         await consumer.start()
         try:
             consumer.assign(tps)

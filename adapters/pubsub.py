@@ -11,11 +11,13 @@ Model:
 - Names. A cemesh topic is a Pub/Sub topic; a consumer group of a topic is a Pub/Sub
   subscription of it. IDs may hold letters, digits and ``-_.~+%``, must start with a letter,
   not with ``goog``, and be 3-255 long. :func:`topic_id` percent-encodes (UTF-8, ``%XX``) every
-  other character, ``%`` included, so cemesh's names (``cemesh.broker.default.my-broker``) stay
-  as they are. :func:`subscription_id` is the encoded group, ``%%``, the encoded topic (a group
-  is a group *of a topic*, as on the other buses). An encoding never holds ``%%`` by itself, so
-  both maps are injective; an encoding that is still not a valid ID becomes ``x%%`` + it, and
-  one longer than 255 becomes ``h%%`` + its first 150 characters + ``%%`` + its SHA-256.
+  character but letters, digits and ``-_.+``, so cemesh's names
+  (``cemesh.broker.default.my-broker``) stay as they are. :func:`subscription_id` is the
+  encoded group, ``~``, the encoded topic (``cemesh.trigger.<uid>~cemesh.broker.default.b``: a
+  group is a group *of a topic*, as on the other buses). ``~`` never comes out of the encoding,
+  so it marks structure and both maps are injective: an encoding that is still not a valid ID
+  becomes ``xx~`` + it, one longer than 255 ``h~`` + its first 150 characters + ``~`` + its
+  SHA-256.
 - Publishing. The event is the message data (``broker.events.encode_envelope``: every attribute
   keeps its type, every data byte is kept); attributes are limited to 1024 bytes each, so they
   cannot carry events. The key goes in the attribute ``cemesh-key`` (so ``""`` and no key
@@ -71,6 +73,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import string
@@ -81,9 +84,12 @@ from typing import Any
 
 import grpc
 from google.api_core import exceptions as api_exceptions
+from google.api_core.gapic_v1 import routing_header
 from google.api_core.retry import AsyncRetry, if_exception_type
 from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials, Credentials
+from google.oauth2 import credentials as user_credentials
+from google.oauth2 import service_account
 from google.pubsub_v1 import types
 from google.pubsub_v1.services.publisher.async_client import PublisherAsyncClient
 from google.pubsub_v1.services.publisher.transports.grpc_asyncio import (
@@ -161,17 +167,18 @@ _PublishRequestPb = types.PublishRequest.pb()
 
 # -- names (pure) --------------------------------------------------------------------------------
 
-_LEGAL = frozenset(string.ascii_letters + string.digits + "-_.~+")
+# "~" and "%" are legal too, but encoded: "~" marks structure, "%" starts an escape.
+_KEPT = frozenset(string.ascii_letters + string.digits + "-_.+")
 
 
 def _encode(name: str) -> str:
     return "".join(
-        char if char in _LEGAL else "".join(f"%{byte:02X}" for byte in char.encode())
+        char if char in _KEPT else "".join(f"%{byte:02X}" for byte in char.encode())
         for char in name
     )
 
 
-def _fit(encoded: str, name: str) -> str:
+def _fit(encoded: str) -> str:
     """``encoded`` if it is a valid Pub/Sub ID, else its marked form (see the module docstring)."""
     if (
         3 <= len(encoded) <= 255
@@ -180,19 +187,18 @@ def _fit(encoded: str, name: str) -> str:
     ):
         return encoded
     if len(encoded) <= 252:
-        return "x%%" + encoded
-    return "h%%" + encoded[:150] + "%%" + hashlib.sha256(name.encode()).hexdigest()
+        return "xx~" + encoded  # three characters at least
+    return "h~" + encoded[:150] + "~" + hashlib.sha256(encoded.encode()).hexdigest()
 
 
 def topic_id(topic: str) -> str:
     """The Pub/Sub topic ID of a cemesh topic (injective; cemesh's own names are kept)."""
-    return _fit(_encode(topic), topic)
+    return _fit(_encode(topic))
 
 
 def subscription_id(topic: str, group: str) -> str:
     """The Pub/Sub subscription ID of consumer group ``group`` of ``topic`` (injective)."""
-    encoded = _encode(group) + "%%" + _encode(topic)
-    return _fit(encoded, f"{group}\x00{topic}")
+    return _fit(_encode(group) + "~" + _encode(topic))
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
@@ -337,6 +343,8 @@ class _PubSubSubscription:
         self._ordered = ordered
         self._ack_deadline = bus.ack_deadline
         self._loop = asyncio.get_running_loop()
+        # What unary calls send by themselves: the service routes a stream by its subscription.
+        self._routing = (routing_header.to_grpc_metadata((("subscription", path),)),)
         # message_id -> held message; insertion order is the order received.
         self._held: dict[str, _Held] = {}
         self._ready: deque[_Held] = deque()
@@ -388,16 +396,19 @@ class _PubSubSubscription:
         while not self._stopping.is_set():
             try:
                 call = await self._client.streaming_pull(
-                    requests=self._requests(client_id, max_messages), retry=None
+                    requests=self._requests(client_id, max_messages),
+                    retry=None,  # this loop reopens the stream itself
+                    metadata=self._routing,
                 )
                 async for response in call:
                     backoff = RECONNECT_MIN
                     self._receive(types.StreamingPullResponse.pb(response).received_messages)
-            except _DRIVER_ERRORS as exc:
+            except Exception as exc:  # whatever it was, the subscription must go on
                 if self._stopping.is_set():
                     return
                 log.warning(
                     "pubsub pull stream failed; reopening it",
+                    exc_info=not isinstance(exc, _DRIVER_ERRORS),  # a bug of ours: say where
                     extra={"subscription": self._path, "error": repr(exc), "backoff": backoff},
                 )
             if self._stopping.is_set():
@@ -416,7 +427,7 @@ class _PubSubSubscription:
                 continue
             try:
                 event = decode_envelope(message.data)
-            except ValueError:
+            except Exception:
                 log.error(
                     "pubsub message is not a cemesh event; leaving it unacked",
                     extra={"subscription": self._path, "message_id": message.message_id},
@@ -567,12 +578,13 @@ class _PubSubSubscription:
                 await self._client.modify_ack_deadline(
                     subscription=self._path, ack_ids=ack_ids, ack_deadline_seconds=deadline
                 )
-        except _DRIVER_ERRORS as exc:
+        except Exception as exc:
             # An ack lost is a duplicate later, a nack or extension lost is a late redelivery:
             # at-least-once holds either way.
             log.warning(
                 "pubsub %s failed",
                 "acknowledge" if deadline is None else f"modify_ack_deadline({deadline})",
+                exc_info=not isinstance(exc, _DRIVER_ERRORS),
                 extra={"subscription": self._path, "messages": len(ack_ids), "error": repr(exc)},
             )
 
@@ -585,7 +597,7 @@ class _PubSubSubscription:
             due = [h for h in self._held.values() if h.deadline < now + 2 * period]
             for held in due:
                 held.deadline = now + self._ack_deadline
-            for chunk in []:  # SABOTAGE
+            for chunk in _chunks([h.ack_id for h in due], MAX_ACK_IDS):
                 await self._modify(chunk, self._ack_deadline)
 
     # -- closing ------------------------------------------------------------------------------
@@ -615,21 +627,24 @@ class _PubSubSubscription:
             timer.cancel()
         self._timers.clear()
         self._leaser.cancel()
-        for held in list(self._held.values()):
-            self._nack(held)
+        unsettled = [held.ack_id for held in self._held.values()]  # in the order received
+        self._held.clear()
         self._ready.clear()
         self._keys.clear()
-        # The last acks and nacks: queued ones are sent as RPCs finish (see _settled).
-        self._settle()
-        loop = self._loop
-        give_up = loop.time() + CLOSE_RPC_TIMEOUT
-        while self._settling and loop.time() < give_up:
-            await asyncio.wait(list(self._settling), timeout=give_up - loop.time())
-        if self._settling or self._acks or self._nacks:
+        try:
+            async with asyncio.timeout(CLOSE_RPC_TIMEOUT):
+                self._settle()  # the acks (and nacks) still queued; _settled chains the rest
+                while self._settling:
+                    await asyncio.wait(list(self._settling))
+                # One request after the other: the emulator redelivers a key's messages in the
+                # order they were nacked (the service keeps publish order by itself).
+                for chunk in _chunks(unsettled, MAX_ACK_IDS):
+                    await self._modify(chunk, 0)
+        except TimeoutError:
             log.warning("pubsub: final acks/nacks timed out", extra={"subscription": self._path})
-            for task in self._settling:
-                task.cancel()
-        await asyncio.gather(self._leaser, return_exceptions=True)
+        for task in self._settling:
+            task.cancel()
+        await asyncio.gather(self._leaser, *self._settling, return_exceptions=True)
 
 
 # -- the bus -------------------------------------------------------------------------------------
@@ -704,14 +719,28 @@ class PubSubBus:
             raise BusError(f"pubsub: cannot make the clients: {exc}", retryable=False) from exc
 
     def _credentials(self) -> Credentials | None:
+        """Credentials from ``credentials_file``; None: Application Default Credentials."""
         if not self.credentials_file:
-            return None  # Application Default Credentials, found by the clients
-        import google.auth
-
-        credentials, _ = google.auth.load_credentials_from_file(
-            self.credentials_file, scopes=[PUBSUB_SCOPE]
+            return None
+        # The two kinds of key files people hand to a service. google.auth's generic loader
+        # is deprecated (it would also run external-account configurations); those belong to
+        # Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS), which takes all.
+        with open(self.credentials_file, encoding="utf-8") as file:
+            info = json.load(file)
+        kind = info.get("type") if isinstance(info, dict) else None
+        if kind == "service_account":
+            return service_account.Credentials.from_service_account_info(
+                info, scopes=[PUBSUB_SCOPE]
+            )
+        if kind == "authorized_user":
+            return user_credentials.Credentials.from_authorized_user_info(
+                info, scopes=[PUBSUB_SCOPE]
+            )
+        raise ValueError(
+            f"credentials_file {self.credentials_file}: type {kind!r} is not one of "
+            "service_account, authorized_user; use Application Default Credentials "
+            "(GOOGLE_APPLICATION_CREDENTIALS) for other kinds"
         )
-        return credentials
 
     async def close(self) -> None:
         """Close every subscription (nacking what it holds), then the clients. Idempotent."""
@@ -766,6 +795,8 @@ class PubSubBus:
             )
         path = self._topic_path(topic)
         await self._ensure_topic(path, PublishError)
+        if self._closed:
+            raise PublishError("pubsub bus closed while publishing", retryable=False)
         publisher = self._topic_publishers.get(path)
         if publisher is None:
             publisher = self._topic_publishers[path] = _TopicPublisher(self, path)

@@ -24,22 +24,24 @@ Model:
 - Reading: each subscription runs one fetch loop that asks for at most as many entries as it
   has free handler slots (``concurrency`` minus what it holds): XREADGROUP ``>`` with ``BLOCK
   block_ms`` (short, so that close is prompt), and every ``claim_interval`` (and whenever one of
-  its own redeliveries falls due) XAUTOCLAIM for entries pending longer than
-  ``visibility_timeout`` on *any* consumer of the group: those of a crashed replica, and those
-  released by a nack or a close (below). ``concurrency`` handler tasks live as long as the
-  subscription.
+  its own redeliveries falls due) it takes over entries pending longer than
+  ``visibility_timeout`` on *any* consumer of the group (XPENDING ``IDLE`` then XCLAIM with
+  that minimum idle time, so that only one subscription gets each): those of a crashed
+  replica, and those released by a nack or a close (below). ``concurrency`` handler tasks live
+  as long as the subscription.
 - Settling: the handler returning acks (XACK). A failure leaves the entry pending: ``Nack(delay)``
   (or, after another exception, :data:`ERROR_REDELIVERY_DELAY`) *releases* it with XCLAIM to the
   placeholder consumer :data:`RELEASED_CONSUMER` with ``IDLE = visibility_timeout - delay``, so
-  that it becomes claimable by any subscription of the group exactly ``delay`` seconds later
+  that it becomes due for takeover by any subscription of the group ``delay`` seconds later
   (the delay lives on the server and survives a crash). A delay longer than the visibility
   timeout is held locally and released once what is left fits. An entry a handler holds (or that
   waits for a long delay) is kept alive by re-claiming it to its consumer every third of the
   visibility timeout (deliveries with retries and backoff can take minutes), so nobody takes it
   over while it is being handled. Acks, releases and keep-alives of a subscription go through
   one ordered queue, sent in pipelines.
-- ``Message.attempt`` is the group's delivery count of the entry (1 from XREADGROUP, the count
-  XPENDING reports after an XAUTOCLAIM): ``REDELIVERY_COUNT``. An entry read but released by a
+- ``Message.attempt`` is the group's delivery count of the entry (1 from XREADGROUP; on a
+  takeover, the count XPENDING reported plus the XCLAIM): ``REDELIVERY_COUNT``. Releases and
+  keep-alives use XCLAIM ``JUSTID``, which does not count. An entry read but released by a
   close before a handler saw it counts as delivered too.
 - Closing a subscription stops reading (after the current ``BLOCK``), cancels its handlers and
   releases everything it holds for immediate takeover: it never acks in-flight work. It then
@@ -52,6 +54,8 @@ Model:
   every group; everything when the stream has no group, as an event published with no group
   reaches no one). A group nobody consumes any more (a deleted Trigger) still holds its place
   and so stops trimming of its stream; ``maxlen`` is the backstop.
+- Run Redis with ``maxmemory-policy noeviction``: an evicting policy may delete whole streams;
+  with ``noeviction`` a full Redis refuses XADD (``OOM``), a retryable :class:`PublishError`.
 - Not declared: ``ORDERED_BY_KEY``. Entries go to whichever consumer of the group asks first and
   a released entry is redelivered while later entries of its key are handled, so one key's
   events can be handled out of order across replicas and redeliveries; ordering per key would
@@ -79,6 +83,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -108,6 +114,11 @@ RETRY_PAUSE = 0.5  # after a failed read, claim or settle (Redis unreachable, re
 CLOSE_TIMEOUT = 2.0  # bound on each network step of close (server possibly unreachable)
 MAX_PUBLISH_BATCH = 512  # XADDs per pipeline
 PUBLISH_PIPELINES = 2  # pipelines in flight at once: the next batch fills while one is sent
+# A command that failed on a broken connection is sent again on a new one (at most this many
+# times, with a short backoff): enough to get over stale pooled connections after a restart of
+# Redis, short enough that publishing to a Redis that is down fails fast. A resent XADD whose
+# first answer was lost may store the event twice: at-least-once.
+CONNECTION_RETRIES = 2
 WAKEUP_SLACK = 0.005  # s: our clock and the server's round milliseconds differently
 
 # Error replies after which the same command may succeed later (memory freed, failover done...).
@@ -309,6 +320,9 @@ class _Publisher:
         self._maxlen = maxlen
         self._pending: deque[tuple[str, dict[bytes, bytes], asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
+        self._sending = 0  # pipelines in flight
+        self._idle = asyncio.Event()  # nothing pending, nothing in flight
+        self._idle.set()
         self._tasks = [
             asyncio.create_task(self._run(), name="redis-bus publisher")
             for _ in range(PUBLISH_PIPELINES)
@@ -318,12 +332,15 @@ class _Publisher:
         """Return once Redis answered this entry's XADD; raise the driver's error otherwise."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((stream, fields, future))
+        self._idle.clear()
         self._wake.set()
         await future
 
     async def _run(self) -> None:
         while True:
             if not self._pending:
+                if not self._sending:
+                    self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -337,6 +354,7 @@ class _Publisher:
             pipe = self._client.pipeline(transaction=False)
             for stream, fields, _ in batch:
                 pipe.xadd(stream, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+            self._sending += 1
             try:
                 results = await pipe.execute(raise_on_error=False)
             except asyncio.CancelledError:
@@ -346,6 +364,10 @@ class _Publisher:
                 raise
             except Exception as exc:
                 results = [exc] * len(batch)
+            finally:
+                self._sending -= 1
+            if not self._pending and not self._sending:
+                self._idle.set()
             for (_, _, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
@@ -355,7 +377,9 @@ class _Publisher:
                     future.set_result(None)
 
     async def close(self) -> None:
-        """Stop sending; publishes not sent yet fail."""
+        """Send what was published before (bounded by :data:`CLOSE_TIMEOUT`), then stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), CLOSE_TIMEOUT)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -407,6 +431,7 @@ class _Settler:
         self._wake.set()
 
     async def _run(self) -> None:
+        failing = False
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -415,6 +440,7 @@ class _Settler:
                 self._ops.clear()
                 try:
                     await self._apply(ops)
+                    failing = False
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -425,10 +451,12 @@ class _Settler:
                             extra=self._sub.log_extra(error=repr(exc)),
                         )
                         continue
-                    log.warning(
+                    log.log(
+                        logging.DEBUG if failing else logging.WARNING,  # once per outage
                         "redis bus: settling failed; trying again",
                         extra=self._sub.log_extra(error=repr(exc)),
                     )
+                    failing = True
                     # Keep-alives are redone by the next heartbeat; acks and releases are not.
                     self._ops.extendleft(reversed([op for op in ops if op.kind != "touch"]))
                     await asyncio.sleep(RETRY_PAUSE)
@@ -505,8 +533,8 @@ class _RedisSubscription:
         self._wakeups: list[float] = []  # heap: when own releases fall due (loop time)
         self._changed = asyncio.Event()  # a slot freed, a wakeup added, or closing
         self._next_claim = self._loop.time()  # claim first: take over what was abandoned
-        self._cursor: bytes | str = "0-0"
         self._closed = False
+        self._failing = False  # the last read or claim failed (logged once per outage)
         self._close_task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[Any] | None = None
         self._settler = _Settler(self)
@@ -541,6 +569,9 @@ class _RedisSubscription:
                 else:
                     block = min(self.options.block_ms, math.ceil((claim_at - now) * 1000))
                     await self._read(free, max(block, 1))
+                if self._failing:
+                    self._failing = False
+                    log.info("redis bus: reading again", extra=self.log_extra())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -548,10 +579,13 @@ class _RedisSubscription:
                     if await self._recreate_group():
                         continue
                 else:
-                    log.warning(
+                    # Once per outage, not every RETRY_PAUSE while Redis is down.
+                    log.log(
+                        logging.DEBUG if self._failing else logging.WARNING,
                         "redis bus: reading failed; trying again",
                         extra=self.log_extra(error=repr(exc)),
                     )
+                    self._failing = True
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):  # a pause that close cuts short
                     await asyncio.wait_for(self._changed.wait(), RETRY_PAUSE)
@@ -565,45 +599,40 @@ class _RedisSubscription:
                 self._take(_Entry(entry_id, fields, 1))
 
     async def _claim(self, count: int, now: float) -> None:
-        """One XAUTOCLAIM step over the group's pending entries, from where the last one ended."""
+        """Take over up to ``count`` entries pending on any consumer for the visibility timeout.
+
+        XPENDING ``IDLE`` finds them (oldest first, with their delivery counts) in one command
+        however long the group's pending list is, where XAUTOCLAIM would need a round trip per
+        ten pending entries at a small ``count``. XCLAIM with the same minimum idle time then
+        takes only those still idle, so two subscriptions never both take one entry.
+        """
         while self._wakeups and self._wakeups[0] <= now:
             heapq.heappop(self._wakeups)
-        reply = await self.client.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            self.options.visibility_ms,
-            self._cursor,
-            count=count,
+        visibility = self.options.visibility_ms
+        idle = await self.client.xpending_range(
+            self.stream, self.group, "-", "+", count, idle=visibility
         )
-        cursor, entries = reply[0], reply[1]
-        deleted = reply[2] if len(reply) > 2 else []
-        self._cursor = cursor
-        scan_done = _parse_id(cursor) == (0, 0)
-        self._next_claim = now + self.options.claim_interval if scan_done else now
-        gone = [entry_id for entry_id, fields in entries if not fields]
-        if deleted or gone:
+        # All of them at once, or more are waiting: look again right away.
+        self._next_claim = now if len(idle) >= count else now + self.options.claim_interval
+        if not idle:
+            return
+        delivered = {item["message_id"]: int(item["times_delivered"]) for item in idle}
+        claimed: Any = await self.client.xclaim(
+            self.stream, self.group, self.consumer, visibility, list(delivered)
+        )
+        gone = []
+        for entry_id, fields in claimed:
+            if fields:
+                self._take(_Entry(entry_id, fields, delivered[entry_id] + 1))
+            else:  # trimmed away (Redis 6.2 answers it without fields; 7 forgets it at once)
+                gone.append(entry_id)
+        if gone:
             log.error(
                 "redis bus: pending entries were trimmed from the stream before they were "
                 "acked (maxlen too small?); they are lost",
-                extra=self.log_extra(entries=len(deleted) + len(gone)),
+                extra=self.log_extra(entries=len(gone)),
             )
-            if gone:
-                await self.client.xack(self.stream, self.group, *gone)
-        entries = [(entry_id, fields) for entry_id, fields in entries if fields]
-        if not entries:
-            return
-        # XAUTOCLAIM does not say how often an entry was delivered; XPENDING does, and the
-        # entries are ours now, so their counts cannot change under us.
-        pipe = self.client.pipeline(transaction=False)
-        for entry_id, _ in entries:
-            pipe.xpending_range(self.stream, self.group, entry_id, entry_id, 1)
-        counts = await pipe.execute(raise_on_error=False)
-        for (entry_id, fields), info in zip(entries, counts, strict=True):
-            attempt = 2  # claimed, so delivered before; used if XPENDING failed
-            if isinstance(info, list) and info:
-                attempt = int(info[0]["times_delivered"])
-            self._take(_Entry(entry_id, fields, attempt))
+            await self.client.xack(self.stream, self.group, *gone)
 
     def _take(self, entry: _Entry) -> None:
         if self._closed:
@@ -704,7 +733,7 @@ class _RedisSubscription:
         self._changed.set()
         self.bus.forget(self)
         # A handler may close its own subscription: its task is neither cancelled nor awaited
-        # (what it holds stays pending and is taken over after the visibility timeout).
+        # (its message is released with the others; its late return settles nothing).
         self._closer = asyncio.current_task()
         for task in (self._heartbeat, *self._workers):
             if task is not self._closer:
@@ -728,7 +757,8 @@ class _RedisSubscription:
         except (TimeoutError, Exception):
             self._fetcher.cancel()
             await asyncio.gather(self._fetcher, return_exceptions=True)
-        for entry in list(self._held.values()):  # queued, never handed to a handler
+        # Queued ones no handler saw, and the one of a handler that closed its own subscription.
+        for entry in list(self._held.values()):
             self._held.pop(entry.id)
             self._settler.release(entry.id, 0.0)
         now = self._loop.time()
@@ -750,7 +780,8 @@ class _RedisSubscription:
                     await self.client.xgroup_delconsumer(self.stream, self.group, self.consumer)
         except (TimeoutError, RedisError, OSError) as exc:
             log.info(
-                "redis bus: consumer left in its group (cleaned up by nobody; harmless)",
+                "redis bus: could not delete the closed consumer from its group (harmless: "
+                "what is pending on it is taken over after the visibility timeout)",
                 extra=self.log_extra(error=repr(exc)),
             )
 
@@ -796,6 +827,9 @@ class RedisStreamsBus:
                 socket_timeout=options.socket_timeout,
                 socket_connect_timeout=options.connect_timeout,
                 decode_responses=False,
+                # Passed explicitly: from_url leaves pooled connections with no retry at all, so
+                # after a restart of Redis every stale pooled connection would fail one command.
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), CONNECTION_RETRIES),
             )
             try:
                 await client.ping()
@@ -805,6 +839,7 @@ class RedisStreamsBus:
                     f"redis bus: cannot reach {_safe_url(options.url)}: {exc}",
                     retryable=retryable(exc),
                 ) from exc
+            await _warn_if_not_persistent(client, options.url)
             self._client = client
             self._publisher = _Publisher(client, options.maxlen)
             if options.trim_interval > 0:
@@ -930,6 +965,20 @@ class RedisStreamsBus:
             floors.append((group["last-delivered-id"], oldest))
         floor = trim_floor(info["last-generated-id"], floors)
         return int(await client.xtrim(stream, minid=floor, approximate=True))
+
+
+async def _warn_if_not_persistent(client: redis.Redis, url: str) -> None:
+    """Say so when the server keeps no append-only file: what it accepted dies with it."""
+    try:
+        info = await client.info("persistence")
+    except (RedisError, OSError):
+        return  # INFO may be disabled (managed Redis): nothing to say then
+    if not int(info.get("aof_enabled", 0)):
+        log.warning(
+            "redis bus: the server keeps no append-only file, so events it accepted are lost "
+            "if it restarts (durable: appendonly yes, appendfsync always)",
+            extra={"url": _safe_url(url)},
+        )
 
 
 def _safe_url(url: str) -> str:

@@ -6,7 +6,8 @@ Everything runs on 127.0.0.1, in this order, each server on a free port:
    uvicorn with cemesh's own flags, loaded by wrk: 1 thread, ``--connections`` connections,
    ``--duration`` seconds after ``--warmup`` seconds, POSTing a 1 KiB binary-mode CloudEvent.
 2. **Ingress alone**: ``cemesh serve`` (SQLite in a temp dir) with Broker ``default/default`` and
-   no Trigger, the same load. Goal: >= 70% of the ceiling, no non-2xx answer.
+   no Trigger, the same load. Goal: >= 70% of the ceiling, no non-2xx answer. Ceiling and
+   ingress take turns (``--rounds``, ABBA order) so that drift of the machine cancels out.
 3. **End to end**: a Trigger (no filter) to ``bench/subscriber.py``, which answers 202 and
    records ``now - ce-knativearrivaltime`` per event (the broker's latency, queueing included).
    (a) closed loop at full speed: the most cemesh delivers, and (b) paced to ``--rate`` events/s
@@ -145,7 +146,7 @@ class Bench:
                 "cpus": os.cpu_count(),
                 "rate_goal": self.options.rate,
                 "cemesh_cmd": self.options.cemesh_cmd,
-                "cemesh_env": {k: v for k, v in os.environ.items() if k.startswith("CEMESH_")},
+                "cemesh_env": _settings_passed_on(),
             }
         }
         bare_url = self.start_bare_app()
@@ -168,8 +169,8 @@ class Bench:
     def ceiling_and_ingress(self, bare_url: str, cemesh_url: str) -> tuple[dict, dict]:
         """The ceiling and cemesh's ingress alone (Broker, no Trigger), measured in turns.
 
-        ``--rounds`` alternating runs of ``duration / rounds`` seconds each (ceiling, ingress,
-        ceiling, ingress, ...), so that a machine that speeds up or slows down during the bench
+        ``--rounds`` runs of ``duration / rounds`` seconds each, in ABBA order (ceiling, ingress,
+        ingress, ceiling, ...), so that a machine that speeds up or slows down during the bench
         (a shared 2-core VM does) moves both figures alike instead of skewing their ratio.
         """
         rounds = self.options.rounds
@@ -183,14 +184,17 @@ class Bench:
         bare_cpu = cemesh_cpu = 0.0
         accepted = 0
         threads, profiler = self.observe_cemesh("ingress", self.options.duration * 2)
-        for _ in range(rounds):
-            cpu = self.bare_app.cpu_seconds()
-            bare.append(self.wrk(bare_url, slice_s))
-            bare_cpu += self.bare_app.cpu_seconds() - cpu
-            before, cpu = self.accepted(cemesh_url), self.cemesh.cpu_seconds()
-            ingress.append(self.wrk(ingress_url, slice_s))
-            cemesh_cpu += self.cemesh.cpu_seconds() - cpu
-            accepted += self.accepted(cemesh_url) - before
+        for turn in range(rounds * 2):
+            # ABBA order (ceiling, ingress, ingress, ceiling, ...) cancels a linear drift.
+            if turn % 4 in (0, 3):
+                cpu = self.bare_app.cpu_seconds()
+                bare.append(self.wrk(bare_url, slice_s))
+                bare_cpu += self.bare_app.cpu_seconds() - cpu
+            else:
+                before, cpu = self.accepted(cemesh_url), self.cemesh.cpu_seconds()
+                ingress.append(self.wrk(ingress_url, slice_s))
+                cemesh_cpu += self.cemesh.cpu_seconds() - cpu
+                accepted += self.accepted(cemesh_url) - before
         split = self.cemesh_cpu_split(threads, profiler, accepted)
         ceiling_rate = _rate(bare)
         ingress_rate = _rate(ingress)
@@ -435,6 +439,16 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out waiting for {what}:\n{self.cemesh.log_tail()}")
             time.sleep(0.05)
+
+
+def _settings_passed_on() -> dict[str, str]:
+    """The caller's CEMESH_* settings that cemesh gets, minus those that may hold a secret."""
+    secret = ("URL", "PASSWORD", "SECRET", "TOKEN", "KEY")
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("CEMESH_") and not any(word in k for word in secret)
+    }
 
 
 def _rate(results: list[WrkResult]) -> float:

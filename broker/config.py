@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     kafka_num_partitions: int = Field(default=3, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    kafka_heartbeat_interval_ms: int | None = Field(default=None, ge=1)  # None: session / 3
+    kafka_request_timeout_ms: int = Field(default=40_000, ge=1)
+    kafka_rebalance_grace_ms: int = Field(default=5_000, ge=1)  # revoked handlers' time to finish
+    kafka_join_timeout_ms: int = Field(default=60_000, ge=1)  # subscribe waits this for a join
+    kafka_max_buffered: int = Field(default=1_000, ge=1)  # unsettled messages per subscription
+    kafka_client_id: str = "cemesh"
 
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None

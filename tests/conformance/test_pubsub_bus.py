@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -100,6 +101,31 @@ def test_invalid_option_values_are_refused(options: dict[str, object]) -> None:
     assert raised.value.retryable is False
 
 
+async def test_unusable_credentials_file_fails_open_terminally(tmp_path: Path) -> None:
+    """Without usable credentials the bus cannot work: ``open`` says so, not retryable."""
+    bad = tmp_path / "credentials.json"
+    bad.write_text('{"type": "nothing-google-knows"}')
+    bus = PubSubBus({"credentials_file": str(bad)})
+    with pytest.raises(BusError) as raised:
+        await bus.open()
+    assert raised.value.retryable is False
+    assert raised.value.__cause__ is not None
+    await bus.close()
+
+
+async def test_user_credentials_file_is_used_to_open(tmp_path: Path) -> None:
+    """``credentials_file`` takes a google-auth key file (here an authorized-user one); opening
+    makes the clients without contacting Google (gRPC connects on the first call)."""
+    key = tmp_path / "credentials.json"
+    key.write_text(
+        '{"type": "authorized_user", "client_id": "id", "client_secret": "secret", '
+        '"refresh_token": "token"}'
+    )
+    bus = PubSubBus({"credentials_file": str(key), "project": "p"})
+    await bus.open()
+    await bus.close()
+
+
 # -- names ---------------------------------------------------------------------------------------
 
 
@@ -113,7 +139,7 @@ async def test_subscribe_creates_the_mapped_topic_and_an_ordered_subscription(
     subscription = await pubsub_bus.subscribe(topic, group=group, handler=Inbox().handler)
     try:
         made = await raw.subscriber.get_subscription(
-            subscription=f"projects/{PROJECT}/subscriptions/{group}%%{topic}"
+            subscription=f"projects/{PROJECT}/subscriptions/{group}~{topic}"
         )
         assert made.topic == f"projects/{PROJECT}/topics/{topic}"
         assert made.enable_message_ordering is True
@@ -130,7 +156,7 @@ async def test_odd_names_are_accepted_by_the_server(pubsub_bus: Bus, unique: Nam
         f"goog{unique('t')}",
         "l" * 300 + unique("t"),
     ]
-    groups = ["g", f"日本語 {unique('g')}", "%%" + "m" * 300]
+    groups = ["g", f"日本語 {unique('g')}", "~%" + "m" * 300]
     inboxes = []
     for topic, group in zip(topics, groups, strict=True):
         inbox = Inbox()
@@ -140,7 +166,7 @@ async def test_odd_names_are_accepted_by_the_server(pubsub_bus: Bus, unique: Nam
         inboxes.append((inbox, event.id))
     for inbox, event_id in inboxes:
         await inbox.wait_for_ids({event_id})
-    assert topic_id(topics[0]).startswith("x%%1")
+    assert topic_id(topics[0]).startswith("xx~1")
 
 
 # -- errors --------------------------------------------------------------------------------------

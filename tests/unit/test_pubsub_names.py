@@ -25,6 +25,10 @@ ODD_NAMES = [
     "Abc",
     "x%%abc",
     "h%%abc",
+    "x~abc",
+    "h~abc",
+    "a~b",
+    "~",
     "goog-topic",
     "GOOGle",
     "a b",
@@ -49,7 +53,7 @@ def test_cemesh_names_are_kept_as_they_are() -> None:
     assert topic_id("cemesh.channel.ns.orders_v2") == "cemesh.channel.ns.orders_v2"
     assert (
         subscription_id("cemesh.broker.default.b", "cemesh.trigger.0b1c-42")
-        == "cemesh.trigger.0b1c-42%%cemesh.broker.default.b"
+        == "cemesh.trigger.0b1c-42~cemesh.broker.default.b"
     )
 
 
@@ -69,12 +73,13 @@ def test_topic_mapping_is_one_to_one() -> None:
 
 def test_subscription_mapping_is_one_to_one_over_topic_and_group() -> None:
     """A group is a group of one topic: (topic, group) pairs never share a subscription."""
-    names = [*ODD_NAMES, "a%%b", "b", "a%"]
+    names = [*ODD_NAMES, "a%%b", "b", "a%", "a~", "~b", "x", "h"]
     pairs = list(itertools.product(names, repeat=2))
     mapped = {subscription_id(topic, group) for topic, group in pairs}
     assert len(mapped) == len(pairs)
     # A separator inside the names cannot make two pairs meet.
-    assert subscription_id("b%%c", "a") != subscription_id("c", "a%%b")
+    assert subscription_id("b~c", "a") != subscription_id("c", "a~b")
+    assert subscription_id("b", "a\x00") != subscription_id("\x00b", "a")
 
 
 def test_pubsub_settings_become_adapter_options() -> None:

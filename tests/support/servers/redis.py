@@ -155,8 +155,7 @@ class RedisServer:
         while True:
             if self.process.poll() is not None:
                 raise ServerStartError(
-                    f"redis-server exited with status {self.process.returncode}:\n"
-                    f"{self.log_tail()}"
+                    f"redis-server exited with status {self.process.returncode}:\n{self.log_tail()}"
                 )
             try:
                 last = ping(self.port)

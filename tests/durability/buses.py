@@ -1,0 +1,39 @@
+"""The durable buses the crash and replica tests run on: channel kind, server, settings.
+
+One row per durable adapter. ``settings`` turns the started server into the ``CEMESH_*``
+settings of a cemesh process (short redelivery timeouts, so that what a killed process held
+comes back within seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DurableBus:
+    name: str
+    channel_kind: str
+    server_fixture: str
+    settings: Callable[[Any], dict[str, str]]
+
+
+DURABLE_BUSES: dict[str, DurableBus] = {
+    bus.name: bus
+    for bus in (
+        DurableBus(
+            "nats",
+            "NatsJetStreamChannel",
+            "nats_server",
+            lambda server: {"nats_url": server.url, "nats_ack_wait": "2"},
+        ),
+        DurableBus(
+            "redis",
+            "RedisStreamChannel",
+            "redis_server",
+            lambda server: {"redis_url": server.url, "redis_visibility_timeout": "2"},
+        ),
+    )
+}
