@@ -63,9 +63,12 @@ Model:
 
 Options (settings ``pubsub_<option>``): ``project`` (default ``cemesh``), ``ack_deadline``
 (seconds, 10-600, default 60), ``emulator_host`` (``host:port``; insecure channel, anonymous
-credentials), ``credentials_file`` (a service-account or other google-auth JSON file; default:
-Application Default Credentials), ``rpc_timeout`` (seconds a publish or an admin call may take,
-retries included, default 60), ``pull_streams`` (StreamingPull streams per ``subscribe``).
+credentials), ``credentials_file`` (a service-account or authorized-user JSON key file;
+default: Application Default Credentials), ``rpc_timeout`` (seconds a publish or an admin call
+may take, retries included, default 60), ``pull_streams`` (StreamingPull streams per
+``subscribe``), ``endpoint`` (the service's address, e.g. a regional endpoint
+``europe-west1-pubsub.googleapis.com:443``: Pub/Sub orders a key within one region, so ordered
+publishers should all use the same one).
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ from typing import Any
 
 import grpc
 from google.api_core import exceptions as api_exceptions
+from google.api_core.client_options import ClientOptions
 from google.api_core.gapic_v1 import routing_header
 from google.api_core.retry import AsyncRetry, if_exception_type
 from google.auth import exceptions as auth_exceptions
@@ -137,6 +141,7 @@ _KNOWN_OPTIONS = {
     "credentials_file",
     "rpc_timeout",
     "pull_streams",
+    "endpoint",
 }
 # Retrying these may help (the same set the Pub/Sub clients retry publishes on).
 _TRANSIENT = (
@@ -669,6 +674,7 @@ class PubSubBus:
             _option(options, "rpc_timeout", (int, float), 60.0, lambda v: v > 0)
         )
         self.pull_streams = _option(options, "pull_streams", int, None, lambda v: v >= 1)
+        self.endpoint = _option(options, "endpoint", str, None, lambda v: bool(v))
         self._retry = AsyncRetry(
             predicate=if_exception_type(*_TRANSIENT),
             initial=0.1,
@@ -713,8 +719,15 @@ class PubSubBus:
                 )
             else:
                 credentials = self._credentials()
-                self._publisher = PublisherAsyncClient(credentials=credentials)
-                self._subscriber = SubscriberAsyncClient(credentials=credentials)
+                client_options = (
+                    ClientOptions(api_endpoint=self.endpoint) if self.endpoint else None
+                )
+                self._publisher = PublisherAsyncClient(
+                    credentials=credentials, client_options=client_options
+                )
+                self._subscriber = SubscriberAsyncClient(
+                    credentials=credentials, client_options=client_options
+                )
         except (*_DRIVER_ERRORS, OSError, ValueError) as exc:
             raise BusError(f"pubsub: cannot make the clients: {exc}", retryable=False) from exc
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import uvicorn
 
+from broker.app import UVICORN_OPTIONS
+
 Message = MutableMapping[str, Any]
 
 _START = {"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]}
@@ -54,16 +56,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     # The same arguments as broker.app.serve, so the only difference is the app.
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        lifespan="on",
-    )
+    uvicorn.run(app, host=args.host, port=args.port, **UVICORN_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -202,16 +202,25 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
     return CemeshApp(runtime, api)
 
 
+# How cemesh runs under uvicorn: uvloop + httptools, no access log, no proxy-header middleware
+# (each costs measurably per request on the ingress hot path). bench/bare_app.py serves the
+# benchmark's ceiling with these same options.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "access_log": False,
+    "log_config": None,
+    "lifespan": "on",
+    "proxy_headers": False,
+}
+
+
 def serve(settings: Settings) -> None:
-    """Run cemesh under uvicorn (uvloop + httptools, no access log) until SIGTERM/SIGINT."""
+    """Run cemesh under uvicorn until SIGTERM/SIGINT."""
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        lifespan="on",
         timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
+        **UVICORN_OPTIONS,
     )

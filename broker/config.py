@@ -51,7 +51,12 @@ class Settings(BaseSettings):
         "PubSubChannel",
         "RedisStreamChannel",
     ] = "InMemoryChannel"
-    memory_queue_size: int = Field(default=100_000, ge=1)
+    memory_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Events one group of the memory bus holds before publishers wait: a short "
+        "queue keeps latency low and pushes back on producers when subscribers fall behind.",
+    )
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -132,6 +137,9 @@ class Settings(BaseSettings):
     )
     pubsub_pull_streams: int | None = Field(
         default=None, ge=1, description="StreamingPull streams per subscription (default: auto)."
+    )
+    pubsub_endpoint: str | None = Field(
+        default=None, description="Pub/Sub address, e.g. a regional endpoint (default: global)."
     )
 
     # Ingress

@@ -43,10 +43,16 @@ RESERVED_SEGMENTS = frozenset(
 
 _ALLOW = (b"allow", b"POST, OPTIONS")
 _JSON = (b"content-type", b"application/json")
-_ACCEPTED_START = {"type": "http.response.start", "status": 202, "headers": [_ALLOW]}
+# An explicit empty Content-Length: otherwise uvicorn answers chunked, with one more send.
+_ACCEPTED_START = {
+    "type": "http.response.start",
+    "status": 202,
+    "headers": [_ALLOW, (b"content-length", b"0")],
+}
 _EMPTY_BODY = {"type": "http.response.body", "body": b""}
 _OPTIONS_HEADERS = [
     _ALLOW,
+    (b"content-length", b"0"),
     (b"webhook-allowed-origin", b"*"),
     (b"webhook-allowed-rate", b"*"),
 ]
@@ -108,7 +114,6 @@ class Ingress:
         self.snapshot = Snapshot()
         self.max_request_bytes = max_request_bytes
         self.max_ttl = max_ttl
-        self._accepted = metrics.ingress_events.labels("202")
         self._metrics = metrics
 
     # -- programmatic entry (replies re-entering a broker: K104, K108) ------------------------
@@ -125,7 +130,7 @@ class Ingress:
         try:
             apply_broker_ttl(event, self.max_ttl)
         except TtlExhausted:
-            self._metrics.loops_stopped.inc()
+            self._metrics.loops_stopped += 1
             log.warning(
                 "reply dropped: knativebrokerttl ran out (loop guard)",
                 extra={"broker": f"{namespace}/{name}", "event_id": event.attributes.get("id")},
@@ -147,7 +152,7 @@ class Ingress:
             await send({"type": "http.response.start", "status": 200, "headers": _OPTIONS_HEADERS})
             await send(_EMPTY_BODY)
         else:
-            await _error(send, 405, f"method {method} is not allowed; use POST")
+            await self._reject(send, 405, f"method {method} is not allowed; use POST")
 
     async def _post(
         self, scope: Scope, receive: Receive, send: Send, route: tuple[str, str, str]
@@ -160,13 +165,15 @@ class Ingress:
             else snapshot.channels.get((namespace, name))
         )
         if target is None:
-            await _error(send, 404, f"{kind} {namespace}/{name} not found")
+            await self._reject(send, 404, f"{kind} {namespace}/{name} not found")
             return
 
         headers = scope["headers"]
         body = await self._read_body(headers, receive)
         if body is None:
-            await _error(send, 413, f"request body is larger than {self.max_request_bytes} bytes")
+            await self._reject(
+                send, 413, f"request body is larger than {self.max_request_bytes} bytes"
+            )
             return
         try:
             events = binding.parse_request(headers, body)
@@ -176,7 +183,7 @@ class Ingress:
                     apply_broker_ttl(event, self.max_ttl)
                     event.attributes[ARRIVAL_TIME] = arrival
         except BindingError as exc:
-            await _error(send, 400, exc.message)
+            await self._reject(send, 400, exc.message)
             return
 
         bus = self.buses[target.bus]
@@ -191,11 +198,15 @@ class Ingress:
                 exc_info=exc.__cause__ is not None,
             )
             status = 503 if exc.retryable else 500
-            await _error(send, status, f"event not accepted: {exc.message}")
+            await self._reject(send, status, f"event not accepted: {exc.message}")
             return
-        self._accepted.inc(len(events))
+        self._metrics.ingress_events["202"] += len(events)
         await send(_ACCEPTED_START)
         await send(_EMPTY_BODY)
+
+    async def _reject(self, send: Send, status: int, message: str) -> None:
+        self._metrics.ingress_events[str(status)] += 1
+        await _error(send, status, message)
 
     async def _read_body(
         self, headers: list[tuple[bytes, bytes]], receive: Receive
@@ -229,7 +240,7 @@ class Ingress:
 async def _error(send: Send, status: int, message: str) -> None:
     """A JSON error body ``{"code": status, "message": ...}`` with the Allow header (K38)."""
     body = orjson.dumps({"code": status, "message": message})
-    headers = [_ALLOW, _JSON]
+    headers = [_ALLOW, _JSON, (b"content-length", str(len(body)).encode())]
     if status == 503:
         headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from broker.bus import Bus, Capability, Message, Nack, Subscription
 from broker.dispatch.client import HttpClient
-from broker.dispatch.delivery import Deliverer, Outcome, Target, reply_poster
+from broker.dispatch.delivery import Deliverer, Target, reply_poster
 from broker.events import BROKER_TTL, CloudEvent
 from broker.metrics import Metrics
 from broker.spec import Snapshot, SubscriptionSpec, TriggerSpec
@@ -67,10 +67,7 @@ class Dispatcher:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._outcomes = {
-            outcome: metrics.deliveries.labels(outcome.value.lower()) for outcome in Outcome
-        }
-        self._filtered = metrics.deliveries.labels("filtered")
+        self._deliveries = metrics.deliveries
 
     @property
     def live(self) -> frozenset[str]:
@@ -147,7 +144,7 @@ class Dispatcher:
             event = message.event
             if isinstance(spec, TriggerSpec):
                 if not spec.filter(event):
-                    self._filtered.inc()
+                    self._deliveries["filtered"] += 1
                     return
                 ttl = event.attributes.get(BROKER_TTL)
                 event = event.evolve(remove=(BROKER_TTL,))  # K96
@@ -159,7 +156,7 @@ class Dispatcher:
                     strict_reply=True,
                 )
             outcome = await self._deliverer.deliver(event, target)
-            self._outcomes[outcome].inc()
+            self._deliveries[outcome.value] += 1
         finally:
             self._inflight -= 1
             if self._inflight == 0:
