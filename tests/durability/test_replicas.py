@@ -1,0 +1,103 @@
+"""Replicas share the work (issue 3, item 4): two cemesh processes, one PostgreSQL store, one
+durable bus. A resource applied through either is served by both; in steady state each event is
+delivered once (the replicas are competing consumers of each Trigger's group); SIGKILL one and
+the other carries on with no loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.durability.buses import DURABLE_BUSES, DurableBus
+from tests.durability.test_crash import apply, broker_and_trigger, post_until_accepted
+from tests.support.process import cemesh_process
+from tests.support.subscriber import RecordingSubscriber
+
+# Buses whose groups are shared by processes (competing consumers across replicas).
+REPLICA_BUSES = [name for name in ("kafka", "nats", "redis") if name in DURABLE_BUSES]
+
+
+async def wait_until_serving(url: str, timeout: float = 20.0) -> None:  # noqa: ASYNC109
+    """Until the replica at ``url`` has picked up the Broker and Trigger from the store."""
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client, asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                trigger = await client.get(
+                    "/apis/eventing.knative.dev/v1/namespaces/default/triggers/all"
+                )
+                if trigger.status_code == 200 and any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in trigger.json().get("status", {}).get("conditions", [])
+                ):
+                    # Ready in the store; this replica serves it once its own resync ran.
+                    probe = await client.options("/default/default")
+                    accepted = await client.post(
+                        "/default/default",
+                        headers={
+                            "ce-specversion": "1.0",
+                            "ce-id": "probe",
+                            "ce-source": "/probe",
+                            "ce-type": "probe",
+                        },
+                    )
+                    if probe.status_code == 200 and accepted.status_code == 202:
+                        return
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("bus_name", REPLICA_BUSES)
+async def test_two_replicas_share_one_store_and_bus(
+    bus_name: str, tmp_path: Path, postgres_url: str, request: pytest.FixtureRequest
+) -> None:
+    bus: DurableBus = DURABLE_BUSES[bus_name]
+    server = request.getfixturevalue(bus.server_fixture)
+    settings = {
+        "database_url": postgres_url,
+        "default_channel": bus.channel_kind,
+        "resync_interval": "0.5",
+        **bus.settings(server),
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with (
+        RecordingSubscriber() as subscriber,
+        cemesh_process(tmp_path / "a", **settings) as first,
+        cemesh_process(tmp_path / "b", **settings) as second,
+    ):
+        async with httpx.AsyncClient(base_url=first.url, timeout=5) as client:
+            await apply(client, broker_and_trigger(subscriber.url))
+        await wait_until_serving(second.url)  # applied through one, served by the other
+        await subscriber.wait_for(1)  # the probe event
+        subscriber.received.clear()
+
+        # Steady state: events through both replicas, each delivered exactly once.
+        steady = 400
+        async with (
+            httpx.AsyncClient(base_url=first.url, timeout=5) as a,
+            httpx.AsyncClient(base_url=second.url, timeout=5) as b,
+        ):
+            for index in range(steady):
+                await post_until_accepted(a if index % 2 else b, index)
+        await subscriber.wait_for(steady, timeout=30)
+        await asyncio.sleep(0.5)  # room for a duplicate delivery to show up
+        ids = [r.event.id for r in subscriber.received if r.event is not None]
+        assert sorted(ids) == sorted(f"e-{i}" for i in range(steady)), "not exactly once"
+
+        # SIGKILL one replica mid-stream: the other carries on, nothing accepted is lost.
+        total = 2 * steady
+        async with httpx.AsyncClient(base_url=second.url, timeout=5) as b:
+            for index in range(steady, total):
+                if index == steady + steady // 4:
+                    await first.stop(signal.SIGKILL)
+                await post_until_accepted(b, index)
+        await subscriber.wait_for(total, timeout=60)
+        unique = {r.event.id for r in subscriber.received if r.event is not None}
+        lost = {f"e-{i}" for i in range(total)} - unique
+        assert not lost, f"{len(lost)} accepted events lost after a replica died"
