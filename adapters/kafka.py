@@ -15,7 +15,9 @@ Model:
   ``cemesh_attribute_types`` (JSON ``{name: "Integer" | "Boolean"}`` for the attributes that
   are not strings; without it ``True``, ``1`` and ``"1"`` would all come back as strings) and
   ``cemesh_no_data`` (the event has no data, as opposed to empty data). Records written by other
-  producers in structured mode (C72, ``application/cloudevents+json``) are read too. The record
+  producers in structured mode (C72, ``application/cloudevents+json``) are read too; a record
+  that is no CloudEvent in either mode cannot be delivered, so it is logged and passed over
+  (committed) rather than stalling its partition. The record
   key is the ``key`` argument of ``publish`` (C73: the producer's key is the record key; ingress
   passes the ``partitionkey`` extension) and comes back as ``Message.key``.
 - ``publish`` returns once the server acknowledged the record with ``acks=all`` (replicated to
@@ -41,8 +43,9 @@ Model:
   awaiting redelivery.
 - Order (``ORDERED_BY_KEY``): a group subscribed with ``ordered=True`` runs one message per key
   of a partition at a time, in offset order, and holds a key's later messages behind one awaiting
-  redelivery; other keys and partitions run concurrently. Kafka keeps a key in one partition and
-  a partition with one member, so the order holds for the group across its subscriptions too.
+  redelivery; other keys and partitions run concurrently (messages without a key are not
+  ordered). Kafka keeps a key in one partition and a partition with one member, so the order
+  holds for the group across its subscriptions too.
 - Rebalance: revoked partitions stop being handed out at once; their messages already in a
   handler get up to ``rebalance_grace_ms`` to finish, then what is settled is committed and the
   handlers still running are cancelled, and nothing they do afterwards is committed: the

@@ -60,6 +60,12 @@ Model:
   given to a handler, never acked.
 - A redelivery of a message still held (its lease lapsed) takes over the held copy's lease
   rather than making a second copy.
+- The emulator (not the service) keeps routing a subscription's messages to a stream that ended
+  abruptly (a crashed client, or a client-side cancel) for tens of seconds, and what it routes
+  there comes back only when its ack deadline expires, sometimes more than once. So the adapter
+  ends its streams by half-closing them and gives them no deadline; after a crash of a process
+  using the emulator, deliveries of its groups stall for up to about a minute and some come twice,
+  but nothing is lost.
 
 Options (settings ``pubsub_<option>``): ``project`` (default ``cemesh``), ``ack_deadline``
 (seconds, 10-600, default 60), ``emulator_host`` (``host:port``; insecure channel, anonymous
@@ -126,7 +132,7 @@ HANDLERS_PER_STREAM = 8
 MAX_AUTO_STREAMS = 8
 HEARTBEAT = 30.0  # seconds between keep-alive requests on a stream (Pub/Sub closes idle ones)
 RECONNECT_MIN, RECONNECT_MAX = 0.1, 10.0
-STREAM_DRAIN_TIMEOUT = 2.0  # on close, how long the server may take to end a half-closed stream
+STREAM_DRAIN_TIMEOUT = 5.0  # on close, how long the server may take to end a half-closed stream
 CLOSE_RPC_TIMEOUT = 10.0  # on close, bound on the final acks and nacks
 # After a handler raised something other than Nack: long enough that a handler failing on every
 # message does not spin, short enough not to matter for a transient error.
@@ -403,6 +409,10 @@ class _PubSubSubscription:
                 call = await self._client.streaming_pull(
                     requests=self._requests(client_id, max_messages),
                     retry=None,  # this loop reopens the stream itself
+                    # No deadline: a stream ends by a half-close (ours, on close) or the
+                    # server's. A client-side cancel (what a deadline does) makes the emulator
+                    # stall the subscription's deliveries for tens of seconds.
+                    timeout=None,
                     metadata=self._routing,
                 )
                 async for response in call:

@@ -22,7 +22,7 @@ from broker.api.status import install_error_handlers
 from broker.bus import Bus, create_bus
 from broker.config import Settings
 from broker.controller import Controller
-from broker.dispatch.client import ReqwestClient
+from broker.dispatch.client import DeliveryClient
 from broker.dispatch.delivery import Deliverer
 from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
@@ -64,7 +64,7 @@ class Runtime:
         self.metrics = Metrics()
         self.store = Store(settings.database_url)
         self.buses: dict[str, Bus] = {}
-        self.client = ReqwestClient()
+        self.client = DeliveryClient()
         self.ingress = Ingress(
             buses=self.buses,
             metrics=self.metrics,

