@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
 from pathlib import Path
 
 import httpx
@@ -54,13 +55,17 @@ async def apply(client: httpx.AsyncClient, objects: list[dict]) -> None:
         assert response.status_code == 201, response.text
 
 
-async def post_until_accepted(client: httpx.AsyncClient, index: int) -> int:
-    """POST event ``index`` until it gets a 202; returns how many attempts were refused."""
+async def post_until_accepted(client: httpx.AsyncClient, index: int, source: str) -> int:
+    """POST event ``index`` until it gets a 202; returns how many attempts were refused.
+
+    ``source`` is unique per test: buses such as NATS de-duplicate on source + id, and tests of
+    one session share a server.
+    """
     refused = 0
     headers = {
         "ce-specversion": "1.0",
         "ce-id": f"e-{index}",
-        "ce-source": "/crash",
+        "ce-source": source,
         "ce-type": "t",
         "content-type": "application/json",
     }
@@ -75,7 +80,11 @@ async def post_until_accepted(client: httpx.AsyncClient, index: int) -> int:
 
 
 async def produce(
-    url: str, indexes: asyncio.Queue[int], accepted: list[int], kill_now: asyncio.Event
+    url: str,
+    indexes: asyncio.Queue[int],
+    accepted: list[int],
+    kill_now: asyncio.Event,
+    source: str,
 ) -> int:
     """One producer: POST events from ``indexes`` until each is accepted; returns refusals.
 
@@ -85,7 +94,7 @@ async def produce(
     async with httpx.AsyncClient(base_url=url, timeout=5) as client:
         while not indexes.empty():
             index = indexes.get_nowait()
-            refused += await post_until_accepted(client, index)
+            refused += await post_until_accepted(client, index, source)
             accepted.append(index)
             if len(accepted) >= KILL_AT:
                 kill_now.set()
@@ -127,13 +136,14 @@ async def test_sigkill_mid_stream_loses_no_accepted_event(
         indexes.put_nowait(index)
     accepted: list[int] = []
     kill_now = asyncio.Event()
+    source = f"/crash/{uuid.uuid4().hex}"
 
     async with RecordingSubscriber(slow_accept) as subscriber:
         async with cemesh_process(tmp_path, **settings) as first:
             async with httpx.AsyncClient(base_url=first.url, timeout=5) as client:
                 await apply(client, broker_and_trigger(subscriber.url))
             producers = [
-                asyncio.create_task(produce(first.url, indexes, accepted, kill_now))
+                asyncio.create_task(produce(first.url, indexes, accepted, kill_now, source))
                 for _ in range(8)
             ]
             await asyncio.wait_for(kill_now.wait(), 60)
