@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from adapters.memory import MemoryBus
 from tests.support.cemesh import RunningCemesh, running_cemesh
 from tests.support.subscriber import RecordingSubscriber
