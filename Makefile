@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck servers bench clean
+.PHONY: run test lint typecheck servers bench bench-buses clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(VENV)/.installed-dev servers lint typecheck
 bench: $(VENV)/.installed-dev
 	sh bench/install_wrk.sh
 	$(BIN)/python bench/e2e.py
+
+# cemesh end to end on kafka, nats, redis, pubsub beside each bus's raw client rate (~3-4 min).
+bench-buses: $(VENV)/.installed-dev
+	sh bench/install_wrk.sh
+	$(BIN)/python bench/buses.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
