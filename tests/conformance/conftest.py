@@ -8,10 +8,10 @@ that do not declare it.
 
 Adding an adapter means adding one row here, its bus fixture, and (for a real server) a
 session-scoped server fixture that starts the server on a free 127.0.0.1 port in a temporary
-directory and stops it afterwards; when the server binary is missing that fixture skips with
-the install command (and fails under ``CI=true``), like ``shared_fixture_dir`` in
-``tests/conftest.py``. Each test uses fresh topic and group names, so all tests of a run can
-share one server.
+directory and stops it afterwards; when the server binary is missing or the server cannot start,
+that fixture fails (never skips) with a message naming the binary and how to install it
+(tests/support/servers/base.py). Each test uses fresh topic and group names, so all tests of
+a run can share one server.
 """
 
 from __future__ import annotations

@@ -14,19 +14,11 @@ Fixtures (registered in ``tests/conftest.py`` through ``pytest_plugins``):
 Readiness is ``/healthz?js-enabled-only=true`` on the monitoring port answering 200, polled for
 at most :data:`START_TIMEOUT` seconds. When the binary is missing or the server does not start,
 the fixture fails (never skips) and says how to install it, with the tail of the server's log.
+The process lifecycle is :class:`tests.support.servers.base.ServerProcess`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,6 +27,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.servers import base
+from tests.support.servers.base import START_TIMEOUT as START_TIMEOUT
+from tests.support.servers.base import STOP_TIMEOUT as STOP_TIMEOUT
+from tests.support.servers.base import ServerStartError as ServerStartError
+from tests.support.servers.base import free_port as _free_port
+
 INSTALL_HINT = (
     "install the NATS server: `apt-get install nats-server` (Debian/Ubuntu; or run "
     "tests/support/install_servers.sh), or put a release binary from "
@@ -42,44 +40,22 @@ INSTALL_HINT = (
 )
 BINARY = "nats-server"
 FALLBACK_PATHS = (Path("/usr/sbin/nats-server"), Path("/usr/bin/nats-server"))
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-
-
-class ServerStartError(RuntimeError):
-    """The server exited or did not become ready; the message ends with its log's tail."""
 
 
 def find_binary() -> Path:
     """The nats-server binary (PATH, then the Debian locations); fails the test if missing."""
-    on_path = shutil.which(BINARY)
-    if on_path:
-        return Path(on_path)
-    for path in FALLBACK_PATHS:
-        if os.access(path, os.X_OK):
-            return path
-    pytest.fail(
-        f"{BINARY} not found on PATH nor in {', '.join(map(str, FALLBACK_PATHS))}. "
-        f"The nats bus tests need a real server: {INSTALL_HINT}",
-        pytrace=False,
-    )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return base.require_binary(BINARY, bus="nats", hint=INSTALL_HINT, fallbacks=FALLBACK_PATHS)
 
 
 @dataclass
-class NatsServer:
+class NatsServer(base.ServerProcess):
     """One nats-server with JetStream; ``start``/``stop`` keep its ports and data dir."""
 
-    binary: Path
-    base_dir: Path
+    name = "nats-server"
+    log_name = "nats-server.log"
+
     port: int = field(default_factory=_free_port)
     monitor_port: int = field(default_factory=_free_port)
-    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -90,134 +66,43 @@ class NatsServer:
     def store_dir(self) -> Path:
         return self.base_dir / "data"
 
-    @property
-    def log_file(self) -> Path:
-        return self.base_dir / "nats-server.log"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Start the server (same port and data dir as before) and wait until it is ready."""
-        if self.running:
-            raise RuntimeError(f"nats-server already running (pid {self.process.pid})")  # type: ignore[union-attr]
+    def prepare(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(self.binary),
-                    "-js",
-                    "-sd", str(self.store_dir),
-                    "-a", "127.0.0.1",
-                    "-p", str(self.port),
-                    "-m", str(self.monitor_port),
-                ],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.base_dir,
-            )  # fmt: skip
+
+    def command(self) -> list[str]:
+        return [
+            str(self.binary),
+            "-js",
+            "-sd", str(self.store_dir),
+            "-a", "127.0.0.1",
+            "-p", str(self.port),
+            "-m", str(self.monitor_port),
+        ]  # fmt: skip
+
+    @property
+    def probe_target(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+
+    def probe(self) -> str | None:
         try:
-            self._wait_until_ready(timeout)
-        except ServerStartError:
-            self.kill()
-            raise
-
-    def _wait_until_ready(self, timeout: float) -> None:
-        assert self.process is not None
-        health = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        while True:
-            if self.process.poll() is not None:
-                raise ServerStartError(
-                    f"nats-server exited with status {self.process.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(health, timeout=1) as response:
-                    if response.status == 200:
-                        return
-                    last = f"HTTP {response.status}"
-            except urllib.error.HTTPError as exc:  # 503 while JetStream is starting
-                last = f"HTTP {exc.code}"
-            except OSError as exc:  # not listening yet
-                last = repr(exc)
-            if time.monotonic() > deadline:
-                raise ServerStartError(
-                    f"nats-server not ready after {timeout}s ({health}: {last}):\n{self.log_tail()}"
-                )
-            time.sleep(0.05)  # polling interval of a readiness probe, bounded by the deadline
-
-    def stop(self) -> None:
-        """SIGTERM (a clean shutdown), then SIGKILL if it does not exit; this PID only."""
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, for tests of what survives one."""
-        self._signal(signal.SIGKILL)
-
-    def _signal(self, sig: int) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(sig)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
-
-    def restart(self, *, crash: bool = False) -> None:
-        """Stop (or kill, with ``crash``) and start again on the same port and data dir."""
-        if crash:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
-
-    async def start_async(self) -> None:
-        """``start`` in a worker thread, so that the test's event loop keeps running."""
-        await asyncio.to_thread(self.start)
-
-    async def restart_async(self, *, crash: bool = False) -> None:
-        """``restart`` in a worker thread, so that the test's event loop keeps running."""
-        await asyncio.to_thread(self.restart, crash=crash)
+            with urllib.request.urlopen(self.probe_target, timeout=1) as response:
+                return None if response.status == 200 else f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:  # 503 while JetStream is starting
+            return f"HTTP {exc.code}"
 
 
 def launch(base_dir: Path) -> NatsServer:
     """A started server in ``base_dir``; fails the test (with the log's tail) if it cannot."""
-    server = NatsServer(find_binary(), base_dir)
-    try:
-        server.start()
-    except (ServerStartError, OSError) as exc:
-        pytest.fail(f"nats-server did not start: {exc}\n({INSTALL_HINT})", pytrace=False)
-    return server
+    return base.start_or_fail(NatsServer(find_binary(), base_dir), title=BINARY, hint=INSTALL_HINT)
 
 
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
     """One real NATS JetStream server for the whole session."""
-    base = Path(tempfile.mkdtemp(prefix="cemesh-nats-"))
-    try:
-        server = launch(base)
-        try:
-            yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    yield from base.in_temp_dir("cemesh-nats-", launch)
 
 
 @pytest.fixture
 def restartable_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A NATS server of this test alone, which it may stop, kill and start again."""
-    server = launch(tmp_path / "nats")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from base.stopped_after(launch(tmp_path / "nats"))
