@@ -9,6 +9,7 @@ lifespan, so cemesh can be served by any ASGI server or mounted in another appli
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -217,8 +218,13 @@ UVICORN_OPTIONS: dict[str, Any] = {
 
 def serve(settings: Settings) -> None:
     """Run cemesh under uvicorn until SIGTERM/SIGINT."""
+    app = create_app(settings)
+    # Everything imported and built so far (FastAPI, SQLAlchemy, pydantic models, ...) lives as
+    # long as the process: keep it out of the collector's generations, so that collecting the
+    # per-event garbage stays cheap. Only here, not in create_app: an embedding app owns its GC.
+    gc.freeze()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
