@@ -91,7 +91,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
-from broker.bus import BusFactory, Capability, Handler, Message, Nack
+from broker.bus import BusFactory, Capability, Handler, Message, run_handler
 from broker.errors import BusError, PublishError, SubscribeError
 from broker.events import AttributeValue, CloudEvent, attribute_text
 
@@ -654,21 +654,13 @@ class _KafkaSubscription:
                 self._running[task] = entry
                 part.in_handler += 1
                 try:
-                    await handler(Message(entry.event, entry.key, entry.deliveries))
-                    delay: float | None = None
-                except Nack as nack:
-                    delay = nack.delay
-                except Exception:
-                    log.warning(
-                        "bus handler failed; redelivering the message",
-                        exc_info=True,
-                        extra={
-                            **self._log_extra(),
-                            "event_id": entry.event.attributes.get("id"),
-                            "attempt": entry.deliveries,
-                        },
+                    delay = await run_handler(
+                        handler,
+                        Message(entry.event, entry.key, entry.deliveries),
+                        error_delay=ERROR_REDELIVERY_DELAY,
+                        logger=log,
+                        log_extra=self._log_extra(),
                     )
-                    delay = ERROR_REDELIVERY_DELAY
                 finally:
                     part.in_handler -= 1
                     del self._running[task]

@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
-from broker.bus import BusFactory, Capability, Handler, Message, Nack
+from broker.bus import BusFactory, Capability, Handler, Message, run_handler
 from broker.errors import BusError, PublishError, SubscribeError
 from broker.events import CloudEvent
 
@@ -267,26 +267,19 @@ class _MemorySubscription:
         while not self._closed:  # checked for handlers that swallow the cancellation of close()
             entry = await group.take()
             try:
-                await handler(Message(entry.event, entry.key, entry.attempt))
-            except Nack as nack:
-                group.redeliver(entry, nack.delay)
-                continue
-            except Exception:
-                log.warning(
-                    "bus handler failed; redelivering the message",
-                    exc_info=True,
-                    extra={
-                        "topic": group.topic,
-                        "group": group.name,
-                        "event_id": entry.event.attributes.get("id"),
-                        "attempt": entry.attempt,
-                    },
+                delay = await run_handler(
+                    handler,
+                    Message(entry.event, entry.key, entry.attempt),
+                    error_delay=ERROR_REDELIVERY_DELAY,
+                    logger=log,
+                    log_extra={"topic": group.topic, "group": group.name},
                 )
-                group.redeliver(entry, ERROR_REDELIVERY_DELAY)
-                continue
             except BaseException:  # cancellation (close) and interpreter exit: never an ack
                 group.give_back(entry, delivered=True)
                 raise
+            if delay is not None:
+                group.redeliver(entry, delay)
+                continue
             if self._closed:
                 # The handler swallowed the cancellation of close(): still not an ack.
                 group.give_back(entry, delivered=True)

@@ -74,7 +74,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-from broker.bus import BusFactory, Capability, Handler, Message, Nack
+from broker.bus import BusFactory, Capability, Handler, Message, run_handler
 from broker.errors import BusError, PublishError, SubscribeError
 from broker.events import BROKER_TTL, CloudEvent, attribute_text, decode_envelope, encode_envelope
 
@@ -690,26 +690,19 @@ class _NatsSubscription:
                 await self._settle(held, "nak", UNDECODABLE_REDELIVERY_DELAY)
                 continue
             try:
-                await handler(message)
-            except Nack as nack:
-                await self._settle(held, "nak", nack.delay)
-                continue
-            except Exception:
-                log.warning(
-                    "bus handler failed; redelivering the message",
-                    exc_info=True,
-                    extra={
-                        "topic": self._topic,
-                        "group": self._group,
-                        "event_id": message.event.attributes.get("id"),
-                        "attempt": message.attempt,
-                    },
+                delay = await run_handler(
+                    handler,
+                    message,
+                    error_delay=ERROR_REDELIVERY_DELAY,
+                    logger=log,
+                    log_extra={"topic": self._topic, "group": self._group},
                 )
-                await self._settle(held, "nak", ERROR_REDELIVERY_DELAY)
-                continue
             except BaseException:  # cancellation (close) and interpreter exit: never an ack
                 await self._settle(held, "nak")
                 raise
+            if delay is not None:
+                await self._settle(held, "nak", delay)
+                continue
             # A handler that swallowed the cancellation of close() did not succeed either.
             await self._settle(held, "nak" if self._closed else "ack")
 

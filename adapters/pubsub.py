@@ -110,7 +110,7 @@ from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import (
     SubscriberGrpcAsyncIOTransport,
 )
 
-from broker.bus import BusFactory, Capability, Handler, Message, Nack
+from broker.bus import BusFactory, Capability, Handler, Message, run_handler
 from broker.errors import BusError, PublishError, SubscribeError
 from broker.events import CloudEvent, decode_envelope, encode_envelope
 
@@ -500,23 +500,15 @@ class _PubSubSubscription:
         handler = self._handler
         while not self._closing:
             held = await self._take()
-            try:
-                await handler(Message(held.event, held.key, held.attempt))
-            except Nack as nack:
-                self._redeliver(held, nack.delay)
-                continue
-            except Exception:
-                log.warning(
-                    "bus handler failed; redelivering the message",
-                    exc_info=True,
-                    extra={
-                        "topic": self._topic,
-                        "group": self._group,
-                        "event_id": held.event.attributes.get("id"),
-                        "attempt": held.attempt,
-                    },
-                )
-                self._redeliver(held, ERROR_REDELIVERY_DELAY)
+            delay = await run_handler(
+                handler,
+                Message(held.event, held.key, held.attempt),
+                error_delay=ERROR_REDELIVERY_DELAY,
+                logger=log,
+                log_extra={"topic": self._topic, "group": self._group},
+            )
+            if delay is not None:
+                self._redeliver(held, delay)
                 continue
             # Cancellation (close) propagates: the message stays held and close nacks it.
             if self._closing:

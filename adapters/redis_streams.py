@@ -92,7 +92,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from broker.bus import BusFactory, Capability, Handler, Message, Nack
+from broker.bus import BusFactory, Capability, Handler, Message, run_handler
 from broker.errors import BusError, PublishError, SubscribeError
 from broker.events import CloudEvent, decode_envelope, encode_envelope
 
@@ -677,23 +677,19 @@ class _RedisSubscription:
                 self._settle(entry, UNDECODABLE_REDELIVERY_DELAY)
                 continue
             try:
-                await self._handler(message)
-            except Nack as nack:
-                self._settle(entry, nack.delay)
-                continue
-            except Exception:
-                log.warning(
-                    "bus handler failed; redelivering the message",
-                    exc_info=True,
-                    extra=self.log_extra(
-                        event_id=message.event.attributes.get("id"), attempt=entry.attempt
-                    ),
+                delay = await run_handler(
+                    self._handler,
+                    message,
+                    error_delay=ERROR_REDELIVERY_DELAY,
+                    logger=log,
+                    log_extra=self.log_extra(),
                 )
-                self._settle(entry, ERROR_REDELIVERY_DELAY)
-                continue
             except BaseException:  # cancellation (close) and interpreter exit: never an ack
                 self._settle(entry, 0.0)
                 raise
+            if delay is not None:
+                self._settle(entry, delay)
+                continue
             if self._closed:
                 self._settle(entry, 0.0)  # the handler swallowed close's cancellation
             else:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -65,6 +66,39 @@ class Nack(Exception):  # a control-flow signal, named like faststream's
     def __init__(self, delay: float = 0.0) -> None:
         super().__init__(f"nack, redeliver after {delay:.3f}s")
         self.delay = delay
+
+
+async def run_handler(
+    handler: Handler,
+    message: Message,
+    *,
+    error_delay: float,
+    logger: logging.Logger,
+    log_extra: Mapping[str, Any],
+) -> float | None:
+    """Run ``handler`` on ``message`` as the contract says; what every adapter's worker calls.
+
+    Returns None when the handler returned (ack), else the delay after which the message is to be
+    redelivered: the :class:`Nack`'s, or ``error_delay`` after any other exception (logged on the
+    adapter's ``logger`` with ``log_extra``). Cancellation and other BaseExceptions propagate:
+    the caller must not ack then.
+    """
+    try:
+        await handler(message)
+    except Nack as nack:
+        return nack.delay
+    except Exception:
+        logger.warning(
+            "bus handler failed; redelivering the message",
+            exc_info=True,
+            extra={
+                **log_extra,
+                "event_id": message.event.attributes.get("id"),
+                "attempt": message.attempt,
+            },
+        )
+        return error_delay
+    return None
 
 
 class Subscription(Protocol):
