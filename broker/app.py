@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from broker.api.resources import ResourceApi, install_resource_routes
 from broker.api.status import install_error_handlers
 from broker.bus import Bus, create_bus
+from broker.components import Component, HttpHandler, RuntimeContext
 from broker.config import Settings
 from broker.controller import Controller
 from broker.dispatch.client import DeliveryClient
@@ -30,6 +31,7 @@ from broker.durations import parse_duration
 from broker.errors import CemeshError
 from broker.ingress import Ingress, Receive, Scope, Send, match_route
 from broker.metrics import Metrics
+from broker.sources.runner import SourceRunner
 from broker.spec import BrokerSpec, ChannelSpec, DeliveryPolicy, Snapshot
 from broker.store import Store
 
@@ -96,7 +98,21 @@ class Runtime:
             open_buses=self.open_buses,
             resync_interval=settings.resync_interval,
         )
+        context = RuntimeContext(
+            settings=settings, store=self.store, metrics=self.metrics, client=self.client
+        )
+        # Features that run beside the dispatcher, each fed its part of every snapshot.
+        self.components: list[Component] = [SourceRunner(context)]
         self.ready = False
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    @property
+    def routes(self) -> list[tuple[str, HttpHandler]]:
+        """The components' HTTP path prefixes, longest first."""
+        pairs = [(prefix, h) for c in self.components for prefix, h in c.routes.items()]
+        return sorted(pairs, key=lambda pair: -len(pair[0]))
 
     async def _bus(self, name: str) -> Bus:
         bus = self.buses.get(name)
@@ -131,6 +147,13 @@ class Runtime:
             self._topic_bus[spec.topic] = spec.bus
         self.ingress.snapshot = snapshot
         await self.dispatcher.apply(snapshot)
+        for component in self.components:
+            try:
+                await component.apply(snapshot.components.get(component.name, {}))
+            except Exception:  # one failing feature must not stop the data plane
+                log.exception(
+                    "component did not apply the snapshot", extra={"component": component.name}
+                )
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
@@ -149,6 +172,8 @@ class Runtime:
         finally:
             self.ready = False
             await self.controller.stop()
+            for component in self.components:
+                await component.stop()
             await self.dispatcher.drain(self.settings.drain_timeout)
             for bus in self.buses.values():
                 await bus.close()
@@ -164,13 +189,19 @@ class CemeshApp:
         self.runtime = runtime
         self.api = api
         self._ingress = runtime.ingress
+        self._routes = runtime.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            route = match_route(scope["path"])
+            path = scope["path"]
+            route = match_route(path)
             if route is not None:
                 await self._ingress(scope, receive, send, route)
                 return
+            for prefix, handler in self._routes:
+                if path.startswith(prefix):
+                    await handler(scope, receive, send)
+                    return
         await self.api(scope, receive, send)
 
 

@@ -15,16 +15,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from broker.errors import CemeshError
-from broker.reconcile import Reconciled, reconcile
+from broker.reconcile import OWNER_KINDS, Reconciled, reconcile
 from broker.resources import admit
 from broker.spec import DeliveryPolicy, Snapshot
 from broker.store import Store
 
 log = logging.getLogger(__name__)
 
-MAX_PASSES = 4  # owner -> owned -> ready: enough for Channels (and Sequence/Parallel later)
-# Kinds whose owned objects (controller ownerReferences) this controller creates and deletes.
-MANAGED_OWNER_KINDS = frozenset({"Channel"})
+MAX_PASSES = 6  # owner -> owned -> owned-by-owned -> ready: enough for Sequence and Parallel
 
 
 def _buses_of(snapshot: Snapshot) -> set[str]:
@@ -138,7 +136,7 @@ class Controller:
         """Create, update and delete owned objects to match ``desired``; True if any changed.
 
         An object is ours to manage when its controller ownerReference names a kind in
-        MANAGED_OWNER_KINDS; when its owner is gone or no longer wants it, it is deleted
+        OWNER_KINDS; when its owner is gone or no longer wants it, it is deleted
         (garbage collection, as Kubernetes does with ownerReferences).
         """
         by_key = {_key(obj): obj for obj in objects}
@@ -159,7 +157,7 @@ class Controller:
             except CemeshError as exc:
                 log.warning("owned object not written", extra={"object": key, "why": str(exc)})
         for key, obj in by_key.items():
-            if key in wanted or _controller_kind(obj) not in MANAGED_OWNER_KINDS:
+            if key in wanted or _controller_kind(obj) not in OWNER_KINDS:
                 continue  # wanted, or not ours to manage: leave it alone
             try:
                 await self._store.delete(*key)

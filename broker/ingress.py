@@ -38,7 +38,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # First path segments that belong to the management API, never to a broker namespace.
 RESERVED_SEGMENTS = frozenset(
-    {"api", "apis", "channels", "healthz", "readyz", "metrics", "docs", "openapi.json", "sources"}
+    {"api", "apis", "channels", "healthz", "readyz", "metrics", "docs", "openapi.json", "sources", "services"}
 )
 
 _ALLOW = (b"allow", b"POST, OPTIONS")

@@ -61,11 +61,16 @@ from broker.spec import (
 
 __all__ = [
     "ADDRESS_RESOLVERS",
+    "OWNER_KINDS",
+    "Conditions",
     "Reconciled",
+    "Unresolvable",
+    "World",
     "broker_url",
     "channel_url",
     "owner_reference",
     "reconcile",
+    "register_reconciler",
 ]
 
 # The broker class of Knative's Kafka broker: a Broker of that class is backed by Kafka.
@@ -214,6 +219,8 @@ class _World:
     subscriptions: dict[str, SubscriptionSpec] = field(default_factory=dict)
     # Objects that resources own and cemesh keeps in the store (a Channel's backing channel).
     children: list[dict[str, Any]] = field(default_factory=list)
+    # Runtime specs of the components (sources, invoker): component name -> key -> spec.
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def find(self, key: ObjKey) -> Obj | None:
         return self.objects.get(key)
@@ -812,8 +819,10 @@ def _reconcile_secret(obj: Obj, world: _World) -> None:
 
 Reconciler = Callable[[Obj, _World], None]
 
-# (API group, kind) -> reconciler, in phase order: every kind sees the kinds before it.
-RECONCILERS: tuple[tuple[tuple[str, str], Reconciler], ...] = (
+# (API group, kind) -> reconciler, in phase order: every kind sees the kinds before it. Kinds of
+# feature packages come after these (register_reconciler); as destinations they resolve through
+# ADDRESS_RESOLVERS, which needs no status of theirs, so any kind may reference them.
+RECONCILERS: list[tuple[tuple[str, str], Reconciler]] = [
     ((SECRET.group, SECRET.kind), _reconcile_secret),
     ((CONFIG_MAP.group, CONFIG_MAP.kind), _reconcile_secret),
     ((EVENTING, BROKER.kind), _reconcile_broker),
@@ -821,7 +830,32 @@ RECONCILERS: tuple[tuple[tuple[str, str], Reconciler], ...] = (
     ((MESSAGING, CHANNEL.kind), _reconcile_channel),  # after the backing channels it owns
     ((MESSAGING, SUBSCRIPTION.kind), _reconcile_subscription),
     ((EVENTING, TRIGGER.kind), _reconcile_trigger),
-)
+]
+
+# Kinds whose owned objects (controller ownerReferences) the controller creates and deletes.
+OWNER_KINDS: set[str] = {CHANNEL.kind}
+
+
+def register_reconciler(
+    group: str, kind: str, reconciler: Reconciler, *, owns_children: bool = False
+) -> None:
+    """Reconcile objects of (``group``, ``kind``) with ``reconciler``, after every kind so far.
+
+    ``owns_children``: the reconciler adds owned objects to ``world.children``, which the
+    controller then keeps in the store (and deletes when no longer wanted).
+    """
+    RECONCILERS.append(((group, kind), reconciler))
+    if owns_children:
+        OWNER_KINDS.add(kind)
+
+
+# Names for the feature packages' reconcilers (sources, serving, flows).
+World = _World
+Conditions = _Conditions
+Unresolvable = _UnresolvableError
+base_status = _base_status
+key_of = _key_of
+ready_condition = _ready_condition
 
 
 def reconcile(
@@ -861,6 +895,11 @@ def reconcile(
             channels=world.channels,
             triggers=world.triggers,
             subscriptions=world.subscriptions,
+            components=world.components,
         ),
         children=world.children,
     )
+
+
+# Feature packages register their kinds' reconcilers (after everything above exists).
+from broker.sources import reconcile as _sources  # noqa: E402, F401

@@ -93,7 +93,8 @@ CHANNEL_BUSES: dict[ResourceType, str] = {
     REDIS_CHANNEL: "redis",
 }
 
-TYPES: tuple[ResourceType, ...] = (
+# Every kind served. Feature packages (sources, serving, flows) add theirs with register_kind.
+TYPES: list[ResourceType] = [
     BROKER,
     TRIGGER,
     CHANNEL,
@@ -101,7 +102,7 @@ TYPES: tuple[ResourceType, ...] = (
     SUBSCRIPTION,
     SECRET,
     CONFIG_MAP,
-)
+]
 
 
 def channel_type(kind: str) -> ResourceType | None:
@@ -705,6 +706,14 @@ ADMISSIONS: dict[ResourceType, Admission] = {
 }
 
 
+def register_kind(resource_type: ResourceType, admission: Admission | None = None) -> None:
+    """Serve ``resource_type`` (REST API, CLI, ``apply``), admitted by ``admission``."""
+    if any(t.kind == resource_type.kind and t.group == resource_type.group for t in TYPES):
+        raise ValueError(f"{resource_type.kind} ({resource_type.group}) is registered already")
+    TYPES.append(resource_type)
+    ADMISSIONS[resource_type] = admission or Admission()
+
+
 def admit(
     obj: dict[str, Any], *, namespace: str | None = None, old: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -743,3 +752,8 @@ def admit(
                 )
     admission.check(result, old)
     return result
+
+
+# Kinds that live with their feature register themselves here, after everything above exists
+# (they use the admission helpers of this module).
+from broker.sources import kinds as _source_kinds  # noqa: E402, F401

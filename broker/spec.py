@@ -95,6 +95,8 @@ class Snapshot:
     channels: Mapping[tuple[str, str], ChannelSpec] = field(default_factory=dict)
     triggers: Mapping[str, TriggerSpec] = field(default_factory=dict)  # by uid
     subscriptions: Mapping[str, SubscriptionSpec] = field(default_factory=dict)  # by uid
+    # The runtime components' specs (sources, invoker, ...): component name -> key -> spec.
+    components: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 def broker_topic(namespace: str, name: str) -> str:

@@ -1,0 +1,88 @@
+"""Runtime components: features that run beside the dispatcher (sources, the function invoker).
+
+A component is handed its part of each :class:`~broker.spec.Snapshot` (``snapshot.components[
+name]``, built by the pure reconcilers) and may serve HTTP paths under its own prefixes, reached
+through the raw ASGI entry before the management API. The app builds the components from one
+:class:`RuntimeContext`, starts them with the first snapshot and stops them before the
+dispatcher drains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from broker.config import Settings
+from broker.dispatch.client import HttpClient
+from broker.metrics import Metrics
+from broker.store import Store
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+HttpHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeContext:
+    """What a component may use of the app it runs in."""
+
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    client: HttpClient  # outbound HTTP (the dispatcher's pooled client)
+
+
+class Component(Protocol):
+    """A feature's data plane, driven by snapshots."""
+
+    name: str  # its key in Snapshot.components
+
+    @property
+    def routes(self) -> Mapping[str, HttpHandler]:
+        """HTTP path prefixes (``/sources/github/``) this component answers, and how."""
+        ...
+
+    async def apply(self, specs: Mapping[str, Any]) -> None:
+        """Run exactly ``specs`` (this component's part of the new snapshot) from now on."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop everything started; idempotent."""
+        ...
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer a raw ASGI request with ``body`` (JSON) and ``status``."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None when it is longer than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)

@@ -1,0 +1,147 @@
+"""Statuses and runtime specs of sources and EventTypes. Pure, like :mod:`broker.reconcile`.
+
+Every source kind is reconciled the same way: ``spec.sink`` resolves to ``status.sinkUri``
+(condition ``SinkProvided``), the kind's ``prepare`` resolves what it needs (secrets, schedules;
+condition ``Deployed``), and a Ready source becomes a :class:`~broker.sources.base.SourceSpec` in
+``snapshot.components["sources"]``. The event types a source produces are listed in
+``status.ceAttributes`` and kept as owned ``EventType`` objects (``cemesh get eventtypes``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from broker.reconcile import (
+    Conditions,
+    Obj,
+    Unresolvable,
+    World,
+    base_status,
+    owner_reference,
+    register_reconciler,
+)
+from broker.sources.base import PrepareContext, SourceNotReady, SourceSpec
+from broker.sources.kinds import EVENT_TYPE, SOURCE_KINDS, source_kind
+from broker.sources.runner import COMPONENT
+
+
+def event_type_name(source_name: str, event_type: str) -> str:
+    """The name of the EventType a source owns for ``event_type`` (stable, DNS-safe)."""
+    digest = hashlib.sha256(event_type.encode()).hexdigest()[:10]
+    return f"{source_name[:50]}-{digest}"
+
+
+def _event_types(
+    obj: Obj, types: list[str], source_uri: str, sink: Mapping[str, Any]
+) -> list[dict]:
+    metadata = obj["metadata"]
+    reference = sink.get("ref") if isinstance(sink, Mapping) else None
+    children = []
+    for type_ in types:
+        spec: dict[str, Any] = {"type": type_, "source": source_uri}
+        if isinstance(reference, Mapping):
+            spec["reference"] = dict(reference)
+        children.append(
+            {
+                "apiVersion": EVENT_TYPE.api_version,
+                "kind": EVENT_TYPE.kind,
+                "metadata": {
+                    "name": event_type_name(metadata["name"], type_),
+                    "namespace": metadata["namespace"],
+                    "labels": {"eventing.knative.dev/sourceName": metadata["name"]},
+                    "ownerReferences": [owner_reference(obj)],
+                },
+                "spec": spec,
+            }
+        )
+    return children
+
+
+def reconcile_source(obj: Obj, world: World) -> None:
+    metadata = obj["metadata"]
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    kind = source_kind(obj["apiVersion"].rpartition("/")[0], obj["kind"])
+    if kind is None:
+        return
+    spec = obj.get("spec") or {}
+    conditions = Conditions(obj, world.now)
+    fields: dict[str, Any] = {}
+
+    sink_uri = ""
+    if spec.get("sink") is not None:
+        try:
+            sink_uri = world.resolve(spec["sink"], namespace, require_ready=True)
+        except Unresolvable as exc:
+            conditions.set("SinkProvided", "False", exc.reason, f"sink: {exc.message}")
+        else:
+            conditions.set("SinkProvided", "True")
+            fields["sinkUri"] = sink_uri
+
+    resolved: dict[str, Any] = {}
+    try:
+        resolved = dict(kind.prepare(obj, PrepareContext(world.base_url, world.objects)))
+    except SourceNotReady as exc:
+        conditions.set("Deployed", "False", exc.reason, exc.message)
+    else:
+        conditions.set("Deployed", "True")
+        fields.update(resolved.pop("status", None) or {})
+
+    types = kind.event_types(obj)
+    source_uri = str(fields.get("sourceUri") or resolved.get("source") or "")
+    if types:
+        fields["ceAttributes"] = [{"type": t, "source": source_uri} for t in types]
+        world.children.extend(_event_types(obj, types, source_uri, spec.get("sink") or {}))
+
+    status = {**base_status(obj, conditions), **fields}
+    world.statuses[uid] = status
+    ready = all(c["status"] == "True" for c in status["conditions"])
+    if ready and kind.runner is not None:
+        overrides = (spec.get("ceOverrides") or {}).get("extensions") or {}
+        world.components.setdefault(COMPONENT, {})[uid] = SourceSpec(
+            kind=obj["kind"],
+            namespace=namespace,
+            name=name,
+            uid=uid,
+            sink_uri=sink_uri,
+            ce_overrides=dict(overrides),
+            spec=spec,
+            resolved=resolved,
+        )
+
+
+def reconcile_event_type(obj: Obj, world: World) -> None:
+    """An EventType is Ready when what it references (a Broker, Channel, ...) exists."""
+    conditions = Conditions(obj, world.now)
+    reference = (obj.get("spec") or {}).get("reference")
+    if isinstance(reference, Mapping):
+        key = (
+            str(reference.get("apiVersion", "")).rpartition("/")[0],
+            str(reference.get("kind", "")),
+            str(reference.get("namespace") or obj["metadata"]["namespace"]),
+            str(reference.get("name", "")),
+        )
+        if world.find(key) is None:
+            conditions.set(
+                "ReferenceExists",
+                "False",
+                "ResourceDoesNotExist",
+                f"{key[1]} {key[2]}/{key[3]} not found",
+            )
+        else:
+            conditions.set("ReferenceExists", "True")
+    else:
+        conditions.set("ReferenceExists", "True", "ReferenceNotSet", "no reference is set")
+    world.statuses[obj["metadata"]["uid"]] = base_status(obj, conditions)
+
+
+def _register() -> None:
+    for kind in SOURCE_KINDS.values():
+        register_reconciler(
+            kind.resource.group, kind.resource.kind, reconcile_source, owns_children=True
+        )
+    register_reconciler(EVENT_TYPE.group, EVENT_TYPE.kind, reconcile_event_type)
+
+
+_register()
