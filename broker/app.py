@@ -31,6 +31,7 @@ from broker.durations import parse_duration
 from broker.errors import CemeshError
 from broker.ingress import Ingress, Receive, Scope, Send, match_route
 from broker.metrics import Metrics
+from broker.serving.invoker import Invoker
 from broker.sources.runner import SourceRunner
 from broker.spec import BrokerSpec, ChannelSpec, DeliveryPolicy, Snapshot
 from broker.store import Store
@@ -88,6 +89,7 @@ class Runtime:
             reply_to_broker=self.ingress.publish_to_broker,
             metrics=self.metrics,
             concurrency=settings.dispatch_concurrency,
+            max_ttl=settings.max_ttl,
         )
         self.controller = Controller(
             self.store,
@@ -102,7 +104,7 @@ class Runtime:
             settings=settings, store=self.store, metrics=self.metrics, client=self.client
         )
         # Features that run beside the dispatcher, each fed its part of every snapshot.
-        self.components: list[Component] = [SourceRunner(context)]
+        self.components: list[Component] = [SourceRunner(context), Invoker(context)]
         self.ready = False
 
     def component(self, name: str) -> Component:
@@ -196,7 +198,10 @@ class CemeshApp:
             path = scope["path"]
             route = match_route(path)
             if route is not None:
-                await self._ingress(scope, receive, send, route)
+                if scope["method"] == "POST":  # the hot path, one coroutine less
+                    await self._ingress.post(scope, receive, send, route)
+                else:
+                    await self._ingress(scope, receive, send, route)
                 return
             for prefix, handler in self._routes:
                 if path.startswith(prefix):

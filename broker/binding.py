@@ -539,8 +539,72 @@ def _split_headers(headers: Headers) -> tuple[bytes | None, list[tuple[bytes, by
     return content_type, ce_headers
 
 
+# What a header name is to a binary-mode request, for names seen before: the attribute of a
+# valid ``ce-`` header, _CONTENT_TYPE, or _OTHER. Invalid ``ce-`` names are never cached here.
+_CONTENT_TYPE = "\x00content-type"
+_OTHER = ""
+_HEADER_ROLE: dict[bytes, str] = {}
+
+
+def _header_role(name: bytes) -> str | None:
+    """The role of header ``name`` (see _HEADER_ROLE); None for an invalid ``ce-`` name."""
+    if name[:3] == b"ce-":
+        try:
+            role = _header_attribute(name)
+        except BindingError:
+            return None
+    else:
+        role = _CONTENT_TYPE if name == b"content-type" else _OTHER
+    if len(_HEADER_ROLE) < _CACHE_LIMIT:
+        _HEADER_ROLE[name] = role
+    return role
+
+
+def _parse_binary_fast(headers: Headers, body: bytes) -> CloudEvent | None:
+    """The common binary-mode request in one pass over the headers, or None to take the
+    general path (another mode, or anything unusual: a bad or repeated header, a value that
+    needs percent-decoding), which then reports precisely what is wrong."""
+    attributes: dict[str, AttributeValue] = {}
+    content_type: bytes | None = None
+    roles = _HEADER_ROLE
+    for name, raw in headers:
+        role = roles.get(name)
+        if role is None:
+            role = _header_role(name)
+            if role is None:
+                return None
+        if role is _OTHER:
+            continue
+        if role is _CONTENT_TYPE:
+            if content_type is not None:
+                return None
+            content_type = raw
+            continue
+        if role in attributes:
+            return None
+        try:
+            value = raw.decode()
+        except UnicodeDecodeError:
+            return None
+        if "%" in value or '"' in value:
+            return None
+        attributes[role] = value
+    if content_type:
+        if _mode(content_type) != "binary":
+            return None
+        try:
+            attributes["datacontenttype"] = content_type.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    _validate(attributes, binary=True)
+    return CloudEvent(attributes, body if body else None)
+
+
 def parse_request(headers: Headers, body: bytes) -> list[CloudEvent]:
     """The events an HTTP request carries: one (binary, structured) or any number (batch)."""
+    event = _parse_binary_fast(headers, body)
+    if event is not None:
+        return [event]
     content_type, ce_headers = _split_headers(headers)
     mode = _mode(content_type)
     if mode == "binary":

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.config import Settings
 from broker.dispatch.client import HttpClient
 from broker.metrics import Metrics
-from broker.store import Store
+
+if TYPE_CHECKING:  # only a type here; importing it would cycle (store -> resources -> sources)
+    from broker.store import Store
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

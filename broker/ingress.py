@@ -38,7 +38,18 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # First path segments that belong to the management API, never to a broker namespace.
 RESERVED_SEGMENTS = frozenset(
-    {"api", "apis", "channels", "healthz", "readyz", "metrics", "docs", "openapi.json", "sources", "services"}
+    {
+        "api",
+        "apis",
+        "channels",
+        "healthz",
+        "readyz",
+        "metrics",
+        "docs",
+        "openapi.json",
+        "sources",
+        "services",
+    }
 )
 
 _ALLOW = (b"allow", b"POST, OPTIONS")
@@ -69,6 +80,20 @@ def match_route(path: str) -> tuple[str, str, str] | None:
     (``RESERVED_SEGMENTS``) are not ingress paths, so no Broker can live in a namespace named
     ``api``, ``apis``, ``channels``, ...
     """
+    route = _ROUTES.get(path, _UNKNOWN)
+    if route is _UNKNOWN:
+        route = _parse_route(path)
+        if len(_ROUTES) < _ROUTE_CACHE_LIMIT:  # the same few paths arrive again and again
+            _ROUTES[path] = route
+    return route  # type: ignore[return-value]
+
+
+_UNKNOWN = object()
+_ROUTE_CACHE_LIMIT = 4096
+_ROUTES: dict[str, tuple[str, str, str] | object | None] = {}
+
+
+def _parse_route(path: str) -> tuple[str, str, str] | None:
     parts = path.strip("/").split("/")
     if len(parts) == 2:
         if parts[0] in RESERVED_SEGMENTS or not parts[0] or not parts[1]:
@@ -147,14 +172,14 @@ class Ingress:
     ) -> None:
         method = scope["method"]
         if method == "POST":
-            await self._post(scope, receive, send, route)
+            await self.post(scope, receive, send, route)
         elif method == "OPTIONS":
             await send({"type": "http.response.start", "status": 200, "headers": _OPTIONS_HEADERS})
             await send(_EMPTY_BODY)
         else:
             await self._reject(send, 405, f"method {method} is not allowed; use POST")
 
-    async def _post(
+    async def post(
         self, scope: Scope, receive: Receive, send: Send, route: tuple[str, str, str]
     ) -> None:
         kind, namespace, name = route
@@ -169,7 +194,11 @@ class Ingress:
             return
 
         headers = scope["headers"]
-        body = await self._read_body(headers, receive)
+        # The whole body usually comes in one message; the general reader handles the rest.
+        message = await receive()
+        body = message.get("body", b"")
+        if message.get("more_body", False) or len(body) > self.max_request_bytes:
+            body = await self._read_rest(body, message, receive)
         if body is None:
             await self._reject(
                 send, 413, f"request body is larger than {self.max_request_bytes} bytes"
@@ -200,7 +229,7 @@ class Ingress:
             status = 503 if exc.retryable else 500
             await self._reject(send, status, f"event not accepted: {exc.message}")
             return
-        self._metrics.ingress_events["202"] += len(events)
+        self._metrics.accepted += len(events)
         await send(_ACCEPTED_START)
         await send(_EMPTY_BODY)
 
@@ -208,33 +237,22 @@ class Ingress:
         self._metrics.ingress_events[str(status)] += 1
         await _error(send, status, message)
 
-    async def _read_body(
-        self, headers: list[tuple[bytes, bytes]], receive: Receive
+    async def _read_rest(
+        self, first: bytes, message: Mapping[str, Any], receive: Receive
     ) -> bytes | None:
-        """The whole request body, or None when it is over the limit (checked before reading)."""
+        """The whole body, given its ``first`` message; None when it is over the limit."""
         limit = self.max_request_bytes
-        for header_name, value in headers:
-            if header_name == b"content-length":
-                try:
-                    if int(value) > limit:
-                        return None
-                except ValueError:
-                    pass
-                break
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            return body if len(body) <= limit else None
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body", False):
+        chunks = [first]
+        size = len(first)
+        while True:
+            if size > limit:
+                return None
+            if not message.get("more_body", False):
+                return b"".join(chunks)
             message = await receive()
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > limit:
-                return None
             chunks.append(chunk)
-        return b"".join(chunks)
 
 
 async def _error(send: Send, status: int, message: str) -> None:

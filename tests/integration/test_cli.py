@@ -509,15 +509,15 @@ def test_unknown_kind_is_one_error_line(server: str, ns: str, tmp_path: Path) ->
     manifest = write(
         tmp_path / "p.yaml",
         {
-            "apiVersion": "sources.knative.dev/v1",
-            "kind": "PingSource",
+            "apiVersion": "sources.knative.dev/v1beta1",
+            "kind": "KafkaSource",
             "metadata": {"name": "p"},
-            "spec": {"schedule": "* * * * *"},
+            "spec": {"topics": ["t"]},
         },
         broker("after"),
     )
     result = run(server, "apply", "-n", ns, "-f", str(manifest))
-    assert_one_error_line(result, "PingSource", "sources.knative.dev/v1", "not served")
+    assert_one_error_line(result, "KafkaSource", "sources.knative.dev/v1beta1", "not served")
     assert result.stdout.splitlines() == ["broker.eventing.knative.dev/after created"]
 
 

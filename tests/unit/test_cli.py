@@ -94,8 +94,10 @@ def test_manifest_files_of_a_directory_are_yaml_yml_json_in_name_order(tmp_path)
 
 
 def test_object_type_names_kind_and_api_version_of_kinds_not_served() -> None:
-    with pytest.raises(cli.ManifestError, match=r"kind PingSource \(sources.knative.dev/v1\)"):
-        cli.object_type({"apiVersion": "sources.knative.dev/v1", "kind": "PingSource"})
+    with pytest.raises(
+        cli.ManifestError, match=r"kind KafkaSource \(sources.knative.dev/v1beta1\)"
+    ):
+        cli.object_type({"apiVersion": "sources.knative.dev/v1beta1", "kind": "KafkaSource"})
     assert cli.object_type({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger"}) is TRIGGER
 
 
@@ -362,7 +364,7 @@ def test_get_names_the_new_channel_kinds_and_config_maps(name: str, kind: str) -
 
 
 def test_kinds_without_a_columns_row_get_ready_and_reason() -> None:
-    rows = cli.table_rows("PingSource", [_broker("p")], now=NOW)
+    rows = cli.table_rows("KafkaSource", [_broker("p")], now=NOW)
     assert rows[0] == ["NAME", "READY", "REASON", "AGE"]
 
 

@@ -701,10 +701,8 @@ def test_k57_k161_kubernetes_service_ref_is_not_resolvable_in_this_version() -> 
     resolved = condition(status, "SubscriberResolved")
     assert resolved["status"] == "False"
     assert resolved["reason"] == "DestinationNotSupported"
-    assert (
-        "only Broker, Channel, InMemoryChannel, KafkaChannel, NatsJetStreamChannel, "
-        "PubSubChannel, RedisStreamChannel references and uri resolve" in resolved["message"]
-    )
+    assert 'cannot resolve Service "default/svc" (v1)' in resolved["message"]
+    assert "references and uri resolve" in resolved["message"]
     assert result.snapshot.triggers == {}
 
 
@@ -741,6 +739,9 @@ def test_resolver_table_is_keyed_by_group_and_kind() -> None:
         ("messaging.knative.dev", "NatsJetStreamChannel"),
         ("messaging.cemesh.dev", "PubSubChannel"),
         ("messaging.cemesh.dev", "RedisStreamChannel"),
+        ("flows.knative.dev", "Sequence"),
+        ("flows.knative.dev", "Parallel"),
+        ("serving.knative.dev", "Service"),
     }
 
 
@@ -979,8 +980,8 @@ def test_k163_last_transition_time_is_kept_while_the_status_does_not_change() ->
 def test_secrets_get_an_empty_status_and_unknown_kinds_none() -> None:
     secret = stored({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}, "x1")
     other = {
-        "apiVersion": "sources.knative.dev/v1",
-        "kind": "PingSource",
+        "apiVersion": "sources.knative.dev/v1beta1",
+        "kind": "KafkaSource",
         "metadata": {"name": "p", "namespace": "default", "uid": "p1", "generation": 1},
         "spec": {},
     }
