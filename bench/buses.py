@@ -372,7 +372,7 @@ def bench_options(args: argparse.Namespace) -> Options:
         json_path=None,
         strict=False,
         keep_logs=None,
-        profile=None,
+        profile=args.profile,
         cemesh_cmd=None,
     )
 
@@ -452,6 +452,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy logs to this dir")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="record py-spy profiles of cemesh here"
+    )
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.buses.split(",") if name.strip()]
     unknown = [name for name in names if name not in BUSES]

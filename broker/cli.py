@@ -386,6 +386,37 @@ def _filter_summary(obj: Mapping[str, Any]) -> str:
     return attributes or ("filters" if spec.get("filters") else "")
 
 
+def _spec_count(obj: Mapping[str, Any], key: str) -> str:
+    """How many items ``spec.<key>`` lists (a Sequence's steps, a Parallel's branches)."""
+    items = (obj.get("spec") or {}).get(key)
+    return str(len(items)) if isinstance(items, list) else "0"
+
+
+def _service_replicas(obj: Mapping[str, Any]) -> str:
+    """Ready/desired replicas over a Service's Revisions (the invoker's autoscaler)."""
+    rows = dig_list(obj, "status", "autoscaler")
+    actual = sum(int(r.get("actualReplicas") or 0) for r in rows)
+    desired = sum(int(r.get("desiredReplicas") or 0) for r in rows)
+    return f"{actual}/{desired}"
+
+
+def _service_scaling(obj: Mapping[str, Any]) -> str:
+    return "; ".join(
+        f"{r.get('revisionName')}: {r.get('reason')}"
+        for r in dig_list(obj, "status", "autoscaler")
+        if r.get("reason")
+    )
+
+
+def dig_list(obj: Any, *path: str) -> list[Mapping[str, Any]]:
+    """The list of objects at ``path`` in nested mappings, [] when missing."""
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return []
+        obj = obj.get(key)
+    return [item for item in obj if isinstance(item, Mapping)] if isinstance(obj, list) else []
+
+
 URL = Column("URL", lambda o: dig(o, "status", "address", "url"))
 READY = Column("READY", ready)
 REASON = Column("REASON", reason)
@@ -451,6 +482,47 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     ),
     "ConfigMap": (
         Column("DATA", lambda o: str(len(o.get("data") or {}) + len(o.get("binaryData") or {}))),
+    ),
+    # Sources (kn source list): where they send, and whether they run.
+    "GitHubSource": (Column("SINK", lambda o: dig(o, "status", "sinkUri")), READY, REASON),
+    "PingSource": (Column("SINK", lambda o: dig(o, "status", "sinkUri")), READY, REASON),
+    "ApiServerSource": (Column("SINK", lambda o: dig(o, "status", "sinkUri")), READY, REASON),
+    "ContainerSource": (Column("SINK", lambda o: dig(o, "status", "sinkUri")), READY, REASON),
+    "SinkBinding": (Column("SINK", lambda o: dig(o, "status", "sinkUri")), READY, REASON),
+    # What can be subscribed to (kn eventtype list).
+    "EventType": (
+        Column("TYPE", lambda o: dig(o, "spec", "type")),
+        Column("SOURCE", lambda o: dig(o, "spec", "source")),
+        READY,
+    ),
+    # Flows (kn's sequence/parallel list): address, readiness, and how many steps or branches.
+    "Sequence": (URL, READY, REASON, Column("STEPS", lambda o: _spec_count(o, "steps"))),
+    "Parallel": (URL, READY, REASON, Column("BRANCHES", lambda o: _spec_count(o, "branches"))),
+    # Serving (kn's service/revision list) plus the autoscaler's replicas: ready/desired.
+    "Service": (
+        Column("URL", lambda o: dig(o, "status", "url")),
+        Column("LATEST", lambda o: dig(o, "status", "latestReadyRevisionName")),
+        READY,
+        REASON,
+        Column("REPLICAS", _service_replicas),
+        Column("SCALING", _service_scaling, wide=True),
+    ),
+    "Revision": (
+        Column("SERVICE", lambda o: dig(o, "metadata", "labels", "serving.knative.dev/service")),
+        Column(
+            "GENERATION",
+            lambda o: dig(o, "metadata", "labels", "serving.knative.dev/configurationGeneration"),
+        ),
+        READY,
+        REASON,
+        Column(
+            "REPLICAS",
+            lambda o: (
+                f"{dig(o, 'status', 'actualReplicas') or 0}"
+                f"/{dig(o, 'status', 'desiredReplicas') or 0}"
+            ),
+        ),
+        Column("SCALING", lambda o: dig(o, "status", "autoscaler", "reason"), wide=True),
     ),
 }
 DEFAULT_COLUMNS: tuple[Column, ...] = (READY, REASON)

@@ -170,6 +170,28 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="Seconds SIGTERM waits for in-flight deliveries."
     )
 
+    # Function invoker (serving.knative.dev Services)
+    invoker_backend: Literal["process", "kubernetes"] = Field(
+        default="process",
+        description="Where replicas run: local child processes, or existing Deployments.",
+    )
+    invoker_hold_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request waits for a replica (at zero, or all at their "
+        "containerConcurrency) before it is answered 503 with Retry-After.",
+    )
+    invoker_queue_size: int = Field(
+        default=1000, ge=1, description="Requests one Revision holds while waiting for replicas."
+    )
+    invoker_autoscaler_tick: float = Field(
+        default=2.0, gt=0, description="Seconds between autoscaler decisions (Knative: 2 s)."
+    )
+    invoker_kubeconfig: str | None = Field(
+        default=None, description="kubeconfig of the kubernetes backend (default: in-cluster)."
+    )
+    invoker_kube_context: str | None = None
+
     # Logging
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -27,7 +27,11 @@ from urllib.parse import urljoin
 import yaml
 
 from broker import spec as runtime
-from broker.dispatch.filters import compile_trigger_filter
+from broker.dispatch.filters import (
+    FILTER_PAYLOAD_ANNOTATION,
+    FILTER_PAYLOAD_ENABLED,
+    compile_trigger_filter,
+)
 from broker.durations import parse_duration
 from broker.errors import InvalidResource
 from broker.events import now_rfc3339
@@ -690,7 +694,11 @@ def _reconcile_trigger(obj: Obj, world: _World) -> None:
         conditions.set("SubscriptionReady", "Unknown", "NotSubscribed", message)
     else:
         try:
-            predicate, filter_text = compile_trigger_filter(spec)
+            annotations = metadata.get("annotations") or {}
+            predicate, filter_text = compile_trigger_filter(
+                spec,
+                payload=annotations.get(FILTER_PAYLOAD_ANNOTATION) == FILTER_PAYLOAD_ENABLED,
+            )
             policy = world.policy(delivery.spec, "spec.delivery", delivery.dead_letter_uri)
         except InvalidResource as exc:  # stored before a rule tightened: report, do not crash
             conditions.set("SubscriptionReady", "False", "InvalidSpec", str(exc))
@@ -902,4 +910,6 @@ def reconcile(
 
 
 # Feature packages register their kinds' reconcilers (after everything above exists).
+from broker.flows import reconcile as _flows  # noqa: E402, F401
+from broker.serving import reconcile as _serving  # noqa: E402, F401
 from broker.sources import reconcile as _sources  # noqa: E402, F401

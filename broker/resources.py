@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker.dispatch.filters import validate_trigger_filters
+from broker.dispatch.filters import (
+    FILTER_PAYLOAD_ANNOTATION,
+    FILTER_PAYLOAD_ENABLED,
+    validate_trigger_filters,
+)
 from broker.durations import parse_duration
 from broker.errors import InvalidResource, NotFound
 
@@ -498,7 +502,10 @@ def _admit_trigger(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     )
     if spec.get("filter") is None:  # K67
         spec["filter"] = {}
-    validate_trigger_filters(spec)
+    validate_trigger_filters(
+        spec,
+        payload=metadata["annotations"].get(FILTER_PAYLOAD_ANNOTATION) == FILTER_PAYLOAD_ENABLED,
+    )
     _admit_spec_delivery(spec, namespace)
     metadata["labels"][BROKER_LABEL] = name  # K67
 
@@ -756,4 +763,6 @@ def admit(
 
 # Kinds that live with their feature register themselves here, after everything above exists
 # (they use the admission helpers of this module).
+from broker.flows import kinds as _flow_kinds  # noqa: E402, F401
+from broker.serving import kinds as _serving_kinds  # noqa: E402, F401
 from broker.sources import kinds as _source_kinds  # noqa: E402, F401

@@ -126,6 +126,19 @@ class ReqwestClient:
             await self._client.close()
 
 
+class LocalPost(Protocol):
+    """An in-process stand-in for POSTing to a URL (same contract as :meth:`HttpClient.post`)."""
+
+    def __call__(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout: float,
+    ) -> Coroutine[Any, Any, Response]: ...
+
+
 class DeliveryClient:
     """The default :class:`HttpClient`: ``http://`` on the event loop, everything else on reqwest.
 
@@ -142,6 +155,16 @@ class DeliveryClient:
 
         self._plain = Http1Client(pool_idle_timeout=pool_idle_timeout, user_agent=user_agent)
         self._reqwest = ReqwestClient(pool_idle_timeout=pool_idle_timeout, user_agent=user_agent)
+        # URL prefix -> in-process handler (the function invoker's Services): no HTTP hop.
+        self._local: list[tuple[str, LocalPost]] = []
+
+    def add_local_route(self, prefix: str, post: LocalPost) -> None:
+        """Answer POSTs to URLs starting with ``prefix`` by calling ``post`` in-process."""
+        self.remove_local_route(prefix)
+        self._local.append((prefix, post))
+
+    def remove_local_route(self, prefix: str) -> None:
+        self._local = [(p, handler) for p, handler in self._local if p != prefix]
 
     def post(
         self,
@@ -156,6 +179,10 @@ class DeliveryClient:
         A plain function rather than ``async def``: routing needs no await, and this saves a
         coroutine frame per request on the event loop.
         """
+        if self._local:  # only when a component registered a route: free otherwise
+            for prefix, handler in self._local:
+                if url.startswith(prefix):
+                    return handler(url, headers, body, timeout=timeout)
         if url.startswith("http://") or url[:7].lower() == "http://":
             return self._plain.post(url, headers, body, timeout=timeout)
         return self._reqwest.post(url, headers, body, timeout=timeout)

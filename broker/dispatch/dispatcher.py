@@ -8,6 +8,14 @@ removed ones are unsubscribed. For each message it filters (Triggers: K62, K70-K
 which owns retries, replies and dead letters. The handler returns (ack) only once the outcome is
 settled; a Nack from the deliverer keeps the event on the bus.
 
+Loop guard (K45, K107, and issue 6: loops through Sequences and Parallels). ``knativebrokerttl``
+travels with an event through cemesh's own Brokers and Channels: a Trigger strips it only when its
+subscriber is not one of them (K96), and a Subscription's reply inherits the ttl of the event it
+answers, decremented (set to ``max_ttl`` when missing), so a reply loop that never re-enters a
+Broker (a Sequence replying to its own first channel) still ends; a reply whose ttl ran out is
+dropped, logged and counted (``loops_stopped``). A Subscription's reply into one of cemesh's
+Brokers takes the Trigger-reply path, where the Broker's ingress decrements and counts.
+
 Draining (SIGTERM): new messages are nacked back to the bus while in-flight deliveries finish, up
 to the drain timeout; only then are the subscriptions closed.
 """
@@ -19,11 +27,14 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from broker.bus import Bus, Capability, Message, Nack, Subscription
 from broker.dispatch.client import HttpClient
 from broker.dispatch.delivery import Deliverer, Target, reply_poster
-from broker.events import BROKER_TTL, CloudEvent
+from broker.errors import BindingError
+from broker.events import BROKER_TTL, DEFAULT_MAX_TTL, CloudEvent
+from broker.ingress import TtlExhausted, apply_broker_ttl, match_route
 from broker.metrics import Metrics
 from broker.spec import Snapshot, SubscriptionSpec, TriggerSpec
 
@@ -54,6 +65,7 @@ class Dispatcher:
         reply_to_broker: ReplyToBroker,
         metrics: Metrics,
         concurrency: int,
+        max_ttl: int = DEFAULT_MAX_TTL,
     ) -> None:
         self._buses = buses
         self._bus_of_topic = bus_of_topic
@@ -68,6 +80,11 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._deliveries = metrics.deliveries
+        self._metrics = metrics
+        self._max_ttl = max_ttl
+        # Ingress routes of the Brokers and Channels cemesh serves now (see _route).
+        self._routes: frozenset[tuple[str, str, str]] = frozenset()
+        self._route_cache: dict[str, tuple[str, str, str] | None] = {}
 
     @property
     def live(self) -> frozenset[str]:
@@ -80,6 +97,11 @@ class Dispatcher:
             **snapshot.triggers,
             **snapshot.subscriptions,
         }
+        self._routes = frozenset(
+            {("broker", *key) for key in snapshot.brokers}
+            | {("channel", *key) for key in snapshot.channels}
+        )
+        self._route_cache = {}
         async with self._lock:
             for uid in [uid for uid in self._consumers if uid not in wanted]:
                 removed = self._consumers.pop(uid)
@@ -147,7 +169,10 @@ class Dispatcher:
                     self._deliveries["filtered"] += 1
                     return
                 ttl = event.attributes.get(BROKER_TTL)
-                event = event.evolve(remove=(BROKER_TTL,))  # K96
+                if self._route(spec.subscriber_uri) is None:
+                    event = event.evolve(remove=(BROKER_TTL,))  # K96
+                # else into one of our Brokers/Channels (a Sequence, say): the ttl goes along,
+                # so that a loop back into this Broker through it still runs out.
                 target = Target(
                     target.subscriber_uri,
                     target.policy,
@@ -155,6 +180,8 @@ class Dispatcher:
                     on_reply=functools.partial(self._reply, spec, ttl),
                     strict_reply=True,
                 )
+            else:
+                event, target = self._channel_hop(spec, target, event)
             outcome = await self._deliverer.deliver(event, target)
             self._deliveries[outcome.value] += 1
         finally:
@@ -167,6 +194,66 @@ class Dispatcher:
         if ttl is not None:
             reply = reply.evolve(set={BROKER_TTL: ttl})  # type: ignore[dict-item]
         await self._reply_to_broker(spec.namespace, spec.broker, reply)
+
+    def _route(self, uri: str) -> tuple[str, str, str] | None:
+        """``("broker"|"channel", namespace, name)`` when ``uri`` is the ingress of a Broker or
+        Channel cemesh serves now, else None. Decided by path (cemesh does not know the host
+        names it is reached by); cached per URI until the next snapshot."""
+        try:
+            return self._route_cache[uri]
+        except KeyError:
+            pass
+        route = match_route(urlsplit(uri).path)
+        if route not in self._routes:
+            route = None
+        if len(self._route_cache) < 10_000:  # URIs come from config; this only bounds a leak
+            self._route_cache[uri] = route
+        return route
+
+    def _channel_hop(
+        self, spec: SubscriptionSpec, target: Target, event: CloudEvent
+    ) -> tuple[CloudEvent, Target]:
+        """A Subscription's event and target with the loop guard applied (module docstring)."""
+        ttl = event.attributes.get(BROKER_TTL)
+        if ttl is not None and self._route(spec.subscriber_uri) is None:
+            event = event.evolve(remove=(BROKER_TTL,))  # as K96: subscribers never see it
+        if spec.reply_uri and target.on_reply is not None:
+            route = self._route(spec.reply_uri)
+            if ttl is not None or route is not None:
+                on_reply = functools.partial(self._channel_reply, spec, target.on_reply, route, ttl)
+                target = Target(
+                    target.subscriber_uri, target.policy, headers=target.headers, on_reply=on_reply
+                )
+        return event, target
+
+    async def _channel_reply(
+        self,
+        spec: SubscriptionSpec,
+        post: Callable[[CloudEvent], Awaitable[None]],
+        route: tuple[str, str, str] | None,
+        ttl: object,
+        reply: CloudEvent,
+    ) -> None:
+        """A Subscription's reply, carrying the ttl of the event it answers (loop guard)."""
+        if route is not None and route[0] == "broker":
+            # As a Trigger's reply: the Broker's ingress decrements the ttl and counts a loop.
+            if ttl is not None:
+                reply = reply.evolve(set={BROKER_TTL: ttl})  # type: ignore[dict-item]
+            await self._reply_to_broker(route[1], route[2], reply)
+            return
+        reply = reply.evolve(set={BROKER_TTL: ttl} if ttl is not None else None)  # type: ignore[dict-item]
+        try:
+            apply_broker_ttl(reply, self._max_ttl)
+        except TtlExhausted:
+            self._metrics.loops_stopped += 1
+            log.warning(
+                "reply dropped: knativebrokerttl ran out (loop guard)",
+                extra={"subscription": f"{spec.namespace}/{spec.name}", "event_id": reply.id},
+            )
+            return
+        except BindingError:  # not an integer: count from the top rather than fail the delivery
+            reply.attributes[BROKER_TTL] = self._max_ttl
+        await post(reply)
 
     async def drain(self, grace: float) -> None:
         """Stop taking new messages, let in-flight deliveries finish (up to ``grace`` s), close."""

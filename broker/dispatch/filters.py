@@ -7,17 +7,21 @@ Two forms live in a Trigger's spec:
 * ``spec.filters`` (CloudEvents Subscriptions API dialects, K79-K91): a list, all of which must
   hold. Each element sets exactly one dialect: ``exact``/``prefix``/``suffix`` (maps of
   attribute -> non-empty value, every entry must hold, a missing attribute is false), ``all`` /
-  ``any`` (one or more nested filters), ``not`` (one nested filter), or ``cesql`` (not supported
-  by this version: rejected at admission). An empty element ``{}`` passes. A non-empty
-  ``filters`` replaces ``filter``; an empty list does not (K80).
+  ``any`` (one or more nested filters), ``not`` (one nested filter), or ``cesql`` (a CloudEvents
+  SQL v1 expression, :mod:`broker.cesql`, K89: parsed at admission, a parse error names its
+  line and column; matches only when it evaluates to ``true`` without error). An empty element
+  ``{}`` passes. A non-empty ``filters`` replaces ``filter``; an empty list does not (K80).
 
-Filters read context attributes only, never ``data`` (K53). Values are compared as the canonical
-string form of the attribute (:func:`broker.events.attribute_text`, K77, K82).
+Filters read context attributes only, never ``data`` (K53), with one opt-in exception beyond
+Knative (knative/eventing#8274): a Trigger annotated ``cemesh.dev/filter-payload: "enabled"``
+may use ``data.<path>`` in its CESQL expressions to read the event's JSON data; events without
+JSON data never match such an expression. Values are compared as the canonical string form of
+the attribute (:func:`broker.events.attribute_text`, K77, K82).
 
 :func:`compile_trigger_filter` runs on the control path; the predicate it returns runs on the hot
 path for every event and every Trigger, so compilation resolves everything it can up front and
-the predicates are small closures over plain dict lookups. Dialects live in a table so CESQL can
-plug in once the evaluator exists.
+the predicates are small closures over plain dict lookups. Dialects live in a table; each is
+given whether payload filtering is enabled for the Trigger.
 """
 
 from __future__ import annotations
@@ -26,13 +30,25 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+from broker.cesql import CesqlParseError, Expression, PayloadNotEnabled, Type, compile_expression
+from broker.cesql.ast import Node
 from broker.errors import InvalidResource
 from broker.events import AttributeValue, CloudEvent, attribute_text
 from broker.spec import EventFilter, match_all
 
-__all__ = ["compile_trigger_filter", "validate_trigger_filters"]
+__all__ = [
+    "FILTER_PAYLOAD_ANNOTATION",
+    "FILTER_PAYLOAD_ENABLED",
+    "compile_trigger_filter",
+    "validate_trigger_filters",
+]
+
+# Trigger annotation that lets its CESQL filters read the event's JSON data as data.<path>.
+FILTER_PAYLOAD_ANNOTATION = "cemesh.dev/filter-payload"
+FILTER_PAYLOAD_ENABLED = "enabled"
 
 _ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9]*$")
 _NAME_RULE = "lower-case letters and digits, starting with a letter (^[a-z][a-z0-9]*$)"
@@ -233,17 +249,18 @@ def _check_attribute_map(value: object, path: str, *, allow_empty_values: bool) 
 
 @dataclass(frozen=True, slots=True)
 class _Dialect:
-    validate: Callable[[object, str], None]
-    compile: Callable[[Any], EventFilter]
+    # Both take ``payload``: whether the Trigger enabled payload (data.<path>) filtering.
+    validate: Callable[[object, str, bool], None]
+    compile: Callable[[Any, bool], EventFilter]
 
 
 def _attribute_dialect(test: Callable[[str], _Test]) -> _Dialect:
-    def validate(value: object, path: str) -> None:
+    def validate(value: object, path: str, payload: bool) -> None:
         _check_attribute_map(value, path, allow_empty_values=False)
         if not value:
             raise InvalidResource(path, "must name at least one attribute")
 
-    def compile_(value: Mapping[str, str]) -> EventFilter:
+    def compile_(value: Mapping[str, str], payload: bool) -> EventFilter:
         if test is _exact_test:
             return _exact_all(value, empty_matches_any=False)
         return _all_of([_attribute(name, test(wanted)) for name, wanted in value.items()])
@@ -252,40 +269,74 @@ def _attribute_dialect(test: Callable[[str], _Test]) -> _Dialect:
 
 
 def _nested_list_dialect(combine: Callable[[Sequence[EventFilter]], EventFilter]) -> _Dialect:
-    def validate(value: object, path: str) -> None:
+    def validate(value: object, path: str, payload: bool) -> None:
         if not isinstance(value, list):
             raise InvalidResource(path, f"must be a list of filters, got {type(value).__name__}")
         if not value:
             raise InvalidResource(path, "must contain at least one nested filter")
         for index, nested in enumerate(value):
-            _validate_filter(nested, f"{path}[{index}]")
+            _validate_filter(nested, f"{path}[{index}]", payload)
 
-    def compile_(value: list[Any]) -> EventFilter:
-        return combine([_compile_filter(nested) for nested in value])
+    def compile_(value: list[Any], payload: bool) -> EventFilter:
+        return combine([_compile_filter(nested, payload) for nested in value])
 
     return _Dialect(validate, compile_)
 
 
-def _validate_not(value: object, path: str) -> None:
-    _validate_filter(value, path)
+def _validate_not(value: object, path: str, payload: bool) -> None:
+    _validate_filter(value, path, payload)
 
 
-def _compile_not(value: Mapping[str, Any]) -> EventFilter:
-    return _negate(_compile_filter(value))
+def _compile_not(value: Mapping[str, Any], payload: bool) -> EventFilter:
+    return _negate(_compile_filter(value, payload))
 
 
-_CESQL_UNSUPPORTED = (
-    "the cesql dialect is not supported yet by this cemesh version; "
-    "use exact, prefix, suffix, all, any or not"
-)
+# --- cesql (K89) --------------------------------------------------------------------------------
 
 
-def _validate_cesql(value: object, path: str) -> None:
-    raise InvalidResource(path, _CESQL_UNSUPPORTED)
+@lru_cache(maxsize=4096)
+def _cesql_expression(text: str, payload: bool) -> Expression:
+    # Admission validates and reconcile compiles the same text: parse it once. Compiled
+    # expressions are immutable, so Triggers with the same text share one.
+    return compile_expression(text, payload=payload)
 
 
-def _compile_cesql(value: object) -> EventFilter:
-    raise InvalidResource("cesql", _CESQL_UNSUPPORTED)
+def _cesql_problem(value: object, payload: bool) -> str | None:
+    """Why ``value`` is not an acceptable CESQL filter, or None."""
+    if not isinstance(value, str):
+        return f"must be a CESQL expression (a string), got {type(value).__name__}"
+    if not value.strip():
+        return "must be a non-empty CESQL expression"
+    try:
+        expression = _cesql_expression(value, payload)
+    except PayloadNotEnabled as exc:
+        return (
+            f"{exc.reason} (line {exc.line}, column {exc.column}): payload filters are opt-in; "
+            f'set the Trigger annotation {FILTER_PAYLOAD_ANNOTATION}: "{FILTER_PAYLOAD_ENABLED}"'
+        )
+    except CesqlParseError as exc:
+        return f"invalid CESQL expression: {exc.reason} at line {exc.line}, column {exc.column}"
+    if expression.static_errors:  # an unknown function: it could never evaluate
+        error = expression.static_errors[0]
+        where = error.origin
+        at = f" at line {where.line}, column {where.column}" if isinstance(where, Node) else ""
+        return f"invalid CESQL expression: {error}{at}"
+    if expression.type in (Type.INTEGER, Type.STRING):
+        return (
+            f"the CESQL expression evaluates to {expression.type.value}, "
+            "a filter needs a Boolean (compare it, e.g. with =)"
+        )
+    return None
+
+
+def _validate_cesql(value: object, path: str, payload: bool) -> None:
+    problem = _cesql_problem(value, payload)
+    if problem is not None:
+        raise InvalidResource(path, problem)
+
+
+def _compile_cesql(value: str, payload: bool) -> EventFilter:
+    return _cesql_expression(value, payload).predicate
 
 
 _DIALECTS: dict[str, _Dialect] = {
@@ -295,7 +346,7 @@ _DIALECTS: dict[str, _Dialect] = {
     "all": _nested_list_dialect(_all_of),  # K86
     "any": _nested_list_dialect(_any_of),  # K87
     "not": _Dialect(_validate_not, _compile_not),  # K88
-    "cesql": _Dialect(_validate_cesql, _compile_cesql),  # K89: not yet
+    "cesql": _Dialect(_validate_cesql, _compile_cesql),  # K89
 }
 _DIALECT_NAMES = ", ".join(_DIALECTS)
 
@@ -305,7 +356,7 @@ def _set_dialects(element: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in element.items() if value is not None}
 
 
-def _validate_filter(element: object, path: str) -> None:
+def _validate_filter(element: object, path: str, payload: bool) -> None:
     if not isinstance(element, Mapping):
         raise InvalidResource(
             path, f"must be an object setting one of {_DIALECT_NAMES}, got {type(element).__name__}"
@@ -323,15 +374,15 @@ def _validate_filter(element: object, path: str) -> None:
             f"each filter sets exactly one of {_DIALECT_NAMES} (nest them with all/any)",
         )
     for key, value in dialects.items():
-        _DIALECTS[key].validate(value, f"{path}.{key}")
+        _DIALECTS[key].validate(value, f"{path}.{key}", payload)
 
 
-def _compile_filter(element: Mapping[str, Any]) -> EventFilter:
+def _compile_filter(element: Mapping[str, Any], payload: bool) -> EventFilter:
     dialects = _set_dialects(element)
     if not dialects:  # K81: an empty filter passes
         return match_all
     ((key, value),) = dialects.items()
-    return _DIALECTS[key].compile(value)
+    return _DIALECTS[key].compile(value, payload)
 
 
 def _canonical(element: Any) -> Any:
@@ -373,8 +424,12 @@ def _compile_legacy(attributes: Mapping[str, str]) -> EventFilter:
 # --- public -------------------------------------------------------------------------------------
 
 
-def validate_trigger_filters(spec: Mapping[str, Any]) -> None:
-    """Check ``spec.filter`` and ``spec.filters`` of a Trigger spec; errors name the field."""
+def validate_trigger_filters(spec: Mapping[str, Any], *, payload: bool = False) -> None:
+    """Check ``spec.filter`` and ``spec.filters`` of a Trigger spec; errors name the field.
+
+    ``payload``: the Trigger enabled payload filtering (annotation
+    :data:`FILTER_PAYLOAD_ANNOTATION` is ``"enabled"``), so CESQL may read ``data.<path>``.
+    """
     _validate_legacy(spec.get("filter"))
     filters = spec.get("filters")
     if filters is None:
@@ -384,20 +439,25 @@ def validate_trigger_filters(spec: Mapping[str, Any]) -> None:
             "spec.filters", f"must be a list of filters, got {type(filters).__name__}"
         )
     for index, element in enumerate(filters):
-        _validate_filter(element, f"spec.filters[{index}]")
+        _validate_filter(element, f"spec.filters[{index}]", payload)
 
 
-def compile_trigger_filter(spec: Mapping[str, Any]) -> tuple[EventFilter, str]:
+def compile_trigger_filter(
+    spec: Mapping[str, Any], *, payload: bool = False
+) -> tuple[EventFilter, str]:
     """The predicate of a Trigger spec's filter, and the canonical JSON text of that filter.
 
     A non-empty ``filters`` wins over ``filter`` (K80); no filter at all gives
-    :func:`broker.spec.match_all` and ``"{}"`` (K75).
+    :func:`broker.spec.match_all` and ``"{}"`` (K75). ``payload`` as for
+    :func:`validate_trigger_filters`; when on, the text says so (it changes what CESQL sees).
     """
-    validate_trigger_filters(spec)
+    validate_trigger_filters(spec, payload=payload)
     filters = spec.get("filters") or []
     if filters:
-        predicate = _all_of([_compile_filter(element) for element in filters])  # K79
+        predicate = _all_of([_compile_filter(element, payload) for element in filters])  # K79
         effective: dict[str, Any] = {"filters": _canonical(filters)}
+        if payload:
+            effective["payload"] = True
     else:
         attributes = (spec.get("filter") or {}).get("attributes") or {}
         if not attributes:

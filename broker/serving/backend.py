@@ -45,7 +45,7 @@ class Backend(Protocol):
         """The replicas of ``revision`` that answer now (cheap: called per request)."""
         ...
 
-    async def wait_ready(self, revision: RevisionRef, timeout: float) -> bool:
+    async def wait_ready(self, revision: RevisionRef, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait until ``revision`` has a ready replica; False after ``timeout`` seconds."""
         ...
 

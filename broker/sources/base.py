@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.binding import to_binary
 from broker.components import Receive, RuntimeContext, Scope, Send, send_json
@@ -30,7 +30,9 @@ from broker.dispatch.client import HttpClient
 from broker.dispatch.retry import is_success
 from broker.errors import DeliveryError, InvalidResource
 from broker.events import CloudEvent
-from broker.resources import ResourceType
+
+if TYPE_CHECKING:  # a type only: importing broker.resources here would cycle back into kinds
+    from broker.resources import ResourceType
 
 log = logging.getLogger(__name__)
 

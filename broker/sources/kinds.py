@@ -9,6 +9,7 @@ imported at the bottom, so importing this module serves every kind.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,11 @@ def register_source_kind(kind: SourceKind) -> None:
     """Serve ``kind``: its resource type with the shared source admission plus its own."""
     SOURCE_KINDS[kind.resource.kind] = kind
     register_kind(kind.resource, _admission(kind))
+    # The reconcilers of the kinds known when broker.sources.reconcile is imported are registered
+    # there; a kind registered later (a custom source) is added now.
+    reconciling = sys.modules.get("broker.sources.reconcile")
+    if reconciling is not None:
+        reconciling.register_source_reconciler(kind)
 
 
 def source_kind(group: str, kind: str) -> SourceKind | None:
@@ -77,3 +83,7 @@ def _admit_event_type(obj: dict[str, Any], old: Mapping[str, Any] | None) -> Non
 
 
 register_kind(EVENT_TYPE, Admission(_admit_event_type))
+from broker.sources import apiserver as _apiserver  # noqa: E402, F401
+from broker.sources import container as _container  # noqa: E402, F401
+from broker.sources import github as _github  # noqa: E402, F401
+from broker.sources import ping as _ping  # noqa: E402, F401

@@ -22,7 +22,7 @@ from broker.reconcile import (
     owner_reference,
     register_reconciler,
 )
-from broker.sources.base import PrepareContext, SourceNotReady, SourceSpec
+from broker.sources.base import PrepareContext, SourceKind, SourceNotReady, SourceSpec
 from broker.sources.kinds import EVENT_TYPE, SOURCE_KINDS, source_kind
 from broker.sources.runner import COMPONENT
 
@@ -136,11 +136,23 @@ def reconcile_event_type(obj: Obj, world: World) -> None:
     world.statuses[obj["metadata"]["uid"]] = base_status(obj, conditions)
 
 
+_REGISTERED: set[str] = set()  # source kinds that have their reconciler already
+
+
+def register_source_reconciler(kind: SourceKind) -> None:
+    """Reconcile objects of ``kind`` (once). Kinds registered after this module was imported
+    (a custom source in an embedding application) come here from ``register_source_kind``."""
+    if kind.resource.kind in _REGISTERED:
+        return
+    _REGISTERED.add(kind.resource.kind)
+    register_reconciler(
+        kind.resource.group, kind.resource.kind, reconcile_source, owns_children=True
+    )
+
+
 def _register() -> None:
     for kind in SOURCE_KINDS.values():
-        register_reconciler(
-            kind.resource.group, kind.resource.kind, reconcile_source, owns_children=True
-        )
+        register_source_reconciler(kind)
     register_reconciler(EVENT_TYPE.group, EVENT_TYPE.kind, reconcile_event_type)
 
 

@@ -341,16 +341,13 @@ def test_nested_errors_name_the_full_path() -> None:
     )
 
 
-def test_k89_cesql_is_rejected_at_admission_for_now() -> None:
-    error = rejected({"filters": [{"cesql": "type = 'a'"}]}, "spec.filters[0].cesql")
-    assert error.reason == (
-        "the cesql dialect is not supported yet by this cemesh version; "
-        "use exact, prefix, suffix, all, any or not"
-    )
+def test_k89_cesql_parse_errors_are_rejected_at_admission_with_their_position() -> None:
+    # More in tests/unit/test_cesql.py; the engine itself runs the CESQL TCK.
+    rejected({"filters": [{"cesql": "type = "}]}, "spec.filters[0].cesql", "line 1, column 8")
     rejected(
-        {"filters": [{"any": [{"exact": {"type": "a"}}, {"cesql": "true"}]}]},
+        {"filters": [{"any": [{"exact": {"type": "a"}}, {"cesql": "type LIKE 1"}]}]},
         "spec.filters[0].any[1].cesql",
-        "not supported yet",
+        "invalid CESQL expression",
     )
 
 
@@ -429,12 +426,12 @@ def test_k90_missing_extension_attribute_does_not_match() -> None:
         assert not filters({dialect: {"myextension": "x"}})(event())
 
 
-def test_k90_conformance_filters_using_cesql_are_rejected() -> None:
-    rejected(
-        {"filters": [{"cesql": "type = 'com.example.FullEvent' AND source = 'x'"}]},
-        "spec.filters[0].cesql",
-        "not supported yet",
+def test_k90_cloudevents_sql_filter_feature() -> None:
+    predicate = filters(
+        {"cesql": "type = 'com.example.FullEvent' AND source = 'http://example.com/source'"}
     )
+    assert predicate(FULL)
+    assert not predicate(WRONG)
 
 
 def test_k91_filters_need_no_feature_flag() -> None:

@@ -776,6 +776,8 @@ def test_knative_doc_samples_admit_unchanged() -> None:
     for name, document in _documents(folder):
         if not _served(document):
             continue
+        if "<" in str((document.get("metadata") or {}).get("name", "")):
+            continue  # a template ("name: <pingsource-name>"): Kubernetes refuses it too
         admitted = admit(copy.deepcopy(document))
         admitted_kinds.add(document["kind"])
         content = document.get("spec") if "spec" in document else None

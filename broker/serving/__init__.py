@@ -1,0 +1,1 @@
+"""Serving: functions as scaled process replicas (Knative Serving shaped): autoscaler, invoker."""

@@ -1,0 +1,533 @@
+"""The function invoker: the component that runs Services' Revisions and routes requests to them.
+
+Fed ``snapshot.components["invoker"]`` (:mod:`broker.serving.specs`), it keeps one
+:class:`~broker.serving.activator.Activator` and one autoscaler per Revision, and a
+:class:`~broker.serving.traffic.TrafficSplit` per Service:
+
+- **Requests** reach a Service at ``/services/{namespace}/{name}[/tags/{tag}][/path]`` over HTTP
+  (raw ASGI; POST only, as the dispatcher's client speaks only POST), or in-process when the
+  dispatcher delivers to such a URL (``DeliveryClient.add_local_route``: no HTTP hop through
+  cemesh itself). The split picks the Revision, the activator a replica (holding the request
+  while none is free), and the dispatcher's HTTP client forwards it, path suffix, query and
+  headers kept. 503 + ``Retry-After`` when nothing answers in time; 502 when a replica gave no
+  response.
+- **Autoscaling**: every :data:`SAMPLE_INTERVAL` the activators' concurrency and request counts
+  go into each Revision's :class:`~broker.serving.metrics_window.MetricWindow`; every
+  ``invoker_autoscaler_tick`` seconds (Knative: 2 s) :func:`~broker.serving.autoscaler.decide`
+  gives the desired count and the backend is brought to it. A request waiting at zero scales
+  the Revision up at once. New Revisions start at :func:`~broker.serving.autoscaler.
+  initial_replicas`. The clock is injectable and :meth:`Invoker.tick` runs one round, so tests
+  drive time themselves.
+- **Status**: the replicas (ready and desired), the autoscaler's reason and a backend error
+  (``runtimeError``, e.g. an image-only container on the process backend) are written into the
+  Revision's status when they change (and re-checked every :data:`STATUS_RESYNC_ROUNDS`
+  rounds, in case a controller write raced ours); reconcile keeps them and sums them up on the
+  Service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import orjson
+
+from broker.components import HttpHandler, Receive, RuntimeContext, Scope, Send, read_body
+from broker.config import Settings
+from broker.dispatch.client import HttpClient, Response
+from broker.errors import CemeshError, DeliveryError, NotFound
+from broker.serving.activator import Activator, HoldTimeout, Overloaded
+from broker.serving.autoscaler import (
+    MetricWindow,
+    ScalerState,
+    decide,
+    initial_replicas,
+)
+from broker.serving.backend import Backend, RevisionRef
+from broker.serving.kinds import REVISION, SERVING
+from broker.serving.process import NotRunnable, ProcessBackend
+from broker.serving.specs import COMPONENT, RUNTIME_STATUS_KEYS, RevisionSpec, RouteSpec
+from broker.serving.traffic import TrafficSplit
+
+log = logging.getLogger(__name__)
+
+SAMPLE_INTERVAL = 0.5  # seconds: at least one sample in every 1 s bucket of the metric window
+STATUS_RESYNC_ROUNDS = 10  # decision rounds between re-checks of the written statuses
+RETRY_AFTER = b"1"  # seconds, on 503: a replica is usually up by then
+PREFIX = "/services/"
+# Hop-by-hop and framing headers: never forwarded either way (the client frames requests).
+_HOP = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+    }
+)
+
+
+def parse_service_path(rest: str) -> tuple[str, str, str | None, str] | None:
+    """``namespace/name[/tags/tag][/path][?query]`` -> (namespace, name, tag, "/path?query")."""
+    path, sep, query = rest.partition("?")
+    parts = path.split("/", 2)
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        return None
+    namespace, name = parts[0], parts[1]
+    suffix = "/" + parts[2] if len(parts) == 3 else "/"
+    tag = None
+    if suffix.startswith("/tags/"):
+        tag_and_path = suffix[len("/tags/") :].split("/", 1)
+        tag = tag_and_path[0]
+        if not tag:
+            return None
+        suffix = "/" + tag_and_path[1] if len(tag_and_path) == 2 else "/"
+    return namespace, name, tag, suffix + (sep + query if query else "")
+
+
+def create_backend(settings: Settings) -> Backend:
+    """The backend named by ``invoker_backend``."""
+    if settings.invoker_backend == "kubernetes":
+        from broker.serving.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(settings.invoker_kubeconfig, context=settings.invoker_kube_context)
+    return ProcessBackend()
+
+
+def _json_response(status: int, message: str, retry_after: bool = False) -> Response:
+    headers = [(b"content-type", b"application/json")]
+    if retry_after:
+        headers.append((b"retry-after", RETRY_AFTER))
+    return Response(status, headers, orjson.dumps({"message": message}))
+
+
+class _Revision:
+    """What the invoker keeps for one running Revision."""
+
+    def __init__(self, spec: RevisionSpec, activator: Activator) -> None:
+        self.spec = spec
+        self.ref = activator.ref
+        self.activator = activator
+        self.window = MetricWindow()
+        self.scaler = ScalerState()
+        self.desired = 0
+        self.ensured = False
+        self.reason = "starting"
+        self.panic = False
+        self.error: tuple[str, str] | None = None  # (reason, message) from the backend
+        self.waking = False
+        self.written: tuple[Any, ...] | None = None
+
+
+class Invoker:
+    """The :class:`~broker.components.Component` that runs Services (module docstring)."""
+
+    name = COMPONENT
+
+    def __init__(
+        self,
+        context: RuntimeContext,
+        *,
+        backend: Backend | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        autoscale: bool = True,
+    ) -> None:
+        self._context = context
+        self._settings = context.settings
+        self._client: HttpClient = context.client
+        self.backend = backend or create_backend(context.settings)
+        self.clock = clock
+        self._rng = rng or random.Random()
+        self._autoscale = autoscale
+        self._revisions: dict[tuple[str, str], _Revision] = {}  # (namespace, revision name)
+        self._routes: dict[tuple[str, str], TrafficSplit] = {}  # (namespace, service name)
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rounds = 0
+        self._local_prefix = f"{context.settings.base_url}{PREFIX}"
+        self._notifies = isinstance(self.backend, ProcessBackend)
+        if isinstance(self.backend, ProcessBackend):
+            self.backend.drain = self._drain
+            self.backend.on_change = self._replicas_changed
+        self._hold = context.settings.invoker_hold_timeout
+
+    # --- Component --------------------------------------------------------------------------
+
+    @property
+    def routes(self) -> Mapping[str, HttpHandler]:
+        return {PREFIX: self._handle_http}
+
+    async def apply(self, specs: Mapping[str, Any]) -> None:
+        revisions = {
+            (s.namespace, s.name): s for s in specs.values() if isinstance(s, RevisionSpec)
+        }
+        for key in [k for k in self._revisions if k not in revisions]:
+            await self._forget(self._revisions.pop(key))
+        for key, spec in revisions.items():
+            state = self._revisions.get(key)
+            if state is None:
+                self._revisions[key] = await self._start(spec)
+            elif state.spec != spec:  # a new config-autoscaler changes the policy
+                state.spec = spec
+                state.activator.container_concurrency = spec.container_concurrency
+        self._routes = {
+            (r.namespace, r.name): TrafficSplit(r.targets, self._rng)
+            for r in specs.values()
+            if isinstance(r, RouteSpec)
+        }
+        if self._autoscale and self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(
+                self._run(), name="invoker-autoscaler"
+            )
+        add_route = getattr(self._client, "add_local_route", None)
+        if add_route is not None:
+            add_route(self._local_prefix, self._local_post)
+        # The controller writes statuses after this returns, possibly over ours: compare with
+        # the store again at the next round.
+        for state in self._revisions.values():
+            state.written = None
+
+    async def stop(self) -> None:
+        remove_route = getattr(self._client, "remove_local_route", None)
+        if remove_route is not None:
+            remove_route(self._local_prefix)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        for task in list(self._tasks):
+            task.cancel()
+        for state in self._revisions.values():
+            state.activator.close()
+        self._revisions.clear()
+        self._routes = {}
+        await self.backend.stop()
+
+    # --- introspection (tests, bench) -------------------------------------------------------
+
+    def revision(self, namespace: str, name: str) -> _Revision | None:
+        return self._revisions.get((namespace, name))
+
+    # --- revisions ----------------------------------------------------------------------------
+
+    async def _start(self, spec: RevisionSpec) -> _Revision:
+        ref = RevisionRef(spec.namespace, spec.service, spec.name)
+        state: _Revision
+        activator = Activator(
+            ref,
+            self.backend,
+            container_concurrency=spec.container_concurrency,
+            queue_size=self._settings.invoker_queue_size,
+            clock=lambda: self.clock(),  # late-bound: tests move the invoker's clock
+            wake=lambda: self._wake(state),
+        )
+        state = _Revision(spec, activator)
+        initial = initial_replicas(spec.policy)
+        await self._scale(state, initial, f"initial scale {initial}")
+        log.info(
+            "revision started",
+            extra={"revision": f"{spec.namespace}/{spec.name}", "replicas": initial},
+        )
+        return state
+
+    async def _forget(self, state: _Revision) -> None:
+        state.activator.close()
+        try:
+            await self.backend.forget(state.ref)
+        except CemeshError as exc:
+            log.warning("revision not stopped cleanly", extra={"why": exc.message})
+        log.info("revision stopped", extra={"revision": f"{state.ref.namespace}/{state.spec.name}"})
+
+    async def _scale(self, state: _Revision, desired: int, reason: str) -> None:
+        state.reason = reason
+        if desired == state.desired and state.ensured:
+            return
+        if desired != state.desired:
+            log.info(
+                "scaling revision",
+                extra={
+                    "revision": f"{state.ref.namespace}/{state.spec.name}",
+                    "from": state.desired,
+                    "to": desired,
+                    "reason": reason,
+                },
+            )
+        state.desired = desired
+        try:
+            await self.backend.ensure(state.ref, state.spec.template, desired)
+        except NotRunnable as exc:
+            state.error = ("ContainerMissingCommand", exc.message)
+        except CemeshError as exc:
+            state.error = ("BackendError", exc.message)
+            log.warning(
+                "backend could not scale revision",
+                extra={"revision": f"{state.ref.namespace}/{state.spec.name}", "why": exc.message},
+            )
+        else:
+            state.ensured = True
+            state.error = None
+
+    def _wake(self, state: _Revision) -> None:
+        """A request waits and no replica is ready: scale up now if nothing is on its way."""
+        if state.waking or state.desired > 0 or state.activator.closed:
+            return
+        state.waking = True
+        self._spawn(self._activate(state))
+
+    async def _activate(self, state: _Revision) -> None:
+        try:
+            now = self.clock()
+            self._sample(state, now)
+            policy = state.spec.policy
+            stable, panic = state.window.averages(now, policy)
+            decision = decide(
+                policy,
+                state.scaler,
+                ready_replicas=len(self.backend.ready(state.ref)),
+                stable=stable,
+                panic=panic,
+                now=now,
+            )
+            state.scaler = decision.state
+            desired = max(decision.desired, policy.activation_scale, 1)
+            if policy.max_scale:
+                desired = min(desired, policy.max_scale)
+            await self._scale(state, desired, "activating: a request is waiting at zero replicas")
+        finally:
+            state.waking = False
+        if not self._notifies and await self.backend.wait_ready(state.ref, self._hold):
+            state.activator.replicas_changed()
+        await self._write_statuses(resync=False)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _replicas_changed(self, ref: RevisionRef) -> None:
+        state = self._revisions.get((ref.namespace, ref.revision))
+        if state is not None:
+            state.activator.replicas_changed()
+
+    async def _drain(self, ref: RevisionRef, replica_id: str) -> None:
+        state = self._revisions.get((ref.namespace, ref.revision))
+        if state is not None:
+            await state.activator.drained(replica_id, state.spec.timeout)
+
+    # --- autoscaling ------------------------------------------------------------------------------
+
+    def _sample(self, state: _Revision, now: float) -> None:
+        average, requests = state.activator.sample(now)
+        state.window.record(now, average, requests)
+
+    async def tick(self, now: float | None = None) -> None:
+        """One round: sample every Revision, decide, scale, write changed statuses."""
+        now = self.clock() if now is None else now
+        for state in list(self._revisions.values()):
+            self._sample(state, now)
+        await self._decide_all(now)
+        self._rounds += 1
+        await self._write_statuses(resync=self._rounds % STATUS_RESYNC_ROUNDS == 0)
+
+    async def _decide_all(self, now: float) -> None:
+        for state in list(self._revisions.values()):
+            if state.waking or state.activator.closed:
+                continue
+            policy = state.spec.policy
+            stable, panic = state.window.averages(now, policy)
+            decision = decide(
+                policy,
+                state.scaler,
+                ready_replicas=len(self.backend.ready(state.ref)),
+                stable=stable,
+                panic=panic,
+                now=now,
+            )
+            state.scaler = decision.state
+            state.panic = decision.panic
+            await self._scale(state, decision.desired, decision.reason)
+            if not self._notifies:
+                state.activator.replicas_changed()
+
+    async def _run(self) -> None:
+        tick = self._settings.invoker_autoscaler_tick
+        interval = min(SAMPLE_INTERVAL, tick)
+        next_decision = self.clock() + tick
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = self.clock()
+                if now >= next_decision:
+                    next_decision = now + tick
+                    await self.tick(now)
+                else:
+                    for state in list(self._revisions.values()):
+                        self._sample(state, now)
+                        if not self._notifies:
+                            state.activator.replicas_changed()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive one bad round
+                log.exception("autoscaler round failed")
+
+    # --- status -----------------------------------------------------------------------------------
+
+    def _runtime_status(self, state: _Revision) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "actualReplicas": len(self.backend.ready(state.ref)),
+            "desiredReplicas": state.desired,
+            "autoscaler": {"reason": state.reason, "panic": state.panic},
+        }
+        if state.error is not None:
+            status["runtimeError"] = {"reason": state.error[0], "message": state.error[1]}
+        return status
+
+    async def _write_statuses(self, *, resync: bool) -> None:
+        for state in list(self._revisions.values()):
+            runtime = self._runtime_status(state)
+            essential = (
+                runtime["actualReplicas"],
+                runtime["desiredReplicas"],
+                state.panic,
+                state.error,
+            )
+            if essential == state.written and not resync:
+                continue
+            try:
+                obj = await self._context.store.get(
+                    SERVING, REVISION.kind, state.ref.namespace, state.spec.name
+                )
+                stored = obj.get("status") or {}
+                current = (
+                    stored.get("actualReplicas"),
+                    stored.get("desiredReplicas"),
+                    (stored.get("autoscaler") or {}).get("panic", False),
+                    stored.get("runtimeError"),
+                )
+                error = runtime.get("runtimeError")
+                if current != (essential[0], essential[1], state.panic, error):
+                    status = {k: v for k, v in stored.items() if k not in RUNTIME_STATUS_KEYS}
+                    status.update(runtime)
+                    await self._context.store.update_status(
+                        SERVING, REVISION.kind, state.ref.namespace, state.spec.name, status
+                    )
+                state.written = essential
+            except NotFound:
+                continue
+            except CemeshError as exc:
+                log.info("revision status not written", extra={"why": exc.message})
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        namespace: str,
+        name: str,
+        tag: str | None,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Response:
+        """Send one request to Service ``namespace/name`` (or its ``tag``) and return the answer.
+
+        Raises DeliveryError when the chosen replica gave no response (at-least-once callers
+        retry it).
+        """
+        split = self._routes.get((namespace, name))
+        if split is None:
+            return _json_response(
+                404, f"Service {namespace}/{name} does not exist or has no Ready route"
+            )
+        revision = split.for_tag(tag) if tag is not None else split.choose()
+        if revision is None:
+            if tag is not None:
+                return _json_response(404, f"Service {namespace}/{name} has no tag {tag!r}")
+            return _json_response(503, f"Service {namespace}/{name} routes no traffic", True)
+        state = self._revisions.get((namespace, revision))
+        if state is None:
+            return _json_response(503, f"Revision {namespace}/{revision} is not running", True)
+        activator = state.activator
+        if state.error is not None and not self.backend.ready(state.ref):
+            return _json_response(503, f"Revision {revision}: {state.error[1]}", True)
+        limit = state.spec.timeout if timeout is None else min(timeout, state.spec.timeout)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            replica = await activator.acquire(min(self._hold, limit))
+        except Overloaded:
+            return _json_response(503, f"Revision {revision}: too many requests waiting", True)
+        except HoldTimeout:
+            return _json_response(
+                503, f"Revision {revision}: no replica became available in time", True
+            )
+        try:
+            remaining = max(limit - (loop.time() - started), 0.001)
+            return await self._client.post(replica.url + path, headers, body, timeout=remaining)
+        finally:
+            activator.release(replica.id)
+
+    def _local_post(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout: float,
+    ) -> Coroutine[Any, Any, Response]:
+        return self._invoke_url(url, headers, body, timeout)
+
+    async def _invoke_url(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109
+    ) -> Response:
+        parsed = parse_service_path(url[len(self._local_prefix) :])
+        if parsed is None:
+            return _json_response(404, f"{url} names no Service")
+        namespace, name, tag, path = parsed
+        return await self.invoke(namespace, name, tag, path, headers, body, timeout)
+
+    async def _handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parsed = parse_service_path(scope["path"][len(PREFIX) :])
+        response: Response
+        if parsed is None:
+            response = _json_response(404, "use /services/{namespace}/{name}[/tags/{tag}]")
+        elif scope["method"] != "POST":
+            response = _json_response(405, "only POST is forwarded to functions")
+            response.headers.append((b"allow", b"POST"))
+        else:
+            body = await read_body(receive, self._settings.max_request_bytes)
+            if body is None:
+                response = _json_response(413, "request body too large")
+            else:
+                namespace, name, tag, path = parsed
+                query = scope.get("query_string") or b""
+                if query:
+                    path = f"{path}?{query.decode('latin-1')}"
+                headers = [
+                    (key, value.decode("latin-1"))
+                    for raw, value in scope["headers"]
+                    if (key := raw.decode("latin-1").lower()) not in _HOP
+                ]
+                try:
+                    response = await self.invoke(namespace, name, tag, path, headers, body)
+                except DeliveryError as exc:
+                    response = _json_response(502, exc.message)
+        out = [(k, v) for k, v in response.headers if k.decode("latin-1").lower() not in _HOP]
+        out.append((b"content-length", str(len(response.body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": out})
+        await send({"type": "http.response.body", "body": response.body})

@@ -1,0 +1,363 @@
+"""ContainerSource and SinkBinding (``sources.knative.dev/v1``): user code that sends to a sink.
+
+What this module owns:
+
+- admission of a ContainerSource's ``spec.template`` (:func:`admit_container_source`) and of a
+  SinkBinding's ``spec.subject`` (:func:`admit_sink_binding`); ``spec.sink`` and
+  ``spec.ceOverrides`` are admitted for every source kind by :mod:`broker.sources.kinds`;
+- the environment Knative's SinkBinding injects (:func:`binding_env`, K185): ``K_SINK`` (the
+  resolved sink URL) and ``K_CE_OVERRIDES`` (``{"extensions": {...}}`` as JSON, K178/K179);
+- the local form of a ContainerSource (:func:`container_process_spec`, pure): there is no
+  Kubernetes to pull and run the image, so cemesh runs the first container's ``command`` +
+  ``args`` as a child process (:mod:`broker.supervisor`) with the container's ``env`` plus
+  K_SINK and K_CE_OVERRIDES, in ``workingDir`` when given, restarted with backoff when it exits
+  (as the Deployment Knative makes for it would restart its pod);
+- the :class:`ContainerSource` runner, registered with :mod:`broker.sources` at the bottom.
+
+Kubernetes semantics kept: ``$(VAR)`` in ``command``/``args`` expands to the container's
+variables (K_SINK included), ``$(VAR)`` in an env value to the variables listed before it,
+``$$`` is a literal ``$``, an unknown ``$(VAR)`` stays as written. Not available locally, with an
+admission error that says so: an ``image`` without ``command`` (the image's entrypoint cannot be
+run), ``env[].valueFrom``, ``envFrom``, ``initContainers`` and more than one container. Other
+container fields (ports, resources, probes, volumes, ...) are accepted and ignored. Knative also
+requires ``name`` and ``image`` on each container; cemesh does not need them and accepts their
+absence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from broker.errors import InvalidResource
+from broker.sources.base import Source, SourceKind
+from broker.supervisor import ProcessSpec, SupervisedProcess
+
+log = logging.getLogger(__name__)
+
+K_SINK = "K_SINK"
+K_CE_OVERRIDES = "K_CE_OVERRIDES"
+
+_CONTAINERS = "spec.template.spec.containers"
+_CONTAINER = f"{_CONTAINERS}[0]"
+# Restart policy for a ContainerSource's process: like a pod's CrashLoopBackOff (10 s doubling
+# to 5 min) but quicker to start, since a local process starts in milliseconds.
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 60.0
+STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL (a pod's default is 30)
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _mapping(value: object, field: str, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidResource(field, f"must be {what}, got {_type_name(value)}")
+    return value
+
+
+def _string_list(value: object, field: str) -> list[str]:
+    if not isinstance(value, list):
+        raise InvalidResource(field, f"must be a list of strings, got {_type_name(value)}")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise InvalidResource(
+                f"{field}[{index}]", f"must be a string, got {_type_name(item)} {item!r}; quote it"
+            )
+    return value
+
+
+# --- binding environment (K185) -----------------------------------------------------------------
+
+
+def binding_env(sink_uri: str, ce_overrides: Mapping[str, str]) -> dict[str, str]:
+    """``K_SINK`` and ``K_CE_OVERRIDES`` as Knative's SinkBinding sets them (K185).
+
+    ``K_CE_OVERRIDES`` is Go's compact ``json.Marshal`` of ``{"extensions": {...}}`` (keys
+    sorted); without overrides Knative sets it to the empty string, and so does cemesh.
+    """
+    overrides = ""
+    if ce_overrides:
+        extensions = {key: ce_overrides[key] for key in sorted(ce_overrides)}
+        overrides = json.dumps({"extensions": extensions}, separators=(",", ":"))
+    return {K_SINK: sink_uri, K_CE_OVERRIDES: overrides}
+
+
+def expand(text: str, variables: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: known names replaced, ``$$`` -> ``$``, rest as written."""
+    out: list[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char != "$" or index + 1 == len(text):
+            out.append(char)
+            index += 1
+            continue
+        following = text[index + 1]
+        if following == "$":
+            out.append("$")
+            index += 2
+            continue
+        if following == "(":
+            end = text.find(")", index + 2)
+            if end != -1:
+                name = text[index + 2 : end]
+                out.append(variables[name] if name in variables else text[index : end + 1])
+                index = end + 1
+                continue
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+# --- ContainerSource ----------------------------------------------------------------------------
+
+
+def _container(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``spec.template.spec.containers[0]`` of an admitted ContainerSource spec."""
+    container: Mapping[str, Any] = spec["template"]["spec"]["containers"][0]
+    return container
+
+
+def admit_container_source(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
+    """Check a ContainerSource's ``spec.template`` (in place); InvalidResource names the field.
+
+    ``spec.sink`` and ``spec.ceOverrides`` are checked for every source by
+    :mod:`broker.sources.kinds`.
+    """
+    spec = obj["spec"]
+    if spec.get("template") is None:
+        raise InvalidResource(
+            "spec.template",
+            "is required: a pod template whose container's command cemesh runs locally",
+        )
+    template = _mapping(spec["template"], "spec.template", "a pod template (with spec)")
+    pod = _mapping(template.get("spec"), "spec.template.spec", "a pod spec (with containers)")
+    containers = pod.get("containers")
+    if not containers:
+        raise InvalidResource(_CONTAINERS, "is required: one container with a command to run")
+    if not isinstance(containers, list):
+        raise InvalidResource(_CONTAINERS, f"must be a list, got {_type_name(containers)}")
+    if len(containers) > 1:
+        raise InvalidResource(
+            _CONTAINERS,
+            f"has {len(containers)} containers; cemesh runs one container's command per "
+            "ContainerSource: keep one, or make one ContainerSource per command",
+        )
+    if pod.get("initContainers"):
+        raise InvalidResource(
+            "spec.template.spec.initContainers",
+            "is not supported: cemesh runs the container's command locally, without a pod; "
+            "run the init steps from that command",
+        )
+    container = _mapping(containers[0], _CONTAINER, "a container (with command)")
+    for key in ("name", "image", "workingDir"):
+        value = container.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidResource(f"{_CONTAINER}.{key}", f"must be a string, got {value!r}")
+    command = container.get("command")
+    if not command:
+        image = container.get("image")
+        pulled = f"pull or run the image {image!r}" if image else "pull or run images"
+        raise InvalidResource(
+            f"{_CONTAINER}.command",
+            f"is required: cemesh runs the container's command locally as a child process "
+            f"(with K_SINK and K_CE_OVERRIDES set) and does not {pulled}; set command (and "
+            "args) to the program to run, e.g. command: [python, heartbeats.py]",
+        )
+    _string_list(command, f"{_CONTAINER}.command")
+    if container.get("args") is not None:
+        _string_list(container["args"], f"{_CONTAINER}.args")
+    if container.get("envFrom"):
+        raise InvalidResource(
+            f"{_CONTAINER}.envFrom",
+            "is not supported: cemesh runs the command locally, without Kubernetes; "
+            "list the variables in env with inline values",
+        )
+    env = container.get("env")
+    if env is not None:
+        if not isinstance(env, list):
+            raise InvalidResource(
+                f"{_CONTAINER}.env", f"must be a list of {{name, value}}, got {_type_name(env)}"
+            )
+        for index, item in enumerate(env):
+            _check_env_var(item, f"{_CONTAINER}.env[{index}]")
+
+
+def _check_env_var(item: object, field: str) -> None:
+    var = _mapping(item, field, "an object with name and value")
+    name = var.get("name")
+    if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+        raise InvalidResource(
+            f"{field}.name", f"must be a non-empty variable name without '=', got {name!r}"
+        )
+    if var.get("valueFrom") is not None:
+        raise InvalidResource(
+            f"{field}.valueFrom",
+            f"is not supported ({name}): cemesh runs the command locally, without Kubernetes "
+            "secrets, config maps or the downward API; give the value inline in value",
+        )
+    value = var.get("value")
+    if value is not None and not isinstance(value, str):
+        raise InvalidResource(
+            f"{field}.value", f"must be a string, got {_type_name(value)} {value!r}; quote it"
+        )
+    if isinstance(value, str) and "\0" in value:
+        raise InvalidResource(f"{field}.value", "must not contain a NUL character")
+
+
+def container_process_spec(
+    namespace: str,
+    name: str,
+    spec: Mapping[str, Any],
+    sink_uri: str,
+    ce_overrides: Mapping[str, str],
+) -> ProcessSpec:
+    """The child process that stands for an admitted ContainerSource ``spec`` (pure).
+
+    argv = ``command`` + ``args``; env = the container's ``env`` then ``K_SINK`` and
+    ``K_CE_OVERRIDES`` (appended after it, as the SinkBinding Knative makes for the source
+    does, so they win over the user's); cwd = ``workingDir``.
+    """
+    container = _container(spec)
+    env: dict[str, str] = {}
+    for var in container.get("env") or []:
+        env[var["name"]] = expand(var.get("value") or "", env)
+    env.update(binding_env(sink_uri, ce_overrides))
+    argv = [*container["command"], *(container.get("args") or [])]
+    return ProcessSpec(
+        name=f"containersource/{namespace}/{name}",
+        command=tuple(expand(arg, env) for arg in argv),
+        env=env,
+        cwd=container.get("workingDir") or None,
+    )
+
+
+# --- SinkBinding --------------------------------------------------------------------------------
+
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def admit_sink_binding(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
+    """Check and default a SinkBinding's ``spec.subject`` (in place), as Knative does.
+
+    The subject (a ``tracker.Reference``) needs ``apiVersion`` and ``kind``, and exactly one of
+    ``name`` and ``selector``; its ``namespace`` defaults to, and must equal, the binding's.
+    ``spec.sink`` and ``spec.ceOverrides`` are checked by :mod:`broker.sources.kinds`.
+    """
+    spec = obj["spec"]
+    namespace = obj["metadata"]["namespace"]
+    if spec.get("subject") is None:
+        raise InvalidResource(
+            "spec.subject",
+            "is required: the workload (apiVersion, kind, and name or selector) to bind",
+        )
+    subject = dict(
+        _mapping(spec["subject"], "spec.subject", "an object (apiVersion, kind, name or selector)")
+    )
+    for key in ("apiVersion", "kind"):
+        value = subject.get(key)
+        if not isinstance(value, str) or not value:
+            raise InvalidResource(f"spec.subject.{key}", f"is required, got {value!r}")
+    subject_namespace = subject.get("namespace")
+    if subject_namespace in (None, ""):
+        subject["namespace"] = namespace
+    elif subject_namespace != namespace:
+        raise InvalidResource(
+            "spec.subject.namespace",
+            f"must be empty or this SinkBinding's namespace {namespace!r}, "
+            f"not {subject_namespace!r}",
+        )
+    name, selector = subject.get("name"), subject.get("selector")
+    if name not in (None, "") and selector is not None:
+        raise InvalidResource("spec.subject", "give name or selector, not both")
+    if name not in (None, ""):
+        if not isinstance(name, str):
+            raise InvalidResource("spec.subject.name", f"must be a string, got {name!r}")
+    elif selector is not None:
+        _check_selector(selector, "spec.subject.selector")
+    else:
+        raise InvalidResource("spec.subject", "needs name or selector; neither is set")
+    spec["subject"] = subject
+
+
+def _check_selector(value: object, field: str) -> None:
+    selector = _mapping(value, field, "a label selector (matchLabels, matchExpressions)")
+    labels = selector.get("matchLabels")
+    if labels is not None:
+        for key, item in _mapping(labels, f"{field}.matchLabels", "a map").items():
+            if not isinstance(key, str) or not isinstance(item, str):
+                raise InvalidResource(
+                    f"{field}.matchLabels", f"must map strings to strings, got {key!r}: {item!r}"
+                )
+    expressions = selector.get("matchExpressions")
+    if expressions is None:
+        return
+    if not isinstance(expressions, list):
+        raise InvalidResource(f"{field}.matchExpressions", "must be a list")
+    for index, raw in enumerate(expressions):
+        where = f"{field}.matchExpressions[{index}]"
+        expression = _mapping(raw, where, "an object (key, operator, values)")
+        if not isinstance(expression.get("key"), str) or not expression["key"]:
+            raise InvalidResource(f"{where}.key", "is required")
+        operator = expression.get("operator")
+        if operator not in _SELECTOR_OPERATORS:
+            raise InvalidResource(
+                f"{where}.operator",
+                f"must be one of {', '.join(_SELECTOR_OPERATORS)}, got {operator!r}",
+            )
+        values = expression.get("values") or []
+        _string_list(values, f"{where}.values")
+        if operator in ("In", "NotIn") and not values:
+            raise InvalidResource(f"{where}.values", f"is required with operator {operator}")
+        if operator in ("Exists", "DoesNotExist") and values:
+            raise InvalidResource(f"{where}.values", f"must be empty with operator {operator}")
+
+
+# --- the runner ---------------------------------------------------------------------------------
+
+
+class ContainerSource(Source):
+    """Runs a ContainerSource's command as a supervised child process until stopped."""
+
+    _process: SupervisedProcess | None = None
+
+    async def run(self) -> None:
+        spec = self.spec
+        process_spec = container_process_spec(
+            spec.namespace, spec.name, spec.spec, spec.sink_uri, spec.ce_overrides
+        )
+        self._process = SupervisedProcess(
+            process_spec,
+            backoff_initial=BACKOFF_INITIAL,
+            backoff_max=BACKOFF_MAX,
+            stop_grace=STOP_GRACE,
+            logger=log,
+        )
+        try:
+            await self._process.start()
+            await asyncio.Event().wait()  # the supervisor restarts it; we only wait to stop
+        finally:
+            await self._process.stop()
+
+    async def close(self) -> None:
+        if self._process is not None:
+            await self._process.stop()
+
+
+from broker.sources.kinds import (  # noqa: E402
+    CONTAINER_SOURCE,
+    SINK_BINDING,
+    register_source_kind,
+)
+
+register_source_kind(
+    SourceKind(resource=CONTAINER_SOURCE, runner=ContainerSource, check=admit_container_source)
+)
+# SinkBinding runs nothing: its sink and ceOverrides reach its subject (K_SINK, K_CE_OVERRIDES).
+SINK_BINDING_KIND = SourceKind(resource=SINK_BINDING, runner=None, check=admit_sink_binding)
+register_source_kind(SINK_BINDING_KIND)

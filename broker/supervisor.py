@@ -1,0 +1,406 @@
+"""Child-process supervision: run a command, log its output, restart it with backoff, stop it.
+
+This module owns the life of the local processes cemesh runs for users: a ContainerSource's
+command (``broker.sources.container``) and, later, the function invoker's process replicas.
+One :class:`SupervisedProcess` runs one :class:`ProcessSpec`:
+
+- the child starts in its own session (``setsid``), so its process group id is its pid, and
+  every signal cemesh sends goes to that group only (``killpg(child_pid)``): the child and
+  whatever it started, never anything else;
+- its stdout lines are logged at INFO and stderr lines at WARNING on the given logger, with
+  ``extra={"child": spec.name, "stream": "stdout" | "stderr"}`` (``process`` is a
+  reserved LogRecord attribute, the pid);
+- when it exits (or cannot start at all: command not found, not executable) it is started again
+  after :func:`restart_delay`, an exponential backoff that starts over once a run lasted
+  ``reset_after`` seconds. A command that cannot start is an exit code like a shell's (127 not
+  found, 126 cannot execute): logged and retried, never raised into cemesh;
+- when it exits, what is left of its process group is ended too (as a container's processes end
+  with it), so restarts never pile up orphans;
+- :meth:`SupervisedProcess.stop` sends SIGTERM to the group, waits ``stop_grace`` seconds, then
+  sends SIGKILL; it is idempotent and ends a pending restart as well.
+
+The child's environment is not cemesh's: it gets only :data:`INHERITED_ENV` from cemesh (so the
+database URL and other settings of cemesh do not leak into user code), then
+``PYTHONUNBUFFERED=1`` (so a Python child's prints reach the log as they happen), then
+``spec.env``, which wins over both.
+
+Orphans left by a child are reparented to PID 1; run cemesh under an init that reaps them
+(``docker run --init``, tini) when cemesh itself is PID 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+# What a child inherits from cemesh's own environment (when set there); nothing else leaks.
+INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "VIRTUAL_ENV",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
+DEFAULT_ENV = {"PYTHONUNBUFFERED": "1"}
+
+EXIT_NOT_FOUND = 127  # as a shell reports a command it cannot find
+EXIT_CANNOT_EXECUTE = 126  # found but not executable (permissions, bad cwd, bad argv)
+
+LINE_LIMIT = 64 * 1024  # longer output lines are dropped (with a warning), not buffered forever
+_DRAIN_TIMEOUT = 1.0  # after an exit, how long to wait for the last output lines
+_GROUP_POLL = 0.05  # how often to look whether a group's leftover processes are gone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """What to run: ``command`` is the argv (program + arguments), looked up on the PATH."""
+
+    name: str  # for logs, e.g. "containersource/default/heartbeats"
+    command: Sequence[str]
+    env: Mapping[str, str]  # added to INHERITED_ENV and DEFAULT_ENV (module docstring)
+    cwd: str | None = None
+
+
+def restart_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Seconds to wait before restart number ``attempt`` (0-based) of a quickly failing child.
+
+    Doubles from ``initial`` and never exceeds ``maximum``: initial, 2*initial, 4*initial, ...
+    """
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    if attempt >= 64:  # 2**64 * initial is past any sensible maximum; skip the float overflow
+        return maximum
+    return min(maximum, initial * (2.0**attempt))
+
+
+def child_env(spec_env: Mapping[str, str], parent: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a child: INHERITED_ENV from ``parent``, DEFAULT_ENV, then ``spec_env``."""
+    env = {key: parent[key] for key in INHERITED_ENV if key in parent}
+    env.update(DEFAULT_ENV)
+    env.update(spec_env)
+    return env
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    # pgid is always the pid of a child started with start_new_session; 0 or 1 would mean our
+    # own group or every process, so refuse them outright.
+    if pgid <= 1:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` still runs."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg also counts zombies: orphans that exited but that PID 1 has not reaped yet. Where
+    # /proc exists, look closer so a stop does not wait out its grace for the dead.
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
+            return True
+    return False
+
+
+class SupervisedProcess:
+    """One supervised child process (module docstring). Use from one event loop.
+
+    ``on_exit(returncode)`` is called after every exit that :meth:`stop` did not cause, before
+    any restart (a negative code is the signal that ended it; 127/126: it could not start).
+    ``on_start(pid)`` is called after every successful spawn.
+    """
+
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        *,
+        restart: bool = True,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+        stop_grace: float = 5.0,
+        reset_after: float = 10.0,
+        logger: logging.Logger | None = None,
+        on_exit: Callable[[int], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.restart = restart
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.stop_grace = stop_grace
+        self.reset_after = reset_after
+        self.log = logger or log
+        self.on_exit = on_exit
+        self.on_start = on_start
+        self.pid: int | None = None  # of the current (or last) child
+        self.returncode: int | None = None  # of the last exit (127/126: it could not start)
+        self.restarts = 0  # restarts done so far (not counting the first start)
+        self._process: asyncio.subprocess.Process | None = None
+        self._spawned_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._first_spawn = asyncio.Event()
+        self._readers: list[asyncio.Task[None]] = []
+        self._transports: list[asyncio.BaseTransport] = []
+
+    @property
+    def running(self) -> bool:
+        """True while a child is alive."""
+        return self._process is not None and self._process.returncode is None
+
+    def _extra(self, stream: str = "supervisor") -> dict[str, str]:
+        return {"child": self.spec.name, "stream": stream}
+
+    async def start(self) -> None:
+        """Spawn the child and supervise it from a background task. Never raises for a child
+        that cannot start: that is logged and retried (module docstring)."""
+        if self._task is not None:
+            raise RuntimeError(f"{self.spec.name}: start() was called already")
+        # The task owns the child from the first spawn on, so a stop() racing this start()
+        # always has a task to wait for.
+        self._task = asyncio.get_running_loop().create_task(
+            self._supervise(), name=f"supervise {self.spec.name}"
+        )
+        first = asyncio.ensure_future(self._first_spawn.wait())
+        try:
+            await asyncio.wait({first, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            first.cancel()
+
+    async def stop(self) -> None:
+        """SIGTERM the child's process group, SIGKILL it after ``stop_grace``; no more restarts.
+
+        Idempotent, and safe before :meth:`start`. Returns once the child is gone.
+        """
+        self._stopping.set()
+        if self._task is None:
+            return
+        # Shielded: if the caller is cancelled, the graceful stop still completes in the task.
+        await asyncio.shield(self._task)
+
+    # --- spawning and output --------------------------------------------------------------------
+
+    async def _spawn(self) -> bool:
+        """Start one child; on failure log it, set ``returncode`` (127/126) and return False."""
+        self._process = None
+        self._spawned_at = time.monotonic()
+        command = list(self.spec.command)
+        pipes = (os.pipe(), os.pipe())  # our own pipes: see _watch for why
+        (out_read, out_write), (err_read, err_write) = pipes
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_write,
+                stderr=err_write,
+                env=child_env(self.spec.env, os.environ),
+                cwd=self.spec.cwd,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            os.close(out_read)
+            os.close(err_read)
+            self.returncode = (
+                EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_CANNOT_EXECUTE
+            )
+            self.log.error(
+                "%s: cannot start %r: %s", self.spec.name, command, exc, extra=self._extra()
+            )
+            return False
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        self._process = process
+        self.pid = process.pid
+        self.log.info(
+            "%s: started %r (pid %d)", self.spec.name, command, process.pid, extra=self._extra()
+        )
+        await self._read(out_read, "stdout", logging.INFO)
+        await self._read(err_read, "stderr", logging.WARNING)
+        if self.on_start is not None:
+            try:
+                self.on_start(process.pid)
+            except Exception:
+                self.log.exception("%s: on_start failed", self.spec.name, extra=self._extra())
+        return True
+
+    async def _read(self, fd: int, stream: str, level: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=LINE_LIMIT)
+        pipe = os.fdopen(fd, "rb", buffering=0)
+        try:
+            transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), pipe
+            )
+        except Exception:
+            pipe.close()
+            raise
+        self._transports.append(transport)
+        self._readers.append(
+            loop.create_task(self._pump(reader, stream, level), name=f"{self.spec.name} {stream}")
+        )
+
+    async def _pump(self, reader: asyncio.StreamReader, stream: str, level: int) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # over LINE_LIMIT: asyncio dropped what it had buffered
+                self.log.warning(
+                    "%s: dropped an output line longer than %d bytes",
+                    self.spec.name,
+                    LINE_LIMIT,
+                    extra=self._extra(stream),
+                )
+                continue
+            if not line:
+                return
+            text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+            self.log.log(level, "%s: %s", self.spec.name, text, extra=self._extra(stream))
+
+    async def _close_output(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Let the readers log the last lines (for up to ``timeout``), then close the pipes."""
+        readers, self._readers = self._readers, []
+        if readers and timeout > 0:
+            await asyncio.wait(readers, timeout=timeout)
+        for task in readers:
+            task.cancel()
+        for transport in self._transports:
+            transport.close()
+        self._transports = []
+
+    # --- supervision ----------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        try:
+            if self._stopping.is_set():  # stop() came before start(): run nothing
+                return
+            await self._spawn()
+            self._first_spawn.set()
+            while True:
+                process = self._process
+                if process is not None:
+                    code = await self._watch(process)
+                else:
+                    code = self.returncode if self.returncode is not None else EXIT_NOT_FOUND
+                if self._stopping.is_set():
+                    return
+                self._notify_exit(code)
+                if not self.restart:
+                    return
+                if time.monotonic() - self._spawned_at >= self.reset_after:
+                    attempt = 0  # it ran long enough to count as healthy: start the backoff over
+                delay = restart_delay(attempt, self.backoff_initial, self.backoff_max)
+                attempt += 1
+                self.log.warning(
+                    "%s: exited with code %d; restarting in %.2fs",
+                    self.spec.name,
+                    code,
+                    delay,
+                    extra=self._extra(),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                if self._stopping.is_set():
+                    return
+                self.restarts += 1
+                await self._spawn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not take cemesh down; the child is ended below
+            self.log.exception("%s: supervisor failed", self.spec.name, extra=self._extra())
+        finally:
+            # Cancelled (loop shutting down) or failed: never leave the child running.
+            process = self._process
+            if process is not None and process.returncode is None:
+                _signal_group(process.pid, signal.SIGKILL)
+            await self._close_output(0)
+            if self._stopping.is_set():
+                self.log.info("%s: stopped", self.spec.name, extra=self._extra())
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> int:
+        """Wait for the child to exit (or for stop()); end its group; return its exit code.
+
+        The child writes to pipes we made ourselves rather than asyncio's: an asyncio-owned pipe
+        makes ``Process.wait()`` wait until every holder of the pipe is gone, so a grandchild
+        still running would hide the child's exit.
+        """
+        exited = asyncio.ensure_future(process.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not exited.done():
+                exited.cancel()
+        deadline = time.monotonic() + self.stop_grace
+        if not exited.done():  # stop() was called
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=self.stop_grace)
+            except TimeoutError:
+                self.log.warning(
+                    "%s: still running %.1fs after SIGTERM; sending SIGKILL",
+                    self.spec.name,
+                    self.stop_grace,
+                    extra=self._extra(),
+                )
+                _signal_group(process.pid, signal.SIGKILL)
+                await process.wait()
+        await self._end_group(process.pid, deadline)
+        await self._close_output(_DRAIN_TIMEOUT)
+        code = process.returncode
+        assert code is not None
+        self.returncode = code
+        return code
+
+    async def _end_group(self, pgid: int, deadline: float) -> None:
+        """The leader is gone: SIGTERM what is left of its group, SIGKILL it at ``deadline``."""
+        if not _group_alive(pgid):
+            return
+        _signal_group(pgid, signal.SIGTERM)
+        # No event tells when the last member of a process group is gone: look every 50 ms.
+        while _group_alive(pgid) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_GROUP_POLL)
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
+
+    def _notify_exit(self, code: int) -> None:
+        if self.on_exit is None:
+            return
+        try:
+            self.on_exit(code)
+        except Exception:
+            self.log.exception("%s: on_exit failed", self.spec.name, extra=self._extra())

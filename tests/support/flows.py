@@ -1,0 +1,63 @@
+"""Helpers for flow tests: subscribers that reply with an event, and waiting on a condition.
+
+A :class:`~tests.support.subscriber.RecordingSubscriber` answers with whatever its ``respond``
+returns; :func:`appender` and :func:`replying` build ``respond`` functions that answer
+``200`` with a CloudEvent (binary mode), as a Sequence step or a Parallel filter does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import orjson
+
+from broker import binding
+from broker.events import CloudEvent
+from tests.support.subscriber import Received, Reply
+
+ACCEPTED: Reply = (202, [], b"")
+
+
+def reply_with(event: CloudEvent) -> Reply:
+    """``200`` with ``event`` in binary mode: a reply."""
+    headers, body = binding.to_binary(event)
+    return 200, headers, body
+
+
+def replying(
+    transform: Callable[[CloudEvent], CloudEvent | None],
+) -> Callable[[Received], Reply]:
+    """Answer each event with ``transform(event)``; ``None`` answers ``202`` (no reply)."""
+
+    def respond(received: Received) -> Reply:
+        assert received.event is not None, received.body
+        reply = transform(received.event)
+        return ACCEPTED if reply is None else reply_with(reply)
+
+    return respond
+
+
+def appended(event: CloudEvent, suffix: str, type_: str | None = None) -> CloudEvent:
+    """``event`` with ``suffix`` appended to its JSON ``message`` (the Knative docs' appender)."""
+    data = orjson.loads(event.data or b"{}")
+    data["message"] = f"{data.get('message', '')}{suffix}"
+    changed = event.evolve(set={"type": type_} if type_ else None)
+    changed.data = orjson.dumps(data)
+    return changed
+
+
+def appender(suffix: str, type_: str | None = None) -> Callable[[Received], Reply]:
+    """A step that replies with the event's ``message`` plus ``suffix`` (and maybe a new type)."""
+    return replying(lambda event: appended(event, suffix, type_))
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Wait until ``condition()`` holds, checking every few milliseconds; fail after ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            # Counters such as Metrics.loops_stopped signal no event when they move: poll them.
+            while not condition():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"condition not met within {timeout:g}s") from None
