@@ -297,6 +297,13 @@ def log(message: str) -> None:
     print(f"[buses {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_cemesh(bench: Bench) -> dict[str, Any]:
     """Broker + Trigger to the lean subscriber, then one closed-loop wrk run (e2e.py's phases)."""
     cemesh_url, subscriber_url = bench.start_cemesh_and_subscriber()
@@ -347,7 +354,14 @@ def run_bus(kind: BusKind, args: argparse.Namespace, workdir: Path) -> dict[str,
         log(f"{kind.name}: cemesh ({kind.channel}), wrk {args.duration:g}s")
         try:
             with bus_environment(kind, address):
+                before = _cpu_seconds(server.process.pid)
                 result["cemesh"] = measure_cemesh(bench)
+                # The bus server shares the cores with cemesh: its CPU per delivered event says
+                # how much of the machine is left for cemesh.
+                used = _cpu_seconds(server.process.pid) - before
+                delivered = result["cemesh"].get("delivered") or 0
+                if delivered:
+                    result["cemesh"]["server_cpu_us_per_event"] = used / delivered * 1e6
         except Exception as exc:  # reported with cemesh's log
             tail = bench.cemesh.log_tail() if hasattr(bench, "cemesh") else ""
             result["cemesh_error"] = f"{type(exc).__name__}: {exc}\n{tail}"

@@ -187,10 +187,13 @@ class Settings(BaseSettings):
     invoker_autoscaler_tick: float = Field(
         default=2.0, gt=0, description="Seconds between autoscaler decisions (Knative: 2 s)."
     )
-    invoker_kubeconfig: str | None = Field(
-        default=None, description="kubeconfig of the kubernetes backend (default: in-cluster)."
+
+    # Kubernetes API (ApiServerSource, the invoker's kubernetes backend)
+    kubeconfig: str | None = Field(
+        default=None,
+        description="kubeconfig file; default: in-cluster config, else ~/.kube/config.",
     )
-    invoker_kube_context: str | None = None
+    kube_context: str | None = Field(default=None, description="kubeconfig context to use.")
 
     # Logging
     log_level: str = "INFO"

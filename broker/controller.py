@@ -98,11 +98,16 @@ class Controller:
                 if self._bus_errors:
                     result = self._reconcile(objects, self._bus_errors)
                 await self._apply_snapshot(result.snapshot)
-                await self._write_statuses(objects, result.statuses)
-                if not await self._converge_children(objects, result.children):
+                written = await self._write_statuses(objects, result.statuses)
+                changed = await self._converge_children(objects, result.children)
+                written += changed
+                if not changed:
                     break
-            # Our own writes move the revision; remember the one after them.
-            self._seen_revision = max(revision, await self._store.revision())
+            # Every write moves the revision by one. If only our own writes moved it since the
+            # last pass began, it is all seen; if someone else wrote meanwhile (another replica,
+            # a component updating a status), the next poll syncs again.
+            after = await self._store.revision()
+            self._seen_revision = after if after - revision == written else revision
             self.synced.set()
 
     @property
@@ -119,7 +124,9 @@ class Controller:
             unavailable_buses=unavailable,
         )
 
-    async def _write_statuses(self, objects: list[dict], statuses: dict[str, dict]) -> None:
+    async def _write_statuses(self, objects: list[dict], statuses: dict[str, dict]) -> int:
+        """Write the statuses that changed; how many were written."""
+        written = 0
         for obj in objects:
             metadata = obj["metadata"]
             status = statuses.get(metadata["uid"])
@@ -129,11 +136,13 @@ class Controller:
                 await self._store.update_status(
                     _group(obj), obj["kind"], metadata["namespace"], metadata["name"], status
                 )
+                written += 1
             except CemeshError as exc:  # deleted meanwhile, or a passing store error
                 log.info("status not written", extra={"name": metadata["name"], "why": str(exc)})
+        return written
 
-    async def _converge_children(self, objects: list[dict], desired: list[dict]) -> bool:
-        """Create, update and delete owned objects to match ``desired``; True if any changed.
+    async def _converge_children(self, objects: list[dict], desired: list[dict]) -> int:
+        """Create, update and delete owned objects to match ``desired``; how many changed.
 
         An object is ours to manage when its controller ownerReference names a kind in
         OWNER_KINDS; when its owner is gone or no longer wants it, it is deleted
@@ -141,19 +150,19 @@ class Controller:
         """
         by_key = {_key(obj): obj for obj in objects}
         wanted = {_key(child): child for child in desired}
-        changed = False
+        changed = 0
         for key, child in wanted.items():
             try:
                 admitted = admit(child)
                 current = by_key.get(key)
                 if current is None:
                     await self._store.create(admitted)
-                    changed = True
+                    changed += 1
                 elif _controller_uid(current) == _controller_uid(admitted) and current.get(
                     "spec"
                 ) != admitted.get("spec"):
                     await self._store.replace(admitted)
-                    changed = True
+                    changed += 1
             except CemeshError as exc:
                 log.warning("owned object not written", extra={"object": key, "why": str(exc)})
         for key, obj in by_key.items():
@@ -161,7 +170,7 @@ class Controller:
                 continue  # wanted, or not ours to manage: leave it alone
             try:
                 await self._store.delete(*key)
-                changed = True
+                changed += 1
             except CemeshError as exc:
                 log.info("owned object not deleted", extra={"object": key, "why": str(exc)})
         return changed

@@ -99,7 +99,7 @@ def create_backend(settings: Settings) -> Backend:
     if settings.invoker_backend == "kubernetes":
         from broker.serving.kubernetes import KubernetesBackend
 
-        return KubernetesBackend(settings.invoker_kubeconfig, context=settings.invoker_kube_context)
+        return KubernetesBackend(settings.kubeconfig, context=settings.kube_context)
     return ProcessBackend()
 
 
@@ -176,6 +176,11 @@ class Invoker:
         for key, spec in revisions.items():
             state = self._revisions.get(key)
             if state is None:
+                self._revisions[key] = await self._start(spec)
+            elif state.spec.template != spec.template:
+                # Only a SinkBinding (K_SINK) changes a Revision's template: its replicas are
+                # started again with the new environment.
+                await self._forget(state)
                 self._revisions[key] = await self._start(spec)
             elif state.spec != spec:  # a new config-autoscaler changes the policy
                 state.spec = spec

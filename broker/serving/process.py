@@ -25,6 +25,7 @@ from typing import Any
 
 from broker.errors import CemeshError
 from broker.serving.backend import Replica, RevisionRef
+from broker.serving.specs import BINDING_ENV
 from broker.supervisor import ProcessSpec, SupervisedProcess
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def process_command(template: Mapping[str, Any]) -> tuple[list[str], dict[str, s
         for item in container.get("env") or ()
         if isinstance(item, Mapping) and item.get("name")
     }
+    env.update(template.get(BINDING_ENV) or {})  # a SinkBinding's K_SINK wins, as in Knative
     return command + list(container.get("args") or []), env, container.get("workingDir")
 
 

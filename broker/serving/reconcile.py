@@ -31,6 +31,7 @@ from broker.reconcile import (
     ADDRESS_RESOLVERS,
     Conditions,
     Obj,
+    Unresolvable,
     World,
     base_status,
     owner_reference,
@@ -54,6 +55,7 @@ from broker.serving.kinds import (
     tag_url,
 )
 from broker.serving.specs import (
+    BINDING_ENV,
     COMPONENT,
     RUNTIME_STATUS_KEYS,
     RevisionSpec,
@@ -62,6 +64,8 @@ from broker.serving.specs import (
     route_key,
 )
 from broker.serving.traffic import TrafficTarget
+from broker.sources.container import binding_env
+from broker.sources.kinds import SINK_BINDING
 
 Status = Literal["True", "False", "Unknown"]
 HISTORY = 3  # Revisions kept before the latest, besides those traffic names
@@ -85,6 +89,39 @@ def _generation(revision: Obj) -> int:
         return int(labels.get(GENERATION_LABEL, 0))
     except ValueError:
         return 0
+
+
+def _binds(binding: Obj, service: Obj) -> bool:
+    """Whether SinkBinding ``binding`` names ``service`` as its subject (by name or labels)."""
+    subject = (binding.get("spec") or {}).get("subject") or {}
+    if subject.get("kind") != SERVICE.kind or subject.get("apiVersion") != SERVICE.api_version:
+        return False
+    if subject.get("name"):
+        return bool(subject["name"] == service["metadata"]["name"])
+    wanted = ((subject.get("selector") or {}).get("matchLabels")) or {}
+    labels = service["metadata"].get("labels") or {}
+    return bool(wanted) and all(labels.get(key) == value for key, value in wanted.items())
+
+
+def sink_binding_env(world: World, namespace: str, service_name: str) -> dict[str, str]:
+    """K_SINK and K_CE_OVERRIDES for a Service's replicas, from a SinkBinding whose subject it
+    is (K185): what Knative's SinkBinding injects into the pods it binds."""
+    service = world.find((SERVING, SERVICE.kind, namespace, service_name))
+    if service is None:
+        return {}
+    for key, binding in sorted(world.objects.items()):
+        if key[:3] != (SINK_BINDING.group, SINK_BINDING.kind, namespace) or not _binds(
+            binding, service
+        ):
+            continue
+        spec = binding.get("spec") or {}
+        try:
+            sink = world.resolve(spec.get("sink") or {}, namespace, require_ready=False)
+        except Unresolvable:
+            continue  # the SinkBinding reports it; the replicas run without K_SINK meanwhile
+        overrides = (spec.get("ceOverrides") or {}).get("extensions") or {}
+        return binding_env(sink, overrides)
+    return {}
 
 
 def reconcile_revision(obj: Obj, world: World) -> None:
@@ -112,7 +149,11 @@ def reconcile_revision(obj: Obj, world: World) -> None:
             service=service,
             name=name,
             uid=uid,
-            template={**spec, "annotations": dict(metadata.get("annotations") or {})},
+            template={
+                **spec,
+                "annotations": dict(metadata.get("annotations") or {}),
+                BINDING_ENV: sink_binding_env(world, namespace, service),
+            },
             container_concurrency=concurrency,
             timeout=float(spec.get("timeoutSeconds") or 300),
             policy=policy,

@@ -24,6 +24,9 @@ COMPONENT = "invoker"
 # names; ``autoscaler`` ({reason, panic}) and ``runtimeError`` ({reason, message}) are cemesh's.
 RUNTIME_STATUS_KEYS = ("actualReplicas", "desiredReplicas", "autoscaler", "runtimeError")
 
+# Key of RevisionSpec.template: the environment a SinkBinding adds to the replicas (K_SINK, ...).
+BINDING_ENV = "bindingEnv"
+
 
 def revision_key(namespace: str, name: str) -> str:
     return f"revision:{namespace}/{name}"

@@ -697,12 +697,6 @@ from broker.sources.base import Source, SourceKind  # noqa: E402
 from broker.sources.kinds import API_SERVER_SOURCE, register_source_kind  # noqa: E402
 
 
-def kubeconfig_setting(settings: object) -> str | None:
-    """The kubeconfig path cemesh is configured with (``None``: in-cluster or ~/.kube/config)."""
-    value = getattr(settings, "kubeconfig", None)
-    return str(value) if value else None
-
-
 class ApiServerSource(Source):
     """Runs an :class:`ApiServerWatcher` for one ApiServerSource, sending to its sink.
 
@@ -719,7 +713,7 @@ class ApiServerSource(Source):
             owner=spec.get("owner"),
             namespace=self.spec.namespace,
             namespace_selector=spec.get("namespaceSelector"),
-            kubeconfig=kubeconfig_setting(self.context.settings),
+            kubeconfig=self.context.settings.kubeconfig,
             on_event=self._send,
         )
         await watcher.run()

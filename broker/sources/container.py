@@ -16,9 +16,10 @@ What this module owns:
 
 Kubernetes semantics kept: ``$(VAR)`` in ``command``/``args`` expands to the container's
 variables (K_SINK included), ``$(VAR)`` in an env value to the variables listed before it,
-``$$`` is a literal ``$``, an unknown ``$(VAR)`` stays as written. Not available locally, with an
-admission error that says so: an ``image`` without ``command`` (the image's entrypoint cannot be
-run), ``env[].valueFrom``, ``envFrom``, ``initContainers`` and more than one container. Other
+``$$`` is a literal ``$``, an unknown ``$(VAR)`` stays as written. An ``image`` without
+``command`` applies (Knative YAML unchanged) but the source is not Ready (``NotRunnable``: the
+image's entrypoint cannot be run here). Not available locally, with an admission error that says
+so: ``env[].valueFrom``, ``envFrom``, ``initContainers`` and more than one container. Other
 container fields (ports, resources, probes, volumes, ...) are accepted and ignored. Knative also
 requires ``name`` and ``image`` on each container; cemesh does not need them and accepts their
 absence.
@@ -33,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from broker.errors import InvalidResource
-from broker.sources.base import Source, SourceKind
+from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
 from broker.supervisor import ProcessSpec, SupervisedProcess
 
 log = logging.getLogger(__name__)
@@ -161,15 +162,12 @@ def admit_container_source(obj: dict[str, Any], old: Mapping[str, Any] | None) -
             raise InvalidResource(f"{_CONTAINER}.{key}", f"must be a string, got {value!r}")
     command = container.get("command")
     if not command:
-        image = container.get("image")
-        pulled = f"pull or run the image {image!r}" if image else "pull or run images"
-        raise InvalidResource(
-            f"{_CONTAINER}.command",
-            f"is required: cemesh runs the container's command locally as a child process "
-            f"(with K_SINK and K_CE_OVERRIDES set) and does not {pulled}; set command (and "
-            "args) to the program to run, e.g. command: [python, heartbeats.py]",
-        )
-    _string_list(command, f"{_CONTAINER}.command")
+        if not container.get("image"):
+            raise InvalidResource(f"{_CONTAINER}.command", _not_runnable(None))
+        # Knative YAML with only an image applies unchanged; the source is not Ready, and its
+        # status says to add a command (see _prepare).
+    else:
+        _string_list(command, f"{_CONTAINER}.command")
     if container.get("args") is not None:
         _string_list(container["args"], f"{_CONTAINER}.args")
     if container.get("envFrom"):
@@ -355,8 +353,34 @@ from broker.sources.kinds import (  # noqa: E402
     register_source_kind,
 )
 
+
+def _not_runnable(image: object) -> str:
+    pulled = f"pull or run the image {image!r}" if image else "pull or run images"
+    return (
+        "is required: cemesh runs the container's command locally as a child process "
+        f"(with K_SINK and K_CE_OVERRIDES set) and does not {pulled}; set command (and "
+        "args) to the program to run, e.g. command: [python, heartbeats.py]"
+    )
+
+
+def _prepare(obj: Mapping[str, Any], context: PrepareContext) -> Mapping[str, Any]:
+    """Not Ready (NotRunnable) while the container has an image but no command to run."""
+    containers = ((obj.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers")
+    container = containers[0] if isinstance(containers, list) and containers else {}
+    if not container.get("command"):
+        raise SourceNotReady(
+            "NotRunnable", f"{_CONTAINER}.command {_not_runnable(container.get('image'))}"
+        )
+    return {}
+
+
 register_source_kind(
-    SourceKind(resource=CONTAINER_SOURCE, runner=ContainerSource, check=admit_container_source)
+    SourceKind(
+        resource=CONTAINER_SOURCE,
+        runner=ContainerSource,
+        check=admit_container_source,
+        prepare=_prepare,
+    )
 )
 # SinkBinding runs nothing: its sink and ceOverrides reach its subject (K_SINK, K_CE_OVERRIDES).
 SINK_BINDING_KIND = SourceKind(resource=SINK_BINDING, runner=None, check=admit_sink_binding)

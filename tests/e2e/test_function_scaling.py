@@ -201,7 +201,13 @@ async def test_first_event_wakes_it_step_load_scales_up_and_it_returns_to_zero(
             return status["actualReplicas"] == 0 and status["desiredReplicas"] == 0
 
         await eventually(status_at_zero)  # written by the invoker
-        await mesh.runtime.controller.sync()  # (a controller pass may have raced the write)
+
+        async def service_at_zero() -> bool:  # the controller's next poll sums it up
+            status = (await mesh.client.get(f"{SERVICES}/fn")).json()["status"]
+            [scaling] = status["autoscaler"]
+            return (scaling["actualReplicas"], scaling["desiredReplicas"]) == (0, 0)
+
+        await eventually(service_at_zero)
         status = (await mesh.client.get(f"{SERVICES}/fn")).json()["status"]
         [scaling] = status["autoscaler"]
         assert (scaling["actualReplicas"], scaling["desiredReplicas"]) == (0, 0)

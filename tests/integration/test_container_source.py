@@ -22,7 +22,7 @@ import pytest
 from broker.errors import InvalidResource
 from broker.resources import admit
 from broker.sources import container
-from broker.sources.base import SourceSpec
+from broker.sources.base import PrepareContext, SourceNotReady, SourceSpec
 from broker.sources.container import (
     ContainerSource,
     admit_sink_binding,
@@ -30,6 +30,7 @@ from broker.sources.container import (
     container_process_spec,
     expand,
 )
+from broker.sources.kinds import SOURCE_KINDS
 from tests.support.subscriber import RecordingSubscriber
 
 pytestmark = pytest.mark.timeout(30)
@@ -97,11 +98,21 @@ def test_container_source_with_command_is_admitted_as_written() -> None:
     assert admitted["spec"]["template"] == obj["spec"]["template"]
 
 
-def test_image_without_command_is_rejected_naming_the_command_field() -> None:
-    error = admit_error(container_source({"image": "ghcr.io/example/heartbeats"}))
+def test_image_without_command_applies_but_is_not_runnable_naming_the_command_field() -> None:
+    """Knative YAML applies unchanged; the source is not Ready and says to add a command."""
+    obj = admit(container_source({"image": "ghcr.io/example/heartbeats"}))
+    kind = SOURCE_KINDS["ContainerSource"]
+    with pytest.raises(SourceNotReady) as caught:
+        kind.prepare(obj, PrepareContext("http://127.0.0.1:8080", {}))
+    assert caught.value.reason == "NotRunnable"
+    assert "spec.template.spec.containers[0].command" in caught.value.message
+    assert "cemesh runs the container's command locally" in caught.value.message
+    assert "ghcr.io/example/heartbeats" in caught.value.message
+
+
+def test_container_without_command_or_image_is_rejected_naming_the_command_field() -> None:
+    error = admit_error(container_source({"name": "nothing"}))
     assert error.field == "spec.template.spec.containers[0].command"
-    assert "cemesh runs the container's command locally" in error.reason
-    assert "ghcr.io/example/heartbeats" in error.reason
 
 
 def test_env_value_from_is_rejected_with_a_clear_reason() -> None:
