@@ -596,7 +596,21 @@ def _parse_binary_fast(headers: Headers, body: bytes) -> CloudEvent | None:
             attributes["datacontenttype"] = content_type.decode("utf-8")
         except UnicodeDecodeError:
             return None
-    _validate(attributes, binary=True)
+    # The usual 1.0 event needs only these checks of _validate's (C1-C5, C14): no time, subject
+    # or dataschema to check, datacontenttype non-empty by construction. Anything else, and
+    # every error, goes through _validate, which says precisely what is wrong.
+    get = attributes.get
+    if not (
+        get("specversion") == "1.0"
+        and get("id")
+        and get("source")
+        and get("type")
+        and "time" not in attributes
+        and "subject" not in attributes
+        and "dataschema" not in attributes
+        and "".join(attributes.values()).isprintable()  # type: ignore[arg-type]
+    ):
+        _validate(attributes, binary=True)
     return CloudEvent(attributes, body if body else None)
 
 

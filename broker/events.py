@@ -104,15 +104,16 @@ def now_rfc3339() -> str:
     """The current UTC time as an RFC 3339 timestamp with microseconds.
 
     On the ingress hot path (``knativearrivaltime``): the date and time of the current second are
-    formatted once per second and only the microseconds per call (strftime costs ~2 us).
+    formatted once per second and only the microseconds per call (strftime costs ~2 us; the
+    zero-padding is a slice of ``1_000_000 + micros``, cheaper than a ``:06d`` format).
     """
-    now = time.time()
-    second = int(now)
+    micros = time.time_ns() // 1000
+    second, fraction = divmod(micros, 1_000_000)
     cached_second, prefix = _second_cache[0]
     if second != cached_second:
         prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache[0] = (second, prefix)
-    return f"{prefix}.{int((now - second) * 1_000_000):06d}Z"
+    return f"{prefix}.{str(1_000_000 + fraction)[1:]}Z"
 
 
 def new_event(

@@ -28,7 +28,7 @@ from broker.bus import Bus
 from broker.errors import BindingError, PublishError
 from broker.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
 from broker.metrics import Metrics
-from broker.spec import Snapshot
+from broker.spec import BrokerSpec, ChannelSpec, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,26 @@ class Ingress:
         max_ttl: int,
     ) -> None:
         self.buses = buses
-        self.snapshot = Snapshot()
+        self._snapshot = Snapshot()
+        # Where each ingress route publishes, keyed as match_route returns it (one lookup).
+        self._targets: dict[tuple[str, str, str], BrokerSpec | ChannelSpec] = {}
         self.max_request_bytes = max_request_bytes
         self.max_ttl = max_ttl
         self._metrics = metrics
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @snapshot.setter
+    def snapshot(self, snapshot: Snapshot) -> None:
+        targets: dict[tuple[str, str, str], BrokerSpec | ChannelSpec] = {
+            ("broker", namespace, name): spec
+            for (namespace, name), spec in snapshot.brokers.items()
+        }
+        for (namespace, name), channel in snapshot.channels.items():
+            targets[("channel", namespace, name)] = channel
+        self._snapshot, self._targets = snapshot, targets
 
     # -- programmatic entry (replies re-entering a broker: K104, K108) ------------------------
 
@@ -182,15 +198,10 @@ class Ingress:
     async def post(
         self, scope: Scope, receive: Receive, send: Send, route: tuple[str, str, str]
     ) -> None:
-        kind, namespace, name = route
-        snapshot = self.snapshot
-        target = (
-            snapshot.brokers.get((namespace, name))
-            if kind == "broker"
-            else snapshot.channels.get((namespace, name))
-        )
+        target = self._targets.get(route)
+        kind = route[0]
         if target is None:
-            await self._reject(send, 404, f"{kind} {namespace}/{name} not found")
+            await self._reject(send, 404, f"{kind} {route[1]}/{route[2]} not found")
             return
 
         headers = scope["headers"]
@@ -209,8 +220,12 @@ class Ingress:
             if kind == "broker":
                 arrival = now_rfc3339()
                 for event in events:
-                    apply_broker_ttl(event, self.max_ttl)
-                    event.attributes[ARRIVAL_TIME] = arrival
+                    attributes = event.attributes
+                    if BROKER_TTL in attributes:
+                        apply_broker_ttl(event, self.max_ttl)
+                    else:  # the usual case, without a call (K45)
+                        attributes[BROKER_TTL] = self.max_ttl
+                    attributes[ARRIVAL_TIME] = arrival
         except BindingError as exc:
             await self._reject(send, 400, exc.message)
             return

@@ -35,6 +35,7 @@ from broker.sources.apiserver import (
 )
 from broker.sources.base import EventSender, SourceSpec
 from tests.conftest import shared_fixture_dir
+from tests.support.cemesh import running_cemesh
 from tests.support.k8s_replay import (
     FakeKubeApiServer,
     Request,
@@ -720,3 +721,55 @@ def test_admission_names_the_bad_field_K192(spec: dict[str, Any], field: str) ->
     with pytest.raises(InvalidResource) as caught:
         admit_api_server_source(source_obj(**spec), None)
     assert caught.value.field == field
+
+
+async def test_an_applied_api_server_source_reaches_a_trigger_through_a_broker_K187(
+    tmp_path: Path,
+) -> None:
+    """The whole path: ApiServerSource applied to a running cemesh (CEMESH_KUBECONFIG), its sink
+    a Broker, a Trigger on the add type to a subscriber; the source is Ready with sinkUri and
+    its event types are listed as EventTypes."""
+    async with FakeKubeApiServer() as api, RecordingSubscriber() as subscriber:
+        kubeconfig = str(write_kubeconfig(tmp_path / "kubeconfig", api.url))
+        async with running_cemesh(tmp_path, kubeconfig=kubeconfig) as mesh:
+            await mesh.apply(
+                """
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: pods}
+spec:
+  broker: default
+  filter: {attributes: {type: dev.knative.apiserver.resource.add}}
+  subscriber: {uri: SUBSCRIBER/pods}
+---
+apiVersion: sources.knative.dev/v1
+kind: ApiServerSource
+metadata: {name: pods}
+spec:
+  mode: Resource
+  resources: [{apiVersion: v1, kind: Pod}]
+  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+""".replace("SUBSCRIBER", subscriber.url)
+            )
+            await api.wait_for_watches(1)
+            stored = await api.apply("ADDED", pod("web"))
+            [received] = await subscriber.wait_for(1)
+            path = "/apis/sources.knative.dev/v1/namespaces/default/apiserversources/pods"
+            status = (await mesh.client.get(path)).json()["status"]
+            types = (
+                await mesh.client.get(
+                    "/apis/eventing.knative.dev/v1beta2/namespaces/default/eventtypes"
+                )
+            ).json()["items"]
+    assert received.headers["ce-subject"] == "/apis/v1/namespaces/default/pods/web"
+    assert json.loads(received.body) == stored
+    assert status["sinkUri"] == f"{mesh.url}/default/default"
+    assert {t["spec"]["type"] for t in types} >= {
+        "dev.knative.apiserver.resource.add",
+        "dev.knative.apiserver.resource.update",
+        "dev.knative.apiserver.resource.delete",
+    }
