@@ -43,6 +43,7 @@ from broker.dispatch.client import HttpClient, Response
 from broker.errors import CemeshError, DeliveryError, NotFound
 from broker.serving.activator import Activator, HoldTimeout, Overloaded
 from broker.serving.autoscaler import (
+    Decision,
     MetricWindow,
     ScalerState,
     decide,
@@ -295,16 +296,7 @@ class Invoker:
             now = self.clock()
             self._sample(state, now)
             policy = state.spec.policy
-            stable, panic = state.window.averages(now, policy)
-            decision = decide(
-                policy,
-                state.scaler,
-                ready_replicas=len(self.backend.ready(state.ref)),
-                stable=stable,
-                panic=panic,
-                now=now,
-            )
-            state.scaler = decision.state
+            decision = self._decide(state, now)
             desired = max(decision.desired, policy.activation_scale, 1)
             if policy.max_scale:
                 desired = min(desired, policy.max_scale)
@@ -345,21 +337,25 @@ class Invoker:
         self._rounds += 1
         await self._write_statuses(resync=self._rounds % STATUS_RESYNC_ROUNDS == 0)
 
+    def _decide(self, state: _Revision, now: float) -> Decision:
+        """The autoscaler's decision for ``state`` now; its memory moves on with it."""
+        stable, panic = state.window.averages(now, state.spec.policy)
+        decision = decide(
+            state.spec.policy,
+            state.scaler,
+            ready_replicas=len(self.backend.ready(state.ref)),
+            stable=stable,
+            panic=panic,
+            now=now,
+        )
+        state.scaler = decision.state
+        return decision
+
     async def _decide_all(self, now: float) -> None:
         for state in list(self._revisions.values()):
             if state.waking or state.activator.closed:
                 continue
-            policy = state.spec.policy
-            stable, panic = state.window.averages(now, policy)
-            decision = decide(
-                policy,
-                state.scaler,
-                ready_replicas=len(self.backend.ready(state.ref)),
-                stable=stable,
-                panic=panic,
-                now=now,
-            )
-            state.scaler = decision.state
+            decision = self._decide(state, now)
             state.panic = decision.panic
             await self._scale(state, decision.desired, decision.reason)
             if not self._notifies:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +36,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
 
-import uvicorn
 import yaml
 
-from tests.support.subscriber import _Server
+from tests.support.subscriber import LoopbackServer
 
 TOKEN = "cemesh-test-token"
 
@@ -202,34 +200,13 @@ class FakeKubeApiServer:
             if version_file is not None
             else {"major": "1", "minor": "36", "gitVersion": "v1.36.0-fake"}
         )
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._socket: socket.socket | None = None
+        # log_level critical: drop_watches() makes uvicorn log each cut connection
+        self._server = LoopbackServer(self._app, name="fake kube-apiserver", log_level="critical")
 
     # -- lifecycle
 
     async def __aenter__(self) -> FakeKubeApiServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
-        config = uvicorn.Config(
-            self._app,
-            interface="asgi3",
-            log_level="critical",  # drop_watches() makes uvicorn log each cut connection
-            access_log=False,
-            lifespan="off",
-            loop="none",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        ready = asyncio.create_task(self._server.ready.wait())
-        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            await self._task
-            raise RuntimeError("fake kube-apiserver exited before it started")
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.url = await self._server.start()
         return self
 
     async def __aexit__(
@@ -241,12 +218,7 @@ class FakeKubeApiServer:
         async with self._changed:
             self._closing = True
             self._changed.notify_all()
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            self._server.stop.set()
-            await self._task
-        if self._socket is not None:
-            self._socket.close()
+        await self._server.stop()
 
     # -- state
 

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import copy
 import json
-import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +44,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
 
-import uvicorn
-
-from tests.support.subscriber import RecordingSubscriber, _Server
+from tests.support.subscriber import LoopbackServer, RecordingSubscriber
 
 TOKEN = "fake-scale-token"  # a test credential for a loopback server
 
@@ -194,8 +191,7 @@ class FakeScaleApiServer:
         self._compacted = 0
         self._watches: set[_Watch] = set()
         self._closing = asyncio.Event()
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._server = LoopbackServer(self._app, name="fake kube-apiserver")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -215,41 +211,14 @@ class FakeScaleApiServer:
 
     async def start(self) -> None:
         """Listen (again) on 127.0.0.1: a free port the first time, the same one after."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind after stop()
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         self._closing = asyncio.Event()
-        config = uvicorn.Config(
-            self._app,
-            interface="asgi3",
-            proxy_headers=False,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            loop="none",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        ready = asyncio.create_task(self._server.ready.wait())
-        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            sock.close()
-            await self._task
-            raise RuntimeError("fake kube-apiserver exited before it started")
+        self.url = await self._server.start()
+        self.port = self._server.port
 
     async def stop(self) -> None:
         """Stop listening: open watches end, new connections are refused. Idempotent."""
         self._closing.set()  # watch streams end, so the graceful shutdown does not wait on them
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            self._server.stop.set()
-            await self._task
-        self._server = None
-        self._task = None
+        await self._server.stop()
 
     def write_kubeconfig(self, path: Path, *, token: str | None = None) -> Path:
         """Write a kubeconfig whose current context points at this server; return ``path``."""

@@ -89,32 +89,38 @@ class _Server(uvicorn.Server):
         yield  # Ctrl-C belongs to pytest, not to a test's server
 
 
-class RecordingSubscriber:
-    """An HTTP subscriber on ``http://127.0.0.1:PORT`` that records what it receives."""
+class LoopbackServer:
+    """An ASGI app served by uvicorn inside the running (test's) event loop on 127.0.0.1.
 
-    def __init__(self, respond: Respond | None = None) -> None:
-        self.respond: Respond = respond or _accepted
-        self.url = ""  # set once started
-        self.received: list[Received] = []
-        self._arrived = asyncio.Event()
+    ``start()`` binds a free port the first time and the same port after a ``stop()`` (so a test
+    can take a server down and bring it back where clients expect it); ``url`` is its address.
+    """
+
+    def __init__(self, app: Any, *, name: str, log_level: str = "warning") -> None:
+        self._app = app
+        self._name = name
+        self._log_level = log_level
+        self.port = 0
+        self.url = ""
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
 
-    async def __aenter__(self) -> RecordingSubscriber:
+    async def start(self) -> str:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))  # the kernel picks a free port; we keep the socket: no race
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind after stop()
+        sock.bind(("127.0.0.1", self.port))  # kept bound until stop(): no race for the port
         self._socket = sock
-        port = sock.getsockname()[1]
+        self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._app,
             interface="asgi3",  # a bound method would be mistaken for an ASGI2 app
             proxy_headers=False,
-            log_level="warning",
+            log_level=self._log_level,
             access_log=False,
             lifespan="off",
             loop="none",  # serve in the running (test's) loop
-            # A respond() still waiting when the test ends is cancelled rather than awaited.
+            # A request still being answered when the test ends is cancelled, not awaited.
             timeout_graceful_shutdown=1,
         )
         self._server = _Server(config)
@@ -125,8 +131,35 @@ class RecordingSubscriber:
             ready.cancel()
             sock.close()
             await self._task  # re-raises why the server did not start
-            raise RuntimeError("subscriber server exited before it started")
-        self.url = f"http://127.0.0.1:{port}"
+            raise RuntimeError(f"{self._name} exited before it started")
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop listening and close the socket; idempotent."""
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            self._server.stop.set()
+            await self._task
+        self._server = None
+        self._task = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+class RecordingSubscriber:
+    """An HTTP subscriber on ``http://127.0.0.1:PORT`` that records what it receives."""
+
+    def __init__(self, respond: Respond | None = None) -> None:
+        self.respond: Respond = respond or _accepted
+        self.url = ""  # set once started
+        self.received: list[Received] = []
+        self._arrived = asyncio.Event()
+        self._server = LoopbackServer(self._app, name="subscriber server")
+
+    async def __aenter__(self) -> RecordingSubscriber:
+        self.url = await self._server.start()
         return self
 
     async def __aexit__(
@@ -135,12 +168,7 @@ class RecordingSubscriber:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            self._server.stop.set()
-            await self._task
-        if self._socket is not None:
-            self._socket.close()
+        await self._server.stop()
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:  # noqa: ASYNC109
         """Wait until at least ``count`` requests arrived; return all received so far (a copy).
