@@ -62,6 +62,8 @@ STATUS_RESYNC_ROUNDS = 10  # decision rounds between re-checks of the written st
 RETRY_AFTER = b"1"  # seconds, on 503: a replica is usually up by then
 PREFIX = "/services/"
 # Hop-by-hop and framing headers: never forwarded either way (the client frames requests).
+# Response headers the server in front (uvicorn) sets itself: the replica's would repeat them.
+_SERVER_SET = frozenset({"server", "date"})
 _HOP = frozenset(
     {
         "host",
@@ -528,7 +530,11 @@ class Invoker:
                     response = await self.invoke(namespace, name, tag, path, headers, body)
                 except DeliveryError as exc:
                     response = _json_response(502, exc.message)
-        out = [(k, v) for k, v in response.headers if k.decode("latin-1").lower() not in _HOP]
+        out = [
+            (k, v)
+            for k, v in response.headers
+            if (name := k.decode("latin-1").lower()) not in _HOP and name not in _SERVER_SET
+        ]
         out.append((b"content-length", str(len(response.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         await send({"type": "http.response.body", "body": response.body})
