@@ -6,19 +6,17 @@ lists the ingress channel and each branch (K171, K176); ``cemesh get parallels``
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
 from broker.cli import table_rows
 from broker.events import CloudEvent
 from tests.conftest import shared_fixture_dir
 from tests.support.cemesh import running_cemesh
-from tests.support.flows import appended, appender, replying, wait_until
+from tests.support.flows import appended, appender, displayed, replying, wait_until, with_command
 from tests.support.subscriber import Received, RecordingSubscriber
 
 
@@ -178,24 +176,6 @@ async def test_knative_docs_parallel_applies_unchanged_and_waits_naming_the_miss
             assert par["status"]["address"]["url"].endswith(
                 f"/channels/default/{par['metadata']['name']}-kn-parallel"
             )
-
-
-SAMPLES = Path(__file__).resolve().parents[1] / "support" / "sample_services.py"
-
-
-def with_command(manifest: str, *args: str) -> list[dict[str, Any]]:
-    """The docs' Services, each given a local ``command`` that does its image's job."""
-    docs = [doc for doc in yaml.safe_load_all(manifest) if doc]
-    for doc in docs:
-        [container] = doc["spec"]["template"]["spec"]["containers"]
-        container["command"] = [sys.executable, str(SAMPLES), *args]
-    return docs
-
-
-def displayed(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 async def test_knative_docs_parallel_multiple_branches_walkthrough(tmp_path: Path) -> None:

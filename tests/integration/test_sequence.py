@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import yaml
 from broker.cli import table_rows
 from tests.conftest import shared_fixture_dir
 from tests.support.cemesh import RunningCemesh, running_cemesh
-from tests.support.flows import appended, appender, reply_with, wait_until
+from tests.support.flows import appended, appender, displayed, reply_with, wait_until, with_command
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
 SEQUENCES = "/apis/flows.knative.dev/v1/namespaces/default/sequences"
@@ -212,24 +211,6 @@ async def test_knative_docs_sequence_applies_unchanged_and_waits_naming_the_miss
         assert 'Service "default/first"' in ready["message"], ready
         assert condition(seq, "ChannelsReady")["status"] == "True"
         assert [c["ready"]["status"] for c in seq["status"]["channelStatuses"]] == ["True"] * 3
-
-
-SAMPLES = Path(__file__).resolve().parents[1] / "support" / "sample_services.py"
-
-
-def with_command(manifest: str, *args: str) -> list[dict[str, Any]]:
-    """The docs' Services, each given a local ``command`` that does its image's job."""
-    docs = [doc for doc in yaml.safe_load_all(manifest) if doc]
-    for doc in docs:
-        [container] = doc["spec"]["template"]["spec"]["containers"]
-        container["command"] = [sys.executable, str(SAMPLES), *args]
-    return docs
-
-
-def displayed(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 PING = {  # what the docs' PingSource sends (posted directly: its schedule is minutes apart)

@@ -8,9 +8,14 @@ returns; :func:`appender` and :func:`replying` build ``respond`` functions that 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import orjson
+import yaml
 
 from broker import binding
 from broker.events import CloudEvent
@@ -61,3 +66,22 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> No
                 await asyncio.sleep(0.005)
     except TimeoutError:
         raise AssertionError(f"condition not met within {timeout:g}s") from None
+
+
+SAMPLES = Path(__file__).resolve().parent / "sample_services.py"
+
+
+def with_command(manifest: str, *args: str) -> list[dict[str, Any]]:
+    """The docs' Services, each given a local ``command`` that does its image's job."""
+    docs = [doc for doc in yaml.safe_load_all(manifest) if doc]
+    for doc in docs:
+        [container] = doc["spec"]["template"]["spec"]["containers"]
+        container["command"] = [sys.executable, str(SAMPLES), *args]
+    return docs
+
+
+def displayed(path: Path) -> list[dict[str, Any]]:
+    """The events the sample event-display Service wrote to ``path`` (one JSON line each)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
