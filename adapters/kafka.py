@@ -57,6 +57,12 @@ Model:
   or one that lost the partition in a rebalance, to the next subscription of the same group in
   this bus. Kafka keeps no delivery count, so a message re-read by another process (after a
   crash, or a partition moving to another replica) starts again at 1.
+- ``delete_group`` closes the group's subscriptions of this bus (leaving the group), then
+  deletes the Kafka consumer group with its committed offsets (DeleteGroups, sent to the group's
+  coordinator; Tansu supports it). A Kafka group is not tied to one topic, so this removes the
+  group for every topic it consumed (cemesh uses a group for one topic only). A group that does
+  not exist is fine; one that still has members (a subscription in another process) is refused
+  by the server: a retryable BusError.
 - Settling is at-least-once: a crash, or a rebalance cancelling a handler, redelivers messages
   whose handler had already run, and messages acked behind an unacked one are re-read with it.
 
@@ -89,6 +95,7 @@ import aiokafka.errors as kafka_errors
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.structs import ConsumerRecord
 
 from broker.bus import BusFactory, Capability, Handler, Message, run_handler
@@ -129,6 +136,9 @@ _CREATE_REFUSED = frozenset(
     )
 )
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# DeleteGroups answers meaning the group is gone already (or never was): delete is idempotent.
+_GROUP_GONE = frozenset((0, kafka_errors.GroupIdNotFound.errno))
+_NON_EMPTY_GROUP = kafka_errors.NonEmptyGroup.errno
 
 
 # -- names and the wire format (pure) -------------------------------------------------------------
@@ -441,6 +451,14 @@ class _KafkaSubscription:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._loop = asyncio.get_running_loop()
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def group(self) -> str:
+        return self._group
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -857,6 +875,39 @@ class KafkaBus:
             await subscription.close()
             raise SubscribeError("kafka bus closed while subscribing", retryable=False)
         return subscription
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Close ``group``'s subscriptions here, then delete the consumer group and its offsets."""
+        if self._closed:
+            raise BusError("kafka bus is closed", retryable=False)
+        mine = [s for s in self._subscriptions if (s.topic, s.group) == (topic, group)]
+        if mine:
+            await asyncio.gather(*(s.close() for s in mine), return_exceptions=True)
+        for remembered in [k for k in self._attempts if k[:2] == (topic, group)]:
+            del self._attempts[remembered]
+        try:
+            await self.open()
+            admin = self._admin
+            if admin is None:
+                raise BusError("kafka bus closed while deleting a group", retryable=False)
+            coordinator = await admin.find_coordinator(group)
+            # aiokafka's admin client has no delete_consumer_groups: the request is sent to the
+            # group's coordinator as its own methods send theirs.
+            response = await admin._send_request_to_node(coordinator, DeleteGroupsRequest([group]))
+        except kafka_errors.KafkaError as exc:
+            if isinstance(exc, kafka_errors.GroupIdNotFound):
+                return  # the coordinator lookup of an unknown group, on some servers
+            raise BusError(
+                f"kafka bus: cannot delete group {group!r}: {exc!r}", retryable=_retryable(exc)
+            ) from exc
+        for _, code in response.results:
+            if code not in _GROUP_GONE:
+                error = kafka_errors.for_code(code)
+                raise BusError(
+                    f"kafka bus: cannot delete group {group!r}: {error.__name__}",
+                    # NON_EMPTY_GROUP: a member in another process; it may leave.
+                    retryable=bool(error.retriable) or code == _NON_EMPTY_GROUP,
+                )
 
     async def close(self) -> None:
         """Close every subscription (cancelling handlers, never acking), then disconnect."""

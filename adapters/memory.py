@@ -35,6 +35,9 @@ Model:
   the next one is released once it is acked, so a key's messages are acked in publish order even
   across redeliveries. Messages without a key are not ordered; unordered groups run a key's
   messages concurrently.
+- ``delete_group`` stops the group's subscriptions (as ``close`` does: nothing is acked) and
+  then forgets the group with everything it holds; the next ``subscribe`` of that name makes a
+  new, empty group.
 - Events are passed by reference, not copied: consumers treat them as immutable (see
   ``broker/events.py``).
 """
@@ -385,6 +388,26 @@ class MemoryBus:
         state.subscriptions.add(subscription)
         self._subscriptions.add(subscription)
         return subscription
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Stop ``group``'s subscriptions, then forget the group and what it holds. Idempotent."""
+        if self._closed:
+            raise BusError("memory bus is closed", retryable=False)
+        state = self._topics.get(topic, {}).get(group)
+        if state is None:
+            return
+        # A subscribe racing with this one joins the same group object: stop it too.
+        while state.subscriptions:
+            tasks = [task for s in list(state.subscriptions) for task in s.stop()]
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        state.cancel_timers()
+        state.wake_all_putters()
+        groups = self._topics.get(topic)
+        if groups is not None and groups.get(group) is state:
+            del groups[group]
+            if not groups:
+                del self._topics[topic]
 
     async def close(self) -> None:
         """Stop every subscription (cancelling its handlers) and drop all state. Idempotent."""

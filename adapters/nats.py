@@ -39,6 +39,10 @@ Model:
   across competing subscriptions and redeliveries, whatever ``concurrency``. That orders all keys
   together: an ordered group has one delivery in flight (the price of ordering on JetStream
   without a consumer per key). Unordered groups use ``max_ack_pending`` (default 1000).
+- ``delete_group`` closes the group's subscriptions of this bus (naking what they hold), then
+  deletes the durable consumer: its position and its unacked messages go with it (on an
+  ``interest`` stream, messages only it still needed are removed). A consumer or stream that
+  does not exist is fine.
 - Errors: a publish that timed out is a retryable PublishError although the server may have
   stored it (the request went out): the producer's retry is then de-duplicated by its
   ``Nats-Msg-Id``. An event larger than the server's ``max_payload`` (1 MiB by default) is a
@@ -515,6 +519,26 @@ class NatsBus:
             ) from exc
         return target, consumer
 
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Close ``group``'s subscriptions here, then delete its durable consumer. Idempotent."""
+        js = self._jetstream(BusError)
+        mine = [s for s in self._subscriptions if (s.topic, s.group) == (topic, group)]
+        for subscription in mine:  # all stopped before any naks (as in close)
+            subscription.stop()
+        if mine:
+            await asyncio.gather(*(s.close() for s in mine), return_exceptions=True)
+        stream, consumer = stream_name(topic), consumer_name(group)
+        try:
+            await js.delete_consumer(stream, consumer)
+        except nats.js.errors.NotFoundError:
+            return  # no such consumer, or no such stream: nothing to delete
+        except Exception as exc:
+            raise BusError(
+                f"nats bus: cannot delete consumer {consumer!r} of stream {stream!r}: "
+                f"{_describe(exc)}",
+                retryable=not self._closed and _retryable(exc),
+            ) from exc
+
     def _forget(self, subscription: _NatsSubscription) -> None:
         self._subscriptions.discard(subscription)
 
@@ -569,6 +593,14 @@ class _NatsSubscription:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._stopped = asyncio.Event()
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def group(self) -> str:
+        return self._group
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)

@@ -35,6 +35,9 @@ Model:
   reopens a stream that ends or fails (backoff up to :data:`RECONNECT_MAX`). The subscription
   outlives cemesh (it is the durable group); Pub/Sub's defaults apply: unacked messages are kept
   7 days, a subscription nobody reads for 31 days is deleted.
+- Deleting a group. ``delete_group`` closes the group's subscriptions of this bus (nacking what
+  they hold), then deletes the Pub/Sub subscription, which otherwise keeps every message
+  published to its topic for days. A subscription that does not exist is fine.
 - Settling. The handler returning acks (acks are batched into Acknowledge RPCs). While a message
   is held (queued locally, in a handler, or waiting out a Nack delay) its lease is extended
   (ModifyAckDeadline) so that Pub/Sub does not hand it to someone else. A handler raising
@@ -382,6 +385,11 @@ class _PubSubSubscription:
             asyncio.create_task(self._work(), name=f"{name} handler") for _ in range(concurrency)
         ]
         self._leaser = asyncio.create_task(self._lease_loop(), name=f"{name} lease")
+
+    @property
+    def path(self) -> str:
+        """The Pub/Sub subscription this consumes."""
+        return self._path
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -834,7 +842,7 @@ class PubSubBus:
         if concurrency < 1:
             raise SubscribeError(f"concurrency must be >= 1, not {concurrency}", retryable=False)
         topic_path = self._topic_path(topic)
-        path = f"projects/{self.project}/subscriptions/{subscription_id(topic, group)}"
+        path = self._subscription_path(topic, group)
         await self._ensure_topic(topic_path, SubscribeError)
         await self._ensure_subscription(path, topic_path, ordered)
         if self._closed:
@@ -854,6 +862,29 @@ class PubSubBus:
         )
         self._subscriptions.add(subscription)
         return subscription
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Close ``group``'s subscriptions here, then delete its Pub/Sub subscription."""
+        if self._closed or self._subscriber is None:
+            raise BusError("pubsub bus is closed (or not open)", retryable=False)
+        path = self._subscription_path(topic, group)
+        mine = [s for s in self._subscriptions if s.path == path]
+        if mine:
+            await asyncio.gather(*(s.close() for s in mine), return_exceptions=True)
+        try:
+            await self._subscriber_client().delete_subscription(
+                subscription=path, retry=self._retry, timeout=self.rpc_timeout
+            )
+        except api_exceptions.NotFound:
+            return  # deleted already, or never made
+        except (*_DRIVER_ERRORS, BusError) as exc:
+            raise BusError(
+                f"pubsub: cannot delete subscription {path}: {exc!r}",
+                retryable=not self._closed and _retryable(exc),
+            ) from exc
+
+    def _subscription_path(self, topic: str, group: str) -> str:
+        return f"projects/{self.project}/subscriptions/{subscription_id(topic, group)}"
 
     async def _ensure_subscription(self, path: str, topic_path: str, ordered: bool) -> None:
         client = self._subscriber_client()

@@ -48,12 +48,17 @@ Model:
   deletes its consumer from the group when nothing is pending on it any more. A crashed replica
   leaves its consumer and pending entries behind; they are taken over after the visibility
   timeout.
+- ``delete_group`` closes the group's subscriptions of this bus (releasing what they hold),
+  then XGROUP DESTROY: the group, its consumers and its pending entries go, and the stream is
+  trimmed at once (the group no longer holds its place). A group or stream that does not exist
+  is fine.
 - Trimming: entries stay in a stream after every group acked them (XACK does not delete), so
   every ``trim_interval`` the bus trims each stream it used up to the oldest entry some group
   still needs (XTRIM ``MINID ~``: the oldest pending entry, or the first not yet delivered, of
   every group; everything when the stream has no group, as an event published with no group
-  reaches no one). A group nobody consumes any more (a deleted Trigger) still holds its place
-  and so stops trimming of its stream; ``maxlen`` is the backstop.
+  reaches no one). A group nobody consumes any more (a Trigger not Ready for a while) still holds
+  its place and so stops trimming of its stream (a deleted Trigger's group is destroyed by
+  ``delete_group``); ``maxlen`` is the backstop.
 - Run Redis with ``maxmemory-policy noeviction``: an evicting policy may delete whole streams;
   with ``noeviction`` a full Redis refuses XADD (``OOM``), a retryable :class:`PublishError`.
 - Not declared: ``ORDERED_BY_KEY``. Entries go to whichever consumer of the group asks first and
@@ -119,6 +124,8 @@ PUBLISH_PIPELINES = 2  # pipelines in flight at once: the next batch fills while
 # Redis, short enough that publishing to a Redis that is down fails fast. A resent XADD whose
 # first answer was lost may store the event twice: at-least-once.
 CONNECTION_RETRIES = 2
+# In Redis's error for XGROUP on a missing stream (XGROUP DESTROY of a never-used topic).
+_NO_STREAM = "requires the key to exist"
 WAKEUP_SLACK = 0.005  # s: our clock and the server's round milliseconds differently
 
 # Error replies after which the same command may succeed later (memory freed, failover done...).
@@ -903,6 +910,34 @@ class RedisStreamsBus:
         self._subscriptions.add(subscription)
         self._streams.add(stream)
         return subscription
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Close ``group``'s subscriptions here, then XGROUP DESTROY it. Idempotent."""
+        if self._closed:
+            raise BusError("redis bus is closed", retryable=False)
+        stream, name = stream_key(topic), group_name(group)
+        mine = [s for s in self._subscriptions if (s.stream, s.group) == (stream, name)]
+        for subscription in mine:  # all stopped before any releases (as in close)
+            subscription.begin_close()
+        await asyncio.gather(*(s.close() for s in mine), return_exceptions=True)
+        try:
+            await self.open()
+            # 0 when the group did not exist; an error only when the stream does not exist.
+            await self.client.xgroup_destroy(stream, name)
+        except ResponseError as exc:
+            if _NO_STREAM in str(exc):
+                return  # no stream, so no group
+            raise BusError(
+                f"redis bus: cannot destroy group {name!r} of {stream!r}: {exc}",
+                retryable=retryable(exc),
+            ) from exc
+        except (RedisError, OSError) as exc:
+            raise BusError(
+                f"redis bus: cannot destroy group {name!r} of {stream!r}: {exc}",
+                retryable=retryable(exc),
+            ) from exc
+        with contextlib.suppress(RedisError, OSError):
+            await self.trim(stream)  # what only this group held back goes now
 
     def forget(self, subscription: _RedisSubscription) -> None:
         self._subscriptions.discard(subscription)

@@ -33,7 +33,16 @@ from broker.ingress import Ingress, Receive, Scope, Send, match_route
 from broker.metrics import Metrics
 from broker.serving.invoker import Invoker
 from broker.sources.runner import SourceRunner
-from broker.spec import BrokerSpec, ChannelSpec, DeliveryPolicy, Snapshot
+from broker.spec import (
+    BrokerSpec,
+    ChannelSpec,
+    DeliveryPolicy,
+    Snapshot,
+    broker_topic,
+    channel_topic,
+    subscription_group,
+    trigger_group,
+)
 from broker.store import Store
 
 log = logging.getLogger(__name__)
@@ -99,6 +108,7 @@ class Runtime:
             apply_snapshot=self.apply_snapshot,
             open_buses=self.open_buses,
             resync_interval=settings.resync_interval,
+            retire_groups=self.retire_groups,
         )
         context = RuntimeContext(
             settings=settings, store=self.store, metrics=self.metrics, client=self.client
@@ -138,6 +148,26 @@ class Runtime:
                 errors[name] = f"bus {name!r} is unavailable: {exc.message}"
                 log.error("bus unavailable", extra={"bus": name, "error": exc.message})
         return errors
+
+    async def retire_groups(self, obj: dict[str, Any]) -> None:
+        """Delete the consumer group of a deleted Trigger or Subscription from its bus.
+
+        Called by the controller once the dispatcher no longer consumes the group. The bus is
+        the one the dispatcher used for the topic (its Broker's or Channel's, as last seen),
+        else the default bus. Done once, by the replica that saw the deletion: the group is
+        server-side state. Raises BusError when the bus refuses (the controller logs it).
+        """
+        metadata, spec = obj["metadata"], obj.get("spec") or {}
+        namespace, uid = metadata.get("namespace") or "default", metadata["uid"]
+        if obj["kind"] == "Trigger":
+            topic, group = broker_topic(namespace, str(spec.get("broker", ""))), trigger_group(uid)
+        else:
+            channel = str((spec.get("channel") or {}).get("name", ""))
+            topic, group = channel_topic(namespace, channel), subscription_group(uid)
+        name = self._topic_bus.get(topic, self.settings.default_bus)
+        bus = await self._bus(name)
+        await bus.delete_group(topic, group)
+        log.info("consumer group deleted", extra={"bus": name, "topic": topic, "group": group})
 
     async def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Hand the snapshot to ingress and dispatcher (its buses are open: see open_buses)."""

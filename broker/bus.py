@@ -18,6 +18,15 @@ A bus moves events from ingress to the dispatcher. Every adapter (``adapters/mem
   handler one at a time, in publish order, even across redeliveries; only adapters declaring
   ``ORDERED_BY_KEY`` accept it. With ``ordered=False`` (the default) an adapter may hand events of
   one key to several handler tasks at once, so unordered consumers run at full concurrency.
+- ``delete_group(topic, group)`` removes what the server keeps for ``group`` of ``topic`` (the
+  Kafka consumer group and its committed offsets, the JetStream durable consumer, the Redis
+  Streams consumer group and its pending entries, the Pub/Sub subscription), first closing the
+  group's live subscriptions in this process (never acking what they hold). A later
+  ``subscribe`` with that name starts a new group at "now": it gets none of the old backlog.
+  Other groups of the topic are untouched. Idempotent: a group (or topic) that does not exist
+  is fine. Failures are :class:`~broker.errors.BusError` chained from the driver's error.
+  cemesh calls it only when a Trigger or Subscription is deleted, never while one is merely not
+  Ready (its group must keep collecting events until it is Ready again).
 
 Adapters are found through the ``cemesh.buses`` entry-point group (the built-in ones also by the
 table below, so a source checkout works without installing), and are built from a plain mapping
@@ -109,7 +118,7 @@ class Subscription(Protocol):
 
 @runtime_checkable
 class Bus(Protocol):
-    """The adapter contract: four methods and the declared capabilities."""
+    """The adapter contract: five methods and the declared capabilities."""
 
     name: str
     capabilities: frozenset[Capability]
@@ -132,6 +141,13 @@ class Bus(Protocol):
         ordered: bool = False,
     ) -> Subscription:
         """Start consuming ``topic`` as ``group``; return once live (``ordered``: see above)."""
+        ...
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Close ``group``'s subscriptions here, then delete its server-side state (see above).
+
+        Idempotent; raises BusError (chained from the driver's error) when it cannot.
+        """
         ...
 
     async def close(self) -> None:

@@ -5,6 +5,15 @@ revision moved because another replica wrote) the controller reads all resources
 statuses and the runtime :class:`~broker.spec.Snapshot` with the pure
 :func:`broker.reconcile.reconcile`, hands the snapshot to the data plane, and only then writes
 the statuses (so a Trigger is reported Ready only once its subscription is live: K61).
+
+Retiring consumer groups. A deleted Trigger or Subscription leaves its consumer group on the bus
+(a Kafka group, a JetStream consumer, a Pub/Sub subscription collecting every event for days).
+The controller is told of deletions (:meth:`Controller.deleted`, by the API; its own garbage
+collection of owned objects) and calls ``retire_groups`` for each object once a snapshot built
+without it has been applied, i.e. once the dispatcher stopped consuming its group. Only deletion
+retires a group: a Trigger that is merely not Ready keeps its group, which goes on collecting
+events for when it is Ready again. A failure is logged, never raised: the resource is gone
+either way.
 """
 
 from __future__ import annotations
@@ -16,13 +25,15 @@ from collections.abc import Awaitable, Callable
 
 from broker.errors import CemeshError
 from broker.reconcile import OWNER_KINDS, Reconciled, reconcile
-from broker.resources import admit
+from broker.resources import SUBSCRIPTION, TRIGGER, admit
 from broker.spec import DeliveryPolicy, Snapshot
 from broker.store import Store
 
 log = logging.getLogger(__name__)
 
 MAX_PASSES = 6  # owner -> owned -> owned-by-owned -> ready: enough for Sequence and Parallel
+# (API group, kind) of the objects that own a consumer group on the bus (retired on deletion).
+GROUP_KINDS = frozenset({(TRIGGER.group, TRIGGER.kind), (SUBSCRIPTION.group, SUBSCRIPTION.kind)})
 
 
 def _buses_of(snapshot: Snapshot) -> set[str]:
@@ -71,6 +82,7 @@ class Controller:
         apply_snapshot: Callable[[Snapshot], Awaitable[None]],
         open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
         resync_interval: float,
+        retire_groups: Callable[[dict], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._base_url = base_url
@@ -79,6 +91,8 @@ class Controller:
         self._apply_snapshot = apply_snapshot
         self._open_buses = open_buses
         self._bus_errors: dict[str, str] = {}  # buses that failed to open, retried every poll
+        self._retire_groups = retire_groups
+        self._retiring: list[dict] = []  # deleted Triggers/Subscriptions whose group is to go
         self._resync_interval = resync_interval
         self._lock = asyncio.Lock()
         self._seen_revision = -1
@@ -91,13 +105,21 @@ class Controller:
             # Owned objects created in one pass are reconciled in the next: a Channel's backing
             # channel exists, then becomes Ready, then the Channel is Ready. A few passes settle.
             for _ in range(MAX_PASSES):
-                revision = await self._store.revision()
-                objects = await self._store.list()
-                result = self._reconcile(objects, {})
-                self._bus_errors = await self._open_buses(_buses_of(result.snapshot))
-                if self._bus_errors:
-                    result = self._reconcile(objects, self._bus_errors)
-                await self._apply_snapshot(result.snapshot)
+                # Deleted before this pass read the store: the snapshot applied below has no
+                # consumer for them, so their groups may go once it is applied.
+                retiring, self._retiring = self._retiring, []
+                try:
+                    revision = await self._store.revision()
+                    objects = await self._store.list()
+                    result = self._reconcile(objects, {})
+                    self._bus_errors = await self._open_buses(_buses_of(result.snapshot))
+                    if self._bus_errors:
+                        result = self._reconcile(objects, self._bus_errors)
+                    await self._apply_snapshot(result.snapshot)
+                except BaseException:
+                    self._retiring[:0] = retiring  # for the next sync that gets this far
+                    raise
+                await self._retire(retiring, {obj["metadata"]["uid"] for obj in objects})
                 written = await self._write_statuses(objects, result.statuses)
                 changed = await self._converge_children(objects, result.children)
                 written += changed
@@ -109,6 +131,29 @@ class Controller:
             after = await self._store.revision()
             self._seen_revision = after if after - revision == written else revision
             self.synced.set()
+
+    def deleted(self, obj: dict) -> None:
+        """``obj`` was deleted from the store: retire its consumer group after the next apply.
+
+        Call it before the :meth:`sync` that follows the deletion. Only Triggers and
+        Subscriptions have groups; other kinds are ignored.
+        """
+        if self._retire_groups is not None and (_group(obj), obj.get("kind")) in GROUP_KINDS:
+            self._retiring.append(obj)
+
+    async def _retire(self, objects: list[dict], present: set[str]) -> None:
+        if self._retire_groups is None:
+            return
+        for obj in objects:
+            if obj["metadata"].get("uid") in present:
+                continue  # not gone after all (never expected: uids are not reused)
+            try:
+                await self._retire_groups(obj)
+            except Exception:  # the resource is gone either way; the group only lingers
+                log.exception(
+                    "consumer group of a deleted resource not deleted",
+                    extra={"kind": obj.get("kind"), "name": obj["metadata"].get("name")},
+                )
 
     @property
     def bus_errors(self) -> dict[str, str]:
@@ -173,6 +218,8 @@ class Controller:
                 changed += 1
             except CemeshError as exc:
                 log.info("owned object not deleted", extra={"object": key, "why": str(exc)})
+            else:
+                self.deleted(obj)  # an owned Subscription (of a Sequence, say): its group goes
         return changed
 
     def start(self) -> None:
@@ -190,8 +237,13 @@ class Controller:
         while True:
             await asyncio.sleep(self._resync_interval)
             try:
-                # A bus that failed to open is tried again on every poll.
-                if self._bus_errors or await self._store.revision() != self._seen_revision:
+                # A bus that failed to open is tried again on every poll, and groups of deleted
+                # resources still to retire are retired after the next apply.
+                if (
+                    self._bus_errors
+                    or self._retiring
+                    or await self._store.revision() != self._seen_revision
+                ):
                     await self.sync()
             except Exception:  # keep the loop alive: a store outage must not stop the data plane
                 log.exception("resync failed; will try again")

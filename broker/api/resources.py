@@ -126,6 +126,9 @@ class ResourceApi:
 
     async def delete(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any]:
         deleted = await self.store.delete(rtype.group, rtype.kind, namespace, name)
+        # A deleted Trigger's or Subscription's consumer group goes once the sync below has
+        # stopped its consumer (a failure there is logged, not this request's).
+        self.controller.deleted(deleted)
         await self.controller.sync()
         return {
             "kind": "Status",
