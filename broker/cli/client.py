@@ -1,0 +1,75 @@
+"""The management API of one cemesh, over httpx (sync, short timeouts): thin I/O.
+
+Transport failures become :class:`~broker.cli.failures.Unreachable` and error answers
+:class:`~broker.cli.failures.ApiError`, both carrying the one line the CLI prints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from broker.cli.failures import CliError, api_error, unreachable
+from broker.resources import ResourceType
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+# Management calls wait for a controller sync; a few seconds is plenty on one host, and a
+# short connect timeout makes "nothing listens there" quick to report.
+HTTP_TIMEOUT = httpx.Timeout(15.0, connect=3.0)
+
+
+class ApiClient:
+    """The management API of one cemesh, over httpx (sync). Errors become :class:`CliError`."""
+
+    def __init__(self, server: str, *, timeout: httpx.Timeout = HTTP_TIMEOUT) -> None:
+        self.server = server.rstrip("/")
+        self._http = httpx.Client(base_url=self.server, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise unreachable(self.server, exc, hint=True) from exc
+
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The JSON body of a 2xx answer; :class:`ApiError` with the server's message otherwise."""
+        response = self.request(method, path, **kwargs)
+        if response.is_success:
+            try:
+                body = response.json()
+            except ValueError as exc:
+                raise CliError(
+                    f"{self.server}{path} did not answer JSON; is {self.server} a cemesh?"
+                ) from exc
+            return body if isinstance(body, dict) else {"items": body}
+        raise api_error(response)
+
+    def list(
+        self, rtype: ResourceType, namespace: str | None, selector: str | None
+    ) -> dict[str, Any]:
+        path = rtype.collection_path(namespace) if namespace else all_namespaces_path(rtype)
+        params = {"labelSelector": selector} if selector else None
+        return self.call("GET", path, params=params)
+
+    def get(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any]:
+        return self.call("GET", f"{rtype.collection_path(namespace)}/{name}")
+
+    def create(self, rtype: ResourceType, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.call("POST", rtype.collection_path(namespace), json=obj)
+
+    def replace(
+        self, rtype: ResourceType, namespace: str, name: str, obj: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.call("PUT", f"{rtype.collection_path(namespace)}/{name}", json=obj)
+
+    def delete(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any]:
+        return self.call("DELETE", f"{rtype.collection_path(namespace)}/{name}")
+
+
+def all_namespaces_path(rtype: ResourceType) -> str:
+    prefix = f"/apis/{rtype.group}/{rtype.version}" if rtype.group else f"/api/{rtype.version}"
+    return f"{prefix}/{rtype.plural}"

@@ -1,0 +1,505 @@
+"""The click commands: ``serve``, ``apply``, ``get``, ``delete``, ``send``, ``db upgrade``.
+
+Thin I/O over the pure modules of :mod:`broker.cli`. :class:`_Cli`, the root group, maps the
+cemesh error tree, HTTP transport errors and Kubernetes ``Status`` bodies to ONE
+``error: ...`` line on stderr and a non-zero exit; a traceback is never shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+from broker.cli.client import DEFAULT_SERVER, HTTP_TIMEOUT, ApiClient
+from broker.cli.events import build_event, parse_extensions, resolve_target
+from broker.cli.failures import (
+    ApiError,
+    CliError,
+    Unreachable,
+    server_message,
+    settings_error,
+    unreachable,
+)
+from broker.cli.manifests import (
+    DEFAULT_NAMESPACE,
+    Document,
+    ManifestError,
+    admission_defaults,
+    apply_decision,
+    load_documents,
+    manifest_files,
+    object_name,
+    object_namespace,
+    object_ref,
+    object_type,
+    qualified_kind,
+    with_version,
+)
+from broker.cli.redaction import hide_secret, mask_password, redact
+from broker.cli.tables import empty_message, render_objects, render_table
+from broker.errors import CemeshError
+from broker.resources import ResourceType, type_for_name
+
+
+class _Cli(click.Group):
+    """The root group: turns every failure into one ``error:`` line, never a traceback."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            # Usage errors too: one line (click would print the usage block and "Error: ...").
+            message = exc.format_message()
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                message += f" (see '{exc.ctx.command_path} --help')"
+            click.echo(f"error: {message}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except CemeshError as exc:
+            raise CliError(exc.message) from exc
+        except httpx.HTTPError as exc:
+            raise CliError(f"HTTP error: {exc}") from exc
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise CliError(f"{where}{exc.strerror or exc}") from exc
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as exc:
+            raise CliError(f"unexpected {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass
+class _State:
+    server: str
+    _api: ApiClient | None = None
+
+    @property
+    def api(self) -> ApiClient:
+        if self._api is None:
+            self._api = ApiClient(self.server)
+        return self._api
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+
+
+pass_state = click.make_pass_decorator(_State)
+
+namespace_option = click.option(
+    "-n",
+    "--namespace",
+    default=DEFAULT_NAMESPACE,
+    show_default=True,
+    help="Namespace of the objects (a manifest's metadata.namespace wins).",
+)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--server",
+    envvar="CEMESH_URL",
+    default=DEFAULT_SERVER,
+    show_default=True,
+    help="The cemesh to talk to (env CEMESH_URL).",
+)
+@click.version_option(package_name="cemesh", prog_name="cemesh")
+@click.pass_context
+def cli(ctx: click.Context, server: str) -> None:
+    """cemesh: a CloudEvents event mesh with the Knative Eventing model.
+
+    Run it with 'cemesh serve'; manage Brokers, Triggers, Channels, Subscriptions and Secrets
+    with 'apply', 'get' and 'delete' (Knative YAML applies unchanged); send events with 'send'.
+    """
+    state = _State(server.rstrip("/"))
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+@cli.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default 8080).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML file of settings (env CEMESH_CONFIG); flags override env, env overrides the file.",
+)
+def serve(host: str | None, port: int | None, config_file: Path | None) -> None:
+    """Run cemesh (ingress, dispatcher, management API) until SIGTERM or Ctrl-C."""
+    settings = load_settings(host=host, port=port, config=config_file)
+    from broker.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    from broker.app import serve as run
+
+    run(settings)
+
+
+def load_settings(**overrides: Any) -> Any:
+    """Settings with the given flags on top of env and config file; one error line when bad."""
+    from broker.config import Settings
+
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+        raise CliError(settings_error(exc)) from exc
+
+
+@cli.command()
+@click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    help="Manifest file, directory of .yaml/.yml/.json files, or - for stdin. Repeatable.",
+)
+@click.option("-R", "--recursive", is_flag=True, help="Also read directories' subdirectories.")
+@namespace_option
+@pass_state
+def apply(state: _State, files: tuple[str, ...], recursive: bool, namespace: str) -> None:
+    """Create or replace the objects of Knative YAML/JSON manifests (kubectl apply).
+
+    Prints '<kind>/<name> created', 'configured' or 'unchanged' per object. Objects that fail
+    (kinds cemesh does not serve, invalid fields) print one error line each; the others are
+    still applied, and the exit status is 1.
+    """
+    failed = False
+    for document in _documents(files, recursive):
+        if isinstance(document, str):
+            _error_line(document)
+            failed = True
+            continue
+        try:
+            click.echo(apply_one(state.api, document.obj, namespace))
+        except Unreachable:
+            raise  # every other object would fail the same way
+        except (CliError, CemeshError) as exc:
+            _error_line(f"{_describe(document)}: {_message(exc)}")
+            failed = True
+    if failed:
+        sys.exit(1)
+
+
+def apply_one(api: ApiClient, obj: dict[str, Any], default_namespace: str) -> str:
+    """Apply one object; the line to print (``broker.eventing.knative.dev/x created``)."""
+    rtype = object_type(obj)
+    name = object_name(obj)
+    namespace = object_namespace(obj, default_namespace)
+    body = with_version(obj, namespace, None)
+    try:
+        api.create(rtype, namespace, body)
+        return f"{object_ref(rtype, name)} created"
+    except ApiError as exc:
+        if exc.status != 409 or exc.reason == "Conflict":
+            raise
+    stored = api.get(rtype, namespace, name)
+    decision = apply_decision(obj, stored, defaults=admission_defaults(namespace, stored))
+    if decision == "configured":
+        version = (stored.get("metadata") or {}).get("resourceVersion")
+        api.replace(rtype, namespace, name, with_version(obj, namespace, version))
+    return f"{object_ref(rtype, name)} {decision}"
+
+
+def _documents(files: Iterable[str], recursive: bool) -> Iterator[Document | str]:
+    """Every object of every manifest, or a message (str) for what cannot be read."""
+    for given in files:
+        if given == "-":
+            sources: list[tuple[str, str]] = [("<stdin>", sys.stdin.read())]
+        else:
+            path = Path(given)
+            if not path.exists():
+                yield f"{given}: no such file or directory"
+                continue
+            sources = []
+            for file in manifest_files(path, recursive=recursive):
+                try:
+                    sources.append((str(file), file.read_text(encoding="utf-8")))
+                except (OSError, UnicodeDecodeError) as exc:
+                    yield f"{file}: cannot read: {getattr(exc, 'strerror', None) or exc}"
+            if path.is_dir() and not sources:
+                yield f"{given}: no .yaml, .yml or .json files in this directory"
+        for source, text in sources:
+            try:
+                documents, problems = load_documents(text, source)
+            except ManifestError as exc:
+                yield exc.message
+                continue
+            yield from problems
+            yield from documents
+
+
+def _describe(document: Document) -> str:
+    """How an apply/delete error names its object: kind/name, else its source."""
+    obj = document.obj
+    name = (obj.get("metadata") or {}).get("name")
+    try:
+        rtype = object_type(obj)
+    except ManifestError:
+        kind = str(obj.get("kind")).lower()
+        group = str(obj.get("apiVersion")).rpartition("/")[0]
+        label = f"{kind}.{group}" if group else kind
+        return f"{label}/{name}" if name else f"{label} in {document.source}"
+    return object_ref(rtype, name) if name else f"{qualified_kind(rtype)} in {document.source}"
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, click.ClickException):
+        return exc.format_message()
+    if isinstance(exc, CemeshError):
+        return exc.message
+    return str(exc)
+
+
+def _error_line(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@namespace_option
+@click.option("-A", "--all-namespaces", is_flag=True, help="List across all namespaces.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "wide", "yaml", "json"]),
+    default="table",
+    help="Output format (default: a table).",
+)
+@click.option("-l", "--selector", help="Label selector, e.g. app=web,tier!=db.")
+@pass_state
+def get(
+    state: _State,
+    kind: str,
+    name: str | None,
+    namespace: str,
+    all_namespaces: bool,
+    output: str,
+    selector: str | None,
+) -> None:
+    """Show objects of KIND (broker, trigger, channel, imc, kc, subscription, cm, secret...).
+
+    Secret values are never printed: the table shows the number of keys, and with -o yaml/json
+    every value in data (and stringData) is replaced by "<redacted>".
+    """
+    rtype = type_for_name(kind)
+    if name and selector:
+        raise click.UsageError("a name and a label selector (-l) cannot be given together")
+    if name:
+        obj = state.api.get(rtype, namespace, name)
+        items: list[dict[str, Any]] = [obj]
+        document: dict[str, Any] = obj
+    else:
+        listed = state.api.list(rtype, None if all_namespaces else namespace, selector)
+        items = list(listed.get("items") or [])
+        document = {"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}
+    if output in ("yaml", "json"):
+        click.echo(render_objects(redact(document), output).rstrip("\n"))
+        return
+    if not items:
+        click.echo(empty_message(None if all_namespaces else namespace), err=True)
+        return
+    click.echo(
+        render_table(
+            rtype.kind,
+            items,
+            now=datetime.now(UTC),
+            all_namespaces=all_namespaces,
+            wide=output == "wide",
+        )
+    )
+
+
+@cli.command()
+@click.argument("kind", required=False)
+@click.argument("names", nargs=-1)
+@namespace_option
+@click.option(
+    "-f", "--filename", "files", multiple=True, help="Delete the objects of these manifests."
+)
+@pass_state
+def delete(
+    state: _State, kind: str | None, names: tuple[str, ...], namespace: str, files: tuple[str, ...]
+) -> None:
+    """Delete objects: KIND NAME... or -f FILE."""
+    targets: list[tuple[ResourceType, str, str] | str] = []
+    if files:
+        if kind:
+            raise click.UsageError("give either KIND NAME... or -f FILE, not both")
+        for document in _documents(files, recursive=False):
+            if isinstance(document, str):
+                targets.append(document)
+                continue
+            try:
+                obj = document.obj
+                targets.append(
+                    (object_type(obj), object_namespace(obj, namespace), object_name(obj))
+                )
+            except CemeshError as exc:
+                targets.append(f"{_describe(document)}: {exc.message}")
+    elif kind and names:
+        rtype = type_for_name(kind)
+        targets.extend((rtype, namespace, name) for name in names)
+    else:
+        raise click.UsageError("give KIND NAME... or -f FILE")
+    failed = False
+    for target in targets:
+        if isinstance(target, str):
+            _error_line(target)
+            failed = True
+            continue
+        rtype, ns, name = target
+        try:
+            state.api.delete(rtype, ns, name)
+        except ApiError as exc:  # not found, ...: say so and go on with the others
+            _error_line(exc.format_message())
+            failed = True
+            continue
+        click.echo(f'{qualified_kind(rtype)} "{name}" deleted')
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    help="An http(s) URL, broker:NAMESPACE/NAME or channel:NAMESPACE/NAME (on --server).",
+)
+@click.option("--type", "event_type", required=True, help="The event's type attribute.")
+@click.option("--source", default="cemesh/cli", show_default=True, help="The event's source.")
+@click.option("--id", "event_id", help="The event's id (default: a new UUID).")
+@click.option("--data", help="The event's data; @FILE reads it from a file.")
+@click.option(
+    "--content-type",
+    help="datacontenttype (default: application/json if --data is JSON, else text/plain).",
+)
+@click.option("--subject", help="The event's subject attribute.")
+@click.option(
+    "-e", "--extension", "extensions", multiple=True, help="Extension NAME=VALUE. Repeatable."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["binary", "structured"]),
+    default="binary",
+    show_default=True,
+    help="CloudEvents HTTP content mode.",
+)
+@pass_state
+def send(
+    state: _State,
+    target: str,
+    event_type: str,
+    source: str,
+    event_id: str | None,
+    data: str | None,
+    content_type: str | None,
+    subject: str | None,
+    extensions: tuple[str, ...],
+    mode: str,
+) -> None:
+    """Send one CloudEvent over HTTP (like 'kn event send')."""
+    from broker import binding
+
+    url = resolve_target(target, state.server)
+    event = build_event(
+        type=event_type,
+        source=source,
+        data=_read_data(data),
+        content_type=content_type,
+        id=event_id,
+        subject=subject,
+        extensions=parse_extensions(extensions),
+    )
+    encode = binding.to_structured if mode == "structured" else binding.to_binary
+    headers, body = encode(event)
+    try:
+        with httpx.Client(timeout=HTTP_TIMEOUT) as http:
+            response = http.post(url, headers=list(headers), content=body)
+    except httpx.TransportError as exc:
+        raise unreachable(url, exc, hint=url.startswith(state.server + "/")) from exc
+    if not response.is_success:
+        raise CliError(
+            f"event {event.id} not accepted ({response.status_code}): {server_message(response)}"
+        )
+    click.echo(f"event {event.id} accepted ({response.status_code})")
+
+
+def _read_data(data: str | None) -> bytes | None:
+    if data is None:
+        return None
+    if data.startswith("@"):
+        path = Path(data[1:])
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {path}: {exc.strerror or exc}", param_hint="'--data'"
+            ) from exc
+    return data.encode()
+
+
+@cli.group()
+def db() -> None:
+    """The resource store's schema."""
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True, help="Alembic revision.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML file of settings (env CEMESH_CONFIG).",
+)
+@click.option("--database-url", help="Overrides the configured database_url.")
+def upgrade(revision: str, config_file: Path | None, database_url: str | None) -> None:
+    """Migrate the store's schema (database_url from the settings) to REVISION."""
+    settings = load_settings(config=config_file, database_url=database_url)
+    from broker.store import migrate
+
+    url = settings.database_url
+    shown = mask_password(url)
+    try:
+        asyncio.run(migrate.upgrade(url, revision))
+    except Exception as exc:  # StoreError, alembic's CommandError...: said in one line
+        text = exc.message if isinstance(exc, CemeshError) else str(exc)
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise CliError(f"cannot upgrade {shown}: {hide_secret(first, url)}") from exc
+    click.echo(f"database {shown} upgraded to {revision}")
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``cemesh`` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="cemesh")
+    raise SystemExit(0)  # cli.main exits itself in standalone mode; this keeps mypy honest
