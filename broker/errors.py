@@ -10,6 +10,8 @@ translated at the boundary where they occur, with the driver's exception kept as
     │   └── EventTooLarge     the message is over the configured size          -> 413
     ├── InvalidResource       a resource fails validation (names the field)    -> 422
     ├── NotFound              no such resource                                 -> 404
+    ├── Unauthenticated       no credential, or one that does not verify       -> 401
+    ├── Forbidden             the credential's subject may not do this         -> 403
     ├── Conflict              already exists / stale resourceVersion           -> 409
     ├── BusError              the message bus failed
     │   ├── PublishError      the bus did not durably accept an event
@@ -52,6 +54,14 @@ class InvalidResource(CemeshError):
 
 class NotFound(CemeshError):
     """The named resource (or broker, or channel) does not exist."""
+
+
+class Unauthenticated(CemeshError):
+    """The request carries no credential, or one that cannot be verified (says which)."""
+
+
+class Forbidden(CemeshError):
+    """The authenticated subject may not do this (names the verb, resource and namespace)."""
 
 
 class Conflict(CemeshError):

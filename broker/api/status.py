@@ -12,15 +12,19 @@ from broker.errors import (
     BindingError,
     CemeshError,
     Conflict,
+    Forbidden,
     InvalidResource,
     NotFound,
     StoreError,
+    Unauthenticated,
 )
 
 # error class -> (HTTP code, Kubernetes reason); first match wins, so subclasses come first.
 _CODES: tuple[tuple[type[CemeshError], int, str], ...] = (
     (InvalidResource, 422, "Invalid"),
     (NotFound, 404, "NotFound"),
+    (Unauthenticated, 401, "Unauthorized"),
+    (Forbidden, 403, "Forbidden"),
     (Conflict, 409, "AlreadyExists"),
     (BindingError, 400, "BadRequest"),
     (StoreError, 503, "ServiceUnavailable"),
