@@ -20,7 +20,7 @@ from broker.sources.github import (
     webhook_url,
 )
 
-# GitHub's documented test vector (../shared/fixtures/github/SIGNING.md).
+# The test vector of GitHub's webhook documentation ("Validating webhook deliveries").
 SECRET = b"It's a Secret to Everybody"
 PAYLOAD = b"Hello, World!"
 SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
