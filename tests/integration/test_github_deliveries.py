@@ -175,7 +175,7 @@ async def test_a_delivery_without_its_github_headers_is_refused_and_emits_nothin
     tmp_path: Path,
 ) -> None:
     async with running_cemesh(tmp_path) as mesh, RecordingSubscriber() as sink:
-        await mesh.apply(MANIFESTS.replace('name: default\n"""', ""))
+        await mesh.apply(MANIFESTS)
         await mesh.apply(trigger("everything", sink.url))
         body = DELIVERIES[0].body
         signed = sign(body, SECRET)
