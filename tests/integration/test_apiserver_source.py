@@ -1,9 +1,11 @@
-"""ApiServerSource (K187-K193): the watcher against a fake kube-apiserver replaying real streams.
+"""ApiServerSource (K187-K193): the watcher against a fake kube-apiserver.
 
 The fake server (tests/support/k8s_replay.py) is real HTTP on 127.0.0.1; the watcher reaches it
-through a kubeconfig with kubernetes_asyncio, as it would reach a cluster. Recorded material:
+through a kubeconfig with kubernetes_asyncio, as it would reach a cluster. Most tests build their
+changes in code. The tests marked ``shared_conformance`` replay real streams from
 ``shared_fixture_dir("k8s")`` (kspan Events/Pods from a kind cluster, pulumi Pod/Job workflows,
-an apiextensions CR watch with its 410 Expired ERROR event).
+an apiextensions CR watch with its 410 Expired ERROR event) as an extra conformance pass; the
+project's own recordings of the same situations run in test_apiserver_recordings.py.
 """
 
 from __future__ import annotations
@@ -43,8 +45,6 @@ from tests.support.k8s_replay import (
     write_kubeconfig,
 )
 from tests.support.subscriber import RecordingSubscriber
-
-pytestmark = pytest.mark.fixtures
 
 FAST = Backoff(initial=0.01, maximum=0.05)
 
@@ -123,6 +123,7 @@ def pod(
 # -- Resource mode over recorded streams ----------------------------------------------------
 
 
+@pytest.mark.shared_conformance
 async def test_resource_mode_turns_each_recorded_event_and_pod_into_a_cloudevent_K187_K189_K191(
     tmp_path: Path,
 ) -> None:
@@ -164,6 +165,7 @@ async def test_resource_mode_turns_each_recorded_event_and_pod_into_a_cloudevent
     assert len({e.id for e in events}) == len(events)
 
 
+@pytest.mark.shared_conformance
 @pytest.mark.parametrize(
     "workflow",
     [
@@ -204,6 +206,7 @@ async def test_resource_mode_reports_each_pod_change_in_order_and_the_delete_K18
 # -- Reference mode ------------------------------------------------------------------------
 
 
+@pytest.mark.shared_conformance
 async def test_reference_mode_sends_the_object_reference_K188_K190(tmp_path: Path) -> None:
     """Jobs and a custom resource: data is {kind, namespace, name, apiVersion}, Go's order."""
     jobs = read_watch_stream(k8s("derived", "pulumi-job-backoffLimitExceeded.ndjson"))
@@ -255,6 +258,7 @@ async def test_reference_mode_sends_the_object_reference_K188_K190(tmp_path: Pat
 # -- Filters ---------------------------------------------------------------------------------
 
 
+@pytest.mark.shared_conformance
 async def test_label_selector_is_sent_to_the_server_and_only_matching_pods_are_reported_K192(
     tmp_path: Path,
 ) -> None:
@@ -290,6 +294,7 @@ async def test_label_selector_is_sent_to_the_server_and_only_matching_pods_are_r
     assert sent == {"app=podinfo,pod-template-hash in (7df978b9bf)"}
 
 
+@pytest.mark.shared_conformance
 async def test_owner_filter_keeps_only_objects_controlled_by_that_kind_K192(tmp_path: Path) -> None:
     """owner ReplicaSet: the Pods pass (controlled by a ReplicaSet), the ReplicaSets do not."""
     recorded = read_watch_stream(k8s("derived", "kspan-deployment-2-pods.all-kinds.ndjson"))
@@ -423,6 +428,7 @@ async def test_dropped_connections_while_the_sink_is_slow_lose_and_repeat_nothin
     assert seen == [f"add p{i}" for i in range(10)] + ["delete p9"]
 
 
+@pytest.mark.shared_conformance
 async def test_410_expired_error_event_relists_and_reports_only_what_changed_in_the_gap(
     tmp_path: Path,
 ) -> None:
@@ -530,6 +536,7 @@ async def test_bookmarks_advance_the_resource_version_so_a_reconnect_needs_no_re
     assert len([r for r in api.requests if is_list(r)]) == 1
 
 
+@pytest.mark.shared_conformance
 async def test_the_recorded_watch_stream_with_an_initial_events_end_bookmark_is_followed(
     tmp_path: Path,
 ) -> None:
@@ -628,6 +635,7 @@ async def test_the_source_sends_to_its_sink_in_binary_mode_with_ce_overrides_K18
 # -- The pure parts ------------------------------------------------------------------------
 
 
+@pytest.mark.shared_conformance
 def test_subject_is_knatives_guessed_self_link_K190() -> None:
     events_v1 = json.loads(k8s("k8s-api-testdata", "events.k8s.io.v1.Event.json").read_text())
     event = to_cloudevent("add", events_v1, mode="Resource", source="https://10.96.0.1:443")

@@ -218,7 +218,7 @@ def _knative_samples() -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
-@pytest.mark.fixtures
+@pytest.mark.shared_conformance
 def test_every_knative_doc_sample_of_a_served_kind_applies_unchanged(
     server: str, ns: str, tmp_path: Path
 ) -> None:
@@ -232,7 +232,7 @@ def test_every_knative_doc_sample_of_a_served_kind_applies_unchanged(
         assert result.stdout.strip().endswith((" created", " unchanged")), (path, result.output)
 
 
-@pytest.mark.fixtures
+@pytest.mark.shared_conformance
 def test_apply_of_the_knative_channels_yaml_sample_reports_it_is_not_a_resource(
     server: str, ns: str
 ) -> None:
@@ -246,7 +246,7 @@ def test_apply_of_the_knative_channels_yaml_sample_reports_it_is_not_a_resource(
     assert result.stdout == ""
 
 
-@pytest.mark.fixtures
+@pytest.mark.shared_conformance
 def test_apply_of_a_knative_sample_folder_applies_every_object_unchanged(
     server: str, ns: str
 ) -> None:
@@ -271,7 +271,7 @@ def test_apply_of_a_knative_sample_folder_applies_every_object_unchanged(
     assert result.stderr == ""
 
 
-@pytest.mark.fixtures
+@pytest.mark.shared_conformance
 def test_apply_of_the_github_secret_sample_stores_string_data(server: str, ns: str) -> None:
     path = shared_fixture_dir("knative-docs", "code-samples", "eventing", "github-source")
     result = run(server, "apply", "-n", ns, "-f", str(path / "githubsecret.yaml"))

@@ -1,8 +1,9 @@
-"""GitHubSource through a real cemesh: every recorded GitHub delivery replayed, signed and forged.
+"""GitHubSource through a real cemesh: answers, ceOverrides, sink refusal, missing secret.
 
-The payloads are octokit's examples in ``../shared/fixtures/github`` (MANIFEST.txt names each
-file's ``X-GitHub-Event``); each is POSTed byte for byte with the signature GitHub would compute
-(SIGNING.md). K197 type, K198 source/id/data, K199 subject and extensions, K200 answers, K179
+The replay test (marker ``shared_conformance``, an extra conformance pass) POSTs octokit's
+example payloads from ``../shared/fixtures/github`` byte for byte, signed as GitHub signs; the
+project's own deliveries of many kinds run in test_github_deliveries.py.
+K197 type, K198 source/id/data, K199 subject and extensions, K200 answers, K179
 ceOverrides, K181 status.sinkUri.
 """
 
@@ -143,7 +144,7 @@ def ready(status: dict) -> dict:
     return next(c for c in status["conditions"] if c["type"] == "Ready")
 
 
-@pytest.mark.fixtures
+@pytest.mark.shared_conformance
 async def test_github_replay_pull_requests_reach_the_trigger_with_knative_attributes(
     tmp_path: Path,
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from broker.cli import table_rows
 from broker.events import CloudEvent
@@ -161,6 +162,7 @@ async def test_k174_branch_delivery_dead_letters_its_subscribers_failures(tmp_pa
         assert len(failing.received) == 2
 
 
+@pytest.mark.shared_conformance
 async def test_knative_docs_parallel_applies_unchanged_and_waits_naming_the_missing_service(
     tmp_path: Path,
 ) -> None:
@@ -178,6 +180,7 @@ async def test_knative_docs_parallel_applies_unchanged_and_waits_naming_the_miss
             )
 
 
+@pytest.mark.shared_conformance
 async def test_knative_docs_parallel_multiple_branches_walkthrough(tmp_path: Path) -> None:
     """code-samples/eventing/parallel/multiple-branches: filters.yaml, transformers.yaml and
     event-display.yaml with local commands, parallel.yaml unchanged. An event of an even minute

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import yaml
 
 from broker.cli import table_rows
@@ -190,6 +191,7 @@ async def test_sequence_steps_change_replaces_owned_objects_and_deletion_removes
         assert (await mesh.client.get(f"{SUBSCRIPTIONS}/shrinks-kn-sequence-0")).status_code == 404
 
 
+@pytest.mark.shared_conformance
 async def test_knative_docs_sequence_applies_unchanged_and_waits_naming_the_missing_service(
     tmp_path: Path,
 ) -> None:
@@ -222,6 +224,7 @@ PING = {  # what the docs' PingSource sends (posted directly: its schedule is mi
 }
 
 
+@pytest.mark.shared_conformance
 async def test_knative_docs_sequence_reply_to_event_display_walkthrough(tmp_path: Path) -> None:
     """docs flows/sequence/sequence-reply-to-event-display: steps.yaml and event-display.yaml
     with local commands, sequence.yaml unchanged; the display shows the README's result."""
@@ -251,6 +254,7 @@ async def test_knative_docs_sequence_reply_to_event_display_walkthrough(tmp_path
         assert event["headers"]["ce-type"] == "samples.http.mod3"
 
 
+@pytest.mark.shared_conformance
 async def test_knative_docs_sequence_with_broker_and_trigger_walkthrough(tmp_path: Path) -> None:
     """docs flows/sequence/sequence-with-broker-trigger: the Sequence replies into the Broker
     with a new type, which display-trigger sends to the display (no loop: the type changed)."""

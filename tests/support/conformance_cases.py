@@ -1,5 +1,7 @@
 """The CloudEvents conformance YAML cases (../shared/fixtures/cloudevents-conformance), as requests.
 
+For the extra conformance pass; the project's own request cases are in binding_cases.py.
+
 Each YAML document is turned into an HTTP request the way the conformance tool's
 ``EventToRequest`` does (see the fixture's MANIFEST.txt): binary mode puts each context attribute
 in a ``ce-<name>`` header, ``datacontenttype`` in ``Content-Type``, ``Extensions`` in

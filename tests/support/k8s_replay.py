@@ -17,8 +17,8 @@ Test controls: ``apply`` (append a change), ``hold`` and ``release`` (open watch
 resume receiving), ``send_bookmarks``, ``compact`` (forget the history: older resourceVersions
 get 410), ``expire_watches`` (open watches get the 410 ERROR event) and ``drop_watches`` (open
 watch connections are cut mid-stream).
-:func:`write_kubeconfig` writes a kubeconfig pointing at it; :func:`read_watch_stream` reads the
-recorded streams of ``shared_fixture_dir("k8s")``.
+:func:`write_kubeconfig` writes a kubeconfig pointing at it; :func:`read_watch_stream` reads a
+recorded stream (the project's own in tests/data/k8s, or those of the extra conformance pass).
 
 What a real API server does that this one does not: an object leaving a label selector is not
 turned into DELETED for watchers, and there is no pagination (``limit`` is ignored).

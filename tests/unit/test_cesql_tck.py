@@ -1,5 +1,8 @@
 """The CloudEvents SQL v1 TCK (../shared/fixtures/cesql-tck): every case of every file.
 
+An extra conformance pass (marker ``shared_conformance``); the project's own cases from the
+specification are test_cesql_spec_cases.py.
+
 Each case compiles its expression (a ``parse`` error must be raised at compile time), evaluates
 it against its event, and checks both the value and the error kind. CESQL is total, so a case
 with an ``error`` also states the value the expression still evaluates to; that is checked too.
@@ -19,6 +22,8 @@ from broker.events import CloudEvent
 from tests.conftest import SHARED_FIXTURES, shared_fixture_dir
 
 TCK_DIR = SHARED_FIXTURES / "cesql-tck"
+
+pytestmark = pytest.mark.shared_conformance
 
 # "Any valid event" for cases without one: the required attributes and a few optional ones,
 # none of the extensions the TCK expects to be missing (missing, myext, ...).

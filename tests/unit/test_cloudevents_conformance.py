@@ -1,5 +1,8 @@
 """The CloudEvents conformance material (github.com/cloudevents/conformance) through broker.binding.
 
+An extra conformance pass (marker ``shared_conformance``): the project's own request cases are
+tests/support/binding_cases.py, run by tests/unit/test_binding_cases.py.
+
 Two sources, both in ``../shared/fixtures/cloudevents-conformance`` (see its MANIFEST.txt):
 
 - every YAML document under ``yaml/``, turned into an HTTP request the way the conformance
@@ -41,7 +44,7 @@ from tests.support.conformance_cases import (
     yaml_documents,
 )
 
-pytestmark = pytest.mark.fixtures
+pytestmark = pytest.mark.shared_conformance
 
 
 @pytest.mark.parametrize(("relative", "index"), yaml_cases())

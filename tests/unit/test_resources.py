@@ -766,6 +766,7 @@ def _served(document: dict[str, Any]) -> bool:
     return True
 
 
+@pytest.mark.shared_conformance
 def test_knative_doc_samples_admit_unchanged() -> None:
     folder = shared_fixture_dir("knative-docs")
     channels = folder / "docs/versioned/eventing/channels/channels.yaml"
