@@ -14,9 +14,9 @@ header values with no ``%`` and no ``"`` decoded with a single strict ``bytes.de
 verdicts, and ``str.isprintable`` as the fast "no control characters" test with a regex only
 when it says no. The cloudevents SDK's parser is deliberately not used: it invents a missing
 ``id``/``time``, picks the mode from ``ce-`` headers and decodes header values loosely
-(cloudevents checklist C84-C86).
+(C84-C86).
 
-Rules (K = knative checklist, C = cloudevents checklist):
+Rules (the K and C requirement ids are explained in docs/requirements.md):
 
 - mode from ``Content-Type`` only (C25, C44); unsupported structured/batch formats are binary (C26)
 - binary: ``ce-specversion`` required (K30, C86), 1.0 or 0.3 (K31); names ``[a-z0-9]+`` (C16,

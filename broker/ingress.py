@@ -1,7 +1,7 @@
 """The CloudEvents ingress: ``POST /{namespace}/{broker}`` and ``POST /channels/{ns}/{channel}``.
 
 This is the hot path, so it is a raw ASGI handler, not a FastAPI route (FastAPI routing and
-validation cost more than the rest of the request: see the architecture page). It answers:
+validation cost more than the rest of the request: see docs/architecture.md). It answers:
 
 - ``202`` only after every event of the request is durably on the bus (K27, K137);
 - ``400`` for anything that is not a valid CloudEvent, with a message naming the problem

@@ -59,8 +59,9 @@ def should_retry(status: int | None) -> bool:
 def backoff_delay(policy: DeliveryPolicy, retry_number: int) -> float:
     """Seconds to wait before retry number ``retry_number`` (1 = the first retry).
 
-    The checklist shows three disagreeing formulas (K115 spec table, K116 API comment, K117
-    reference code with a 0-based index). cemesh uses, with ``d = policy.backoff_delay``::
+    Knative has three disagreeing formulas (K115 spec table, K116 API comment, K117
+    reference code with a 0-based index; docs/requirements.md). cemesh uses, with
+    ``d = policy.backoff_delay``::
 
         linear:       d * n
         exponential:  d * 2 ** (n - 1)

@@ -1,7 +1,7 @@
 """End to end on the embedded default: Broker + Triggers over real HTTP, as a Knative user would.
 
 cemesh runs in-process on a loopback port (SQLite store, in-memory bus); subscribers are real
-HTTP servers on loopback. Requirement numbers: K = knative-checklist, C = cloudevents-checklist.
+HTTP servers on loopback. Requirement ids (K, C): docs/requirements.md.
 """
 
 from __future__ import annotations

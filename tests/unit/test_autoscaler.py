@@ -1,11 +1,10 @@
 """KPA autoscaler decisions (broker/serving/autoscaler.py, metrics_window.py), on a fake clock.
 
-The Knative checklist has no autoscaling item (grep "autoscal" / "scale" in
-knative-checklist.md finds none), so these tests cite the Knative Serving sources the behaviour is
-taken from: pkg/autoscaler/scaling/autoscaler.go (Scale), pkg/reconciler/autoscaling/kpa/scaler.go
-(bounds, handleScaleToZero), pkg/autoscaler/config/config.go (config-autoscaler),
-pkg/apis/autoscaling/annotation_validation.go and
-pkg/reconciler/autoscaling/resources/target.go (annotations, ResolveMetricTarget).
+No requirement id covers autoscaling (docs/requirements.md), so these tests cite the Knative
+Serving sources the behaviour is taken from: pkg/autoscaler/scaling/autoscaler.go (Scale),
+pkg/reconciler/autoscaling/kpa/scaler.go (bounds, handleScaleToZero),
+pkg/autoscaler/config/config.go (config-autoscaler), pkg/apis/autoscaling/annotation_validation.go
+and pkg/reconciler/autoscaling/resources/target.go (annotations, ResolveMetricTarget).
 Every time is an explicit ``now``; nothing sleeps.
 """
 

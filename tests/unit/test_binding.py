@@ -1,4 +1,4 @@
-"""broker.binding, rule by rule (K = knative checklist, C = cloudevents checklist).
+"""broker.binding, rule by rule (K and C requirement ids: docs/requirements.md).
 
 Requests are built as an ASGI server hands them over: ``(name, value)`` byte pairs with
 lower-case names. The cloudevents SDK appears only as an independent reference encoder.
