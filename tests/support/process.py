@@ -59,7 +59,9 @@ class CemeshProcess:
                     raise AssertionError(f"cemesh exited at startup:\n{self.log()}")
                 with contextlib.suppress(httpx.TransportError):
                     if (await client.get(f"{self.url}/readyz")).status_code == 200:
-                        self.token = read_token(Path(self.env["CEMESH_TOKEN_FILE"])) or ""
+                        token_file = self.env.get("CEMESH_TOKEN_FILE")
+                        if token_file:
+                            self.token = read_token(Path(token_file)) or ""
                         return
                 await asyncio.sleep(0.05)
 
