@@ -1,5 +1,5 @@
 """The click commands: ``serve``, ``apply``, ``get``, ``delete``, ``send``, ``db upgrade``,
-``token hash``/``token path``.
+``token hash``/``path``/``show``.
 
 The management API's token: ``--token`` / ``CEMESH_TOKEN``, else the local token file
 (``--token-file`` / ``CEMESH_TOKEN_FILE``, default the one ``cemesh serve`` creates in the user's
@@ -567,6 +567,19 @@ def token_path(state: _State) -> None:
     from broker.auth.local_token import default_token_path
 
     click.echo(str(state.token_file or default_token_path()))
+
+
+@token.command("show")
+@pass_state
+def token_show(state: _State) -> None:
+    """Print the local token (e.g. to copy it out of a container into CEMESH_TOKEN)."""
+    from broker.auth.local_token import default_token_path, read_token
+
+    path = state.token_file or default_token_path()
+    value = read_token(path)
+    if value is None:
+        raise CliError(f"no local token at {path}: 'cemesh serve' creates it on first start")
+    click.echo(value)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

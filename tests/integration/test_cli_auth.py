@@ -68,6 +68,7 @@ async def test_serve_makes_a_private_token_file_and_the_cli_finds_it_by_itself(
         assert cli(env, "token", "path").stdout.strip() == str(token_file)
 
         token = token_file.read_text().strip()
+        assert cli(env, "token", "show").stdout.strip() == token
         stranger = user_env(tmp_path / "stranger")  # another user: no token file
         refused = cli(stranger, "--server", child.url, "get", "brokers")
         assert refused.returncode == 1
