@@ -1,9 +1,10 @@
 """What a management API request body may be: its media types, and parsing them (pure).
 
 Only ``application/json``, ``application/yaml`` (parsed as kubectl's YAML: one document) and
-``application/merge-patch+json`` are accepted. None of them is a type a browser may send
-cross-origin without a CORS preflight (forms send urlencoded, multipart or text/plain), so a web
-page cannot make the user's browser write to cemesh.
+``application/merge-patch+json`` (RFC 7386, for PATCH: :func:`merge_patch`) are accepted. None
+of them is a type a browser may send cross-origin without a CORS preflight (forms send
+urlencoded, multipart or text/plain), so a web page cannot make the user's browser write to
+cemesh.
 """
 
 from __future__ import annotations
@@ -59,3 +60,20 @@ def parse_object(raw: bytes, content_type: str | None) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidResource("", "request body must be an object (a mapping)")
     return body
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``target`` with the JSON merge patch ``patch`` applied (RFC 7386), as a new value.
+
+    A patch that is not an object replaces the target; in an object, ``null`` removes a key and
+    any other value is merged into it. (Eight lines of the RFC's own pseudocode: no library.)
+    """
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged

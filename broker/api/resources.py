@@ -4,7 +4,8 @@
     /apis/{group}/{version}/{plural}                                  (list, all namespaces)
     /api/v1/namespaces/{namespace}/secrets[/{name}]                   (core v1 Secret)
 
-Create (POST), get, list (with ``labelSelector``), replace (PUT) and delete. Every write is
+Create (POST), get, list (with ``labelSelector``), replace (PUT), patch (PATCH with a JSON
+merge patch, ``application/merge-patch+json``) and delete. Every write is
 admitted (validated and defaulted) by :func:`broker.resources.admit` and followed by a controller
 sync, so that when the call returns the data plane already serves the change and the returned
 object carries its status.
@@ -24,14 +25,14 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from broker.api.bodies import parse_object
+from broker.api.bodies import MERGE_PATCH, media_type, merge_patch, parse_object
 from broker.api.guard import principal_of
 from broker.auth.principal import Principal
 from broker.auth.processes import APPLIED_BY, process_command
 from broker.auth.rbac import PROCESSES, Resource, authorize
 from broker.auth.setup import Access
 from broker.controller import Controller
-from broker.errors import Forbidden, InvalidResource
+from broker.errors import Forbidden, InvalidResource, UnsupportedMediaType
 from broker.resources import ResourceType, admit, type_for_path
 from broker.store import Store
 
@@ -176,6 +177,28 @@ class ResourceApi:
         await self.controller.sync()
         return await self.store.get(rtype.group, rtype.kind, namespace, name)
 
+    async def patch(
+        self, rtype: ResourceType, namespace: str, name: str, request: Request
+    ) -> dict[str, Any]:
+        """Apply a JSON merge patch to the stored object, then admit it as a replacement."""
+        principal = self._authorize(request, "patch", rtype, namespace)
+        if media_type(request.headers.get("content-type")) != MERGE_PATCH:
+            raise UnsupportedMediaType(f"PATCH takes {MERGE_PATCH} (a JSON merge patch)")
+        patch = await self._body(request)
+        old = await self.store.get(rtype.group, rtype.kind, namespace, name)
+        patched = merge_patch({k: v for k, v in old.items() if k != "status"}, patch)
+        self._check_kind(rtype, patched)
+        metadata = patched.get("metadata") or {}
+        if metadata.get("name") != name:
+            raise InvalidResource("metadata.name", f"cannot change from {name!r}")
+        obj = admit(patched, namespace=namespace, old=old)
+        self._admit_write(principal, "patch", obj, namespace)
+        version = (patch.get("metadata") or {}).get("resourceVersion")
+        obj["metadata"]["resourceVersion"] = version or old["metadata"].get("resourceVersion")
+        await self.store.replace(obj)
+        await self.controller.sync()
+        return await self.store.get(rtype.group, rtype.kind, namespace, name)
+
     async def delete(
         self, request: Request, rtype: ResourceType, namespace: str, name: str
     ) -> dict[str, Any]:
@@ -271,6 +294,17 @@ def _register(router: APIRouter, api: ResourceApi, prefix: str, *, core: bool) -
         group: str | None = None,
     ) -> dict[str, Any]:
         return await api.replace(rtype(version, plural, group), namespace, name, request)
+
+    @router.patch(prefix + "/namespaces/{namespace}/{plural}/{name}")
+    async def patch(
+        version: str,
+        namespace: str,
+        plural: str,
+        name: str,
+        request: Request,
+        group: str | None = None,
+    ) -> dict[str, Any]:
+        return await api.patch(rtype(version, plural, group), namespace, name, request)
 
     @router.delete(prefix + "/namespaces/{namespace}/{plural}/{name}")
     async def delete(

@@ -498,3 +498,39 @@ async def test_cors_origins_when_configured_allow_only_those_origins(tmp_path: P
             BROKERS, headers={"Origin": "http://attacker.example", **preflight}
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+async def test_patch_takes_a_json_merge_patch_and_is_authorized_as_patch(
+    mesh: RunningCemesh,
+) -> None:
+    assert (await mesh.client.post(BROKERS, json=broker())).status_code == 201
+    merge = {"Content-Type": "application/merge-patch+json"}
+    patch = b'{"metadata": {"labels": {"team": "a"}}}'
+    patched = await as_user(mesh, BOB, "PATCH", f"{BROKERS}/default", content=patch, headers=merge)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["metadata"]["labels"]["team"] == "a"
+    assert patched.json()["metadata"]["annotations"][APPLIED_BY] == "bob"
+    viewer = await as_user(mesh, ALICE, "PATCH", f"{BROKERS}/default", content=patch, headers=merge)
+    assert viewer.status_code == 403 and "cannot patch resource" in viewer.json()["message"]
+    as_json = await mesh.client.patch(
+        f"{BROKERS}/default", content=patch, headers={"Content-Type": "application/json"}
+    )
+    assert as_json.status_code == 415
+
+
+async def test_edit_cannot_patch_a_command_into_a_container_source(mesh: RunningCemesh) -> None:
+    made = await as_user(
+        mesh, CAROL, "POST", CONTAINER_SOURCES, json=container_source("cs", ["sleep", "30"])
+    )
+    assert made.status_code == 201, made.text
+    patch = {"spec": {"template": {"spec": {"containers": [{"command": ["sh", "-c", "id"]}]}}}}
+    response = await as_user(
+        mesh,
+        BOB,
+        "PATCH",
+        f"{CONTAINER_SOURCES}/cs",
+        json=patch,
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert response.status_code == 403
+    assert 'cannot patch resource "processes"' in response.json()["message"]

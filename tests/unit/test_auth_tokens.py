@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.api.bodies import media_type, parse_object
+from broker.api.bodies import media_type, merge_patch, parse_object
 from broker.api.guard import bearer_token
 from broker.api.hosts import allowed_host_names, host_allowed, host_name, is_loopback
 from broker.auth.local_token import (
@@ -238,3 +238,34 @@ def test_process_command_knows_container_sources_and_process_services() -> None:
         process_command(_process_object("Broker", "eventing.knative.dev/v1", ["x"]), "process")
         is None
     )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.dictionaries(st.text(max_size=3), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(json_values, st.dictionaries(st.text(max_size=3), json_values, max_size=4))
+def test_merge_patch_follows_rfc_7386(target: object, patch: dict) -> None:
+    merged = merge_patch(target, patch)
+    assert isinstance(merged, dict)
+    for key, value in patch.items():
+        if value is None:
+            assert key not in merged
+        elif not isinstance(value, dict):
+            assert merged[key] == value
+    if isinstance(target, dict):
+        for key in target.keys() - patch.keys():
+            assert merged[key] == target[key]
+    assert merge_patch(merged, {}) == merged
+
+
+def test_merge_patch_examples_from_the_rfc() -> None:
+    assert merge_patch({"a": "b"}, {"a": "c"}) == {"a": "c"}
+    assert merge_patch({"a": "b"}, {"b": "c"}) == {"a": "b", "b": "c"}
+    assert merge_patch({"a": "b"}, {"a": None}) == {}
+    assert merge_patch({"a": [{"b": "c"}]}, {"a": [1]}) == {"a": [1]}
+    assert merge_patch({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}) == {"a": {"b": "d"}}
+    assert merge_patch({}, {"a": {"bb": {"ccc": None}}}) == {"a": {"bb": {}}}
