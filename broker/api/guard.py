@@ -122,8 +122,11 @@ class ManagementGuard:
         self._after_host = HostGuard(checked, allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            await self.api(scope, receive, send)  # lifespan, probes
+        if scope["type"] == "lifespan" or (scope["type"] == "http" and scope["path"] in OPEN_PATHS):
+            await self.api(scope, receive, send)
+            return
+        if scope["type"] != "http":  # the API serves no WebSocket: refused before accepting
+            await send({"type": "websocket.close", "code": 1008})
             return
         await self._after_host(scope, receive, send)
 

@@ -534,3 +534,16 @@ async def test_edit_cannot_patch_a_command_into_a_container_source(mesh: Running
     )
     assert response.status_code == 403
     assert 'cannot patch resource "processes"' in response.json()["message"]
+
+
+async def test_a_websocket_to_the_api_is_refused_before_it_is_accepted(
+    mesh: RunningCemesh,
+) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    url = mesh.url.replace("http://", "ws://") + BROKERS
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, additional_headers={"Authorization": f"Bearer {mesh.token}"}):
+            pass
+    assert refused.value.response.status_code == 403
