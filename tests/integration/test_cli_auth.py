@@ -109,3 +109,24 @@ def test_token_hash_prints_the_sha256_for_a_tokens_file() -> None:
         [str(CEMESH), "token", "hash"], input="s3cr3t\n", capture_output=True, text=True, timeout=30
     )
     assert done.stdout.strip() == "4e738ca5563c06cfd0018299933d58db1dd8bf97f6973dc99bf6cdc64b5550bd"
+
+
+@pytest.mark.parametrize(
+    ("setting", "content", "words"),
+    [
+        ("CEMESH_RBAC_FILE", None, "cannot read the RBAC file"),
+        ("CEMESH_RBAC_FILE", "kind: Role\n", "kind 'Role' is not supported"),
+        ("CEMESH_API_TOKENS_FILE", "- name: a\n  sha256: nothex\n", "64 hex digits"),
+    ],
+)
+def test_serve_with_an_unusable_security_file_says_why_in_one_line(
+    tmp_path: Path, setting: str, content: str | None, words: str
+) -> None:
+    path = tmp_path / "security.yaml"
+    if content is not None:
+        path.write_text(content)
+    env = {**user_env(tmp_path), setting: str(path)}
+    done = cli(env, "serve", "--port", str(free_port()))
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and str(path) in line and words in line
