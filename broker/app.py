@@ -1,9 +1,23 @@
 """Wiring only: builds the cemesh ASGI app and its background work from :class:`Settings`.
 
 ``create_app(settings)`` returns an ASGI callable that sends ingress paths to the raw
-:class:`~broker.ingress.Ingress` (the hot path) and everything else to a FastAPI app (management
-API, health, metrics). The store, bus, dispatcher and controller start and stop with the ASGI
-lifespan, so cemesh can be served by any ASGI server or mounted in another application.
+:class:`~broker.ingress.Ingress` (the hot path), the components' routes to them behind the Host
+check, and everything else to a FastAPI app (management API, health, metrics) behind the
+:class:`~broker.api.guard.ManagementGuard` (Host, content type, size, bearer token).
+
+Which route gets which defence, and why:
+
+- ingress (``/{ns}/{broker}``, ``/channels/...``): none of these; Knative's ingresses answer any
+  Host, and a browser's cross-origin "simple" request (text/plain, forms) is not a CloudEvent
+  (400): structured and batched types need a CORS preflight, which cemesh never grants. Who may
+  send is EventPolicy's business.
+- component routes: the Host check (DNS rebinding) only. The invoker's ``/services/...`` is a
+  data-plane route like a Knative Service's URL; the sources' webhooks (GitHub) prove their
+  sender with their own signature (HMAC), so they need no bearer token.
+- management API: everything; ``/healthz`` and ``/readyz`` stay open.
+
+The store, bus, dispatcher and controller start and stop with the ASGI lifespan, so cemesh can
+be served by any ASGI server or mounted in another application.
 """
 
 from __future__ import annotations
@@ -18,8 +32,11 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
+from broker.api.guard import HostGuard, ManagementGuard
+from broker.api.hosts import allowed_host_names
 from broker.api.resources import ResourceApi, install_resource_routes
 from broker.api.status import install_error_handlers
+from broker.auth.setup import Access, build_access
 from broker.bus import Bus, create_bus
 from broker.components import Component, HttpHandler, RuntimeContext
 from broker.config import Settings
@@ -74,6 +91,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.access: Access = build_access(settings)
         self.metrics = Metrics()
         self.store = Store(settings.database_url)
         self.buses: dict[str, Bus] = {}
@@ -199,6 +217,14 @@ class Runtime:
             "cemesh ready",
             extra={"url": self.settings.base_url, "channel": self.settings.default_channel},
         )
+        if self.access.token_file is not None:
+            log.info(
+                "management API token in %s (the cemesh CLI reads it by itself)",
+                self.access.token_file,
+                extra={"token_file": str(self.access.token_file)},
+            )
+        else:
+            log.warning("management API authentication is off (CEMESH_AUTH=none)")
         try:
             yield
         finally:
@@ -219,9 +245,18 @@ class CemeshApp:
 
     def __init__(self, runtime: Runtime, api: FastAPI) -> None:
         self.runtime = runtime
-        self.api = api
+        settings = runtime.settings
+        allowed = allowed_host_names(settings.base_url, settings.allowed_hosts)
+        self.api = ManagementGuard(
+            api,
+            runtime.access,
+            allowed_hosts=allowed,
+            max_bytes=settings.max_api_bytes,
+            metrics_auth=settings.metrics_auth,
+            cors_origins=settings.cors_origins,
+        )
         self._ingress = runtime.ingress
-        self._routes = runtime.routes
+        self._routes = [(prefix, HostGuard(h, allowed)) for prefix, h in runtime.routes]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -246,7 +281,7 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
     runtime = Runtime(settings)
     api = FastAPI(title="cemesh", version="0.1.0", lifespan=runtime.lifespan)
     install_error_handlers(api)
-    install_resource_routes(api, ResourceApi(runtime.store, runtime.controller))
+    install_resource_routes(api, ResourceApi(runtime.store, runtime.controller, runtime.access))
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -8,12 +8,13 @@ names below. Nothing else in cemesh reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -194,6 +195,52 @@ class Settings(BaseSettings):
         description="kubeconfig file; default: in-cluster config, else ~/.kube/config.",
     )
     kube_context: str | None = Field(default=None, description="kubeconfig context to use.")
+
+    # Management API security (README "Security"). Lists may be given as comma-separated text.
+    auth: Literal["required", "none"] = Field(
+        default="required",
+        description="required: every management API request needs a bearer token; none: "
+        "nobody is asked (refused on a non-loopback host without 'cemesh serve --insecure').",
+    )
+    token_file: Path | None = Field(
+        default=None,
+        description="The local admin token, created on first start (0600); default: "
+        "token in the user's config directory (e.g. ~/.config/cemesh/token).",
+    )
+    api_tokens_file: Path | None = Field(
+        default=None, description="YAML list of static tokens: name, groups, sha256 or token."
+    )
+    rbac_file: Path | None = Field(
+        default=None,
+        description="YAML of Kubernetes RoleBinding/ClusterRoleBinding documents (roles view, "
+        "edit, admin); the local token's subject is always admin.",
+    )
+    allow_processes: bool = Field(
+        default=True,
+        description="false: nobody may create or change what starts a local process "
+        "(a ContainerSource with a command, a Service on the process backend).",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the API answers besides loopback and PUBLIC_URL's ('*': any).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed cross-origin access to the API (none: no CORS headers).",
+    )
+    max_api_bytes: int = Field(
+        default=1536 * 1024, ge=1024, description="Largest management API request body."
+    )
+    metrics_auth: bool = Field(
+        default=False, description="true: /metrics needs a bearer token like the API."
+    )
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     # Logging
     log_level: str = "INFO"

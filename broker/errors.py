@@ -7,7 +7,8 @@ translated at the boundary where they occur, with the driver's exception kept as
 
     CemeshError
     ├── BindingError          an HTTP message is not a valid CloudEvent        -> 400
-    │   └── EventTooLarge     the message is over the configured size          -> 413
+    │   ├── EventTooLarge     the message is over the configured size          -> 413
+    │   └── UnsupportedMediaType  a body of a content type not accepted        -> 415
     ├── InvalidResource       a resource fails validation (names the field)    -> 422
     ├── NotFound              no such resource                                 -> 404
     ├── Unauthenticated       no credential, or one that does not verify       -> 401
@@ -17,7 +18,8 @@ translated at the boundary where they occur, with the driver's exception kept as
     │   ├── PublishError      the bus did not durably accept an event
     │   └── SubscribeError    a subscription could not be made live
     ├── DeliveryError         an event could not be delivered to a destination
-    └── StoreError            the resource store failed
+    ├── StoreError            the resource store failed
+    └── InvalidConfig         a file named by a setting (tokens, RBAC) is unusable
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class BindingError(CemeshError):
 
 class EventTooLarge(BindingError):
     """The request body is larger than the configured maximum."""
+
+
+class UnsupportedMediaType(BindingError):
+    """The request body's content type is not one the endpoint accepts (names the accepted)."""
 
 
 class InvalidResource(CemeshError):
@@ -96,3 +102,7 @@ class StoreError(CemeshError):
     """The resource store failed."""
 
     retryable = True
+
+
+class InvalidConfig(CemeshError):
+    """A file named by a setting (static tokens, RBAC bindings) cannot be used; names the file."""

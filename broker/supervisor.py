@@ -76,6 +76,7 @@ class ProcessSpec:
     command: Sequence[str]
     env: Mapping[str, str]  # added to INHERITED_ENV and DEFAULT_ENV (module docstring)
     cwd: str | None = None
+    applied_by: str = ""  # who applied the object this runs for (logged at every start)
 
 
 def restart_delay(attempt: int, initial: float, maximum: float) -> float:
@@ -245,7 +246,12 @@ class SupervisedProcess:
         self._process = process
         self.pid = process.pid
         self.log.info(
-            "%s: started %r (pid %d)", self.spec.name, command, process.pid, extra=self._extra()
+            "%s: started %r (pid %d, applied by %s)",
+            self.spec.name,
+            command,
+            process.pid,
+            self.spec.applied_by or "cemesh",
+            extra={**self._extra(), "applied_by": self.spec.applied_by, "command": command},
         )
         await self._read(out_read, "stdout", logging.INFO)
         await self._read(err_read, "stderr", logging.WARNING)

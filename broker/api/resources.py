@@ -4,24 +4,39 @@
     /apis/{group}/{version}/{plural}                                  (list, all namespaces)
     /api/v1/namespaces/{namespace}/secrets[/{name}]                   (core v1 Secret)
 
-Create (POST), get, list (with ``labelSelector``), replace (PUT) and delete. Every write is
+Create (POST), get, list (with ``labelSelector``), replace (PUT), patch (PATCH with a JSON
+merge patch, ``application/merge-patch+json``) and delete. Every write is
 admitted (validated and defaulted) by :func:`broker.resources.admit` and followed by a controller
 sync, so that when the call returns the data plane already serves the change and the returned
 object carries its status.
+
+Every call is authorized (:func:`broker.auth.rbac.authorize`) for the principal the
+:class:`~broker.api.guard.ManagementGuard` authenticated: 403 names the verb, resource and
+namespace. A write of an object that runs a local process (:mod:`broker.auth.processes`) also
+needs the ``processes`` permission, and is refused for everyone when processes are switched
+off. Every written object is stamped with who applied it (``cemesh.dev/applied-by``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from broker.api.bodies import MERGE_PATCH, media_type, merge_patch, parse_object
+from broker.api.guard import principal_of
+from broker.auth.principal import Principal
+from broker.auth.processes import APPLIED_BY, process_command
+from broker.auth.rbac import PROCESSES, Resource, authorize
+from broker.auth.setup import Access
 from broker.controller import Controller
-from broker.errors import BindingError, InvalidResource
+from broker.errors import Forbidden, InvalidResource, UnsupportedMediaType
 from broker.resources import ResourceType, admit, type_for_path
 from broker.store import Store
+
+log = logging.getLogger(__name__)
 
 
 def parse_label_selector(selector: str | None) -> list[tuple[str, str, str | None]]:
@@ -60,23 +75,54 @@ def _group(group: str | None) -> str:
 class ResourceApi:
     """The handlers, bound to one store and one controller."""
 
-    def __init__(self, store: Store, controller: Controller) -> None:
+    def __init__(self, store: Store, controller: Controller, access: Access) -> None:
         self.store = store
         self.controller = controller
+        self.access = access
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BindingError(f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise InvalidResource("", "request body must be a JSON object")
-        return body
+        return parse_object(await request.body(), request.headers.get("content-type"))
+
+    def _authorize(
+        self, request: Request, verb: str, rtype: ResourceType, namespace: str | None
+    ) -> Principal:
+        """The caller, when it may ``verb`` ``rtype`` in ``namespace``; Forbidden (403) else."""
+        principal = principal_of(request)
+        resource = Resource(rtype.group, rtype.plural)
+        decision = authorize(principal, verb, resource, namespace, self.access.bindings)
+        if not decision.allowed:
+            log.info(
+                "forbidden",
+                extra={"subject": principal.name, "verb": verb, "resource": rtype.plural},
+            )
+            raise Forbidden(decision.reason)
+        return principal
+
+    def _admit_write(
+        self, principal: Principal, verb: str, obj: dict[str, Any], namespace: str
+    ) -> None:
+        """Process rules for an admitted ``obj``, then stamp it with its applier."""
+        command = process_command(obj, self.access.invoker_backend)
+        if command is not None:
+            what = f"{obj['kind']} {obj['metadata']['name']!r} runs {command!r} as a local process"
+            if not self.access.allow_processes:
+                raise Forbidden(
+                    f"{what}, and starting processes is switched off on this cemesh "
+                    "(CEMESH_ALLOW_PROCESSES=false)"
+                )
+            decision = authorize(principal, verb, PROCESSES, namespace, self.access.bindings)
+            if not decision.allowed:
+                raise Forbidden(f"{decision.reason}: {what}")
+        obj["metadata"].setdefault("annotations", {})[APPLIED_BY] = principal.name
 
     async def list(
-        self, rtype: ResourceType, namespace: str | None, label_selector: str | None
+        self,
+        request: Request,
+        rtype: ResourceType,
+        namespace: str | None,
+        label_selector: str | None,
     ) -> dict[str, Any]:
+        self._authorize(request, "list", rtype, namespace)
         terms = parse_label_selector(label_selector)
         items = [
             obj
@@ -91,21 +137,27 @@ class ResourceApi:
         }
 
     async def create(self, rtype: ResourceType, namespace: str, request: Request) -> JSONResponse:
+        principal = self._authorize(request, "create", rtype, namespace)
         body = await self._body(request)
         self._check_kind(rtype, body)
         obj = admit(body, namespace=namespace)
+        self._admit_write(principal, "create", obj, namespace)
         created = await self.store.create(obj)
         await self.controller.sync()
         meta = created["metadata"]
         fresh = await self.store.get(rtype.group, rtype.kind, meta["namespace"], meta["name"])
         return JSONResponse(fresh, status_code=201)
 
-    async def get(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any]:
+    async def get(
+        self, request: Request, rtype: ResourceType, namespace: str, name: str
+    ) -> dict[str, Any]:
+        self._authorize(request, "get", rtype, namespace)
         return await self.store.get(rtype.group, rtype.kind, namespace, name)
 
     async def replace(
         self, rtype: ResourceType, namespace: str, name: str, request: Request
     ) -> dict[str, Any]:
+        principal = self._authorize(request, "update", rtype, namespace)
         body = await self._body(request)
         self._check_kind(rtype, body)
         body_name = (body.get("metadata") or {}).get("name")
@@ -117,6 +169,7 @@ class ResourceApi:
         body.setdefault("metadata", {})["name"] = name
         old = await self.store.get(rtype.group, rtype.kind, namespace, name)
         obj = admit(body, namespace=namespace, old=old)
+        self._admit_write(principal, "update", obj, namespace)
         version = (body.get("metadata") or {}).get("resourceVersion")
         if version:
             obj["metadata"]["resourceVersion"] = version
@@ -124,7 +177,32 @@ class ResourceApi:
         await self.controller.sync()
         return await self.store.get(rtype.group, rtype.kind, namespace, name)
 
-    async def delete(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any]:
+    async def patch(
+        self, rtype: ResourceType, namespace: str, name: str, request: Request
+    ) -> dict[str, Any]:
+        """Apply a JSON merge patch to the stored object, then admit it as a replacement."""
+        principal = self._authorize(request, "patch", rtype, namespace)
+        if media_type(request.headers.get("content-type")) != MERGE_PATCH:
+            raise UnsupportedMediaType(f"PATCH takes {MERGE_PATCH} (a JSON merge patch)")
+        patch = await self._body(request)
+        old = await self.store.get(rtype.group, rtype.kind, namespace, name)
+        patched = merge_patch({k: v for k, v in old.items() if k != "status"}, patch)
+        self._check_kind(rtype, patched)
+        metadata = patched.get("metadata") or {}
+        if metadata.get("name") != name:
+            raise InvalidResource("metadata.name", f"cannot change from {name!r}")
+        obj = admit(patched, namespace=namespace, old=old)
+        self._admit_write(principal, "patch", obj, namespace)
+        version = (patch.get("metadata") or {}).get("resourceVersion")
+        obj["metadata"]["resourceVersion"] = version or old["metadata"].get("resourceVersion")
+        await self.store.replace(obj)
+        await self.controller.sync()
+        return await self.store.get(rtype.group, rtype.kind, namespace, name)
+
+    async def delete(
+        self, request: Request, rtype: ResourceType, namespace: str, name: str
+    ) -> dict[str, Any]:
+        self._authorize(request, "delete", rtype, namespace)
         deleted = await self.store.delete(rtype.group, rtype.kind, namespace, name)
         # A deleted Trigger's or Subscription's consumer group goes once the sync below has
         # stopped its consumer (a failure there is logged, not this request's).
@@ -173,19 +251,21 @@ def _register(router: APIRouter, api: ResourceApi, prefix: str, *, core: bool) -
         version: str,
         namespace: str,
         plural: str,
+        request: Request,
         group: str | None = None,
         labelSelector: str | None = None,  # noqa: N803 - Kubernetes query parameter name
     ) -> dict[str, Any]:
-        return await api.list(rtype(version, plural, group), namespace, labelSelector)
+        return await api.list(request, rtype(version, plural, group), namespace, labelSelector)
 
     @router.get(prefix + "/{plural}")
     async def list_all(
         version: str,
         plural: str,
+        request: Request,
         group: str | None = None,
         labelSelector: str | None = None,  # noqa: N803
     ) -> dict[str, Any]:
-        return await api.list(rtype(version, plural, group), None, labelSelector)
+        return await api.list(request, rtype(version, plural, group), None, labelSelector)
 
     @router.post(prefix + "/namespaces/{namespace}/{plural}", status_code=201)
     async def create(
@@ -195,9 +275,14 @@ def _register(router: APIRouter, api: ResourceApi, prefix: str, *, core: bool) -
 
     @router.get(prefix + "/namespaces/{namespace}/{plural}/{name}")
     async def get(
-        version: str, namespace: str, plural: str, name: str, group: str | None = None
+        version: str,
+        namespace: str,
+        plural: str,
+        name: str,
+        request: Request,
+        group: str | None = None,
     ) -> dict[str, Any]:
-        return await api.get(rtype(version, plural, group), namespace, name)
+        return await api.get(request, rtype(version, plural, group), namespace, name)
 
     @router.put(prefix + "/namespaces/{namespace}/{plural}/{name}")
     async def replace(
@@ -210,8 +295,24 @@ def _register(router: APIRouter, api: ResourceApi, prefix: str, *, core: bool) -
     ) -> dict[str, Any]:
         return await api.replace(rtype(version, plural, group), namespace, name, request)
 
+    @router.patch(prefix + "/namespaces/{namespace}/{plural}/{name}")
+    async def patch(
+        version: str,
+        namespace: str,
+        plural: str,
+        name: str,
+        request: Request,
+        group: str | None = None,
+    ) -> dict[str, Any]:
+        return await api.patch(rtype(version, plural, group), namespace, name, request)
+
     @router.delete(prefix + "/namespaces/{namespace}/{plural}/{name}")
     async def delete(
-        version: str, namespace: str, plural: str, name: str, group: str | None = None
+        version: str,
+        namespace: str,
+        plural: str,
+        name: str,
+        request: Request,
+        group: str | None = None,
     ) -> dict[str, Any]:
-        return await api.delete(rtype(version, plural, group), namespace, name)
+        return await api.delete(request, rtype(version, plural, group), namespace, name)

@@ -12,16 +12,20 @@ from broker.errors import (
     BindingError,
     CemeshError,
     Conflict,
+    EventTooLarge,
     Forbidden,
     InvalidResource,
     NotFound,
     StoreError,
     Unauthenticated,
+    UnsupportedMediaType,
 )
 
 # error class -> (HTTP code, Kubernetes reason); first match wins, so subclasses come first.
 _CODES: tuple[tuple[type[CemeshError], int, str], ...] = (
     (InvalidResource, 422, "Invalid"),
+    (EventTooLarge, 413, "RequestEntityTooLarge"),
+    (UnsupportedMediaType, 415, "UnsupportedMediaType"),
     (NotFound, 404, "NotFound"),
     (Unauthenticated, 401, "Unauthorized"),
     (Forbidden, 403, "Forbidden"),

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from broker.cli.failures import CliError, api_error, unreachable
+from broker.cli.failures import ApiError, CliError, api_error, unreachable
 from broker.resources import ResourceType
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -22,9 +22,18 @@ HTTP_TIMEOUT = httpx.Timeout(15.0, connect=3.0)
 class ApiClient:
     """The management API of one cemesh, over httpx (sync). Errors become :class:`CliError`."""
 
-    def __init__(self, server: str, *, timeout: httpx.Timeout = HTTP_TIMEOUT) -> None:
+    def __init__(
+        self,
+        server: str,
+        *,
+        token: str | None = None,
+        token_source: str = "",
+        timeout: httpx.Timeout = HTTP_TIMEOUT,
+    ) -> None:
         self.server = server.rstrip("/")
-        self._http = httpx.Client(base_url=self.server, timeout=timeout)
+        self.token_source = token_source
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.server, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()
@@ -46,7 +55,11 @@ class ApiClient:
                     f"{self.server}{path} did not answer JSON; is {self.server} a cemesh?"
                 ) from exc
             return body if isinstance(body, dict) else {"items": body}
-        raise api_error(response)
+        error = api_error(response)
+        if response.status_code == 401:
+            sent = self.token_source or "no token"
+            raise ApiError(error.status, error.reason, f"{error.format_message()} (sent {sent})")
+        raise error
 
     def list(
         self, rtype: ResourceType, namespace: str | None, selector: str | None

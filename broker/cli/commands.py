@@ -1,4 +1,9 @@
-"""The click commands: ``serve``, ``apply``, ``get``, ``delete``, ``send``, ``db upgrade``.
+"""The click commands: ``serve``, ``apply``, ``get``, ``delete``, ``send``, ``db upgrade``,
+``token hash``/``path``/``show``.
+
+The management API's token: ``--token`` / ``CEMESH_TOKEN``, else the local token file
+(``--token-file`` / ``CEMESH_TOKEN_FILE``, default the one ``cemesh serve`` creates in the user's
+config directory), read only when a command talks to the API.
 
 Thin I/O over the pure modules of :mod:`broker.cli`. :class:`_Cli`, the root group, maps the
 cemesh error tree, HTTP transport errors and Kubernetes ``Status`` bodies to ONE
@@ -97,13 +102,31 @@ class _Cli(click.Group):
 @dataclass
 class _State:
     server: str
+    token: str | None = None
+    token_file: Path | None = None
     _api: ApiClient | None = None
 
     @property
     def api(self) -> ApiClient:
         if self._api is None:
-            self._api = ApiClient(self.server)
+            token, source = self._token()
+            self._api = ApiClient(self.server, token=token, token_source=source)
         return self._api
+
+    def _token(self) -> tuple[str | None, str]:
+        """The bearer token to send, and where it came from (for a 401's message)."""
+        if self.token:
+            return self.token, "the token from --token/CEMESH_TOKEN"
+        from broker.auth.local_token import default_token_path, read_token
+
+        path = self.token_file or default_token_path()
+        try:
+            token = read_token(path)
+        except OSError as exc:
+            raise CliError(f"cannot read the token file {path}: {exc.strerror or exc}") from exc
+        if token is None:
+            return None, f"no token: {path} does not exist (give --token or CEMESH_TOKEN)"
+        return token, f"the token from {path}"
 
     def close(self) -> None:
         if self._api is not None:
@@ -129,15 +152,26 @@ namespace_option = click.option(
     show_default=True,
     help="The cemesh to talk to (env CEMESH_URL).",
 )
+@click.option(
+    "--token",
+    envvar="CEMESH_TOKEN",
+    help="Bearer token for the API (env CEMESH_TOKEN; default: the local token file).",
+)
+@click.option(
+    "--token-file",
+    envvar="CEMESH_TOKEN_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The local token file (env CEMESH_TOKEN_FILE; default: in the user's config dir).",
+)
 @click.version_option(package_name="cemesh", prog_name="cemesh")
 @click.pass_context
-def cli(ctx: click.Context, server: str) -> None:
+def cli(ctx: click.Context, server: str, token: str | None, token_file: Path | None) -> None:
     """cemesh: a CloudEvents event mesh with the Knative Eventing model.
 
     Run it with 'cemesh serve'; manage Brokers, Triggers, Channels, Subscriptions and Secrets
     with 'apply', 'get' and 'delete' (Knative YAML applies unchanged); send events with 'send'.
     """
-    state = _State(server.rstrip("/"))
+    state = _State(server.rstrip("/"), token=token, token_file=token_file)
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -151,9 +185,19 @@ def cli(ctx: click.Context, server: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="YAML file of settings (env CEMESH_CONFIG); flags override env, env overrides the file.",
 )
-def serve(host: str | None, port: int | None, config_file: Path | None) -> None:
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow a non-loopback --host with authentication off (CEMESH_AUTH=none).",
+)
+def serve(host: str | None, port: int | None, config_file: Path | None, insecure: bool) -> None:
     """Run cemesh (ingress, dispatcher, management API) until SIGTERM or Ctrl-C."""
     settings = load_settings(host=host, port=port, config=config_file)
+    from broker.auth.setup import listen_refusal
+
+    refusal = listen_refusal(settings.host, settings.auth, insecure=insecure)
+    if refusal is not None:
+        raise CliError(refusal)
     from broker.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -497,6 +541,45 @@ def upgrade(revision: str, config_file: Path | None, database_url: str | None) -
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise CliError(f"cannot upgrade {shown}: {hide_secret(first, url)}") from exc
     click.echo(f"database {shown} upgraded to {revision}")
+
+
+@cli.group()
+def token() -> None:
+    """Management API tokens: hash one for CEMESH_API_TOKENS_FILE, find the local one."""
+
+
+@token.command("hash")
+@click.argument("value", required=False)
+def token_hash(value: str | None) -> None:
+    """Print the sha256 of VALUE (or of stdin's first line) for a tokens file entry."""
+    from broker.auth.static_tokens import hash_token
+
+    text = value if value is not None else sys.stdin.readline().rstrip("\r\n")
+    if not text:
+        raise click.UsageError("give the token as an argument or on stdin")
+    click.echo(hash_token(text))
+
+
+@token.command("path")
+@pass_state
+def token_path(state: _State) -> None:
+    """Print where the local token file is (created by 'cemesh serve')."""
+    from broker.auth.local_token import default_token_path
+
+    click.echo(str(state.token_file or default_token_path()))
+
+
+@token.command("show")
+@pass_state
+def token_show(state: _State) -> None:
+    """Print the local token (e.g. to copy it out of a container into CEMESH_TOKEN)."""
+    from broker.auth.local_token import default_token_path, read_token
+
+    path = state.token_file or default_token_path()
+    value = read_token(path)
+    if value is None:
+        raise CliError(f"no local token at {path}: 'cemesh serve' creates it on first start")
+    click.echo(value)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from broker.auth.processes import APPLIED_BY
 from broker.errors import CemeshError, InvalidResource
 from broker.resources import TYPES, ResourceType, type_for_kind
 
@@ -176,7 +177,10 @@ def desired_state(obj: Mapping[str, Any]) -> dict[str, Any]:
     # An empty mapping and an absent one mean the same to the server.
     state = {key: value for key, value in state.items() if value not in (None, {}, [])}
     state["labels"] = metadata.get("labels") or {}
-    state["annotations"] = metadata.get("annotations") or {}
+    # The server stamps who applied an object; that is not part of what the user wrote.
+    annotations = dict(metadata.get("annotations") or {})
+    annotations.pop(APPLIED_BY, None)
+    state["annotations"] = annotations
     return state
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from broker.errors import CemeshError
 from broker.serving.backend import Replica, RevisionRef
-from broker.serving.specs import BINDING_ENV
+from broker.serving.specs import APPLIED_BY, BINDING_ENV
 from broker.supervisor import ProcessSpec, SupervisedProcess
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,7 @@ class ProcessBackend:
                     command=argv,
                     env={**env, "PORT": str(port)},
                     cwd=cwd,
+                    applied_by=str(template.get(APPLIED_BY) or ""),
                 )
                 replica = _Replica(state, replica_id, port, spec)
                 state.replicas.append(replica)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from broker.auth.processes import applied_by
 from broker.errors import InvalidResource
 from broker.reconcile import (
     ADDRESS_RESOLVERS,
@@ -55,6 +56,7 @@ from broker.serving.kinds import (
     tag_url,
 )
 from broker.serving.specs import (
+    APPLIED_BY,
     BINDING_ENV,
     COMPONENT,
     RUNTIME_STATUS_KEYS,
@@ -124,6 +126,12 @@ def sink_binding_env(world: World, namespace: str, service_name: str) -> dict[st
     return {}
 
 
+def _service_applier(world: World, namespace: str, service_name: str) -> str:
+    """Who applied the Service a Revision belongs to: its replicas' start logs name them."""
+    service = world.find((SERVING, SERVICE.kind, namespace, service_name))
+    return applied_by(service["metadata"]) if service is not None else ""
+
+
 def reconcile_revision(obj: Obj, world: World) -> None:
     metadata = obj["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
@@ -153,6 +161,7 @@ def reconcile_revision(obj: Obj, world: World) -> None:
                 **spec,
                 "annotations": dict(metadata.get("annotations") or {}),
                 BINDING_ENV: sink_binding_env(world, namespace, service),
+                APPLIED_BY: _service_applier(world, namespace, service),
             },
             container_concurrency=concurrency,
             timeout=float(spec.get("timeoutSeconds") or 300),

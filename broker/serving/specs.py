@@ -26,6 +26,9 @@ RUNTIME_STATUS_KEYS = ("actualReplicas", "desiredReplicas", "autoscaler", "runti
 
 # Key of RevisionSpec.template: the environment a SinkBinding adds to the replicas (K_SINK, ...).
 BINDING_ENV = "bindingEnv"
+# Template key: who applied the Revision's Service (its cemesh.dev/applied-by), for the log line
+# of every replica start.
+APPLIED_BY = "appliedBy"
 
 
 def revision_key(namespace: str, name: str) -> str:

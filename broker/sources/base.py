@@ -52,6 +52,7 @@ class SourceSpec:
     spec: Mapping[str, Any]  # the admitted resource spec, as applied
     # What the kind's ``prepare`` resolved at reconcile time (secrets, parsed schedules, ...).
     resolved: Mapping[str, Any] = field(default_factory=dict)
+    applied_by: str = ""  # the cemesh.dev/applied-by annotation: who applied the resource
 
 
 class SourceNotReady(Exception):

@@ -214,6 +214,7 @@ def container_process_spec(
     spec: Mapping[str, Any],
     sink_uri: str,
     ce_overrides: Mapping[str, str],
+    applied_by: str = "",
 ) -> ProcessSpec:
     """The child process that stands for an admitted ContainerSource ``spec`` (pure).
 
@@ -232,6 +233,7 @@ def container_process_spec(
         command=tuple(expand(arg, env) for arg in argv),
         env=env,
         cwd=container.get("workingDir") or None,
+        applied_by=applied_by,
     )
 
 
@@ -327,7 +329,12 @@ class ContainerSource(Source):
     async def run(self) -> None:
         spec = self.spec
         process_spec = container_process_spec(
-            spec.namespace, spec.name, spec.spec, spec.sink_uri, spec.ce_overrides
+            spec.namespace,
+            spec.name,
+            spec.spec,
+            spec.sink_uri,
+            spec.ce_overrides,
+            applied_by=spec.applied_by,
         )
         self._process = SupervisedProcess(
             process_spec,

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from broker.auth.processes import applied_by
 from broker.reconcile import (
     Conditions,
     Obj,
@@ -108,6 +109,7 @@ def reconcile_source(obj: Obj, world: World) -> None:
             ce_overrides=dict(overrides),
             spec=spec,
             resolved=resolved,
+            applied_by=applied_by(obj["metadata"]),
         )
 
 

@@ -140,7 +140,7 @@ async def test_sigkill_mid_stream_loses_no_accepted_event(
 
     async with RecordingSubscriber(slow_accept) as subscriber:
         async with cemesh_process(tmp_path, **settings) as first:
-            async with httpx.AsyncClient(base_url=first.url, timeout=5) as client:
+            async with first.client() as client:
                 await apply(client, broker_and_trigger(subscriber.url))
             producers = [
                 asyncio.create_task(produce(first.url, indexes, accepted, kill_now, source))

@@ -22,16 +22,19 @@ from tests.durability.test_crash import (
     post_until_accepted,
     wait_for_distinct,
 )
-from tests.support.process import cemesh_process
+from tests.support.process import CemeshProcess, cemesh_process
 from tests.support.subscriber import RecordingSubscriber
 
 # Buses whose groups are shared by processes (competing consumers across replicas).
 REPLICA_BUSES = [name for name in ("kafka", "nats", "redis") if name in DURABLE_BUSES]
 
 
-async def wait_until_serving(url: str, timeout: float = 20.0) -> None:  # noqa: ASYNC109
-    """Until the replica at ``url`` has picked up the Broker and Trigger from the store."""
-    async with httpx.AsyncClient(base_url=url, timeout=5) as client, asyncio.timeout(timeout):
+async def wait_until_serving(
+    replica: CemeshProcess,
+    timeout: float = 20.0,  # noqa: ASYNC109
+) -> None:
+    """Until ``replica`` has picked up the Broker and Trigger from the store."""
+    async with replica.client() as client, asyncio.timeout(timeout):
         while True:
             with contextlib.suppress(httpx.TransportError):
                 trigger = await client.get(
@@ -96,9 +99,9 @@ async def test_two_replicas_share_one_store_and_bus(
         cemesh_process(tmp_path / "a", **settings) as first,
         cemesh_process(tmp_path / "b", **settings) as second,
     ):
-        async with httpx.AsyncClient(base_url=first.url, timeout=5) as client:
+        async with first.client() as client:
             await apply(client, broker_and_trigger(subscriber.url))
-        await wait_until_serving(second.url)  # applied through one, served by the other
+        await wait_until_serving(second)  # applied through one, served by the other
         await subscriber.wait_for(1)  # the probe event
         await settle(subscriber, first.url, second.url)
         subscriber.received.clear()
@@ -106,8 +109,8 @@ async def test_two_replicas_share_one_store_and_bus(
         # Steady state: events through both replicas, each delivered exactly once.
         steady = 400
         async with (
-            httpx.AsyncClient(base_url=first.url, timeout=5) as a,
-            httpx.AsyncClient(base_url=second.url, timeout=5) as b,
+            first.client() as a,
+            second.client() as b,
         ):
             for index in range(steady):
                 await post_until_accepted(a if index % 2 else b, index, source)
@@ -118,7 +121,7 @@ async def test_two_replicas_share_one_store_and_bus(
 
         # SIGKILL one replica mid-stream: the other carries on, nothing accepted is lost.
         total = 2 * steady
-        async with httpx.AsyncClient(base_url=second.url, timeout=5) as b:
+        async with second.client() as b:
             for index in range(steady, total):
                 if index == steady + steady // 4:
                     await first.stop(signal.SIGKILL)

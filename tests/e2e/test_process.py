@@ -46,7 +46,7 @@ async def test_sigterm_waits_for_in_flight_delivery_before_exit(tmp_path: Path) 
         return (202, [], b"")
 
     async with RecordingSubscriber(slow) as subscriber, cemesh_process(tmp_path) as mesh:
-        async with httpx.AsyncClient(base_url=mesh.url) as client:
+        async with mesh.client() as client:
             await _apply_broker_and_trigger(client, subscriber.url)
             response = await client.post("/default/default", headers=_event("slow-1"))
             assert response.status_code == 202
@@ -64,12 +64,12 @@ async def test_resources_survive_a_restart(tmp_path: Path) -> None:
     """The store is durable: after a restart the Broker and Trigger route events again."""
     async with RecordingSubscriber() as subscriber:
         async with cemesh_process(tmp_path) as first:
-            async with httpx.AsyncClient(base_url=first.url) as client:
+            async with first.client() as client:
                 await _apply_broker_and_trigger(client, subscriber.url)
             assert await first.stop() in (0, -signal.SIGTERM)
         async with (
             cemesh_process(tmp_path, port=first.port) as second,
-            httpx.AsyncClient(base_url=second.url) as client,
+            second.client() as client,
         ):
             trigger = (await client.get(f"{TRIGGERS}/all")).json()
             ready = next(c for c in trigger["status"]["conditions"] if c["type"] == "Ready")

@@ -103,7 +103,9 @@ async def test_errors_are_kubernetes_status_bodies(tmp_path: Path) -> None:
         assert missing.status_code == 404 and missing.json()["reason"] == "NotFound"
         unknown = await mesh.client.get("/apis/eventing.knative.dev/v1/namespaces/default/widgets")
         assert unknown.status_code == 404
-        not_json = await mesh.client.post(BROKERS, content=b"{nope")
+        not_json = await mesh.client.post(
+            BROKERS, content=b"{nope", headers={"Content-Type": "application/json"}
+        )
         assert not_json.status_code == 400 and not_json.json()["kind"] == "Status"
         broker = {
             "apiVersion": "eventing.knative.dev/v1",

@@ -33,6 +33,10 @@ from tests.conftest import shared_fixture_dir
 SERVED_KINDS = {"Broker", "Trigger", "Channel", "InMemoryChannel", "Subscription"}
 
 
+# Each test server's local token file (in its tmp dir), which run() hands to the CLI.
+TOKEN_FILES: dict[str, Path] = {}
+
+
 class ServerThread:
     """cemesh under uvicorn in a thread of its own, on a socket bound before it starts."""
 
@@ -46,7 +50,9 @@ class ServerThread:
             port=port,
             delivery_backoff_delay="PT0.01S",
             delivery_retry=2,
+            token_file=tmp / "token",
         )
+        TOKEN_FILES[self.url] = tmp / "token"
         config = uvicorn.Config(
             create_app(settings),
             log_level="warning",
@@ -103,7 +109,8 @@ def ns(request: pytest.FixtureRequest) -> str:
 
 
 def run(server: str, *args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli, ["--server", server, *args], input=input)
+    token = ["--token-file", str(TOKEN_FILES[server])] if server in TOKEN_FILES else []
+    return CliRunner().invoke(cli, ["--server", server, *token, *args], input=input)
 
 
 def assert_one_error_line(result: Result, *fragments: str) -> str:

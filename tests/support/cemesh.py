@@ -1,4 +1,9 @@
-"""A real cemesh served over HTTP on a free loopback port, inside the test's event loop."""
+"""A real cemesh served over HTTP on a free loopback port, inside the test's event loop.
+
+Its management API needs a token like any cemesh: ``RunningCemesh.client`` carries the local
+(admin) token, ``RunningCemesh.token`` is that token, and ``client_with(token)`` makes a client
+sending another one (or none). The token file is ``tmp_path/token``, never the user's own.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import yaml
 
 from broker import Settings, create_app
 from broker.app import CemeshApp
+from broker.auth.local_token import read_token
 
 
 def free_port() -> int:
@@ -23,13 +29,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RunningCemesh:
-    """A started cemesh: its URL, its app (for white-box checks) and a REST client."""
+def bearer(token: str | None) -> dict[str, str]:
+    """The Authorization header for ``token`` (none for None)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
-    def __init__(self, app: CemeshApp, url: str, client: httpx.AsyncClient) -> None:
+
+class RunningCemesh:
+    """A started cemesh: its URL, its app (for white-box checks) and an admin REST client."""
+
+    def __init__(self, app: CemeshApp, url: str, client: httpx.AsyncClient, token: str) -> None:
         self.app = app
         self.url = url
-        self.client = client
+        self.client = client  # sends the local (admin) token
+        self.token = token
+
+    def client_with(self, token: str | None, **kwargs: Any) -> httpx.AsyncClient:
+        """A new client of this cemesh sending ``token`` (None: no credential); close it."""
+        return httpx.AsyncClient(base_url=self.url, timeout=10, headers=bearer(token), **kwargs)
 
     @property
     def runtime(self) -> Any:
@@ -78,6 +94,7 @@ async def running_cemesh(tmp_path: Path, **overrides: Any) -> AsyncIterator[Runn
             "port": port,
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'cemesh.db'}",
             "delivery_backoff_delay": "PT0.01S",
+            "token_file": tmp_path / "token",
             **overrides,
         }
     )
@@ -101,8 +118,9 @@ async def running_cemesh(tmp_path: Path, **overrides: Any) -> AsyncIterator[Runn
                     task.result()  # re-raise a startup failure
                     raise RuntimeError("cemesh exited during startup")
                 await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            yield RunningCemesh(app, url, client)
+        token = read_token(settings.token_file) if settings.token_file else None
+        async with httpx.AsyncClient(base_url=url, timeout=10, headers=bearer(token)) as client:
+            yield RunningCemesh(app, url, client, token or "")
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):

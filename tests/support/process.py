@@ -1,4 +1,8 @@
-"""``cemesh serve`` as a real child process, for tests of signals, restarts and crashes."""
+"""``cemesh serve`` as a real child process, for tests of signals, restarts and crashes.
+
+The child's local token file is ``tmp_path/token`` (``CEMESH_TOKEN_FILE``); once it is up,
+``CemeshProcess.token`` holds the token and ``CemeshProcess.client()`` makes an admin client.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from tests.support.cemesh import free_port
+from broker.auth.local_token import read_token
+from tests.support.cemesh import bearer, free_port
 
 CEMESH = Path(sys.executable).parent / "cemesh"
 
@@ -26,6 +32,12 @@ class CemeshProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None
+        self.token = ""  # the local admin token, read once the child is ready
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A new httpx client of this cemesh sending its admin token; close it."""
+        kwargs.setdefault("timeout", 5)
+        return httpx.AsyncClient(base_url=self.url, headers=bearer(self.token), **kwargs)
 
     async def start(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         log = self.log_path.open("ab")
@@ -47,6 +59,9 @@ class CemeshProcess:
                     raise AssertionError(f"cemesh exited at startup:\n{self.log()}")
                 with contextlib.suppress(httpx.TransportError):
                     if (await client.get(f"{self.url}/readyz")).status_code == 200:
+                        token_file = self.env.get("CEMESH_TOKEN_FILE")
+                        if token_file:
+                            self.token = read_token(Path(token_file)) or ""
                         return
                 await asyncio.sleep(0.05)
 
@@ -76,6 +91,7 @@ async def cemesh_process(
         {
             "CEMESH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cemesh.db'}",
             "CEMESH_LOG_LEVEL": "INFO",
+            "CEMESH_TOKEN_FILE": str(tmp_path / "token"),
             **{f"CEMESH_{k.upper()}": v for k, v in settings.items()},
         }
     )
