@@ -199,7 +199,9 @@ class OidcVerifier:
         return claims
 
     def _remember(self, token: str, audience: str, claims: Claims) -> None:
-        expiry = float(claims["exp"])
+        if self._cache_size <= 0:
+            return
+        expiry = float(claims["exp"])  # without the leeway: a cached token never outlives it
         if len(self._verified) >= self._cache_size:
             self._verified.pop(next(iter(self._verified)))
         self._verified[(token, audience)] = (claims, expiry)

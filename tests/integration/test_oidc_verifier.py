@@ -229,13 +229,16 @@ async def test_a_verified_token_is_cached_until_a_refresh_withdraws_its_key(issu
         await verifier.close()
 
 
-async def test_the_token_cache_is_bounded(issuer):
-    verifier = verifier_for(issuer, cache_size=3)
+@pytest.mark.parametrize("size", [0, 3])
+async def test_the_token_cache_is_bounded(issuer, size):
+    verifier = verifier_for(issuer, cache_size=size)
     try:
         for index in range(6):
             sub = f"system:serviceaccount:default:s{index}"
-            await verifier.verify(issuer.token(sub, audience=AUDIENCE), AUDIENCE)
-        assert verifier.cached_tokens == 3
+            token = issuer.token(sub, audience=AUDIENCE)
+            assert (await verifier.verify(token, AUDIENCE))["sub"] == sub
+            assert (await verifier.verify(token, AUDIENCE))["sub"] == sub
+        assert verifier.cached_tokens == size
     finally:
         await verifier.close()
 
