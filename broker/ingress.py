@@ -222,9 +222,20 @@ class Ingress:
         headers = scope["headers"]
         sub: str | None = None
         if self._verifier is not None:
-            sub = await self._authenticate(send, headers, route)
-            if sub is None:
-                return
+            # Fast path: a token verified before (the verifier's cache), without a coroutine.
+            token = _bearer_token(headers)
+            authorization = self._authorization.get(route)
+            claims = (
+                None
+                if token is None or authorization is None
+                else self._verifier.cached(token, authorization.audience)
+            )
+            if claims is not None:
+                sub = claims["sub"]
+            else:
+                sub = await self._authenticate(send, token, authorization, route)
+                if sub is None:
+                    return
         # The whole body usually comes in one message; the general reader handles the rest.
         message = await receive()
         body = message.get("body", b"")
@@ -274,16 +285,18 @@ class Ingress:
         await send(_EMPTY_BODY)
 
     async def _authenticate(
-        self, send: Send, headers: list[tuple[bytes, bytes]], route: tuple[str, str, str]
+        self,
+        send: Send,
+        token: str | None,
+        authorization: IngressAuthorization | None,
+        route: tuple[str, str, str],
     ) -> str | None:
         """The verified ``sub`` of the request's bearer token; None once it has been refused."""
         assert self._verifier is not None
-        authorization = self._authorization.get(route)
         what = f"{route[0]} {route[1]}/{route[2]}"
         if authorization is None:  # Ready, yet not in the authorization map: refuse, never open
             await self._reject(send, 403, f"{what} has no authorization configured yet")
             return None
-        token = _bearer_token(headers)
         if token is None:
             await self._reject(
                 send,

@@ -42,6 +42,14 @@ def test_a_star_pattern_never_matches_a_sub_without_its_prefix(prefix: str, sub:
         assert not subject_matches(prefix + "*", sub)
 
 
+@given(patterns=st.lists(subjects, max_size=4), sub=subjects)
+def test_a_compiled_policy_admits_exactly_what_one_of_its_patterns_matches(
+    patterns: list[str], sub: str
+):
+    compiled = CompiledPolicy("default", "p", tuple(patterns))
+    assert compiled.admits(sub) == any(subject_matches(p, sub) for p in patterns)
+
+
 def test_a_lone_star_matches_every_sub():
     assert subject_matches("*", "")
     assert subject_matches("*", "system:serviceaccount:x:y")
