@@ -15,8 +15,9 @@ the keys already known; with no keys at all every token fails as :class:`Unauthe
 naming the JWKS problem (never a 500).
 
 Verified tokens are cached by their text (and the audience asked for) until their ``exp``, in a
-bounded map, so a sender that reuses one token pays for the signature check once. The cache is
-dropped when a refresh shows that a key was withdrawn.
+bounded map, so a sender that reuses one token pays for the signature check once. Once the keys
+are due for a refresh, the next request takes the full path, which fetches them; the cache is
+dropped when that shows a key was withdrawn.
 
 :class:`OidcAuthenticator` puts a verifier behind the :class:`~broker.auth.Authenticator`
 protocol for the management API (settings ``CEMESH_OIDC_*``, see :func:`verifier_from_settings`).
@@ -145,10 +146,13 @@ class OidcVerifier:
         if entry is None:
             return None
         claims, expiry = entry
-        if self._clock() < expiry:
-            return claims
-        del self._verified[(token, audience)]
-        return None
+        now = self._clock()
+        if now >= expiry:
+            del self._verified[(token, audience)]
+            return None
+        if self._attempted_at is not None and now - self._attempted_at >= self._refresh_interval:
+            return None  # time to look at the JWKS again (a withdrawn key ends its tokens)
+        return claims
 
     async def verify(self, token: str, audience: str) -> Claims:
         """The claims of ``token`` if it verifies for ``audience``; else Unauthenticated."""

@@ -229,6 +229,21 @@ async def test_a_verified_token_is_cached_until_a_refresh_withdraws_its_key(issu
         await verifier.close()
 
 
+async def test_a_cached_token_is_refused_once_a_periodic_refresh_withdraws_its_key(issuer):
+    now = [time.time()]
+    verifier = verifier_for(issuer, refresh_interval=60, clock=lambda: now[0])
+    try:
+        token = issuer.token(SUB, audience=AUDIENCE)
+        await verifier.verify(token, AUDIENCE)
+        issuer.withdraw("key-0")
+        assert (await verifier.verify(token, AUDIENCE))["sub"] == SUB  # cached, keys fresh
+        now[0] += 61
+        assert "'key-0' is not among" in await refused(verifier, token)
+        assert issuer.jwks_requests == 2
+    finally:
+        await verifier.close()
+
+
 @pytest.mark.parametrize("size", [0, 3])
 async def test_the_token_cache_is_bounded(issuer, size):
     verifier = verifier_for(issuer, cache_size=size)
