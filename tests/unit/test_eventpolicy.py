@@ -498,3 +498,23 @@ def test_compiled_policy_filters_come_from_the_trigger_filter_compiler():
     gate = run(objects).snapshot.ingress_authorization[("broker", "default", "b")]
     assert gate.refusal("alice", [event("com.ok.thing")]) is None
     assert gate.refusal("alice", [event("com.bad")]) is not None
+
+
+def test_cemesh_get_eventpolicies_shows_targets_subjects_and_readiness():
+    from datetime import UTC, datetime
+
+    from broker.cli.tables import table_rows
+
+    obj = {
+        "metadata": {"name": "p", "namespace": "default"},
+        "status": {
+            "from": ["alice", "system:serviceaccount:default:ci-*"],
+            "appliesTo": [{"kind": "Broker", "name": "orders"}, {"kind": "Channel", "name": "c"}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    header, row = table_rows("EventPolicy", [obj], now=datetime.now(UTC), wide=True)
+    assert header[:5] == ["NAME", "APPLIES_TO", "FROM", "READY", "REASON"]
+    assert row[1] == "Broker/orders, Channel/c"
+    assert row[2] == "alice, system:serviceaccount:default:ci-*"
+    assert row[3] == "True"
