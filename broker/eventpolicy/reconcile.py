@@ -171,9 +171,9 @@ def reconcile_event_policy(obj: Obj, world: World) -> None:
             continue
         target_status = world.statuses.get(target["metadata"]["uid"])
         if target_status is not None:
-            target_status.setdefault("policies", []).append(
-                {"apiVersion": EVENT_POLICY.api_version, "name": name}
-            )
+            applied = target_status.setdefault("policies", [])
+            applied.append({"apiVersion": EVENT_POLICY.api_version, "name": name})
+            applied.sort(key=lambda ref: ref["name"])  # stable whatever the store's order
         world.route_policies.setdefault(_route(target), {})[name] = compiled
 
     status = base_status(obj, conditions)
