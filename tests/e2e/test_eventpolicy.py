@@ -132,6 +132,17 @@ async def test_brokers_and_channels_publish_their_audience_and_the_policy_its_ta
         await mesh.apply(CHANNEL)
         await mesh.apply(POLICY)
         await policies_applied(mesh, 2)
+        bad = await mesh.client.post(
+            "/apis/eventing.knative.dev/v1alpha1/namespaces/default/eventpolicies",
+            json={
+                "apiVersion": "eventing.knative.dev/v1alpha1",
+                "kind": "EventPolicy",
+                "metadata": {"name": "bad"},
+                "spec": {"from": [{"sub": "system:*:app"}]},
+            },
+        )
+        assert bad.status_code == 422
+        assert "spec.from[0].sub" in bad.text and "last character" in bad.text
         broker = await get(mesh, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/default")
         assert broker["status"]["address"]["audience"] == BROKER_AUDIENCE
         assert broker["status"]["policies"] == [
