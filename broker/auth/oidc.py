@@ -29,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -118,7 +119,7 @@ class OidcVerifier:
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._clock = clock
-        self._keys: dict[str, jwt.PyJWK] = {}  # by kid ("" for a key without one)
+        self._keys: dict[str, _Key] = {}  # by kid ("" for a key without one)
         self._fetched_at: float | None = None  # when the keys were last fetched successfully
         self._attempted_at: float | None = None  # when a fetch was last tried
         self._last_error: str | None = None
@@ -170,12 +171,12 @@ class OidcVerifier:
                 f"use one of {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}"
             )
         key = await self._key_for(header.get("kid"))
-        if key.algorithm_name and key.algorithm_name != algorithm:
+        if key.algorithm is not None and key.algorithm != algorithm:
             raise Unauthenticated(
                 f"the token says algorithm {algorithm} but key {header.get('kid')!r} is "
-                f"for {key.algorithm_name}"
+                f"for {key.algorithm}"
             )
-        claims = self._decode(token, key, algorithm, audience)
+        claims = self._decode(token, key.jwk, algorithm, audience)
         self._remember(token, audience, claims)
         return claims
 
@@ -223,7 +224,7 @@ class OidcVerifier:
 
     # -- keys ------------------------------------------------------------------------------
 
-    async def _key_for(self, kid: object) -> jwt.PyJWK:
+    async def _key_for(self, kid: object) -> _Key:
         name = kid if isinstance(kid, str) else ""
         now = self._clock()
         stale = self._fetched_at is None or now - self._fetched_at >= self._refresh_interval
@@ -275,14 +276,21 @@ class OidcVerifier:
                 self._verified.clear()  # tokens signed with a withdrawn key verify no more
             self._keys, self._fetched_at, self._last_error = keys, now, None
 
-    async def _fetch_keys(self) -> dict[str, jwt.PyJWK]:
+    async def _fetch_keys(self) -> dict[str, _Key]:
         url = self._jwks_url or await self._discover()
         document = await self._get_json(url, "JWKS")
         try:
             key_set = jwt.PyJWKSet.from_dict(dict(document))
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"the JWKS at {url} has no usable keys: {exc}") from exc
-        return {key.key_id or "": key for key in key_set.keys}
+        # The algorithm a key declares ("alg") binds it; PyJWK's guess for keys without one
+        # (RS256 for any RSA key) must not refuse an RS384 or PS256 token.
+        declared = {
+            entry.get("kid") or "": entry.get("alg")
+            for entry in document.get("keys") or []
+            if isinstance(entry, Mapping)
+        }
+        return {key.key_id or "": _Key(key, declared.get(key.key_id or "")) for key in key_set.keys}
 
     async def _discover(self) -> str:
         url = f"{self.issuer.rstrip('/')}/.well-known/openid-configuration"
@@ -316,6 +324,14 @@ class OidcVerifier:
         if not isinstance(document, Mapping):
             raise Unauthenticated(f"the {what} at {url} is not a JSON object")
         return document
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """A key of the issuer's JWKS and the algorithm it declares (``alg``), if any."""
+
+    jwk: jwt.PyJWK
+    algorithm: str | None
 
 
 def _unverified(token: str) -> Claims:

@@ -141,6 +141,18 @@ async def test_symmetric_and_unsigned_tokens_are_refused_by_algorithm(issuer):
         await verifier.close()
 
 
+async def test_a_key_binds_the_algorithm_it_declares_and_only_that(issuer):
+    verifier = verifier_for(issuer, min_refresh_interval=0)
+    try:
+        token = issuer.token(SUB, audience=AUDIENCE, algorithm="RS384")  # key-0 declares RS256
+        assert "key 'key-0' is for RS256" in await refused(verifier, token)
+        issuer.add_key("plain").declares_alg = False  # an RSA JWK without "alg"
+        token = issuer.token(SUB, audience=AUDIENCE, kid="plain", algorithm="RS384")
+        assert (await verifier.verify(token, AUDIENCE))["sub"] == SUB
+    finally:
+        await verifier.close()
+
+
 async def test_garbage_and_tokens_without_sub_are_refused(issuer):
     verifier = verifier_for(issuer)
     try:

@@ -31,6 +31,7 @@ class SigningKey:
     algorithm: str  # RS256 or ES256
     private: Any
     published: bool = True  # in the JWKS
+    declares_alg: bool = True  # its JWK says "alg" (many issuers' do not)
 
     def jwk(self) -> dict[str, Any]:
         public = self.private.public_key()
@@ -38,7 +39,8 @@ class SigningKey:
             jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
         else:
             jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-        return {**jwk, "kid": self.kid, "alg": self.algorithm, "use": "sig"}
+        declared = {"alg": self.algorithm} if self.declares_alg else {}
+        return {**jwk, "kid": self.kid, **declared, "use": "sig"}
 
 
 def make_key(kid: str, algorithm: str = "RS256") -> SigningKey:
@@ -116,6 +118,7 @@ class TestIssuer:
         issued_at: float | None = None,
         issuer: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        algorithm: str | None = None,
     ) -> str:
         """A signed JWT; times are seconds relative to now."""
         now = time.time()
@@ -130,7 +133,9 @@ class TestIssuer:
         if not_before is not None:
             claims["nbf"] = int(now + not_before)
         key = self.keys[kid]
-        return jwt.encode(claims, key.private, algorithm=key.algorithm, headers={"kid": kid})
+        return jwt.encode(
+            claims, key.private, algorithm=algorithm or key.algorithm, headers={"kid": kid}
+        )
 
     # -- HTTP --------------------------------------------------------------------------------
 
