@@ -26,6 +26,7 @@ protocol for the management API (settings ``CEMESH_OIDC_*``, see :func:`verifier
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -124,6 +125,7 @@ class OidcVerifier:
         self._attempted_at: float | None = None  # when a fetch was last tried
         self._last_error: str | None = None
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None  # a periodic refresh under way
         # token, audience -> (claims, expiry). Insertion order: the oldest is evicted first.
         self._verified: dict[tuple[str, str], tuple[Claims, float]] = {}
 
@@ -133,6 +135,10 @@ class OidcVerifier:
         return len(self._verified)
 
     async def close(self) -> None:
+        if self._background is not None and not self._background.done():
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
         if self._own_client:
             await self._client.aclose()
 
@@ -228,7 +234,12 @@ class OidcVerifier:
         name = kid if isinstance(kid, str) else ""
         now = self._clock()
         stale = self._fetched_at is None or now - self._fetched_at >= self._refresh_interval
-        if stale or name not in self._keys:
+        if name in self._keys and stale:
+            # A known key: verify with it now and refresh in the background, so a slow or
+            # hanging JWKS server never holds up requests whose key is known.
+            if self._background is None or self._background.done():
+                self._background = asyncio.create_task(self._refresh(force=False))
+        elif stale or name not in self._keys:
             await self._refresh(force=not stale)
         key = self._keys.get(name)
         if key is None and not name and len(self._keys) == 1:
