@@ -10,7 +10,8 @@ Keys come from the configured JWKS URL, or from the ``jwks_uri`` of
 ``<issuer>/.well-known/openid-configuration``, fetched asynchronously with httpx and cached.
 They are fetched again when a token names a key id not in the cache (the issuer rotated its
 keys), at most once per ``min_refresh_interval`` so that a flood of made-up key ids cannot hammer
-the JWKS server, and after ``refresh_interval`` in any case. A periodic refresh that fails keeps
+the JWKS server, and after ``refresh_interval`` in any case (in the background when the token's
+key is known, so a slow JWKS server holds up no request). A periodic refresh that fails keeps
 the keys already known; with no keys at all every token fails as :class:`Unauthenticated`
 naming the JWKS problem (never a 500).
 
