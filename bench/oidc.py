@@ -13,11 +13,16 @@
 The issuer is a small JWKS server in this process (keys made with ``cryptography``, token signed
 with PyJWT). wrk loads each cemesh in turn, ``--rounds`` times in rotating order, and the table
 gives each configuration's events/s and its share of ``off``. Every child is stopped by its PID.
+
+A second table times the check itself in this process (no HTTP), beside an empty function call
+as the yardstick of how fast the machine is right now: a cached token, a full RS256 check, and
+the EventPolicy decision for one event.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -183,12 +188,66 @@ def children() -> Iterator[list[Child]]:
             child.stop()
 
 
+def per_check_costs(issuer: Issuer, token: str, iterations: int) -> dict[str, float]:
+    """Microseconds per call, in this process: the verifier's paths and the policy decision."""
+    from broker.auth.oidc import OidcVerifier
+    from broker.auth.policy import CompiledPolicy, IngressAuthorization
+    from broker.events import CloudEvent
+
+    def nothing() -> None:
+        return None
+
+    def timed(call: Any, count: int) -> float:
+        start = time.perf_counter()
+        for _ in range(count):
+            call()
+        return (time.perf_counter() - start) / count * 1e6
+
+    async def measure() -> dict[str, float]:
+        cached = OidcVerifier(issuer.url, jwks_url=f"{issuer.url}/keys")
+        uncached = OidcVerifier(issuer.url, jwks_url=f"{issuer.url}/keys", cache_size=0)
+        try:
+            await cached.verify(token, AUDIENCE)  # fetches the keys, caches the token
+            await uncached.verify(token, AUDIENCE)
+            start = time.perf_counter()
+            full_count = max(iterations // 100, 50)
+            for _ in range(full_count):
+                await uncached.verify(token, AUDIENCE)
+            full = (time.perf_counter() - start) / full_count * 1e6
+        finally:
+            await cached.close()
+            await uncached.close()
+        gate = IngressAuthorization(
+            AUDIENCE,
+            "default",
+            (
+                CompiledPolicy(
+                    "default",
+                    "bench",
+                    ("system:serviceaccount:default:bench-*",),
+                    filter=lambda e: str(e.attributes["type"]).startswith("dev.cemesh.bench"),
+                ),
+            ),
+            "deny-all",
+        )
+        events = [CloudEvent(attributes={"id": "1", "type": "dev.cemesh.bench.load"}, data=None)]
+        return {
+            "empty call": timed(nothing, iterations),
+            "cached token": timed(lambda: cached.cached(token, AUDIENCE), iterations),
+            "full RS256 check": full,
+            "policy decision": timed(lambda: gate.refusal(SUBJECT, events), iterations),
+        }
+
+    return asyncio.run(measure())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per cemesh")
     parser.add_argument("--rounds", type=int, default=2, help="runs per configuration")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument("--iterations", type=int, default=100_000, help="calls per timed path")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     options = parser.parse_args(argv)
     find_wrk()
@@ -246,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"{name}: {result.non_2xx} non-2xx, errors {result.errors}")
                 rates[name].append(result)
                 print(f"[bench] {name}: {result.rate:,.0f} events/s", file=sys.stderr, flush=True)
+    costs = per_check_costs(issuer, token, options.iterations)
     issuer.close()
 
     baseline = statistics.median(r.rate for r in rates["off"])
@@ -258,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = ", ".join(f"{r.rate:,.0f}" for r in results)
         print(f"{name:<15} {rate:>10,.0f} {share:>8.0%} {p99:>8.1f}  {runs}")
         summary["results"][name] = {"events_per_s": rate, "share_of_off": share, "p99_ms": p99}
+    print(f"\n{'in-process check':<18} {'us/call':>8}")
+    for name, micros in costs.items():
+        print(f"{name:<18} {micros:>8.2f}")
+    summary["per_check_us"] = costs
     line = json.dumps(summary)
     if options.json:
         options.json.write_text(line + "\n")
