@@ -80,8 +80,17 @@ class IngressAuthorization:
 
     def refusal(self, sub: str, events: Sequence[CloudEvent]) -> str | None:
         """None when ``sub`` may send every one of ``events``; else why not (for a 403)."""
-        if not self.policies:
+        policies = self.policies
+        if not policies:
             return self._default_refusal(sub)
+        if len(policies) == 1:  # the usual case: no list, no generator per event
+            only = policies[0]
+            if only.admits(sub):
+                check = only.filter
+                for event in events:
+                    if not check(event):
+                        return _filtered_out(event, sub, policies)
+                return None
         folded = sub.casefold()
         admitting = [policy for policy in self.policies if policy.admits(sub, folded)]
         if not admitting:
