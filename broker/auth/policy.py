@@ -96,10 +96,10 @@ class IngressAuthorization:
         if not admitting:
             names = ", ".join(policy.name for policy in self.policies)
             return f"subject {sub!r} is not allowed by any EventPolicy that applies here ({names})"
-        if len(admitting) == 1:  # the usual case: one loop, no generator per event
-            only = admitting[0].filter
+        if len(admitting) == 1:  # one loop, no generator per event
+            check = admitting[0].filter
             for event in events:
-                if not only(event):
+                if not check(event):
                     return _filtered_out(event, sub, admitting)
             return None
         for event in events:
