@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck servers bench bench-buses bench-filters bench-invoker clean
+.PHONY: run test lint typecheck servers bench bench-buses bench-filters bench-invoker bench-oidc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-filters: $(VENV)/.installed-dev
 # What the function invoker adds over calling a replica directly, and cold start (issue 5).
 bench-invoker: $(VENV)/.installed-dev
 	$(BIN)/python bench/invoker.py
+
+# Ingress events/s without OIDC, with it (verified-token cache), and with every token checked.
+bench-oidc: $(VENV)/.installed-dev
+	sh bench/install_wrk.sh
+	$(BIN)/python bench/oidc.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

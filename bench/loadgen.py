@@ -21,6 +21,7 @@ import json
 import resource
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ function init(args)
   headers["ce-source"] = "/bench/wrk"
   headers["ce-type"] = "dev.cemesh.bench.load"
   headers["content-type"] = "application/json"
-  local req = wrk.format("POST", nil, headers, body)
+{extra}  local req = wrk.format("POST", nil, headers, body)
   local i, j = string.find(req, "@ID@", 1, true)
   prefix = string.sub(req, 1, i - 1) .. tag .. "-"
   suffix = string.sub(req, j + 1)
@@ -104,10 +105,23 @@ def event_body(size: int = 1024) -> bytes:
     return body
 
 
-def wrk_script(tag: str, *, rate: float = 0.0, body: bytes | None = None) -> str:
-    """The Lua script for one run; ``rate > 0`` paces the whole run to ``rate`` requests/s."""
+def wrk_script(
+    tag: str,
+    *,
+    rate: float = 0.0,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> str:
+    """The Lua script for one run; ``rate > 0`` paces the whole run to ``rate`` requests/s.
+
+    ``headers``: more headers, the same on every request (e.g. an ``authorization`` token).
+    """
     text = (body if body is not None else event_body()).decode("ascii")
-    script = _HEAD.format(tag=tag, body=text, mark=RESULT_MARK)
+    extra = "".join(
+        f"  headers[{json.dumps(name)}] = {json.dumps(value)}\n"
+        for name, value in (headers or {}).items()
+    )
+    script = _HEAD.format(tag=tag, body=text, mark=RESULT_MARK, extra=extra)
     if rate > 0:
         script += _PACED.format(rate=float(rate))
     return script

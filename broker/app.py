@@ -36,6 +36,7 @@ from broker.api.guard import HostGuard, ManagementGuard
 from broker.api.hosts import allowed_host_names
 from broker.api.resources import ResourceApi, install_resource_routes
 from broker.api.status import install_error_handlers
+from broker.auth.oidc import verifier_from_settings
 from broker.auth.setup import Access, build_access
 from broker.bus import Bus, create_bus
 from broker.components import Component, HttpHandler, RuntimeContext
@@ -96,11 +97,14 @@ class Runtime:
         self.store = Store(settings.database_url)
         self.buses: dict[str, Bus] = {}
         self.client = DeliveryClient()
+        # Senders' tokens, with ingress OIDC on (None: the ingress authenticates nobody).
+        self.ingress_verifier = verifier_from_settings(settings, ingress=True)
         self.ingress = Ingress(
             buses=self.buses,
             metrics=self.metrics,
             max_request_bytes=settings.max_request_bytes,
             max_ttl=settings.max_ttl,
+            verifier=self.ingress_verifier,
         )
         self.deliverer = Deliverer(
             self.client,
@@ -127,6 +131,8 @@ class Runtime:
             open_buses=self.open_buses,
             resync_interval=settings.resync_interval,
             retire_groups=self.retire_groups,
+            ingress_oidc=settings.ingress_oidc,
+            default_authorization_mode=settings.default_authorization_mode,
         )
         context = RuntimeContext(
             settings=settings, store=self.store, metrics=self.metrics, client=self.client
@@ -236,6 +242,8 @@ class Runtime:
             for bus in self.buses.values():
                 await bus.close()
             await self.client.close()
+            if self.ingress_verifier is not None:
+                await self.ingress_verifier.close()
             await self.store.close()
             log.info("cemesh stopped")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -147,6 +147,55 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     max_ttl: int = Field(default=255, ge=1, description="knativebrokerttl given to new events.")
 
+    # OIDC bearer tokens (JWT). The issuer and its keys (JWKS URL, else discovered from
+    # <issuer>/.well-known/openid-configuration) are shared by the management API (tokens whose
+    # audience is oidc_audience) and, with ingress_oidc on, the ingress (tokens whose audience is
+    # the Broker's or Channel's status.address.audience).
+    oidc_issuer: str | None = Field(
+        default=None, description="The exact 'iss' of accepted tokens; None: OIDC is off."
+    )
+    oidc_audience: str | None = Field(
+        default=None, description="The 'aud' a management API token must carry."
+    )
+    oidc_jwks_url: str | None = Field(
+        default=None, description="The issuer's JWKS; default: discovered from the issuer."
+    )
+    oidc_groups_claim: str = Field(
+        default="groups", description="Claim holding the subject's groups (for RBAC)."
+    )
+    oidc_leeway: float = Field(
+        default=30.0, ge=0, description="Seconds of clock skew allowed on exp, nbf and iat."
+    )
+    oidc_jwks_refresh_interval: float = Field(
+        default=300.0, gt=0, description="Seconds after which the JWKS is fetched again."
+    )
+    oidc_jwks_min_refresh_interval: float = Field(
+        default=10.0,
+        ge=0,
+        description="Least seconds between two JWKS fetches (an unknown kid refetches at most "
+        "this often, so made-up key ids cannot hammer the JWKS server).",
+    )
+    oidc_token_cache_size: int = Field(
+        default=10_000, ge=0, description="Verified tokens remembered until they expire."
+    )
+    # Ingress authorization (Knative's authentication-oidc feature and EventPolicy)
+    ingress_oidc: bool = Field(
+        default=False,
+        description="Senders must present a JWT whose audience is the Broker's or Channel's; "
+        "EventPolicies decide who may send (Knative's authentication-oidc flag).",
+    )
+    ingress_oidc_issuer: str | None = Field(
+        default=None, description="Issuer of senders' tokens; default: oidc_issuer."
+    )
+    ingress_oidc_jwks_url: str | None = Field(
+        default=None, description="JWKS of senders' issuer; default: oidc_jwks_url."
+    )
+    default_authorization_mode: Literal["allow-same-namespace", "allow-all", "deny-all"] = Field(
+        default="allow-same-namespace",
+        description="Who may send when no EventPolicy applies (Knative's "
+        "default-authorization-mode).",
+    )
+
     # Delivery defaults (used when neither the Trigger/Subscription nor its Broker/Channel set any)
     delivery_retry: int = Field(default=10, ge=0)
     delivery_backoff_policy: Literal["linear", "exponential"] = "exponential"
@@ -245,6 +294,15 @@ class Settings(BaseSettings):
     # Logging
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="after")
+    def _ingress_oidc_needs_an_issuer(self) -> Settings:
+        if self.ingress_oidc and not (self.ingress_oidc_issuer or self.oidc_issuer):
+            raise ValueError(
+                "ingress_oidc is on but no issuer is set: set CEMESH_INGRESS_OIDC_ISSUER or "
+                "CEMESH_OIDC_ISSUER (and the JWKS URL, unless the issuer serves discovery)"
+            )
+        return self
 
     @property
     def default_bus(self) -> str:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from broker.auth.policy import AuthorizationMode
 from broker.errors import CemeshError
 from broker.reconcile import OWNER_KINDS, Reconciled, reconcile
 from broker.resources import SUBSCRIPTION, TRIGGER, admit
@@ -83,8 +84,12 @@ class Controller:
         open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
         resync_interval: float,
         retire_groups: Callable[[dict], Awaitable[None]] | None = None,
+        ingress_oidc: bool = False,
+        default_authorization_mode: AuthorizationMode = "allow-same-namespace",
     ) -> None:
         self._store = store
+        self._ingress_oidc = ingress_oidc
+        self._default_authorization_mode: AuthorizationMode = default_authorization_mode
         self._base_url = base_url
         self._default_delivery = default_delivery
         self._default_channel = default_channel
@@ -167,6 +172,8 @@ class Controller:
             default_delivery=self._default_delivery,
             default_channel=self._default_channel,
             unavailable_buses=unavailable,
+            ingress_oidc=self._ingress_oidc,
+            default_authorization_mode=self._default_authorization_mode,
         )
 
     async def _write_statuses(self, objects: list[dict], statuses: dict[str, dict]) -> int:

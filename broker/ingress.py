@@ -10,6 +10,13 @@ validation cost more than the rest of the request: see docs/architecture.md). It
   (K20, K28, K143), ``413`` above the configured size, ``503`` when the bus refuses the event;
 - ``OPTIONS`` with the CloudEvents webhook handshake headers (K39, K151).
 
+With OIDC on for the ingress (``ingress_oidc``, Knative's ``authentication-oidc``), a POST must
+carry ``Authorization: Bearer <JWT>`` whose audience is the target's ``status.address.audience``:
+``401`` (with ``WWW-Authenticate: Bearer``) for none or one that does not verify, naming why;
+``403`` when the EventPolicies that apply (or the default authorization mode) do not allow its
+``sub`` to send these events (:mod:`broker.auth.policy`, compiled once per snapshot). With OIDC
+off none of this runs.
+
 Every response carries ``Allow: POST, OPTIONS`` (K38). Broker ingress adds ``knativearrivaltime``
 (K44) and sets or decrements ``knativebrokerttl`` (K45); Channels forward events unaltered (K147).
 Events are never upgraded from 0.3 (K32, K146).
@@ -24,8 +31,10 @@ from typing import Any
 import orjson
 
 from broker import binding
+from broker.auth.oidc import OidcVerifier
+from broker.auth.policy import IngressAuthorization
 from broker.bus import Bus
-from broker.errors import BindingError, PublishError
+from broker.errors import BindingError, PublishError, Unauthenticated
 from broker.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
 from broker.metrics import Metrics
 from broker.spec import BrokerSpec, ChannelSpec, Snapshot
@@ -61,6 +70,7 @@ _ACCEPTED_START = {
     "headers": [_ALLOW, (b"content-length", b"0")],
 }
 _EMPTY_BODY = {"type": "http.response.body", "body": b""}
+_BEARER_CHALLENGE = (b"www-authenticate", b"Bearer")
 _OPTIONS_HEADERS = [
     _ALLOW,
     (b"content-length", b"0"),
@@ -134,8 +144,12 @@ class Ingress:
         metrics: Metrics,
         max_request_bytes: int,
         max_ttl: int,
+        verifier: OidcVerifier | None = None,
     ) -> None:
         self.buses = buses
+        # Set only with ingress OIDC on: then every POST is authenticated and authorized.
+        self._verifier = verifier
+        self._authorization: Mapping[tuple[str, str, str], IngressAuthorization] = {}
         self._snapshot = Snapshot()
         # Where each ingress route publishes, keyed as match_route returns it (one lookup).
         self._targets: dict[tuple[str, str, str], BrokerSpec | ChannelSpec] = {}
@@ -156,6 +170,7 @@ class Ingress:
         for (namespace, name), channel in snapshot.channels.items():
             targets[("channel", namespace, name)] = channel
         self._snapshot, self._targets = snapshot, targets
+        self._authorization = snapshot.ingress_authorization
 
     # -- programmatic entry (replies re-entering a broker: K104, K108) ------------------------
 
@@ -205,6 +220,22 @@ class Ingress:
             return
 
         headers = scope["headers"]
+        sub: str | None = None
+        if self._verifier is not None:
+            # Fast path: a token verified before (the verifier's cache), without a coroutine.
+            token = _bearer_token(headers)
+            authorization = self._authorization.get(route)
+            claims = (
+                None
+                if token is None or authorization is None
+                else self._verifier.cached(token, authorization.audience)
+            )
+            if claims is not None:
+                sub = claims["sub"]
+            else:
+                sub = await self._authenticate(send, token, authorization, route)
+                if sub is None:
+                    return
         # The whole body usually comes in one message; the general reader handles the rest.
         message = await receive()
         body = message.get("body", b"")
@@ -229,6 +260,11 @@ class Ingress:
         except BindingError as exc:
             await self._reject(send, 400, exc.message)
             return
+        if sub is not None:
+            refusal = self._authorization[route].refusal(sub, events)
+            if refusal is not None:
+                await self._reject(send, 403, refusal)
+                return
 
         bus = self.buses[target.bus]
         topic = target.topic
@@ -247,6 +283,34 @@ class Ingress:
         self._metrics.accepted += len(events)
         await send(_ACCEPTED_START)
         await send(_EMPTY_BODY)
+
+    async def _authenticate(
+        self,
+        send: Send,
+        token: str | None,
+        authorization: IngressAuthorization | None,
+        route: tuple[str, str, str],
+    ) -> str | None:
+        """The verified ``sub`` of the request's bearer token; None once it has been refused."""
+        assert self._verifier is not None
+        what = f"{route[0]} {route[1]}/{route[2]}"
+        if authorization is None:  # Ready, yet not in the authorization map: refuse, never open
+            await self._reject(send, 403, f"{what} has no authorization configured yet")
+            return None
+        if token is None:
+            await self._reject(
+                send,
+                401,
+                f"{what} requires a bearer token: send 'Authorization: Bearer <JWT>' with "
+                f"audience {authorization.audience!r}",
+            )
+            return None
+        try:
+            claims = await self._verifier.verify(token, authorization.audience)
+        except Unauthenticated as exc:
+            await self._reject(send, 401, exc.message)
+            return None
+        return str(claims["sub"])
 
     async def _reject(self, send: Send, status: int, message: str) -> None:
         self._metrics.ingress_events[str(status)] += 1
@@ -270,11 +334,24 @@ class Ingress:
             chunks.append(chunk)
 
 
+def _bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme in any case), or None."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
 async def _error(send: Send, status: int, message: str) -> None:
     """A JSON error body ``{"code": status, "message": ...}`` with the Allow header (K38)."""
     body = orjson.dumps({"code": status, "message": message})
     headers = [_ALLOW, _JSON, (b"content-length", str(len(body)).encode())]
     if status == 503:
         headers.append((b"retry-after", b"1"))
+    elif status == 401:
+        headers.append(_BEARER_CHALLENGE)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

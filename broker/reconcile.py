@@ -12,6 +12,10 @@ themselves to its subscriber list), then Triggers (they need their Broker). Dest
 resolve through :data:`ADDRESS_RESOLVERS`, a table keyed by (API group, kind): a later kind that
 has an address (Knative Service, Sequence, Parallel) adds one row.
 
+With ingress OIDC on, Brokers and channels publish ``status.address.audience`` (Knative's
+``<group>/<kind>/<namespace>/<name>``, lower case), and the snapshot carries, per ingress route,
+that audience and the EventPolicies that apply (:mod:`broker.eventpolicy.reconcile` adds them).
+
 Nothing here raises for a bad stored object: a field that no longer parses makes that object not
 Ready with a reason, and every other object is still reconciled.
 """
@@ -27,6 +31,7 @@ from urllib.parse import urljoin
 import yaml
 
 from broker import spec as runtime
+from broker.auth.policy import AuthorizationMode, CompiledPolicy, IngressAuthorization
 from broker.dispatch.filters import (
     FILTER_PAYLOAD_ANNOTATION,
     FILTER_PAYLOAD_ENABLED,
@@ -70,6 +75,7 @@ __all__ = [
     "Reconciled",
     "Unresolvable",
     "World",
+    "audience_of",
     "broker_url",
     "channel_url",
     "owner_reference",
@@ -103,6 +109,11 @@ def broker_url(base_url: str, namespace: str, name: str) -> str:
 def channel_url(base_url: str, namespace: str, name: str) -> str:
     """Address of a Channel or InMemoryChannel."""
     return f"{base_url.rstrip('/')}/channels/{namespace}/{name}"
+
+
+def audience_of(group: str, kind: str, namespace: str, name: str) -> str:
+    """The OIDC audience of an addressable, as Knative's ``GetAudience`` (lower case)."""
+    return f"{group}/{kind}/{namespace}/{name}".lower()
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -225,6 +236,13 @@ class _World:
     children: list[dict[str, Any]] = field(default_factory=list)
     # Runtime specs of the components (sources, invoker): component name -> key -> spec.
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Ingress OIDC (Knative's authentication-oidc) and who may send when no EventPolicy applies.
+    ingress_oidc: bool = False
+    default_authorization_mode: AuthorizationMode = "allow-same-namespace"
+    # The EventPolicies that apply to each ingress route ("broker"|"channel", namespace, name).
+    route_policies: dict[tuple[str, str, str], dict[str, CompiledPolicy]] = field(
+        default_factory=dict
+    )
 
     def find(self, key: ObjKey) -> Obj | None:
         return self.objects.get(key)
@@ -389,6 +407,11 @@ def _reconcile_addressable(obj: Obj, world: _World, url: str) -> tuple[dict[str,
     status = _base_status(obj, conditions)
     if ready:
         address = {"name": "http", "url": url}
+        if world.ingress_oidc:  # Knative sets the audience only with authentication-oidc on
+            metadata = obj["metadata"]
+            address["audience"] = audience_of(
+                _group(obj["apiVersion"]), obj["kind"], metadata["namespace"], metadata["name"]
+            )
         status["address"] = address
         status["addresses"] = [dict(address)]
     if delivery.dead_letter_uri is not None:
@@ -874,12 +897,16 @@ def reconcile(
     default_channel: str = IN_MEMORY_CHANNEL.kind,
     unavailable_buses: Mapping[str, str] | None = None,
     now: str | None = None,
+    ingress_oidc: bool = False,
+    default_authorization_mode: AuthorizationMode = "allow-same-namespace",
 ) -> Reconciled:
     """Statuses for ``objects`` (stored resources, with metadata.uid) and the Snapshot to run.
 
     Objects of kinds this module does not reconcile get no entry in ``statuses``. Brokers and
     channels on a bus named in ``unavailable_buses`` (it failed to open) are not Ready and stay
     out of the snapshot, so that one unreachable bus does not stop everything else.
+    ``ingress_oidc``: senders must present tokens (audiences published, EventPolicies compiled
+    into the snapshot); ``default_authorization_mode`` decides where no EventPolicy applies.
     """
     world = _World(
         base_url=base_url.rstrip("/"),
@@ -888,6 +915,8 @@ def reconcile(
         now=now or now_rfc3339(),
         unavailable_buses=unavailable_buses or {},
         objects={_key_of(obj): obj for obj in objects},
+        ingress_oidc=ingress_oidc,
+        default_authorization_mode=default_authorization_mode,
     )
     for kind_key, reconciler in RECONCILERS:
         for obj in objects:
@@ -904,12 +933,38 @@ def reconcile(
             triggers=world.triggers,
             subscriptions=world.subscriptions,
             components=world.components,
+            ingress_authorization=_ingress_authorization(world),
         ),
         children=world.children,
     )
 
 
+def _ingress_authorization(world: _World) -> dict[tuple[str, str, str], IngressAuthorization]:
+    """Per ingress route of a Ready Broker or channel: its audience and applying policies."""
+    if not world.ingress_oidc:
+        return {}
+    routes: list[tuple[tuple[str, str, str], str, str]] = [
+        (("broker", ns, name), audience_of(EVENTING, BROKER.kind, ns, name), ns)
+        for (ns, name) in world.brokers
+    ]
+    for (ns, name), channel in world.channels.items():
+        group = next((t.group for t in CHANNEL_BUSES if t.kind == channel.kind), MESSAGING)
+        routes.append((("channel", ns, name), audience_of(group, channel.kind, ns, name), ns))
+    return {
+        route: IngressAuthorization(
+            audience=audience,
+            namespace=namespace,
+            policies=tuple(
+                policy for _, policy in sorted((world.route_policies.get(route) or {}).items())
+            ),
+            default_mode=world.default_authorization_mode,
+        )
+        for route, audience, namespace in routes
+    }
+
+
 # Feature packages register their kinds' reconcilers (after everything above exists).
+from broker.eventpolicy import reconcile as _eventpolicy  # noqa: E402, F401
 from broker.flows import reconcile as _flows  # noqa: E402, F401
 from broker.serving import reconcile as _serving  # noqa: E402, F401
 from broker.sources import reconcile as _sources  # noqa: E402, F401

@@ -763,6 +763,7 @@ def admit(
 
 # Kinds that live with their feature register themselves here, after everything above exists
 # (they use the admission helpers of this module).
+from broker.eventpolicy import kinds as _eventpolicy_kinds  # noqa: E402, F401
 from broker.flows import kinds as _flow_kinds  # noqa: E402, F401
 from broker.serving import kinds as _serving_kinds  # noqa: E402, F401
 from broker.sources import kinds as _source_kinds  # noqa: E402, F401

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from broker.events import CloudEvent
+
+if TYPE_CHECKING:  # broker.auth.policy builds on EventFilter below
+    from broker.auth.policy import IngressAuthorization
 
 EventFilter = Callable[[CloudEvent], bool]
 
@@ -97,6 +100,11 @@ class Snapshot:
     subscriptions: Mapping[str, SubscriptionSpec] = field(default_factory=dict)  # by uid
     # The runtime components' specs (sources, invoker, ...): component name -> key -> spec.
     components: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    # With ingress OIDC on: per ingress route ("broker"|"channel", namespace, name), the audience
+    # senders' tokens must carry and the EventPolicies that apply, compiled. Empty when off.
+    ingress_authorization: Mapping[tuple[str, str, str], IngressAuthorization] = field(
+        default_factory=dict
+    )
 
 
 def broker_topic(namespace: str, name: str) -> str:

@@ -19,6 +19,7 @@ from broker.auth.local_token import (
     default_token_path,
     ensure_token,
 )
+from broker.auth.oidc import authenticator_from_settings
 from broker.auth.principal import Authenticator, Principal
 from broker.auth.rbac import Binding, Subject, load_bindings
 from broker.auth.static_tokens import StaticTokenAuthenticator, load_tokens
@@ -86,7 +87,9 @@ def build_authenticators(settings: Settings) -> list[Authenticator]:
     authenticators: list[Authenticator] = [LocalTokenAuthenticator(local)]
     if settings.api_tokens_file is not None:
         authenticators.append(StaticTokenAuthenticator(load_tokens(settings.api_tokens_file)))
-    # OIDC bearer tokens (JWT) are appended here when configured.
+    oidc = authenticator_from_settings(settings)
+    if oidc is not None:  # OIDC bearer tokens (JWT), when issuer and audience are configured
+        authenticators.append(oidc)
     return authenticators
 
 

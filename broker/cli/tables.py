@@ -122,6 +122,13 @@ def _service_scaling(obj: Mapping[str, Any]) -> str:
     )
 
 
+def _policy_subjects(obj: Mapping[str, Any]) -> str:
+    subjects = (obj.get("status") or {}).get("from")
+    return (
+        ", ".join(s for s in subjects if isinstance(s, str)) if isinstance(subjects, list) else ""
+    )
+
+
 def dig_list(obj: Any, *path: str) -> list[Mapping[str, Any]]:
     """The list of objects at ``path`` in nested mappings, [] when missing."""
     for key in path:
@@ -237,6 +244,18 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
             ),
         ),
         Column("SCALING", lambda o: dig(o, "status", "autoscaler", "reason"), wide=True),
+    ),
+    # Ingress authorization: what a policy applies to and whom it lets send.
+    "EventPolicy": (
+        Column(
+            "APPLIES_TO",
+            lambda o: ", ".join(
+                f"{t.get('kind')}/{t.get('name')}" for t in dig_list(o, "status", "appliesTo")
+            ),
+        ),
+        Column("FROM", _policy_subjects, wide=True),
+        READY,
+        REASON,
     ),
 }
 DEFAULT_COLUMNS: tuple[Column, ...] = (READY, REASON)

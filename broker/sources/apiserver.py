@@ -171,6 +171,26 @@ def label_selector_string(selector: Mapping[str, Any] | None) -> str:
     return ",".join(text for _, text in sorted(requirements, key=lambda r: r[0]))
 
 
+def label_selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether ``labels`` satisfy a metav1.LabelSelector (every requirement; empty: all)."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values") or []
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
 def controlled_by(obj: Mapping[str, Any], owner: Mapping[str, Any] | None) -> bool:
     """Whether ``obj`` passes the ``spec.owner`` filter (Knative's ``controller`` store).
 
@@ -207,7 +227,8 @@ def _check_kind(value: object, field_: str) -> None:
         raise InvalidResource(field_, "is required (for example 'Pod')")
 
 
-def _check_selector(value: object, field_: str) -> None:
+def check_label_selector(value: object, field_: str) -> None:
+    """A metav1.LabelSelector (matchLabels, matchExpressions); errors name the field."""
     if value is None:
         return
     if not isinstance(value, Mapping):
@@ -268,14 +289,14 @@ def admit_api_server_source(obj: dict[str, Any], old: Mapping[str, Any] | None) 
             raise InvalidResource(where, "must be {apiVersion, kind, selector}")
         _check_api_version(resource.get("apiVersion"), f"{where}.apiVersion")
         _check_kind(resource.get("kind"), f"{where}.kind")
-        _check_selector(resource.get("selector"), f"{where}.selector")
+        check_label_selector(resource.get("selector"), f"{where}.selector")
     owner = spec.get("owner")
     if owner is not None:
         if not isinstance(owner, Mapping):
             raise InvalidResource("spec.owner", "must be {apiVersion, kind}")
         _check_api_version(owner.get("apiVersion"), "spec.owner.apiVersion")
         _check_kind(owner.get("kind"), "spec.owner.kind")
-    _check_selector(spec.get("namespaceSelector"), "spec.namespaceSelector")
+    check_label_selector(spec.get("namespaceSelector"), "spec.namespaceSelector")
     account = spec.get("serviceAccountName")
     if account is not None and not isinstance(account, str):
         raise InvalidResource("spec.serviceAccountName", "must be a string")

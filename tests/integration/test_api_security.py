@@ -547,3 +547,62 @@ async def test_a_websocket_to_the_api_is_refused_before_it_is_accepted(
         async with connect(url, additional_headers={"Authorization": f"Bearer {mesh.token}"}):
             pass
     assert refused.value.response.status_code == 403
+
+
+async def test_oidc_bearer_tokens_authenticate_on_the_api_and_rbac_binds_their_sub_and_groups(
+    tmp_path: Path,
+) -> None:
+    from tests.support.oidc_issuer import TestIssuer
+
+    rbac = tmp_path / "rbac.yaml"
+    rbac.write_text(
+        yaml.safe_dump_all(
+            [
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "RoleBinding",
+                    "metadata": {"name": "erin-views", "namespace": "default"},
+                    "roleRef": {"kind": "ClusterRole", "name": "view"},
+                    "subjects": [{"kind": "User", "name": "erin"}],
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": "editors"},
+                    "roleRef": {"kind": "ClusterRole", "name": "edit"},
+                    "subjects": [{"kind": "Group", "name": "editors"}],
+                },
+            ]
+        )
+    )
+    async with (
+        TestIssuer() as issuer,
+        running_cemesh(
+            tmp_path,
+            oidc_issuer=issuer.issuer,
+            oidc_jwks_url=issuer.jwks_url,
+            oidc_audience="cemesh-api",
+            rbac_file=rbac,
+        ) as mesh,
+    ):
+        viewer = issuer.token("erin", audience="cemesh-api")
+        editor = issuer.token("frank", audience="cemesh-api", extra={"groups": ["editors"]})
+        expired = issuer.token(
+            "frank", audience="cemesh-api", expires_in=-600, extra={"groups": ["editors"]}
+        )
+        elsewhere = issuer.token("frank", audience="another-api", extra={"groups": ["editors"]})
+        async with mesh.client_with(viewer) as client:
+            assert (await client.get(BROKERS)).status_code == 200
+            refused = await client.post(BROKERS, json=broker("by-erin"))
+            assert refused.status_code == 403, refused.text
+            assert 'User "erin" cannot create resource "brokers"' in refused.json()["message"]
+        async with mesh.client_with(editor) as client:
+            created = await client.post(BROKERS, json=broker("by-frank"))
+            assert created.status_code == 201, created.text
+            assert created.json()["metadata"]["annotations"][APPLIED_BY] == "frank"
+        for token in (expired, elsewhere):
+            async with mesh.client_with(token) as client:
+                answer = await client.post(BROKERS, json=broker("never"))
+                assert answer.status_code == 401, answer.text
+        names = [b["metadata"]["name"] for b in (await mesh.client.get(BROKERS)).json()["items"]]
+        assert names == ["by-frank"]
