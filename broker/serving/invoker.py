@@ -28,9 +28,10 @@ Fed ``snapshot.components["invoker"]`` (:mod:`broker.serving.specs`), it keeps o
   ``CrashLoopBackOff``; no replica listening within the Revision's progress deadline,
   ``ProgressDeadlineExceeded``) are written into the Revision's status when they change (and
   re-checked every :data:`STATUS_RESYNC_ROUNDS` rounds, in case a controller write raced ours);
-  reconcile keeps them and sums them up on the Service. A failed Revision that no route sends
-  traffic to is scaled to zero (no endless crash loop); one with traffic keeps being retried
-  with the backend's crash-loop backoff, its requests answered 503 meanwhile.
+  reconcile keeps them and sums them up on the Service. A failed Revision keeps being retried
+  with the backend's crash-loop backoff (it becomes Ready again as soon as a replica listens),
+  its requests answered 503 meanwhile; once its progress deadline has passed and no route sends
+  it traffic, it is scaled to zero (no endless crash loop).
 - **Startup**: a Revision that listened before (``RevisionSpec.proven``, e.g. after cemesh
   restarted) starts replicas only when a route sends it traffic or it has a min-scale; others
   start at zero and wake on their first request.
@@ -324,6 +325,8 @@ class Invoker:
                 },
             )
         state.desired = desired
+        if desired > 0 and state.waiting_since is None and not self.backend.ready(state.ref):
+            state.waiting_since = self.clock()  # the progress deadline runs from here
         try:
             await self.backend.ensure(state.ref, state.spec.template, desired)
         except NotRunnable as exc:
@@ -463,6 +466,11 @@ class Invoker:
                 },
             )
 
+    def _gave_up(self, state: _Revision, now: float) -> bool:
+        """Replicas were wanted for a whole progress deadline and none listened."""
+        since = state.waiting_since
+        return since is None or now - since >= state.spec.progress_deadline
+
     async def _decide_all(self, now: float) -> None:
         for state in list(self._revisions.values()):
             if state.waking or state.activator.closed:
@@ -470,9 +478,10 @@ class Invoker:
             self._check_progress(state, now)
             decision = self._decide(state, now)
             state.panic = decision.panic
-            if state.failure is not None and not state.spec.routed:
-                # Failed, and nothing routes to it: stop the crash loop (Knative scales a failed
-                # Revision to zero too). Traffic moving to it starts it again.
+            if state.failure is not None and not state.spec.routed and self._gave_up(state, now):
+                # Failed for a whole progress deadline, and nothing routes to it: stop the crash
+                # loop (Knative scales a failed Revision to zero too). Traffic moving to it
+                # starts it again.
                 await self._scale(state, 0, f"failed ({state.failure[0]}); no traffic")
                 continue
             await self._scale(state, decision.desired, decision.reason)
