@@ -194,6 +194,19 @@ def restart_delay(attempt: int, initial: float, maximum: float) -> float:
     return min(maximum, initial * (2.0**attempt))
 
 
+def exit_summary(code: int, tail: Sequence[str], lines: int = 10) -> str:
+    """``code 3; last output: a | b`` (or ``signal SIGKILL``): an exit, for a status message."""
+    if code < 0:
+        try:
+            what = f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            what = f"signal {-code}"
+    else:
+        what = f"code {code}"
+    shown = [line for line in tail if line.strip()][-lines:]
+    return what + ("; last output: " + " | ".join(shown) if shown else "")
+
+
 def child_env(spec_env: Mapping[str, str], parent: Mapping[str, str]) -> dict[str, str]:
     """The environment of a child: INHERITED_ENV from ``parent``, DEFAULT_ENV, then ``spec_env``."""
     env = {key: parent[key] for key in INHERITED_ENV if key in parent}

@@ -75,6 +75,7 @@ from broker.serving.specs import (
     RouteSpec,
 )
 from broker.serving.traffic import TrafficSplit
+from broker.supervisor import exit_summary
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,6 @@ SAMPLE_INTERVAL = 0.5  # seconds: at least one sample in every 1 s bucket of the
 STATUS_RESYNC_ROUNDS = 10  # decision rounds between re-checks of the written statuses
 RETRY_AFTER = b"1"  # seconds, on 503: a replica is usually up by then
 CRASH_LOOP_EXITS = 3  # exits in a row, none listening in between, that make a crash loop
-TAIL_IN_MESSAGE = 10  # last output lines of a replica quoted in a runtimeError message
 PREFIX = "/services/"
 # Hop-by-hop and framing headers: never forwarded either way (the client frames requests).
 # Response headers the server in front (uvicorn) sets itself: the replica's would repeat them.
@@ -134,12 +134,6 @@ def _json_response(status: int, message: str, retry_after: bool = False) -> Resp
     if retry_after:
         headers.append((b"retry-after", RETRY_AFTER))
     return Response(status, headers, orjson.dumps({"message": message}))
-
-
-def _output(tail: list[str]) -> str:
-    """The last output lines of a replica, for a status message ("" when it printed nothing)."""
-    lines = [line for line in tail if line.strip()][-TAIL_IN_MESSAGE:]
-    return "; last output: " + " | ".join(lines) if lines else ""
 
 
 class _Revision:
@@ -396,10 +390,10 @@ class Invoker:
             return  # it served before: one exit is a restart, not yet a failure
         reason = CRASH_LOOP if state.ready_once else EXIT_CODE
         if reason == CRASH_LOOP:
-            what = f"replicas exited {state.exits} times in a row without listening; last code"
+            what = f"replicas exited {state.exits} times in a row without listening; last exit"
         else:
-            what = "the replica exited before it listened on $PORT, with code"
-        message = f"{what} {code}{_output(tail)}"
+            what = "the replica exited before it listened on $PORT, with"
+        message = f"{what} {exit_summary(code, tail)}"
         if state.failure != (reason, message):
             state.failure = (reason, message)
             log.warning(
