@@ -35,7 +35,9 @@ No child outlives cemesh, even when cemesh is killed with SIGKILL (nothing of ce
   soon as cemesh has ended it, so a reused process group id is never hit.
 
 A grandchild that leaves the group on purpose (``setsid``, a daemonising server) escapes both,
-as it would escape a container runtime that kills by process group.
+as it would escape a container runtime that kills by process group. The kernel sends the death
+signal when the *thread* that spawned the child ends: cemesh spawns from its event loop's thread,
+which lives as long as cemesh.
 
 The child's environment is not cemesh's: it gets only :data:`INHERITED_ENV` from cemesh (so the
 database URL and other settings of cemesh do not leak into user code), then

@@ -696,11 +696,17 @@ class Invoker:
                     )
                 except DeliveryError as exc:
                     response = _json_response(502, exc.message)
+        head = scope["method"] == "HEAD"  # no body: the replica's content-length stands
         out = [
             (k, v)
             for k, v in response.headers
-            if (name := k.decode("latin-1").lower()) not in _HOP and name not in _SERVER_SET
+            if (
+                (name := k.decode("latin-1").lower()) not in _HOP
+                or (head and name == "content-length")
+            )
+            and name not in _SERVER_SET
         ]
-        out.append((b"content-length", str(len(response.body)).encode()))
+        if not head:
+            out.append((b"content-length", str(len(response.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         await send({"type": "http.response.body", "body": response.body})
