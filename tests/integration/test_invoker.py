@@ -286,7 +286,15 @@ async def test_cemesh_get_lists_services_and_revisions(tmp_path: Path, kind: str
         await mesh.apply(service())
         await ready(mesh)
         path = f"/apis/serving.knative.dev/v1/namespaces/default/{kind}"
-        items = (await mesh.client.get(path)).json()["items"]
+
+        async def all_ready() -> list[dict[str, Any]] | None:
+            items = (await mesh.client.get(path)).json()["items"]
+            ok = all(
+                condition(i.get("status") or {}, "Ready").get("status") == "True" for i in items
+            )
+            return items if items and ok else None
+
+        items = await eventually(all_ready)
         kind_name = "Service" if kind == "services" else "Revision"
         table = render_table(kind_name, items, now=datetime.now(UTC), wide=True)
         header, row = table.splitlines()
