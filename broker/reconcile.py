@@ -16,6 +16,20 @@ With ingress OIDC on, Brokers and channels publish ``status.address.audience`` (
 ``<group>/<kind>/<namespace>/<name>``, lower case), and the snapshot carries, per ingress route,
 that audience and the EventPolicies that apply (:mod:`broker.eventpolicy.reconcile` adds them).
 
+One rule resolves every subscriber, reply, sink and dead-letter sink, whichever kind asks
+(Trigger, Subscription, Sequence and Parallel through their Subscriptions, every source, a
+SinkBinding): :meth:`_World.resolve`. A reference resolves when the object exists and can take
+events: it is Ready, or, not Ready, it still has an address (``status.address.url``: a Service
+whose new Revision failed still serves its last good route), as Knative's resolver reads the
+address. Otherwise it is ``DestinationNotFound`` / ``DestinationNotReady`` with the target's
+own reason in the message.
+
+Phases mean a kind may look up the readiness of a kind reconciled after it (a Trigger's
+subscriber is a Service or a Sequence). Such a forward look-up reads the status of the previous
+pass (at first, the stored one), and :func:`reconcile` runs the phases again, with the statuses
+just computed, until every forward look-up saw what its target now says (at most
+:data:`MAX_SETTLE_PASSES` passes), so the answer never depends on the order of the phases.
+
 Nothing here raises for a bad stored object: a field that no longer parses makes that object not
 Ready with a reason, and every other object is still reconciled.
 """
@@ -196,6 +210,16 @@ def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
     )
 
 
+def _serves(status: Mapping[str, Any] | None) -> tuple[bool | None, bool]:
+    """(Ready, has an address) of a status; (None, False) when there is none."""
+    if status is None:
+        return None, False
+    ready = _ready_condition(status)
+    address = status.get("address")
+    url = address.get("url") if isinstance(address, Mapping) else None
+    return (ready is not None and ready.get("status") == "True"), bool(url)
+
+
 @dataclass(frozen=True, slots=True)
 class _Delivery:
     """The delivery spec in force for an object, and its dead-letter sink resolved."""
@@ -243,17 +267,32 @@ class _World:
     route_policies: dict[tuple[str, str, str], dict[str, CompiledPolicy]] = field(
         default_factory=dict
     )
+    # Statuses of the previous pass (at first, the stored ones), for forward look-ups.
+    prior: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # uid -> what a forward look-up saw of it (readiness, address): checked after the pass.
+    forward: dict[str, tuple[bool | None, bool]] = field(default_factory=dict)
 
     def find(self, key: ObjKey) -> Obj | None:
         return self.objects.get(key)
 
+    def _status(self, obj: Obj) -> Mapping[str, Any] | None:
+        """``obj``'s status as this pass computed it, else as the previous pass did (and noted
+        as a forward look-up)."""
+        uid = obj["metadata"]["uid"]
+        computed = self.statuses.get(uid)
+        if computed is not None:
+            return computed
+        previous = self.prior.get(uid)
+        self.forward[uid] = _serves(previous)
+        return previous
+
     def is_ready(self, obj: Obj) -> bool | None:
-        """Ready as computed in this pass; None when not computed (yet)."""
-        status = self.statuses.get(obj["metadata"]["uid"])
-        if status is None:
-            return None
-        ready = _ready_condition(status)
-        return ready is not None and ready.get("status") == "True"
+        """Ready as computed in this pass (or the previous one, module docstring); None when
+        never computed."""
+        return _serves(self._status(obj))[0]
+
+    def has_address(self, obj: Obj) -> bool:
+        return _serves(self._status(obj))[1]
 
     def resolve(
         self, destination: Mapping[str, Any], namespace: str, *, require_ready: bool
@@ -282,8 +321,12 @@ class _World:
         target = self.find((_group(api_version), kind, ref_namespace, name))
         if target is None:
             raise _UnresolvableError("DestinationNotFound", f"{what} does not exist")
-        if require_ready and self.is_ready(target) is False:
-            raise _UnresolvableError("DestinationNotReady", f"{what} is not Ready")
+        if require_ready and self.is_ready(target) is False and not self.has_address(target):
+            ready = _ready_condition(self._status(target) or {}) or {}
+            why = ready.get("message") or ready.get("reason") or ""
+            raise _UnresolvableError(
+                "DestinationNotReady", f"{what} is not Ready" + (f": {why}" if why else "")
+            )
         address = resolver(target, self)
         return urljoin(address, uri) if uri else address  # K160
 
@@ -908,20 +951,36 @@ def reconcile(
     ``ingress_oidc``: senders must present tokens (audiences published, EventPolicies compiled
     into the snapshot); ``default_authorization_mode`` decides where no EventPolicy applies.
     """
-    world = _World(
-        base_url=base_url.rstrip("/"),
-        default_delivery=default_delivery,
-        default_channel=channel_type(default_channel) or IN_MEMORY_CHANNEL,
-        now=now or now_rfc3339(),
-        unavailable_buses=unavailable_buses or {},
-        objects={_key_of(obj): obj for obj in objects},
-        ingress_oidc=ingress_oidc,
-        default_authorization_mode=default_authorization_mode,
-    )
-    for kind_key, reconciler in RECONCILERS:
-        for obj in objects:
-            if (_group(obj["apiVersion"]), obj["kind"]) == kind_key:
-                reconciler(obj, world)
+    stored = {
+        obj["metadata"]["uid"]: obj["status"]
+        for obj in objects
+        if isinstance(obj.get("status"), Mapping)
+    }
+    prior: Mapping[str, Mapping[str, Any]] = stored
+    for _ in range(MAX_SETTLE_PASSES):
+        world = _World(
+            base_url=base_url.rstrip("/"),
+            default_delivery=default_delivery,
+            default_channel=channel_type(default_channel) or IN_MEMORY_CHANNEL,
+            now=now or now_rfc3339(),
+            unavailable_buses=unavailable_buses or {},
+            objects={_key_of(obj): obj for obj in objects},
+            prior=prior,
+            ingress_oidc=ingress_oidc,
+            default_authorization_mode=default_authorization_mode,
+        )
+        for kind_key, reconciler in RECONCILERS:
+            for obj in objects:
+                if (_group(obj["apiVersion"]), obj["kind"]) == kind_key:
+                    reconciler(obj, world)
+        settled = all(
+            _serves(world.statuses[uid]) == seen
+            for uid, seen in world.forward.items()
+            if uid in world.statuses  # kinds nobody reconciles keep what they have
+        )
+        if settled:
+            break
+        prior = {**stored, **world.statuses}
     for status in world.statuses.values():
         if "subscribers" in status:
             status["subscribers"].sort(key=lambda entry: entry["uid"])
@@ -962,6 +1021,10 @@ def _ingress_authorization(world: _World) -> dict[tuple[str, str, str], IngressA
         for route, audience, namespace in routes
     }
 
+
+# Passes of reconcile() until forward look-ups agree with what they looked up (module docstring):
+# a chain of forward look-ups (Trigger -> Sequence -> Service) settles in one pass per link.
+MAX_SETTLE_PASSES = 4
 
 # Feature packages register their kinds' reconcilers (after everything above exists).
 from broker.eventpolicy import reconcile as _eventpolicy  # noqa: E402, F401

@@ -17,7 +17,27 @@ One :class:`SupervisedProcess` runs one :class:`ProcessSpec`:
 - when it exits, what is left of its process group is ended too (as a container's processes end
   with it), so restarts never pile up orphans;
 - :meth:`SupervisedProcess.stop` sends SIGTERM to the group, waits ``stop_grace`` seconds, then
-  sends SIGKILL; it is idempotent and ends a pending restart as well.
+  sends SIGKILL; it is idempotent and ends a pending restart as well;
+- the last :data:`TAIL_LINES` output lines of the current run are kept (:attr:`SupervisedProcess.
+  tail`), so whoever reports an exit can say what the child printed before it died.
+
+No child outlives cemesh, even when cemesh is killed with SIGKILL (nothing of cemesh runs then):
+
+- on Linux the child asks the kernel for SIGKILL when cemesh dies (``prctl(PR_SET_PDEATHSIG)``,
+  set between fork and exec; the kernel keeps it across exec), which ends the process cemesh
+  spawned at once. It checks right after that cemesh is still its parent, closing the window
+  in which cemesh died before the request was made;
+- the death signal is not inherited by the child's own children (a shell's commands), so one
+  small guard process per cemesh (:class:`_GroupGuard`, ``python -c``, started with the first
+  child) holds a pipe from cemesh and knows every process group cemesh runs. When the pipe
+  closes (cemesh exited in any way, SIGKILL included) it SIGKILLs those groups: the child and
+  everything it started that stayed in its group. A group is taken off the guard's list as
+  soon as cemesh has ended it, so a reused process group id is never hit.
+
+A grandchild that leaves the group on purpose (``setsid``, a daemonising server) escapes both,
+as it would escape a container runtime that kills by process group. The kernel sends the death
+signal when the *thread* that spawned the child ends: cemesh spawns from its event loop's thread,
+which lives as long as cemesh.
 
 The child's environment is not cemesh's: it gets only :data:`INHERITED_ENV` from cemesh (so the
 database URL and other settings of cemesh do not leak into user code), then
@@ -32,10 +52,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -64,8 +89,89 @@ EXIT_CANNOT_EXECUTE = 126  # found but not executable (permissions, bad cwd, bad
 LINE_LIMIT = 64 * 1024  # longer output lines are dropped (with a warning), not buffered forever
 _DRAIN_TIMEOUT = 1.0  # after an exit, how long to wait for the last output lines
 _GROUP_POLL = 0.05  # how often to look whether a group's leftover processes are gone
+TAIL_LINES = 20  # output lines of the current run kept for exit reports
 
 log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when ``parent_pid`` dies (Linux).
+
+    Runs in the child between fork and exec: no allocation-heavy work, no locks. If the parent
+    died before the request was made, the child is already an orphan and exits at once.
+    """
+    libc = _LIBC
+    if libc is None:
+        return None
+    prctl = libc.prctl
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(EXIT_CANNOT_EXECUTE)
+
+    return preexec
+
+
+# The guard: reads "+pgid" / "-pgid" lines; when its stdin closes (cemesh is gone, however it
+# ended) it SIGKILLs every group still listed. It ignores SIGINT (a terminal's Ctrl-C reaches
+# cemesh, which stops its children itself) and runs in its own session.
+_GUARD_SCRIPT = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin:
+    line = line.strip()
+    if line[1:].isdigit():
+        (groups.add if line[0] == "+" else groups.discard)(int(line[1:]))
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _GroupGuard:
+    """The one guard process of this cemesh (module docstring); started with the first child."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._failed = False
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            if self._failed:
+                return
+            try:
+                if self._process is None or self._process.poll() is not None:
+                    self._process = subprocess.Popen(
+                        [sys.executable, "-I", "-c", _GUARD_SCRIPT],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                        close_fds=True,
+                    )
+                assert self._process.stdin is not None
+                self._process.stdin.write(line.encode() + b"\n")
+                self._process.stdin.flush()
+            except OSError as exc:  # cannot run the guard: children still die via PDEATHSIG
+                self._failed = True
+                log.warning("process guard unavailable: %s", exc)
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"+{pgid}")
+
+    def forget(self, pgid: int) -> None:
+        self._send(f"-{pgid}")
+
+
+GUARD = _GroupGuard()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +195,19 @@ def restart_delay(attempt: int, initial: float, maximum: float) -> float:
     if attempt >= 64:  # 2**64 * initial is past any sensible maximum; skip the float overflow
         return maximum
     return min(maximum, initial * (2.0**attempt))
+
+
+def exit_summary(code: int, tail: Sequence[str], lines: int = 10) -> str:
+    """``code 3; last output: a | b`` (or ``signal SIGKILL``): an exit, for a status message."""
+    if code < 0:
+        try:
+            what = f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            what = f"signal {-code}"
+    else:
+        what = f"code {code}"
+    shown = [line for line in tail if line.strip()][-lines:]
+    return what + ("; last output: " + " | ".join(shown) if shown else "")
 
 
 def child_env(spec_env: Mapping[str, str], parent: Mapping[str, str]) -> dict[str, str]:
@@ -175,6 +294,7 @@ class SupervisedProcess:
         self._first_spawn = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
         self._transports: list[asyncio.BaseTransport] = []
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)  # output of the current (or last) run
 
     @property
     def running(self) -> bool:
@@ -217,6 +337,7 @@ class SupervisedProcess:
         """Start one child; on failure log it, set ``returncode`` (127/126) and return False."""
         self._process = None
         self._spawned_at = time.monotonic()
+        self.tail.clear()
         command = list(self.spec.command)
         pipes = (os.pipe(), os.pipe())  # our own pipes: see _watch for why
         (out_read, out_write), (err_read, err_write) = pipes
@@ -229,13 +350,15 @@ class SupervisedProcess:
                 env=child_env(self.spec.env, os.environ),
                 cwd=self.spec.cwd,
                 start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             os.close(out_read)
             os.close(err_read)
             self.returncode = (
                 EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_CANNOT_EXECUTE
             )
+            self.tail.append(f"cannot start {command!r}: {exc}")
             self.log.error(
                 "%s: cannot start %r: %s", self.spec.name, command, exc, extra=self._extra()
             )
@@ -245,6 +368,7 @@ class SupervisedProcess:
             os.close(err_write)
         self._process = process
         self.pid = process.pid
+        GUARD.watch(process.pid)  # its process group id: it leads a new session
         self.log.info(
             "%s: started %r (pid %d, applied by %s)",
             self.spec.name,
@@ -293,6 +417,7 @@ class SupervisedProcess:
             if not line:
                 return
             text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+            self.tail.append(text)
             self.log.log(level, "%s: %s", self.spec.name, text, extra=self._extra(stream))
 
     async def _close_output(self, timeout: float) -> None:  # noqa: ASYNC109
@@ -352,6 +477,7 @@ class SupervisedProcess:
             process = self._process
             if process is not None and process.returncode is None:
                 _signal_group(process.pid, signal.SIGKILL)
+                GUARD.forget(process.pid)
             await self._close_output(0)
             if self._stopping.is_set():
                 self.log.info("%s: stopped", self.spec.name, extra=self._extra())
@@ -386,6 +512,7 @@ class SupervisedProcess:
                 _signal_group(process.pid, signal.SIGKILL)
                 await process.wait()
         await self._end_group(process.pid, deadline)
+        GUARD.forget(process.pid)
         await self._close_output(_DRAIN_TIMEOUT)
         code = process.returncode
         assert code is not None

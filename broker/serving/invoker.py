@@ -5,12 +5,14 @@ Fed ``snapshot.components["invoker"]`` (:mod:`broker.serving.specs`), it keeps o
 :class:`~broker.serving.traffic.TrafficSplit` per Service:
 
 - **Requests** reach a Service at ``/services/{namespace}/{name}[/tags/{tag}][/path]`` over HTTP
-  (raw ASGI; POST only, as the dispatcher's client speaks only POST), or in-process when the
-  dispatcher delivers to such a URL (``DeliveryClient.add_local_route``: no HTTP hop through
-  cemesh itself). The split picks the Revision, the activator a replica (holding the request
-  while none is free), and the dispatcher's HTTP client forwards it, path suffix, query and
-  headers kept. 503 + ``Retry-After`` when nothing answers in time; 502 when a replica gave no
-  response.
+  (raw ASGI, every method), or in-process when the dispatcher delivers to such a URL
+  (``DeliveryClient.add_local_route``: no HTTP hop through cemesh itself). The split picks the
+  Revision, the activator a replica (holding the request while none is free), and the request
+  goes on to it with its method, path suffix, query, headers and body (POSTs through the
+  dispatcher's HTTP client, other methods through httpx). 404 only when no such Service exists;
+  503 + ``Retry-After`` when it exists but its route serves nothing (the reason in the body),
+  its Revision failed, or nothing answers in time; 504 when the replica did not answer within
+  the Revision's ``timeoutSeconds``; 502 when a replica gave no response.
 - **Autoscaling**: every :data:`SAMPLE_INTERVAL` the activators' concurrency and request counts
   go into each Revision's :class:`~broker.serving.metrics_window.MetricWindow`; every
   ``invoker_autoscaler_tick`` seconds (Knative: 2 s) :func:`~broker.serving.autoscaler.decide`
@@ -18,11 +20,21 @@ Fed ``snapshot.components["invoker"]`` (:mod:`broker.serving.specs`), it keeps o
   the Revision up at once. New Revisions start at :func:`~broker.serving.autoscaler.
   initial_replicas`. The clock is injectable and :meth:`Invoker.tick` runs one round, so tests
   drive time themselves.
-- **Status**: the replicas (ready and desired), the autoscaler's reason and a backend error
-  (``runtimeError``, e.g. an image-only container on the process backend) are written into the
-  Revision's status when they change (and re-checked every :data:`STATUS_RESYNC_ROUNDS`
-  rounds, in case a controller write raced ours); reconcile keeps them and sums them up on the
-  Service.
+- **Status**: the replicas (ready and desired), the autoscaler's reason, whether a replica ever
+  listened (``replicaReadyOnce``: reconcile makes the Revision Ready only then) and why the
+  Revision cannot serve (``runtimeError``: an image-only container on the process backend; a
+  replica that exited before any listened, ``ExitCode`` with the code and its last output
+  lines; :data:`CRASH_LOOP_EXITS` exits in a row with none listening in between,
+  ``CrashLoopBackOff``; no replica listening within the Revision's progress deadline,
+  ``ProgressDeadlineExceeded``) are written into the Revision's status when they change (and
+  re-checked every :data:`STATUS_RESYNC_ROUNDS` rounds, in case a controller write raced ours);
+  reconcile keeps them and sums them up on the Service. A failed Revision keeps being retried
+  with the backend's crash-loop backoff (it becomes Ready again as soon as a replica listens),
+  its requests answered 503 meanwhile; once its progress deadline has passed and no route sends
+  it traffic, it is scaled to zero (no endless crash loop).
+- **Startup**: a Revision that listened before (``RevisionSpec.proven``, e.g. after cemesh
+  restarted) starts replicas only when a route sends it traffic or it has a min-scale; others
+  start at zero and wake on their first request.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
+import httpx
 import orjson
 
 from broker.components import HttpHandler, Receive, RuntimeContext, Scope, Send, read_body
@@ -52,14 +65,24 @@ from broker.serving.autoscaler import (
 from broker.serving.backend import Backend, RevisionRef
 from broker.serving.kinds import REVISION, SERVING
 from broker.serving.process import NotRunnable, ProcessBackend
-from broker.serving.specs import COMPONENT, RUNTIME_STATUS_KEYS, RevisionSpec, RouteSpec
+from broker.serving.specs import (
+    COMPONENT,
+    CRASH_LOOP,
+    EXIT_CODE,
+    PROGRESS_DEADLINE,
+    RUNTIME_STATUS_KEYS,
+    RevisionSpec,
+    RouteSpec,
+)
 from broker.serving.traffic import TrafficSplit
+from broker.supervisor import exit_summary
 
 log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL = 0.5  # seconds: at least one sample in every 1 s bucket of the metric window
 STATUS_RESYNC_ROUNDS = 10  # decision rounds between re-checks of the written statuses
 RETRY_AFTER = b"1"  # seconds, on 503: a replica is usually up by then
+CRASH_LOOP_EXITS = 3  # exits in a row, none listening in between, that make a crash loop
 PREFIX = "/services/"
 # Hop-by-hop and framing headers: never forwarded either way (the client frames requests).
 # Response headers the server in front (uvicorn) sets itself: the replica's would repeat them.
@@ -129,6 +152,15 @@ class _Revision:
         self.error: tuple[str, str] | None = None  # (reason, message) from the backend
         self.waking = False
         self.written: tuple[Any, ...] | None = None
+        self.ready_once = spec.proven  # a replica listened at least once
+        self.failure: tuple[str, str] | None = None  # (reason, message): cannot serve
+        self.exits = 0  # replica exits since a replica last listened
+        self.waiting_since: float | None = None  # replicas wanted, none listening since then
+
+    @property
+    def problem(self) -> tuple[str, str] | None:
+        """Why the Revision cannot serve: the backend's error first, then a replica failure."""
+        return self.error or self.failure
 
 
 class Invoker:
@@ -162,7 +194,10 @@ class Invoker:
         if isinstance(self.backend, ProcessBackend):
             self.backend.drain = self._drain
             self.backend.on_change = self._replicas_changed
+            self.backend.on_exit = self._replica_exited
         self._hold = context.settings.invoker_hold_timeout
+        self._http: httpx.AsyncClient | None = None  # methods other than POST (HTTP route)
+        self._routes_why: dict[tuple[str, str], str] = {}
 
     # --- Component --------------------------------------------------------------------------
 
@@ -193,6 +228,9 @@ class Invoker:
             for r in specs.values()
             if isinstance(r, RouteSpec)
         }
+        self._routes_why = {
+            (r.namespace, r.name): r.why for r in specs.values() if isinstance(r, RouteSpec)
+        }
         if self._autoscale and self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(
                 self._run(), name="invoker-autoscaler"
@@ -221,6 +259,9 @@ class Invoker:
         self._revisions.clear()
         self._routes = {}
         await self.backend.stop()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     # --- introspection (tests, bench) -------------------------------------------------------
 
@@ -242,7 +283,13 @@ class Invoker:
         )
         state = _Revision(spec, activator)
         initial = initial_replicas(spec.policy)
-        await self._scale(state, initial, f"initial scale {initial}")
+        reason = f"initial scale {initial}"
+        if spec.proven and not spec.routed:
+            # It served before (cemesh restarted): no traffic, no replicas, unless min-scale.
+            initial = spec.policy.min_scale
+            reason = f"restarted without traffic: min-scale {initial}"
+            state.scaler = ScalerState(initialized=True)
+        await self._scale(state, initial, reason)
         log.info(
             "revision started",
             extra={"revision": f"{spec.namespace}/{spec.name}", "replicas": initial},
@@ -272,6 +319,8 @@ class Invoker:
                 },
             )
         state.desired = desired
+        if desired > 0 and state.waiting_since is None and not self.backend.ready(state.ref):
+            state.waiting_since = self.clock()  # the progress deadline runs from here
         try:
             await self.backend.ensure(state.ref, state.spec.template, desired)
         except NotRunnable as exc:
@@ -318,6 +367,40 @@ class Invoker:
         state = self._revisions.get((ref.namespace, ref.revision))
         if state is not None:
             state.activator.replicas_changed()
+            if self.backend.ready(ref):
+                self._listening(state)
+
+    def _listening(self, state: _Revision) -> None:
+        """A replica of ``state`` listens: the Revision can serve; say so without waiting."""
+        state.waiting_since = None
+        state.exits = 0
+        changed = not state.ready_once or state.failure is not None
+        state.ready_once = True
+        state.failure = None
+        if changed:
+            self._spawn(self._write_statuses(resync=False))
+
+    def _replica_exited(self, ref: RevisionRef, code: int, tail: list[str]) -> None:
+        """A replica of ``ref`` exited (process backend): a failure when none listens."""
+        state = self._revisions.get((ref.namespace, ref.revision))
+        if state is None or self.backend.ready(ref):
+            return
+        state.exits += 1
+        if state.ready_once and state.exits < CRASH_LOOP_EXITS:
+            return  # it served before: one exit is a restart, not yet a failure
+        reason = CRASH_LOOP if state.ready_once else EXIT_CODE
+        if reason == CRASH_LOOP:
+            what = f"replicas exited {state.exits} times in a row without listening; last exit"
+        else:
+            what = "the replica exited before it listened on $PORT, with"
+        message = f"{what} {exit_summary(code, tail)}"
+        if state.failure != (reason, message):
+            state.failure = (reason, message)
+            log.warning(
+                "revision cannot serve",
+                extra={"revision": f"{ref.namespace}/{ref.revision}", "why": message},
+            )
+            self._spawn(self._write_statuses(resync=False))
 
     async def _drain(self, ref: RevisionRef, replica_id: str) -> None:
         state = self._revisions.get((ref.namespace, ref.revision))
@@ -353,12 +436,48 @@ class Invoker:
         state.scaler = decision.state
         return decision
 
+    def _check_progress(self, state: _Revision, now: float) -> None:
+        """ProgressDeadlineExceeded when replicas were wanted and none listened in time."""
+        if state.desired <= 0 or self.backend.ready(state.ref):
+            state.waiting_since = None
+            if self.backend.ready(state.ref):
+                self._listening(state)
+            return
+        if state.waiting_since is None:
+            state.waiting_since = now
+            return
+        deadline = state.spec.progress_deadline
+        if now - state.waiting_since >= deadline and state.problem is None:
+            state.failure = (
+                PROGRESS_DEADLINE,
+                f"no replica listened on $PORT within the progress deadline ({deadline:g}s)",
+            )
+            log.warning(
+                "revision cannot serve",
+                extra={
+                    "revision": f"{state.ref.namespace}/{state.spec.name}",
+                    "why": state.failure[1],
+                },
+            )
+
+    def _gave_up(self, state: _Revision, now: float) -> bool:
+        """Replicas were wanted for a whole progress deadline and none listened."""
+        since = state.waiting_since
+        return since is None or now - since >= state.spec.progress_deadline
+
     async def _decide_all(self, now: float) -> None:
         for state in list(self._revisions.values()):
             if state.waking or state.activator.closed:
                 continue
+            self._check_progress(state, now)
             decision = self._decide(state, now)
             state.panic = decision.panic
+            if state.failure is not None and not state.spec.routed and self._gave_up(state, now):
+                # Failed for a whole progress deadline, and nothing routes to it: stop the crash
+                # loop (Knative scales a failed Revision to zero too). Traffic moving to it
+                # starts it again.
+                await self._scale(state, 0, f"failed ({state.failure[0]}); no traffic")
+                continue
             await self._scale(state, decision.desired, decision.reason)
             if not self._notifies:
                 state.activator.replicas_changed()
@@ -392,8 +511,11 @@ class Invoker:
             "desiredReplicas": state.desired,
             "autoscaler": {"reason": state.reason, "panic": state.panic},
         }
-        if state.error is not None:
-            status["runtimeError"] = {"reason": state.error[0], "message": state.error[1]}
+        problem = state.problem
+        if problem is not None:
+            status["runtimeError"] = {"reason": problem[0], "message": problem[1]}
+        if state.ready_once:
+            status["replicaReadyOnce"] = True
         return status
 
     async def _write_statuses(self, *, resync: bool) -> None:
@@ -403,7 +525,8 @@ class Invoker:
                 runtime["actualReplicas"],
                 runtime["desiredReplicas"],
                 state.panic,
-                state.error,
+                state.problem,
+                state.ready_once,
             )
             if essential == state.written and not resync:
                 continue
@@ -417,9 +540,11 @@ class Invoker:
                     stored.get("desiredReplicas"),
                     (stored.get("autoscaler") or {}).get("panic", False),
                     stored.get("runtimeError"),
+                    stored.get("replicaReadyOnce", False),
                 )
                 error = runtime.get("runtimeError")
-                if current != (essential[0], essential[1], state.panic, error):
+                wanted = (essential[0], essential[1], state.panic, error, state.ready_once)
+                if current != wanted:
                     status = {k: v for k, v in stored.items() if k not in RUNTIME_STATUS_KEYS}
                     status.update(runtime)
                     await self._context.store.update_status(
@@ -442,6 +567,7 @@ class Invoker:
         headers: list[tuple[str, str]],
         body: bytes,
         timeout: float | None = None,  # noqa: ASYNC109
+        method: str = "POST",
     ) -> Response:
         """Send one request to Service ``namespace/name`` (or its ``tag``) and return the answer.
 
@@ -450,20 +576,22 @@ class Invoker:
         """
         split = self._routes.get((namespace, name))
         if split is None:
-            return _json_response(
-                404, f"Service {namespace}/{name} does not exist or has no Ready route"
-            )
+            return _json_response(404, f"Service {namespace}/{name} does not exist")
+        why = self._routes_why.get((namespace, name)) or "no Revision is Ready"
         revision = split.for_tag(tag) if tag is not None else split.choose()
         if revision is None:
-            if tag is not None:
+            if tag is not None and split.targets:
                 return _json_response(404, f"Service {namespace}/{name} has no tag {tag!r}")
-            return _json_response(503, f"Service {namespace}/{name} routes no traffic", True)
+            return _json_response(
+                503, f"Service {namespace}/{name} has no Ready route: {why}", True
+            )
         state = self._revisions.get((namespace, revision))
         if state is None:
             return _json_response(503, f"Revision {namespace}/{revision} is not running", True)
         activator = state.activator
-        if state.error is not None and not self.backend.ready(state.ref):
-            return _json_response(503, f"Revision {revision}: {state.error[1]}", True)
+        problem = state.problem
+        if problem is not None and not self.backend.ready(state.ref):
+            return _json_response(503, f"Revision {revision}: {problem[1]}", True)
         limit = state.spec.timeout if timeout is None else min(timeout, state.spec.timeout)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -477,9 +605,48 @@ class Invoker:
             )
         try:
             remaining = max(limit - (loop.time() - started), 0.001)
-            return await self._client.post(replica.url + path, headers, body, timeout=remaining)
+            try:
+                # The invoker owns the deadline; the client's own is a backstop past it.
+                async with asyncio.timeout(remaining):
+                    return await self._forward(
+                        method, replica.url + path, headers, body, remaining + 1.0
+                    )
+            except TimeoutError:
+                return _json_response(
+                    504,
+                    f"Revision {revision}: no response within {remaining:g}s "
+                    f"(timeoutSeconds {state.spec.timeout:g})",
+                )
         finally:
             activator.release(replica.id)
+
+    async def _forward(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109
+    ) -> Response:
+        if method == "POST":
+            return await self._client.post(url, headers, body, timeout=timeout)
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=None, follow_redirects=False)
+        try:
+            answer = await self._http.request(
+                method, url, headers=headers, content=body or None, timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"{method} {url}: {exc}", retryable=True) from exc
+        return Response(
+            answer.status_code,
+            [
+                (key.lower(), value)
+                for key, value in answer.headers.raw
+                if key.lower() not in (b"content-encoding",)
+            ],
+            answer.content,
+        )
 
     def _local_post(
         self,
@@ -509,9 +676,6 @@ class Invoker:
         response: Response
         if parsed is None:
             response = _json_response(404, "use /services/{namespace}/{name}[/tags/{tag}]")
-        elif scope["method"] != "POST":
-            response = _json_response(405, "only POST is forwarded to functions")
-            response.headers.append((b"allow", b"POST"))
         else:
             body = await read_body(receive, self._settings.max_request_bytes)
             if body is None:
@@ -527,14 +691,22 @@ class Invoker:
                     if (key := raw.decode("latin-1").lower()) not in _HOP
                 ]
                 try:
-                    response = await self.invoke(namespace, name, tag, path, headers, body)
+                    response = await self.invoke(
+                        namespace, name, tag, path, headers, body, method=scope["method"]
+                    )
                 except DeliveryError as exc:
                     response = _json_response(502, exc.message)
+        head = scope["method"] == "HEAD"  # no body: the replica's content-length stands
         out = [
             (k, v)
             for k, v in response.headers
-            if (name := k.decode("latin-1").lower()) not in _HOP and name not in _SERVER_SET
+            if (
+                (name := k.decode("latin-1").lower()) not in _HOP
+                or (head and name == "content-length")
+            )
+            and name not in _SERVER_SET
         ]
-        out.append((b"content-length", str(len(response.body)).encode()))
+        if not head:
+            out.append((b"content-length", str(len(response.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         await send({"type": "http.response.body", "body": response.body})

@@ -12,6 +12,10 @@ Revision carries. Admission errors name the field, as every kind's do:
 - ``containerConcurrency`` 0 (unlimited) .. 1000, ``timeoutSeconds`` 1 .. 600 (Knative's
   defaults: 0 and 300);
 - ``autoscaling.knative.dev/*`` annotations, checked by the autoscaler's own parser;
+  ``serving.knative.dev/progress-deadline`` a Go duration above 0 (default
+  :data:`DEFAULT_PROGRESS_DEADLINE`: how long a Revision's replica may take to listen before the
+  Revision is not Ready);
+- ``env`` may not set :data:`RESERVED_ENV` (Knative's runtime contract: cemesh sets them);
 - ``spec.traffic``: each row names ``revisionName`` or ``latestRevision: true`` (Knative's
   default when no revision is named), percents 0..100 summing to 100, tags unique DNS labels;
   absent, it is ``[{latestRevision: true, percent: 100}]``;
@@ -30,7 +34,11 @@ from typing import Any
 
 from broker.errors import InvalidResource
 from broker.resources import Admission, ResourceType, check_label_name, register_kind
-from broker.serving.autoscaler import AutoscalerDefaults, policy_from_annotations
+from broker.serving.autoscaler import (
+    AutoscalerDefaults,
+    parse_go_duration,
+    policy_from_annotations,
+)
 
 SERVING = "serving.knative.dev"
 SERVICE = ResourceType(SERVING, ("v1",), "Service", "services", ("service", "ksvc", "kservice"))
@@ -40,6 +48,12 @@ REVISION = ResourceType(SERVING, ("v1",), "Revision", "revisions", ("revision", 
 SERVICE_LABEL = "serving.knative.dev/service"
 CONFIGURATION_LABEL = "serving.knative.dev/configuration"
 GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
+
+PROGRESS_DEADLINE_ANNOTATION = "serving.knative.dev/progress-deadline"
+# Knative's default is 600 s for pods that pull images and get scheduled; a local process starts
+# in well under a second, so a minute already means it will not listen.
+DEFAULT_PROGRESS_DEADLINE = 60.0
+RESERVED_ENV = ("PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION")
 
 DEFAULT_TIMEOUT_SECONDS = 300  # Knative's revision-timeout-seconds
 MAX_TIMEOUT_SECONDS = 600  # Knative's max-revision-timeout-seconds
@@ -56,6 +70,19 @@ def service_url(base_url: str, namespace: str, name: str) -> str:
 def tag_url(base_url: str, namespace: str, name: str, tag: str) -> str:
     """The address of one traffic tag of a Service: only that tag's Revision answers it."""
     return f"{service_url(base_url, namespace, name)}/tags/{tag}"
+
+
+def progress_deadline(annotations: Mapping[str, str], field: str) -> float:
+    """Seconds of ``serving.knative.dev/progress-deadline`` (default when absent);
+    InvalidResource naming ``field[annotation]`` when it is not a positive Go duration."""
+    text = annotations.get(PROGRESS_DEADLINE_ANNOTATION)
+    if text is None:
+        return DEFAULT_PROGRESS_DEADLINE
+    where = f"{field}[{PROGRESS_DEADLINE_ANNOTATION}]"
+    seconds = parse_go_duration(text, where)
+    if not 0 < seconds <= 24 * 3600:
+        raise InvalidResource(where, f"must be above 0s and at most 24h, was {text!r}")
+    return seconds
 
 
 def _type_name(value: object) -> str:
@@ -108,6 +135,10 @@ def _admit_container(container: object, field: str) -> None:
             name = item.get("name")
             if not isinstance(name, str) or not name or "=" in name:
                 raise InvalidResource(f"{where}.name", "is required: a variable name without '='")
+            if name in RESERVED_ENV:
+                raise InvalidResource(
+                    f"{where}.name", f"{name} is reserved: cemesh sets it for every replica"
+                )
             if item.get("valueFrom") is not None:
                 raise InvalidResource(
                     f"{where}.valueFrom", "is not supported in this version; give 'value'"
@@ -151,6 +182,7 @@ def admit_revision_spec(
         defaults=_LENIENT,
         field=annotations_field,
     )
+    progress_deadline(annotations, annotations_field)
 
 
 def _string_map(value: object, field: str) -> dict[str, str]:

@@ -1,11 +1,17 @@
 """The ``process`` backend: each replica of a Revision is a supervised local child process.
 
 A replica runs the Revision's container ``command`` + ``args`` (Kubernetes semantics; ``image``
-is not used) with ``PORT`` set to a free loopback port and the container's ``env``, in
-``workingDir`` when given, through :class:`~broker.supervisor.SupervisedProcess`: stdout and
-stderr go to cemesh's log, and a replica that exits is started again (on the same port) with
-backoff. A replica is ready once its port accepts a TCP connection; it leaves the ready list the
-moment its process exits, and comes back when the restarted process listens again.
+is not used) with the container's ``env``, then Knative's runtime contract on top (it wins, as
+these names are reserved): ``PORT`` (a free loopback port), ``K_SERVICE``, ``K_CONFIGURATION``
+and ``K_REVISION``; in ``workingDir`` when given, through
+:class:`~broker.supervisor.SupervisedProcess` (so no replica outlives cemesh, even after a
+SIGKILL): stdout and stderr go to cemesh's log, and a replica that exits is started again (on the
+same port) after a crash-loop backoff that doubles from :data:`CRASH_BACKOFF_INITIAL` up to
+:data:`CRASH_BACKOFF_MAX` and starts over once a run lasted :data:`CRASH_BACKOFF_RESET`. Every
+exit is reported to ``on_exit(revision, code, tail)`` with the last output lines, so the invoker
+can say why a Revision is not Ready. A replica is ready once its port accepts a TCP connection;
+it leaves the ready list the moment its process exits, and comes back when the restarted process
+listens again.
 
 Scaling down takes replicas out of the ready list first and stops them only once the invoker
 says they are idle (``drain``), so no request in flight is cut off.
@@ -31,7 +37,13 @@ from broker.supervisor import ProcessSpec, SupervisedProcess
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 0.01  # seconds between connection attempts while a replica starts
+# Crash-loop backoff of a replica that keeps exiting (Kubernetes' CrashLoopBackOff doubles from
+# 10 s to 5 min; local processes start in milliseconds, so cemesh starts lower and caps lower).
+CRASH_BACKOFF_INITIAL = 0.2
+CRASH_BACKOFF_MAX = 60.0
+CRASH_BACKOFF_RESET = 30.0  # a run this long counts as healthy: the backoff starts over
 Drain = Callable[[RevisionRef, str], Awaitable[None]]
+ExitReport = Callable[[RevisionRef, int, list[str]], None]
 
 
 class NotRunnable(CemeshError):
@@ -62,6 +74,15 @@ def process_command(template: Mapping[str, Any]) -> tuple[list[str], dict[str, s
     return command + list(container.get("args") or []), env, container.get("workingDir")
 
 
+def runtime_env(revision: RevisionRef) -> dict[str, str]:
+    """Knative's runtime contract: what every replica learns about the Revision it serves."""
+    return {
+        "K_SERVICE": revision.service,
+        "K_CONFIGURATION": revision.service,  # a Service's Configuration has its name
+        "K_REVISION": revision.revision,
+    }
+
+
 class _Replica:
     """One child process of a Revision and its readiness."""
 
@@ -73,8 +94,9 @@ class _Replica:
         self.ready = False
         self.process = SupervisedProcess(
             spec,
-            backoff_initial=0.1,
-            backoff_max=5.0,
+            backoff_initial=CRASH_BACKOFF_INITIAL,
+            backoff_max=CRASH_BACKOFF_MAX,
+            reset_after=CRASH_BACKOFF_RESET,
             stop_grace=5.0,
             logger=logging.getLogger("broker.serving.function"),
             on_start=self._started,
@@ -96,6 +118,9 @@ class _Replica:
         if self.ready:
             self.ready = False
             self.owner.changed()
+        on_exit = self.owner.backend.on_exit
+        if on_exit is not None:
+            on_exit(self.owner.ref, code, list(self.process.tail))
 
     async def _wait_listening(self, pid: int) -> None:
         # Until the port accepts a connection; the supervisor cancels us if the process exits.
@@ -145,7 +170,8 @@ class ProcessBackend:
 
     ``drain(revision, replica_id)``, when given, is awaited before a replica that is being
     scaled away is stopped (the invoker returns once no request is in flight on it).
-    ``on_change(revision)`` is called whenever the ready replicas of a Revision change.
+    ``on_change(revision)`` is called whenever the ready replicas of a Revision change, and
+    ``on_exit(revision, code, tail)`` whenever one of its replicas exits (module docstring).
     """
 
     def __init__(
@@ -153,9 +179,11 @@ class ProcessBackend:
         *,
         drain: Drain | None = None,
         on_change: Callable[[RevisionRef], None] | None = None,
+        on_exit: ExitReport | None = None,
     ) -> None:
         self.drain = drain
         self.on_change = on_change
+        self.on_exit = on_exit
         self._revisions: dict[RevisionRef, _Revision] = {}
         self._ids = itertools.count(1)
         self._ports: set[int] = set()
@@ -186,7 +214,7 @@ class ProcessBackend:
                 spec = ProcessSpec(
                     name=f"revision/{revision.namespace}/{revision.revision}/{replica_id}",
                     command=argv,
-                    env={**env, "PORT": str(port)},
+                    env={**env, **runtime_env(revision), "PORT": str(port)},
                     cwd=cwd,
                     applied_by=str(template.get(APPLIED_BY) or ""),
                 )

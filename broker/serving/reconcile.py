@@ -9,13 +9,21 @@ collects them). Each pass:
   configuration generation;
 - Revisions stay while traffic names them, plus the latest and the :data:`HISTORY` before it
   (so a rollback or blue/green by name works); older ones are deleted;
-- ``latestRevision: true`` rows route to the latest *Ready* Revision; the resolved rows are the
-  Service's ``status.traffic`` and its :class:`~broker.serving.specs.RouteSpec`;
-- a Revision is Ready when its autoscaling policy resolves against ``config-autoscaler``
-  (ConfigMap ``knative-serving/config-autoscaler``, Knative's defaults when absent) and the
-  invoker reported no ``runtimeError`` for it (e.g. the process backend cannot run an
-  image-only container). Every Revision with a valid policy is in the snapshot, Ready or not, so
-  that the invoker can scale it and clear its error.
+- traffic resolves with :func:`~broker.serving.traffic.resolve_traffic` (``latestRevision:
+  true`` is the latest *Ready* Revision; a row that does not resolve makes RoutesReady not True
+  and the route keeps serving its last good rows); what the route serves is the Service's
+  ``status.traffic`` and its :class:`~broker.serving.specs.RouteSpec`, emitted for every Service
+  (an empty one answers 503, not 404). The Service has an address while its route serves;
+- a Revision is Ready only once it can serve: its autoscaling policy resolves against
+  ``config-autoscaler`` (ConfigMap ``knative-serving/config-autoscaler``, Knative's defaults
+  when absent), a replica listened at least once (``replicaReadyOnce``, from the invoker; not
+  needed at initial-scale 0) and the invoker reports no ``runtimeError``: an image-only
+  container on the process backend, a replica that exited before listening (``ExitCode``, with
+  its exit code and last output lines), replicas that keep exiting (``CrashLoopBackOff``), or
+  none listening within ``serving.knative.dev/progress-deadline``
+  (``ProgressDeadlineExceeded``). Until then ResourcesAvailable / ContainerHealthy are Unknown
+  (``Deploying``). Every Revision with a valid policy is in the snapshot, Ready or not, so that
+  the invoker can scale it and clear its error.
 
 What the invoker writes into a Revision's status (:data:`~broker.serving.specs.
 RUNTIME_STATUS_KEYS`) is kept, and summed up on the Service as ``status.autoscaler``.
@@ -24,7 +32,8 @@ RUNTIME_STATUS_KEYS`) is kept, and summed up on the Service as ``status.autoscal
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 from broker.auth.processes import applied_by
 from broker.errors import InvalidResource
@@ -43,6 +52,7 @@ from broker.resources import CONFIG_MAP
 from broker.serving.autoscaler import (
     AutoscalerDefaults,
     defaults_from_config_map,
+    initial_replicas,
     policy_from_annotations,
 )
 from broker.serving.kinds import (
@@ -52,6 +62,7 @@ from broker.serving.kinds import (
     SERVICE,
     SERVICE_LABEL,
     SERVING,
+    progress_deadline,
     service_url,
     tag_url,
 )
@@ -59,17 +70,22 @@ from broker.serving.specs import (
     APPLIED_BY,
     BINDING_ENV,
     COMPONENT,
+    PROGRESS_DEADLINE,
     RUNTIME_STATUS_KEYS,
     RevisionSpec,
     RouteSpec,
     revision_key,
     route_key,
 )
-from broker.serving.traffic import TrafficTarget
+from broker.serving.traffic import (
+    RouteProblem,
+    TrafficTarget,
+    latest_ready_revision,
+    resolve_traffic,
+)
 from broker.sources.container import binding_env
 from broker.sources.kinds import SINK_BINDING
 
-Status = Literal["True", "False", "Unknown"]
 HISTORY = 3  # Revisions kept before the latest, besides those traffic names
 AUTOSCALER_CONFIG = ("knative-serving", "config-autoscaler")
 
@@ -133,24 +149,43 @@ def _service_applier(world: World, namespace: str, service_name: str) -> str:
 
 
 def reconcile_revision(obj: Obj, world: World) -> None:
+    """A Revision is Ready only once it can serve (Knative's rule, module docstring)."""
     metadata = obj["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
     spec = obj.get("spec") or {}
     stored = obj.get("status") or {}
+    annotations = metadata.get("annotations") or {}
     conditions = Conditions(obj, world.now)
     concurrency = int(spec.get("containerConcurrency") or 0)
     revision_spec: RevisionSpec | None = None
+    proven = stored.get("replicaReadyOnce") is True
+    error = stored.get("runtimeError")
+    if not isinstance(error, Mapping):
+        error = None
     try:
         policy = policy_from_annotations(
-            metadata.get("annotations") or {},
+            annotations,
             container_concurrency=concurrency,
             defaults=_autoscaler_defaults(world),
             field="metadata.annotations",
         )
+        deadline = progress_deadline(annotations, "metadata.annotations")
     except InvalidResource as exc:
         conditions.set("ResourcesAvailable", "False", "InvalidAutoscaling", str(exc))
     else:
-        conditions.set("ResourcesAvailable", "True")
+        if error is not None and error.get("reason") == PROGRESS_DEADLINE:
+            conditions.set(
+                "ResourcesAvailable", "False", PROGRESS_DEADLINE, str(error.get("message") or "")
+            )
+        elif proven or initial_replicas(policy) == 0:
+            conditions.set("ResourcesAvailable", "True")
+        else:
+            conditions.set(
+                "ResourcesAvailable",
+                "Unknown",
+                "Deploying",
+                f"waiting for a replica to listen (progress deadline {deadline:g}s)",
+            )
         service = (metadata.get("labels") or {}).get(SERVICE_LABEL, "")
         revision_spec = RevisionSpec(
             namespace=namespace,
@@ -159,24 +194,28 @@ def reconcile_revision(obj: Obj, world: World) -> None:
             uid=uid,
             template={
                 **spec,
-                "annotations": dict(metadata.get("annotations") or {}),
+                "annotations": dict(annotations),
                 BINDING_ENV: sink_binding_env(world, namespace, service),
                 APPLIED_BY: _service_applier(world, namespace, service),
             },
             container_concurrency=concurrency,
             timeout=float(spec.get("timeoutSeconds") or 300),
             policy=policy,
+            progress_deadline=deadline,
+            proven=proven,
         )
-    error = stored.get("runtimeError")
-    if isinstance(error, Mapping):
+    nothing_to_run = revision_spec is not None and initial_replicas(revision_spec.policy) == 0
+    if error is not None and error.get("reason") != PROGRESS_DEADLINE:
         conditions.set(
             "ContainerHealthy",
             "False",
             str(error.get("reason") or "RuntimeError"),
             str(error.get("message") or ""),
         )
-    else:
+    elif proven or (nothing_to_run and error is None):
         conditions.set("ContainerHealthy", "True")
+    else:
+        conditions.set("ContainerHealthy", "Unknown", "Deploying", "no replica has listened yet")
     status = base_status(obj, conditions)
     status.update({key: stored[key] for key in RUNTIME_STATUS_KEYS if key in stored})
     world.statuses[uid] = status
@@ -233,6 +272,12 @@ def _same_template(revision: Obj, template: Mapping[str, Any]) -> bool:
     ) == (metadata.get("annotations") or {})
 
 
+def _ready_status(world: World, revision: Obj) -> str:
+    """ "True", "False" or "Unknown": the Revision's Ready condition in this pass."""
+    status = world.statuses.get(revision["metadata"]["uid"]) or {}
+    return str((ready_condition(status) or {}).get("status") or "Unknown")
+
+
 def _ready_reason(world: World, revision: Obj) -> tuple[str, str]:
     status = world.statuses.get(revision["metadata"]["uid"]) or {}
     ready = ready_condition(status) or {}
@@ -286,68 +331,60 @@ def reconcile_service(obj: Obj, world: World) -> None:
     else:
         assert latest is not None
         latest_name = latest["metadata"]["name"]
-        ready = world.is_ready(latest)
-        if ready:
+        state = _ready_status(world, latest)
+        if state == "True":
             conditions.set("ConfigurationsReady", "True")
         else:
             reason, message = _ready_reason(world, latest)
             conditions.set(
                 "ConfigurationsReady",
-                "False" if ready is False else "Unknown",
+                "False" if state == "False" else "Unknown",
                 reason,
                 f'Revision "{latest_name}" is not Ready: {message}',
             )
-    latest_ready = next((o["metadata"]["name"] for o in reversed(owned) if world.is_ready(o)), None)
+    readiness = {o["metadata"]["name"]: world.is_ready(o) for o in owned}
+    stored_status = obj.get("status") or {}
+    latest_ready = latest_ready_revision(
+        [o["metadata"]["name"] for o in owned],
+        readiness,
+        stored_status.get("latestReadyRevisionName"),
+    )
 
-    # RoutesReady: every traffic row names a Ready Revision.
-    targets: list[TrafficTarget] = []
-    rows: list[dict[str, Any]] = []
-    problem: tuple[Status, str, str] | None = None  # (status, reason, message)
-    for row in spec.get("traffic") or ():
-        latest_row = bool(row.get("latestRevision"))
-        revision_name = latest_ready if latest_row else row.get("revisionName")
-        tag = row.get("tag") or None
-        percent = int(row.get("percent") or 0)
-        if revision_name is None:
-            waiting = conditions.get("ConfigurationsReady")
-            problem = problem or (
-                "False" if waiting["status"] == "False" else "Unknown",
-                "RevisionMissing",
-                "no Revision is Ready yet for latestRevision",
-            )
-            continue
-        revision = world.find((SERVING, REVISION.kind, namespace, revision_name))
-        if revision is None:
-            problem = problem or (
-                "False",
-                "RevisionMissing",
-                f'Revision "{revision_name}" referenced in traffic not found',
-            )
-            continue
-        if not world.is_ready(revision):
-            problem = problem or (
-                "False",
-                "RevisionNotReady",
-                f'Revision "{revision_name}" referenced in traffic is not Ready',
-            )
-        targets.append(TrafficTarget(revision_name, percent, tag, latest_row))
-        status_row: dict[str, Any] = {
-            "revisionName": revision_name,
-            "latestRevision": latest_row,
-            "percent": percent,
-        }
-        if tag:
-            status_row["tag"] = tag
-            status_row["url"] = tag_url(world.base_url, namespace, name, tag)
-        rows.append(status_row)
+    # RoutesReady: every traffic row names a Ready Revision; until then the last good route.
+    waiting = conditions.get("ConfigurationsReady")
+    resolved = resolve_traffic(
+        spec.get("traffic") or (),
+        ready=readiness,
+        latest_ready=latest_ready,
+        latest_problem=RouteProblem(
+            "False" if waiting["status"] == "False" else "Unknown",
+            "RevisionMissing",
+            "no Revision is Ready yet for latestRevision"
+            + (f": {waiting['message']}" if waiting.get("message") else ""),
+        ),
+        last_good=_last_good(stored_status),
+    )
+    problem = resolved.problem
     if problem is None:
         conditions.set("RoutesReady", "True")
     else:
-        conditions.set("RoutesReady", *problem)
+        conditions.set("RoutesReady", problem.status, problem.reason, problem.message)
+    targets = list(resolved.serving)
+    rows: list[dict[str, Any]] = []
+    for target in targets:
+        status_row: dict[str, Any] = {
+            "revisionName": target.revision,
+            "latestRevision": target.latest,
+            "percent": target.percent,
+        }
+        if target.tag:
+            status_row["tag"] = target.tag
+            status_row["url"] = tag_url(world.base_url, namespace, name, target.tag)
+        rows.append(status_row)
 
     # Revisions to keep: the latest, HISTORY before it, and every one traffic names.
     keep = {o["metadata"]["name"] for o in owned[-(HISTORY + 1) :]}
-    keep |= {t.revision for t in targets}
+    keep |= {t.revision for t in targets} | {t.revision for t in resolved.targets}
     keep |= {
         str(row["revisionName"]) for row in spec.get("traffic") or () if row.get("revisionName")
     }
@@ -377,14 +414,39 @@ def reconcile_service(obj: Obj, world: World) -> None:
                 }
             )
     status["autoscaler"] = scaling
-    if problem is None:
+    if targets:  # the route serves (its last good rows, maybe): the Service has an address
         address = {"name": "http", "url": url}
         status["address"] = address
         status["addresses"] = [dict(address)]
-        world.components.setdefault(COMPONENT, {})[route_key(namespace, name)] = RouteSpec(
-            namespace=namespace, name=name, url=url, targets=tuple(targets)
-        )
+    invoker = world.components.setdefault(COMPONENT, {})
+    invoker[route_key(namespace, name)] = RouteSpec(
+        namespace=namespace,
+        name=name,
+        url=url,
+        targets=tuple(targets),
+        why="" if problem is None else problem.message,
+    )
+    for target in targets:  # Revisions with traffic (or a tag) run even after a restart
+        key = revision_key(namespace, target.revision)
+        revision_spec = invoker.get(key)
+        if isinstance(revision_spec, RevisionSpec) and not revision_spec.routed:
+            invoker[key] = replace(revision_spec, routed=True)
     world.statuses[uid] = status
+
+
+def _last_good(status: Mapping[str, Any]) -> list[TrafficTarget]:
+    """The rows a Service's route served at its last pass (its ``status.traffic``)."""
+    rows = status.get("traffic") or ()
+    return [
+        TrafficTarget(
+            str(row["revisionName"]),
+            int(row.get("percent") or 0),
+            row.get("tag") or None,
+            bool(row.get("latestRevision")),
+        )
+        for row in rows
+        if isinstance(row, Mapping) and row.get("revisionName")
+    ]
 
 
 def _register() -> None:

@@ -11,6 +11,13 @@ What this module owns:
 - the watcher (:class:`ApiServerWatcher`): LIST then WATCH per resource with bookmarks,
   resuming from the last resourceVersion after a dropped connection and relisting after
   410 Gone, so that nothing is lost and nothing is sent twice;
+- its health (:class:`_Health`): a client configuration that cannot be loaded
+  (``KubeconfigUnavailable``), an API server that cannot be reached (``ApiServerUnreachable``)
+  or that answers with an error (``ApiServerRejected``) is retried with exponential backoff
+  (:class:`Backoff`, capped), which starts over once a LIST or WATCH succeeds (so one blip on a
+  healthy watch reconnects at once); the state goes to ``on_state`` and the log only when it
+  changes (one line when watching fails, one when it works again), never per retry, and
+  without tracebacks: the source's status says why it is not Ready;
 - the :class:`ApiServerSource` runner plugged into :mod:`broker.sources` at the bottom.
 
 Knative's adapter feeds a client-go Reflector into a ``cache.Store`` whose ``Replace`` does
@@ -371,8 +378,57 @@ class _Expired(Exception):
     """The server no longer has our resourceVersion (410 Gone): relist."""
 
 
+UNREACHABLE = "ApiServerUnreachable"
+REJECTED = "ApiServerRejected"
+NO_CONFIG = "KubeconfigUnavailable"
+
+
 class _WatchFailed(Exception):
     """The watch request or stream failed in a way a retry from the same version may fix."""
+
+    def __init__(self, message: str, reason: str = UNREACHABLE) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+Problem = tuple[str, str] | None  # (reason, message) while watching fails; None when it works
+OnState = Callable[[Problem, str], None]  # (problem, the API server URL once known)
+
+
+class _Health:
+    """Which parts of a watcher fail now (config, each collection); reports the first failure,
+    or None, to ``on_state`` and the log only when that state changes (module docstring)."""
+
+    def __init__(self, on_state: OnState | None) -> None:
+        self.on_state = on_state
+        self.failing: dict[object, tuple[str, str]] = {}
+        self.reported: Problem = None
+        self.source = ""
+
+    def failed(self, part: object, reason: str, message: str) -> None:
+        self.failing[part] = (reason, message)
+        self._publish()
+
+    def ok(self, part: object) -> None:
+        if self.failing.pop(part, None) is not None or self.reported is not None:
+            self._publish()
+
+    def _publish(self) -> None:
+        problem = next(iter(self.failing.values()), None)
+        if (problem and problem[0]) == (self.reported and self.reported[0]):
+            return  # the same state: retries say nothing new
+        self.reported = problem
+        if problem is None:
+            log.info("ApiServerSource watching again", extra={"url": self.source})
+        else:
+            log.warning(
+                "ApiServerSource cannot watch (%s): %s; retrying with backoff",
+                problem[0],
+                problem[1],
+                extra={"why": problem[0]},
+            )
+        if self.on_state is not None:
+            self.on_state(problem, self.source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +455,7 @@ class _Cursor:
     resource_version: str | None = None
     objects: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
     synced: bool = False
+    connected: bool = False  # the current WATCH got its 200 (the API server works)
 
 
 async def load_client_configuration(kubeconfig: str | None) -> Any:
@@ -408,6 +465,8 @@ async def load_client_configuration(kubeconfig: str | None) -> Any:
     from kubernetes_asyncio.config.config_exception import ConfigException
 
     configuration = client.Configuration()
+    if kubeconfig and not os.path.exists(kubeconfig):  # noqa: ASYNC240 (one stat, rarely)
+        raise CemeshError(f"the kubeconfig file {kubeconfig} does not exist")
     try:
         if kubeconfig:
             await config.load_kube_config(
@@ -424,7 +483,13 @@ async def load_client_configuration(kubeconfig: str | None) -> Any:
                     persist_config=False,
                 )
     except (ConfigException, OSError) as exc:
-        raise CemeshError(f"cannot load the Kubernetes client configuration: {exc}") from exc
+        where = kubeconfig or (
+            "in-cluster service account, then "
+            + (os.environ.get("KUBECONFIG") or "~/.kube/config (no $KUBECONFIG)")
+        )
+        raise CemeshError(
+            f"cannot load the Kubernetes client configuration from {where}: {exc}"
+        ) from exc
     return configuration
 
 
@@ -453,6 +518,7 @@ class ApiServerWatcher:
         namespace_selector: Mapping[str, Any] | None = None,
         kubeconfig: str | None = None,
         on_event: OnEvent,
+        on_state: OnState | None = None,
         backoff: Backoff | None = None,
         watch_timeout: float = 300.0,
         page_size: int = 500,
@@ -475,6 +541,7 @@ class ApiServerWatcher:
         self._unsynced = 0  # collections not listed yet; ``ready`` is set when it reaches 0
         self._progress = asyncio.Condition()  # notified when a resourceVersion moves
         self._api: Any = None
+        self.health = _Health(on_state)
 
     def resource_version(self, target: WatchTarget | None = None) -> str | None:
         """The last resourceVersion seen for ``target`` (the only one when None)."""
@@ -502,8 +569,19 @@ class ApiServerWatcher:
         """Watch until cancelled."""
         from kubernetes_asyncio import client
 
-        configuration = await load_client_configuration(self.kubeconfig)
-        self.source = str(configuration.host).rstrip("/")
+        attempt = 0
+        while True:
+            try:
+                configuration = await load_client_configuration(self.kubeconfig)
+                break
+            except CemeshError as exc:
+                attempt += 1
+                self.health.failed("config", NO_CONFIG, exc.message)
+                await asyncio.sleep(self.backoff.delay(attempt))
+        self.source = self.health.source = str(configuration.host).rstrip("/")
+        self.health.ok("config")
+        if self.health.on_state is not None and self.health.reported is None:
+            self.health.on_state(None, self.source)  # the source URL is known now
         async with client.ApiClient(configuration) as api:
             self._api = api
             namespaces = await self._namespaces()
@@ -536,10 +614,12 @@ class ApiServerWatcher:
                 items, _ = await self._list("/api/v1/namespaces", label_selector_string(selector))
                 names: list[str | None] = []
                 names.extend(sorted(str(_meta(ns).get("name")) for ns in items))
+                self.health.ok("namespaces")
                 return names
             except (_WatchFailed, _Expired) as exc:
                 attempt += 1
-                log.warning("cannot list namespaces, retrying", extra={"error": str(exc)})
+                reason = exc.reason if isinstance(exc, _WatchFailed) else UNREACHABLE
+                self.health.failed("namespaces", reason, f"listing namespaces: {exc}")
                 await asyncio.sleep(self.backoff.delay(attempt))
 
     # One collection's LIST/WATCH loop -----------------------------------------------------
@@ -547,9 +627,11 @@ class ApiServerWatcher:
     async def _follow(self, target: WatchTarget, cursor: _Cursor) -> None:
         attempt = 0
         while True:
+            cursor.connected = False
             try:
                 if cursor.resource_version is None:
                     await self._relist(target, cursor)
+                    self.health.ok(target)
                 if await self._watch(target, cursor):
                     attempt = 0
                 continue
@@ -558,8 +640,12 @@ class ApiServerWatcher:
                 cursor.resource_version = None
                 continue
             except _WatchFailed as exc:
+                if cursor.connected:
+                    attempt = 0  # the watch worked until this blip: reconnect at once
+                else:
+                    self.health.failed(target, exc.reason, str(exc))
                 attempt += 1
-                log.warning(
+                log.debug(
                     "watch failed, reconnecting",
                     extra={"path": target.path, "error": str(exc), "attempt": attempt},
                 )
@@ -594,7 +680,7 @@ class ApiServerWatcher:
             if status == 410:
                 raise _Expired(body.decode("utf-8", "replace"))  # a continue token expired
             if status != 200:
-                raise _WatchFailed(f"LIST {path} answered {status}: {body[:200]!r}")
+                raise _WatchFailed(f"LIST {path} answered {status}: {body[:200]!r}", REJECTED)
             document = orjson.loads(body)
             meta = document.get("metadata") or {}
             if not resource_version:
@@ -626,7 +712,7 @@ class ApiServerWatcher:
             async with response:
                 return response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _WatchFailed(f"GET {path}: {exc!r}") from exc
+            raise _WatchFailed(f"GET {self.source}{path}: {exc}") from exc
 
     async def _watch(self, target: WatchTarget, cursor: _Cursor) -> bool:
         """Follow one WATCH stream to its end; True if it ended normally."""
@@ -659,13 +745,16 @@ class ApiServerWatcher:
                 if response.status != 200:
                     body = await response.read()
                     raise _WatchFailed(
-                        f"WATCH {target.path} answered {response.status}: {body[:200]!r}"
+                        f"WATCH {target.path} answered {response.status}: {body[:200]!r}",
+                        REJECTED,
                     )
+                cursor.connected = True
+                self.health.ok(target)
                 async for line in response.content:
                     if line.strip():
                         await self._handle(target, cursor, orjson.loads(line))
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            raise _WatchFailed(f"WATCH {target.path}: {exc!r}") from exc
+            raise _WatchFailed(f"WATCH {self.source}{target.path}: {exc}") from exc
         return True
 
     async def _handle(self, target: WatchTarget, cursor: _Cursor, event: Mapping[str, Any]) -> None:
@@ -736,6 +825,7 @@ class ApiServerSource(Source):
             namespace_selector=spec.get("namespaceSelector"),
             kubeconfig=self.context.settings.kubeconfig,
             on_event=self._send,
+            on_state=lambda problem, source: self.report(problem, source_uri=source or None),
         )
         await watcher.run()
 

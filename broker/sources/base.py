@@ -150,8 +150,19 @@ class EventSender:
         )
 
 
+# What a running source tells its status: (reason, message) when it cannot do its job now, or
+# None when it can; and, when it learns it, the URI its events carry as ``source``.
+Problem = tuple[str, str] | None
+Reporter = Callable[["SourceSpec", Problem, str | None], None]
+
+
+def _ignore_report(spec: SourceSpec, problem: Problem, source_uri: str | None) -> None:
+    """Where reports go when no runner listens (a source used on its own, in tests)."""
+
+
 class Source:
-    """One running source. Subclasses override :meth:`run` and/or :meth:`handle_http`."""
+    """One running source. Subclasses override :meth:`run` and/or :meth:`handle_http`, and call
+    :meth:`report` when what they run stops (or starts again) working."""
 
     def __init__(self, spec: SourceSpec, sink: EventSender, context: RuntimeContext) -> None:
         self.spec = spec
@@ -160,6 +171,13 @@ class Source:
         self.log = logging.LoggerAdapter(
             log, {"source": f"{spec.kind}/{spec.namespace}/{spec.name}"}
         )
+        self.reporter: Reporter = _ignore_report  # set by the runner
+
+    def report(self, problem: Problem, *, source_uri: str | None = None) -> None:
+        """Say in the source's status why it cannot do its job now (``(reason, message)``,
+        reason CamelCase), or that it can again (None): its ``Deployed`` condition and Ready
+        follow. ``source_uri``: the ``source`` its events carry, once known at run time."""
+        self.reporter(self.spec, problem, source_uri)
 
     async def run(self) -> None:
         """Produce events until cancelled. The default waits: webhook sources only answer HTTP."""

@@ -35,7 +35,7 @@ from typing import Any
 
 from broker.errors import InvalidResource
 from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
-from broker.supervisor import ProcessSpec, SupervisedProcess
+from broker.supervisor import ProcessSpec, SupervisedProcess, exit_summary
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ _CONTAINER = f"{_CONTAINERS}[0]"
 # to 5 min) but quicker to start, since a local process starts in milliseconds.
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
+CRASH_LOOP_EXITS = 3  # exits in a row (no healthy run between) that make a crash loop
+HEALTHY_RUN = 10.0  # seconds a run must last to count as healthy (and reset the backoff)
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL (a pod's default is 30)
 
 
@@ -322,9 +324,17 @@ def _check_selector(value: object, field: str) -> None:
 
 
 class ContainerSource(Source):
-    """Runs a ContainerSource's command as a supervised child process until stopped."""
+    """Runs a ContainerSource's command as a supervised child process until stopped.
+
+    A command that exits :data:`CRASH_LOOP_EXITS` times in a row (no run lasting
+    :data:`HEALTHY_RUN` seconds in between) is reported as ``CrashLoopBackOff`` with its last
+    exit code and output, so the source is not Ready while it keeps being restarted with
+    backoff; a run that lasts makes it Ready again.
+    """
 
     _process: SupervisedProcess | None = None
+    _exits = 0
+    _healthy: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         spec = self.spec
@@ -341,13 +351,39 @@ class ContainerSource(Source):
             backoff_initial=BACKOFF_INITIAL,
             backoff_max=BACKOFF_MAX,
             stop_grace=STOP_GRACE,
+            reset_after=HEALTHY_RUN,
             logger=log,
+            on_start=self._started,
+            on_exit=self._exited,
         )
         try:
             await self._process.start()
             await asyncio.Event().wait()  # the supervisor restarts it; we only wait to stop
         finally:
+            if self._healthy is not None:
+                self._healthy.cancel()
             await self._process.stop()
+
+    def _started(self, pid: int) -> None:
+        self._healthy = asyncio.get_running_loop().call_later(HEALTHY_RUN, self._ran_long_enough)
+
+    def _ran_long_enough(self) -> None:
+        self._exits = 0
+        self.report(None)
+
+    def _exited(self, code: int) -> None:
+        if self._healthy is not None:
+            self._healthy.cancel()
+            self._healthy = None
+        self._exits += 1
+        if self._exits >= CRASH_LOOP_EXITS and self._process is not None:
+            self.report(
+                (
+                    "CrashLoopBackOff",
+                    f"the command exited {self._exits} times in a row and is restarted with "
+                    f"backoff; last exit {exit_summary(code, self._process.tail)}",
+                )
+            )
 
     async def close(self) -> None:
         if self._process is not None:
@@ -389,6 +425,36 @@ register_source_kind(
         prepare=_prepare,
     )
 )
+# What a SinkBinding can bind here: workloads cemesh runs and can inject K_SINK into.
+BINDABLE = {("serving.knative.dev/v1", "Service")}
+
+
+def _prepare_sink_binding(obj: Mapping[str, Any], context: PrepareContext) -> Mapping[str, Any]:
+    """Not Ready when the subject is a kind cemesh cannot inject into (a batch/v1 Job, a
+    Deployment: cemesh runs no pods), or a named subject that does not exist."""
+    subject = (obj.get("spec") or {}).get("subject") or {}
+    api_version, kind = str(subject.get("apiVersion", "")), str(subject.get("kind", ""))
+    if (api_version, kind) not in BINDABLE:
+        bindable = ", ".join(f"{k} ({v})" for v, k in sorted(BINDABLE))
+        raise SourceNotReady(
+            "SubjectNotBindable",
+            f"spec.subject: cannot bind {kind} ({api_version}): cemesh injects K_SINK only into "
+            f"the replicas it runs, of {bindable}",
+        )
+    name = subject.get("name")
+    namespace = str(subject.get("namespace") or obj["metadata"]["namespace"])
+    if name and context.find(api_version.split("/")[0], kind, namespace, str(name)) is None:
+        raise SourceNotReady(
+            "SubjectNotFound", f"spec.subject: {kind} {namespace}/{name} does not exist"
+        )
+    return {}
+
+
 # SinkBinding runs nothing: its sink and ceOverrides reach its subject (K_SINK, K_CE_OVERRIDES).
-SINK_BINDING_KIND = SourceKind(resource=SINK_BINDING, runner=None, check=admit_sink_binding)
+SINK_BINDING_KIND = SourceKind(
+    resource=SINK_BINDING,
+    runner=None,
+    check=admit_sink_binding,
+    prepare=_prepare_sink_binding,
+)
 register_source_kind(SINK_BINDING_KIND)

@@ -1,9 +1,14 @@
 """Statuses and runtime specs of sources and EventTypes. Pure, like :mod:`broker.reconcile`.
 
 Every source kind is reconciled the same way: ``spec.sink`` resolves to ``status.sinkUri``
-(condition ``SinkProvided``), the kind's ``prepare`` resolves what it needs (secrets, schedules;
-condition ``Deployed``), and a Ready source becomes a :class:`~broker.sources.base.SourceSpec` in
-``snapshot.components["sources"]``. The event types a source produces are listed in
+through the one rule every kind shares (:meth:`broker.reconcile._World.resolve`; condition
+``SinkProvided``), the kind's ``prepare`` resolves what it needs (secrets, schedules; condition
+``Deployed``), and a source whose sink and prepare succeed becomes a
+:class:`~broker.sources.base.SourceSpec` in ``snapshot.components["sources"]``. What the running
+source reported (:data:`~broker.sources.runner.RUNTIME_STATUS_KEYS`: a ``runtimeError`` such as a
+ContainerSource's crash loop or an unreachable API server, the ``sourceUri`` it learnt) is kept
+in its status; a ``runtimeError`` makes ``Deployed`` (so Ready) False with its reason, while the
+source keeps running so it can recover. The event types a source produces are listed in
 ``status.ceAttributes`` and kept as owned ``EventType`` objects (``cemesh get eventtypes``).
 """
 
@@ -25,7 +30,7 @@ from broker.reconcile import (
 )
 from broker.sources.base import PrepareContext, SourceKind, SourceNotReady, SourceSpec
 from broker.sources.kinds import EVENT_TYPE, SOURCE_KINDS, source_kind
-from broker.sources.runner import COMPONENT
+from broker.sources.runner import COMPONENT, RUNTIME_STATUS_KEYS
 
 
 def event_type_name(source_name: str, event_type: str) -> str:
@@ -80,25 +85,46 @@ def reconcile_source(obj: Obj, world: World) -> None:
             conditions.set("SinkProvided", "True")
             fields["sinkUri"] = sink_uri
 
+    stored = obj.get("status") or {}
+    runtime = {key: stored[key] for key in RUNTIME_STATUS_KEYS if stored.get(key) is not None}
+    error = runtime.get("runtimeError")
     resolved: dict[str, Any] = {}
+    prepared = False
     try:
         resolved = dict(kind.prepare(obj, PrepareContext(world.base_url, world.objects)))
     except SourceNotReady as exc:
         conditions.set("Deployed", "False", exc.reason, exc.message)
     else:
-        conditions.set("Deployed", "True")
+        prepared = True
+        if isinstance(error, Mapping):
+            conditions.set(
+                "Deployed",
+                "False",
+                str(error.get("reason") or "RuntimeError"),
+                str(error.get("message") or ""),
+            )
+        else:
+            conditions.set("Deployed", "True")
         fields.update(resolved.pop("status", None) or {})
 
     types = kind.event_types(obj)
-    source_uri = str(fields.get("sourceUri") or resolved.get("source") or "")
+    source_uri = str(
+        fields.get("sourceUri") or resolved.get("source") or runtime.get("sourceUri") or ""
+    )
     if types:
         fields["ceAttributes"] = [{"type": t, "source": source_uri} for t in types]
         world.children.extend(_event_types(obj, types, source_uri, spec.get("sink") or {}))
 
-    status = {**base_status(obj, conditions), **fields}
+    status = {**base_status(obj, conditions), **runtime, **fields}
     world.statuses[uid] = status
-    ready = all(c["status"] == "True" for c in status["conditions"])
-    if ready and kind.runner is not None:
+    # Runnable: everything but what the running source itself reports holds, so a source that
+    # reported an error keeps running and can report that it works again.
+    runnable = prepared and all(
+        c["status"] == "True"
+        for c in status["conditions"]
+        if c["type"] not in ("Ready", "Deployed")
+    )
+    if runnable and kind.runner is not None:
         overrides = (spec.get("ceOverrides") or {}).get("extensions") or {}
         world.components.setdefault(COMPONENT, {})[uid] = SourceSpec(
             kind=obj["kind"],

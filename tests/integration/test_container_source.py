@@ -31,6 +31,7 @@ from broker.sources.container import (
     expand,
 )
 from broker.sources.kinds import SOURCE_KINDS
+from tests.support.cemesh import running_cemesh
 from tests.support.subscriber import RecordingSubscriber
 
 pytestmark = pytest.mark.timeout(30)
@@ -358,3 +359,41 @@ async def test_K179_K185_container_source_child_sends_events_and_is_restarted_wh
                 await task
             await source.close()
         assert process is not None and not process.running
+
+
+async def test_a_container_source_that_keeps_exiting_is_not_ready_with_code_and_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exits in a row make it CrashLoopBackOff (Ready False, exit code and last output in the
+    message) while it keeps being restarted with backoff."""
+    monkeypatch.setattr(container, "BACKOFF_INITIAL", 0.05)
+    crashing = [sys.executable, "-c", "import sys; print('no API key'); sys.exit(7)"]
+    path = "/apis/sources.knative.dev/v1/namespaces/default/containersources/crashy"
+    async with (
+        RecordingSubscriber() as sink,
+        running_cemesh(tmp_path, resync_interval=0.05) as mesh,
+    ):
+        manifest = container_source({"image": "x", "command": crashing})
+        manifest["metadata"]["name"] = "crashy"
+        manifest["spec"]["sink"] = {"uri": sink.url}
+        await mesh.apply(manifest)
+        async with asyncio.timeout(20):
+            while True:
+                status = (await mesh.client.get(path)).json().get("status") or {}
+                ready = next(
+                    (c for c in status.get("conditions") or [] if c["type"] == "Ready"), {}
+                )
+                if ready.get("status") == "False":
+                    break
+                await asyncio.sleep(0.05)
+        assert ready["reason"] == "CrashLoopBackOff", ready
+        assert "code 7" in ready["message"] and "no API key" in ready["message"], ready
+        deployed = next(c for c in status["conditions"] if c["type"] == "Deployed")
+        assert deployed["reason"] == "CrashLoopBackOff"
+        uid = (await mesh.client.get(path)).json()["metadata"]["uid"]
+        runner = cast(Any, mesh.runtime.component("sources"))
+        process = runner.source(uid)._process
+        restarts = process.restarts
+        async with asyncio.timeout(10):  # still restarted (with backoff), so it can recover
+            while process.restarts == restarts:  # noqa: ASYNC110 (a child process: no event)
+                await asyncio.sleep(0.05)

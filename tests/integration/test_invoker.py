@@ -96,7 +96,6 @@ async def test_a_service_answers_on_its_url_keeping_path_query_headers_and_body(
         assert response.status_code == 200, response.text
         answer = response.json()
         assert (answer["path"], answer["body"]) == ("/some/path?q=1", "payload")
-        assert (await mesh.client.get("/services/default/fn")).status_code == 405
         assert (await mesh.client.post("/services/default/nope")).status_code == 404
         revisions = (await mesh.client.get(REVISIONS)).json()["items"]
         assert [r["metadata"]["name"] for r in revisions] == ["fn-00001"]
@@ -106,6 +105,42 @@ async def test_a_service_answers_on_its_url_keeping_path_query_headers_and_body(
             return bool(scaling) and scaling[0]["actualReplicas"] == 1
 
         await eventually(replicas_reported)
+
+
+async def test_every_method_path_and_query_reach_the_replica_with_knatives_env(
+    tmp_path: Path,
+) -> None:
+    async with running_cemesh(tmp_path, **FAST) as mesh:
+        await mesh.apply(service())
+        await ready(mesh)
+        for method in ("GET", "PUT", "DELETE", "PATCH", "OPTIONS", "POST"):
+            response = await mesh.client.request(
+                method, "/services/default/fn/items/7?full=1&x=%20y", content=b"b"
+            )
+            assert response.status_code == 200, (method, response.text)
+            answer = response.json()
+            assert (answer["method"], answer["path"]) == (method, "/items/7?full=1&x=%20y")
+            assert answer["body"] == "b"
+            assert answer["env"] == {
+                "K_SERVICE": "fn",
+                "K_REVISION": "fn-00001",
+                "K_CONFIGURATION": "fn",
+            }
+
+
+async def test_a_request_past_timeout_seconds_gets_504_and_the_service_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    async with running_cemesh(tmp_path, **FAST) as mesh:
+        manifest = service()
+        manifest["spec"]["template"]["spec"]["timeoutSeconds"] = 1
+        await mesh.apply(manifest)
+        await ready(mesh)
+        slow = await mesh.client.get("/services/default/fn", headers={"x-sleep": "3"})
+        assert slow.status_code == 504, slow.text
+        assert "timeoutSeconds 1" in slow.json()["message"]
+        fast = await mesh.client.get("/services/default/fn")
+        assert fast.status_code == 200
 
 
 async def test_an_image_only_service_is_not_ready_naming_the_command_field(
@@ -123,7 +158,8 @@ async def test_an_image_only_service_is_not_ready_naming_the_command_field(
         assert "spec.template.spec.containers[0].command" in ready_condition["message"]
         assert "process backend" in ready_condition["message"]
         response = await mesh.client.post("/services/default/fn")
-        assert response.status_code in (404, 503)
+        assert response.status_code == 503  # it exists: retryable, never 404
+        assert response.headers["retry-after"]
 
 
 async def test_a_trigger_delivers_events_to_a_service_in_process(tmp_path: Path) -> None:
@@ -165,10 +201,13 @@ async def test_a_trigger_delivers_events_to_a_service_in_process(tmp_path: Path)
             }
         )
         await ready(mesh)
-        trigger = (
-            await mesh.client.get("/apis/eventing.knative.dev/v1/namespaces/default/triggers/to-fn")
-        ).json()
-        assert trigger["status"]["subscriberUri"] == f"{mesh.url}/services/default/fn"
+
+        async def trigger_resolved() -> bool:
+            path = "/apis/eventing.knative.dev/v1/namespaces/default/triggers/to-fn"
+            trigger = (await mesh.client.get(path)).json()
+            return trigger["status"].get("subscriberUri") == f"{mesh.url}/services/default/fn"
+
+        await eventually(trigger_resolved)  # a Trigger to a Service resolves once it serves
         headers = {"ce-specversion": "1.0", "ce-id": "e-1", "ce-source": "/t", "ce-type": "t"}
         assert (await mesh.client.post("/default/default", headers=headers)).status_code == 202
         lines = await eventually(lambda: record.exists() and record.read_text().splitlines())
@@ -219,13 +258,24 @@ async def test_a_90_10_split_and_a_tag_route_over_two_revisions(tmp_path: Path) 
 async def test_past_the_hold_timeout_a_request_gets_503_with_retry_after(
     tmp_path: Path,
 ) -> None:
-    never_listens = [sys.executable, "-c", "import time; time.sleep(60)"]
     async with running_cemesh(tmp_path, invoker_hold_timeout=0.3, **FAST) as mesh:
-        await mesh.apply(service(command=never_listens))
+        await mesh.apply(service(concurrency=1, **{"autoscaling.knative.dev/max-scale": "1"}))
         await ready(mesh)
+        busy = asyncio.create_task(
+            mesh.client.post("/services/default/fn", headers={"x-sleep": "3"})
+        )
+
+        async def held() -> bool:
+            return (
+                mesh.runtime.component("invoker").revision("default", "fn-00001").activator.active
+                == 1
+            )
+
+        await eventually(held)
         response = await mesh.client.post("/services/default/fn")
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
+        assert (await busy).status_code == 200
 
 
 @pytest.mark.parametrize("kind", ["services", "revisions"])
@@ -236,7 +286,15 @@ async def test_cemesh_get_lists_services_and_revisions(tmp_path: Path, kind: str
         await mesh.apply(service())
         await ready(mesh)
         path = f"/apis/serving.knative.dev/v1/namespaces/default/{kind}"
-        items = (await mesh.client.get(path)).json()["items"]
+
+        async def all_ready() -> list[dict[str, Any]] | None:
+            items = (await mesh.client.get(path)).json()["items"]
+            ok = all(
+                condition(i.get("status") or {}, "Ready").get("status") == "True" for i in items
+            )
+            return items if items and ok else None
+
+        items = await eventually(all_ready)
         kind_name = "Service" if kind == "services" else "Revision"
         table = render_table(kind_name, items, now=datetime.now(UTC), wide=True)
         header, row = table.splitlines()

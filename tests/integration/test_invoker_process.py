@@ -16,7 +16,13 @@ import httpx
 import pytest
 
 from broker.serving.backend import RevisionRef
-from broker.serving.process import NotRunnable, ProcessBackend
+from broker.serving.process import (
+    CRASH_BACKOFF_INITIAL,
+    CRASH_BACKOFF_MAX,
+    NotRunnable,
+    ProcessBackend,
+)
+from broker.supervisor import exit_summary, restart_delay
 
 FUNCTION = str(Path(__file__).parents[1] / "support" / "function_server.py")
 REF = RevisionRef("default", "fn", "fn-00001")
@@ -113,3 +119,59 @@ async def test_scaling_down_waits_for_the_drain_before_stopping_a_replica() -> N
                     await asyncio.sleep(0.01)
     finally:
         await backend.stop()
+
+
+async def test_a_replica_that_keeps_exiting_is_restarted_with_a_growing_capped_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Crash-loop backoff: the pauses before restarts double (0.2 s, 0.4 s, 0.8 s, ...) up to
+    60 s, never a restart every few seconds forever; each exit is reported with its code and
+    output."""
+    caplog.set_level(logging.WARNING, logger="broker.serving.function")
+    exits: list[tuple[int, list[str]]] = []
+    backend = ProcessBackend(on_exit=lambda ref, code, tail: exits.append((code, tail)))
+    crashing = {
+        "containers": [
+            {"command": [sys.executable, "-c", "print('bad config'); raise SystemExit(4)"]}
+        ]
+    }
+    try:
+        await backend.ensure(REF, crashing, 1)
+        await eventually(lambda: len(exits) >= 4, timeout=20)
+    finally:
+        await backend.stop()
+    assert {code for code, _ in exits} == {4}
+    assert all("bad config" in tail for _, tail in exits)
+    pauses = [
+        float(record.getMessage().rsplit("restarting in ", 1)[1].rstrip("s"))
+        for record in caplog.records
+        if "restarting in" in record.getMessage()
+    ]
+    assert pauses[:3] == [0.2, 0.4, 0.8], pauses
+    assert restart_delay(50, CRASH_BACKOFF_INITIAL, CRASH_BACKOFF_MAX) == CRASH_BACKOFF_MAX == 60
+
+
+async def test_replicas_get_knatives_runtime_environment() -> None:
+    backend = ProcessBackend()
+    try:
+        await backend.ensure(REF, template(), 1)
+        assert await backend.wait_ready(REF, 10)
+        [replica] = backend.ready(REF)
+        async with httpx.AsyncClient() as client:
+            answer = (await client.get(f"{replica.url}/")).json()
+        assert answer["env"] == {
+            "K_SERVICE": "fn",
+            "K_CONFIGURATION": "fn",
+            "K_REVISION": "fn-00001",
+        }
+        assert answer["method"] == "GET"
+    finally:
+        await backend.stop()
+
+
+def test_an_exit_is_summed_up_with_its_code_or_signal_and_last_output() -> None:
+    assert exit_summary(3, ["starting", "", "DB_URL missing"]) == (
+        "code 3; last output: starting | DB_URL missing"
+    )
+    assert exit_summary(-signal.SIGKILL, []) == "signal SIGKILL"
+    assert exit_summary(1, [str(n) for n in range(30)], lines=2) == "code 1; last output: 28 | 29"

@@ -17,7 +17,16 @@ import yaml
 from broker.cli import table_rows
 from tests.conftest import shared_fixture_dir
 from tests.support.cemesh import RunningCemesh, running_cemesh
-from tests.support.flows import appended, appender, displayed, reply_with, wait_until, with_command
+from tests.support.flows import (
+    appended,
+    appender,
+    displayed,
+    ready_object,
+    reply_with,
+    services_ready,
+    wait_until,
+    with_command,
+)
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
 SEQUENCES = "/apis/flows.knative.dev/v1/namespaces/default/sequences"
@@ -239,6 +248,7 @@ async def test_knative_docs_sequence_reply_to_event_display_walkthrough(tmp_path
         events = with_command((example / "event-display.yaml").read_text(), "event-display")
         events[0]["spec"]["template"]["spec"]["containers"][0]["command"].append(str(shown))
         await mesh.apply(events[0])
+        await services_ready(mesh.client)
         [seq] = await mesh.apply((example / "sequence.yaml").read_text())
         assert condition(seq)["status"] == "True", seq["status"]
 
@@ -279,10 +289,13 @@ async def test_knative_docs_sequence_with_broker_and_trigger_walkthrough(tmp_pat
         [display] = with_command(yaml.safe_dump(display), "event-display", str(shown))
         await mesh.apply(display)
         await mesh.apply(display_trigger)
+        await services_ready(mesh.client)
         [seq] = await mesh.apply((example / "sequence.yaml").read_text())
         [trigger] = await mesh.apply((example / "trigger.yaml").read_text())
         assert condition(seq)["status"] == "True", seq["status"]
-        assert condition(trigger)["status"] == "True", trigger["status"]
+        trigger_path = "/apis/eventing.knative.dev/v1/namespaces/default/triggers"
+        await ready_object(mesh.client, f"{trigger_path}/{trigger['metadata']['name']}")
+        await ready_object(mesh.client, f"{trigger_path}/{display_trigger['metadata']['name']}")
 
         response = await mesh.post_event("/default/default", PING, b'{"message": "Hello world!"}')
         assert response.status_code == 202, response.text

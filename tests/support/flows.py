@@ -68,6 +68,34 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> No
         raise AssertionError(f"condition not met within {timeout:g}s") from None
 
 
+async def ready_object(
+    client: Any,
+    path: str,
+    timeout: float = 30.0,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    """GET ``path`` (an object of the API) until its Ready condition is True; return it.
+
+    A Service is Ready only once a replica listens, so a flow pointing at Services is applied
+    and checked after this, not at once."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                obj = (await client.get(path)).json()
+                conditions = (obj.get("status") or {}).get("conditions") or []
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                    return dict(obj)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"{path} not Ready within {timeout:g}s: {obj}") from None
+
+
+async def services_ready(client: Any, namespace: str = "default") -> None:
+    """Wait until every Service of ``namespace`` is Ready (its replica listens)."""
+    base = f"/apis/serving.knative.dev/v1/namespaces/{namespace}/services"
+    for item in (await client.get(base)).json()["items"]:
+        await ready_object(client, f"{base}/{item['metadata']['name']}")
+
+
 SAMPLES = Path(__file__).resolve().parent / "sample_services.py"
 
 

@@ -1,10 +1,11 @@
 """A tiny function for invoker tests, run as a replica: an HTTP server on ``$PORT``.
 
-It answers every POST after sleeping ``x-sleep`` seconds (header, default 0) and records its own
-concurrency: each answer (JSON) and, when ``RECORD_FILE`` is set, one JSON line appended there
-per request carry ``inflight`` (requests in flight here when this one arrived, itself included)
-and ``max_inflight`` (the most ever in flight here). A request carrying a CloudEvent
-(``ce-id``) is answered 202 with no body, so a dispatcher sees no reply.
+It answers every request (any method) after sleeping ``x-sleep`` seconds (header, default 0) and
+records its own concurrency, its method and the ``K_SERVICE`` / ``K_REVISION`` /
+``K_CONFIGURATION`` it was started with: each answer (JSON) and, when ``RECORD_FILE`` is set,
+one JSON line appended there per request carry ``inflight`` (requests in flight here when this
+one arrived, itself included) and ``max_inflight`` (the most ever in flight here). A request
+carrying a CloudEvent (``ce-id``) is answered 202 with no body, so a dispatcher sees no reply.
 ``FUNCTION_NAME`` (default ``fn``) names the function in its answers.
 """
 
@@ -26,6 +27,11 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
+        self._answer()
+
+    do_GET = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST  # noqa: N815 (stdlib names)
+
+    def _answer(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
         with LOCK:
             STATE["inflight"] += 1
@@ -40,6 +46,10 @@ class Handler(BaseHTTPRequestHandler):
                 "pid": os.getpid(),
                 "port": int(os.environ["PORT"]),
                 "path": self.path,
+                "method": self.command,
+                "env": {
+                    k: os.environ.get(k) for k in ("K_SERVICE", "K_REVISION", "K_CONFIGURATION")
+                },
                 "ce_id": self.headers.get("ce-id"),
                 "body": body.decode("utf-8", "replace"),
                 "inflight": inflight,

@@ -211,8 +211,9 @@ def test_k167_per_step_dead_letter_sink_is_resolved_on_that_steps_subscription()
     assert specs["seq-kn-sequence-0"].delivery == DEFAULT
 
 
-def test_sequence_resolves_as_a_destination_by_name_before_it_is_ready() -> None:
-    """A Trigger may point at a Sequence at once: its address needs no status (K166)."""
+def test_a_trigger_to_a_sequence_resolves_once_the_sequence_has_an_address() -> None:
+    """One rule for every destination: a Sequence with no address yet does not resolve (with
+    its own reason); once it has one, it resolves to its first channel (K166)."""
     broker = admit(
         {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "b"}}
     )
@@ -230,6 +231,10 @@ def test_sequence_resolves_as_a_destination_by_name_before_it_is_ready() -> None
     )
     trigger["metadata"].update(uid="t1")
     result = reconcile([broker, trigger, sequence()], base_url=BASE, default_delivery=DEFAULT)
+    resolved = ready({"status": result.statuses["t1"]}, "SubscriberResolved")
+    assert (resolved["status"], resolved["reason"]) == ("False", "DestinationNotReady")
+    assert 'Sequence "default/seq" is not Ready: InMemoryChannel' in resolved["message"]
+    _, result = converge([broker, trigger, sequence()])
     assert result.statuses["t1"]["subscriberUri"] == f"{BASE}/channels/default/seq-kn-sequence-0"
 
 

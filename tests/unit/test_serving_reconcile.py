@@ -8,6 +8,9 @@ import copy
 import sys
 from typing import Any
 
+import pytest
+
+from broker.errors import InvalidResource
 from broker.reconcile import Reconciled, reconcile
 from broker.resources import admit
 from broker.serving.specs import RevisionSpec, RouteSpec, revision_key, route_key
@@ -68,10 +71,22 @@ def store_children(result: Reconciled, objects: list[dict[str, Any]]) -> list[di
     return kept
 
 
-def settle(objects: list[dict[str, Any]]) -> tuple[Reconciled, list[dict[str, Any]]]:
+def listened(objects: list[dict[str, Any]], *names: str) -> None:
+    """What the invoker writes once a replica of each Revision (all when none named) listens."""
+    for obj in objects:
+        if obj["kind"] == "Revision" and (not names or obj["metadata"]["name"] in names):
+            obj.setdefault("status", {})["replicaReadyOnce"] = True
+
+
+def settle(
+    objects: list[dict[str, Any]], *, serving: bool = True
+) -> tuple[Reconciled, list[dict[str, Any]]]:
+    """Reconcile until settled; ``serving``: every new Revision's replica listens."""
     result = run(objects)
     for _ in range(4):
         objects = store_children(result, objects)
+        if serving:
+            listened(objects)
         result = run(objects)
     return result, objects
 
@@ -251,8 +266,120 @@ def test_config_autoscaler_decides_whether_initial_scale_zero_is_allowed() -> No
     assert spec.policy.stable_window == 6
 
 
-def test_traffic_naming_a_missing_revision_is_not_ready() -> None:
+def test_traffic_naming_a_missing_revision_is_not_ready_and_the_route_answers_503() -> None:
     result, _ = settle([service_obj(traffic=[{"revisionName": "fn-00042", "percent": 100}])])
-    routes = condition(status_of(result, "svc-uid"), "RoutesReady")
+    status = status_of(result, "svc-uid")
+    routes = condition(status, "RoutesReady")
     assert (routes["status"], routes["reason"]) == ("False", "RevisionMissing")
-    assert route_key("default", "fn") not in result.snapshot.components.get("invoker", {})
+    route = result.snapshot.components["invoker"][route_key("default", "fn")]
+    assert route.targets == ()  # nothing served before: the invoker answers 503 with the reason
+    assert "fn-00042" in route.why
+    assert "address" not in status
+
+
+def revision_status(result: Reconciled, objects: list[dict[str, Any]], name: str) -> dict:
+    revision = next(o for o in objects if o["metadata"]["name"] == name)
+    return status_of(result, revision["metadata"]["uid"])
+
+
+def test_a_revision_is_not_ready_before_a_replica_listened() -> None:
+    result, objects = settle([service_obj()], serving=False)
+    revision = revision_status(result, objects, "fn-00001")
+    ready = condition(revision, "Ready")
+    assert (ready["status"], ready["reason"]) == ("Unknown", "Deploying")
+    status = status_of(result, "svc-uid")
+    assert condition(status, "Ready")["status"] == "Unknown"
+    assert "address" not in status and "latestReadyRevisionName" not in status
+    # Handed to the invoker all the same: it is what starts the replica.
+    assert revision_key("default", "fn-00001") in result.snapshot.components["invoker"]
+    listened(objects)
+    result = run(objects)
+    assert condition(revision_status(result, objects, "fn-00001"), "Ready")["status"] == "True"
+    assert condition(status_of(result, "svc-uid"), "Ready")["status"] == "True"
+
+
+def test_initial_scale_zero_needs_no_replica_to_be_ready() -> None:
+    config = admit(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "config-autoscaler", "namespace": "knative-serving"},
+            "data": {"allow-zero-initial-scale": "true"},
+        }
+    )
+    config["metadata"].update(uid="cm", generation=1)
+    svc = service_obj(**{"autoscaling.knative.dev/initial-scale": "0"})
+    result, _ = settle([config, svc], serving=False)
+    assert condition(status_of(result, "svc-uid"), "Ready")["status"] == "True"
+
+
+def fail(objects: list[dict[str, Any]], name: str, reason: str, message: str) -> None:
+    revision = next(o for o in objects if o["metadata"]["name"] == name)
+    revision.setdefault("status", {})["runtimeError"] = {"reason": reason, "message": message}
+
+
+def test_a_broken_rollout_leaves_traffic_on_the_last_good_revision() -> None:
+    result, objects = settle([service_obj()])
+    svc = next(o for o in objects if o["kind"] == "Service")
+    changed = service_obj(**{"note": "v2"})
+    svc["spec"] = changed["spec"]
+    svc["metadata"]["generation"] = 2
+    result, objects = settle(objects, serving=False)
+    fail(objects, "fn-00002", "ExitCode", "exited with code 3; last output: boom")
+    result = run(objects)
+    status = status_of(result, "svc-uid")
+    assert status["latestCreatedRevisionName"] == "fn-00002"
+    assert status["latestReadyRevisionName"] == "fn-00001"
+    assert status["traffic"] == [
+        {"revisionName": "fn-00001", "latestRevision": True, "percent": 100}
+    ]
+    configurations = condition(status, "ConfigurationsReady")
+    assert (configurations["status"], configurations["reason"]) == ("False", "ExitCode")
+    assert "code 3" in configurations["message"] and "boom" in configurations["message"]
+    assert condition(status, "RoutesReady")["status"] == "True"
+    assert condition(status, "Ready")["status"] == "False"
+    assert status["address"]["url"].endswith("/services/default/fn")  # it still serves
+    route = result.snapshot.components["invoker"][route_key("default", "fn")]
+    assert [t.revision for t in route.targets] == ["fn-00001"]
+
+
+def test_an_unknown_revision_name_keeps_the_last_good_route_and_its_tags() -> None:
+    traffic = [{"latestRevision": True, "percent": 100, "tag": "current"}]
+    result, objects = settle([service_obj(traffic=traffic)])
+    svc = next(o for o in objects if o["kind"] == "Service")
+    svc["spec"]["traffic"] = [
+        {"latestRevision": True, "percent": 50, "tag": "current"},
+        {"revisionName": "fn-09999", "percent": 50, "tag": "next"},
+    ]
+    result = run(objects)
+    status = status_of(result, "svc-uid")
+    routes = condition(status, "RoutesReady")
+    assert (routes["status"], routes["reason"]) == ("False", "RevisionMissing")
+    assert "fn-09999" in routes["message"]
+    assert condition(status, "Ready")["status"] == "False"
+    route = result.snapshot.components["invoker"][route_key("default", "fn")]
+    assert route.targets == (TrafficTarget("fn-00001", 100, "current", True),)
+    assert status["traffic"][0]["tag"] == "current" and "address" in status
+
+
+def test_a_ready_revision_without_traffic_is_not_routed_and_one_with_traffic_is() -> None:
+    result, objects = settle([service_obj()])
+    spec = result.snapshot.components["invoker"][revision_key("default", "fn-00001")]
+    assert spec.routed and spec.proven
+    svc = next(o for o in objects if o["kind"] == "Service")
+    svc["spec"] = service_obj(**{"note": "v2"})["spec"]
+    result, objects = settle(objects)
+    invoker = result.snapshot.components["invoker"]
+    assert not invoker[revision_key("default", "fn-00001")].routed
+    assert invoker[revision_key("default", "fn-00002")].routed
+
+
+def test_a_progress_deadline_annotation_is_read_and_a_bad_one_names_the_annotation() -> None:
+    result, _ = settle([service_obj(**{"serving.knative.dev/progress-deadline": "5s"})])
+    spec = result.snapshot.components["invoker"][revision_key("default", "fn-00001")]
+    assert spec.progress_deadline == 5
+    with pytest.raises(InvalidResource) as caught:
+        service_obj(**{"serving.knative.dev/progress-deadline": "soon"})
+    assert "serving.knative.dev/progress-deadline" in caught.value.field
+    with pytest.raises(InvalidResource):
+        service_obj(**{"serving.knative.dev/progress-deadline": "0s"})

@@ -5,8 +5,17 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from broker.serving.invoker import parse_service_path
-from broker.serving.traffic import TrafficSplit, TrafficTarget
+from broker.serving.traffic import (
+    RouteProblem,
+    TrafficSplit,
+    TrafficTarget,
+    latest_ready_revision,
+    resolve_traffic,
+)
 
 
 def test_a_90_10_split_sends_about_90_and_10_percent_of_1000_requests() -> None:
@@ -63,3 +72,130 @@ def test_service_paths_keep_the_suffix_and_query_and_name_tags() -> None:
     assert parse_service_path("ns") is None
     assert parse_service_path("ns/") is None
     assert parse_service_path("ns/fn/tags/") is None
+
+
+# --- resolve_traffic: what a Service's spec.traffic routes to (Knative's route) ------------------
+
+
+LATEST = {"latestRevision": True, "percent": 100}
+
+
+def test_latest_ready_is_the_newest_ready_revision_else_the_previous_one() -> None:
+    ready = {"fn-1": True, "fn-2": False, "fn-3": None}
+    assert latest_ready_revision(["fn-1", "fn-2", "fn-3"], ready, None) == "fn-1"
+    assert latest_ready_revision(["fn-1", "fn-2"], {"fn-1": False, "fn-2": False}, "fn-1") == (
+        "fn-1"
+    )
+    assert latest_ready_revision(["fn-2"], {"fn-2": False}, "fn-1") is None  # fn-1 is gone
+    assert latest_ready_revision([], {}, None) is None
+
+
+def test_every_row_resolving_serves_the_new_rows() -> None:
+    resolved = resolve_traffic(
+        [LATEST, {"revisionName": "fn-1", "percent": 0, "tag": "old"}],
+        ready={"fn-1": True, "fn-2": True},
+        latest_ready="fn-2",
+        latest_problem=None,
+        last_good=[TrafficTarget("fn-1", 100, None, True)],
+    )
+    assert resolved.problem is None
+    assert (
+        resolved.serving
+        == resolved.targets
+        == (
+            TrafficTarget("fn-2", 100, None, True),
+            TrafficTarget("fn-1", 0, "old", False),
+        )
+    )
+
+
+def test_an_unknown_revision_keeps_the_last_good_rows_tags_included() -> None:
+    last_good = [TrafficTarget("fn-1", 100, "current", True), TrafficTarget("fn-0", 0, "old")]
+    resolved = resolve_traffic(
+        [
+            {"latestRevision": True, "percent": 50, "tag": "current"},
+            {"revisionName": "fn-9", "percent": 50},
+        ],
+        ready={"fn-0": True, "fn-1": True},
+        latest_ready="fn-1",
+        latest_problem=None,
+        last_good=last_good,
+    )
+    assert resolved.problem is not None
+    assert (resolved.problem.status, resolved.problem.reason) == ("False", "RevisionMissing")
+    assert "fn-9" in resolved.problem.message
+    assert resolved.serving == tuple(last_good)
+
+
+def test_a_not_ready_named_revision_is_not_routed_until_it_is_ready() -> None:
+    rows = [{"revisionName": "fn-2", "percent": 100}]
+    last_good = [TrafficTarget("fn-1", 100)]
+    resolved = resolve_traffic(
+        rows,
+        ready={"fn-1": True, "fn-2": None},
+        latest_ready="fn-1",
+        latest_problem=None,
+        last_good=last_good,
+    )
+    assert resolved.problem is not None and resolved.problem.reason == "RevisionNotReady"
+    assert resolved.serving == tuple(last_good)
+    resolved = resolve_traffic(
+        rows,
+        ready={"fn-1": True, "fn-2": True},
+        latest_ready="fn-2",
+        latest_problem=None,
+        last_good=last_good,
+    )
+    assert resolved.problem is None and resolved.serving == (TrafficTarget("fn-2", 100),)
+
+
+def test_no_ready_revision_yet_serves_nothing_with_the_configurations_reason() -> None:
+    why = RouteProblem("False", "RevisionMissing", "no Revision is Ready yet: ExitCode")
+    resolved = resolve_traffic(
+        [LATEST], ready={"fn-1": False}, latest_ready=None, latest_problem=why, last_good=[]
+    )
+    assert resolved.problem == why
+    assert resolved.serving == ()
+
+
+def test_last_good_rows_of_deleted_revisions_are_dropped_and_latest_rows_follow_latest() -> None:
+    resolved = resolve_traffic(
+        [LATEST, {"revisionName": "fn-9", "percent": 0, "tag": "x"}],
+        ready={"fn-2": True, "fn-3": True},
+        latest_ready="fn-3",
+        latest_problem=None,
+        last_good=[TrafficTarget("fn-2", 100, None, True), TrafficTarget("fn-1", 0, "gone")],
+    )
+    assert resolved.serving == (TrafficTarget("fn-3", 100, None, True),)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["fn-1", "fn-2", "fn-3", None]), st.integers(0, 100)),
+        min_size=1,
+        max_size=4,
+    ),
+    st.dictionaries(
+        st.sampled_from(["fn-1", "fn-2", "fn-3"]), st.sampled_from([True, False, None])
+    ),
+)
+def test_the_route_only_ever_serves_existing_revisions(
+    rows: list[tuple[str | None, int]], ready: dict[str, bool | None]
+) -> None:
+    spec_rows = [
+        {"latestRevision": True, "percent": p}
+        if name is None
+        else {"revisionName": name, "percent": p}
+        for name, p in rows
+    ]
+    latest = latest_ready_revision(sorted(ready), ready, "fn-1")
+    resolved = resolve_traffic(
+        spec_rows,
+        ready=ready,
+        latest_ready=latest,
+        latest_problem=None,
+        last_good=[TrafficTarget("fn-1", 100, None, True), TrafficTarget("fn-2", 0, "t")],
+    )
+    assert all(t.revision in ready for t in resolved.serving)
+    if resolved.problem is None:
+        assert all(ready[t.revision] for t in resolved.serving)
