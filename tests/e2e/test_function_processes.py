@@ -106,7 +106,7 @@ async def test_no_replica_survives_a_sigkill_of_cemesh(tmp_path: Path) -> None:
     shell = ["/bin/sh", "-c", f"{sys.executable} {FUNCTION}; echo the function ended"]
     mesh: CemeshProcess
     async with cemesh_process(tmp_path, **FAST) as mesh:
-        async with httpx.AsyncClient(base_url=mesh.url, timeout=10) as client:
+        async with mesh.client(timeout=10) as client:
             direct = await apply_and_call(client, service("direct", [sys.executable, FUNCTION]))
             nested = await apply_and_call(client, service("nested", shell))
         replicas = [(direct["pid"], direct["port"]), (nested["pid"], nested["port"])]
@@ -119,7 +119,7 @@ async def test_no_replica_survives_a_sigkill_of_cemesh(tmp_path: Path) -> None:
 
 async def test_after_a_restart_only_revisions_with_traffic_start_replicas(tmp_path: Path) -> None:
     async with cemesh_process(tmp_path, **FAST) as first:
-        async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
+        async with first.client(timeout=10) as client:
             await apply_and_call(client, service("fn", [sys.executable, FUNCTION], V="1"))
             v2 = await apply_and_call(client, service("fn", [sys.executable, FUNCTION], V="2"))
         assert v2["env"]["K_REVISION"] == "fn-00002"
@@ -128,7 +128,7 @@ async def test_after_a_restart_only_revisions_with_traffic_start_replicas(tmp_pa
     assert old_starts == 1
     async with (
         cemesh_process(tmp_path, port=first.port, **FAST) as second,
-        httpx.AsyncClient(base_url=second.url, timeout=10) as client,
+        second.client(timeout=10) as client,
     ):
 
         async def scaled(name: str) -> dict[str, Any] | None:
