@@ -31,6 +31,7 @@ from broker.durations import parse_duration
 from broker.errors import CemeshError
 from broker.ingress import Ingress, Receive, Scope, Send, match_route
 from broker.metrics import Metrics
+from broker.outbound import OutboundGuard, guard_for
 from broker.serving.invoker import Invoker
 from broker.sources.runner import SourceRunner
 from broker.spec import (
@@ -56,6 +57,24 @@ def default_delivery(settings: Settings) -> DeliveryPolicy:
         backoff_delay=parse_duration(settings.delivery_backoff_delay, "delivery_backoff_delay"),
         timeout=settings.delivery_timeout,
         retry_after_max=settings.retry_after_max,
+    )
+
+
+def outbound_guard(settings: Settings) -> OutboundGuard:
+    """The outbound guard for this cemesh's listeners and public URLs (broker/outbound.py)."""
+    ports = (
+        (settings.port,) if settings.https_port is None else (settings.port, settings.https_port)
+    )
+    urls = (
+        (settings.base_url,)
+        if settings.https_base_url is None
+        else (settings.base_url, settings.https_base_url)
+    )
+    return guard_for(
+        listen_host=settings.host,
+        listen_ports=ports,
+        public_urls=urls,
+        allow_link_local=settings.allow_link_local_destinations,
     )
 
 
@@ -246,7 +265,9 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
     runtime = Runtime(settings)
     api = FastAPI(title="cemesh", version="0.1.0", lifespan=runtime.lifespan)
     install_error_handlers(api)
-    install_resource_routes(api, ResourceApi(runtime.store, runtime.controller))
+    install_resource_routes(
+        api, ResourceApi(runtime.store, runtime.controller, outbound_guard(settings))
+    )
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 
 from broker.controller import Controller
 from broker.errors import BindingError, InvalidResource
+from broker.outbound import OutboundGuard
 from broker.resources import ResourceType, admit, type_for_path
 from broker.store import Store
 
@@ -60,9 +61,12 @@ def _group(group: str | None) -> str:
 class ResourceApi:
     """The handlers, bound to one store and one controller."""
 
-    def __init__(self, store: Store, controller: Controller) -> None:
+    def __init__(
+        self, store: Store, controller: Controller, guard: OutboundGuard | None = None
+    ) -> None:
         self.store = store
         self.controller = controller
+        self.guard = guard  # destinations of every write are checked against it
 
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -93,7 +97,7 @@ class ResourceApi:
     async def create(self, rtype: ResourceType, namespace: str, request: Request) -> JSONResponse:
         body = await self._body(request)
         self._check_kind(rtype, body)
-        obj = admit(body, namespace=namespace)
+        obj = admit(body, namespace=namespace, guard=self.guard)
         created = await self.store.create(obj)
         await self.controller.sync()
         meta = created["metadata"]
@@ -116,7 +120,7 @@ class ResourceApi:
             )
         body.setdefault("metadata", {})["name"] = name
         old = await self.store.get(rtype.group, rtype.kind, namespace, name)
-        obj = admit(body, namespace=namespace, old=old)
+        obj = admit(body, namespace=namespace, old=old, guard=self.guard)
         version = (body.get("metadata") or {}).get("resourceVersion")
         if version:
             obj["metadata"]["resourceVersion"] = version
