@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse, Response
 
 from broker.api.resources import ResourceApi, install_resource_routes
 from broker.api.status import install_error_handlers
+from broker.auth.delivery_tokens import DeliveryTokens, install_issuer_routes
+from broker.auth.signing_keys import KeyRing
 from broker.bus import Bus, create_bus
 from broker.components import Component, HttpHandler, RuntimeContext
 from broker.config import Settings
@@ -97,6 +99,20 @@ class Runtime:
         self.store = Store(settings.database_url)
         self.buses: dict[str, Bus] = {}
         self.client = DeliveryClient()
+        # cemesh's own identity for deliveries (Knative's authentication-oidc), when on.
+        self.keys: KeyRing | None = None
+        self.tokens: DeliveryTokens | None = None
+        if settings.delivery_oidc:
+            self.keys = KeyRing(
+                self.store,
+                rotation_interval=settings.oidc_key_rotation_interval,
+                token_lifetime=settings.delivery_token_lifetime,
+                lead=settings.oidc_key_publish_lead,
+                check_interval=settings.oidc_key_check_interval,
+            )
+            self.tokens = DeliveryTokens(
+                self.keys, issuer=settings.issuer, lifetime=settings.delivery_token_lifetime
+            )
         self.ingress = Ingress(
             buses=self.buses,
             metrics=self.metrics,
@@ -107,6 +123,8 @@ class Runtime:
             self.client,
             max_inflight_per_subscriber=settings.max_inflight_per_subscriber,
             dead_letter_redelivery_delay=settings.dead_letter_redelivery_delay,
+            tokens=self.tokens,
+            error_data_max_bytes=settings.error_data_max_bytes,
         )
         self._topic_bus: dict[str, str] = {}
         self.dispatcher = Dispatcher(
@@ -118,6 +136,7 @@ class Runtime:
             metrics=self.metrics,
             concurrency=settings.dispatch_concurrency,
             max_ttl=settings.max_ttl,
+            tokens=self.tokens,
         )
         self.controller = Controller(
             self.store,
@@ -209,6 +228,9 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         await self.store.open(migrate=True)
+        if self.keys is not None:  # before the first delivery can need a token
+            await self.keys.refresh()
+            self.keys.start()
         # Buses open as Brokers and Channels need them; one that cannot open marks those not
         # Ready (and /readyz 503) and is tried again on every poll, rather than failing startup.
         await self.controller.sync()
@@ -229,6 +251,8 @@ class Runtime:
             for bus in self.buses.values():
                 await bus.close()
             await self.client.close()
+            if self.keys is not None:
+                await self.keys.stop()
             await self.store.close()
             log.info("cemesh stopped")
 
@@ -265,6 +289,8 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
     runtime = Runtime(settings)
     api = FastAPI(title="cemesh", version="0.1.0", lifespan=runtime.lifespan)
     install_error_handlers(api)
+    if runtime.tokens is not None and runtime.keys is not None:
+        install_issuer_routes(api, runtime.tokens, runtime.keys)
     install_resource_routes(
         api, ResourceApi(runtime.store, runtime.controller, outbound_guard(settings))
     )

@@ -56,6 +56,7 @@ class TokenSource(Protocol):
         source). Raises :class:`~broker.errors.DeliveryError` when none can be made now."""
         ...
 
+
 PREFER_REPLY = ("prefer", "reply")
 # knativeerrorcode when there was no HTTP status at all: refused, reset, timed out (K130).
 TRANSPORT_ERROR_CODE = 500
@@ -243,9 +244,7 @@ class Deliverer:
         # a dead-letter sink's answer is never processed, and sinks must not rely on it (K134).
         headers.extend(target.headers)
         peer = _Peer(policy.dead_letter_audience, policy.dead_letter_ca_certs, target.identity)
-        dls_failure = await self._send(
-            policy.dead_letter_uri, headers, body, policy, _accept, peer
-        )
+        dls_failure = await self._send(policy.dead_letter_uri, headers, body, policy, _accept, peer)
         if dls_failure is not None:
             logger.error(
                 "dead-letter sink failed too: event stays on the bus",
