@@ -14,7 +14,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
@@ -32,6 +31,7 @@ from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
 from broker.errors import CemeshError
 from broker.ingress import Ingress, Receive, Scope, Send, match_route
+from broker.listeners import Listeners
 from broker.metrics import Metrics
 from broker.outbound import OutboundGuard, guard_for
 from broker.serving.invoker import Invoker
@@ -47,6 +47,7 @@ from broker.spec import (
     trigger_group,
 )
 from broker.store import Store
+from broker.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,16 @@ def outbound_guard(settings: Settings) -> OutboundGuard:
         public_urls=urls,
         allow_link_local=settings.allow_link_local_destinations,
     )
+
+
+def published_ca_certs(settings: Settings) -> str | None:
+    """The PEM of ``tls_ca_file``, published as CACerts of https addresses (read at start)."""
+    if settings.tls_ca_file is None:
+        return None
+    try:
+        return settings.tls_ca_file.read_text()
+    except OSError as exc:
+        raise TlsConfigError(f"cannot read tls_ca_file {settings.tls_ca_file}: {exc}") from exc
 
 
 def bus_options(settings: Settings, name: str) -> dict[str, Any]:
@@ -147,6 +158,8 @@ class Runtime:
             open_buses=self.open_buses,
             resync_interval=settings.resync_interval,
             retire_groups=self.retire_groups,
+            https_base_url=settings.https_base_url,
+            ca_certs=published_ca_certs(settings),
         )
         context = RuntimeContext(
             settings=settings, store=self.store, metrics=self.metrics, client=self.client
@@ -336,10 +349,7 @@ def serve(settings: Settings) -> None:
     # long as the process: keep it out of the collector's generations, so that collecting the
     # per-event garbage stays cheap. Only here, not in create_app: an embedding app owns its GC.
     gc.freeze()
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
-        **UVICORN_OPTIONS,
+    listeners = Listeners(
+        app, settings, timeout_graceful_shutdown=int(settings.drain_timeout) + 5, **UVICORN_OPTIONS
     )
+    listeners.run()

@@ -83,9 +83,13 @@ class Controller:
         open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
         resync_interval: float,
         retire_groups: Callable[[dict], Awaitable[None]] | None = None,
+        https_base_url: str | None = None,
+        ca_certs: str | None = None,
     ) -> None:
         self._store = store
         self._base_url = base_url
+        self._https_base_url = https_base_url  # https addresses too, when HTTPS is served
+        self._ca_certs = ca_certs  # published in them as CACerts
         self._default_delivery = default_delivery
         self._default_channel = default_channel
         self._apply_snapshot = apply_snapshot
@@ -167,6 +171,8 @@ class Controller:
             default_delivery=self._default_delivery,
             default_channel=self._default_channel,
             unavailable_buses=unavailable,
+            https_base_url=self._https_base_url,
+            ca_certs=self._ca_certs,
         )
 
     async def _write_statuses(self, objects: list[dict], statuses: dict[str, dict]) -> int:

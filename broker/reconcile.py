@@ -217,6 +217,8 @@ class _World:
     now: str
     unavailable_buses: Mapping[str, str]  # bus name -> why it cannot be used now
     objects: dict[ObjKey, Obj]
+    https_base_url: str | None = None  # base of https addresses, when HTTPS is served
+    ca_certs: str | None = None  # PEM of the CA behind them (their CACerts)
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The delivery of Brokers and Channels, as their Triggers and Subscriptions inherit it.
     parent_delivery: dict[ObjKey, _Delivery] = field(default_factory=dict)
@@ -420,7 +422,24 @@ def _set_dead_letter_condition(conditions: _Conditions, delivery: _Delivery) -> 
         )
 
 
-def _reconcile_addressable(obj: Obj, world: _World, url: str) -> tuple[dict[str, Any], bool]:
+def addresses(url: str, https_url: str | None, ca_certs: str | None) -> list[dict[str, Any]]:
+    """An addressable's ``status.addresses``, the preferred one (``status.address``) last.
+
+    Knative's transport encryption: with https served, the https address is the one to use
+    and carries ``CACerts`` (when configured); when plain http is served too, both are listed.
+    """
+    http: dict[str, Any] = {"name": "http", "url": url}
+    if https_url is None:
+        return [http]
+    https: dict[str, Any] = {"name": "https", "url": https_url}
+    if ca_certs:
+        https["CACerts"] = ca_certs
+    return [https] if https_url == url else [http, https]
+
+
+def _reconcile_addressable(
+    obj: Obj, world: _World, url: str, https_url: str | None = None
+) -> tuple[dict[str, Any], bool]:
     """What Brokers and Channels share: address, dead-letter sink, the delivery children inherit.
 
     Returns the status and whether the object is Ready.
@@ -441,9 +460,9 @@ def _reconcile_addressable(obj: Obj, world: _World, url: str) -> tuple[dict[str,
     world.parent_delivery[_key_of(obj)] = delivery
     status = _base_status(obj, conditions)
     if ready:
-        address = {"name": "http", "url": url}
-        status["address"] = address
-        status["addresses"] = [dict(address)]
+        listed = addresses(url, https_url, world.ca_certs)
+        status["address"] = dict(listed[-1])
+        status["addresses"] = listed
     if delivery.dead_letter_uri is not None:
         status["deadLetterSinkUri"] = delivery.dead_letter_uri
     return status, ready
@@ -527,7 +546,9 @@ def _reconcile_broker(obj: Obj, world: _World) -> None:
     metadata = obj["metadata"]
     namespace, name = metadata["namespace"], metadata["name"]
     url = broker_url(world.base_url, namespace, name)  # K26, K36
-    status, ready = _reconcile_addressable(obj, world, url)
+    https = world.https_base_url
+    https_url = None if https is None else broker_url(https, namespace, name)
+    status, ready = _reconcile_addressable(obj, world, url, https_url)
     try:
         backing = _broker_channel(obj, world)
     except _UnresolvableError as exc:
@@ -560,7 +581,9 @@ def _reconcile_backing_channel(obj: Obj, world: _World) -> None:
     metadata = obj["metadata"]
     namespace, name = metadata["namespace"], metadata["name"]
     url = channel_url(world.base_url, namespace, name)
-    status, ready = _reconcile_addressable(obj, world, url)
+    https = world.https_base_url
+    https_url = None if https is None else channel_url(https, namespace, name)
+    status, ready = _reconcile_addressable(obj, world, url, https_url)
     backing = channel_type(obj["kind"])
     why = None if backing is None else _bus_unavailable(world, CHANNEL_BUSES[backing])
     if why is not None:
@@ -943,6 +966,8 @@ def reconcile(
     default_channel: str = IN_MEMORY_CHANNEL.kind,
     unavailable_buses: Mapping[str, str] | None = None,
     now: str | None = None,
+    https_base_url: str | None = None,
+    ca_certs: str | None = None,
 ) -> Reconciled:
     """Statuses for ``objects`` (stored resources, with metadata.uid) and the Snapshot to run.
 
@@ -957,6 +982,8 @@ def reconcile(
         now=now or now_rfc3339(),
         unavailable_buses=unavailable_buses or {},
         objects={_key_of(obj): obj for obj in objects},
+        https_base_url=None if https_base_url is None else https_base_url.rstrip("/"),
+        ca_certs=ca_certs,
     )
     for kind_key, reconciler in RECONCILERS:
         for obj in objects:
