@@ -6,6 +6,8 @@ Transport failures become :class:`~broker.cli.failures.Unreachable` and error an
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,12 +21,30 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 HTTP_TIMEOUT = httpx.Timeout(15.0, connect=3.0)
 
 
+def tls_verification(ca_file: str | None) -> ssl.SSLContext:
+    """How the CLI checks a cemesh's https certificate: against ``ca_file`` (``--cacert``,
+    ``CEMESH_CA_FILE``) when given, else against the system's CA bundle."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot use --cacert {ca_file}: {exc}") from exc
+
+
 class ApiClient:
     """The management API of one cemesh, over httpx (sync). Errors become :class:`CliError`."""
 
-    def __init__(self, server: str, *, timeout: httpx.Timeout = HTTP_TIMEOUT) -> None:
+    def __init__(
+        self,
+        server: str,
+        *,
+        timeout: httpx.Timeout = HTTP_TIMEOUT,
+        ca_file: str | Path | None = None,
+    ) -> None:
         self.server = server.rstrip("/")
-        self._http = httpx.Client(base_url=self.server, timeout=timeout)
+        verify = tls_verification(None if ca_file is None else str(ca_file))
+        self._http = httpx.Client(base_url=self.server, timeout=timeout, verify=verify)
 
     def close(self) -> None:
         self._http.close()
