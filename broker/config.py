@@ -274,6 +274,8 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         if self.https_port is not None and self.tls_cert_file is None:
             raise ValueError("https_port needs tls_cert_file and tls_key_file")
+        if self.https_port is not None and self.https_port == self.port:
+            raise ValueError("https_port must differ from port (unset it to serve only HTTPS)")
         return self
 
     @property
