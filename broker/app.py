@@ -162,7 +162,11 @@ class Runtime:
             ca_certs=published_ca_certs(settings),
         )
         context = RuntimeContext(
-            settings=settings, store=self.store, metrics=self.metrics, client=self.client
+            settings=settings,
+            store=self.store,
+            metrics=self.metrics,
+            client=self.client,
+            tokens=self.tokens,
         )
         # Features that run beside the dispatcher, each fed its part of every snapshot.
         self.components: list[Component] = [SourceRunner(context), Invoker(context)]

@@ -67,6 +67,7 @@ from broker.spec import (
 __all__ = [
     "ADDRESS_RESOLVERS",
     "OWNER_KINDS",
+    "Address",
     "Conditions",
     "Reconciled",
     "Unresolvable",

@@ -13,7 +13,9 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from broker.auth.identity import delivery_subject
 from broker.reconcile import (
+    Address,
     Conditions,
     Obj,
     Unresolvable,
@@ -70,9 +72,11 @@ def reconcile_source(obj: Obj, world: World) -> None:
     fields: dict[str, Any] = {}
 
     sink_uri = ""
+    sink: Address | None = None
     if spec.get("sink") is not None:
         try:
-            sink_uri = world.resolve(spec["sink"], namespace, require_ready=True)
+            sink = world.resolve_address(spec["sink"], namespace, require_ready=True)
+            sink_uri = sink.url
         except Unresolvable as exc:
             conditions.set("SinkProvided", "False", exc.reason, f"sink: {exc.message}")
         else:
@@ -108,6 +112,11 @@ def reconcile_source(obj: Obj, world: World) -> None:
             ce_overrides=dict(overrides),
             spec=spec,
             resolved=resolved,
+            sink_audience=None if sink is None else sink.audience,
+            sink_ca_certs=None if sink is None else sink.ca_certs,
+            identity=delivery_subject(
+                obj["apiVersion"].rpartition("/")[0], obj["kind"], namespace, name
+            ),
         )
 
 

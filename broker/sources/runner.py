@@ -67,7 +67,15 @@ class SourceRunner:
         kind = SOURCE_KINDS.get(spec.kind)
         if kind is None or kind.runner is None:
             return
-        sender = EventSender(self._context.client, spec.sink_uri, spec.ce_overrides)
+        sender = EventSender(
+            self._context.client,
+            spec.sink_uri,
+            spec.ce_overrides,
+            audience=spec.sink_audience,
+            ca_certs=spec.sink_ca_certs,
+            identity=spec.identity,
+            tokens=self._context.tokens,
+        )
         source = kind.runner(spec, sender, self._context)
         task = asyncio.get_running_loop().create_task(
             self._run(source), name=f"source-{spec.kind}-{spec.namespace}-{spec.name}"

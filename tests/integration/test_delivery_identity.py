@@ -222,3 +222,25 @@ async def test_replicas_on_one_store_share_the_keys_and_pick_the_same_signer(
         assert rings[0].jwks() == rings[1].jwks()
     finally:
         await store.close()
+
+
+async def test_a_source_sends_its_own_token_to_a_sink_with_an_audience(tmp_path: Path) -> None:
+    async with running_cemesh(tmp_path, delivery_oidc=True) as cemesh:
+        verifier = Verifier(cemesh.url, "ping-sink")
+        async with RecordingSubscriber(verifier.respond) as sink:
+            await cemesh.apply(
+                {
+                    "apiVersion": "sources.knative.dev/v1",
+                    "kind": "PingSource",
+                    "metadata": {"name": "heartbeat"},
+                    "spec": {
+                        "schedule": "* * * * * *",  # every second (cemesh's 6-field form)
+                        "sink": {"uri": sink.url, "audience": "ping-sink"},
+                    },
+                }
+            )
+            await sink.wait_for(1)
+        assert verifier.errors == []
+        assert verifier.claims[0]["sub"] == (
+            "system:serviceaccount:default:heartbeat-oidc-sources.knative.dev-pingsource"
+        )
