@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.main import STARTUP_FAILURE
 
 from broker.config import Settings
 from broker.tls import ReloadingCertificate
@@ -115,6 +116,8 @@ class Listeners:
         """Serve in a new event loop of the configured kind (uvloop), as ``uvicorn.run`` does."""
         with asyncio.Runner(loop_factory=self.main.config.get_loop_factory()) as runner:
             runner.run(self.serve())
+        if not self.main.started:  # the app's startup failed: exit as uvicorn.run does
+            raise SystemExit(STARTUP_FAILURE)
 
     async def serve(self) -> None:
         """Serve until stopped (a signal, or :meth:`stop`)."""
