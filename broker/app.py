@@ -28,7 +28,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
@@ -36,8 +35,10 @@ from broker.api.guard import HostGuard, ManagementGuard
 from broker.api.hosts import allowed_host_names
 from broker.api.resources import ResourceApi, install_resource_routes
 from broker.api.status import install_error_handlers
+from broker.auth.delivery_tokens import DeliveryTokens, install_issuer_routes
 from broker.auth.oidc import verifier_from_settings
 from broker.auth.setup import Access, build_access
+from broker.auth.signing_keys import KeyRing
 from broker.bus import Bus, create_bus
 from broker.components import Component, HttpHandler, RuntimeContext
 from broker.config import Settings
@@ -48,7 +49,9 @@ from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
 from broker.errors import CemeshError
 from broker.ingress import Ingress, Receive, Scope, Send, match_route
+from broker.listeners import Listeners
 from broker.metrics import Metrics
+from broker.outbound import OutboundGuard, guard_for
 from broker.serving.invoker import Invoker
 from broker.sources.runner import SourceRunner
 from broker.spec import (
@@ -62,6 +65,7 @@ from broker.spec import (
     trigger_group,
 )
 from broker.store import Store
+from broker.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,34 @@ def default_delivery(settings: Settings) -> DeliveryPolicy:
         timeout=settings.delivery_timeout,
         retry_after_max=settings.retry_after_max,
     )
+
+
+def outbound_guard(settings: Settings) -> OutboundGuard:
+    """The outbound guard for this cemesh's listeners and public URLs (broker/outbound.py)."""
+    ports = (
+        (settings.port,) if settings.https_port is None else (settings.port, settings.https_port)
+    )
+    urls = (
+        (settings.base_url,)
+        if settings.https_base_url is None
+        else (settings.base_url, settings.https_base_url)
+    )
+    return guard_for(
+        listen_host=settings.host,
+        listen_ports=ports,
+        public_urls=urls,
+        allow_link_local=settings.allow_link_local_destinations,
+    )
+
+
+def published_ca_certs(settings: Settings) -> str | None:
+    """The PEM of ``tls_ca_file``, published as CACerts of https addresses (read at start)."""
+    if settings.tls_ca_file is None:
+        return None
+    try:
+        return settings.tls_ca_file.read_text()
+    except OSError as exc:
+        raise TlsConfigError(f"cannot read tls_ca_file {settings.tls_ca_file}: {exc}") from exc
 
 
 def bus_options(settings: Settings, name: str) -> dict[str, Any]:
@@ -99,6 +131,21 @@ class Runtime:
         self.client = DeliveryClient()
         # Senders' tokens, with ingress OIDC on (None: the ingress authenticates nobody).
         self.ingress_verifier = verifier_from_settings(settings, ingress=True)
+
+        # cemesh's own identity for deliveries (Knative's authentication-oidc), when on.
+        self.keys: KeyRing | None = None
+        self.tokens: DeliveryTokens | None = None
+        if settings.delivery_oidc:
+            self.keys = KeyRing(
+                self.store,
+                rotation_interval=settings.oidc_key_rotation_interval,
+                token_lifetime=settings.delivery_token_lifetime,
+                lead=settings.oidc_key_publish_lead,
+                check_interval=settings.oidc_key_check_interval,
+            )
+            self.tokens = DeliveryTokens(
+                self.keys, issuer=settings.issuer, lifetime=settings.delivery_token_lifetime
+            )
         self.ingress = Ingress(
             buses=self.buses,
             metrics=self.metrics,
@@ -110,6 +157,8 @@ class Runtime:
             self.client,
             max_inflight_per_subscriber=settings.max_inflight_per_subscriber,
             dead_letter_redelivery_delay=settings.dead_letter_redelivery_delay,
+            tokens=self.tokens,
+            error_data_max_bytes=settings.error_data_max_bytes,
         )
         self._topic_bus: dict[str, str] = {}
         self.dispatcher = Dispatcher(
@@ -121,6 +170,7 @@ class Runtime:
             metrics=self.metrics,
             concurrency=settings.dispatch_concurrency,
             max_ttl=settings.max_ttl,
+            tokens=self.tokens,
         )
         self.controller = Controller(
             self.store,
@@ -133,9 +183,15 @@ class Runtime:
             retire_groups=self.retire_groups,
             ingress_oidc=settings.ingress_oidc,
             default_authorization_mode=settings.default_authorization_mode,
+            https_base_url=settings.https_base_url,
+            ca_certs=published_ca_certs(settings),
         )
         context = RuntimeContext(
-            settings=settings, store=self.store, metrics=self.metrics, client=self.client
+            settings=settings,
+            store=self.store,
+            metrics=self.metrics,
+            client=self.client,
+            tokens=self.tokens,
         )
         # Features that run beside the dispatcher, each fed its part of every snapshot.
         self.components: list[Component] = [SourceRunner(context), Invoker(context)]
@@ -214,6 +270,9 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         await self.store.open(migrate=True)
+        if self.keys is not None:  # before the first delivery can need a token
+            await self.keys.refresh()
+            self.keys.start()
         # Buses open as Brokers and Channels need them; one that cannot open marks those not
         # Ready (and /readyz 503) and is tried again on every poll, rather than failing startup.
         await self.controller.sync()
@@ -244,6 +303,8 @@ class Runtime:
             await self.client.close()
             if self.ingress_verifier is not None:
                 await self.ingress_verifier.close()
+            if self.keys is not None:
+                await self.keys.stop()
             await self.store.close()
             log.info("cemesh stopped")
 
@@ -289,7 +350,12 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
     runtime = Runtime(settings)
     api = FastAPI(title="cemesh", version="0.1.0", lifespan=runtime.lifespan)
     install_error_handlers(api)
-    install_resource_routes(api, ResourceApi(runtime.store, runtime.controller, runtime.access))
+    if runtime.tokens is not None and runtime.keys is not None:
+        install_issuer_routes(api, runtime.tokens, runtime.keys)
+    install_resource_routes(
+        api,
+        ResourceApi(runtime.store, runtime.controller, runtime.access, outbound_guard(settings)),
+    )
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -332,10 +398,7 @@ def serve(settings: Settings) -> None:
     # long as the process: keep it out of the collector's generations, so that collecting the
     # per-event garbage stays cheap. Only here, not in create_app: an embedding app owns its GC.
     gc.freeze()
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
-        **UVICORN_OPTIONS,
+    listeners = Listeners(
+        app, settings, timeout_graceful_shutdown=int(settings.drain_timeout) + 5, **UVICORN_OPTIONS
     )
+    listeners.run()

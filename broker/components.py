@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.config import Settings
 from broker.dispatch.client import HttpClient
+from broker.dispatch.delivery import TokenSource
 from broker.metrics import Metrics
 
 if TYPE_CHECKING:  # only a type here; importing it would cycle (store -> resources -> sources)
@@ -34,6 +35,7 @@ class RuntimeContext:
     store: Store
     metrics: Metrics
     client: HttpClient  # outbound HTTP (the dispatcher's pooled client)
+    tokens: TokenSource | None = None  # cemesh's delivery tokens, when delivery OIDC is on
 
 
 class Component(Protocol):

@@ -291,6 +291,67 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    # Outbound guard (broker/outbound.py)
+    allow_link_local_destinations: bool = Field(
+        default=False,
+        description="Accept subscriber, sink, reply and dead-letter URIs at link-local or cloud "
+        "metadata addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254).",
+    )
+    error_data_max_bytes: int = Field(
+        default=768,
+        ge=0,
+        description="Bytes of a failed subscriber's response body kept in knativeerrordata "
+        "(base64: 768 bytes are 1024 characters).",
+    )
+
+    # Delivery identity (broker/auth/delivery_tokens.py, broker/auth/signing_keys.py)
+    delivery_oidc: bool = Field(
+        default=False,
+        description="Send a signed JWT (Authorization: Bearer) with every delivery, reply and "
+        "dead letter to a destination with an audience (Knative's authentication-oidc).",
+    )
+    delivery_oidc_issuer: str | None = Field(
+        default=None,
+        description="iss of cemesh's own delivery tokens; default: the (https) public URL.",
+    )
+    delivery_token_lifetime: float = Field(
+        default=300.0, ge=60, description="Seconds a delivery token is valid."
+    )
+    oidc_key_rotation_interval: float = Field(
+        default=86_400.0, gt=0, description="Seconds between signing-key rotations."
+    )
+    oidc_key_publish_lead: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds a new signing key is in the JWKS before it signs, so that "
+        "verifiers and replicas see it first.",
+    )
+    oidc_key_check_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between checks of the shared signing keys."
+    )
+
+    # TLS (broker/tls.py)
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate chain: serve HTTPS (with tls_key_file)."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of the cert.")
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificates that issued tls_cert_file, published as CACerts in "
+        "the https addresses of Brokers and Channels.",
+    )
+    https_port: int | None = Field(
+        default=None,
+        description="With a certificate: serve HTTPS here and plain HTTP on port (Knative's "
+        "permissive mode). Unset: HTTPS on port only.",
+    )
+    public_https_url: str | None = Field(
+        default=None, description="Base of https addresses; default https://HOST:HTTPS_PORT."
+    )
+    tls_reload_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between checks of the certificate files."
+    )
+
     # Logging
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -313,10 +374,47 @@ class Settings(BaseSettings):
         assert backing is not None  # the Literal above lists only channel kinds
         return CHANNEL_BUSES[backing]
 
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.https_port is not None and self.tls_cert_file is None:
+            raise ValueError("https_port needs tls_cert_file and tls_key_file")
+        if self.https_port is not None and self.https_port == self.port:
+            raise ValueError("https_port must differ from port (unset it to serve only HTTPS)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether cemesh serves HTTPS."""
+        return self.tls_cert_file is not None
+
     @property
     def base_url(self) -> str:
-        """Where this cemesh is reachable; addresses of Brokers and Channels start with it."""
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        """Where this cemesh is reachable; addresses of Brokers and Channels start with it.
+
+        With TLS on the main port (no https_port) it is the https URL: nothing plain is served.
+        """
+        scheme = "https" if self.tls and self.https_port is None else "http"
+        return (self.public_url or f"{scheme}://{self._url_host}:{self.port}").rstrip("/")
+
+    @property
+    def https_base_url(self) -> str | None:
+        """The base of https addresses, when HTTPS is served."""
+        if not self.tls:
+            return None
+        if self.https_port is None:
+            return self.base_url
+        return (self.public_https_url or f"https://{self._url_host}:{self.https_port}").rstrip("/")
+
+    @property
+    def issuer(self) -> str:
+        """``iss`` of cemesh's delivery tokens and the base of its discovery document."""
+        return (self.delivery_oidc_issuer or self.https_base_url or self.base_url).rstrip("/")
+
+    @property
+    def _url_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
 
     @classmethod
     def settings_customise_sources(

@@ -86,11 +86,15 @@ class Controller:
         retire_groups: Callable[[dict], Awaitable[None]] | None = None,
         ingress_oidc: bool = False,
         default_authorization_mode: AuthorizationMode = "allow-same-namespace",
+        https_base_url: str | None = None,
+        ca_certs: str | None = None,
     ) -> None:
         self._store = store
         self._ingress_oidc = ingress_oidc
         self._default_authorization_mode: AuthorizationMode = default_authorization_mode
         self._base_url = base_url
+        self._https_base_url = https_base_url  # https addresses too, when HTTPS is served
+        self._ca_certs = ca_certs  # published in them as CACerts
         self._default_delivery = default_delivery
         self._default_channel = default_channel
         self._apply_snapshot = apply_snapshot
@@ -174,6 +178,8 @@ class Controller:
             unavailable_buses=unavailable,
             ingress_oidc=self._ingress_oidc,
             default_authorization_mode=self._default_authorization_mode,
+            https_base_url=self._https_base_url,
+            ca_certs=self._ca_certs,
         )
 
     async def _write_statuses(self, objects: list[dict], statuses: dict[str, dict]) -> int:

@@ -45,6 +45,7 @@ from urllib.parse import urljoin
 import yaml
 
 from broker import spec as runtime
+from broker.auth.identity import delivery_subject
 from broker.auth.policy import AuthorizationMode, CompiledPolicy, IngressAuthorization
 from broker.dispatch.filters import (
     FILTER_PAYLOAD_ANNOTATION,
@@ -85,6 +86,7 @@ from broker.spec import (
 __all__ = [
     "ADDRESS_RESOLVERS",
     "OWNER_KINDS",
+    "Address",
     "Conditions",
     "Reconciled",
     "Unresolvable",
@@ -227,6 +229,8 @@ class _Delivery:
     spec: Mapping[str, Any] | None  # None: the server default
     dead_letter_uri: str | None = None
     failure: tuple[str, str] | None = None  # (reason, message) when the sink does not resolve
+    dead_letter_audience: str | None = None
+    dead_letter_ca_certs: str | None = None
 
     @property
     def configured(self) -> bool:
@@ -249,6 +253,8 @@ class _World:
     now: str
     unavailable_buses: Mapping[str, str]  # bus name -> why it cannot be used now
     objects: dict[ObjKey, Obj]
+    https_base_url: str | None = None  # base of https addresses, when HTTPS is served
+    ca_certs: str | None = None  # PEM of the CA behind them (their CACerts)
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The delivery of Brokers and Channels, as their Triggers and Subscriptions inherit it.
     parent_delivery: dict[ObjKey, _Delivery] = field(default_factory=dict)
@@ -298,14 +304,38 @@ class _World:
         self, destination: Mapping[str, Any], namespace: str, *, require_ready: bool
     ) -> str:
         """The URL of a Destination (K159-K161), or _UnresolvableError."""
-        uri = destination.get("uri") or ""
+        return self.resolve_address(destination, namespace, require_ready=require_ready).url
+
+    def resolve_address(
+        self, destination: Mapping[str, Any], namespace: str, *, require_ready: bool
+    ) -> Address:
+        """A Destination's URL with its token audience and CA certificates, or
+        _UnresolvableError. The destination's own ``audience`` and ``CACerts`` win over those
+        in a referenced object's ``status.address`` (Knative's resolver)."""
+        audience = destination.get("audience") or None
+        ca_certs = destination.get("CACerts") or None
         ref = destination.get("ref")
-        if not isinstance(ref, Mapping):
-            if not uri:
+        if isinstance(ref, Mapping):
+            url, published = self._resolve_ref(destination, ref, namespace, require_ready)
+            audience = audience or published.get("audience") or None
+            ca_certs = ca_certs or published.get("CACerts") or None
+        else:
+            url = str(destination.get("uri") or "")
+            if not url:
                 raise _UnresolvableError(
                     "DestinationInvalid", "the destination has neither ref nor uri"
                 )
-            return str(uri)
+        return Address(url, audience, ca_certs)
+
+    def _resolve_ref(
+        self,
+        destination: Mapping[str, Any],
+        ref: Mapping[str, Any],
+        namespace: str,
+        require_ready: bool,
+    ) -> tuple[str, Mapping[str, Any]]:
+        """The URL of a referenced object and its ``status.address`` (``{}`` when none)."""
+        uri = destination.get("uri") or ""
         api_version, kind = str(ref.get("apiVersion", "")), str(ref.get("kind", ""))
         name = str(ref.get("name", ""))
         ref_namespace = str(ref.get("namespace") or namespace)
@@ -328,12 +358,20 @@ class _World:
                 "DestinationNotReady", f"{what} is not Ready" + (f": {why}" if why else "")
             )
         address = resolver(target, self)
-        return urljoin(address, uri) if uri else address  # K160
+        status = self.statuses.get(target["metadata"].get("uid", "")) or target.get("status") or {}
+        published = status.get("address") if isinstance(status, Mapping) else None
+        url = urljoin(address, uri) if uri else address  # K160
+        return url, published if isinstance(published, Mapping) else {}
 
     def policy(
-        self, delivery: Mapping[str, Any] | None, field_: str, dead_letter_uri: str | None
+        self,
+        delivery: Mapping[str, Any] | None,
+        field_: str,
+        dead_letter_uri: str | None,
+        sink: _Delivery | None = None,
     ) -> DeliveryPolicy:
-        """A DeliverySpec as a DeliveryPolicy; None means the server default.
+        """A DeliverySpec as a DeliveryPolicy; None means the server default. ``sink``: the
+        resolved delivery whose dead-letter audience and CA certificates go along.
 
         Unset fields take the DeliveryPolicy defaults, except ``timeout``, which is a server
         setting when not given.
@@ -354,7 +392,18 @@ class _World:
             retry_after_max=seconds("retryAfterMax", base.retry_after_max),
             dead_letter_uri=dead_letter_uri,
             format=delivery.get("format") or base.format,
+            dead_letter_audience=None if sink is None else sink.dead_letter_audience,
+            dead_letter_ca_certs=None if sink is None else sink.dead_letter_ca_certs,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A resolved destination: its URL, the audience of tokens for it, the CAs it chains to."""
+
+    url: str
+    audience: str | None = None
+    ca_certs: str | None = None
 
 
 AddressResolver = Callable[[Obj, _World], str]
@@ -392,10 +441,17 @@ def _own_delivery(obj: Obj, world: _World, *, require_ready: bool) -> _Delivery:
     if sink is None:
         return _Delivery(delivery)
     try:
-        uri = world.resolve(sink, obj["metadata"]["namespace"], require_ready=require_ready)
+        address = world.resolve_address(
+            sink, obj["metadata"]["namespace"], require_ready=require_ready
+        )
     except _UnresolvableError as exc:
         return _Delivery(delivery, failure=(exc.reason, f"dead letter sink: {exc.message}"))
-    return _Delivery(delivery, uri)
+    return _Delivery(
+        delivery,
+        address.url,
+        dead_letter_audience=address.audience,
+        dead_letter_ca_certs=address.ca_certs,
+    )
 
 
 def _effective_delivery(obj: Obj, world: _World, parent: ObjKey | None) -> _Delivery:
@@ -428,7 +484,24 @@ def _set_dead_letter_condition(conditions: _Conditions, delivery: _Delivery) -> 
         )
 
 
-def _reconcile_addressable(obj: Obj, world: _World, url: str) -> tuple[dict[str, Any], bool]:
+def addresses(url: str, https_url: str | None, ca_certs: str | None) -> list[dict[str, Any]]:
+    """An addressable's ``status.addresses``, the preferred one (``status.address``) last.
+
+    Knative's transport encryption: with https served, the https address is the one to use
+    and carries ``CACerts`` (when configured); when plain http is served too, both are listed.
+    """
+    http: dict[str, Any] = {"name": "http", "url": url}
+    if https_url is None:
+        return [http]
+    https: dict[str, Any] = {"name": "https", "url": https_url}
+    if ca_certs:
+        https["CACerts"] = ca_certs
+    return [https] if https_url == url else [http, https]
+
+
+def _reconcile_addressable(
+    obj: Obj, world: _World, url: str, https_url: str | None = None
+) -> tuple[dict[str, Any], bool]:
     """What Brokers and Channels share: address, dead-letter sink, the delivery children inherit.
 
     Returns the status and whether the object is Ready.
@@ -449,14 +522,16 @@ def _reconcile_addressable(obj: Obj, world: _World, url: str) -> tuple[dict[str,
     world.parent_delivery[_key_of(obj)] = delivery
     status = _base_status(obj, conditions)
     if ready:
-        address = {"name": "http", "url": url}
+        listed = addresses(url, https_url, world.ca_certs)
         if world.ingress_oidc:  # Knative sets the audience only with authentication-oidc on
             metadata = obj["metadata"]
-            address["audience"] = audience_of(
+            audience = audience_of(
                 _group(obj["apiVersion"]), obj["kind"], metadata["namespace"], metadata["name"]
             )
-        status["address"] = address
-        status["addresses"] = [dict(address)]
+            for entry in listed:
+                entry["audience"] = audience
+        status["address"] = dict(listed[-1])
+        status["addresses"] = listed
     if delivery.dead_letter_uri is not None:
         status["deadLetterSinkUri"] = delivery.dead_letter_uri
     return status, ready
@@ -540,7 +615,9 @@ def _reconcile_broker(obj: Obj, world: _World) -> None:
     metadata = obj["metadata"]
     namespace, name = metadata["namespace"], metadata["name"]
     url = broker_url(world.base_url, namespace, name)  # K26, K36
-    status, ready = _reconcile_addressable(obj, world, url)
+    https = world.https_base_url
+    https_url = None if https is None else broker_url(https, namespace, name)
+    status, ready = _reconcile_addressable(obj, world, url, https_url)
     try:
         backing = _broker_channel(obj, world)
     except _UnresolvableError as exc:
@@ -573,7 +650,9 @@ def _reconcile_backing_channel(obj: Obj, world: _World) -> None:
     metadata = obj["metadata"]
     namespace, name = metadata["namespace"], metadata["name"]
     url = channel_url(world.base_url, namespace, name)
-    status, ready = _reconcile_addressable(obj, world, url)
+    https = world.https_base_url
+    https_url = None if https is None else channel_url(https, namespace, name)
+    status, ready = _reconcile_addressable(obj, world, url, https_url)
     backing = channel_type(obj["kind"])
     why = None if backing is None else _bus_unavailable(world, CHANNEL_BUSES[backing])
     if why is not None:
@@ -731,13 +810,16 @@ def _reconcile_trigger(obj: Obj, world: _World) -> None:
         conditions.set("BrokerReady", "True")
 
     # SubscriberResolved (K57): subscriberUri is "" while it does not resolve.
-    subscriber_uri = ""
+    subscriber = Address("")
     try:
-        subscriber_uri = world.resolve(spec.get("subscriber") or {}, namespace, require_ready=True)
+        subscriber = world.resolve_address(
+            spec.get("subscriber") or {}, namespace, require_ready=True
+        )
     except _UnresolvableError as exc:
         conditions.set("SubscriberResolved", "False", exc.reason, f"subscriber: {exc.message}")
     else:
         conditions.set("SubscriberResolved", "True")
+    subscriber_uri = subscriber.url
     status_fields["subscriberUri"] = subscriber_uri
 
     # DeadLetterSinkResolved (K58) for the delivery in force (K66).
@@ -765,7 +847,9 @@ def _reconcile_trigger(obj: Obj, world: _World) -> None:
                 spec,
                 payload=annotations.get(FILTER_PAYLOAD_ANNOTATION) == FILTER_PAYLOAD_ENABLED,
             )
-            policy = world.policy(delivery.spec, "spec.delivery", delivery.dead_letter_uri)
+            policy = world.policy(
+                delivery.spec, "spec.delivery", delivery.dead_letter_uri, delivery
+            )
         except InvalidResource as exc:  # stored before a rule tightened: report, do not crash
             conditions.set("SubscriptionReady", "False", "InvalidSpec", str(exc))
         else:
@@ -782,6 +866,9 @@ def _reconcile_trigger(obj: Obj, world: _World) -> None:
                 filter=predicate,
                 filter_source=filter_text,
                 ordered=order == "ordered",
+                subscriber_audience=subscriber.audience,
+                subscriber_ca_certs=subscriber.ca_certs,
+                identity=delivery_subject(EVENTING, TRIGGER.kind, namespace, name),
             )
             conditions.set("SubscriptionReady", "True")
     world.statuses[uid] = {**_base_status(obj, conditions), **status_fields}
@@ -830,19 +917,20 @@ def _reconcile_subscription(obj: Obj, world: _World) -> None:
     # ReferencesResolved (K155): subscriber, reply and dead-letter sink, each "" if it fails.
     failures: list[tuple[str, str]] = []
 
-    def resolve(destination: Mapping[str, Any], what: str) -> str:
+    def resolve(destination: Mapping[str, Any], what: str) -> Address:
         try:
-            return world.resolve(destination, namespace, require_ready=True)
+            return world.resolve_address(destination, namespace, require_ready=True)
         except _UnresolvableError as exc:
             failures.append((exc.reason, f"{what}: {exc.message}"))
-            return ""
+            return Address("")
 
-    physical: dict[str, str] = {
-        "subscriberUri": resolve(spec.get("subscriber") or {}, "subscriber")
-    }
+    subscriber = resolve(spec.get("subscriber") or {}, "subscriber")
+    physical: dict[str, str] = {"subscriberUri": subscriber.url}
     reply_uri: str | None = None
+    reply = Address("")
     if spec.get("reply") is not None:
-        reply_uri = physical["replyUri"] = resolve(spec["reply"], "reply")
+        reply = resolve(spec["reply"], "reply")
+        reply_uri = physical["replyUri"] = reply.url
     delivery = _effective_delivery(obj, world, channel_key if channel is not None else None)
     if delivery.failure is not None:
         failures.append(delivery.failure)
@@ -860,7 +948,9 @@ def _reconcile_subscription(obj: Obj, world: _World) -> None:
         )
     else:
         try:
-            policy = world.policy(delivery.spec, "spec.delivery", delivery.dead_letter_uri)
+            policy = world.policy(
+                delivery.spec, "spec.delivery", delivery.dead_letter_uri, delivery
+            )
         except InvalidResource as exc:  # stored before a rule tightened: report, do not crash
             conditions.set("AddedToChannel", "False", "InvalidSpec", str(exc))
         else:
@@ -876,6 +966,11 @@ def _reconcile_subscription(obj: Obj, world: _World) -> None:
                 delivery=policy,
                 ordered=(metadata.get("annotations") or {}).get(DELIVERY_ORDER_ANNOTATION)
                 == "ordered",
+                subscriber_audience=subscriber.audience,
+                subscriber_ca_certs=subscriber.ca_certs,
+                reply_audience=reply.audience,
+                reply_ca_certs=reply.ca_certs,
+                identity=delivery_subject(MESSAGING, SUBSCRIPTION.kind, namespace, name),
             )
             conditions.set("AddedToChannel", "True")
     world.statuses[uid] = {**_base_status(obj, conditions), "physicalSubscription": physical}
@@ -942,6 +1037,8 @@ def reconcile(
     now: str | None = None,
     ingress_oidc: bool = False,
     default_authorization_mode: AuthorizationMode = "allow-same-namespace",
+    https_base_url: str | None = None,
+    ca_certs: str | None = None,
 ) -> Reconciled:
     """Statuses for ``objects`` (stored resources, with metadata.uid) and the Snapshot to run.
 
@@ -968,6 +1065,8 @@ def reconcile(
             prior=prior,
             ingress_oidc=ingress_oidc,
             default_authorization_mode=default_authorization_mode,
+            https_base_url=None if https_base_url is None else https_base_url.rstrip("/"),
+            ca_certs=ca_certs,
         )
         for kind_key, reconciler in RECONCILERS:
             for obj in objects:

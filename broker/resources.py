@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
 from broker.dispatch.filters import (
     FILTER_PAYLOAD_ANNOTATION,
     FILTER_PAYLOAD_ENABLED,
@@ -24,6 +26,7 @@ from broker.dispatch.filters import (
 )
 from broker.durations import parse_duration
 from broker.errors import InvalidResource, NotFound
+from broker.outbound import OutboundGuard, active_guard, guarding, refusal, relative_refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,8 +334,16 @@ def admit_reference(
 
 
 def admit_destination(value: object, field: str, *, namespace: str) -> dict[str, Any]:
-    """A Destination (K159): ``ref`` and/or ``uri``; absolute uri alone, relative uri with ref."""
+    """A Destination (K159): ``ref`` and/or ``uri``; absolute uri alone, relative uri with ref.
+
+    Also Knative's ``CACerts`` (PEM certificates that https deliveries to it trust) and
+    ``audience`` (of the tokens cemesh sends it). Under the outbound guard in force
+    (:func:`broker.outbound.guarding`), a uri at a link-local or metadata address or at
+    cemesh's own management API is refused.
+    """
     destination = dict(_require_mapping(value, field, "an object with 'ref' and/or 'uri'"))
+    _admit_destination_tls_and_audience(destination, field)
+    guard = active_guard()
     ref = destination.get("ref")
     uri = destination.get("uri")
     if ref is None and uri in (None, ""):
@@ -357,15 +368,41 @@ def admit_destination(value: object, field: str, *, namespace: str) -> dict[str,
                 raise InvalidResource(
                     f"{field}.uri", f"{uri!r} must be an http:// or https:// URL with a host"
                 )
+            why = None if guard is None else refusal(uri, guard)
+            if why is not None:
+                raise InvalidResource(f"{field}.uri", f"{uri!r} is refused: {why}")
         elif ref is None:
             raise InvalidResource(
                 f"{field}.uri",
                 f"{uri!r} is relative and there is no ref to resolve it against; "
                 "give an absolute http(s) URL or add ref",
             )
+        elif guard is not None and (why := relative_refusal(uri)) is not None:
+            raise InvalidResource(f"{field}.uri", why)
     if ref is not None:
         destination["ref"] = admit_reference(ref, f"{field}.ref", namespace=namespace)
     return destination
+
+
+def _admit_destination_tls_and_audience(destination: dict[str, Any], field: str) -> None:
+    """``CACerts``: one or more PEM certificates; ``audience``: a non-empty string."""
+    audience = destination.get("audience")
+    if audience is not None and (not isinstance(audience, str) or not audience.strip()):
+        raise InvalidResource(f"{field}.audience", f"must be a non-empty string, got {audience!r}")
+    ca_certs = destination.get("CACerts")
+    if ca_certs is None:
+        return
+    if not isinstance(ca_certs, str):
+        raise InvalidResource(
+            f"{field}.CACerts", f"must be a string of PEM certificates, got {_type_name(ca_certs)}"
+        )
+    try:
+        x509.load_pem_x509_certificates(ca_certs.encode())
+    except ValueError as exc:
+        raise InvalidResource(
+            f"{field}.CACerts",
+            f"is not PEM certificates (-----BEGIN CERTIFICATE----- ...): {exc}",
+        ) from exc
 
 
 _DELIVERY_FIELDS = (
@@ -722,14 +759,19 @@ def register_kind(resource_type: ResourceType, admission: Admission | None = Non
 
 
 def admit(
-    obj: dict[str, Any], *, namespace: str | None = None, old: dict[str, Any] | None = None
+    obj: dict[str, Any],
+    *,
+    namespace: str | None = None,
+    old: dict[str, Any] | None = None,
+    guard: OutboundGuard | None = None,
 ) -> dict[str, Any]:
     """Validate and default ``obj`` before it is created (``old`` None) or replaces ``old``.
 
     Returns a normalized copy: apiVersion, kind, metadata (name, namespace, labels, annotations)
     and the kind's content fields. Server-set metadata and ``status`` are dropped; unknown
     fields inside ``spec`` are kept so Knative YAML applies unchanged. Raises InvalidResource
-    naming the bad field.
+    naming the bad field. ``guard``: the outbound guard every destination is checked against
+    (None: unguarded, for objects cemesh makes itself).
     """
     if not isinstance(obj, Mapping):
         raise InvalidResource("", f"a resource must be an object, got {_type_name(obj)}")
@@ -757,7 +799,8 @@ def admit(
                     f"metadata.{key}",
                     f"cannot change from {old_metadata[key]!r} to {metadata[key]!r}",
                 )
-    admission.check(result, old)
+    with guarding(guard):
+        admission.check(result, old)
     return result
 
 

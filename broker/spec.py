@@ -36,6 +36,8 @@ class DeliveryPolicy:
     retry_after_max: float = 0.0  # seconds; 0 = Retry-After ignored
     dead_letter_uri: str | None = None
     format: Literal["binary", "json"] = "binary"
+    dead_letter_audience: str | None = None  # tokens for the dead-letter sink carry this aud
+    dead_letter_ca_certs: str | None = None  # PEM its https certificate must chain to
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,9 @@ class TriggerSpec:
     filter: EventFilter = field(default=match_all, compare=False)
     filter_source: str = ""  # canonical text of the filter, so spec equality sees filter changes
     ordered: bool = False
+    subscriber_audience: str | None = None
+    subscriber_ca_certs: str | None = None
+    identity: str = ""  # sub of the delivery tokens sent on this Trigger's behalf
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,11 @@ class SubscriptionSpec:
     reply_uri: str | None
     delivery: DeliveryPolicy
     ordered: bool = False
+    subscriber_audience: str | None = None
+    subscriber_ca_certs: str | None = None
+    reply_audience: str | None = None
+    reply_ca_certs: str | None = None
+    identity: str = ""  # sub of the delivery tokens sent on this Subscription's behalf
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,12 +29,14 @@ from starlette.requests import Request
 from broker.api.bodies import ACCEPTED_MEDIA_TYPES, is_accepted
 from broker.api.hosts import host_allowed
 from broker.api.status import status_body
+from broker.auth.delivery_tokens import OPEN_PATHS as ISSUER_PATHS
 from broker.auth.principal import Principal
 from broker.auth.setup import ANONYMOUS, Access
 from broker.components import HttpHandler, Receive, Scope, Send, send_json
 from broker.errors import EventTooLarge, Unauthenticated
 
 PRINCIPAL_KEY = "cemesh.principal"
+
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 METRICS_PATH = "/metrics"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -131,7 +133,10 @@ class ManagementGuard:
         await self._after_host(scope, receive, send)
 
     async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] == METRICS_PATH and not self.metrics_auth:
+        path = scope["path"]
+        # Public documents: cemesh's OIDC discovery and JWKS (verifiers fetch them without a
+        # credential) and, unless configured otherwise, the metrics.
+        if path in ISSUER_PATHS or (path == METRICS_PATH and not self.metrics_auth):
             await self.api(scope, receive, send)
             return
         content_type = _header(scope, b"content-type")

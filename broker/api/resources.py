@@ -33,6 +33,7 @@ from broker.auth.rbac import PROCESSES, Resource, authorize
 from broker.auth.setup import Access
 from broker.controller import Controller
 from broker.errors import Forbidden, InvalidResource, UnsupportedMediaType
+from broker.outbound import OutboundGuard
 from broker.resources import ResourceType, admit, type_for_path
 from broker.store import Store
 
@@ -75,10 +76,17 @@ def _group(group: str | None) -> str:
 class ResourceApi:
     """The handlers, bound to one store and one controller."""
 
-    def __init__(self, store: Store, controller: Controller, access: Access) -> None:
+    def __init__(
+        self,
+        store: Store,
+        controller: Controller,
+        access: Access,
+        guard: OutboundGuard | None = None,
+    ) -> None:
         self.store = store
         self.controller = controller
         self.access = access
+        self.guard = guard  # destinations of every write are checked against it
 
     async def _body(self, request: Request) -> dict[str, Any]:
         return parse_object(await request.body(), request.headers.get("content-type"))
@@ -140,7 +148,7 @@ class ResourceApi:
         principal = self._authorize(request, "create", rtype, namespace)
         body = await self._body(request)
         self._check_kind(rtype, body)
-        obj = admit(body, namespace=namespace)
+        obj = admit(body, namespace=namespace, guard=self.guard)
         self._admit_write(principal, "create", obj, namespace)
         created = await self.store.create(obj)
         await self.controller.sync()
@@ -168,7 +176,7 @@ class ResourceApi:
             )
         body.setdefault("metadata", {})["name"] = name
         old = await self.store.get(rtype.group, rtype.kind, namespace, name)
-        obj = admit(body, namespace=namespace, old=old)
+        obj = admit(body, namespace=namespace, old=old, guard=self.guard)
         self._admit_write(principal, "update", obj, namespace)
         version = (body.get("metadata") or {}).get("resourceVersion")
         if version:
@@ -191,7 +199,7 @@ class ResourceApi:
         metadata = patched.get("metadata") or {}
         if metadata.get("name") != name:
             raise InvalidResource("metadata.name", f"cannot change from {name!r}")
-        obj = admit(patched, namespace=namespace, old=old)
+        obj = admit(patched, namespace=namespace, old=old, guard=self.guard)
         self._admit_write(principal, "patch", obj, namespace)
         version = (patch.get("metadata") or {}).get("resourceVersion")
         obj["metadata"]["resourceVersion"] = version or old["metadata"].get("resourceVersion")

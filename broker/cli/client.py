@@ -6,6 +6,8 @@ Transport failures become :class:`~broker.cli.failures.Unreachable` and error an
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +21,17 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 HTTP_TIMEOUT = httpx.Timeout(15.0, connect=3.0)
 
 
+def tls_verification(ca_file: str | None) -> ssl.SSLContext:
+    """How the CLI checks a cemesh's https certificate: against ``ca_file`` (``--cacert``,
+    ``CEMESH_CA_FILE``) when given, else against the system's CA bundle."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot use --cacert {ca_file}: {exc}") from exc
+
+
 class ApiClient:
     """The management API of one cemesh, over httpx (sync). Errors become :class:`CliError`."""
 
@@ -29,11 +42,15 @@ class ApiClient:
         token: str | None = None,
         token_source: str = "",
         timeout: httpx.Timeout = HTTP_TIMEOUT,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.token_source = token_source
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.server, timeout=timeout, headers=headers)
+        verify = tls_verification(None if ca_file is None else str(ca_file))
+        self._http = httpx.Client(
+            base_url=self.server, timeout=timeout, headers=headers, verify=verify
+        )
 
     def close(self) -> None:
         self._http.close()

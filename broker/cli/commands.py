@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import click
 import httpx
 
-from broker.cli.client import DEFAULT_SERVER, HTTP_TIMEOUT, ApiClient
+from broker.cli.client import DEFAULT_SERVER, HTTP_TIMEOUT, ApiClient, tls_verification
 from broker.cli.events import build_event, parse_extensions, resolve_target
 from broker.cli.failures import (
     ApiError,
@@ -104,13 +104,16 @@ class _State:
     server: str
     token: str | None = None
     token_file: Path | None = None
+    ca_file: str | None = None
     _api: ApiClient | None = None
 
     @property
     def api(self) -> ApiClient:
         if self._api is None:
             token, source = self._token()
-            self._api = ApiClient(self.server, token=token, token_source=source)
+            self._api = ApiClient(
+                self.server, token=token, token_source=source, ca_file=self.ca_file
+            )
         return self._api
 
     def _token(self) -> tuple[str | None, str]:
@@ -163,15 +166,29 @@ namespace_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="The local token file (env CEMESH_TOKEN_FILE; default: in the user's config dir).",
 )
+@click.option(
+    "--cacert",
+    envvar="CEMESH_CA_FILE",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="PEM CA certificates to verify an https --server with (env CEMESH_CA_FILE); "
+    "default: the system's CA bundle.",
+)
 @click.version_option(package_name="cemesh", prog_name="cemesh")
 @click.pass_context
-def cli(ctx: click.Context, server: str, token: str | None, token_file: Path | None) -> None:
+def cli(
+    ctx: click.Context,
+    server: str,
+    token: str | None,
+    token_file: Path | None,
+    cacert: str | None,
+) -> None:
     """cemesh: a CloudEvents event mesh with the Knative Eventing model.
 
     Run it with 'cemesh serve'; manage Brokers, Triggers, Channels, Subscriptions and Secrets
     with 'apply', 'get' and 'delete' (Knative YAML applies unchanged); send events with 'send'.
     """
-    state = _State(server.rstrip("/"), token=token, token_file=token_file)
+    state = _State(server.rstrip("/"), token=token, token_file=token_file, ca_file=cacert)
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -488,7 +505,7 @@ def send(
     encode = binding.to_structured if mode == "structured" else binding.to_binary
     headers, body = encode(event)
     try:
-        with httpx.Client(timeout=HTTP_TIMEOUT) as http:
+        with httpx.Client(timeout=HTTP_TIMEOUT, verify=tls_verification(state.ca_file)) as http:
             response = http.post(url, headers=list(headers), content=body)
     except httpx.TransportError as exc:
         raise unreachable(url, exc, hint=url.startswith(state.server + "/")) from exc

@@ -5,6 +5,13 @@ client behind the same two methods. :class:`DeliveryClient`, the one cemesh runs
 ``http://`` through :class:`~broker.dispatch.httpclient.Http1Client` (on the event loop) and
 everything else through :class:`ReqwestClient` (pyreqwest, for TLS).
 
+``ca_certs`` (a destination's ``CACerts``, PEM) makes an ``https`` request trust those CAs on
+top of the system bundle: reqwest takes extra roots per client, not per request, so
+:class:`DeliveryClient` keeps one pooled reqwest client per distinct ``CACerts`` value (these
+come from applied resources, so there are few). A certificate that does not chain to a trusted
+CA fails like a refused connection, with reqwest's reason ("invalid peer certificate:
+UnknownIssuer").
+
 Failures are mapped by each client, once, into the exception tree: no response at all (refused,
 reset, timeout) raises ``DeliveryError(status=None, retryable=True)``; a request that can never
 be sent (bad URL, header value that is not valid HTTP) raises ``DeliveryError(retryable=False)``.
@@ -51,8 +58,13 @@ class HttpClient(Protocol):
         body: bytes,
         *,
         timeout: float,  # noqa: ASYNC109
+        ca_certs: str | None = None,
     ) -> Response:
-        """POST ``body``; ``timeout`` (seconds) bounds the whole exchange, body included."""
+        """POST ``body``; ``timeout`` (seconds) bounds the whole exchange, body included.
+
+        ``ca_certs``: PEM certificates an ``https`` server's certificate may chain to, besides
+        the system bundle (ignored for plain ``http``).
+        """
         ...
 
     async def close(self) -> None:
@@ -69,10 +81,18 @@ class ReqwestClient:
       in-flight requests per subscriber itself.
     """
 
-    def __init__(self, *, pool_idle_timeout: float = 90.0, user_agent: str = USER_AGENT) -> None:
+    def __init__(
+        self,
+        *,
+        pool_idle_timeout: float = 90.0,
+        user_agent: str = USER_AGENT,
+        ca_certs: str | None = None,
+    ) -> None:
+        builder = ClientBuilder()
+        if ca_certs is not None:
+            builder = builder.add_root_certificate_pem(ca_certs.encode())
         self._client: Client = (
-            ClientBuilder()
-            .follow_redirects(False)
+            builder.follow_redirects(False)
             .referer(False)
             .gzip(False)
             .brotli(False)
@@ -95,6 +115,7 @@ class ReqwestClient:
         body: bytes,
         *,
         timeout: float,  # noqa: ASYNC109
+        ca_certs: str | None = None,  # this client's roots are fixed when it is built
     ) -> Response:
         span = self._timeouts.get(timeout)
         if span is None:
@@ -155,6 +176,10 @@ class DeliveryClient:
 
         self._plain = Http1Client(pool_idle_timeout=pool_idle_timeout, user_agent=user_agent)
         self._reqwest = ReqwestClient(pool_idle_timeout=pool_idle_timeout, user_agent=user_agent)
+        self._pool_idle_timeout = pool_idle_timeout
+        self._user_agent = user_agent
+        # CACerts PEM -> a reqwest client trusting them (module docstring).
+        self._by_ca: dict[str, ReqwestClient] = {}
         # URL prefix -> in-process handler (the function invoker's Services): no HTTP hop.
         self._local: list[tuple[str, LocalPost]] = []
 
@@ -173,6 +198,7 @@ class DeliveryClient:
         body: bytes,
         *,
         timeout: float,
+        ca_certs: str | None = None,
     ) -> Coroutine[Any, Any, Response]:
         """The chosen client's ``post`` coroutine, to be awaited like :meth:`HttpClient.post`.
 
@@ -185,13 +211,27 @@ class DeliveryClient:
                     return handler(url, headers, body, timeout=timeout)
         if url.startswith("http://") or url[:7].lower() == "http://":
             return self._plain.post(url, headers, body, timeout=timeout)
-        return self._reqwest.post(url, headers, body, timeout=timeout)
+        if ca_certs is None:
+            return self._reqwest.post(url, headers, body, timeout=timeout)
+        return self._trusting(ca_certs).post(url, headers, body, timeout=timeout)
+
+    def _trusting(self, ca_certs: str) -> ReqwestClient:
+        client = self._by_ca.get(ca_certs)
+        if client is None:
+            client = self._by_ca[ca_certs] = ReqwestClient(
+                pool_idle_timeout=self._pool_idle_timeout,
+                user_agent=self._user_agent,
+                ca_certs=ca_certs,
+            )
+        return client
 
     async def close(self) -> None:
         try:
             await self._plain.close()
         finally:
-            await self._reqwest.close()
+            clients, self._by_ca = [self._reqwest, *self._by_ca.values()], {}
+            for client in clients:
+                await client.close()
 
 
 def _headers(header_map: HeaderMap) -> list[tuple[bytes, bytes]]:

@@ -9,6 +9,12 @@ if the dead-letter sink fails too, :class:`~broker.bus.Nack` keeps the event on 
 
 Waiting between retries goes through the injectable ``sleep`` and never holds the per-subscriber
 in-flight slot, so a slow-retrying event does not block fresh ones to the same host.
+
+Delivery identity: a destination with an ``audience`` gets ``Authorization: Bearer <JWT>`` from
+the :class:`TokenSource` handed in (cemesh's issuer, built by the app; None: no tokens), minted
+for (audience, the Trigger's or Subscription's identity) and looked up per attempt, so a token
+never outlives its use even across long backoffs. ``https`` destinations are verified against
+their ``CACerts`` (or the system bundle), which travel to the client with each request.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from broker import binding
@@ -40,6 +47,16 @@ logger = logging.getLogger(__name__)
 
 ReplyHandler = Callable[[CloudEvent], Awaitable[None]]
 
+
+class TokenSource(Protocol):
+    """Mints cemesh's bearer token for a destination (implemented by the control plane)."""
+
+    def token(self, audience: str, subject: str) -> str:
+        """A valid token with ``aud`` = ``audience`` and ``sub`` = ``subject`` (cached by the
+        source). Raises :class:`~broker.errors.DeliveryError` when none can be made now."""
+        ...
+
+
 PREFER_REPLY = ("prefer", "reply")
 # knativeerrorcode when there was no HTTP status at all: refused, reset, timed out (K130).
 TRANSPORT_ERROR_CODE = 500
@@ -50,7 +67,7 @@ BAD_REPLY_CODE = 502
 ERROR_DATA_MAX_CHARS = 1024  # K131
 # Base64 turns every 3 bytes into 4 characters, so the first 768 bytes of the body encode to
 # exactly the first 1024 characters of the encoding of the whole body: no need to encode more.
-_ERROR_DATA_MAX_BYTES = ERROR_DATA_MAX_CHARS // 4 * 3
+ERROR_DATA_MAX_BYTES = ERROR_DATA_MAX_CHARS // 4 * 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +83,9 @@ class Target:
     headers: tuple[tuple[str, str], ...] = ()  # extra headers, e.g. ("kn-namespace", ns) (K95)
     on_reply: ReplyHandler | None = None  # None -> replies are dropped (K109)
     strict_reply: bool = False
+    audience: str | None = None  # of the subscriber: a token is sent when set
+    ca_certs: str | None = None  # PEM the subscriber's https certificate must chain to
+    identity: str = ""  # sub of the tokens sent on behalf of this Trigger/Subscription
 
 
 class Outcome(enum.Enum):
@@ -110,6 +130,15 @@ class _Failure:
     retry_after: float | None = None  # seconds, from a Retry-After header
 
 
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    """Who one request goes to, beyond its URL: token audience, trusted CAs, our identity."""
+
+    audience: str | None
+    ca_certs: str | None
+    identity: str
+
+
 # Judges a 2xx response: None = the attempt succeeded.
 _Settle = Callable[[Response], Awaitable[_Failure | None]]
 
@@ -124,8 +153,12 @@ class Deliverer:
         max_inflight_per_subscriber: int = 128,
         dead_letter_redelivery_delay: float = 30.0,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        tokens: TokenSource | None = None,
+        error_data_max_bytes: int = ERROR_DATA_MAX_BYTES,
     ) -> None:
         self._client = client
+        self._tokens = tokens
+        self._error_data_max_bytes = error_data_max_bytes
         self._max_inflight = max_inflight_per_subscriber
         self._redelivery_delay = dead_letter_redelivery_delay
         self._sleep = sleep
@@ -146,7 +179,14 @@ class Deliverer:
         async def settle(response: Response) -> _Failure | None:
             return await self._settle_reply(response, target)
 
-        failure = await self._send(target.subscriber_uri, headers, body, policy, settle)
+        failure = await self._send(
+            target.subscriber_uri,
+            headers,
+            body,
+            policy,
+            settle,
+            _Peer(target.audience, target.ca_certs, target.identity),
+        )
         if failure is None:
             return Outcome.DELIVERED
         return await self._dead_letter(event, target, failure)
@@ -196,14 +236,15 @@ class Deliverer:
             set={
                 ERROR_DEST: failure.destination,  # K129
                 ERROR_CODE: TRANSPORT_ERROR_CODE if failure.status is None else failure.status,
-                ERROR_DATA: error_data(failure.body),  # K131, K132
+                ERROR_DATA: error_data(failure.body, self._error_data_max_bytes),  # K131, K132
             }
         )
         headers, body = _encode(dead, policy)
         # Pass-through headers such as Kn-Namespace go to the sink too (K134). No Prefer: reply:
         # a dead-letter sink's answer is never processed, and sinks must not rely on it (K134).
         headers.extend(target.headers)
-        dls_failure = await self._send(policy.dead_letter_uri, headers, body, policy, _accept)
+        peer = _Peer(policy.dead_letter_audience, policy.dead_letter_ca_certs, target.identity)
+        dls_failure = await self._send(policy.dead_letter_uri, headers, body, policy, _accept, peer)
         if dls_failure is not None:
             logger.error(
                 "dead-letter sink failed too: event stays on the bus",
@@ -228,11 +269,12 @@ class Deliverer:
         body: bytes,
         policy: DeliveryPolicy,
         settle: _Settle,
+        peer: _Peer,
     ) -> _Failure | None:
         """Up to ``policy.retry + 1`` attempts (K113); the last failure, or None on success."""
         retry_number = 0
         while True:
-            failure = await self._attempt(url, headers, body, policy, settle)
+            failure = await self._attempt(url, headers, body, policy, settle, peer)
             if failure is None:
                 return None
             if not failure.retryable or retry_number >= policy.retry:
@@ -259,10 +301,19 @@ class Deliverer:
         body: bytes,
         policy: DeliveryPolicy,
         settle: _Settle,
+        peer: _Peer,
     ) -> _Failure | None:
+        if peer.audience is not None and self._tokens is not None:
+            try:
+                bearer = self._tokens.token(peer.audience, peer.identity)
+            except DeliveryError as exc:
+                return _Failure(url, None, b"", exc.retryable, exc.message)
+            headers = [*headers, ("authorization", f"Bearer {bearer}")]
         async with self._gate(url):
             try:
-                response = await self._client.post(url, headers, body, timeout=policy.timeout)
+                response = await self._client.post(
+                    url, headers, body, timeout=policy.timeout, ca_certs=peer.ca_certs
+                )
             except DeliveryError as exc:
                 return _Failure(url, None, b"", exc.retryable, exc.message)
         if not is_success(response.status):
@@ -290,17 +341,31 @@ class Deliverer:
         return gate
 
 
-def reply_poster(client: HttpClient, uri: str, policy: DeliveryPolicy) -> ReplyHandler:
+def reply_poster(
+    client: HttpClient,
+    uri: str,
+    policy: DeliveryPolicy,
+    *,
+    audience: str | None = None,
+    ca_certs: str | None = None,
+    identity: str = "",
+    tokens: TokenSource | None = None,
+) -> ReplyHandler:
     """A ReplyHandler that POSTs a Subscription's reply to its reply URI (K109).
 
     One attempt per call: a retryable failure here fails the whole delivery, which retries the
     subscriber and the reply together (K110). Failures raise :class:`ReplyError` naming ``uri``.
+    With an ``audience`` and ``tokens``, the reply carries cemesh's token for that audience.
     """
 
     async def post_reply(reply: CloudEvent) -> None:
         headers, body = _encode(reply, policy)
         try:
-            response = await client.post(uri, headers, body, timeout=policy.timeout)
+            if audience is not None and tokens is not None:
+                headers.append(("authorization", f"Bearer {tokens.token(audience, identity)}"))
+            response = await client.post(
+                uri, headers, body, timeout=policy.timeout, ca_certs=ca_certs
+            )
         except DeliveryError as exc:
             raise ReplyError(
                 f"reply to {uri}: {exc.message}", destination=uri, retryable=exc.retryable
@@ -317,9 +382,12 @@ def reply_poster(client: HttpClient, uri: str, policy: DeliveryPolicy) -> ReplyH
     return post_reply
 
 
-def error_data(body: bytes) -> str:
-    """``knativeerrordata``: standard base64 of the body, cut to 1024 characters (K131, K132)."""
-    return base64.b64encode(body[:_ERROR_DATA_MAX_BYTES]).decode("ascii")
+def error_data(body: bytes, max_bytes: int = ERROR_DATA_MAX_BYTES) -> str:
+    """``knativeerrordata``: standard base64 of the body's first ``max_bytes`` (K131, K132).
+
+    The default keeps it within 1024 characters; Knative reads 1024 bytes of the body.
+    """
+    return base64.b64encode(body[:max_bytes]).decode("ascii")
 
 
 async def _accept(response: Response) -> _Failure | None:

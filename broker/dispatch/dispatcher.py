@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from broker.bus import Bus, Capability, Message, Nack, Subscription
 from broker.dispatch.client import HttpClient
-from broker.dispatch.delivery import Deliverer, Target, reply_poster
+from broker.dispatch.delivery import Deliverer, Target, TokenSource, reply_poster
 from broker.errors import BindingError
 from broker.events import BROKER_TTL, DEFAULT_MAX_TTL, CloudEvent
 from broker.ingress import TtlExhausted, apply_broker_ttl, match_route
@@ -66,7 +66,9 @@ class Dispatcher:
         metrics: Metrics,
         concurrency: int,
         max_ttl: int = DEFAULT_MAX_TTL,
+        tokens: TokenSource | None = None,
     ) -> None:
+        self._tokens = tokens  # for Subscriptions' replies (the deliverer has its own)
         self._buses = buses
         self._bus_of_topic = bus_of_topic
         self._deliverer = deliverer
@@ -150,11 +152,31 @@ class Dispatcher:
                 spec.delivery,
                 headers=(("kn-namespace", spec.namespace),),  # K95
                 strict_reply=True,  # K100
+                audience=spec.subscriber_audience,
+                ca_certs=spec.subscriber_ca_certs,
+                identity=spec.identity,
             )
         on_reply = (
-            reply_poster(self._client, spec.reply_uri, spec.delivery) if spec.reply_uri else None
+            reply_poster(
+                self._client,
+                spec.reply_uri,
+                spec.delivery,
+                audience=spec.reply_audience,
+                ca_certs=spec.reply_ca_certs,
+                identity=spec.identity,
+                tokens=self._tokens,
+            )
+            if spec.reply_uri
+            else None
         )
-        return Target(spec.subscriber_uri, spec.delivery, on_reply=on_reply)  # K102, K109
+        return Target(  # K102, K109
+            spec.subscriber_uri,
+            spec.delivery,
+            on_reply=on_reply,
+            audience=spec.subscriber_audience,
+            ca_certs=spec.subscriber_ca_certs,
+            identity=spec.identity,
+        )
 
     async def _handle(self, consumer: _Consumer, message: Message) -> None:
         if self._draining:
@@ -179,6 +201,9 @@ class Dispatcher:
                     headers=target.headers,
                     on_reply=functools.partial(self._reply, spec, ttl),
                     strict_reply=True,
+                    audience=target.audience,
+                    ca_certs=target.ca_certs,
+                    identity=target.identity,
                 )
             else:
                 event, target = self._channel_hop(spec, target, event)
@@ -222,7 +247,13 @@ class Dispatcher:
             if ttl is not None or route is not None:
                 on_reply = functools.partial(self._channel_reply, spec, target.on_reply, route, ttl)
                 target = Target(
-                    target.subscriber_uri, target.policy, headers=target.headers, on_reply=on_reply
+                    target.subscriber_uri,
+                    target.policy,
+                    headers=target.headers,
+                    on_reply=on_reply,
+                    audience=target.audience,
+                    ca_certs=target.ca_certs,
+                    identity=target.identity,
                 )
         return event, target
 

@@ -351,6 +351,7 @@ class Http1Client:
         body: bytes,
         *,
         timeout: float,  # noqa: ASYNC109
+        ca_certs: str | None = None,  # plain http: no certificate to verify
     ) -> Response:
         """POST ``body``; ``timeout`` (seconds) bounds connect, send and the whole response."""
         loop = asyncio.get_running_loop()

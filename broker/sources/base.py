@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from broker.binding import to_binary
 from broker.components import Receive, RuntimeContext, Scope, Send, send_json
 from broker.dispatch.client import HttpClient
+from broker.dispatch.delivery import TokenSource
 from broker.dispatch.retry import is_success
 from broker.errors import DeliveryError, InvalidResource
 from broker.events import CloudEvent
@@ -53,6 +54,9 @@ class SourceSpec:
     # What the kind's ``prepare`` resolved at reconcile time (secrets, parsed schedules, ...).
     resolved: Mapping[str, Any] = field(default_factory=dict)
     applied_by: str = ""  # the cemesh.dev/applied-by annotation: who applied the resource
+    sink_audience: str | None = None  # the sink's token audience: tokens are sent when set
+    sink_ca_certs: str | None = None  # PEM an https sink's certificate must chain to
+    identity: str = ""  # sub of the delivery tokens sent on this source's behalf
 
 
 class SourceNotReady(Exception):
@@ -99,7 +103,9 @@ class EventSender:
 
     Retries use exponential backoff (``backoff`` doubling up to ``backoff_max``) for ``retries``
     attempts after the first; after that :class:`~broker.errors.DeliveryError` is raised so the
-    source can tell its producer (GitHub gets a 5xx and redelivers, K sources).
+    source can tell its producer (GitHub gets a 5xx and redelivers, K sources). With an
+    ``audience`` and ``tokens``, each attempt carries cemesh's bearer token for the sink; an
+    https sink is checked against ``ca_certs`` besides the system bundle.
     """
 
     def __init__(
@@ -112,8 +118,16 @@ class EventSender:
         backoff: float = 0.2,
         backoff_max: float = 5.0,
         timeout: float = 10.0,
+        audience: str | None = None,
+        ca_certs: str | None = None,
+        identity: str = "",
+        tokens: TokenSource | None = None,
     ) -> None:
         self.client = client
+        self.audience = audience
+        self.ca_certs = ca_certs
+        self.identity = identity
+        self.tokens = tokens
         self.sink_uri = sink_uri
         self.ce_overrides = dict(ce_overrides)
         self.retries = retries
@@ -131,8 +145,16 @@ class EventSender:
             if attempt:
                 await asyncio.sleep(min(self.backoff * 2 ** (attempt - 1), self.backoff_max))
             try:
+                request_headers = headers
+                if self.audience is not None and self.tokens is not None:
+                    bearer = self.tokens.token(self.audience, self.identity)
+                    request_headers = [*headers, ("authorization", f"Bearer {bearer}")]
                 response = await self.client.post(
-                    self.sink_uri, headers, body, timeout=self.timeout
+                    self.sink_uri,
+                    request_headers,
+                    body,
+                    timeout=self.timeout,
+                    ca_certs=self.ca_certs,
                 )
             except DeliveryError as exc:
                 last = exc.message

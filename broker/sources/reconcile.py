@@ -18,8 +18,10 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from broker.auth.identity import delivery_subject
 from broker.auth.processes import applied_by
 from broker.reconcile import (
+    Address,
     Conditions,
     Obj,
     Unresolvable,
@@ -76,9 +78,11 @@ def reconcile_source(obj: Obj, world: World) -> None:
     fields: dict[str, Any] = {}
 
     sink_uri = ""
+    sink: Address | None = None
     if spec.get("sink") is not None:
         try:
-            sink_uri = world.resolve(spec["sink"], namespace, require_ready=True)
+            sink = world.resolve_address(spec["sink"], namespace, require_ready=True)
+            sink_uri = sink.url
         except Unresolvable as exc:
             conditions.set("SinkProvided", "False", exc.reason, f"sink: {exc.message}")
         else:
@@ -136,6 +140,11 @@ def reconcile_source(obj: Obj, world: World) -> None:
             spec=spec,
             resolved=resolved,
             applied_by=applied_by(obj["metadata"]),
+            sink_audience=None if sink is None else sink.audience,
+            sink_ca_certs=None if sink is None else sink.ca_certs,
+            identity=delivery_subject(
+                obj["apiVersion"].rpartition("/")[0], obj["kind"], namespace, name
+            ),
         )
 
 

@@ -82,7 +82,15 @@ class SourceRunner:
         kind = SOURCE_KINDS.get(spec.kind)
         if kind is None or kind.runner is None:
             return
-        sender = EventSender(self._context.client, spec.sink_uri, spec.ce_overrides)
+        sender = EventSender(
+            self._context.client,
+            spec.sink_uri,
+            spec.ce_overrides,
+            audience=spec.sink_audience,
+            ca_certs=spec.sink_ca_certs,
+            identity=spec.identity,
+            tokens=self._context.tokens,
+        )
         source = kind.runner(spec, sender, self._context)
         source.reporter = self._report
         self._report(spec, None, None)  # a new run has no error yet

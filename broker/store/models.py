@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
@@ -74,3 +74,18 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(253), primary_key=True)
     holder: Mapped[str] = mapped_column(String(253))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SigningKeyRow(Base):
+    """One of cemesh's token-signing keys (``broker/auth/signing_keys.py``).
+
+    In a table of its own, not a Secret: nothing reaches it through the resource API, so no
+    API user (``edit`` included) can read the private key or slip in a key of their own.
+    """
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    private_key: Mapped[str] = mapped_column(Text)  # PKCS#8 PEM
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    activates_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # signs from then

@@ -96,10 +96,18 @@ class LoopbackServer:
     can take a server down and bring it back where clients expect it); ``url`` is its address.
     """
 
-    def __init__(self, app: Any, *, name: str, log_level: str = "warning") -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        name: str,
+        log_level: str = "warning",
+        tls: tuple[str, str] | None = None,  # (certificate file, key file): serve https
+    ) -> None:
         self._app = app
         self._name = name
         self._log_level = log_level
+        self._tls = tls
         self.port = 0
         self.url = ""
         self._server: _Server | None = None
@@ -122,6 +130,11 @@ class LoopbackServer:
             loop="none",  # serve in the running (test's) loop
             # A request still being answered when the test ends is cancelled, not awaited.
             timeout_graceful_shutdown=1,
+            **(
+                {}
+                if self._tls is None
+                else {"ssl_certfile": self._tls[0], "ssl_keyfile": self._tls[1]}
+            ),
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
@@ -132,7 +145,7 @@ class LoopbackServer:
             sock.close()
             await self._task  # re-raises why the server did not start
             raise RuntimeError(f"{self._name} exited before it started")
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'http' if self._tls is None else 'https'}://127.0.0.1:{self.port}"
         return self.url
 
     async def stop(self) -> None:
@@ -149,14 +162,17 @@ class LoopbackServer:
 
 
 class RecordingSubscriber:
-    """An HTTP subscriber on ``http://127.0.0.1:PORT`` that records what it receives."""
+    """An HTTP subscriber on ``http://127.0.0.1:PORT`` (``https`` with ``tls``) that records
+    what it receives."""
 
-    def __init__(self, respond: Respond | None = None) -> None:
+    def __init__(
+        self, respond: Respond | None = None, *, tls: tuple[str, str] | None = None
+    ) -> None:
         self.respond: Respond = respond or _accepted
         self.url = ""  # set once started
         self.received: list[Received] = []
         self._arrived = asyncio.Event()
-        self._server = LoopbackServer(self._app, name="subscriber server")
+        self._server = LoopbackServer(self._app, name="subscriber server", tls=tls)
 
     async def __aenter__(self) -> RecordingSubscriber:
         self.url = await self._server.start()
