@@ -177,11 +177,14 @@ async def test_discovery_and_jwks_need_no_credential_and_are_absent_when_off(
 ) -> None:
     (tmp_path / "on").mkdir()
     (tmp_path / "off").mkdir()
-    async with running_cemesh(tmp_path / "on", delivery_oidc=True) as cemesh:
-        discovery = await cemesh.client.get(DISCOVERY_PATH)
+    async with (
+        running_cemesh(tmp_path / "on", delivery_oidc=True) as cemesh,
+        cemesh.client_with(None) as anonymous,
+    ):
+        discovery = await anonymous.get(DISCOVERY_PATH)
         assert discovery.status_code == 200
         assert discovery.json()["jwks_uri"] == f"{cemesh.url}{JWKS_PATH}"
-        keys = (await cemesh.client.get(JWKS_PATH)).json()["keys"]
+        keys = (await anonymous.get(JWKS_PATH)).json()["keys"]
         assert [k["kty"] for k in keys] == ["RSA"] and all("d" not in k for k in keys)
     async with running_cemesh(tmp_path / "off") as cemesh:
         assert (await cemesh.client.get(JWKS_PATH)).status_code == 404

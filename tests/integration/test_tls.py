@@ -22,6 +22,7 @@ import pytest
 from cryptography import x509
 
 from broker import Settings, create_app
+from broker.auth.local_token import read_token
 from broker.cli.client import ApiClient
 from broker.cli.failures import CliError
 from broker.events import ERROR_CODE, ERROR_DEST
@@ -48,6 +49,7 @@ async def serving(tmp_path: Path, **overrides: Any) -> AsyncIterator[Listeners]:
             "port": free_port(),
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'cemesh.db'}",
             "delivery_backoff_delay": "PT0.01S",
+            "token_file": tmp_path / "token",
             **overrides,
         }
     )
@@ -66,6 +68,11 @@ async def serving(tmp_path: Path, **overrides: Any) -> AsyncIterator[Listeners]:
     finally:
         listeners.stop()
         await asyncio.wait_for(task, 30)
+
+
+def admin(tmp_path: Path) -> dict[str, str]:
+    """The Authorization header with the local (admin) token of the cemesh in ``tmp_path``."""
+    return {"Authorization": f"Bearer {read_token(tmp_path / 'token')}"}
 
 
 def _trust(ca: CertificateAuthority) -> ssl.SSLContext:
@@ -87,7 +94,9 @@ async def test_https_ingress_and_api_with_both_addresses_in_status_when_both_are
     ) as listeners:
         port = listeners.main.config.port
         https = f"https://127.0.0.1:{https_port}"
-        async with httpx.AsyncClient(base_url=https, verify=_trust(ca)) as client:
+        async with httpx.AsyncClient(
+            base_url=https, verify=_trust(ca), headers=admin(tmp_path)
+        ) as client:
             created = await client.post(BROKERS, json=BROKER)
             assert created.status_code == 201, created.text
             status = created.json()["status"]
@@ -123,7 +132,9 @@ async def test_strict_tls_serves_only_https_on_the_one_port_and_the_cli_uses_cac
         ca_file = ca.write(tmp_path)
 
         def cli_calls() -> tuple[dict[str, Any], str]:
-            with contextlib.closing(ApiClient(url, ca_file=ca_file)) as api:
+            with contextlib.closing(
+                ApiClient(url, ca_file=ca_file, token=read_token(tmp_path / "token"))
+            ) as api:
                 created = api.call("POST", BROKERS, json=BROKER)
             with contextlib.closing(ApiClient(url)) as untrusting, pytest.raises(CliError) as e:
                 untrusting.call("GET", BROKERS)
