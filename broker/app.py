@@ -36,7 +36,7 @@ from broker.api.hosts import allowed_host_names
 from broker.api.resources import ResourceApi, install_resource_routes
 from broker.api.status import install_error_handlers
 from broker.auth.delivery_tokens import DeliveryTokens, install_issuer_routes
-from broker.auth.oidc import verifier_from_settings
+from broker.auth.oidc import OidcVerifier, TrustedIssuers, verifier_from_settings
 from broker.auth.setup import Access, build_access
 from broker.auth.signing_keys import KeyRing
 from broker.bus import Bus, create_bus
@@ -129,13 +129,12 @@ class Runtime:
         self.store = Store(settings.database_url)
         self.buses: dict[str, Bus] = {}
         self.client = DeliveryClient()
-        # Senders' tokens, with ingress OIDC on (None: the ingress authenticates nobody).
-        self.ingress_verifier = verifier_from_settings(settings, ingress=True)
-
-        # cemesh's own identity for deliveries (Knative's authentication-oidc), when on.
+        # cemesh's own identity for deliveries (Knative's authentication-oidc), when on. Ingress
+        # OIDC switches it on too, as Knative's one flag does: cemesh's own hops to a Broker or
+        # Channel over HTTP (flows, Subscription replies, dead letters) must carry a token.
         self.keys: KeyRing | None = None
         self.tokens: DeliveryTokens | None = None
-        if settings.delivery_oidc:
+        if settings.delivery_oidc or settings.ingress_oidc:
             self.keys = KeyRing(
                 self.store,
                 rotation_interval=settings.oidc_key_rotation_interval,
@@ -146,6 +145,19 @@ class Runtime:
             self.tokens = DeliveryTokens(
                 self.keys, issuer=settings.issuer, lifetime=settings.delivery_token_lifetime
             )
+        # Senders' tokens, with ingress OIDC on (None: the ingress authenticates nobody): the
+        # configured issuer's and cemesh's own (its keys read in-process, never over HTTP).
+        self.ingress_verifier: OidcVerifier | TrustedIssuers | None = None
+        senders = verifier_from_settings(settings, ingress=True)
+        if senders is not None and self.keys is not None:
+            own = OidcVerifier(
+                settings.issuer,
+                key_source=self.keys.jwks,
+                leeway=settings.oidc_leeway,
+                min_refresh_interval=1.0,
+                cache_size=settings.oidc_token_cache_size,
+            )
+            self.ingress_verifier = TrustedIssuers([senders, own])
         self.ingress = Ingress(
             buses=self.buses,
             metrics=self.metrics,

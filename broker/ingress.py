@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from broker import binding
-from broker.auth.oidc import OidcVerifier
+from broker.auth.oidc import OidcVerifier, TrustedIssuers
 from broker.auth.policy import IngressAuthorization
 from broker.bus import Bus
 from broker.errors import BindingError, PublishError, Unauthenticated
@@ -145,7 +145,7 @@ class Ingress:
         metrics: Metrics,
         max_request_bytes: int,
         max_ttl: int,
-        verifier: OidcVerifier | None = None,
+        verifier: OidcVerifier | TrustedIssuers | None = None,
     ) -> None:
         self.buses = buses
         # Set only with ingress OIDC on: then every POST is authenticated and authorized.

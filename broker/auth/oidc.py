@@ -47,6 +47,7 @@ __all__ = [
     "ASYMMETRIC_ALGORITHMS",
     "OidcAuthenticator",
     "OidcVerifier",
+    "TrustedIssuers",
     "authenticator_from_settings",
     "groups_of",
     "looks_like_jwt",
@@ -111,9 +112,12 @@ class OidcVerifier:
         cache_size: int = 10_000,
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
+        key_source: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.issuer = issuer
         self._jwks_url = jwks_url
+        # A JWKS held in this process (cemesh's own signing keys): read, never fetched.
+        self._key_source = key_source
         self._leeway = leeway
         self._refresh_interval = refresh_interval
         self._min_refresh_interval = min_refresh_interval
@@ -289,8 +293,11 @@ class OidcVerifier:
             self._keys, self._fetched_at, self._last_error = keys, now, None
 
     async def _fetch_keys(self) -> dict[str, _Key]:
-        url = self._jwks_url or await self._discover()
-        document = await self._get_json(url, "JWKS")
+        if self._key_source is not None:
+            url, document = "cemesh's own JWKS", self._key_source()
+        else:
+            url = self._jwks_url or await self._discover()
+            document = await self._get_json(url, "JWKS")
         try:
             key_set = jwt.PyJWKSet.from_dict(dict(document))
         except jwt.PyJWTError as exc:
@@ -353,6 +360,43 @@ def _unverified(token: str) -> Claims:
     except jwt.PyJWTError:
         return {}
     return claims
+
+
+class TrustedIssuers:
+    """Verifies tokens from any of several issuers, each with its own :class:`OidcVerifier`.
+
+    The ingress trusts the configured issuer (senders' tokens) and cemesh's own (its deliveries,
+    replies and flows' hops that reach a Broker or Channel over HTTP carry tokens cemesh signed).
+    The issuer is chosen by the token's ``iss`` (read unverified, then checked by that issuer's
+    verifier); a token from any other issuer is Unauthenticated.
+    """
+
+    def __init__(self, verifiers: list[OidcVerifier]) -> None:
+        self._verifiers = {verifier.issuer: verifier for verifier in verifiers}
+
+    def cached(self, token: str, audience: str) -> Claims | None:
+        for verifier in self._verifiers.values():
+            claims = verifier.cached(token, audience)
+            if claims is not None:
+                return claims
+        return None
+
+    async def verify(self, token: str, audience: str) -> Claims:
+        try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the bearer token is not a valid JWT: {exc}") from exc
+        verifier = self._verifiers.get(issuer) if isinstance(issuer, str) else None
+        if verifier is None:
+            trusted = ", ".join(sorted(self._verifiers))
+            raise Unauthenticated(
+                f"tokens from issuer {issuer!r} are not trusted (trusted: {trusted})"
+            )
+        return await verifier.verify(token, audience)
+
+    async def close(self) -> None:
+        for verifier in self._verifiers.values():
+            await verifier.close()
 
 
 class OidcAuthenticator:

@@ -319,3 +319,51 @@ async def test_with_oidc_off_the_ingress_takes_events_without_tokens_as_before(
         assert response.status_code == 202
         broker = await get(mesh, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/default")
         assert "audience" not in broker["status"]["address"]
+
+
+async def test_cemesh_own_hops_to_a_broker_carry_its_token_and_pass_the_broker_ingress(
+    tmp_path: Path,
+) -> None:
+    """A Channel's Subscription delivering to a Broker over HTTP passes that Broker's check.
+
+    With ingress OIDC on, cemesh signs its own deliveries (Knative's one authentication-oidc
+    flag), and its ingress trusts its own issuer beside the configured one: the hop is admitted
+    by the default mode (same namespace) and reaches the Broker's Trigger.
+    """
+    async with secured_mesh(tmp_path) as (mesh, issuer), RecordingSubscriber() as subscriber:
+        await mesh.apply(BROKER)
+        await mesh.apply(CHANNEL)
+        await mesh.apply(
+            f"""
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata:
+  name: to-broker
+spec:
+  channel:
+    apiVersion: messaging.knative.dev/v1
+    kind: Channel
+    name: orders
+  subscriber:
+    ref:
+      apiVersion: eventing.knative.dev/v1
+      kind: Broker
+      name: default
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: all
+spec:
+  broker: default
+  subscriber:
+    uri: {subscriber.url}
+"""
+        )
+        sender = issuer.token(SAME_NAMESPACE, audience=CHANNEL_AUDIENCE)
+        response = await mesh.post_event(
+            "/channels/default/orders", {**binary("hop-1"), **bearer(sender)}, b"{}"
+        )
+        assert response.status_code == 202, response.text
+        (received,) = await subscriber.wait_for(1)
+        assert received.headers["ce-id"] == "hop-1"
