@@ -37,7 +37,9 @@ WAIT = 20.0  # seconds a watch event may take to arrive, under a loaded machine
     scope="module",
     params=["project-crds", pytest.param("knative-crds", marks=pytest.mark.shared_conformance)],
 )
-def crd_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApiServer]:
+def crd_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KubeApiServer]:
     """The API server with the project's CRDs (shared by the session), or a second one with
     Knative's own CRDs from ../shared/fixtures/knative-crds (and the project's Lease shim)."""
     if request.param == "project-crds":
@@ -88,7 +90,9 @@ def broker(name: str, broker_class: str = "cemesh") -> dict[str, Any]:
             "name": name,
             "annotations": {"eventing.knative.dev/broker.class": broker_class},
         },
-        "spec": {"delivery": {"retry": 3, "backoffPolicy": "exponential", "backoffDelay": "PT0.2S"}},
+        "spec": {
+            "delivery": {"retry": 3, "backoffPolicy": "exponential", "backoffDelay": "PT0.2S"}
+        },
     }
 
 
@@ -113,8 +117,8 @@ def ready_status(generation: int, url: str) -> dict[str, Any]:
             "address": {"name": "http", "url": url},
             "addresses": [{"name": "http", "url": url}],
             "conditions": [
-                {"type": "Addressable", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
-                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": kind, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+                for kind in ("Addressable", "Ready")
             ],
         }
     }  # fmt: skip

@@ -127,8 +127,11 @@ class Pki:
         """EC P-256 keys; the admin is in ``system:masters``, which skips authorization."""
         openssl = shutil.which("openssl")
         if openssl is None:
-            pytest.fail("openssl not found: the test API server's certificates need it "
-                        "(apt-get install openssl)", pytrace=False)
+            pytest.fail(
+                "openssl not found: the test API server's certificates need it "
+                "(apt-get install openssl)",
+                pytrace=False,
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path("ext.cnf").write_text(_EXTENSIONS)
 
@@ -140,8 +143,9 @@ class Pki:
                 "-out", f"{name}.key")  # fmt: skip
 
         key("ca")
-        run("req", "-new", "-x509", "-key", "ca.key", "-subj", "/CN=cemesh-test-ca",
-            "-days", "3650", "-config", "ext.cnf", "-extensions", "ca", "-out", "ca.crt")  # fmt: skip
+        run("req", "-new", "-key", "ca.key", "-subj", "/CN=cemesh-test-ca", "-out", "ca.csr")
+        run("x509", "-req", "-in", "ca.csr", "-signkey", "ca.key", "-days", "3650",
+            "-extfile", "ext.cnf", "-extensions", "ca", "-out", "ca.crt")  # fmt: skip
         for name, subject, extensions in (
             ("server", "/CN=localhost", "server"),
             ("admin", "/O=system:masters/CN=cemesh-test-admin", "client"),
@@ -400,7 +404,9 @@ def launch(base_dir: Path, *, crds: Sequence[Path] = (PROJECT_CRDS,)) -> KubeApi
     return server
 
 
-def running_in_temp_dir(prefix: str, *, crds: Sequence[Path] = (PROJECT_CRDS,)) -> Iterator[KubeApiServer]:
+def running_in_temp_dir(
+    prefix: str, *, crds: Sequence[Path] = (PROJECT_CRDS,)
+) -> Iterator[KubeApiServer]:
     """A fixture's body (``yield from`` it): a server in a new temp dir, stopped and its dir
     removed after."""
     base_dir = Path(tempfile.mkdtemp(prefix=prefix))
