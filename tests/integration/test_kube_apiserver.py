@@ -12,6 +12,10 @@ schema rules cemesh relies on (422 naming the field).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -206,7 +210,7 @@ async def test_a_watch_from_the_lists_resource_version_sees_changes_and_bookmark
 
 
 async def test_a_watch_list_ends_its_initial_events_with_a_bookmark(
-    crd_server: KubeApiServer, api: client.ApiClient, namespace: str
+    api: client.ApiClient, namespace: str
 ) -> None:
     """Bookmarks: the WatchList form (sendInitialEvents) marks the end of the initial state
     with a BOOKMARK carrying the resourceVersion to resume from."""
@@ -218,15 +222,15 @@ async def test_a_watch_list_ends_its_initial_events_with_a_bookmark(
         ("resourceVersionMatch", "NotOlderThan"), ("resourceVersion", ""), ("timeoutSeconds", "20"),
     ]  # fmt: skip
     response = await api.call_api(
-        path, "GET", query_params=query, response_type=None, _preload_content=False,
-        auth_settings=["BearerToken"],
+        path, "GET", query_params=query, auth_settings=["BearerToken"],
+        _preload_content=False, _return_http_data_only=True,
     )  # fmt: skip
     events: list[dict[str, Any]] = []
     async with asyncio.timeout(WAIT):
         while True:
             line = await response.content.readline()
             assert line, f"the watch ended before its bookmark: {events}"
-            events.append(api.sanitize_for_serialization(__import__("json").loads(line)))
+            events.append(json.loads(line))
             if events[-1]["type"] == "BOOKMARK":
                 break
     response.release()
@@ -390,3 +394,22 @@ def test_the_fixture_fails_clearly_when_the_api_server_was_not_built(
     monkeypatch.setattr(kube, "BIN_DIR", tmp_path / "bin")
     with pytest.raises(pytest.fail.Exception, match=r"make servers"):
         kube.find_binary("apiextensions-apiserver")
+
+
+def test_the_build_is_skipped_when_the_cache_matches_the_recipe(tmp_path: Path) -> None:
+    """A warm machine pays nothing: with the binaries and the recipe's hash in the cache,
+    build.sh touches no network and exits at once."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for binary in ("apiextensions-apiserver", "etcd", "kubectl"):
+        (bin_dir / binary).write_text("#!/bin/sh\n")
+        (bin_dir / binary).chmod(0o755)
+    (tmp_path / "manifest.txt").write_text("etcd-server=3.5\n")
+    recipe = hashlib.sha256(kube.BUILD_SCRIPT.read_bytes()).hexdigest()
+    (tmp_path / "recipe.sha256").write_text(recipe + "\n")
+    env = {**os.environ, "KUBE_APISERVER_CACHE": str(tmp_path)}
+    done = subprocess.run(
+        ["sh", str(kube.BUILD_SCRIPT)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"cached in {bin_dir}" in done.stdout
