@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.servers import base
 from tests.support.servers.base import free_port as _free_port
@@ -338,12 +339,15 @@ class KubeApiServer:
         self.apiserver.stop()
         self.etcd.stop()
 
-    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """``kubectl --kubeconfig=... ARGS``; on failure with ``check``, fails the test."""
         command = [str(self.kubectl_binary), f"--kubeconfig={self.kubeconfig}", *args]
         result = subprocess.run(
-            command, capture_output=True, text=True, timeout=KUBECTL_TIMEOUT, check=False
-        )
+            command, input=stdin, capture_output=True, text=True, timeout=KUBECTL_TIMEOUT,
+            check=False,
+        )  # fmt: skip
         if check and result.returncode != 0:
             pytest.fail(
                 f"`kubectl {' '.join(args)}` exited {result.returncode}:\n{result.stderr}",
@@ -359,8 +363,8 @@ class KubeApiServer:
         its watch cache fills; kubectl retries that, so a ``get`` of each warms them up for
         clients that do not retry (kubernetes_asyncio).
         """
-        applied = self.kubectl("apply", "-f", str(path), "-o", "name").stdout.split()
-        names = [name.split("/", 1)[1] for name in applied]
+        applied = self.kubectl("apply", "-f", "-", "-o", "name", stdin=crd_documents(path))
+        names = [name.split("/", 1)[1] for name in applied.stdout.split()]
         deadline = time.monotonic() + timeout
         while True:  # `kubectl wait` fails at once on a CRD that has no conditions yet
             waited = self.kubectl(
@@ -374,6 +378,26 @@ class KubeApiServer:
             time.sleep(0.2)  # a poll interval, bounded by the deadline
         self.kubectl("get", ",".join(names), "--all-namespaces")
         return names
+
+
+def crd_documents(path: Path) -> str:
+    """The YAML files of ``path`` (a file or a dir) as one stream of single objects.
+
+    ``tests/data/kube/crds/eventing.yaml`` is a ``v1 List`` so that Broker and Trigger share
+    YAML anchors; kubectl's client-side validation of a List needs the core OpenAPI, which this
+    server does not have, so Lists are flattened here (anchors resolved by the YAML loader).
+    """
+    files = sorted(path.glob("*.y*ml")) if path.is_dir() else [path]
+    objects: list[object] = []
+    for file in files:
+        for document in yaml.safe_load_all(file.read_text()):
+            if not document:
+                continue
+            if document.get("kind") == "List":
+                objects.extend(document["items"])
+            else:
+                objects.append(document)
+    return yaml.safe_dump_all(objects, sort_keys=False)
 
 
 def launch(base_dir: Path, *, crds: Sequence[Path] = (PROJECT_CRDS,)) -> KubeApiServer:
