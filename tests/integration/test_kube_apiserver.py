@@ -413,3 +413,24 @@ def test_the_build_is_skipped_when_the_cache_matches_the_recipe(tmp_path: Path) 
     )
     assert done.returncode == 0, done.stderr
     assert f"cached in {bin_dir}" in done.stdout
+
+
+def test_an_api_server_that_cannot_start_fails_the_test_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never a skip: the failure names the process, its exit status and its log's tail; the
+    etcd started before it is stopped again."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for binary in ("etcd", "kubectl"):
+        (bin_dir / binary).symlink_to(kube.find_binary(binary))
+    broken = bin_dir / "apiextensions-apiserver"
+    broken.write_text("#!/bin/sh\necho 'unknown flag: --etcd-servers' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(kube, "BIN_DIR", bin_dir)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        kube.launch(tmp_path / "server")
+    message = str(failed.value)
+    assert "did not start" in message
+    assert "exited with status 3" in message
+    assert "unknown flag: --etcd-servers" in message
