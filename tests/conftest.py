@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.support.servers.pubsub",
     "tests.support.servers.kafka",
     "tests.support.servers.redis",
+    "tests.support.servers.kube_apiserver",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
