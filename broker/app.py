@@ -14,12 +14,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
+from broker import http_server
 from broker.api.resources import ResourceApi, install_resource_routes
 from broker.api.status import install_error_handlers
+from broker.asgi import Receive, Scope, Send
 from broker.bus import Bus, create_bus
 from broker.components import Component, HttpHandler, RuntimeContext
 from broker.config import Settings
@@ -28,8 +29,8 @@ from broker.dispatch.client import DeliveryClient
 from broker.dispatch.delivery import Deliverer
 from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
-from broker.errors import CemeshError
-from broker.ingress import Ingress, Receive, Scope, Send, match_route
+from broker.errors import BusClientMissing, CemeshError, RequestIncomplete
+from broker.ingress import Ingress, match_route
 from broker.metrics import Metrics
 from broker.serving.invoker import Invoker
 from broker.sources.runner import SourceRunner
@@ -77,6 +78,7 @@ class Runtime:
         self.metrics = Metrics()
         self.store = Store(settings.database_url)
         self.buses: dict[str, Bus] = {}
+        self._missing_clients: dict[str, str] = {}  # bus name -> which extra to install
         self.client = DeliveryClient()
         self.ingress = Ingress(
             buses=self.buses,
@@ -139,11 +141,22 @@ class Runtime:
         return bus
 
     async def open_buses(self, names: set[str]) -> dict[str, str]:
-        """Open every bus in ``names`` not open yet; the ones that failed, with why."""
+        """Open every bus in ``names`` not open yet; the ones that failed, with why.
+
+        A bus whose client library is not installed is remembered as such (and logged once):
+        it cannot appear while this process runs, so it is not imported again on every poll.
+        """
         errors: dict[str, str] = {}
         for name in sorted(names):
+            missing = self._missing_clients.get(name)
+            if missing is not None:
+                errors[name] = missing
+                continue
             try:
                 await self._bus(name)
+            except BusClientMissing as exc:
+                errors[name] = self._missing_clients[name] = exc.message
+                log.error("bus client not installed", extra={"bus": name, "error": exc.message})
             except CemeshError as exc:
                 errors[name] = f"bus {name!r} is unavailable: {exc.message}"
                 log.error("bus unavailable", extra={"bus": name, "error": exc.message})
@@ -235,7 +248,9 @@ class CemeshApp:
                 return
             for prefix, handler in self._routes:
                 if path.startswith(prefix):
-                    await handler(scope, receive, send)
+                    # A client that left mid-body has no one to answer.
+                    with contextlib.suppress(RequestIncomplete):
+                        await handler(scope, receive, send)
                     return
         await self.api(scope, receive, send)
 
@@ -289,10 +304,9 @@ def serve(settings: Settings) -> None:
     # long as the process: keep it out of the collector's generations, so that collecting the
     # per-event garbage stays cheap. Only here, not in create_app: an embedding app owns its GC.
     gc.freeze()
-    uvicorn.run(
+    http_server.run(
         app,
-        host=settings.host,
-        port=settings.port,
+        settings,
         timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
         **UVICORN_OPTIONS,
     )

@@ -142,6 +142,28 @@ class Settings(BaseSettings):
         default=None, description="Pub/Sub address, e.g. a regional endpoint (default: global)."
     )
 
+    # HTTP server (cemesh serve): connection limits and how long a client may take to send
+    max_connections: int | None = Field(
+        default=1000,
+        ge=1,
+        description="Open connections (and requests in progress) beyond which requests get 503.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers (from connecting, or from "
+        "the request's first byte); then 408 and the connection is closed.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a client has to send a request's body once its headers arrived; "
+        "then 408, the connection is closed and nothing of the request is used.",
+    )
+    keep_alive_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds an idle keep-alive connection is kept open."
+    )
+
     # Ingress
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     max_ttl: int = Field(default=255, ge=1, description="knativebrokerttl given to new events.")

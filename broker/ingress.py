@@ -18,23 +18,19 @@ Events are never upgraded from 0.3 (K32, K146).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Mapping
 
 import orjson
 
 from broker import binding
+from broker.asgi import Receive, Scope, Send, read_body
 from broker.bus import Bus
-from broker.errors import BindingError, PublishError
+from broker.errors import BindingError, PublishError, RequestIncomplete
 from broker.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
 from broker.metrics import Metrics
 from broker.spec import BrokerSpec, ChannelSpec, Snapshot
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # First path segments that belong to the management API, never to a broker namespace.
 RESERVED_SEGMENTS = frozenset(
@@ -206,10 +202,16 @@ class Ingress:
 
         headers = scope["headers"]
         # The whole body usually comes in one message; the general reader handles the rest.
+        # A missing more_body counts as more: http.disconnect has none, and must never pass
+        # for the end of a body (read_body tells the two apart).
         message = await receive()
         body = message.get("body", b"")
-        if message.get("more_body", False) or len(body) > self.max_request_bytes:
-            body = await self._read_rest(body, message, receive)
+        if message.get("more_body", True) or len(body) > self.max_request_bytes:
+            try:
+                body = await read_body(receive, self.max_request_bytes, message)
+            except RequestIncomplete:  # the client is gone: nothing to publish, no one to answer
+                self._metrics.incomplete_requests += 1
+                return
         if body is None:
             await self._reject(
                 send, 413, f"request body is larger than {self.max_request_bytes} bytes"
@@ -251,23 +253,6 @@ class Ingress:
     async def _reject(self, send: Send, status: int, message: str) -> None:
         self._metrics.ingress_events[str(status)] += 1
         await _error(send, status, message)
-
-    async def _read_rest(
-        self, first: bytes, message: Mapping[str, Any], receive: Receive
-    ) -> bytes | None:
-        """The whole body, given its ``first`` message; None when it is over the limit."""
-        limit = self.max_request_bytes
-        chunks = [first]
-        size = len(first)
-        while True:
-            if size > limit:
-                return None
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            chunks.append(chunk)
 
 
 async def _error(send: Send, status: int, message: str) -> None:

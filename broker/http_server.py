@@ -1,0 +1,178 @@
+"""How ``cemesh serve`` serves HTTP: uvicorn (httptools), plus read deadlines uvicorn lacks.
+
+uvicorn bounds the idle time between two requests of a connection (``timeout_keep_alive``) and
+the number of connections and requests (``limit_concurrency``: beyond it, 503), but with the
+httptools parser nothing bounds how long a client may take to send a request: a connection that
+sends nothing, or its headers or its body a byte at a time (slowloris), is kept forever. This
+module adds two deadlines, per connection:
+
+- headers: from the connection's opening (or a request's first byte) to the end of its headers,
+  ``header_timeout`` seconds;
+- body: from the end of the headers to the last byte of the body, ``body_timeout`` seconds.
+
+A request past its deadline gets ``408`` (when any of it arrived) and its connection is closed;
+a handler still reading its body sees ``http.disconnect``, so nothing of it is used (see
+:func:`broker.asgi.read_body`). Time spent while uvicorn itself has paused reading (the app has
+not taken the body yet, or a pipelined request waits for the one before it) does not count.
+
+Deadlines are checked by the server's own 0.1 s tick (:meth:`uvicorn.Server.on_tick`), not by a
+timer per request: a request only records which phase it is in and the tick it entered it, which
+costs nothing measurable on the ingress hot path (a timer armed and cancelled per request would).
+So a deadline fires up to ``SWEEP_TICKS`` ticks late.
+
+This reaches into uvicorn's httptools protocol (its parser callbacks, ``cycle`` and ``flow``);
+``tests/e2e/test_http_deadlines.py`` fails if a uvicorn release changes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import sys
+from typing import Any, ClassVar
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from broker.config import Settings
+
+TICK = 0.1  # seconds between uvicorn's on_tick calls (uvicorn.Server.main_loop)
+SWEEP_TICKS = 5  # connections are checked every half second
+
+# What a connection is waiting for from its client, when it is waiting for anything.
+_FIRST_BYTE = 1  # a new connection: the first request (limited as headers are)
+_HEADERS = 2
+_BODY = 3
+
+
+class ReadDeadlines:
+    """The server's tick count and the two deadlines in ticks; shared by all its connections."""
+
+    def __init__(self, header_timeout: float, body_timeout: float) -> None:
+        self.tick = 0
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self._limits = {
+            _FIRST_BYTE: math.ceil(header_timeout / TICK),
+            _HEADERS: math.ceil(header_timeout / TICK),
+            _BODY: math.ceil(body_timeout / TICK),
+        }
+
+    def sweep(self, connections: set[Any]) -> None:
+        """Close every connection whose client is past the deadline of its current phase."""
+        tick = self.tick
+        for connection in list(connections):
+            if not isinstance(connection, DeadlineHttpToolsProtocol):
+                continue  # a websocket, say: not ours to time
+            phase = connection.reading
+            if phase is None:
+                continue
+            if connection.flow is not None and connection.flow.read_paused:
+                connection.reading_since = tick  # uvicorn is not reading: the wait is ours
+            elif tick - connection.reading_since > self._limits[phase]:
+                connection.read_timed_out(phase)
+
+    def message(self, phase: int) -> str:
+        if phase == _BODY:
+            return f"request body not complete within {self.body_timeout:g} s"
+        return f"request headers not complete within {self.header_timeout:g} s"
+
+
+class DeadlineHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, recording which part of a request it is waiting for."""
+
+    deadlines: ClassVar[ReadDeadlines]  # set by the subclass :func:`protocol_class` makes
+
+    reading: int | None = None
+    reading_since = 0
+
+    def _waiting_for(self, phase: int | None) -> None:
+        self.reading = phase
+        self.reading_since = self.deadlines.tick
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._waiting_for(_FIRST_BYTE)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._waiting_for(_HEADERS)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._waiting_for(_BODY)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.reading = None  # the app has it; between requests uvicorn's keep-alive timer rules
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reading = None
+        super().connection_lost(exc)
+
+    def read_timed_out(self, phase: int) -> None:
+        """Answer 408 (if a request began and nothing was answered) and close the connection."""
+        self.reading = None
+        cycle = self.cycle
+        in_flight = cycle is not None and not cycle.response_complete
+        if phase != _FIRST_BYTE and not (in_flight and cycle.response_started):
+            body = orjson.dumps({"code": 408, "message": self.deadlines.message(phase)})
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+        if in_flight:  # the handler reading this body gets http.disconnect, never a part of it
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+
+def protocol_class(deadlines: ReadDeadlines) -> type[DeadlineHttpToolsProtocol]:
+    """A protocol class bound to one server's ``deadlines``."""
+    return type("CemeshHttpProtocol", (DeadlineHttpToolsProtocol,), {"deadlines": deadlines})
+
+
+class DeadlineServer(uvicorn.Server):
+    """uvicorn's server, whose tick also enforces the connections' read deadlines."""
+
+    def __init__(self, config: uvicorn.Config, deadlines: ReadDeadlines) -> None:
+        super().__init__(config)
+        self.deadlines = deadlines
+
+    async def on_tick(self, counter: int) -> bool:
+        deadlines = self.deadlines
+        deadlines.tick += 1
+        if deadlines.tick % SWEEP_TICKS == 0:
+            deadlines.sweep(self.server_state.connections)
+        return await super().on_tick(counter)
+
+
+def uvicorn_config(
+    app: Any, settings: Settings, **options: Any
+) -> tuple[uvicorn.Config, ReadDeadlines]:
+    """The uvicorn configuration of ``settings`` (connection limits and timeouts) for ``app``."""
+    deadlines = ReadDeadlines(settings.header_timeout, settings.body_timeout)
+    config = uvicorn.Config(
+        app,
+        **{
+            **options,
+            "host": settings.host,
+            "port": settings.port,
+            "http": protocol_class(deadlines),  # httptools, with the deadlines
+            "timeout_keep_alive": settings.keep_alive_timeout,
+            "limit_concurrency": settings.max_connections,
+        },
+    )
+    return config, deadlines
+
+
+def run(app: Any, settings: Settings, **options: Any) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, as ``uvicorn.run`` does for one worker."""
+    config, deadlines = uvicorn_config(app, settings, **options)
+    server = DeadlineServer(config, deadlines)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a clean stop, as with uvicorn.run
+        server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE
