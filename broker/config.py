@@ -57,6 +57,18 @@ class Settings(BaseSettings):
         description="Events one group of the memory bus holds before publishers wait: a short "
         "queue keeps latency low and pushes back on producers when subscribers fall behind.",
     )
+    memory_queue_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of events the whole memory bus holds (an event counts once per "
+        "Trigger/Subscription holding it) before publishers wait: the bound on its memory.",
+    )
+    memory_publish_timeout: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds a publish waits for room in a full memory bus; then the ingress "
+        "answers 503 with Retry-After.",
+    )
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
