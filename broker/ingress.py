@@ -27,6 +27,7 @@ from broker.asgi import Receive, Scope, Send, read_body
 from broker.bus import Bus
 from broker.errors import BindingError, PublishError, RequestIncomplete
 from broker.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
+from broker.memo import MAX_PATH_LENGTH, remember
 from broker.metrics import Metrics
 from broker.spec import BrokerSpec, ChannelSpec, Snapshot
 
@@ -79,14 +80,13 @@ def match_route(path: str) -> tuple[str, str, str] | None:
     route = _ROUTES.get(path, _UNKNOWN)
     if route is _UNKNOWN:
         route = _parse_route(path)
-        if len(_ROUTES) < _ROUTE_CACHE_LIMIT:  # the same few paths arrive again and again
-            _ROUTES[path] = route
+        # The same few paths arrive again and again.
+        remember(_ROUTES, path, route, max_key_length=MAX_PATH_LENGTH, max_entries=4096)
     return route  # type: ignore[return-value]
 
 
 _UNKNOWN = object()
-_ROUTE_CACHE_LIMIT = 4096
-_ROUTES: dict[str, tuple[str, str, str] | object | None] = {}
+_ROUTES: dict[str, tuple[str, str, str] | object | None] = {}  # written through memo.remember
 
 
 def _parse_route(path: str) -> tuple[str, str, str] | None:
