@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from broker import http_server
 from broker.api.resources import ResourceApi, install_resource_routes
@@ -252,7 +253,9 @@ class CemeshApp:
                     with contextlib.suppress(RequestIncomplete):
                         await handler(scope, receive, send)
                     return
-        await self.api(scope, receive, send)
+        # The same for the management API (Starlette raises ClientDisconnect when reading).
+        with contextlib.suppress(ClientDisconnect):
+            await self.api(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> CemeshApp:

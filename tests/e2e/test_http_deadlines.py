@@ -221,3 +221,20 @@ async def test_a_component_route_cut_off_mid_body_is_not_an_error(mesh: Mesh) ->
     await asyncio.sleep(0.2)
     await _close(writer)
     await _only_the_sentinel_arrives(mesh)
+
+
+async def test_a_resource_cut_off_mid_body_is_not_stored_and_not_an_error(mesh: Mesh) -> None:
+    _reader, writer = await _connect(mesh)
+    path = "/apis/eventing.knative.dev/v1/namespaces/default/brokers"
+    body = b'{"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "h"}}'
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nhost: cemesh\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body) + 10}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    await _close(writer)
+    async with httpx.AsyncClient(base_url=mesh.process.url) as client:
+        assert (await client.get(f"{path}/h")).status_code == 404
+    await _only_the_sentinel_arrives(mesh)
