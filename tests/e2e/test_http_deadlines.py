@@ -238,3 +238,19 @@ async def test_a_resource_cut_off_mid_body_is_not_stored_and_not_an_error(mesh: 
     async with httpx.AsyncClient(base_url=mesh.process.url) as client:
         assert (await client.get(f"{path}/h")).status_code == 404
     await _only_the_sentinel_arrives(mesh)
+
+
+async def test_requests_beyond_max_connections_get_503(tmp_path: Path) -> None:
+    async with cemesh_process(tmp_path, max_connections="3") as process:
+        idle = [await asyncio.open_connection("127.0.0.1", process.port) for _ in range(2)]
+        async with httpx.AsyncClient(base_url=process.url) as client:
+            # Two idle connections and this request's own: the limit is reached.
+            assert (await client.get("/healthz")).status_code == 503
+        for _reader, writer in idle:
+            await _close(writer)
+        async with asyncio.timeout(CLOSE_BOUND):
+            while True:  # the server notices the closed connections shortly
+                async with httpx.AsyncClient(base_url=process.url) as client:
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
