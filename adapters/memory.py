@@ -22,9 +22,9 @@ Model:
   reached: ``queue_bytes``, the memory the whole bus may hold in events (their data and
   attributes plus a fixed per-event overhead, see :func:`event_footprint`; an event counts once
   for every group that holds it, from its publish until that group acks it or is deleted), and
-  ``queue_size``, the messages one live group may hold that no handler has taken (so one slow
-  group makes its publishers wait long before it takes the whole memory budget). The byte bound
-  is what bounds the process's memory: count alone would let 10,000 events of 4 MiB each in.
+  ``queue_size``, the messages one live group may hold that no handler has taken (how far one
+  group may fall behind, in events, whatever their size: a bound on queueing latency). The byte
+  bound is what bounds the process's memory: count alone would let 10,000 events of 4 MiB in.
   A publish waits at most ``publish_timeout`` seconds (default: as long as it takes), then raises
   a retryable :class:`~broker.errors.PublishError` (the ingress answers 503 with
   ``Retry-After``). Two exceptions, both to avoid deadlocks: redeliveries are never held back,
@@ -285,10 +285,7 @@ class _Group:
         """The handler returned: forget ``entry`` and release the next message of its key."""
         self.taken -= 1
         self.bytes -= entry.size
-        budget = self._budget
-        budget.held -= entry.size
-        if budget.waiting.waiters:
-            budget.waiting.wake_one()
+        self._budget.release(entry.size)
         key = entry.key if self.ordered else None
         if key is not None:
             waiting = self.keys[key]
@@ -465,7 +462,10 @@ class MemoryBus:
         if not groups:
             return  # no group: no one to deliver to
         size = event_footprint(event)
-        if self._blocker(groups, size) is None or _in_handler.get():
+        budget = self._budget
+        if (not budget.waiting.waiters and self._blocker(groups, size) is None) or (
+            _in_handler.get()
+        ):
             for group in groups.values():
                 if group.subscriptions:
                     group.put(_Entry(event, key, size))
@@ -482,7 +482,6 @@ class MemoryBus:
         for group in self._topics.get(topic, {}).values():
             if group.subscriptions:
                 group.put(_Entry(event, key, size))
-        budget = self._budget
         if budget.held < budget.limit:
             # Woken for room, and some is left: the next waiting publisher may fit too.
             budget.waiting.wake_one()
@@ -499,9 +498,16 @@ class MemoryBus:
         return None if self._budget.has_room(size * live) else self._budget
 
     async def _wait_for_room(self, topic: str, size: int) -> None:
-        """Return once there is room for the event in every live group of ``topic``."""
+        """Return once there is room for the event in every live group of ``topic``.
+
+        Publishers already waiting for bytes go first: a newcomer queues behind them rather
+        than taking the room an ack just made for them.
+        """
         limit = self.queue_size
         woken_by: _Group | _ByteBudget | None = None
+        if self._budget.waiting.waiters:
+            await self._budget.waiting.wait()
+            woken_by = self._budget
         while True:
             groups = self._topics.get(topic)
             if not groups:
