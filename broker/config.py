@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         description="Seconds a client has to send a request's body once its headers arrived; "
         "then 408, the connection is closed and nothing of the request is used.",
     )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Bytes of headers a request may have; larger ones get 431 and the "
+        "connection is closed.",
+    )
     keep_alive_timeout: float = Field(
         default=5.0, gt=0, description="Seconds an idle keep-alive connection is kept open."
     )

@@ -11,6 +11,7 @@ module adds two deadlines, per connection:
 - body: from the end of the headers to the last byte of the body, ``body_timeout`` seconds.
 
 A request past its deadline gets ``408`` (when any of it arrived) and its connection is closed;
+headers larger than ``max_header_bytes`` get ``431`` (the parser would buffer any size);
 a handler still reading its body sees ``http.disconnect``, so nothing of it is used (see
 :func:`broker.asgi.read_body`). Time spent while uvicorn itself has paused reading (the app has
 not taken the body yet, or a pipelined request waits for the one before it) does not count.
@@ -48,10 +49,14 @@ _BODY = 3
 
 
 class ReadDeadlines:
-    """The server's tick count and the two deadlines in ticks; shared by all its connections."""
+    """The server's tick count, the two deadlines in ticks and the bound on a request's headers;
+    shared by all its connections."""
 
-    def __init__(self, header_timeout: float, body_timeout: float) -> None:
+    def __init__(
+        self, header_timeout: float, body_timeout: float, max_header_bytes: int = 64 * 1024
+    ) -> None:
         self.tick = 0
+        self.max_header_bytes = max_header_bytes
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self._limits = {
@@ -87,6 +92,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
 
     reading: int | None = None
     reading_since = 0
+    header_bytes = 0  # received while waiting for the current request's headers
 
     # Each callback records its phase inline (no helper call): three of them run per request.
 
@@ -104,6 +110,23 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self.reading = _BODY
         self.reading_since = self.deadlines.tick
+        self.header_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes that arrive while headers are awaited count against max_header_bytes (the
+        # httptools parser has no bound of its own). The read in which a request begins is not
+        # counted, so headers are bounded by max_header_bytes plus one read (uvloop: 256 KiB).
+        reading = self.reading
+        if reading is not None and reading != _BODY:
+            self.header_bytes += len(data)
+            if self.header_bytes > self.deadlines.max_header_bytes:
+                self.refuse(
+                    431,
+                    b"Request Header Fields Too Large",
+                    f"request headers larger than {self.deadlines.max_header_bytes} bytes",
+                )
+                return
+        super().data_received(data)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -115,18 +138,27 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
 
     def read_timed_out(self, phase: int) -> None:
         """Answer 408 (if a request began and nothing was answered) and close the connection."""
-        self.reading = None
         cycle = self.cycle  # in the headers phase: the previous request's, if any
-        in_flight = cycle is not None and not cycle.response_complete
         # A handler may answer before the body is in (404, 413): no second answer then.
         answered = phase == _BODY and cycle is not None and cycle.response_started
-        if phase != _FIRST_BYTE and not answered:
-            body = orjson.dumps({"code": 408, "message": self.deadlines.message(phase)})
+        if phase == _FIRST_BYTE or answered:
+            self.refuse(None, b"", "")
+        else:
+            self.refuse(408, b"Request Timeout", self.deadlines.message(phase))
+
+    def refuse(self, status: int | None, reason: bytes, message: str) -> None:
+        """Answer ``status`` (None: nothing) and close the connection, cutting off any request
+        whose handler is still reading: it gets http.disconnect, never a part of the body."""
+        self.reading = None
+        if status is not None:
+            body = orjson.dumps({"code": status, "message": message})
             self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (status, reason, len(body), body)
             )
-        if in_flight:  # the handler reading this body gets http.disconnect, never a part of it
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()
@@ -156,7 +188,9 @@ def uvicorn_config(
     app: Any, settings: Settings, **options: Any
 ) -> tuple[uvicorn.Config, ReadDeadlines]:
     """The uvicorn configuration of ``settings`` (connection limits and timeouts) for ``app``."""
-    deadlines = ReadDeadlines(settings.header_timeout, settings.body_timeout)
+    deadlines = ReadDeadlines(
+        settings.header_timeout, settings.body_timeout, settings.max_header_bytes
+    )
     config = uvicorn.Config(
         app,
         **{

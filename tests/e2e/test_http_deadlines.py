@@ -254,3 +254,25 @@ async def test_requests_beyond_max_connections_get_503(tmp_path: Path) -> None:
                     if (await client.get("/healthz")).status_code == 200:
                         break
                 await asyncio.sleep(0.05)
+
+
+async def test_headers_beyond_max_header_bytes_get_431_and_nothing_is_published(
+    mesh: Mesh,
+) -> None:
+    reader, writer = await _connect(mesh)
+    head = _head("huge-head", "content-length: 4")
+    request = head[:-2] + b"ce-big: " + b"h" * (1024 * 1024) + b"\r\n\r\ndata"
+    answer = b""
+    # 32 KiB at a time, listening in between: the server answers and closes after the default
+    # 64 KiB, and the client stops sending (so the close is not a reset that eats the answer).
+    for start in range(0, len(request), 32 * 1024):
+        writer.write(request[start : start + 32 * 1024])
+        await writer.drain()
+        with contextlib.suppress(TimeoutError):
+            answer += await asyncio.wait_for(reader.read(4096), 0.2)
+        if answer:
+            break
+    answer += await _until_closed(reader)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    await _close(writer)
+    await _only_the_sentinel_arrives(mesh)
