@@ -113,20 +113,21 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self.header_bytes = 0
 
     def data_received(self, data: bytes) -> None:
-        # Bytes that arrive while headers are awaited count against max_header_bytes (the
-        # httptools parser has no bound of its own). The read in which a request begins is not
-        # counted, so headers are bounded by max_header_bytes plus one read (uvloop: 256 KiB).
-        reading = self.reading
-        if reading is not None and reading != _BODY:
+        # A read that leaves the headers as incomplete as it found them was all header bytes:
+        # those count against max_header_bytes (the httptools parser has no bound of its own).
+        # The reads in which a request begins and its headers end are not counted, so headers
+        # are bounded by max_header_bytes plus two reads.
+        before = self.reading
+        super().data_received(data)
+        if before is not None and before == self.reading and before != _BODY:
             self.header_bytes += len(data)
-            if self.header_bytes > self.deadlines.max_header_bytes:
+            limit = self.deadlines.max_header_bytes
+            if self.header_bytes > limit and not self.transport.is_closing():
                 self.refuse(
                     431,
                     b"Request Header Fields Too Large",
-                    f"request headers larger than {self.deadlines.max_header_bytes} bytes",
+                    f"request headers larger than {limit} bytes",
                 )
-                return
-        super().data_received(data)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
