@@ -16,10 +16,10 @@ a handler still reading its body sees ``http.disconnect``, so nothing of it is u
 :func:`broker.asgi.read_body`). Time spent while uvicorn itself has paused reading (the app has
 not taken the body yet, or a pipelined request waits for the one before it) does not count.
 
-Deadlines are checked by the server's own 0.1 s tick (:meth:`uvicorn.Server.on_tick`), not by a
-timer per request: a request only records which phase it is in and the tick it entered it, which
-costs nothing measurable on the ingress hot path (a timer armed and cancelled per request would).
-So a deadline fires up to ``SWEEP_TICKS`` ticks late.
+Deadlines are checked by the server's own 0.1 s tick (:meth:`uvicorn.Server.on_tick`), which
+reads each connection's phase from uvicorn's state: nothing is done per request on the ingress
+hot path (a timer armed and cancelled per request, or an override of each parser callback,
+measurably would). So a deadline fires up to ``SWEEP_TICKS`` ticks late.
 
 This reaches into uvicorn's httptools protocol (its parser callbacks, ``cycle`` and ``flow``);
 ``tests/e2e/test_http_deadlines.py`` fails if a uvicorn release changes them.
@@ -27,7 +27,6 @@ This reaches into uvicorn's httptools protocol (its parser callbacks, ``cycle`` 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import sys
@@ -40,7 +39,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from broker.config import Settings
 
 TICK = 0.1  # seconds between uvicorn's on_tick calls (uvicorn.Server.main_loop)
-SWEEP_TICKS = 5  # connections are checked every half second
+SWEEP_TICKS = 2  # connections are checked every 0.2 s
 
 # What a connection is waiting for from its client, when it is waiting for anything.
 _FIRST_BYTE = 1  # a new connection: the first request (limited as headers are)
@@ -66,17 +65,28 @@ class ReadDeadlines:
         }
 
     def sweep(self, connections: set[Any]) -> None:
-        """Close every connection whose client is past the deadline of its current phase."""
+        """Close every connection whose client is past the deadline of what it is sending.
+
+        A phase is timed from the sweep that first saw it, so a deadline fires between its
+        time and one sweep later.
+        """
         tick = self.tick
         for connection in list(connections):
             if not isinstance(connection, DeadlineHttpToolsProtocol):
                 continue  # a websocket, say: not ours to time
-            phase = connection.reading
+            phase = connection.phase()
+            scope = connection.scope
             if phase is None:
-                continue
-            if connection.flow is not None and connection.flow.read_paused:
-                connection.reading_since = tick  # uvicorn is not reading: the wait is ours
-            elif tick - connection.reading_since > self._limits[phase]:
+                connection.seen_phase = None
+            elif (
+                phase != connection.seen_phase
+                or scope is not connection.seen_scope
+                or (connection.flow is not None and connection.flow.read_paused)
+            ):
+                # Newly seen, or uvicorn itself is not reading (the wait is ours): start timing.
+                connection.seen_phase, connection.seen_scope = phase, scope
+                connection.seen_since = tick
+            elif tick - connection.seen_since > self._limits[phase]:
                 connection.read_timed_out(phase)
 
     def message(self, phase: int) -> str:
@@ -86,56 +96,58 @@ class ReadDeadlines:
 
 
 class DeadlineHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, recording which part of a request it is waiting for."""
+    """uvicorn's httptools protocol, with read deadlines and a bound on header bytes.
+
+    Which part of a request a connection waits for is read from uvicorn's own state (its
+    ``scope`` is made when a request begins, its ``cycle`` when the headers are complete, and
+    ``cycle.more_body`` turns false at the body's end) by the sweep, rather than recorded by
+    overriding the parser callbacks: three more Python calls per request measurably slowed the
+    ingress. Only ``data_received`` is overridden, for the header bound.
+    """
 
     deadlines: ClassVar[ReadDeadlines]  # set by the subclass :func:`protocol_class` makes
 
-    reading: int | None = None
-    reading_since = 0
-    header_bytes = 0  # received while waiting for the current request's headers
+    # What the sweep last saw this connection wait for (phase, request) and since which tick.
+    seen_phase: int | None = None
+    seen_scope: object = None
+    seen_since = 0
+    # Header bytes received for the request whose scope is header_scope.
+    header_bytes = 0
+    header_scope: object = None
 
-    # Each callback records its phase inline (no helper call): three of them run per request.
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.reading = _FIRST_BYTE
-        self.reading_since = self.deadlines.tick
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.reading = _HEADERS
-        self.reading_since = self.deadlines.tick
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        self.reading = _BODY
-        self.reading_since = self.deadlines.tick
-        self.header_bytes = 0
+    def phase(self) -> int | None:
+        """What this connection waits for from its client now, if anything."""
+        scope, cycle = self.scope, self.cycle
+        if scope is None:
+            return _FIRST_BYTE  # connected, no request yet
+        if cycle is None or cycle.scope is not scope:
+            return _HEADERS  # a request began; its headers are not complete
+        if cycle.more_body and not cycle.disconnected:
+            return _BODY
+        return None  # the handler has the request; idle keep-alive is uvicorn's to time
 
     def data_received(self, data: bytes) -> None:
-        # A read that leaves the headers as incomplete as it found them was all header bytes:
-        # those count against max_header_bytes (the httptools parser has no bound of its own).
-        # The reads in which a request begins and its headers end are not counted, so headers
-        # are bounded by max_header_bytes plus two reads.
-        before = self.reading
+        # A read after which the same request's headers are still incomplete was all header
+        # bytes: those count against max_header_bytes (the httptools parser buffers headers of
+        # any size). The reads in which a request begins and its headers end are not counted,
+        # so headers are bounded by max_header_bytes plus two reads.
+        scope = self.scope
         super().data_received(data)
-        if before is not None and before == self.reading and before != _BODY:
-            self.header_bytes += len(data)
-            limit = self.deadlines.max_header_bytes
-            if self.header_bytes > limit and not self.transport.is_closing():
-                self.refuse(
-                    431,
-                    b"Request Header Fields Too Large",
-                    f"request headers larger than {limit} bytes",
-                )
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self.reading = None  # the app has it; between requests uvicorn's keep-alive timer rules
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.reading = None
-        super().connection_lost(exc)
+        if scope is None or scope is not self.scope:
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is scope:
+            return  # the headers are complete
+        if self.header_scope is not scope:
+            self.header_scope, self.header_bytes = scope, 0
+        self.header_bytes += len(data)
+        limit = self.deadlines.max_header_bytes
+        if self.header_bytes > limit and not self.transport.is_closing():
+            self.refuse(
+                431,
+                b"Request Header Fields Too Large",
+                f"request headers larger than {limit} bytes",
+            )
 
     def read_timed_out(self, phase: int) -> None:
         """Answer 408 (if a request began and nothing was answered) and close the connection."""
@@ -150,7 +162,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     def refuse(self, status: int | None, reason: bytes, message: str) -> None:
         """Answer ``status`` (None: nothing) and close the connection, cutting off any request
         whose handler is still reading: it gets http.disconnect, never a part of the body."""
-        self.reading = None
+        self.seen_phase = None
         if status is not None:
             body = orjson.dumps({"code": status, "message": message})
             self.transport.write(
