@@ -18,11 +18,19 @@ Model:
 - Subscriptions of one group compete: each message goes to one of them. ``concurrency`` is the
   number of handler tasks of a subscription; tasks live as long as the subscription (never one
   task per message).
-- ``publish`` waits while a live group of the topic already holds ``queue_size`` messages that no
-  handler has taken (back-pressure) rather than dropping anything. Two exceptions, both to avoid
-  deadlocks: redeliveries are never held back, and neither is a publish made from inside a
-  handler of this bus (a reply re-entering a broker): handlers are what drains the queues, so a
-  handler waiting for room could be waiting for itself.
+- Two bounds, and ``publish`` waits (back-pressure) rather than dropping anything while either is
+  reached: ``queue_bytes``, the memory the whole bus may hold in events (their data and
+  attributes plus a fixed per-event overhead, see :func:`event_footprint`; an event counts once
+  for every group that holds it, from its publish until that group acks it or is deleted), and
+  ``queue_size``, the messages one live group may hold that no handler has taken (how far one
+  group may fall behind, in events, whatever their size: a bound on queueing latency). The byte
+  bound is what bounds the process's memory: count alone would let 10,000 events of 4 MiB in.
+  A publish waits at most ``publish_timeout`` seconds (default: as long as it takes), then raises
+  a retryable :class:`~broker.errors.PublishError` (the ingress answers 503 with
+  ``Retry-After``). Two exceptions, both to avoid deadlocks: redeliveries are never held back,
+  and neither is a publish made from inside a handler of this bus (a reply re-entering a
+  broker): handlers are what drains the queues, so a handler waiting for room could be waiting
+  for itself. An event larger than ``queue_bytes`` is taken when the bus holds nothing else.
 - Settling: the handler returning acks; :class:`~broker.bus.Nack` redelivers after its delay;
   any other exception is logged and redelivered after :data:`ERROR_REDELIVERY_DELAY` (so that a
   broken handler does not spin the CPU). Redeliveries carry ``attempt + 1`` and join the back of
@@ -52,6 +60,8 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
+
 from broker.bus import BusFactory, Capability, Handler, Message, run_handler
 from broker.errors import BusError, PublishError, SubscribeError
 from broker.events import CloudEvent
@@ -59,6 +69,13 @@ from broker.events import CloudEvent
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 100_000
+DEFAULT_QUEUE_BYTES = 128 * 1024 * 1024
+
+# What :func:`event_footprint` adds for the Python objects of one held event (the CloudEvent,
+# its attribute dict, the queue entry) and for each attribute (its key and value objects):
+# measured sizes rounded up, so that many small events are not undercounted.
+EVENT_OVERHEAD = 512
+ATTRIBUTE_OVERHEAD = 128
 
 # Redelivery delay after a handler raised something other than Nack: long enough that a handler
 # failing on every message does not busy-loop, short enough not to matter for a transient error.
@@ -69,15 +86,85 @@ ERROR_REDELIVERY_DELAY = 0.05
 _in_handler: ContextVar[bool] = ContextVar("cemesh_memory_bus_in_handler", default=False)
 
 
+def event_footprint(event: CloudEvent) -> int:
+    """About how many bytes of memory ``event`` takes while a group holds it (pure).
+
+    Its data, its attributes as JSON (names and values: one C call, cheaper on the ingress hot
+    path than a loop over them), and the fixed overheads.
+    """
+    attributes = event.attributes
+    size = EVENT_OVERHEAD + ATTRIBUTE_OVERHEAD * len(attributes) + len(orjson.dumps(attributes))
+    return size if event.data is None else size + len(event.data)
+
+
 class _Entry:
     """One event held for one group (each group counts its own attempts)."""
 
-    __slots__ = ("attempt", "event", "key")
+    __slots__ = ("attempt", "event", "key", "size")
 
-    def __init__(self, event: CloudEvent, key: str | None, attempt: int = 1) -> None:
+    def __init__(self, event: CloudEvent, key: str | None, size: int, attempt: int = 1) -> None:
         self.event = event
         self.key = key
+        self.size = size  # its event_footprint, charged to the bus's byte budget
         self.attempt = attempt
+
+
+class _WaitQueue:
+    """Publishers waiting for room, woken one at a time, first come first served."""
+
+    __slots__ = ("waiters",)
+
+    def __init__(self) -> None:
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def wait(self) -> None:
+        """Return when woken (to look again: the room may be gone by then)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            # The wake-up was meant for someone waiting: pass it on rather than lose it.
+            if waiter.done() and not waiter.cancelled():
+                self.wake_one()
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
+            raise
+
+    def wake_one(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def wake_all(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class _ByteBudget:
+    """The bytes of events the whole bus holds (``held``), bounded by ``limit``."""
+
+    __slots__ = ("held", "limit", "waiting")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.waiting = _WaitQueue()
+
+    def has_room(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit (always, when nothing is held: no event is refused)."""
+        return self.held == 0 or self.held + size <= self.limit
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        if self.waiting.waiters:
+            self.waiting.wake_one()
 
 
 class _Group:
@@ -89,10 +176,12 @@ class _Group:
     """
 
     __slots__ = (
+        "_budget",
         "_getters",
         "_loop",
         "_putters",
         "_timers",
+        "bytes",
         "held",
         "keys",
         "name",
@@ -103,9 +192,11 @@ class _Group:
         "topic",
     )
 
-    def __init__(self, topic: str, name: str, *, ordered: bool) -> None:
+    def __init__(self, topic: str, name: str, *, ordered: bool, budget: _ByteBudget) -> None:
         self.topic = topic
         self.name = name
+        self._budget = budget
+        self.bytes = 0  # the footprint of everything held or taken, charged to the budget
         # Fixed when the group is made: the per-key guard must see a key's every message.
         self.ordered = ordered
         self.ready: deque[_Entry] = deque()
@@ -116,7 +207,7 @@ class _Group:
         self.taken = 0
         self.subscriptions: set[_MemorySubscription] = set()
         self._getters: deque[asyncio.Future[_Entry]] = deque()
-        self._putters: deque[asyncio.Future[None]] = deque()
+        self._putters = _WaitQueue()
         self._timers: set[asyncio.TimerHandle] = set()
         self._loop = asyncio.get_running_loop()
 
@@ -125,6 +216,8 @@ class _Group:
     def put(self, entry: _Entry) -> None:
         """A newly published message."""
         self.held += 1
+        self.bytes += entry.size
+        self._budget.held += entry.size
         key = entry.key if self.ordered else None
         if key is not None:
             waiting = self.keys.get(key)
@@ -153,32 +246,19 @@ class _Group:
     async def wait_for_space(self, limit: int) -> None:
         """Return once the group holds fewer than ``limit`` untaken messages, or is not live."""
         while self.held >= limit and self.subscriptions:
-            putter = self._loop.create_future()
-            self._putters.append(putter)
-            try:
-                await putter
-            except asyncio.CancelledError:
-                # The wake-up was meant for someone waiting: pass it on rather than lose it.
-                if putter.done() and not putter.cancelled():
-                    self.wake_putter()
-                else:
-                    self._discard(self._putters, putter)
-                raise
+            await self._putters.wait()
 
     def wake_putter(self) -> None:
-        putters = self._putters
-        while putters:
-            putter = putters.popleft()
-            if not putter.done():
-                putter.set_result(None)
-                return
+        self._putters.wake_one()
 
     def wake_all_putters(self) -> None:
         """Let every waiting publisher look again (group no longer live, or bus closed)."""
-        while self._putters:
-            putter = self._putters.popleft()
-            if not putter.done():
-                putter.set_result(None)
+        self._putters.wake_all()
+
+    def release_all(self) -> None:
+        """The group is forgotten with everything it holds: give its bytes back to the bus."""
+        self._budget.release(self.bytes)
+        self.bytes = 0
 
     # -- consuming side ---------------------------------------------------------------------
 
@@ -204,6 +284,8 @@ class _Group:
     def ack(self, entry: _Entry) -> None:
         """The handler returned: forget ``entry`` and release the next message of its key."""
         self.taken -= 1
+        self.bytes -= entry.size
+        self._budget.release(entry.size)
         key = entry.key if self.ordered else None
         if key is not None:
             waiting = self.keys[key]
@@ -313,7 +395,12 @@ class _MemorySubscription:
 
 
 class MemoryBus:
-    """The in-process bus (``bus: memory``). Options: ``queue_size`` (default 100 000)."""
+    """The in-process bus (``bus: memory``).
+
+    Options: ``queue_size`` (messages per group, default 100 000), ``queue_bytes`` (bytes of
+    events in the whole bus, default 128 MiB) and ``publish_timeout`` (seconds a publish waits
+    for room, default None: as long as it takes).
+    """
 
     name = "memory"
     capabilities = frozenset(
@@ -323,14 +410,29 @@ class MemoryBus:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})
         queue_size = options.pop("queue_size", DEFAULT_QUEUE_SIZE)
+        queue_bytes = options.pop("queue_bytes", DEFAULT_QUEUE_BYTES)
+        publish_timeout = options.pop("publish_timeout", None)
         if options:
             raise BusError(f"memory bus: unknown options {sorted(options)}", retryable=False)
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        for name, value in (("queue_size", queue_size), ("queue_bytes", queue_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BusError(
+                    f"memory bus: {name} must be a positive integer, not {value!r}",
+                    retryable=False,
+                )
+        if publish_timeout is not None and (
+            isinstance(publish_timeout, bool)
+            or not isinstance(publish_timeout, int | float)
+            or publish_timeout < 0
+        ):
             raise BusError(
-                f"memory bus: queue_size must be a positive integer, not {queue_size!r}",
+                f"memory bus: publish_timeout must be a number of seconds >= 0, "
+                f"not {publish_timeout!r}",
                 retryable=False,
             )
         self.queue_size = queue_size
+        self.publish_timeout: float | None = publish_timeout
+        self._budget = _ByteBudget(queue_bytes)
         self._topics: dict[str, dict[str, _Group]] = {}
         self._subscriptions: set[_MemorySubscription] = set()
         self._closed = False
@@ -340,28 +442,88 @@ class MemoryBus:
         if self._closed:
             raise BusError("memory bus is closed", retryable=False)
 
+    @property
+    def queue_bytes(self) -> int:
+        return self._budget.limit
+
+    @property
+    def bytes_held(self) -> int:
+        """The footprint of every event the bus holds (counted once per group holding it)."""
+        return self._budget.held
+
     async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
-        """Queue ``event`` for every live group of ``topic``; wait while one of them is full."""
+        """Queue ``event`` for every live group of ``topic``; wait while the bus is full.
+
+        Raises a retryable PublishError when there is no room within ``publish_timeout``.
+        """
         if self._closed:
             raise PublishError("memory bus is closed", retryable=False)
+        groups = self._topics.get(topic)
+        if not groups:
+            return  # no group: no one to deliver to
+        size = event_footprint(event)
+        budget = self._budget
+        if (not budget.waiting.waiters and self._blocker(groups, size) is None) or (
+            _in_handler.get()
+        ):
+            for group in groups.values():
+                if group.subscriptions:
+                    group.put(_Entry(event, key, size))
+            return
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                await self._wait_for_room(topic, size)
+        except TimeoutError:
+            raise PublishError(
+                f"the in-memory bus is full (its subscribers are behind): no room within "
+                f"{self.publish_timeout:g} s",
+                retryable=True,
+            ) from None
+        for group in self._topics.get(topic, {}).values():
+            if group.subscriptions:
+                group.put(_Entry(event, key, size))
+        if budget.held < budget.limit:
+            # Woken for room, and some is left: the next waiting publisher may fit too.
+            budget.waiting.wake_one()
+
+    def _blocker(self, groups: Mapping[str, _Group], size: int) -> _Group | _ByteBudget | None:
+        """What ``size`` more bytes for each live group of ``groups`` wait for, if anything."""
         limit = self.queue_size
-        woken_by: _Group | None = None
+        live = 0
+        for group in groups.values():
+            if group.subscriptions:
+                if group.held >= limit:
+                    return group
+                live += 1
+        return None if self._budget.has_room(size * live) else self._budget
+
+    async def _wait_for_room(self, topic: str, size: int) -> None:
+        """Return once there is room for the event in every live group of ``topic``.
+
+        Publishers already waiting for bytes go first: a newcomer queues behind them rather
+        than taking the room an ack just made for them.
+        """
+        limit = self.queue_size
+        woken_by: _Group | _ByteBudget | None = None
+        if self._budget.waiting.waiters:
+            await self._budget.waiting.wait()
+            woken_by = self._budget
         while True:
             groups = self._topics.get(topic)
             if not groups:
-                return  # no group: no one to deliver to
-            full = next((g for g in groups.values() if g.held >= limit and g.subscriptions), None)
-            if full is None or _in_handler.get():
-                break
-            if woken_by is not None and woken_by is not full and woken_by.held < limit:
+                return
+            blocker = self._blocker(groups, size)
+            if blocker is None:
+                return
+            if isinstance(woken_by, _Group) and woken_by is not blocker and woken_by.held < limit:
                 woken_by.wake_putter()  # room made for us that we cannot use yet: pass it on
-            await full.wait_for_space(limit)
-            woken_by = full
+            if isinstance(blocker, _Group):
+                await blocker.wait_for_space(limit)
+            else:
+                await blocker.waiting.wait()
+            woken_by = blocker
             if self._closed:
                 raise PublishError("memory bus closed while publishing", retryable=False)
-        for group in groups.values():
-            if group.subscriptions:
-                group.put(_Entry(event, key))
 
     async def subscribe(
         self,
@@ -383,7 +545,7 @@ class MemoryBus:
         groups = self._topics.setdefault(topic, {})
         state = groups.get(group)
         if state is None:
-            state = groups[group] = _Group(topic, group, ordered=ordered)
+            state = groups[group] = _Group(topic, group, ordered=ordered, budget=self._budget)
         subscription = _MemorySubscription(self, state, handler, concurrency)
         state.subscriptions.add(subscription)
         self._subscriptions.add(subscription)
@@ -403,6 +565,7 @@ class MemoryBus:
                 await asyncio.gather(*tasks, return_exceptions=True)
         state.cancel_timers()
         state.wake_all_putters()
+        state.release_all()
         groups = self._topics.get(topic)
         if groups is not None and groups.get(group) is state:
             del groups[group]
@@ -421,6 +584,8 @@ class MemoryBus:
             for group in groups.values():
                 group.cancel_timers()
                 group.wake_all_putters()
+                group.release_all()
+        self._budget.waiting.wake_all()
         self._topics.clear()
 
     def _forget_if_idle(self, group: _Group) -> None:

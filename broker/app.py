@@ -30,11 +30,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from broker.api.guard import HostGuard, ManagementGuard
 from broker.api.hosts import allowed_host_names
 from broker.api.resources import ResourceApi, install_resource_routes
 from broker.api.status import install_error_handlers
+from broker.asgi import Receive, Scope, Send
 from broker.auth.delivery_tokens import DeliveryTokens, install_issuer_routes
 from broker.auth.oidc import OidcVerifier, TrustedIssuers, verifier_from_settings
 from broker.auth.setup import Access, build_access
@@ -47,8 +49,8 @@ from broker.dispatch.client import DeliveryClient
 from broker.dispatch.delivery import Deliverer
 from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
-from broker.errors import CemeshError
-from broker.ingress import Ingress, Receive, Scope, Send, match_route
+from broker.errors import BusClientMissing, CemeshError, RequestIncomplete
+from broker.ingress import Ingress, match_route
 from broker.listeners import Listeners
 from broker.metrics import Metrics
 from broker.outbound import OutboundGuard, guard_for
@@ -128,6 +130,7 @@ class Runtime:
         self.metrics = Metrics()
         self.store = Store(settings.database_url)
         self.buses: dict[str, Bus] = {}
+        self._missing_clients: dict[str, str] = {}  # bus name -> which extra to install
         self.client = DeliveryClient()
         # cemesh's own identity for deliveries (Knative's authentication-oidc), when on. Ingress
         # OIDC switches it on too, as Knative's one flag does: cemesh's own hops to a Broker or
@@ -231,11 +234,22 @@ class Runtime:
         return bus
 
     async def open_buses(self, names: set[str]) -> dict[str, str]:
-        """Open every bus in ``names`` not open yet; the ones that failed, with why."""
+        """Open every bus in ``names`` not open yet; the ones that failed, with why.
+
+        A bus whose client library is not installed is remembered as such (and logged once):
+        it cannot appear while this process runs, so it is not imported again on every poll.
+        """
         errors: dict[str, str] = {}
         for name in sorted(names):
+            missing = self._missing_clients.get(name)
+            if missing is not None:
+                errors[name] = missing
+                continue
             try:
                 await self._bus(name)
+            except BusClientMissing as exc:
+                errors[name] = self._missing_clients[name] = exc.message
+                log.error("bus client not installed", extra={"bus": name, "error": exc.message})
             except CemeshError as exc:
                 errors[name] = f"bus {name!r} is unavailable: {exc.message}"
                 log.error("bus unavailable", extra={"bus": name, "error": exc.message})
@@ -351,9 +365,13 @@ class CemeshApp:
                 return
             for prefix, handler in self._routes:
                 if path.startswith(prefix):
-                    await handler(scope, receive, send)
+                    # A client that left mid-body has no one to answer.
+                    with contextlib.suppress(RequestIncomplete):
+                        await handler(scope, receive, send)
                     return
-        await self.api(scope, receive, send)
+        # The same for the management API (Starlette raises ClientDisconnect when reading).
+        with contextlib.suppress(ClientDisconnect):
+            await self.api(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> CemeshApp:

@@ -44,6 +44,7 @@ import orjson
 
 from broker.errors import BindingError
 from broker.events import AttributeValue, CloudEvent, attribute_text
+from broker.memo import MAX_NAME_LENGTH, MAX_VALUE_LENGTH, remember
 
 Headers = Sequence[tuple[bytes, bytes]]
 ContentMode = Literal["binary", "structured", "batch"]
@@ -100,10 +101,10 @@ _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # C36/C37: kept as they are when encoding: printable ASCII except `"` and `%`.
 _SAFE_HEADER_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 
-# Bounded memo tables: the same few header names and content types arrive on every request.
-_CACHE_LIMIT = 1024
+# Memo tables: the same few header names and content types arrive on every request. Written
+# only through memo.remember, which bounds them in entries and key length.
 _HEADER_ATTRIBUTE: dict[bytes, str] = {}
-_EXTENSION_NAMES: set[str] = set()
+_EXTENSION_NAMES: dict[str, bool] = {}
 _MODE_BY_CONTENT_TYPE: dict[bytes, ContentMode] = {}
 _JSON_MEDIA_TYPE: dict[str, bool] = {}
 
@@ -137,8 +138,7 @@ def _mode(content_type: bytes | None) -> ContentMode:
     mode = _MODE_BY_CONTENT_TYPE.get(content_type)
     if mode is None:
         mode = content_mode(content_type.decode("latin-1"))
-        if len(_MODE_BY_CONTENT_TYPE) < _CACHE_LIMIT:
-            _MODE_BY_CONTENT_TYPE[content_type] = mode
+        remember(_MODE_BY_CONTENT_TYPE, content_type, mode, max_key_length=MAX_VALUE_LENGTH)
     return mode
 
 
@@ -150,8 +150,7 @@ def _is_json_media_type(content_type: str | None) -> bool:
     if verdict is None:
         media_type = content_type.split(";", 1)[0].strip().lower()
         verdict = media_type.endswith("/json") or media_type.endswith("+json")
-        if len(_JSON_MEDIA_TYPE) < _CACHE_LIMIT:
-            _JSON_MEDIA_TYPE[content_type] = verdict
+        remember(_JSON_MEDIA_TYPE, content_type, verdict, max_key_length=MAX_VALUE_LENGTH)
     return verdict
 
 
@@ -338,8 +337,7 @@ def _header_attribute(name: bytes) -> str:
         )
     if attribute == "data":
         raise BindingError("header ce-data: 'data' is not a valid attribute name (C17)")
-    if len(_HEADER_ATTRIBUTE) < _CACHE_LIMIT:
-        _HEADER_ATTRIBUTE[name] = attribute
+    remember(_HEADER_ATTRIBUTE, name, attribute, max_key_length=MAX_NAME_LENGTH)
     return attribute
 
 
@@ -408,8 +406,7 @@ def _check_extension(name: str, value: Any) -> None:
                 f"invalid attribute name {name!r} "
                 "(only lower-case letters a-z and digits 0-9 are allowed: C16)"
             )
-        if len(_EXTENSION_NAMES) < _CACHE_LIMIT:
-            _EXTENSION_NAMES.add(name)
+        remember(_EXTENSION_NAMES, name, True, max_key_length=MAX_NAME_LENGTH)
     kind = type(value)
     if kind is int:
         if not _INT32_MIN <= value <= _INT32_MAX:
@@ -555,8 +552,7 @@ def _header_role(name: bytes) -> str | None:
             return None
     else:
         role = _CONTENT_TYPE if name == b"content-type" else _OTHER
-    if len(_HEADER_ROLE) < _CACHE_LIMIT:
-        _HEADER_ROLE[name] = role
+    remember(_HEADER_ROLE, name, role, max_key_length=MAX_NAME_LENGTH)
     return role
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
-from broker.errors import CemeshError
+from broker.errors import BusClientMissing, CemeshError
 from broker.events import CloudEvent
 
 
@@ -178,19 +178,31 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module_name), attribute)
 
 
+def _client_missing(name: str, exc: ImportError) -> BusClientMissing:
+    """The error for an adapter whose module (or its client library) cannot be imported."""
+    if name in BUILTIN_ADAPTERS:  # each optional client is the extra of the same name
+        return BusClientMissing(
+            f"the {name} bus needs its client library, which is not installed: "
+            f"pip install 'cemesh[{name}]' ({exc})"
+        )
+    return BusClientMissing(f"the adapter of bus {name!r} cannot be imported: {exc}")
+
+
 def bus_factory(name: str) -> BusFactory:
-    """Find the adapter registered as ``name`` (entry point first, then the built-in table)."""
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP, name=name):
-        factory: BusFactory = entry_point.load()
-        return factory
-    if name in BUILTIN_ADAPTERS:
-        try:
+    """Find the adapter registered as ``name`` (entry point first, then the built-in table).
+
+    Raises :class:`~broker.errors.BusClientMissing` when the adapter's client library is not
+    installed, and :class:`UnknownBus` when no adapter has that name.
+    """
+    try:
+        for entry_point in entry_points(group=ENTRY_POINT_GROUP, name=name):
+            factory: BusFactory = entry_point.load()
+            return factory
+        if name in BUILTIN_ADAPTERS:
             factory = _load(BUILTIN_ADAPTERS[name])
             return factory
-        except ImportError as exc:
-            raise UnknownBus(
-                f"bus {name!r} needs an optional dependency: pip install 'cemesh[{name}]' ({exc})"
-            ) from exc
+    except ImportError as exc:
+        raise _client_missing(name, exc) from exc
     known = sorted({*BUILTIN_ADAPTERS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
     raise UnknownBus(f"unknown bus {name!r}; known buses: {', '.join(known)}")
 

@@ -9,10 +9,11 @@ dispatcher drains.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from broker.asgi import HttpHandler, Receive, Scope, Send, read_body
 from broker.config import Settings
 from broker.dispatch.client import HttpClient
 from broker.dispatch.delivery import TokenSource
@@ -21,10 +22,17 @@ from broker.metrics import Metrics
 if TYPE_CHECKING:  # only a type here; importing it would cycle (store -> resources -> sources)
     from broker.store import Store
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-HttpHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
+# The raw ASGI names components use, from their one home (broker/asgi.py).
+__all__ = [
+    "Component",
+    "HttpHandler",
+    "Receive",
+    "RuntimeContext",
+    "Scope",
+    "Send",
+    "read_body",
+    "send_json",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,20 +81,3 @@ async def send_json(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None when it is longer than ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"".join(chunks)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)

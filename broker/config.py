@@ -58,6 +58,18 @@ class Settings(BaseSettings):
         description="Events one group of the memory bus holds before publishers wait: a short "
         "queue keeps latency low and pushes back on producers when subscribers fall behind.",
     )
+    memory_queue_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of events the whole memory bus holds (an event counts once per "
+        "Trigger/Subscription holding it) before publishers wait: the bound on its memory.",
+    )
+    memory_publish_timeout: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds a publish waits for room in a full memory bus; then the ingress "
+        "answers 503 with Retry-After.",
+    )
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -141,6 +153,34 @@ class Settings(BaseSettings):
     )
     pubsub_endpoint: str | None = Field(
         default=None, description="Pub/Sub address, e.g. a regional endpoint (default: global)."
+    )
+
+    # HTTP server (cemesh serve): connection limits and how long a client may take to send
+    max_connections: int | None = Field(
+        default=1000,
+        ge=1,
+        description="Open connections (and requests in progress) beyond which requests get 503.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers (from connecting, or from "
+        "the request's first byte); then 408 and the connection is closed.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a client has to send a request's body once its headers arrived; "
+        "then 408, the connection is closed and nothing of the request is used.",
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Bytes of headers a request may have; larger ones get 431 and the "
+        "connection is closed.",
+    )
+    keep_alive_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds an idle keep-alive connection is kept open."
     )
 
     # Ingress

@@ -9,6 +9,7 @@ translated at the boundary where they occur, with the driver's exception kept as
     ├── BindingError          an HTTP message is not a valid CloudEvent        -> 400
     │   ├── EventTooLarge     the message is over the configured size          -> 413
     │   └── UnsupportedMediaType  a body of a content type not accepted        -> 415
+    ├── RequestIncomplete     the client left before its request body was whole (no answer)
     ├── InvalidResource       a resource fails validation (names the field)    -> 422
     ├── NotFound              no such resource                                 -> 404
     ├── Unauthenticated       no credential, or one that does not verify       -> 401
@@ -16,7 +17,8 @@ translated at the boundary where they occur, with the driver's exception kept as
     ├── Conflict              already exists / stale resourceVersion           -> 409
     ├── BusError              the message bus failed
     │   ├── PublishError      the bus did not durably accept an event
-    │   └── SubscribeError    a subscription could not be made live
+    │   ├── SubscribeError    a subscription could not be made live
+    │   └── BusClientMissing  the bus's client library is not installed (names the extra)
     ├── DeliveryError         an event could not be delivered to a destination
     ├── StoreError            the resource store failed
     └── InvalidConfig         a file named by a setting (tokens, RBAC) is unusable
@@ -47,6 +49,13 @@ class EventTooLarge(BindingError):
 
 class UnsupportedMediaType(BindingError):
     """The request body's content type is not one the endpoint accepts (names the accepted)."""
+
+
+class RequestIncomplete(CemeshError):
+    """The client disconnected (or was cut off) before its request body was complete.
+
+    Nothing of the request is used, and no answer can reach the client.
+    """
 
 
 class InvalidResource(CemeshError):
@@ -86,6 +95,15 @@ class PublishError(BusError):
 
 class SubscribeError(BusError):
     """A subscription could not be made live."""
+
+
+class BusClientMissing(BusError):
+    """The adapter of a bus cannot be imported: its optional client library is not installed.
+
+    Not retryable: installing the extra (the message names it) and restarting is the fix.
+    """
+
+    retryable = False
 
 
 class DeliveryError(CemeshError):

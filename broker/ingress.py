@@ -25,25 +25,22 @@ Events are never upgraded from 0.3 (K32, K146).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Mapping
 
 import orjson
 
 from broker import binding
+from broker.asgi import Receive, Scope, Send, read_body
 from broker.auth.oidc import OidcVerifier, TrustedIssuers
 from broker.auth.policy import IngressAuthorization
 from broker.bus import Bus
-from broker.errors import BindingError, PublishError, Unauthenticated
+from broker.errors import BindingError, PublishError, RequestIncomplete, Unauthenticated
 from broker.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
+from broker.memo import MAX_PATH_LENGTH, remember
 from broker.metrics import Metrics
 from broker.spec import BrokerSpec, ChannelSpec, Snapshot
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # First path segments that belong to the management API, never to a broker namespace.
 RESERVED_SEGMENTS = frozenset(
@@ -94,14 +91,13 @@ def match_route(path: str) -> tuple[str, str, str] | None:
     route = _ROUTES.get(path, _UNKNOWN)
     if route is _UNKNOWN:
         route = _parse_route(path)
-        if len(_ROUTES) < _ROUTE_CACHE_LIMIT:  # the same few paths arrive again and again
-            _ROUTES[path] = route
+        # The same few paths arrive again and again.
+        remember(_ROUTES, path, route, max_key_length=MAX_PATH_LENGTH, max_entries=4096)
     return route  # type: ignore[return-value]
 
 
 _UNKNOWN = object()
-_ROUTE_CACHE_LIMIT = 4096
-_ROUTES: dict[str, tuple[str, str, str] | object | None] = {}
+_ROUTES: dict[str, tuple[str, str, str] | object | None] = {}  # written through memo.remember
 
 
 def _parse_route(path: str) -> tuple[str, str, str] | None:
@@ -238,10 +234,16 @@ class Ingress:
                 if sub is None:
                     return
         # The whole body usually comes in one message; the general reader handles the rest.
+        # A missing more_body counts as more: http.disconnect has none, and must never pass
+        # for the end of a body (read_body tells the two apart).
         message = await receive()
         body = message.get("body", b"")
-        if message.get("more_body", False) or len(body) > self.max_request_bytes:
-            body = await self._read_rest(body, message, receive)
+        if message.get("more_body", True) or len(body) > self.max_request_bytes:
+            try:
+                body = await read_body(receive, self.max_request_bytes, message)
+            except RequestIncomplete:  # the client is gone: nothing to publish, no one to answer
+                self._metrics.incomplete_requests += 1
+                return
         if body is None:
             await self._reject(
                 send, 413, f"request body is larger than {self.max_request_bytes} bytes"
@@ -316,23 +318,6 @@ class Ingress:
     async def _reject(self, send: Send, status: int, message: str) -> None:
         self._metrics.ingress_events[str(status)] += 1
         await _error(send, status, message)
-
-    async def _read_rest(
-        self, first: bytes, message: Mapping[str, Any], receive: Receive
-    ) -> bytes | None:
-        """The whole body, given its ``first`` message; None when it is over the limit."""
-        limit = self.max_request_bytes
-        chunks = [first]
-        size = len(first)
-        while True:
-            if size > limit:
-                return None
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            chunks.append(chunk)
 
 
 def _bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:

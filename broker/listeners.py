@@ -25,6 +25,7 @@ import uvicorn
 from uvicorn.main import STARTUP_FAILURE
 
 from broker.config import Settings
+from broker.http_server import DeadlineServer, ReadDeadlines, server_options
 from broker.tls import ReloadingCertificate
 
 
@@ -46,7 +47,7 @@ class _Config(uvicorn.Config):
             self.ssl = self._context
 
 
-class _Companion(uvicorn.Server):
+class _Companion(DeadlineServer):
     """The second listener: the first one owns the lifespan and the signals."""
 
     @contextlib.contextmanager
@@ -54,11 +55,13 @@ class _Companion(uvicorn.Server):
         yield
 
 
-class _Main(uvicorn.Server):
+class _Main(DeadlineServer):
     """The first listener; a signal that stops it stops its companions too."""
 
-    def __init__(self, config: uvicorn.Config, companions: list[uvicorn.Server]) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: uvicorn.Config, deadlines: ReadDeadlines, companions: list[uvicorn.Server]
+    ) -> None:
+        super().__init__(config, deadlines)
         self.companions = companions
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -71,6 +74,9 @@ class Listeners:
     """The uvicorn servers ``settings`` ask for, serving ``app``."""
 
     def __init__(self, app: Any, settings: Settings, **options: Any) -> None:
+        # Both listeners share the connection limits and read deadlines (broker/http_server.py).
+        limits, deadlines = server_options(settings)
+        options = {**options, **limits}
         self.certificate: ReloadingCertificate | None = None
         context: ssl.SSLContext | None = None
         tls: dict[str, Any] = {}
@@ -97,7 +103,7 @@ class Listeners:
                 **{**options, "lifespan": "off"},
                 **tls,
             )
-            self.companions.append(_Companion(https))
+            self.companions.append(_Companion(https, deadlines))
         main = _Config(
             app,
             context=main_context,
@@ -106,7 +112,7 @@ class Listeners:
             **options,
             **main_tls,
         )
-        self.main = _Main(main, self.companions)
+        self.main = _Main(main, deadlines, self.companions)
 
     @property
     def started(self) -> bool:

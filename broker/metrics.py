@@ -27,6 +27,7 @@ class Metrics(Collector):
         self.ingress_events: Counter[str] = Counter()  # rejections, by HTTP status code
         self.deliveries: Counter[str] = Counter()  # by outcome
         self.loops_stopped = 0
+        self.incomplete_requests = 0  # ingress requests whose client left mid-body: unused
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -52,6 +53,12 @@ class Metrics(Collector):
             "cemesh_reply_loops_stopped",
             "Reply events dropped because their knativebrokerttl ran out (loop guard, K45).",
             value=self.loops_stopped,
+        )
+        yield CounterMetricFamily(
+            "cemesh_ingress_incomplete_requests",
+            "Ingress requests whose client disconnected or timed out before the body was "
+            "complete; nothing of them was published.",
+            value=self.incomplete_requests,
         )
 
     def render(self) -> bytes:

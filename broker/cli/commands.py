@@ -218,6 +218,15 @@ def serve(host: str | None, port: int | None, config_file: Path | None, insecure
     from broker.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    from broker.bus import bus_factory
+    from broker.errors import CemeshError
+
+    try:  # the default channel's bus is needed by every Broker: no point starting without it
+        bus_factory(settings.default_bus)
+    except CemeshError as exc:
+        raise CliError(
+            f"cannot serve with default channel {settings.default_channel}: {exc.message}"
+        ) from exc
     from broker.app import serve as run
 
     run(settings)

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from adapters.memory import MemoryBus
+from adapters.memory import MemoryBus, event_footprint
 from broker.bus import Message, Nack, Subscription, create_bus
 from broker.errors import BusError, PublishError
+from broker.events import CloudEvent, new_event
 from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set
 
 Names = Callable[[str], str]
@@ -84,6 +85,76 @@ async def test_close_fails_a_waiting_publish_with_publish_error(
     with pytest.raises(PublishError) as raised:
         await asyncio.wait_for(blocked, WAIT)
     assert raised.value.retryable is False
+
+
+def _megabyte_event(index: int) -> CloudEvent:
+    return new_event(type="big", source="/big", id=f"big-{index}", data=b"x" * 1024 * 1024)
+
+
+async def test_bytes_bound_the_whole_bus_and_acks_make_room(topic: str) -> None:
+    """With ``queue_bytes`` held in events (counted until acked), publish waits for room."""
+    footprint = event_footprint(_megabyte_event(0))
+    bus = MemoryBus({"queue_bytes": 2 * footprint})
+    release = asyncio.Event()
+    inbox = Inbox()
+
+    async def slow(message: Message) -> None:
+        await release.wait()
+        inbox.record(message)
+
+    try:
+        await bus.subscribe(topic, group="g", handler=slow)
+        await bus.publish(topic, _megabyte_event(0))  # in the handler: still counted
+        await bus.publish(topic, _megabyte_event(1))
+        assert bus.bytes_held == 2 * footprint
+        blocked = asyncio.create_task(bus.publish(topic, _megabyte_event(2)))
+        await asyncio.sleep(SETTLE)  # room for a wrongful completion of the blocked publish
+        assert not blocked.done()
+        assert bus.bytes_held <= bus.queue_bytes
+        release.set()
+        await asyncio.wait_for(blocked, WAIT)
+        await inbox.wait_for_ids({f"big-{i}" for i in range(3)})
+        assert bus.bytes_held == 0
+    finally:
+        await bus.close()
+
+
+async def test_a_full_bus_refuses_a_publish_after_publish_timeout(topic: str) -> None:
+    """No room within ``publish_timeout``: a retryable PublishError, and nothing is queued."""
+    footprint = event_footprint(_megabyte_event(0))
+    bus = MemoryBus({"queue_bytes": footprint, "publish_timeout": 0.05})
+    try:
+        await bus.subscribe(topic, group="g", handler=lambda m: asyncio.Event().wait())
+        await bus.publish(topic, _megabyte_event(0))
+        with pytest.raises(PublishError) as raised:
+            await asyncio.wait_for(bus.publish(topic, _megabyte_event(1)), WAIT)
+        assert raised.value.retryable is True
+        assert "full" in raised.value.message
+        assert bus.bytes_held == footprint
+    finally:
+        await bus.close()
+
+
+async def test_deleting_a_group_gives_its_bytes_back(topic: str) -> None:
+    bus = MemoryBus()
+    try:
+        await bus.subscribe(topic, group="g", handler=lambda m: asyncio.Event().wait())
+        for index in range(3):
+            await bus.publish(topic, _megabyte_event(index))
+        assert bus.bytes_held == 3 * event_footprint(_megabyte_event(0))
+        await bus.delete_group(topic, "g")
+        assert bus.bytes_held == 0
+    finally:
+        await bus.close()
+
+
+def test_the_footprint_counts_data_and_every_attribute() -> None:
+    small = new_event(type="t", source="/s", id="1")
+    big_name = small.evolve(set={"x" * 1_000_000: "v"})
+    big_value = small.evolve(set={"ext": "v" * 1_000_000})
+    with_data = CloudEvent(dict(small.attributes), b"d" * 1_000_000)
+    for bigger in (big_name, big_value, with_data):
+        assert event_footprint(bigger) >= event_footprint(small) + 1_000_000
 
 
 async def test_publish_from_a_handler_is_not_held_back(topic: str) -> None:
@@ -272,7 +343,16 @@ async def test_handler_swallowing_the_cancellation_does_not_ack(topic: str) -> N
 
 @pytest.mark.parametrize(
     "options",
-    [{"queue_size": 0}, {"queue_size": "10"}, {"queue_size": True}, {"queue_sise": 10}],
+    [
+        {"queue_size": 0},
+        {"queue_size": "10"},
+        {"queue_size": True},
+        {"queue_sise": 10},
+        {"queue_bytes": 0},
+        {"queue_bytes": 1.5},
+        {"publish_timeout": -1},
+        {"publish_timeout": "5"},
+    ],
 )
 def test_bad_options_are_rejected(options: dict[str, object]) -> None:
     with pytest.raises(BusError) as raised:
