@@ -92,7 +92,7 @@ async def test_rss_stays_under_the_byte_bound_and_every_accepted_event_is_delive
             assert mesh.process is not None
             pid = mesh.process.pid
             limits = httpx.Limits(max_connections=SENDERS)
-            async with httpx.AsyncClient(base_url=mesh.url, timeout=60, limits=limits) as client:
+            async with mesh.client(timeout=60, limits=limits) as client:
                 for path, obj in (
                     (
                         "/apis/eventing.knative.dev/v1/namespaces/default/brokers",

@@ -46,7 +46,7 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
         cemesh_process(
             tmp_path, header_timeout=str(HEADER_TIMEOUT), body_timeout=str(BODY_TIMEOUT)
         ) as process,
-        httpx.AsyncClient(base_url=process.url) as client,
+        process.client() as client,
     ):
         broker = {
             "apiVersion": "eventing.knative.dev/v1",
@@ -229,14 +229,15 @@ async def test_a_resource_cut_off_mid_body_is_not_stored_and_not_an_error(mesh: 
     path = "/apis/eventing.knative.dev/v1/namespaces/default/brokers"
     body = b'{"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "h"}}'
     writer.write(
-        f"POST {path} HTTP/1.1\r\nhost: cemesh\r\ncontent-type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {mesh.process.token}\r\n"
         f"content-length: {len(body) + 10}\r\n\r\n".encode()
         + body
     )
     await writer.drain()
     await asyncio.sleep(0.2)
     await _close(writer)
-    async with httpx.AsyncClient(base_url=mesh.process.url) as client:
+    async with mesh.process.client() as client:
         assert (await client.get(f"{path}/h")).status_code == 404
     await _only_the_sentinel_arrives(mesh)
 

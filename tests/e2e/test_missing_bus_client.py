@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.support.process import CEMESH, cemesh_process
@@ -93,7 +92,7 @@ async def test_a_channel_on_a_bus_without_its_client_applies_not_ready_and_the_r
     for name, value in _without_client(tmp_path, package).items():
         monkeypatch.setenv(name, value)
     hint = f"pip install 'cemesh[{bus}]'"
-    async with cemesh_process(tmp_path) as mesh, httpx.AsyncClient(base_url=mesh.url) as client:
+    async with cemesh_process(tmp_path) as mesh, mesh.client() as client:
         channels = _collection(api_version, plural)
         channel = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "orders"}}
         created = await client.post(channels, json=channel)
