@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from broker.api.resources import ResourceApi, install_resource_routes
-from broker.api.status import install_error_handlers
+from broker.api.status import answer_unexpected, install_error_handlers
 from broker.bus import Bus, create_bus
 from broker.components import Component, HttpHandler, RuntimeContext
 from broker.config import Settings
@@ -224,7 +224,10 @@ class CemeshApp:
         self._routes = runtime.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)  # lifespan: its failures are the server's
+            return
+        try:
             path = scope["path"]
             route = match_route(path)
             if route is not None:
@@ -237,7 +240,9 @@ class CemeshApp:
                 if path.startswith(prefix):
                     await handler(scope, receive, send)
                     return
-        await self.api(scope, receive, send)
+            await self.api(scope, receive, send)
+        except Exception as exc:  # the last resort: logged once, 500 with a Status body
+            await answer_unexpected(scope, send, exc)
 
 
 def create_app(settings: Settings | None = None) -> CemeshApp:
@@ -246,7 +251,12 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
     runtime = Runtime(settings)
     api = FastAPI(title="cemesh", version="0.1.0", lifespan=runtime.lifespan)
     install_error_handlers(api)
-    install_resource_routes(api, ResourceApi(runtime.store, runtime.controller))
+    install_resource_routes(
+        api,
+        ResourceApi(
+            runtime.store, runtime.controller, max_request_bytes=settings.max_request_bytes
+        ),
+    )
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -7,7 +7,8 @@ translated at the boundary where they occur, with the driver's exception kept as
 
     CemeshError
     ├── BindingError          an HTTP message is not a valid CloudEvent        -> 400
-    │   └── EventTooLarge     the message is over the configured size          -> 413
+    │   ├── EventTooLarge     the message is over the configured size          -> 413
+    │   └── UnsupportedMediaType  a request body in a format not read here     -> 415
     ├── InvalidResource       a resource fails validation (names the field)    -> 422
     ├── NotFound              no such resource                                 -> 404
     ├── Unauthenticated       no credential, or one that does not verify       -> 401
@@ -41,6 +42,10 @@ class BindingError(CemeshError):
 
 class EventTooLarge(BindingError):
     """The request body is larger than the configured maximum."""
+
+
+class UnsupportedMediaType(BindingError):
+    """The request body's Content-Type is not one this endpoint reads (names the ones it does)."""
 
 
 class InvalidResource(CemeshError):

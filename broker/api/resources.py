@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from broker.api.body import read_json_object
 from broker.controller import Controller
-from broker.errors import BindingError, InvalidResource
-from broker.resources import ResourceType, admit, type_for_path
+from broker.errors import InvalidResource
+from broker.resources import ResourceType, admit, metadata_of, type_for_path
 from broker.store import Store
 
 
@@ -60,19 +60,15 @@ def _group(group: str | None) -> str:
 class ResourceApi:
     """The handlers, bound to one store and one controller."""
 
-    def __init__(self, store: Store, controller: Controller) -> None:
+    def __init__(
+        self, store: Store, controller: Controller, *, max_request_bytes: int = 4 * 1024 * 1024
+    ) -> None:
         self.store = store
         self.controller = controller
+        self.max_request_bytes = max_request_bytes
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BindingError(f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise InvalidResource("", "request body must be a JSON object")
-        return body
+        return await read_json_object(request, self.max_request_bytes)
 
     async def list(
         self, rtype: ResourceType, namespace: str | None, label_selector: str | None
@@ -108,18 +104,24 @@ class ResourceApi:
     ) -> dict[str, Any]:
         body = await self._body(request)
         self._check_kind(rtype, body)
-        body_name = (body.get("metadata") or {}).get("name")
+        # The body is checked before any field of it is read: admission does the rest.
+        metadata = body["metadata"] = metadata_of(body)
+        body_name = metadata.get("name")
         if body_name is not None and body_name != name:
             raise InvalidResource(
                 "metadata.name",
                 f"the name in the body ({body_name!r}) differs from the URL ({name!r})",
             )
-        body.setdefault("metadata", {})["name"] = name
+        metadata["name"] = name
+        version = metadata.get("resourceVersion")
+        if isinstance(version, bool) or not isinstance(version, str | int | None):
+            raise InvalidResource(
+                "metadata.resourceVersion", f"must be a string, got {type(version).__name__}"
+            )
         old = await self.store.get(rtype.group, rtype.kind, namespace, name)
         obj = admit(body, namespace=namespace, old=old)
-        version = (body.get("metadata") or {}).get("resourceVersion")
         if version:
-            obj["metadata"]["resourceVersion"] = version
+            obj["metadata"]["resourceVersion"] = str(version)
         await self.store.replace(obj)
         await self.controller.sync()
         return await self.store.get(rtype.group, rtype.kind, namespace, name)

@@ -37,6 +37,7 @@ import orjson
 from broker.components import Receive, Scope, Send, read_body, send_json
 from broker.errors import DeliveryError, InvalidResource
 from broker.events import AttributeValue, CloudEvent, new_event
+from broker.resources import check_http_url
 from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
 from broker.sources.kinds import GITHUB_SOURCE, register_source_kind
 
@@ -276,7 +277,7 @@ def _check(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
             "spec.eventTypes", "is required: a non-empty list of GitHub event names"
         )
     for index, name in enumerate(event_types):
-        if name not in KNOWN_EVENTS:
+        if not isinstance(name, str) or name not in KNOWN_EVENTS:
             raise InvalidResource(
                 f"spec.eventTypes[{index}]",
                 f"unknown GitHub event {name!r}; known: {', '.join(sorted(KNOWN_EVENTS))}",
@@ -285,9 +286,7 @@ def _check(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     _check_secret_ref(spec, "accessToken", required=False)
     api_url = spec.get("githubAPIURL")
     if api_url not in (None, ""):
-        parts = urlsplit(api_url) if isinstance(api_url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidResource("spec.githubAPIURL", "must be an http(s) URL")
+        check_http_url(api_url, "spec.githubAPIURL")
     if spec.get("secure") is not None and not isinstance(spec["secure"], bool):
         raise InvalidResource("spec.secure", "must be true or false")
 
