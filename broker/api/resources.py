@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from broker.api.body import read_json_object
 from broker.controller import Controller
-from broker.errors import InvalidResource
+from broker.errors import InvalidResource, NotFound
 from broker.resources import ResourceType, admit, metadata_of, type_for_path
 from broker.store import Store
 
@@ -93,7 +93,10 @@ class ResourceApi:
         created = await self.store.create(obj)
         await self.controller.sync()
         meta = created["metadata"]
-        fresh = await self.store.get(rtype.group, rtype.kind, meta["namespace"], meta["name"])
+        try:
+            fresh = await self.store.get(rtype.group, rtype.kind, meta["namespace"], meta["name"])
+        except NotFound:  # created, then collected by the sync (a Revision without its Service)
+            fresh = created
         return JSONResponse(fresh, status_code=201)
 
     async def get(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any]:
