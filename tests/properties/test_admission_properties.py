@@ -14,9 +14,7 @@ from broker.resources import TYPES, admit
 from tests.support.resource_samples import SAMPLES, mutated_resources, valid_resources
 
 KINDS = sorted(SAMPLES)
-FAST = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def test_every_registered_kind_has_a_sample():

@@ -93,9 +93,7 @@ def test_every_kind_valid_applies_and_broken_gets_4xx_never_5xx(api, kind, data)
         broken_copy["metadata"]["name"] = name
     _no_server_error(_send(api, "PUT", f"{collection}/{name}", broken_copy), f"PUT {kind}")
 
-    if isinstance(broken.get("metadata"), dict) and isinstance(
-        broken["metadata"].get("name"), str
-    ):
+    if isinstance(broken.get("metadata"), dict) and isinstance(broken["metadata"].get("name"), str):
         broken = _unique(broken)
     made = _send(api, "POST", collection, broken)
     _no_server_error(made, f"POST {kind}")
