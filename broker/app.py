@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
+from broker.api.openapi import install_openapi
 from broker.api.resources import ResourceApi, install_resource_routes
 from broker.api.status import answer_unexpected, install_error_handlers
 from broker.bus import Bus, create_bus
@@ -251,6 +252,7 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
     runtime = Runtime(settings)
     api = FastAPI(title="cemesh", version="0.1.0", lifespan=runtime.lifespan)
     install_error_handlers(api)
+    install_openapi(api)
     install_resource_routes(
         api,
         ResourceApi(

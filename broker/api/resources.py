@@ -68,7 +68,15 @@ class ResourceApi:
         self.max_request_bytes = max_request_bytes
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        return await read_json_object(request, self.max_request_bytes)
+        """The request's object, its metadata checked before any handler reads a field of it."""
+        body = await read_json_object(request, self.max_request_bytes)
+        metadata = body["metadata"] = metadata_of(body)
+        version = metadata.get("resourceVersion")
+        if isinstance(version, bool) or not isinstance(version, str | int | None):
+            raise InvalidResource(
+                "metadata.resourceVersion", f"must be a string, got {type(version).__name__}"
+            )
+        return body
 
     async def list(
         self, rtype: ResourceType, namespace: str | None, label_selector: str | None
@@ -107,8 +115,7 @@ class ResourceApi:
     ) -> dict[str, Any]:
         body = await self._body(request)
         self._check_kind(rtype, body)
-        # The body is checked before any field of it is read: admission does the rest.
-        metadata = body["metadata"] = metadata_of(body)
+        metadata = body["metadata"]
         body_name = metadata.get("name")
         if body_name is not None and body_name != name:
             raise InvalidResource(
@@ -117,10 +124,6 @@ class ResourceApi:
             )
         metadata["name"] = name
         version = metadata.get("resourceVersion")
-        if isinstance(version, bool) or not isinstance(version, str | int | None):
-            raise InvalidResource(
-                "metadata.resourceVersion", f"must be a string, got {type(version).__name__}"
-            )
         old = await self.store.get(rtype.group, rtype.kind, namespace, name)
         obj = admit(body, namespace=namespace, old=old)
         if version:
@@ -161,7 +164,7 @@ class ResourceApi:
 
 def install_resource_routes(app: FastAPI, api: ResourceApi) -> None:
     """Register the Kubernetes-style paths for every kind in the resource table."""
-    router = APIRouter()
+    router = APIRouter(include_in_schema=False)  # broker/api/openapi.py describes each kind
     _register(router, api, "/apis/{group}/{version}", core=False)
     _register(router, api, "/api/{version}", core=True)  # the core group: v1 Secret
     app.include_router(router)

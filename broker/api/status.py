@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from broker.errors import (
     BindingError,
@@ -108,8 +109,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         reason = _REASONS.get(exc.status_code, "Failure")
-        body = status_body(exc.status_code, reason, str(exc.detail))
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        headers = {key.lower(): value for key, value in (exc.headers or {}).items()}
+        if exc.status_code == 405:
+            # Starlette lists the methods of the first route matching the path only; GET and
+            # POST of one path are two routes, so collect them all.
+            allowed = _allowed_methods(request)
+            headers["allow"] = ", ".join(sorted(allowed))
+            message = f"method {request.method} is not allowed here; use {headers['allow']}"
+        else:
+            message = str(exc.detail)
+        body = status_body(exc.status_code, reason, message)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Starlette's ServerErrorMiddleware answers with this, then re-raises to the server;
@@ -120,6 +130,21 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """The methods some route serves at the request's path."""
+    routes = request.app.router.routes
+    return {
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    }
 
 
 _INTERNAL = status_body(
