@@ -51,9 +51,9 @@ METADATA_SCHEMA: dict[str, Any] = {
     "properties": {
         "name": {
             "type": "string",
-            "description": "a DNS-1123 name",
-            "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-            "maxLength": 63,
+            "description": "a DNS-1123 subdomain (some kinds allow only a label: no dots, <= 63)",
+            "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+            "maxLength": 253,
         },
         "namespace": {
             "type": ["string", "null"],
