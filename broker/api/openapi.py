@@ -84,12 +84,20 @@ _READ_ERRORS = (400, 404, 503)
 _WRITE_ERRORS = tuple(ERROR_ANSWERS)
 
 
-def object_schema(resource_type: ResourceType) -> dict[str, Any]:
-    """The Kubernetes object shape of ``resource_type`` (what POST and PUT take)."""
+def object_schema(resource_type: ResourceType, *, replace: bool = False) -> dict[str, Any]:
+    """The Kubernetes object shape of ``resource_type`` (what POST takes; ``replace``: PUT,
+    where the name may be left out or null: the path names the object)."""
+    metadata = METADATA_SCHEMA
+    if replace:
+        name = {**METADATA_SCHEMA["properties"]["name"], "type": ["string", "null"]}
+        metadata = {
+            "type": "object",
+            "properties": {**METADATA_SCHEMA["properties"], "name": name},
+        }
     properties: dict[str, Any] = {
         "apiVersion": {"type": "string", "enum": [resource_type.api_version]},
         "kind": {"type": "string", "enum": [resource_type.kind]},
-        "metadata": METADATA_SCHEMA,
+        "metadata": metadata,
     }
     if resource_type.kind == "Secret":
         properties |= {"type": {"type": ["string", "null"]}, "data": _STRINGS}
@@ -104,7 +112,7 @@ def object_schema(resource_type: ResourceType) -> dict[str, Any]:
     return {
         "type": "object",
         "title": resource_type.kind,
-        "required": ["metadata"],
+        "required": [] if replace else ["metadata"],
         "properties": properties,
     }
 
@@ -178,7 +186,10 @@ def kind_paths(resource_type: ResourceType) -> dict[str, Any]:
                 "operationId": f"replace{kind}",
                 "summary": f"Replace a {kind}",
                 "tags": tag,
-                "requestBody": body,
+                "requestBody": {
+                    "required": True,
+                    "content": _json(object_schema(resource_type, replace=True)),
+                },
                 "responses": _responses({200: (f"the {kind} as stored", obj)}, _WRITE_ERRORS),
             },
             "delete": {
