@@ -226,6 +226,14 @@ def check_depth(value: object, limit: int = MAX_RESOURCE_DEPTH) -> None:
                 stack.append((child, depth + 1, child_path if depth < shown else path))
 
 
+def check_process_text(value: str, field: str) -> str:
+    """Text handed to the OS to start a process (command, args, env, workingDir) has no NUL:
+    the OS cannot take it, and the process would fail to start long after the apply."""
+    if "\0" in value:
+        raise InvalidResource(field, "must not contain a NUL character")
+    return value
+
+
 def metadata_of(obj: Mapping[str, Any]) -> dict[str, Any]:
     """``obj["metadata"]`` (absent or null: a new empty one), or InvalidResource if not a map."""
     metadata = obj.get("metadata")

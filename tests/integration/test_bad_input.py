@@ -130,6 +130,20 @@ CASES: list[tuple[str, dict[str, Any], int, list[str]]] = [
         ["spec.data", "not valid JSON"],
     ),
     (
+        "Service",
+        _with("Service", ("spec", "template", "spec", "containers", 0, "args"), ["a\x00b"]),
+        422,
+        ["spec.template.spec.containers[0].args[0]", "NUL"],
+    ),
+    (
+        "ContainerSource",
+        _with(
+            "ContainerSource", ("spec", "template", "spec", "containers", 0, "command"), ["\x00"]
+        ),
+        422,
+        ["spec.template.spec.containers[0].command[0]", "NUL"],
+    ),
+    (
         "Broker",
         _with("Broker", ("spec", "x"), orjson.Fragment(_deep(450))),
         422,
