@@ -91,7 +91,7 @@ def object_schema(resource_type: ResourceType, *, replace: bool = False) -> dict
     if replace:
         name = {**METADATA_SCHEMA["properties"]["name"], "type": ["string", "null"]}
         metadata = {
-            "type": "object",
+            "type": ["object", "null"],
             "properties": {**METADATA_SCHEMA["properties"], "name": name},
         }
     properties: dict[str, Any] = {
