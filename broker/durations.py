@@ -55,14 +55,20 @@ def parse_duration(text: object, field: str) -> float:
         delta = parsed
     else:  # years and/or months: a calendar span, measured from _EPOCH
         years, months = parsed.years, parsed.months
-        if years % 1 or months % 1:
+        fractional = False
+        try:  # Decimal arithmetic on 40-digit years raises rather than overflows
+            too_long = abs(years * 12 + months) > MAX_DURATION_YEARS * 12
+            fractional = bool(years % 1 or months % 1)
+        except ArithmeticError:
+            too_long = True
+        if too_long:
+            raise InvalidResource(field, f"{text!r} {_TOO_LONG}")
+        if fractional:
             raise InvalidResource(
                 field,
                 f"{text!r} has a fraction of a year or month, which has no fixed length: "
                 "use whole years/months, or days and smaller units (P2.5Y -> P912DT12H)",
             )
-        if abs(years * 12 + months) > MAX_DURATION_YEARS * 12:
-            raise InvalidResource(field, f"{text!r} {_TOO_LONG}")
         try:
             delta = parsed.totimedelta(start=_EPOCH)
         except (OverflowError, ValueError) as exc:
