@@ -371,6 +371,10 @@ class GitHubSource(Source):
                 send, 400, _message("X-GitHub-Event and X-GitHub-Delivery headers are required")
             )
             return
+        if not delivery.isprintable() or delivery != delivery.strip():
+            # It becomes the event's id: the sink would refuse it, and GitHub would see a 502.
+            await send_json(send, 400, _message("X-GitHub-Delivery must be printable text"))
+            return
         if github_event not in self.event_types:
             text = "pong" if github_event == "ping" else f"{github_event!r} is not in eventTypes"
             await send_json(send, 200, _message(f"{text}; nothing emitted"))
