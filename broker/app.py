@@ -34,8 +34,9 @@ from starlette.requests import ClientDisconnect
 
 from broker.api.guard import HostGuard, ManagementGuard
 from broker.api.hosts import allowed_host_names
+from broker.api.openapi import install_openapi
 from broker.api.resources import ResourceApi, install_resource_routes
-from broker.api.status import install_error_handlers
+from broker.api.status import answer_unexpected, install_error_handlers
 from broker.asgi import Receive, Scope, Send
 from broker.auth.delivery_tokens import DeliveryTokens, install_issuer_routes
 from broker.auth.oidc import OidcVerifier, TrustedIssuers, verifier_from_settings
@@ -354,7 +355,10 @@ class CemeshApp:
         self._routes = [(prefix, HostGuard(h, allowed)) for prefix, h in runtime.routes]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)  # lifespan: its failures are the server's
+            return
+        try:
             path = scope["path"]
             route = match_route(path)
             if route is not None:
@@ -369,9 +373,11 @@ class CemeshApp:
                     with contextlib.suppress(RequestIncomplete):
                         await handler(scope, receive, send)
                     return
-        # The same for the management API (Starlette raises ClientDisconnect when reading).
-        with contextlib.suppress(ClientDisconnect):
-            await self.api(scope, receive, send)
+            # The same for the management API (Starlette raises ClientDisconnect when reading).
+            with contextlib.suppress(ClientDisconnect):
+                await self.api(scope, receive, send)
+        except Exception as exc:  # the last resort: logged once, 500 with a Status body
+            await answer_unexpected(scope, send, exc)
 
 
 def create_app(settings: Settings | None = None) -> CemeshApp:
@@ -382,9 +388,15 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
     install_error_handlers(api)
     if runtime.tokens is not None and runtime.keys is not None:
         install_issuer_routes(api, runtime.tokens, runtime.keys)
+    install_openapi(api)
     install_resource_routes(
         api,
-        ResourceApi(runtime.store, runtime.controller, runtime.access, outbound_guard(settings)),
+        ResourceApi(
+            runtime.store,
+            runtime.controller,
+            runtime.access,
+            outbound_guard(settings),
+        ),
     )
 
     @api.get("/healthz", include_in_schema=False)

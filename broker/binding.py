@@ -24,7 +24,11 @@ Rules (the K and C requirement ids are explained in docs/requirements.md):
   refused (C29, C33); body is ``data`` unchanged (C30); values quoted-string-unescaped, then
   one strict round of percent-decoding (C38-C40)
 - structured: a JSON object (C49); core attributes are strings, extensions string / 32-bit
-  integer / boolean (C13, C51); ``null`` is unset (C52); ``data`` vs ``data_base64`` (C53-C59)
+  integer / boolean (C13, C51); ``null`` is unset (C52); ``data`` vs ``data_base64`` (C53-C59);
+  JSON ``data`` is carried as the same JSON value, re-serialized compactly; ``data`` nested deeper
+  than orjson writes (254 levels) is carried as the exact bytes it arrived as (found by
+  :func:`_raw_members`, off the hot path); a body nested deeper than orjson reads
+  (:data:`MAX_JSON_DEPTH`) is a 400 naming that limit (binary mode has no limit: data is opaque)
 - both: ``id``/``source``/``type`` non-empty (K40, K48, C1-C5), ``time`` RFC 3339 (C10),
   ``dataschema`` absolute URI (C8), ``subject`` non-empty (C9), no control characters (C14);
   the version is never changed (K32)
@@ -420,7 +424,11 @@ def _check_extension(name: str, value: Any) -> None:
         )
 
 
-def _event_from_json(document: dict[str, Any]) -> CloudEvent:
+class _DataTooDeep(Exception):
+    """JSON ``data`` nests deeper than orjson serializes: take its raw bytes from the body."""
+
+
+def _event_from_json(document: dict[str, Any], raw_data: bytes | None = None) -> CloudEvent:
     specversion = document.get("specversion")
     if specversion is None:
         raise BindingError("missing required attribute 'specversion'")
@@ -446,11 +454,14 @@ def _event_from_json(document: dict[str, Any]) -> CloudEvent:
             _check_extension(name, value)
         attributes[name] = value
     _validate(attributes, binary=False)
-    return CloudEvent(attributes, _json_data(document, attributes, specversion))
+    return CloudEvent(attributes, _json_data(document, attributes, specversion, raw_data))
 
 
 def _json_data(
-    document: dict[str, Any], attributes: dict[str, AttributeValue], specversion: str
+    document: dict[str, Any],
+    attributes: dict[str, AttributeValue],
+    specversion: str,
+    raw_data: bytes | None = None,
 ) -> bytes | None:
     """The data bytes of a JSON-format event (C53-C59; 0.3 ``datacontentencoding``)."""
     encoded = document.get("data_base64")
@@ -468,7 +479,12 @@ def _json_data(
     content_type = attributes.get("datacontenttype")
     if _is_json_media_type(None if content_type is None else str(content_type)):
         # A JSON value, re-serialized; a JSON string stays a JSON string (C55, C59, C61).
-        return orjson.dumps(value)
+        if raw_data is not None:
+            return raw_data
+        try:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
+            raise _DataTooDeep from None
     if value is None:
         return None
     if type(value) is not str:
@@ -483,7 +499,55 @@ def _load_json(body: bytes, what: str) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):
+            raise BindingError(
+                f"{what}: the JSON nests deeper than {MAX_JSON_DEPTH} levels, the most read in "
+                "structured and batched mode; send deeper data in binary mode"
+            ) from None
         raise BindingError(f"{what}: body is not valid JSON: {exc}") from None
+
+
+# orjson's own nesting limit when reading (it refuses deeper documents; it never recurses).
+MAX_JSON_DEPTH = 1024
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
+
+
+def _raw_members(body: bytes, name: str, level: int) -> list[bytes | None]:
+    """The exact bytes of member ``name`` of each object ``level`` deep in the JSON ``body``.
+
+    ``level`` 1 is the top-level object (structured mode), 2 the objects of a top-level array
+    (batched mode); None for an object without the member; the last one wins when a name
+    repeats (as orjson decides). ``body`` is valid JSON (orjson read it). Walks the tokens
+    with a counter, so depth costs nothing; only used for data orjson cannot write back.
+    """
+    found: list[bytes | None] = []
+    depth = 0
+    current: bytes | None = None
+    key: str | None = None
+    expecting_key = False
+    value_start = 0
+    for match in _JSON_TOKENS.finditer(body):
+        token = match.group()
+        char = token[:1]
+        if char == b'"':
+            if depth == level and expecting_key:
+                key, expecting_key = orjson.loads(token), False
+            continue
+        if depth == level and char in (b",", b"}"):
+            if key == name:
+                current = body[value_start : match.start()].strip()
+            key, expecting_key = None, True
+        if char in (b"{", b"["):
+            depth += 1
+            if depth == level and char == b"{":
+                current, key, expecting_key = None, None, True
+        elif char in (b"}", b"]"):
+            if depth == level and char == b"}":
+                found.append(current)
+            depth -= 1
+        elif char == b":" and depth == level:
+            value_start = match.end()
+    return found
 
 
 def _parse_structured(body: bytes) -> CloudEvent:
@@ -492,7 +556,10 @@ def _parse_structured(body: bytes) -> CloudEvent:
         raise BindingError(
             f"structured event: body must be a JSON object, got {_json_type(document)} (C49)"
         )
-    return _event_from_json(document)
+    try:
+        return _event_from_json(document)
+    except _DataTooDeep:
+        return _event_from_json(document, _raw_members(body, "data", 1)[0])
 
 
 def _parse_batch(body: bytes) -> list[CloudEvent]:
@@ -500,11 +567,16 @@ def _parse_batch(body: bytes) -> list[CloudEvent]:
     if type(documents) is not list:
         raise BindingError(f"batch: body must be a JSON array, got {_json_type(documents)} (C46)")
     events: list[CloudEvent] = []
+    raw: list[bytes | None] | None = None
     for index, document in enumerate(documents):
         try:
             if type(document) is not dict:
                 raise BindingError(f"must be a JSON object, got {_json_type(document)} (C46)")
-            events.append(_event_from_json(document))
+            try:
+                events.append(_event_from_json(document))
+            except _DataTooDeep:
+                raw = _raw_members(body, "data", 2) if raw is None else raw
+                events.append(_event_from_json(document, raw[index]))
         except BindingError as exc:
             raise BindingError(f"event [{index}]: {exc.message}") from None
     if events:

@@ -61,10 +61,22 @@ class RequestIncomplete(CemeshError):
 class InvalidResource(CemeshError):
     """A resource failed validation. ``field`` is the dotted path of the bad field."""
 
+    # A message quotes the bad value; a huge one is cut so the answer stays readable and small.
+    MAX_MESSAGE = 1024
+
     def __init__(self, field: str, message: str) -> None:
+        field, message = _cut(field, 200), _cut(message, self.MAX_MESSAGE)
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
         self.reason = message
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` if at most ``limit`` characters, else its head and tail around a marker."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 5
+    return f"{text[: limit - tail]} ...({len(text) - limit} characters cut)... {text[-tail:]}"
 
 
 class NotFound(CemeshError):

@@ -36,12 +36,12 @@ Ready with a reason, and every other object is still reconciled.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard, cast
 from urllib.parse import urljoin
 
+import orjson
 import yaml
 
 from broker import spec as runtime
@@ -745,7 +745,7 @@ def _dependency(obj: Obj, world: _World, conditions: _Conditions) -> None:
         conditions.set("DependencyReady", "True")
         return
     try:
-        ref = json.loads(text)
+        ref = orjson.loads(text)
         key = (
             _group(str(ref["apiVersion"])),
             str(ref["kind"]),

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
+import orjson
 from cryptography import x509
 
 from broker.dispatch.filters import (
@@ -198,6 +198,54 @@ def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
+# How deep an object may nest (maps and lists). Admission, the store and the reconcilers walk
+# objects recursively (copy.deepcopy, orjson.dumps which stops at 254, filter trees), so this
+# bound keeps every walk far from a stack limit; real Knative objects nest about 10 levels.
+MAX_RESOURCE_DEPTH = 100
+
+
+def check_depth(value: object, limit: int = MAX_RESOURCE_DEPTH) -> None:
+    """InvalidResource naming the field when ``value`` nests deeper than ``limit`` levels.
+
+    Walked with an explicit stack, so the check itself cannot exhaust the interpreter's stack.
+    The field is named by its first few path segments (``spec.a[0]...``).
+    """
+    shown = 4  # path segments kept for the message
+    stack: list[tuple[object, int, str]] = [(value, 0, "")]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, Mapping):
+            children = [(child, f"{path}.{key}") for key, child in item.items()]
+        elif isinstance(item, list | tuple):
+            children = [(child, f"{path}[{index}]") for index, child in enumerate(item)]
+        else:
+            continue
+        if depth >= limit:
+            field = path.lstrip(".") + ("..." if depth > shown else "")
+            raise InvalidResource(field, f"nests deeper than {limit} levels, the limit")
+        for child, child_path in children:
+            if isinstance(child, Mapping | list | tuple):
+                stack.append((child, depth + 1, child_path if depth < shown else path))
+
+
+def check_process_text(value: str, field: str) -> str:
+    """Text handed to the OS to start a process (command, args, env, workingDir) has no NUL:
+    the OS cannot take it, and the process would fail to start long after the apply."""
+    if "\0" in value:
+        raise InvalidResource(field, "must not contain a NUL character")
+    return value
+
+
+def metadata_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj["metadata"]`` (absent or null: a new empty one), or InvalidResource if not a map."""
+    metadata = obj.get("metadata")
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidResource("metadata", f"must be an object, got {_type_name(metadata)}")
+    return metadata
+
+
 def _require_mapping(value: object, field: str, what: str = "an object") -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidResource(field, f"must be {what}, got {_type_name(value)}")
@@ -333,6 +381,35 @@ def admit_reference(
     return ref
 
 
+def parse_url(value: object, field: str) -> SplitResult:
+    """``value`` split as a URI reference; InvalidResource naming ``field`` if it is not one.
+
+    The one URL rule of admission: a string without whitespace or control characters that
+    ``urlsplit`` takes, with a numeric port in range if it has one (``http://[::1`` and
+    ``http://h:99999`` are refused here, not found by a delivery later).
+    """
+    if not isinstance(value, str):
+        raise InvalidResource(field, f"must be a string, got {_type_name(value)}")
+    if any(char.isspace() or not char.isprintable() for char in value):
+        raise InvalidResource(
+            field, f"{value!r} is not a valid URI: it contains a space or control"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port is the check (ValueError when invalid)
+    except ValueError as exc:
+        raise InvalidResource(field, f"{value!r} is not a valid URI: {exc}") from exc
+    return parts
+
+
+def check_http_url(value: object, field: str) -> SplitResult:
+    """An absolute ``http://`` or ``https://`` URL with a host, else InvalidResource."""
+    parts = parse_url(value, field)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidResource(field, f"{value!r} must be an http:// or https:// URL with a host")
+    return parts
+
+
 def admit_destination(value: object, field: str, *, namespace: str) -> dict[str, Any]:
     """A Destination (K159): ``ref`` and/or ``uri``; absolute uri alone, relative uri with ref.
 
@@ -351,12 +428,7 @@ def admit_destination(value: object, field: str, *, namespace: str) -> dict[str,
             field, "needs 'ref' (an object reference) and/or 'uri'; neither is set"
         )
     if uri not in (None, ""):
-        if not isinstance(uri, str):
-            raise InvalidResource(f"{field}.uri", f"must be a string, got {_type_name(uri)}")
-        try:
-            parts = urlsplit(uri)
-        except ValueError as exc:
-            raise InvalidResource(f"{field}.uri", f"{uri!r} is not a valid URI: {exc}") from exc
+        parts = parse_url(uri, f"{field}.uri")
         if parts.scheme:
             if ref is not None:
                 raise InvalidResource(
@@ -364,10 +436,7 @@ def admit_destination(value: object, field: str, *, namespace: str) -> dict[str,
                     "an absolute uri cannot be combined with ref; drop ref, or give a relative "
                     "uri (such as /path) to resolve against the ref's address",
                 )
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise InvalidResource(
-                    f"{field}.uri", f"{uri!r} must be an http:// or https:// URL with a host"
-                )
+            check_http_url(uri, f"{field}.uri")
             why = None if guard is None else refusal(uri, guard)
             if why is not None:
                 raise InvalidResource(f"{field}.uri", f"{uri!r} is refused: {why}")
@@ -565,7 +634,7 @@ def _check_delivery_order(annotations: Mapping[str, str]) -> None:
 def _check_dependency(text: str, namespace: str) -> None:
     field = f"metadata.annotations[{DEPENDENCY_ANNOTATION}]"
     try:
-        ref = json.loads(text)
+        ref = orjson.loads(text)  # orjson: bounded depth, never a RecursionError
     except ValueError as exc:
         raise InvalidResource(
             field,
@@ -775,6 +844,7 @@ def admit(
     """
     if not isinstance(obj, Mapping):
         raise InvalidResource("", f"a resource must be an object, got {_type_name(obj)}")
+    check_depth(obj)
     api_version = _require_string(
         obj.get("apiVersion"), "apiVersion", " (e.g. eventing.knative.dev/v1)"
     )

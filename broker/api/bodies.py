@@ -15,6 +15,7 @@ import orjson
 import yaml
 
 from broker.errors import BindingError, InvalidResource
+from broker.resources import MAX_RESOURCE_DEPTH
 
 JSON = "application/json"
 YAML = "application/yaml"
@@ -47,19 +48,32 @@ def parse_object(raw: bytes, content_type: str | None) -> dict[str, Any]:
             documents = [d for d in yaml.load_all(raw, Loader=_NoAliasLoader) if d is not None]
         except yaml.YAMLError as exc:
             raise BindingError(f"request body is not valid YAML: {exc}") from exc
+        except RecursionError as exc:  # PyYAML composes nested nodes recursively
+            raise _too_deep() from exc
         if len(documents) != 1:
             raise BindingError(
                 f"request body must hold one YAML document, it holds {len(documents)}"
             )
         body = documents[0]
     else:
+        # orjson bounds nesting itself (1024 levels) and never recurses in Python; the tighter
+        # resource limit is admission's (broker.resources.check_depth), reported the same way.
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
+            if "depth" in str(exc).lower():
+                raise _too_deep() from exc
             raise BindingError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
-        raise InvalidResource("", "request body must be an object (a mapping)")
+        kind = "null" if body is None else type(body).__name__
+        raise InvalidResource("", f"request body must be an object (a mapping), got {kind}")
     return body
+
+
+def _too_deep() -> InvalidResource:
+    return InvalidResource(
+        "", f"the object nests deeper than {MAX_RESOURCE_DEPTH} levels, the limit"
+    )
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

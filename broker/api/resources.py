@@ -32,9 +32,9 @@ from broker.auth.processes import APPLIED_BY, process_command
 from broker.auth.rbac import PROCESSES, Resource, authorize
 from broker.auth.setup import Access
 from broker.controller import Controller
-from broker.errors import Forbidden, InvalidResource, UnsupportedMediaType
+from broker.errors import Forbidden, InvalidResource, NotFound, UnsupportedMediaType
 from broker.outbound import OutboundGuard
-from broker.resources import ResourceType, admit, type_for_path
+from broker.resources import ResourceType, admit, metadata_of, type_for_path
 from broker.store import Store
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,18 @@ class ResourceApi:
         self.guard = guard  # destinations of every write are checked against it
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        return parse_object(await request.body(), request.headers.get("content-type"))
+        """The request's object, its metadata checked before any handler reads a field of it.
+
+        Size (413) and media type (415) were checked by the guard (broker/api/guard.py).
+        """
+        body = parse_object(await request.body(), request.headers.get("content-type"))
+        metadata = body["metadata"] = metadata_of(body)
+        version = metadata.get("resourceVersion")
+        if isinstance(version, bool) or not isinstance(version, str | int | None):
+            raise InvalidResource(
+                "metadata.resourceVersion", f"must be a string, got {type(version).__name__}"
+            )
+        return body
 
     def _authorize(
         self, request: Request, verb: str, rtype: ResourceType, namespace: str | None
@@ -153,7 +164,10 @@ class ResourceApi:
         created = await self.store.create(obj)
         await self.controller.sync()
         meta = created["metadata"]
-        fresh = await self.store.get(rtype.group, rtype.kind, meta["namespace"], meta["name"])
+        try:
+            fresh = await self.store.get(rtype.group, rtype.kind, meta["namespace"], meta["name"])
+        except NotFound:  # created, then collected by the sync (a Revision without its Service)
+            fresh = created
         return JSONResponse(fresh, status_code=201)
 
     async def get(
@@ -168,19 +182,21 @@ class ResourceApi:
         principal = self._authorize(request, "update", rtype, namespace)
         body = await self._body(request)
         self._check_kind(rtype, body)
-        body_name = (body.get("metadata") or {}).get("name")
+        metadata = body["metadata"]
+        body_name = metadata.get("name")
         if body_name is not None and body_name != name:
             raise InvalidResource(
                 "metadata.name",
                 f"the name in the body ({body_name!r}) differs from the URL ({name!r})",
             )
-        body.setdefault("metadata", {})["name"] = name
+        metadata["name"] = name
+        version = metadata.get("resourceVersion")
         old = await self.store.get(rtype.group, rtype.kind, namespace, name)
         obj = admit(body, namespace=namespace, old=old, guard=self.guard)
         self._admit_write(principal, "update", obj, namespace)
         version = (body.get("metadata") or {}).get("resourceVersion")
         if version:
-            obj["metadata"]["resourceVersion"] = version
+            obj["metadata"]["resourceVersion"] = str(version)
         await self.store.replace(obj)
         await self.controller.sync()
         return await self.store.get(rtype.group, rtype.kind, namespace, name)
@@ -242,7 +258,7 @@ class ResourceApi:
 
 def install_resource_routes(app: FastAPI, api: ResourceApi) -> None:
     """Register the Kubernetes-style paths for every kind in the resource table."""
-    router = APIRouter()
+    router = APIRouter(include_in_schema=False)  # broker/api/openapi.py describes each kind
     _register(router, api, "/apis/{group}/{version}", core=False)
     _register(router, api, "/api/{version}", core=True)  # the core group: v1 Secret
     app.include_router(router)

@@ -16,11 +16,17 @@ lower-cased. Strings are ``'...'`` or ``"..."``; inside them ``\\'`` (resp. ``\\
 doubled quote stand for the quote, every other backslash is kept (LIKE reads ``\\%``, ``\\_``).
 Integer literals must fit 32 bits (``-2147483648`` is allowed: a minus before a literal folds).
 ``data.a.b`` (dotted) is parsed here and admitted or refused by the compiler.
+
+Limits, checked here so that admission refuses what the compiler and evaluator (which recurse
+over the tree) could not handle: an expression is at most :data:`MAX_EXPRESSION_LENGTH`
+characters, and its tree at most :data:`MAX_EXPRESSION_DEPTH` operators deep (``NOT NOT x`` is
+2 deep, ``a AND b AND c`` and ``1 + 2 + 3`` are 2 deep; parentheses add nothing).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from functools import cache
 from typing import Any
 
@@ -31,7 +37,10 @@ from broker.cesql import ast
 from broker.cesql.errors import CesqlParseError
 from broker.cesql.types import in_range
 
-__all__ = ["parse"]
+__all__ = ["MAX_EXPRESSION_DEPTH", "MAX_EXPRESSION_LENGTH", "parse"]
+
+MAX_EXPRESSION_LENGTH = 4096  # characters
+MAX_EXPRESSION_DEPTH = 100  # nested operators, calls and IN lists
 
 _GRAMMAR = r"""
 ?start: logic
@@ -258,6 +267,14 @@ def parse(text: str) -> ast.Node:
         raise CesqlParseError("the expression must be a string", line=1, column=1, offset=0)
     if not text.strip():
         raise CesqlParseError("the expression is empty", line=1, column=1, offset=0)
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        raise CesqlParseError(
+            f"the expression is {len(text)} characters long; at most {MAX_EXPRESSION_LENGTH} "
+            "are allowed",
+            line=1,
+            column=1,
+            offset=0,
+        )
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as exc:
@@ -265,7 +282,33 @@ def parse(text: str) -> ast.Node:
     except CesqlParseError:
         raise
     assert isinstance(tree, ast.Node)
+    _check_depth(tree)
     return _checked(tree)
+
+
+def _children(node: ast.Node) -> list[ast.Node]:
+    found: list[ast.Node] = []
+    for field in fields(node):
+        value = getattr(node, field.name)
+        if isinstance(value, ast.Node):
+            found.append(value)
+        elif isinstance(value, tuple):
+            found.extend(item for item in value if isinstance(item, ast.Node))
+    return found
+
+
+def _check_depth(tree: ast.Node) -> None:
+    """Refuse a tree deeper than MAX_EXPRESSION_DEPTH (walked without recursion)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_EXPRESSION_DEPTH:
+            raise _error_at(
+                f"the expression nests more than {MAX_EXPRESSION_DEPTH} operators deep; "
+                "split it or flatten it (IN lists, fewer NOTs)",
+                node,
+            )
+        stack.extend((child, depth + 1) for child in _children(node))
 
 
 def _translate(exc: UnexpectedInput, text: str) -> CesqlParseError:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from broker.durations import MAX_DURATION_SECONDS, MAX_DURATION_YEARS
 from broker.errors import InvalidResource
 from broker.serving.metrics_window import MetricWindow
 
@@ -117,6 +118,10 @@ def parse_go_duration(text: str, field: str) -> float:
     if not body or pos != len(body):
         raise InvalidResource(
             field, f"invalid value {text!r}: must be a duration such as 60s, 2m or 1h30m"
+        )
+    if not total <= MAX_DURATION_SECONDS:  # also inf and nan: the ISO-8601 parser's bound
+        raise InvalidResource(
+            field, f"{text[:40]!r} is longer than the limit of {MAX_DURATION_YEARS} years"
         )
     return sign * total
 

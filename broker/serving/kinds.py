@@ -33,7 +33,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from broker.errors import InvalidResource
-from broker.resources import Admission, ResourceType, check_label_name, register_kind
+from broker.resources import (
+    Admission,
+    ResourceType,
+    check_label_name,
+    check_process_text,
+    register_kind,
+)
 from broker.serving.autoscaler import (
     AutoscalerDefaults,
     parse_go_duration,
@@ -104,6 +110,8 @@ def _int(value: object, field: str, low: int, high: int) -> int:
 def _strings(value: object, field: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InvalidResource(field, f"must be a list of strings, got {value!r}")
+    for index, item in enumerate(value):
+        check_process_text(item, f"{field}[{index}]")
     return value
 
 
@@ -125,6 +133,7 @@ def _admit_container(container: object, field: str) -> None:
         raise InvalidResource(f"{field}.command", "must not be empty")
     if container.get("workingDir") is not None and not isinstance(container["workingDir"], str):
         raise InvalidResource(f"{field}.workingDir", "must be a string")
+    check_process_text(container.get("workingDir") or "", f"{field}.workingDir")
     env = container.get("env")
     if env is not None:
         if not isinstance(env, list):
@@ -145,6 +154,8 @@ def _admit_container(container: object, field: str) -> None:
                 )
             if item.get("value") is not None and not isinstance(item["value"], str):
                 raise InvalidResource(f"{where}.value", "must be a string; quote it")
+            check_process_text(name, f"{where}.name")
+            check_process_text(item.get("value") or "", f"{where}.value")
     ports = container.get("ports")
     if ports is not None:
         if not isinstance(ports, list) or len(ports) > 1:

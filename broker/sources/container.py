@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from broker.errors import InvalidResource
+from broker.resources import check_process_text
 from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
 from broker.supervisor import ProcessSpec, SupervisedProcess, exit_summary
 
@@ -71,6 +72,7 @@ def _string_list(value: object, field: str) -> list[str]:
             raise InvalidResource(
                 f"{field}[{index}]", f"must be a string, got {_type_name(item)} {item!r}; quote it"
             )
+        check_process_text(item, f"{field}[{index}]")
     return value
 
 
@@ -162,6 +164,7 @@ def admit_container_source(obj: dict[str, Any], old: Mapping[str, Any] | None) -
         value = container.get(key)
         if value is not None and not isinstance(value, str):
             raise InvalidResource(f"{_CONTAINER}.{key}", f"must be a string, got {value!r}")
+        check_process_text(value or "", f"{_CONTAINER}.{key}")
     command = container.get("command")
     if not command:
         if not container.get("image"):
@@ -206,8 +209,8 @@ def _check_env_var(item: object, field: str) -> None:
         raise InvalidResource(
             f"{field}.value", f"must be a string, got {_type_name(value)} {value!r}; quote it"
         )
-    if isinstance(value, str) and "\0" in value:
-        raise InvalidResource(f"{field}.value", "must not contain a NUL character")
+    if isinstance(value, str):
+        check_process_text(value, f"{field}.value")
 
 
 def container_process_spec(

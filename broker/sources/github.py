@@ -37,6 +37,7 @@ import orjson
 from broker.components import Receive, Scope, Send, read_body, send_json
 from broker.errors import DeliveryError, InvalidResource
 from broker.events import AttributeValue, CloudEvent, new_event
+from broker.resources import check_http_url
 from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
 from broker.sources.kinds import GITHUB_SOURCE, register_source_kind
 
@@ -276,7 +277,7 @@ def _check(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
             "spec.eventTypes", "is required: a non-empty list of GitHub event names"
         )
     for index, name in enumerate(event_types):
-        if name not in KNOWN_EVENTS:
+        if not isinstance(name, str) or name not in KNOWN_EVENTS:
             raise InvalidResource(
                 f"spec.eventTypes[{index}]",
                 f"unknown GitHub event {name!r}; known: {', '.join(sorted(KNOWN_EVENTS))}",
@@ -285,9 +286,7 @@ def _check(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     _check_secret_ref(spec, "accessToken", required=False)
     api_url = spec.get("githubAPIURL")
     if api_url not in (None, ""):
-        parts = urlsplit(api_url) if isinstance(api_url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidResource("spec.githubAPIURL", "must be an http(s) URL")
+        check_http_url(api_url, "spec.githubAPIURL")
     if spec.get("secure") is not None and not isinstance(spec["secure"], bool):
         raise InvalidResource("spec.secure", "must be true or false")
 
@@ -371,6 +370,10 @@ class GitHubSource(Source):
             await send_json(
                 send, 400, _message("X-GitHub-Event and X-GitHub-Delivery headers are required")
             )
+            return
+        if not delivery.isprintable() or delivery != delivery.strip():
+            # It becomes the event's id: the sink would refuse it, and GitHub would see a 502.
+            await send_json(send, 400, _message("X-GitHub-Delivery must be printable text"))
             return
         if github_event not in self.event_types:
             text = "pong" if github_event == "ping" else f"{github_event!r} is not in eventTypes"

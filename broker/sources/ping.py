@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +33,8 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+import orjson
+from croniter import CroniterBadDateError, croniter
 
 from broker.errors import CemeshError, InvalidResource
 from broker.events import CloudEvent, new_event
@@ -53,6 +53,11 @@ DESCRIPTORS = frozenset(
 # A tick found this late (the process was suspended, the loop was blocked) is skipped rather than
 # fired late; later ticks go on as scheduled.
 MAX_LATENESS = timedelta(minutes=1)
+# A schedule with no tick within this many years never fires (February 30th); the longest real
+# gap is February 29th across a non-leap century year: 8 years.
+MAX_YEARS_BETWEEN_TICKS = 10
+_NEVER_PROBE_START = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_ZONE_NAME = 64  # characters; the longest IANA name has 32
 _TICK_ID_NAMESPACE = uuid.UUID("6f1c3a52-8d1e-4c7a-9b0e-2f7d5c1a9e44")
 
 
@@ -73,12 +78,14 @@ class Schedule:
 
 
 def _zone(name: str, field: str) -> str:
+    unknown = f"unknown time zone {name[:80]!r}: use an IANA name such as Europe/Berlin"
+    if len(name) > MAX_ZONE_NAME:
+        raise InvalidResource(field, f"{unknown} (at most {MAX_ZONE_NAME} characters)")
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidResource(
-            field, f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin"
-        ) from exc
+    # ZoneInfo reads a file named by the zone: odd names fail as files do (too long, NUL, ...).
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise InvalidResource(field, unknown) from exc
     return name
 
 
@@ -113,7 +120,16 @@ def parse_schedule(schedule: str, timezone: str | None = None) -> Schedule:
     seconds = len(fields) == 6
     if not croniter.is_valid(text, second_at_beginning=seconds):
         raise InvalidResource("spec.schedule", f"{schedule!r} is not a valid cron expression")
-    return Schedule(text, zone, seconds)
+    parsed = Schedule(text, zone, seconds)
+    try:  # from a fixed day: whether a cron expression can fire does not depend on when
+        next_fire(parsed, None, _NEVER_PROBE_START)
+    except CroniterBadDateError as exc:
+        raise InvalidResource(
+            "spec.schedule",
+            f"{schedule!r} never fires: no tick within {MAX_YEARS_BETWEEN_TICKS} years "
+            "(a date that no month has, such as February 30th?)",
+        ) from exc
+    return parsed
 
 
 def next_fire(schedule: str | Schedule, tz: str | None, after: datetime) -> datetime:
@@ -126,7 +142,10 @@ def next_fire(schedule: str | Schedule, tz: str | None, after: datetime) -> date
         after = after.replace(tzinfo=UTC)
     start = after.astimezone(parsed.tz)
     fire: datetime = croniter(
-        parsed.expression, start, second_at_beginning=parsed.seconds
+        parsed.expression,
+        start,
+        second_at_beginning=parsed.seconds,
+        max_years_between_matches=MAX_YEARS_BETWEEN_TICKS,
     ).get_next(datetime)
     return fire
 
@@ -193,7 +212,7 @@ def _check(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
             raise InvalidResource("spec.dataBase64", "is not valid base64") from exc
     if (data or data_base64) and content_type.split(";")[0].strip() == "application/json":
         try:
-            json.loads(body)
+            orjson.loads(body)  # orjson: bounded depth, never a RecursionError
         except ValueError as exc:
             field = "spec.dataBase64" if data_base64 else "spec.data"
             raise InvalidResource(field, f"is not valid JSON (contentType is JSON): {exc}") from exc
