@@ -39,7 +39,6 @@ PRINCIPAL_KEY = "cemesh.principal"
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 METRICS_PATH = "/metrics"
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="cemesh"')
 
 
@@ -141,11 +140,11 @@ class ManagementGuard:
             return
         content_type = _header(scope, b"content-type")
         length = _header(scope, b"content-length")
-        has_body = (
-            scope["method"] in BODY_METHODS
-            or (length is not None and length.strip() not in ("", "0"))
-            or _header(scope, b"transfer-encoding") is not None
-        )
+        # A body is what the framing says (HTTP/1.1 has no other): an empty POST or PUT carries
+        # no object to refuse, and goes on to be routed (405) or parsed (400).
+        has_body = (length is not None and length.strip() not in ("", "0")) or _header(
+            scope, b"transfer-encoding"
+        ) is not None
         if has_body and not is_accepted(content_type):
             await _refuse(
                 send,

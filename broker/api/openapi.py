@@ -11,7 +11,8 @@ asked for, so kinds registered later are described too):
   ``metadata`` with ``name``, labels and annotations, ``spec`` or a Secret's/ConfigMap's data);
   what a kind accepts inside ``spec`` is admission's to say (a 422 naming the field);
 - every answer: the object (200, 201), a ``v1 Status`` (delete), and the 4xx each operation can
-  give as ``Status`` bodies (400, 404, 409, 413, 415, 422), plus 503 when the store is down.
+  give as ``Status`` bodies (400, 401, 403, 404, 409, 413, 415, 421, 422), plus 503 when the
+  store is down.
 
 Served at ``/openapi.json`` (and ``/docs``); schemathesis reads it (see the README, "Errors").
 """
@@ -72,15 +73,18 @@ METADATA_SCHEMA: dict[str, Any] = {
 # What each 4xx means for the REST API (README "Errors" says the same for users).
 ERROR_ANSWERS: dict[int, str] = {
     400: "the body is not JSON, or a query parameter is malformed",
+    401: "no bearer token, or one that does not verify",
+    403: "the token's subject may not do this here (names verb, resource, namespace)",
     404: "no such kind at this path, or no such object",
     409: "the object exists already (create), or resourceVersion is stale (replace)",
-    413: "the body is larger than CEMESH_MAX_REQUEST_BYTES",
-    415: "the body is not JSON (Content-Type)",
+    413: "the body is larger than CEMESH_MAX_API_BYTES",
+    415: "the body is not JSON, YAML or (PATCH) a JSON merge patch (Content-Type)",
+    421: "the Host is not one this cemesh answers to",
     422: "the object is invalid: the message and details.causes name the field",
     503: "the store is unavailable; try again",
 }
 
-_READ_ERRORS = (400, 404, 503)
+_READ_ERRORS = (400, 401, 403, 404, 421, 503)
 _WRITE_ERRORS = tuple(ERROR_ANSWERS)
 
 
@@ -189,6 +193,16 @@ def kind_paths(resource_type: ResourceType) -> dict[str, Any]:
                 "requestBody": {
                     "required": True,
                     "content": _json(object_schema(resource_type, replace=True)),
+                },
+                "responses": _responses({200: (f"the {kind} as stored", obj)}, _WRITE_ERRORS),
+            },
+            "patch": {
+                "operationId": f"patch{kind}",
+                "summary": f"Change a {kind} with a JSON merge patch (RFC 7386)",
+                "tags": tag,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/merge-patch+json": {"schema": {"type": "object"}}},
                 },
                 "responses": _responses({200: (f"the {kind} as stored", obj)}, _WRITE_ERRORS),
             },

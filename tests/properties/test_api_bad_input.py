@@ -51,7 +51,11 @@ UNREACHABLE_BUSES: dict[str, Any] = {
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     with (
         cemesh_in_thread(tmp_path_factory.mktemp("api"), **UNREACHABLE_BUSES) as cemesh,
-        httpx.Client(base_url=cemesh.url, timeout=60) as client,
+        httpx.Client(
+            base_url=cemesh.url,
+            timeout=60,
+            headers={"Authorization": f"Bearer {cemesh.token}"},
+        ) as client,
     ):
         yield client
 

@@ -77,7 +77,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Clien
             httpx.Client(base_url=cemesh.url, timeout=30) as client,
         ):
             base = "/apis/eventing.knative.dev/v1/namespaces/default"
-            created = client.post(f"{base}/brokers", json={"metadata": {"name": "fuzz"}})
+            admin = {"Authorization": f"Bearer {cemesh.token}"}  # events go without it
+            created = client.post(
+                f"{base}/brokers", json={"metadata": {"name": "fuzz"}}, headers=admin
+            )
             assert created.status_code == 201, created.text
             trigger = {
                 "metadata": {"name": "all"},
@@ -87,7 +90,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Clien
                     "delivery": {"retry": 3, "backoffDelay": "PT0.05S"},
                 },
             }
-            created = client.post(f"{base}/triggers", json=trigger)
+            created = client.post(f"{base}/triggers", json=trigger, headers=admin)
             assert created.status_code == 201, created.text
             yield client, inbox
     finally:

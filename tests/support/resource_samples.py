@@ -200,6 +200,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "EventType",
         spec={"type": "com.example.order", "source": "/shop", "description": "an order"},
     ),
+    "EventPolicy": _obj(
+        "eventing.knative.dev/v1alpha1",
+        "EventPolicy",
+        spec={
+            "to": [{"ref": {**_BROKER_REF}}],
+            "from": [{"sub": "system:serviceaccount:default:shop-*"}],
+            "filters": [{"prefix": {"type": "com.example."}}],
+        },
+    ),
 }
 
 
