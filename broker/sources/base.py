@@ -30,6 +30,7 @@ from broker.dispatch.client import HttpClient
 from broker.dispatch.retry import is_success
 from broker.errors import DeliveryError, InvalidResource
 from broker.events import CloudEvent
+from broker.logging import ContextAdapter
 
 if TYPE_CHECKING:  # a type only: importing broker.resources here would cycle back into kinds
     from broker.resources import ResourceType
@@ -156,9 +157,7 @@ class Source:
         self.spec = spec
         self.sink = sink
         self.context = context
-        self.log = logging.LoggerAdapter(
-            log, {"source": f"{spec.kind}/{spec.namespace}/{spec.name}"}
-        )
+        self.log = ContextAdapter(log, {"source": f"{spec.kind}/{spec.namespace}/{spec.name}"})
 
     async def run(self) -> None:
         """Produce events until cancelled. The default waits: webhook sources only answer HTTP."""
