@@ -10,8 +10,8 @@ if the dead-letter sink fails too, :class:`~broker.bus.Nack` keeps the event on 
 Waiting between retries goes through the injectable ``sleep`` and never holds the per-subscriber
 in-flight slot, so a slow-retrying event does not block fresh ones to the same host. A caller
 that passes ``hand_back`` (the dispatcher, on a durable bus, while shutting down) gets a
-:class:`~broker.bus.Nack` instead of a wait once it is set: the bus keeps the event and
-redelivers it, so a backoff never holds a shutdown.
+:class:`~broker.bus.Nack` (no delay) instead of a wait once it is set: the bus keeps the event
+and redelivers it, so a backoff never holds a shutdown.
 
 Every failed attempt is logged (WARNING, one line): the Trigger or Subscription
 (``Target.log_fields``), the event id, the destination, the attempt number out of how many, the
@@ -332,9 +332,11 @@ class Deliverer:
         remaining = max(0.0, seconds - (loop.time() - start))
         logger.info(
             "shutting down: event handed back to the bus instead of waiting out its backoff",
-            extra={**attempt_log.fields, "redelivery_delay": remaining},
+            extra={**attempt_log.fields, "backoff_left": round(remaining, 3)},
         )
-        raise Nack(remaining)
+        # No delay: the next delivery (after the restart, or by another replica) is a fresh
+        # one, with the policy's retries from the start, and should not wait for this one.
+        raise Nack(0.0)
 
     async def _attempt(
         self,
