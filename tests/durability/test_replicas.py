@@ -1,7 +1,9 @@
-"""Replicas share the work (issue 3, item 4): two cemesh processes, one PostgreSQL store, one
-durable bus. A resource applied through either is served by both; in steady state each event is
-delivered once (the replicas are competing consumers of each Trigger's group); SIGKILL one and
-the other carries on with no loss.
+"""Replicas share the work (issue 3, item 4; issue 11, item 8): two cemesh processes, one
+PostgreSQL store, one durable bus. A resource applied through either is served by both; in steady
+state each event is delivered once and *both* replicas deliver (they are competing consumers of
+each Trigger's group; each replica's ``cemesh_deliveries_total`` says how many it delivered);
+SIGKILL one while both are delivering a backlog to a slow subscriber, and the other takes over
+what the dead one held: nothing accepted is lost.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.durability.buses import DURABLE_BUSES, DurableBus
 from tests.durability.test_crash import (
@@ -23,7 +26,7 @@ from tests.durability.test_crash import (
     wait_for_distinct,
 )
 from tests.support.process import cemesh_process
-from tests.support.subscriber import RecordingSubscriber
+from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
 # Buses whose groups are shared by processes (competing consumers across replicas).
 REPLICA_BUSES = [name for name in ("kafka", "nats", "redis") if name in DURABLE_BUSES]
@@ -55,6 +58,19 @@ async def wait_until_serving(url: str, timeout: float = 20.0) -> None:  # noqa: 
                     if probe.status_code == 200 and accepted.status_code == 202:
                         return
             await asyncio.sleep(0.2)
+
+
+async def delivered(url: str) -> int:
+    """How many deliveries the replica at ``url`` settled as delivered (its own metrics)."""
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        text = (await client.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "cemesh_deliveries_total" and sample.labels == {
+                "outcome": "delivered"
+            }:
+                return int(sample.value)
+    return 0
 
 
 async def settle(subscriber: RecordingSubscriber, *urls: str, rounds: int = 15) -> None:
@@ -91,8 +107,15 @@ async def test_two_replicas_share_one_store_and_bus(
     source = f"/replicas/{uuid.uuid4().hex}"
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
+    latency = 0.0
+
+    async def respond(_: Received) -> Reply:
+        if latency:
+            await asyncio.sleep(latency)
+        return (202, [], b"")
+
     async with (
-        RecordingSubscriber() as subscriber,
+        RecordingSubscriber(respond) as subscriber,
         cemesh_process(tmp_path / "a", **settings) as first,
         cemesh_process(tmp_path / "b", **settings) as second,
     ):
@@ -103,8 +126,9 @@ async def test_two_replicas_share_one_store_and_bus(
         await settle(subscriber, first.url, second.url)
         subscriber.received.clear()
 
-        # Steady state: events through both replicas, each delivered exactly once.
+        # Steady state: events through both replicas, each delivered exactly once, by both.
         steady = 400
+        first_before, second_before = await delivered(first.url), await delivered(second.url)
         async with (
             httpx.AsyncClient(base_url=first.url, timeout=5) as a,
             httpx.AsyncClient(base_url=second.url, timeout=5) as b,
@@ -115,14 +139,33 @@ async def test_two_replicas_share_one_store_and_bus(
         await asyncio.sleep(0.5)  # room for a duplicate delivery to show up
         ids = [r.event.id for r in subscriber.received if r.event is not None]
         assert sorted(ids) == sorted(f"e-{i}" for i in range(steady)), "not exactly once"
+        by_first = await delivered(first.url) - first_before
+        by_second = await delivered(second.url) - second_before
+        assert by_first > 0 and by_second > 0, f"one replica did all: {by_first}, {by_second}"
 
-        # SIGKILL one replica mid-stream: the other carries on, nothing accepted is lost.
+        # SIGKILL one replica while both deliver a backlog to a slow subscriber: the other
+        # takes over what the dead one held (after the bus's session/visibility timeout).
+        latency = 0.05
         total = 2 * steady
-        async with httpx.AsyncClient(base_url=second.url, timeout=5) as b:
-            for index in range(steady, total):
-                if index == steady + steady // 4:
-                    await first.stop(signal.SIGKILL)
-                await post_until_accepted(b, index, source)
+        first_before, second_before = await delivered(first.url), await delivered(second.url)
+        pending: asyncio.Queue[int] = asyncio.Queue()
+        for index in range(steady, total):
+            pending.put_nowait(index)
+
+        async def producer() -> None:
+            async with httpx.AsyncClient(base_url=second.url, timeout=5) as b:
+                while not pending.empty():
+                    await post_until_accepted(b, pending.get_nowait(), source)
+
+        producers = [asyncio.create_task(producer()) for _ in range(4)]
+        async with asyncio.timeout(60):  # both deliver this phase's events before the kill
+            while (
+                await delivered(first.url) - first_before < 20
+                or await delivered(second.url) - second_before < 20
+            ):
+                await subscriber.wait_for(len(subscriber.received) + 1, timeout=60)
+        await first.stop(signal.SIGKILL)
+        await asyncio.gather(*producers)
         await wait_for_distinct(subscriber, total, timeout=120)
         unique = {r.event.id for r in subscriber.received if r.event is not None}
         lost = {f"e-{i}" for i in range(total)} - unique
