@@ -109,6 +109,7 @@ class Bench:
         self.workdir = workdir
         self.children: list[Child] = []
         self._runs = 0
+        self._tag = ""  # the id tag of the latest wrk run
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -125,7 +126,7 @@ class Bench:
     def wrk(self, url: str, duration: float, *, rate: float = 0.0) -> WrkResult:
         """One wrk run with a fresh id tag (ids never repeat across runs)."""
         self._runs += 1
-        tag = f"r{self._runs}"
+        tag = self._tag = f"r{self._runs}"
         script = self.workdir / f"wrk-{tag}.lua"
         script.write_text(wrk_script(tag, rate=rate))
         return run_wrk(url, script, duration=duration, connections=self.options.connections)
@@ -289,6 +290,12 @@ class Bench:
         cpu_sub = self.subscriber.cpu_seconds() - cpu_sub
         accepted = self.accepted(cemesh_url) - accepted_before
         stats = get_json(f"{subscriber_url}/stats")
+        # By id: ids 1..n of this run, n = what wrk completed less what may still have been in
+        # flight when it stopped (at most one request per connection), were all answered; with
+        # no non-2xx answer and no socket error they were all accepted, so a missing one is lost.
+        sent = max(0, result.requests - self.options.connections)
+        ids = get_json(f"{subscriber_url}/account?tag={self._tag}&sent={sent}")
+        every_answer_202 = result.non_2xx == 0 and result.socket_errors == 0
         delivered = stats["received"]
         split = self.cemesh_cpu_split(threads, profiler, delivered)
         return {
@@ -301,8 +308,11 @@ class Bench:
             "socket_errors": result.socket_errors,
             "delivered": delivered,
             "unique_delivered": stats["unique"],
-            "lost": max(0, accepted - stats["unique"]),
-            "duplicated": stats["duplicates"],
+            "lost": ids["missing"] if every_answer_202 else None,
+            "missing_ids": ids["missing"],
+            "missing_sample": ids["missing_sample"],
+            "duplicated": ids["duplicated"],
+            "foreign_ids": ids["foreign"],
             "without_arrival_time": stats["without_arrival_time"],
             "drained": drained,
             "drain_s": drain_s,
@@ -468,6 +478,11 @@ class Row:
     verdict: str = ""  # "pass", "FAIL" or "" (informative)
 
 
+def _or_unknown(lost: int | None) -> str:
+    """Lost by id, or "?" when some answers were not 202 (which ids were refused is unknown)."""
+    return "?" if lost is None else str(lost)
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
 
@@ -549,7 +564,7 @@ def rows_for(results: dict[str, Any], options: Options) -> list[Row]:
         rows.append(
             Row(
                 "  lost / duplicated / non-2xx",
-                f"{phase['lost']} / {phase['duplicated']} / {phase['non_2xx']}",
+                f"{_or_unknown(phase['lost'])} / {phase['duplicated']} / {phase['non_2xx']}",
                 "0 / 0 / 0",
                 "",
                 _check(phase["lost"] == 0 and phase["duplicated"] == 0 and phase["non_2xx"] == 0),

@@ -13,9 +13,10 @@ the same port and store. The test then asserts:
 - every delivery in flight at the kill arrives again after the restart: it was never settled,
   so the bus must still hold it (a dispatcher that acked before the delivery settled fails here);
 - nothing accepted is lost (checked by id);
-- duplicates of events already *answered* before the kill (what prompt acks and offset commits
-  avoid) stay under 1% of the accepted events. Redeliveries of what was in flight are what
-  at-least-once requires and are reported apart.
+- duplicates beyond the redeliveries of what was in flight (events already *answered* before
+  the kill and delivered again, which prompt acks and offset commits avoid; events delivered
+  twice after the restart) stay under 1% of the accepted events. Redeliveries of what was in
+  flight are what at-least-once requires (at most DISPATCH_CONCURRENCY) and are reported apart.
 
 The figures are printed (``pytest -s``) and kept as test properties (``--junitxml``).
 """
@@ -37,12 +38,15 @@ from tests.durability.buses import DURABLE_BUSES, DurableBus
 from tests.support.process import cemesh_process
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
-EVENTS = 2000
+EVENTS = 1500
 KILL_AT = EVENTS // 3
-SUBSCRIBER_LATENCY = 0.05  # seconds before the subscriber answers 202
-DISPATCH_CONCURRENCY = 8  # deliveries at once: ~160 events/s, slower than the producers
-MIN_BACKLOG = 100  # accepted but not answered at the kill, at least
-AVOIDABLE_DUPLICATES_MAX = EVENTS // 100  # 1% of the accepted events
+# The subscriber answers 202 after SUBSCRIBER_LATENCY and cemesh runs DISPATCH_CONCURRENCY
+# deliveries at once: at most ~80 events/s, slower than the producers, so a backlog builds;
+# and long enough that deliveries are surely in flight at the kill, however loaded the machine.
+SUBSCRIBER_LATENCY = 0.1
+DISPATCH_CONCURRENCY = 8
+MIN_BACKLOG = 50  # accepted but not answered at the kill, at least
+DUPLICATES_MAX = EVENTS // 100  # 1% of the accepted events, beyond the in-flight redeliveries
 
 
 def broker_and_trigger(subscriber_url: str) -> list[dict]:
@@ -189,6 +193,9 @@ class CrashFigures:
             "lost": len(self.lost),
             "duplicated": self.duplicated,
             "avoidable_duplicates": len(self.avoidable_duplicates),
+            # delivered before the kill and again after it; delivered twice after the restart
+            "again_after_restart": len(set(self.received_at_kill) & set(self.received_after)),
+            "twice_after_restart": len(self.received_after) - len(set(self.received_after)),
             "in_flight_at_kill": len(self.in_flight_at_kill),
             "backlog_at_kill": len(self.backlog_at_kill),
         }
@@ -198,7 +205,7 @@ def ids(received: list[Received]) -> tuple[str, ...]:
     return tuple(r.event.id for r in received if r.event is not None)
 
 
-@pytest.mark.timeout(300)  # Pub/Sub's emulator takes up to a minute to hand back a dead stream's
+@pytest.mark.timeout(300)  # Pub/Sub's emulator may hold a dead stream's messages for a minute
 @pytest.mark.parametrize("bus_name", list(DURABLE_BUSES))
 async def test_sigkill_with_a_backlog_loses_nothing_and_redelivers_what_was_in_flight(
     bus_name: str, tmp_path: Path, request: pytest.FixtureRequest, record_property
@@ -274,7 +281,8 @@ async def test_sigkill_with_a_backlog_loses_nothing_and_redelivers_what_was_in_f
     assert not figures.lost, (
         f"{len(figures.lost)} accepted events never arrived, e.g. {sorted(figures.lost)[:5]}"
     )
-    assert len(figures.avoidable_duplicates) <= AVOIDABLE_DUPLICATES_MAX, summary
+    beyond_in_flight = figures.duplicated - len(figures.in_flight_at_kill)
+    assert beyond_in_flight <= DUPLICATES_MAX, summary
 
 
 async def wait_until(
