@@ -9,7 +9,8 @@ hot path.
 
 Control requests on the same port (``GET``):
 
-- ``/count``: ``{"received": n}``, cheap enough to poll while the queue drains;
+- ``/count``: ``{"received": n, "distinct": d}`` (requests, distinct ids), cheap enough to poll
+  while the queue drains;
 - ``/stats``: counts, unique ids, duplicates, delivered rate and latency percentiles of what was
   received since the last ``/reset``;
 - ``/account?tag=T&sent=N``: lost (missing), duplicated and foreign ids of the run whose ids are
@@ -190,7 +191,8 @@ class EventProtocol(asyncio.Protocol):
     def _control(self) -> bytes:
         path = self.url.split(b"?", 1)[0]
         if path == b"/count":
-            payload: dict[str, Any] = {"received": len(self.recorder.ids)}
+            ids = self.recorder.ids
+            payload: dict[str, Any] = {"received": len(ids), "distinct": len(set(ids))}
         elif path == b"/stats":
             payload = self.recorder.stats()
         elif path == b"/account":  # ?tag=<tag>&sent=<n>: see account()
