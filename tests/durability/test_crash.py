@@ -5,8 +5,9 @@ accepted means durably stored), with few duplicates.
 Per durable bus: eight producers POST events (retrying any that were not accepted while cemesh
 was down) faster than the subscriber takes them (it answers after SUBSCRIBER_LATENCY, cemesh
 runs DISPATCH_CONCURRENCY deliveries at once), so at the kill there is a backlog on the bus and
-deliveries in flight. A third of the way in, cemesh is killed with SIGKILL and started again on
-the same port and store. The test then asserts:
+deliveries in flight. A third of the way in, the subscriber stops answering until a few
+deliveries hang (so some are surely in flight), cemesh is killed with SIGKILL and started again
+on the same port and store. The test then asserts:
 
 - the kill caught work: at least MIN_BACKLOG accepted events were not yet answered, and some
   deliveries were in flight (received by the subscriber, not yet answered);
@@ -46,6 +47,7 @@ KILL_AT = EVENTS // 3
 SUBSCRIBER_LATENCY = 0.1
 DISPATCH_CONCURRENCY = 8
 MIN_BACKLOG = 50  # accepted but not answered at the kill, at least
+HELD_AT_KILL = 4  # deliveries the subscriber holds unanswered when the kill comes
 DUPLICATES_MAX = EVENTS // 100  # 1% of the accepted events, beyond the in-flight redeliveries
 
 
@@ -140,13 +142,28 @@ async def wait_for_distinct(
 
 
 class SlowSubscriber:
-    """Answers 202 after SUBSCRIBER_LATENCY; remembers which event ids it has answered."""
+    """Answers 202 after SUBSCRIBER_LATENCY; remembers which event ids it has answered.
+
+    While ``holding``, requests are not answered until ``release()``: the test holds before the
+    kill so that deliveries are surely in flight when it comes, however loaded the machine.
+    """
 
     def __init__(self) -> None:
         self.answered: set[str] = set()
+        self.holding = False
+        self.held = 0
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        self.holding = False
+        self._released.set()
 
     async def __call__(self, received: Received) -> Reply:
         await asyncio.sleep(SUBSCRIBER_LATENCY)
+        if self.holding:
+            self.held += 1
+            await self._released.wait()
+            return (503, [], b"")  # to a dead process, or the test is over: nobody reads it
         if received.event is not None:
             self.answered.add(received.event.id)
         return (202, [], b"")
@@ -235,6 +252,11 @@ async def test_sigkill_with_a_backlog_loses_nothing_and_redelivers_what_was_in_f
                 for _ in range(8)
             ]
             await asyncio.wait_for(kill_now.wait(), 60)
+            slow.holding = True  # until a few deliveries are surely in flight
+            async with asyncio.timeout(30):
+                while slow.held < HELD_AT_KILL:
+                    with contextlib.suppress(AssertionError):
+                        await subscriber.wait_for(len(subscriber.received) + 1, timeout=30)
             # Taken with no await before the signal: the subscriber (in this loop) cannot answer
             # in between, so what is not answered now cannot have been settled by cemesh.
             accepted_at_kill = frozenset(f"e-{i}" for i in accepted)
@@ -242,6 +264,7 @@ async def test_sigkill_with_a_backlog_loses_nothing_and_redelivers_what_was_in_f
             received_at_kill = ids(subscriber.received)
             killed_with = len(subscriber.received)
             await first.stop(signal.SIGKILL)  # producers and deliveries are in full flow
+            slow.release()
         async with cemesh_process(tmp_path, port=first.port, **settings):
             refused = sum(await asyncio.gather(*producers))
             await wait_for_distinct(subscriber, EVENTS, timeout=120)
