@@ -20,13 +20,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.durability.buses import DURABLE_BUSES, DurableBus
 from tests.durability.test_crash import (
+    SlowSubscriber,
     apply,
     broker_and_trigger,
+    ids,
     post_until_accepted,
     wait_for_distinct,
+    wait_until,
 )
 from tests.support.process import cemesh_process
-from tests.support.subscriber import Received, RecordingSubscriber, Reply
+from tests.support.subscriber import RecordingSubscriber
 
 # Buses whose groups are shared by processes (competing consumers across replicas).
 REPLICA_BUSES = [name for name in ("kafka", "nats", "redis") if name in DURABLE_BUSES]
@@ -107,15 +110,9 @@ async def test_two_replicas_share_one_store_and_bus(
     source = f"/replicas/{uuid.uuid4().hex}"
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    latency = 0.0
-
-    async def respond(_: Received) -> Reply:
-        if latency:
-            await asyncio.sleep(latency)
-        return (202, [], b"")
-
+    slow = SlowSubscriber()
     async with (
-        RecordingSubscriber(respond) as subscriber,
+        RecordingSubscriber(slow) as subscriber,
         cemesh_process(tmp_path / "a", **settings) as first,
         cemesh_process(tmp_path / "b", **settings) as second,
     ):
@@ -137,15 +134,14 @@ async def test_two_replicas_share_one_store_and_bus(
                 await post_until_accepted(a if index % 2 else b, index, source)
         await subscriber.wait_for(steady, timeout=30)
         await asyncio.sleep(0.5)  # room for a duplicate delivery to show up
-        ids = [r.event.id for r in subscriber.received if r.event is not None]
-        assert sorted(ids) == sorted(f"e-{i}" for i in range(steady)), "not exactly once"
+        steady_ids = [r.event.id for r in subscriber.received if r.event is not None]
+        assert sorted(steady_ids) == sorted(f"e-{i}" for i in range(steady)), "not exactly once"
         by_first = await delivered(first.url) - first_before
         by_second = await delivered(second.url) - second_before
         assert by_first > 0 and by_second > 0, f"one replica did all: {by_first}, {by_second}"
 
         # SIGKILL one replica while both deliver a backlog to a slow subscriber: the other
         # takes over what the dead one held (after the bus's session/visibility timeout).
-        latency = 0.05
         total = 2 * steady
         first_before, second_before = await delivered(first.url), await delivered(second.url)
         pending: asyncio.Queue[int] = asyncio.Queue()
@@ -164,9 +160,28 @@ async def test_two_replicas_share_one_store_and_bus(
                 or await delivered(second.url) - second_before < 20
             ):
                 await subscriber.wait_for(len(subscriber.received) + 1, timeout=60)
+        # Hold deliveries unanswered until both replicas surely have some in flight, then kill
+        # one: what it held was never settled, so the bus must give it to the other replica.
+        slow.holding = True
+        async with asyncio.timeout(30):
+            while slow.held < 8:
+                await subscriber.wait_for(len(subscriber.received) + 1, timeout=30)
+        in_flight = frozenset(ids(subscriber.received)) - slow.answered
+        killed_with = len(subscriber.received)
         await first.stop(signal.SIGKILL)
+        slow.release()  # the survivor's held deliveries get a 503 and are retried
         await asyncio.gather(*producers)
         await wait_for_distinct(subscriber, total, timeout=120)
+        await wait_until(
+            subscriber,
+            lambda: in_flight <= set(ids(subscriber.received[killed_with:])),
+            timeout=60,
+        )
         unique = {r.event.id for r in subscriber.received if r.event is not None}
         lost = {f"e-{i}" for i in range(total)} - unique
         assert not lost, f"{len(lost)} accepted events lost after a replica died"
+        missing = in_flight - set(ids(subscriber.received[killed_with:]))
+        assert not missing, (
+            f"{len(missing)} of {len(in_flight)} deliveries in flight at the kill never came "
+            f"again (acked before they settled?), e.g. {sorted(missing)[:5]}"
+        )
