@@ -95,6 +95,7 @@ async def settle(subscriber: RecordingSubscriber, *urls: str, rounds: int = 15) 
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(300)  # two processes, warm-up rounds, and the bus's takeover timeout
 @pytest.mark.parametrize("bus_name", REPLICA_BUSES)
 async def test_two_replicas_share_one_store_and_bus(
     bus_name: str, tmp_path: Path, postgres_url: str, request: pytest.FixtureRequest
