@@ -42,9 +42,9 @@ from tests.support.subscriber import Received, RecordingSubscriber, Reply
 EVENTS = 1500
 KILL_AT = EVENTS // 3
 # The subscriber answers 202 after SUBSCRIBER_LATENCY and cemesh runs DISPATCH_CONCURRENCY
-# deliveries at once: at most ~80 events/s, slower than the producers, so a backlog builds;
-# and long enough that deliveries are surely in flight at the kill, however loaded the machine.
-SUBSCRIBER_LATENCY = 0.1
+# deliveries at once: at most ~40 events/s, slower than the producers even on a loaded machine,
+# so a backlog builds.
+SUBSCRIBER_LATENCY = 0.2
 DISPATCH_CONCURRENCY = 8
 MIN_BACKLOG = 50  # accepted but not answered at the kill, at least
 HELD_AT_KILL = 4  # deliveries the subscriber holds unanswered when the kill comes
