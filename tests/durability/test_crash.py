@@ -152,7 +152,16 @@ class SlowSubscriber:
         self.answered: set[str] = set()
         self.holding = False
         self.held = 0
+        self._enough = 0
+        self._held_enough = asyncio.Event()
         self._released = asyncio.Event()
+
+    async def hold(self, count: int, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Stop answering; return once ``count`` requests are held unanswered."""
+        self.holding, self._enough = True, count
+        if self.held >= count:
+            self._held_enough.set()
+        await asyncio.wait_for(self._held_enough.wait(), timeout)
 
     def release(self) -> None:
         self.holding = False
@@ -162,6 +171,8 @@ class SlowSubscriber:
         await asyncio.sleep(SUBSCRIBER_LATENCY)
         if self.holding:
             self.held += 1
+            if self.held >= self._enough:
+                self._held_enough.set()
             await self._released.wait()
             return (503, [], b"")  # to a dead process, or the test is over: nobody reads it
         if received.event is not None:
@@ -252,11 +263,7 @@ async def test_sigkill_with_a_backlog_loses_nothing_and_redelivers_what_was_in_f
                 for _ in range(8)
             ]
             await asyncio.wait_for(kill_now.wait(), 60)
-            slow.holding = True  # until a few deliveries are surely in flight
-            async with asyncio.timeout(30):
-                while slow.held < HELD_AT_KILL:
-                    with contextlib.suppress(AssertionError):
-                        await subscriber.wait_for(len(subscriber.received) + 1, timeout=30)
+            await slow.hold(HELD_AT_KILL)  # until a few deliveries are surely in flight
             # Taken with no await before the signal: the subscriber (in this loop) cannot answer
             # in between, so what is not answered now cannot have been settled by cemesh.
             accepted_at_kill = frozenset(f"e-{i}" for i in accepted)

@@ -163,10 +163,7 @@ async def test_two_replicas_share_one_store_and_bus(
                 await subscriber.wait_for(len(subscriber.received) + 1, timeout=60)
         # Hold deliveries unanswered until both replicas surely have some in flight, then kill
         # one: what it held was never settled, so the bus must give it to the other replica.
-        slow.holding = True
-        async with asyncio.timeout(30):
-            while slow.held < 8:
-                await subscriber.wait_for(len(subscriber.received) + 1, timeout=30)
+        await slow.hold(8)
         in_flight = frozenset(ids(subscriber.received)) - slow.answered
         killed_with = len(subscriber.received)
         await first.stop(signal.SIGKILL)
