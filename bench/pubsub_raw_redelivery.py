@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("--acked-before-kill", type=int, default=400)
     parser.add_argument("--rate", type=float, default=80.0)
     parser.add_argument("--limit", type=float, default=150.0, help="seconds B may take")
+    parser.add_argument(
+        "--publish-after-kill", type=int, default=0, help="messages published while B consumes"
+    )
     parser.add_argument("--victim", nargs=2, metavar=("HOST", "ACKED_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.victim:  # consumer A, in the child process
@@ -148,13 +152,22 @@ def main() -> None:
             victim.wait()
         seen = {line.encode() for line in acked_file.read_text().split()}
         by_a = len(seen)
+        later = args.publish_after_kill
+        if later:  # published at ~100/s while B consumes, as the crash test's producers do
+
+            def publish_later() -> None:
+                for i in range(later):
+                    publisher.publish(TOPIC, f"n{i}".encode()).result()
+                    time.sleep(0.01)
+
+            threading.Thread(target=publish_later, daemon=True).start()
         acked, deliveries, again = asyncio.run(
-            consume(emulator.host, args.rate, args.messages - by_a, args.limit, None, seen)
+            consume(emulator.host, args.rate, args.messages + later - by_a, args.limit, None, seen)
         )
         print(
-            f"raw client: {args.messages} messages; A acked {by_a}, then SIGKILL; "
+            f"raw client: {args.messages} + {later} messages; A acked {by_a}, then SIGKILL; "
             f"B: {deliveries} deliveries, {again} of messages already acked, "
-            f"{args.messages - by_a - acked} never acked within {args.limit:g}s"
+            f"{args.messages + later - by_a - acked} never acked within {args.limit:g}s"
         )
 
 
