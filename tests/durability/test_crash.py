@@ -18,7 +18,6 @@ on the same port and store. The test then asserts:
   the kill and delivered again, which prompt acks and offset commits avoid; events delivered
   twice after the restart) stay under 1% of the accepted events. Redeliveries of what was in
   flight are what at-least-once requires (at most DISPATCH_CONCURRENCY) and are reported apart.
-  (Not asserted on Pub/Sub's emulator, where it does not hold yet: ``duplicates_bounded``.)
 
 The figures are printed (``pytest -s``) and kept as test properties (``--junitxml``).
 """
@@ -313,8 +312,7 @@ async def test_sigkill_with_a_backlog_loses_nothing_and_redelivers_what_was_in_f
         f"{len(figures.lost)} accepted events never arrived, e.g. {sorted(figures.lost)[:5]}"
     )
     beyond_in_flight = figures.duplicated - len(figures.in_flight_at_kill)
-    if bus.duplicates_bounded:
-        assert beyond_in_flight <= DUPLICATES_MAX, summary
+    assert beyond_in_flight <= DUPLICATES_MAX, summary
 
 
 async def wait_until(
