@@ -290,11 +290,12 @@ class Bench:
         cpu_sub = self.subscriber.cpu_seconds() - cpu_sub
         accepted = self.accepted(cemesh_url) - accepted_before
         stats = get_json(f"{subscriber_url}/stats")
-        # By id: ids 1..n of this run, n = what wrk completed less what may still have been in
+        # By id: ids 2..n of this run, n = what wrk completed less what may still have been in
         # flight when it stopped (at most one request per connection), were all answered; with
         # no non-2xx answer and no socket error they were all accepted, so a missing one is lost.
+        # wrk calls request() once to check the script before the run: id 1 never goes out.
         sent = max(0, result.requests - self.options.connections)
-        ids = get_json(f"{subscriber_url}/account?tag={self._tag}&sent={sent}")
+        ids = get_json(f"{subscriber_url}/account?tag={self._tag}&sent={sent}&first=2")
         every_answer_202 = result.non_2xx == 0 and result.socket_errors == 0
         delivered = stats["received"]
         split = self.cemesh_cpu_split(threads, profiler, delivered)

@@ -13,8 +13,8 @@ Control requests on the same port (``GET``):
   while the queue drains;
 - ``/stats``: counts, unique ids, duplicates, delivered rate and latency percentiles of what was
   received since the last ``/reset``;
-- ``/account?tag=T&sent=N``: lost (missing), duplicated and foreign ids of the run whose ids are
-  ``T-1`` .. ``T-N`` (:func:`account`), counted by id, never by count;
+- ``/account?tag=T&sent=N[&first=F]``: lost (missing), duplicated and foreign ids of the run
+  whose ids are ``T-F`` .. ``T-N`` (:func:`account`), counted by id, never by count;
 - ``/reset``: forget everything received so far.
 
 Every other request (any path, usually ``POST``) is an event: ``202``, no body.
@@ -96,8 +96,8 @@ class Recorder:
         }
 
 
-def account(ids: list[bytes], tag: bytes, sent: int) -> dict[str, Any]:
-    """Lost and duplicated by id, for a load that sent ``<tag>-1`` .. ``<tag>-<sent>``.
+def account(ids: list[bytes], tag: bytes, sent: int, first: int = 1) -> dict[str, Any]:
+    """Lost and duplicated by id, for a load that sent ``<tag>-<first>`` .. ``<tag>-<sent>``.
 
     ``missing``: ids in that range that never arrived (lost, when every one of them was
     accepted); ``duplicated``: deliveries beyond the first of each of the run's ids; ``foreign``:
@@ -115,7 +115,7 @@ def account(ids: list[bytes], tag: bytes, sent: int) -> dict[str, Any]:
             continue
         own += 1
         seen.add(int(number))
-    missing = [n for n in range(1, sent + 1) if n not in seen]
+    missing = [n for n in range(first, sent + 1) if n not in seen]
     return {
         "missing": len(missing),
         "missing_sample": [f"{tag.decode()}-{n}" for n in missing[:10]],
@@ -197,7 +197,12 @@ class EventProtocol(asyncio.Protocol):
             payload = self.recorder.stats()
         elif path == b"/account":  # ?tag=<tag>&sent=<n>: see account()
             query = dict(parse_qsl(self.url.split(b"?", 1)[-1].decode("ascii")))
-            payload = account(self.recorder.ids, query["tag"].encode(), int(query["sent"]))
+            payload = account(
+                self.recorder.ids,
+                query["tag"].encode(),
+                int(query["sent"]),
+                int(query.get("first", "1")),
+            )
         elif path == b"/reset":
             self.recorder.reset()
             payload = {"received": 0}
