@@ -48,6 +48,8 @@ Model:
   new, empty group.
 - Events are passed by reference, not copied: consumers treat them as immutable (see
   ``broker/events.py``).
+- ``close`` loses what the groups still hold (queued, or waiting for a redelivery): it logs how
+  many events per group, as a warning.
 """
 
 from __future__ import annotations
@@ -580,13 +582,22 @@ class MemoryBus:
         tasks = [task for s in list(self._subscriptions) for task in s.stop()]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        lost: dict[str, int] = {}
         for groups in self._topics.values():
             for group in groups.values():
                 group.cancel_timers()
                 group.wake_all_putters()
+                if group.held or group.taken:
+                    lost[f"{group.topic}/{group.name}"] = group.held + group.taken
                 group.release_all()
         self._budget.waiting.wake_all()
         self._topics.clear()
+        if lost:
+            # Nothing here survives the process: say how much went with it.
+            log.warning(
+                "in-memory bus closed with undelivered events: they are lost",
+                extra={"lost": sum(lost.values()), "by_group": lost},
+            )
 
     def _forget_if_idle(self, group: _Group) -> None:
         groups = self._topics.get(group.topic)

@@ -27,12 +27,15 @@ Model:
   what queued meanwhile), so a caller's publish returns once the RPC that carried it returned
   message IDs, i.e. Pub/Sub stored it. Publishes made one after the other go in RPCs made one
   after the other, which is what Pub/Sub orders a key by. A topic is created on its first use.
-- Subscribing. ``subscribe`` creates the topic and the subscription (``enable_message_ordering``
-  on, the ack deadline of the option) before it returns: Pub/Sub keeps every message published
-  after that, so nothing is missed. It then reads StreamingPull streams (``pull_streams``; by
-  default one per 8 handler tasks, at most 8: the emulator sends one stream at most ~2k
-  messages/s) with server-side flow control of ``4 * concurrency`` outstanding messages, and
-  reopens a stream that ends or fails (backoff up to :data:`RECONNECT_MAX`). The subscription
+- Subscribing. ``subscribe`` creates the topic and the subscription (the ack deadline of the
+  option; ``enable_message_ordering`` only for ``ordered=True``: on an ordered subscription the
+  emulator, after a consumer's stream died, delivers thousands of already-acked messages again,
+  ``bench/pubsub_raw_redelivery.py --ordering``) before it returns: Pub/Sub keeps every message
+  published after that, so nothing is missed. It then reads StreamingPull streams
+  (``pull_streams``; by default one per 8 handler tasks, at most 8: the emulator sends one
+  stream at most ~2k messages/s) with server-side flow control of ``4 * concurrency``
+  outstanding messages, and reopens a stream that ends or fails (backoff up to
+  :data:`RECONNECT_MAX`). The subscription
   outlives cemesh (it is the durable group); Pub/Sub's defaults apply: unacked messages are kept
   7 days, a subscription nobody reads for 31 days is deleted.
 - Deleting a group. ``delete_group`` closes the group's subscriptions of this bus (nacking what
@@ -892,7 +895,9 @@ class PubSubBus:
             name=path,
             topic=topic_path,
             ack_deadline_seconds=self.ack_deadline,
-            enable_message_ordering=True,
+            # Only where asked: see the module docstring (the emulator re-delivers acked
+            # messages of an ordered subscription after a crash; the order is not needed).
+            enable_message_ordering=ordered,
         )
         try:
             try:

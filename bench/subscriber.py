@@ -9,9 +9,12 @@ hot path.
 
 Control requests on the same port (``GET``):
 
-- ``/count``: ``{"received": n}``, cheap enough to poll while the queue drains;
+- ``/count``: ``{"received": n, "distinct": d}`` (requests, distinct ids), cheap enough to poll
+  while the queue drains;
 - ``/stats``: counts, unique ids, duplicates, delivered rate and latency percentiles of what was
   received since the last ``/reset``;
+- ``/account?tag=T&sent=N[&first=F]``: lost (missing), duplicated and foreign ids of the run
+  whose ids are ``T-F`` .. ``T-N`` (:func:`account`), counted by id, never by count;
 - ``/reset``: forget everything received so far.
 
 Every other request (any path, usually ``POST``) is an event: ``202``, no body.
@@ -29,6 +32,7 @@ import signal
 import time
 from datetime import datetime
 from typing import Any, cast
+from urllib.parse import parse_qsl
 
 import httptools
 
@@ -90,6 +94,35 @@ class Recorder:
                 "min": latencies[0] if latencies else None,
             },
         }
+
+
+def account(ids: list[bytes], tag: bytes, sent: int, first: int = 1) -> dict[str, Any]:
+    """Lost and duplicated by id, for a load that sent ``<tag>-<first>`` .. ``<tag>-<sent>``.
+
+    ``missing``: ids in that range that never arrived (lost, when every one of them was
+    accepted); ``duplicated``: deliveries beyond the first of each of the run's ids; ``foreign``:
+    deliveries of ids not of this run (a probe, or an event of an earlier phase), which a count
+    of unique ids would mistake for the run's own. Ids past ``sent`` (requests wrk had in flight
+    when it stopped, accepted but not counted by it) are ``beyond``.
+    """
+    prefix = tag + b"-"
+    seen: set[int] = set()
+    own = foreign = 0
+    for event_id in ids:
+        number = event_id[len(prefix) :] if event_id.startswith(prefix) else b""
+        if not number.isdigit():
+            foreign += 1
+            continue
+        own += 1
+        seen.add(int(number))
+    missing = [n for n in range(first, sent + 1) if n not in seen]
+    return {
+        "missing": len(missing),
+        "missing_sample": [f"{tag.decode()}-{n}" for n in missing[:10]],
+        "duplicated": own - len(seen),
+        "foreign": foreign,
+        "beyond": sum(1 for n in seen if n > sent),
+    }
 
 
 def percentile(sorted_values: list[float], pct: float) -> float | None:
@@ -158,9 +191,18 @@ class EventProtocol(asyncio.Protocol):
     def _control(self) -> bytes:
         path = self.url.split(b"?", 1)[0]
         if path == b"/count":
-            payload: dict[str, Any] = {"received": len(self.recorder.ids)}
+            ids = self.recorder.ids
+            payload: dict[str, Any] = {"received": len(ids), "distinct": len(set(ids))}
         elif path == b"/stats":
             payload = self.recorder.stats()
+        elif path == b"/account":  # ?tag=<tag>&sent=<n>: see account()
+            query = dict(parse_qsl(self.url.split(b"?", 1)[-1].decode("ascii")))
+            payload = account(
+                self.recorder.ids,
+                query["tag"].encode(),
+                int(query["sent"]),
+                int(query.get("first", "1")),
+            )
         elif path == b"/reset":
             self.recorder.reset()
             payload = {"received": 0}

@@ -8,7 +8,15 @@ the *original* event goes to the dead-letter sink with ``knativeerror*`` extensi
 if the dead-letter sink fails too, :class:`~broker.bus.Nack` keeps the event on the bus.
 
 Waiting between retries goes through the injectable ``sleep`` and never holds the per-subscriber
-in-flight slot, so a slow-retrying event does not block fresh ones to the same host.
+in-flight slot, so a slow-retrying event does not block fresh ones to the same host. A caller
+that passes ``hand_back`` (the dispatcher, on a durable bus, while shutting down) gets a
+:class:`~broker.bus.Nack` (no delay) instead of a wait once it is set: the bus keeps the event
+and redelivers it, so a backoff never holds a shutdown.
+
+Every failed attempt is logged (WARNING, one line): the Trigger or Subscription
+(``Target.log_fields``), the event id, the destination, the attempt number out of how many, the
+status or transport error, and the delay before the next attempt (``next_delay``; null on the
+last one, whose outcome is logged next: dead-lettered, dropped, or left on the bus).
 
 Delivery identity: a destination with an ``audience`` gets ``Authorization: Bearer <JWT>`` from
 the :class:`TokenSource` handed in (cemesh's issuer, built by the app; None: no tokens), minted
@@ -86,6 +94,8 @@ class Target:
     audience: str | None = None  # of the subscriber: a token is sent when set
     ca_certs: str | None = None  # PEM the subscriber's https certificate must chain to
     identity: str = ""  # sub of the tokens sent on behalf of this Trigger/Subscription
+    # Who this delivery is for, added to its log lines: (("trigger", "ns/name"),), say.
+    log_fields: tuple[tuple[str, str], ...] = ()
 
 
 class Outcome(enum.Enum):
@@ -143,6 +153,44 @@ class _Peer:
 _Settle = Callable[[Response], Awaitable[_Failure | None]]
 
 
+class _AttemptLog:
+    """What one delivery's attempt log lines say, and the delivery's ``hand_back`` signal."""
+
+    __slots__ = ("fields", "hand_back", "phase")
+
+    def __init__(
+        self,
+        event_id: str,
+        log_fields: tuple[tuple[str, str], ...],
+        hand_back: asyncio.Event | None,
+        phase: str = "subscriber",
+    ) -> None:
+        self.fields: dict[str, object] = {**dict(log_fields), "event_id": event_id}
+        self.hand_back = hand_back
+        self.phase = phase  # "subscriber" or "dead_letter_sink": which destination is tried
+
+    def to_dead_letter(self) -> _AttemptLog:
+        copy = _AttemptLog("", (), self.hand_back, "dead_letter_sink")
+        copy.fields = self.fields
+        return copy
+
+    def failed(self, failure: _Failure, attempt: int, attempts: int, wait: float | None) -> None:
+        logger.warning(
+            "delivery attempt failed" if wait is not None else "delivery attempt failed (last)",
+            extra={
+                **self.fields,
+                "to": self.phase,
+                "destination": failure.destination,
+                "attempt": attempt,
+                "attempts": attempts,
+                "status": failure.status,
+                "reason": failure.reason,
+                "retryable": failure.retryable,
+                "next_delay": wait,
+            },
+        )
+
+
 class Deliverer:
     """Delivers events to HTTP destinations over one shared :class:`HttpClient`."""
 
@@ -165,11 +213,14 @@ class Deliverer:
         self._gates: dict[str, asyncio.Semaphore] = {}  # by scheme://host:port
         self._origins: dict[str, str] = {}  # URL -> its scheme://host:port
 
-    async def deliver(self, event: CloudEvent, target: Target) -> Outcome:
+    async def deliver(
+        self, event: CloudEvent, target: Target, *, hand_back: asyncio.Event | None = None
+    ) -> Outcome:
         """Deliver ``event`` to ``target``; dead-letter or drop it when every attempt failed.
 
         Raises :class:`~broker.bus.Nack` when the dead-letter sink failed as well, so that the
-        bus keeps the event and offers it again later.
+        bus keeps the event and offers it again later; and, once ``hand_back`` is set, instead
+        of waiting out a backoff (see the module docstring).
         """
         policy = target.policy
         headers, body = _encode(event, policy)
@@ -179,6 +230,7 @@ class Deliverer:
         async def settle(response: Response) -> _Failure | None:
             return await self._settle_reply(response, target)
 
+        attempt_log = _AttemptLog(event.id, target.log_fields, hand_back)
         failure = await self._send(
             target.subscriber_uri,
             headers,
@@ -186,10 +238,11 @@ class Deliverer:
             policy,
             settle,
             _Peer(target.audience, target.ca_certs, target.identity),
+            attempt_log,
         )
         if failure is None:
             return Outcome.DELIVERED
-        return await self._dead_letter(event, target, failure)
+        return await self._dead_letter(event, target, failure, attempt_log)
 
     async def _settle_reply(self, response: Response, target: Target) -> _Failure | None:
         """A 2xx arrived: find the reply in it and pass it on (K17-K19, K100-K110)."""
@@ -219,9 +272,12 @@ class Deliverer:
             return _Failure(url, None, b"", exc.retryable, f"reply not forwarded: {exc.message}")
         return None
 
-    async def _dead_letter(self, event: CloudEvent, target: Target, failure: _Failure) -> Outcome:
+    async def _dead_letter(
+        self, event: CloudEvent, target: Target, failure: _Failure, attempt_log: _AttemptLog
+    ) -> Outcome:
         policy = target.policy
         log_fields = {
+            **dict(target.log_fields),
             "event_id": event.id,
             "destination": failure.destination,
             "status": failure.status,
@@ -244,7 +300,15 @@ class Deliverer:
         # a dead-letter sink's answer is never processed, and sinks must not rely on it (K134).
         headers.extend(target.headers)
         peer = _Peer(policy.dead_letter_audience, policy.dead_letter_ca_certs, target.identity)
-        dls_failure = await self._send(policy.dead_letter_uri, headers, body, policy, _accept, peer)
+        dls_failure = await self._send(
+            policy.dead_letter_uri,
+            headers,
+            body,
+            policy,
+            _accept,
+            peer,
+            attempt_log.to_dead_letter(),
+        )
         if dls_failure is not None:
             logger.error(
                 "dead-letter sink failed too: event stays on the bus",
@@ -270,29 +334,56 @@ class Deliverer:
         policy: DeliveryPolicy,
         settle: _Settle,
         peer: _Peer,
+        attempt_log: _AttemptLog,
     ) -> _Failure | None:
-        """Up to ``policy.retry + 1`` attempts (K113); the last failure, or None on success."""
+        """Up to ``policy.retry + 1`` attempts (K113); the last failure, or None on success.
+
+        Raises Nack instead of waiting for a retry once ``attempt_log.hand_back`` is set.
+        """
         retry_number = 0
         while True:
             failure = await self._attempt(url, headers, body, policy, settle, peer)
             if failure is None:
                 return None
-            if not failure.retryable or retry_number >= policy.retry:
+            last = not failure.retryable or retry_number >= policy.retry
+            wait = (
+                None
+                if last
+                else next_wait(policy, retry_number + 1, failure.status, failure.retry_after)
+            )
+            attempt_log.failed(failure, retry_number + 1, policy.retry + 1, wait)
+            if wait is None:
                 return failure
             retry_number += 1
-            wait = next_wait(policy, retry_number, failure.status, failure.retry_after)
-            logger.debug(
-                "delivery attempt failed, retrying",
-                extra={
-                    "destination": failure.destination,
-                    "status": failure.status,
-                    "reason": failure.reason,
-                    "retry": retry_number,
-                    "wait": wait,
-                },
-            )
             # Sleeping outside the in-flight gate: a backing-off event holds no slot.
-            await self._sleep(wait)
+            await self._wait(wait, attempt_log)
+
+    async def _wait(self, seconds: float, attempt_log: _AttemptLog) -> None:
+        """Wait ``seconds`` before a retry, or raise Nack once ``hand_back`` is set."""
+        hand_back = attempt_log.hand_back
+        if hand_back is None:
+            await self._sleep(seconds)
+            return
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if not hand_back.is_set():
+            sleeping = asyncio.ensure_future(self._sleep(seconds))
+            handed_back = asyncio.ensure_future(hand_back.wait())
+            try:
+                await asyncio.wait((sleeping, handed_back), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for future in (sleeping, handed_back):
+                    future.cancel()
+            if not hand_back.is_set():
+                return
+        remaining = max(0.0, seconds - (loop.time() - start))
+        logger.info(
+            "shutting down: event handed back to the bus instead of waiting out its backoff",
+            extra={**attempt_log.fields, "backoff_left": round(remaining, 3)},
+        )
+        # No delay: the next delivery (after the restart, or by another replica) is a fresh
+        # one, with the policy's retries from the start, and should not wait for this one.
+        raise Nack(0.0)
 
     async def _attempt(
         self,

@@ -17,12 +17,17 @@ dropped, logged and counted (``loops_stopped``). A Subscription's reply into one
 Brokers takes the Trigger-reply path, where the Broker's ingress decrements and counts.
 
 Draining (SIGTERM): new messages are nacked back to the bus while in-flight deliveries finish, up
-to the drain timeout; only then are the subscriptions closed.
+to the drain timeout; only then are the subscriptions closed. The log says what the drain waits
+for (in-flight deliveries per Trigger/Subscription, and for how long) and how it ended. On a
+durable bus a delivery waiting out a retry backoff is handed back to the bus at once (a
+:class:`~broker.bus.Nack`: it is redelivered after the restart, or by another replica) instead of
+holding the shutdown; on the in-memory bus nothing survives the process, so it is waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -50,6 +55,13 @@ class _Consumer:
     spec: TriggerSpec | SubscriptionSpec
     target: Target
     subscription: Subscription | None = None
+    durable: bool = False  # its bus keeps what is handed back to it (Capability.DURABLE)
+    in_flight: int = 0  # deliveries of this consumer under way now
+
+    @property
+    def name(self) -> str:
+        kind = "trigger" if isinstance(self.spec, TriggerSpec) else "subscription"
+        return f"{kind} {self.spec.namespace}/{self.spec.name}"
 
 
 class Dispatcher:
@@ -78,6 +90,7 @@ class Dispatcher:
         self._consumers: dict[str, _Consumer] = {}
         self._lock = asyncio.Lock()
         self._draining = False
+        self._hand_back = asyncio.Event()  # set by drain: durable deliveries stop backing off
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -120,9 +133,11 @@ class Dispatcher:
                     continue
                 if consumer is not None and consumer.subscription is not None:
                     await consumer.subscription.close()
-                consumer = _Consumer(spec, self._target(spec))
-                self._consumers[uid] = consumer
                 bus = self._buses[self._bus_of_topic(spec.topic)]
+                consumer = _Consumer(
+                    spec, self._target(spec), durable=Capability.DURABLE in bus.capabilities
+                )
+                self._consumers[uid] = consumer
                 handler = functools.partial(self._handle, consumer)
                 if not spec.ordered:
                     consumer.subscription = await bus.subscribe(
@@ -155,6 +170,7 @@ class Dispatcher:
                 audience=spec.subscriber_audience,
                 ca_certs=spec.subscriber_ca_certs,
                 identity=spec.identity,
+                log_fields=(("trigger", f"{spec.namespace}/{spec.name}"),),
             )
         on_reply = (
             reply_poster(
@@ -176,12 +192,14 @@ class Dispatcher:
             audience=spec.subscriber_audience,
             ca_certs=spec.subscriber_ca_certs,
             identity=spec.identity,
+            log_fields=(("subscription", f"{spec.namespace}/{spec.name}"),),
         )
 
     async def _handle(self, consumer: _Consumer, message: Message) -> None:
         if self._draining:
             raise Nack(0.5)  # leave it on the bus for whoever comes next; no busy loop
         self._inflight += 1
+        consumer.in_flight += 1
         self._idle.clear()
         try:
             spec, target = consumer.spec, consumer.target
@@ -195,22 +213,18 @@ class Dispatcher:
                     event = event.evolve(remove=(BROKER_TTL,))  # K96
                 # else into one of our Brokers/Channels (a Sequence, say): the ttl goes along,
                 # so that a loop back into this Broker through it still runs out.
-                target = Target(
-                    target.subscriber_uri,
-                    target.policy,
-                    headers=target.headers,
-                    on_reply=functools.partial(self._reply, spec, ttl),
-                    strict_reply=True,
-                    audience=target.audience,
-                    ca_certs=target.ca_certs,
-                    identity=target.identity,
+                target = dataclasses.replace(
+                    target, on_reply=functools.partial(self._reply, spec, ttl)
                 )
             else:
                 event, target = self._channel_hop(spec, target, event)
-            outcome = await self._deliverer.deliver(event, target)
+            outcome = await self._deliverer.deliver(
+                event, target, hand_back=self._hand_back if consumer.durable else None
+            )
             self._deliveries[outcome.value] += 1
         finally:
             self._inflight -= 1
+            consumer.in_flight -= 1
             if self._inflight == 0:
                 self._idle.set()
 
@@ -246,15 +260,7 @@ class Dispatcher:
             route = self._route(spec.reply_uri)
             if ttl is not None or route is not None:
                 on_reply = functools.partial(self._channel_reply, spec, target.on_reply, route, ttl)
-                target = Target(
-                    target.subscriber_uri,
-                    target.policy,
-                    headers=target.headers,
-                    on_reply=on_reply,
-                    audience=target.audience,
-                    ca_certs=target.ca_certs,
-                    identity=target.identity,
-                )
+                target = dataclasses.replace(target, on_reply=on_reply)
         return event, target
 
     async def _channel_reply(
@@ -286,16 +292,42 @@ class Dispatcher:
             reply.attributes[BROKER_TTL] = self._max_ttl
         await post(reply)
 
+    def in_flight(self) -> dict[str, int]:
+        """In-flight deliveries per Trigger/Subscription (``"trigger ns/name"``), busy ones only."""
+        return {c.name: c.in_flight for c in self._consumers.values() if c.in_flight}
+
     async def drain(self, grace: float) -> None:
-        """Stop taking new messages, let in-flight deliveries finish (up to ``grace`` s), close."""
+        """Stop taking new messages, let in-flight deliveries finish (up to ``grace`` s), close.
+
+        Deliveries to durable buses that are waiting out a backoff are handed back at once.
+        """
         self._draining = True
+        self._hand_back.set()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if self._inflight:
+            log.info(
+                "draining: waiting for in-flight deliveries",
+                extra={
+                    "in_flight": self._inflight,
+                    "by_consumer": self.in_flight(),
+                    "drain_timeout": grace,
+                },
+            )
         try:
             await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
+            # Durable buses redeliver these; the in-memory bus counts what it loses on close.
             log.warning(
-                "drain timeout: closing with deliveries in flight (they stay on the bus)",
-                extra={"in_flight": self._inflight},
+                "drain timeout: closing with deliveries in flight",
+                extra={
+                    "in_flight": self._inflight,
+                    "by_consumer": self.in_flight(),
+                    "waited": round(loop.time() - started, 3),
+                },
             )
+        else:
+            log.info("drained", extra={"waited": round(loop.time() - started, 3)})
         await self.close()
 
     async def close(self) -> None:

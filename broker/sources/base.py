@@ -31,6 +31,7 @@ from broker.dispatch.delivery import TokenSource
 from broker.dispatch.retry import is_success
 from broker.errors import DeliveryError, InvalidResource
 from broker.events import CloudEvent
+from broker.logging import ContextAdapter
 
 if TYPE_CHECKING:  # a type only: importing broker.resources here would cycle back into kinds
     from broker.resources import ResourceType
@@ -190,9 +191,7 @@ class Source:
         self.spec = spec
         self.sink = sink
         self.context = context
-        self.log = logging.LoggerAdapter(
-            log, {"source": f"{spec.kind}/{spec.namespace}/{spec.name}"}
-        )
+        self.log = ContextAdapter(log, {"source": f"{spec.kind}/{spec.namespace}/{spec.name}"})
         self.reporter: Reporter = _ignore_report  # set by the runner
 
     def report(self, problem: Problem, *, source_uri: str | None = None) -> None:

@@ -129,20 +129,24 @@ async def test_user_credentials_file_is_used_to_open(tmp_path: Path) -> None:
 # -- names ---------------------------------------------------------------------------------------
 
 
-async def test_subscribe_creates_the_mapped_topic_and_an_ordered_subscription(
-    pubsub_bus: Bus, raw: RawClients, unique: Names
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_subscribe_creates_the_mapped_topic_and_a_subscription_ordered_only_if_asked(
+    pubsub_bus: Bus, raw: RawClients, unique: Names, ordered: bool
 ) -> None:
-    """A cemesh topic is a topic of the same name; its group is an ordered subscription of it,
-    made before subscribe returns."""
+    """A cemesh topic is a topic of the same name; its group is a subscription of it, made before
+    subscribe returns, with message ordering only for ``ordered=True`` (on an ordered
+    subscription the emulator re-delivers acked messages after a consumer crashed)."""
     topic = f"cemesh.broker.default.{unique('broker')}"
     group = f"cemesh.trigger.{unique('uid')}"
-    subscription = await pubsub_bus.subscribe(topic, group=group, handler=Inbox().handler)
+    subscription = await pubsub_bus.subscribe(
+        topic, group=group, handler=Inbox().handler, ordered=ordered
+    )
     try:
         made = await raw.subscriber.get_subscription(
             subscription=f"projects/{PROJECT}/subscriptions/{group}~{topic}"
         )
         assert made.topic == f"projects/{PROJECT}/topics/{topic}"
-        assert made.enable_message_ordering is True
+        assert made.enable_message_ordering is ordered
         assert made.ack_deadline_seconds == 10
     finally:
         await subscription.close()

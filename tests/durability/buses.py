@@ -44,8 +44,8 @@ DURABLE_BUSES: dict[str, DurableBus] = {
             "redis_server",
             lambda server: {"redis_url": server.url, "redis_visibility_timeout": "2"},
         ),
-        # The emulator is slow to hand back what a killed client held (20-50 s, with many
-        # duplicates), so the crash test waits for distinct ids with a long timeout.
+        # The emulator is slow to hand back what a killed client held (20-50 s), so the crash
+        # test waits for distinct ids with a long timeout.
         DurableBus(
             "pubsub",
             "PubSubChannel",

@@ -1,7 +1,9 @@
-"""Replicas share the work (issue 3, item 4): two cemesh processes, one PostgreSQL store, one
-durable bus. A resource applied through either is served by both; in steady state each event is
-delivered once (the replicas are competing consumers of each Trigger's group); SIGKILL one and
-the other carries on with no loss.
+"""Replicas share the work (issue 3, item 4; issue 11, item 8): two cemesh processes, one
+PostgreSQL store, one durable bus. A resource applied through either is served by both; in steady
+state each event is delivered once and *both* replicas deliver (they are competing consumers of
+each Trigger's group; each replica's ``cemesh_deliveries_total`` says how many it delivered);
+SIGKILL one while both are delivering a backlog to a slow subscriber, and the other takes over
+what the dead one held: nothing accepted is lost.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.durability.buses import DURABLE_BUSES, DurableBus
 from tests.durability.test_crash import (
+    SlowSubscriber,
     apply,
     broker_and_trigger,
+    ids,
     post_until_accepted,
     wait_for_distinct,
+    wait_until,
 )
 from tests.support.process import CemeshProcess, cemesh_process
 from tests.support.subscriber import RecordingSubscriber
@@ -60,6 +66,19 @@ async def wait_until_serving(
             await asyncio.sleep(0.2)
 
 
+async def delivered(url: str) -> int:
+    """How many deliveries the replica at ``url`` settled as delivered (its own metrics)."""
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        text = (await client.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "cemesh_deliveries_total" and sample.labels == {
+                "outcome": "delivered"
+            }:
+                return int(sample.value)
+    return 0
+
+
 async def settle(subscriber: RecordingSubscriber, *urls: str, rounds: int = 15) -> None:
     """Until the group has settled: a joining replica makes Kafka rebalance, and messages in
     flight during a rebalance may be delivered twice (at-least-once). Send small warm-up rounds
@@ -79,6 +98,7 @@ async def settle(subscriber: RecordingSubscriber, *urls: str, rounds: int = 15) 
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(300)  # two processes, warm-up rounds, and the bus's takeover timeout
 @pytest.mark.parametrize("bus_name", REPLICA_BUSES)
 async def test_two_replicas_share_one_store_and_bus(
     bus_name: str, tmp_path: Path, postgres_url: str, request: pytest.FixtureRequest
@@ -94,8 +114,9 @@ async def test_two_replicas_share_one_store_and_bus(
     source = f"/replicas/{uuid.uuid4().hex}"
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
+    slow = SlowSubscriber()
     async with (
-        RecordingSubscriber() as subscriber,
+        RecordingSubscriber(slow) as subscriber,
         cemesh_process(tmp_path / "a", **settings) as first,
         cemesh_process(tmp_path / "b", **settings) as second,
     ):
@@ -106,8 +127,9 @@ async def test_two_replicas_share_one_store_and_bus(
         await settle(subscriber, first.url, second.url)
         subscriber.received.clear()
 
-        # Steady state: events through both replicas, each delivered exactly once.
+        # Steady state: events through both replicas, each delivered exactly once, by both.
         steady = 400
+        first_before, second_before = await delivered(first.url), await delivered(second.url)
         async with (
             first.client() as a,
             second.client() as b,
@@ -116,17 +138,51 @@ async def test_two_replicas_share_one_store_and_bus(
                 await post_until_accepted(a if index % 2 else b, index, source)
         await subscriber.wait_for(steady, timeout=30)
         await asyncio.sleep(0.5)  # room for a duplicate delivery to show up
-        ids = [r.event.id for r in subscriber.received if r.event is not None]
-        assert sorted(ids) == sorted(f"e-{i}" for i in range(steady)), "not exactly once"
+        steady_ids = [r.event.id for r in subscriber.received if r.event is not None]
+        assert sorted(steady_ids) == sorted(f"e-{i}" for i in range(steady)), "not exactly once"
+        by_first = await delivered(first.url) - first_before
+        by_second = await delivered(second.url) - second_before
+        assert by_first > 0 and by_second > 0, f"one replica did all: {by_first}, {by_second}"
 
-        # SIGKILL one replica mid-stream: the other carries on, nothing accepted is lost.
+        # SIGKILL one replica while both deliver a backlog to a slow subscriber: the other
+        # takes over what the dead one held (after the bus's session/visibility timeout).
         total = 2 * steady
-        async with second.client() as b:
-            for index in range(steady, total):
-                if index == steady + steady // 4:
-                    await first.stop(signal.SIGKILL)
-                await post_until_accepted(b, index, source)
+        first_before, second_before = await delivered(first.url), await delivered(second.url)
+        pending: asyncio.Queue[int] = asyncio.Queue()
+        for index in range(steady, total):
+            pending.put_nowait(index)
+
+        async def producer() -> None:
+            async with second.client(timeout=5) as b:
+                while not pending.empty():
+                    await post_until_accepted(b, pending.get_nowait(), source)
+
+        producers = [asyncio.create_task(producer()) for _ in range(4)]
+        async with asyncio.timeout(60):  # both deliver this phase's events before the kill
+            while (
+                await delivered(first.url) - first_before < 20
+                or await delivered(second.url) - second_before < 20
+            ):
+                await subscriber.wait_for(len(subscriber.received) + 1, timeout=60)
+        # Hold deliveries unanswered until both replicas surely have some in flight, then kill
+        # one: what it held was never settled, so the bus must give it to the other replica.
+        await slow.hold(8)
+        in_flight = frozenset(ids(subscriber.received)) - slow.answered
+        killed_with = len(subscriber.received)
+        await first.stop(signal.SIGKILL)
+        slow.release()  # the survivor's held deliveries get a 503 and are retried
+        await asyncio.gather(*producers)
         await wait_for_distinct(subscriber, total, timeout=120)
+        await wait_until(
+            subscriber,
+            lambda: in_flight <= set(ids(subscriber.received[killed_with:])),
+            timeout=60,
+        )
         unique = {r.event.id for r in subscriber.received if r.event is not None}
         lost = {f"e-{i}" for i in range(total)} - unique
         assert not lost, f"{len(lost)} accepted events lost after a replica died"
+        missing = in_flight - set(ids(subscriber.received[killed_with:]))
+        assert not missing, (
+            f"{len(missing)} of {len(in_flight)} deliveries in flight at the kill never came "
+            f"again (acked before they settled?), e.g. {sorted(missing)[:5]}"
+        )

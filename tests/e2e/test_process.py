@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -57,7 +58,41 @@ async def test_sigterm_waits_for_in_flight_delivery_before_exit(tmp_path: Path) 
         assert code in (0, -signal.SIGTERM), mesh.log()
         assert finished and finished[0] <= exited  # the response was awaited, not cut off
         assert len(subscriber.received) == 1  # and not retried
-        assert "drain timeout" not in mesh.log()
+        log = mesh.log()
+        assert "drain timeout" not in log
+        # It said what it waited for: one delivery, of which Trigger, for at most how long.
+        [waiting] = [json.loads(line) for line in log.splitlines() if "draining: waiting" in line]
+        assert waiting["in_flight"] == 1
+        assert waiting["by_consumer"] == {"trigger default/all": 1}
+        assert waiting["drain_timeout"] == 30.0
+
+
+async def test_sigterm_on_the_memory_bus_counts_the_events_it_loses(tmp_path: Path) -> None:
+    """The in-memory bus keeps nothing across a restart: what is still queued when the drain
+    timeout ends is lost, and the log says how many."""
+
+    async def slow(_: Received) -> tuple[int, list[tuple[str, str]], bytes]:
+        await asyncio.sleep(5.0)
+        return (202, [], b"")
+
+    settings = {"drain_timeout": "1", "dispatch_concurrency": "1"}
+    async with (
+        RecordingSubscriber(slow) as subscriber,
+        cemesh_process(tmp_path, **settings) as mesh,
+    ):
+        async with httpx.AsyncClient(base_url=mesh.url) as client:
+            await _apply_broker_and_trigger(client, subscriber.url)
+            for index in range(5):
+                response = await client.post("/default/default", headers=_event(f"q-{index}"))
+                assert response.status_code == 202
+        await subscriber.wait_for(1)  # one in flight, four queued behind it
+        await mesh.stop(signal.SIGTERM)
+        lines = [json.loads(line) for line in mesh.log().splitlines() if line.startswith("{")]
+    [timeout] = [line for line in lines if line["message"].startswith("drain timeout")]
+    assert timeout["in_flight"] == 1
+    [lost] = [line for line in lines if line["message"].startswith("in-memory bus closed")]
+    assert lost["lost"] == 5  # the one cut off in flight and the four queued
+    assert list(lost["by_group"].values()) == [5]
 
 
 async def test_resources_survive_a_restart(tmp_path: Path) -> None:

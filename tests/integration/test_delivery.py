@@ -292,10 +292,63 @@ async def test_without_dead_letter_sink_the_event_is_dropped_and_logged_k125(
     async with RecordingSubscriber(status(400)) as sub:
         outcome = await deliverer.deliver(event, Target(sub.url, DeliveryPolicy(retry=3)))
     assert outcome is Outcome.DROPPED
-    [record] = [r for r in caplog.records if r.name == "broker.dispatch.delivery"]
+    [record] = [r for r in caplog.records if r.getMessage().endswith("event dropped")]
     assert record.levelno == logging.WARNING
     assert record.event_id == event.id  # type: ignore[attr-defined]
     assert record.destination == sub.url  # type: ignore[attr-defined]
+
+
+async def test_every_failed_attempt_is_logged_with_its_reason_and_next_delay(
+    deliverer: Deliverer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One WARNING line per failed attempt: who, which attempt, why, and the wait before the next
+    (null on the last); the retried attempts are not silent."""
+    event = sample_event()
+    caplog.set_level(logging.WARNING, logger="broker.dispatch.delivery")
+    answers = iter([(503, [], b""), (500, [], b""), (202, [], b"")])
+    policy = DeliveryPolicy(retry=3, backoff_policy="linear", backoff_delay=0.5)
+    async with RecordingSubscriber(lambda _: next(answers)) as sub:
+        target = Target(sub.url, policy, log_fields=(("trigger", "default/all"),))
+        assert await deliverer.deliver(event, target) is Outcome.DELIVERED
+    attempts = [r for r in caplog.records if r.getMessage().startswith("delivery attempt failed")]
+    assert [
+        (r.attempt, r.attempts, r.status, r.reason, r.next_delay, r.trigger, r.event_id)  # type: ignore[attr-defined]
+        for r in attempts
+    ] == [
+        (1, 4, 503, "HTTP 503", 0.5, "default/all", event.id),
+        (2, 4, 500, "HTTP 500", 1.0, "default/all", event.id),
+    ]
+    assert all(r.levelno == logging.WARNING for r in attempts)
+
+
+async def test_the_last_failed_attempt_says_no_retry_follows(
+    deliverer: Deliverer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="broker.dispatch.delivery")
+    async with RecordingSubscriber(status(400)) as sub:
+        await deliverer.deliver(sample_event(), Target(sub.url, DeliveryPolicy(retry=3)))
+    [last] = [r for r in caplog.records if r.getMessage().startswith("delivery attempt failed")]
+    assert (last.attempt, last.status, last.retryable, last.next_delay) == (1, 400, False, None)  # type: ignore[attr-defined]
+
+
+async def test_a_delivery_handed_back_raises_nack_instead_of_waiting_out_its_backoff(
+    client: ReqwestClient,
+) -> None:
+    """Shutting down on a durable bus: a backoff in progress ends at once in a Nack, so the
+    bus redelivers the event (after the restart, or to another replica)."""
+    deliverer = Deliverer(client)  # the real sleep: the hand-back must cut it short
+    hand_back = asyncio.Event()
+    policy = DeliveryPolicy(retry=5, backoff_policy="linear", backoff_delay=30.0)
+    async with RecordingSubscriber(status(503)) as sub:
+        delivery = asyncio.create_task(
+            deliverer.deliver(sample_event(), Target(sub.url, policy), hand_back=hand_back)
+        )
+        await sub.wait_for(1)
+        hand_back.set()
+        with pytest.raises(Nack) as nack:
+            await asyncio.wait_for(delivery, 10)
+    assert nack.value.delay == 0  # redelivered at once, as a fresh delivery
+    assert len(sub.received) == 1  # no further attempt was made
 
 
 # --- replies (K17-K19, K100-K110) --------------------------------------------------------------
