@@ -80,7 +80,7 @@ async def test_sigterm_on_the_memory_bus_counts_the_events_it_loses(tmp_path: Pa
         RecordingSubscriber(slow) as subscriber,
         cemesh_process(tmp_path, **settings) as mesh,
     ):
-        async with httpx.AsyncClient(base_url=mesh.url) as client:
+        async with mesh.client() as client:
             await _apply_broker_and_trigger(client, subscriber.url)
             for index in range(5):
                 response = await client.post("/default/default", headers=_event(f"q-{index}"))
