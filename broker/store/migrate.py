@@ -11,7 +11,10 @@ at BEGIN does the same).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
@@ -69,11 +72,32 @@ async def migrate_engine(engine: AsyncEngine, action: Action, revision: str) -> 
     # run_sync yields to the event loop at every statement: two migrations interleaved in one
     # process would overwrite each other's context. Other processes are kept out by the
     # database lock taken in _run_alembic.
-    async with _in_process_lock():
+    async with _in_process_lock(), _sqlite_file_lock(engine):
         with translated():
             async with writer(engine).connect() as conn:
                 await conn.run_sync(_run_alembic, action, revision)
                 await conn.commit()
+
+
+@contextlib.asynccontextmanager
+async def _sqlite_file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """On a SQLite file, an exclusive lock on ``<file>.migrate.lock`` while migrating.
+
+    SQLite's own write lock does not keep two processes' migrations apart: alembic reads the
+    schema version before its first write, so the second replica can act on a version the first
+    is changing. PostgreSQL has the advisory lock (_run_alembic); a lock file is SQLite's.
+    """
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    # Opening a local lock file does not block the loop measurably; waiting for the lock would.
+    with open(f"{database}.migrate.lock", "a+b") as lock_file:  # noqa: ASYNC230
+        await asyncio.to_thread(fcntl.flock, lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
 _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (

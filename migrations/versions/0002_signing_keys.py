@@ -26,6 +26,10 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("activates_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("kid", name="pk_signing_keys"),
+        # Replicas starting together on one SQLite file can both reach this step (the second
+        # one's view of alembic_version may predate the first one's commit): the second must
+        # find the table made, not fail the start.
+        if_not_exists=True,
     )
 
 
