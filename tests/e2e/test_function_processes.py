@@ -114,7 +114,9 @@ async def test_no_replica_survives_a_sigkill_of_cemesh(tmp_path: Path) -> None:
         assert await mesh.stop(signal.SIGKILL) == -signal.SIGKILL
         for pid, port in replicas:
             await eventually(lambda pid=pid: gone(pid), timeout=10)
-            assert port_closed(port), port
+            # A killed multi-threaded server shows as a zombie once its main thread has exited;
+            # its sockets close when the last thread has: wait for that too, bounded.
+            await eventually(lambda port=port: port_closed(port), timeout=10)
 
 
 async def test_after_a_restart_only_revisions_with_traffic_start_replicas(tmp_path: Path) -> None:
@@ -135,8 +137,12 @@ async def test_after_a_restart_only_revisions_with_traffic_start_replicas(tmp_pa
             status = (await client.get(f"{REVISIONS}/{name}")).json().get("status") or {}
             return status if "desiredReplicas" in status else None
 
-        old = await eventually(lambda: scaled("fn-00001"))
-        assert old["desiredReplicas"] == 0, old
+        async def at_zero(name: str) -> dict[str, Any] | None:
+            # The store holds the first cemesh's last status until this one writes its own.
+            status = await scaled(name)
+            return status if status and status["desiredReplicas"] == 0 else None
+
+        old = await eventually(lambda: at_zero("fn-00001"))
         assert old["autoscaler"]["reason"] in (
             "restarted without traffic: min-scale 0",
             "at zero, no traffic",
