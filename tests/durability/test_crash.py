@@ -150,6 +150,7 @@ class SlowSubscriber:
 
     def __init__(self) -> None:
         self.answered: set[str] = set()
+        self.held_ids: set[str] = set()  # requests held, then answered 503 (or to nobody)
         self.holding = False
         self.held = 0
         self._enough = 0
@@ -171,6 +172,8 @@ class SlowSubscriber:
         await asyncio.sleep(SUBSCRIBER_LATENCY)
         if self.holding:
             self.held += 1
+            if received.event is not None:
+                self.held_ids.add(received.event.id)
             if self.held >= self._enough:
                 self._held_enough.set()
             await self._released.wait()
