@@ -20,19 +20,19 @@ from tests.support.subscriber import Received, RecordingSubscriber, Reply
 BUSES = ["memory", *DURABLE_BUSES]
 
 
-def trigger_with_dead_letter_sink(subscriber_url: str, sink_url: str) -> list[dict]:
+def trigger_with_dead_letter_sink(subscriber_url: str, sink_url: str, broker: str) -> list[dict]:
     return [
         {
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Broker",
-            "metadata": {"name": "default"},
+            "metadata": {"name": broker},
         },
         {
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Trigger",
             "metadata": {"name": "all"},
             "spec": {
-                "broker": "default",
+                "broker": broker,
                 "subscriber": {"uri": subscriber_url},
                 "delivery": {
                     "retry": 1,
@@ -60,15 +60,20 @@ async def test_an_event_whose_dead_letter_sink_fails_arrives_once_the_sink_recov
         return (503, [], b"") if sink_down else (202, [], b"")
 
     event_id = f"dls-{uuid.uuid4().hex}"
+    # A Broker (so a topic) of this test's own: the bus servers outlive tests, and events other
+    # tests left on a shared topic would reach these subscribers too.
+    broker = f"dls-{uuid.uuid4().hex[:8]}"
     async with (
         RecordingSubscriber(lambda _: (500, [], b"subscriber broken")) as subscriber,
         RecordingSubscriber(sink) as dead_letters,
         cemesh_process(tmp_path, **settings) as mesh,
     ):
         async with mesh.client(timeout=5) as client:
-            await apply(client, trigger_with_dead_letter_sink(subscriber.url, dead_letters.url))
+            await apply(
+                client, trigger_with_dead_letter_sink(subscriber.url, dead_letters.url, broker)
+            )
             response = await client.post(
-                "/default/default",
+                f"/default/{broker}",
                 headers={
                     "ce-specversion": "1.0",
                     "ce-id": event_id,

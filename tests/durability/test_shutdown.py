@@ -20,19 +20,19 @@ from tests.support.subscriber import Received, RecordingSubscriber, Reply
 BACKOFF_S = 120  # far longer than any shutdown may take
 
 
-def broker_and_slow_retrying_trigger(subscriber_url: str) -> list[dict]:
+def broker_and_slow_retrying_trigger(subscriber_url: str, broker: str) -> list[dict]:
     return [
         {
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Broker",
-            "metadata": {"name": "default"},
+            "metadata": {"name": broker},
         },
         {
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Trigger",
             "metadata": {"name": "all"},
             "spec": {
-                "broker": "default",
+                "broker": broker,
                 "subscriber": {"uri": subscriber_url},
                 "delivery": {
                     "retry": 3,
@@ -57,6 +57,9 @@ async def test_sigterm_hands_a_backing_off_delivery_back_to_the_bus(
         **bus.settings(server),
     }
     healthy = False
+    # A Broker (so a topic) of this test's own: the bus servers outlive tests, and events other
+    # tests left on a shared topic would be delivered (and backed off) here too.
+    broker = f"shutdown-{uuid.uuid4().hex[:8]}"
 
     def respond(_: Received) -> Reply:
         return (202, [], b"") if healthy else (503, [], b"")
@@ -65,9 +68,9 @@ async def test_sigterm_hands_a_backing_off_delivery_back_to_the_bus(
     async with RecordingSubscriber(respond) as subscriber:
         async with cemesh_process(tmp_path, **settings) as first:
             async with first.client(timeout=5) as client:
-                await apply(client, broker_and_slow_retrying_trigger(subscriber.url))
+                await apply(client, broker_and_slow_retrying_trigger(subscriber.url, broker))
                 response = await client.post(
-                    "/default/default",
+                    f"/default/{broker}",
                     headers={
                         "ce-specversion": "1.0",
                         "ce-id": event_id,
