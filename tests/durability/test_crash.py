@@ -51,21 +51,25 @@ HELD_AT_KILL = 4  # deliveries the subscriber holds unanswered when the kill com
 DUPLICATES_MAX = EVENTS // 100  # 1% of the accepted events, beyond the in-flight redeliveries
 
 
-def broker_and_trigger(subscriber_url: str) -> list[dict]:
+def broker_and_trigger(
+    subscriber_url: str, broker: str = "default", delivery: dict | None = None
+) -> list[dict]:
+    """A Broker and its Trigger ``all`` to ``subscriber_url`` (the durability tests' mesh)."""
     return [
         {
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Broker",
-            "metadata": {"name": "default"},
+            "metadata": {"name": broker},
         },
         {
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Trigger",
             "metadata": {"name": "all"},
             "spec": {
-                "broker": "default",
+                "broker": broker,
                 "subscriber": {"uri": subscriber_url},
-                "delivery": {"retry": 20, "backoffPolicy": "linear", "backoffDelay": "PT0.1S"},
+                "delivery": delivery
+                or {"retry": 20, "backoffPolicy": "linear", "backoffDelay": "PT0.1S"},
             },
         },
     ]

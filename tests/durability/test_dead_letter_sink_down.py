@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.durability.buses import DURABLE_BUSES
-from tests.durability.test_crash import apply
+from tests.durability.test_crash import apply, broker_and_trigger
 from tests.support.process import cemesh_process
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
@@ -21,28 +21,16 @@ BUSES = ["memory", *DURABLE_BUSES]
 
 
 def trigger_with_dead_letter_sink(subscriber_url: str, sink_url: str, broker: str) -> list[dict]:
-    return [
+    return broker_and_trigger(
+        subscriber_url,
+        broker,
         {
-            "apiVersion": "eventing.knative.dev/v1",
-            "kind": "Broker",
-            "metadata": {"name": broker},
+            "retry": 1,
+            "backoffPolicy": "linear",
+            "backoffDelay": "PT0.05S",
+            "deadLetterSink": {"uri": sink_url},
         },
-        {
-            "apiVersion": "eventing.knative.dev/v1",
-            "kind": "Trigger",
-            "metadata": {"name": "all"},
-            "spec": {
-                "broker": broker,
-                "subscriber": {"uri": subscriber_url},
-                "delivery": {
-                    "retry": 1,
-                    "backoffPolicy": "linear",
-                    "backoffDelay": "PT0.05S",
-                    "deadLetterSink": {"uri": sink_url},
-                },
-            },
-        },
-    ]
+    )
 
 
 @pytest.mark.parametrize("bus_name", BUSES)

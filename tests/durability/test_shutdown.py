@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.durability.buses import DURABLE_BUSES, DurableBus
-from tests.durability.test_crash import apply
+from tests.durability.test_crash import apply, broker_and_trigger
 from tests.support.process import cemesh_process
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
@@ -21,27 +21,11 @@ BACKOFF_S = 120  # far longer than any shutdown may take
 
 
 def broker_and_slow_retrying_trigger(subscriber_url: str, broker: str) -> list[dict]:
-    return [
-        {
-            "apiVersion": "eventing.knative.dev/v1",
-            "kind": "Broker",
-            "metadata": {"name": broker},
-        },
-        {
-            "apiVersion": "eventing.knative.dev/v1",
-            "kind": "Trigger",
-            "metadata": {"name": "all"},
-            "spec": {
-                "broker": broker,
-                "subscriber": {"uri": subscriber_url},
-                "delivery": {
-                    "retry": 3,
-                    "backoffPolicy": "linear",
-                    "backoffDelay": f"PT{BACKOFF_S}S",
-                },
-            },
-        },
-    ]
+    return broker_and_trigger(
+        subscriber_url,
+        broker,
+        {"retry": 3, "backoffPolicy": "linear", "backoffDelay": f"PT{BACKOFF_S}S"},
+    )
 
 
 @pytest.mark.parametrize("bus_name", list(DURABLE_BUSES))
