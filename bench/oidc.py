@@ -45,20 +45,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from bench.e2e import BROKER_MANIFEST as BROKER
 from bench.loadgen import WrkResult, find_wrk, run_wrk, wrk_script
 from bench.procs import Child, free_port, wait_until_serving
 
 CEMESH = Path(sys.executable).parent / "cemesh"
 AUDIENCE = "eventing.knative.dev/broker/default/default"
 SUBJECT = "system:serviceaccount:default:bench-sender"
-
-BROKER = """\
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata:
-  name: default
-  namespace: default
-"""
 
 POLICY = """\
 apiVersion: eventing.knative.dev/v1alpha1
