@@ -18,7 +18,8 @@ carry ``Authorization: Bearer <JWT>`` whose audience is the target's ``status.ad
 off none of this runs.
 
 Every response carries ``Allow: POST, OPTIONS`` (K38). Broker ingress adds ``knativearrivaltime``
-(K44) and sets or decrements ``knativebrokerttl`` (K45); Channels forward events unaltered (K147).
+(K44) and sets or decrements ``knativebrokerttl`` (K45, the loop guard of :mod:`broker.reply`);
+Channels forward events unaltered (K147).
 Events are never upgraded from 0.3 (K32, K146).
 """
 
@@ -36,28 +37,12 @@ from broker.auth.policy import IngressAuthorization
 from broker.bus import Bus
 from broker.errors import BindingError, PublishError, RequestIncomplete, Unauthenticated
 from broker.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
-from broker.memo import MAX_PATH_LENGTH, remember
 from broker.metrics import Metrics
+from broker.reply import BrokerReentry, apply_broker_ttl
+from broker.routes import match_route as match_route  # the app routes requests by it
 from broker.spec import BrokerSpec, ChannelSpec, Snapshot
 
 log = logging.getLogger(__name__)
-
-# First path segments that belong to the management API, never to a broker namespace.
-RESERVED_SEGMENTS = frozenset(
-    {
-        "api",
-        "apis",
-        "channels",
-        "healthz",
-        "readyz",
-        "metrics",
-        "docs",
-        "openapi.json",
-        "sources",
-        "services",
-        ".well-known",  # cemesh's OIDC discovery document (broker/auth/delivery_tokens.py)
-    }
-)
 
 _ALLOW = (b"allow", b"POST, OPTIONS")
 _JSON = (b"content-type", b"application/json")
@@ -75,60 +60,6 @@ _OPTIONS_HEADERS = [
     (b"webhook-allowed-origin", b"*"),
     (b"webhook-allowed-rate", b"*"),
 ]
-
-
-class TtlExhausted(BindingError):
-    """The event's knativebrokerttl reached zero: it is looping (K45, K107)."""
-
-
-def match_route(path: str) -> tuple[str, str, str] | None:
-    """``("broker"|"channel", namespace, name)`` for an ingress path, else None (K36, K144).
-
-    One trailing slash is tolerated. Paths whose first segment belongs to the management API
-    (``RESERVED_SEGMENTS``) are not ingress paths, so no Broker can live in a namespace named
-    ``api``, ``apis``, ``channels``, ...
-    """
-    route = _ROUTES.get(path, _UNKNOWN)
-    if route is _UNKNOWN:
-        route = _parse_route(path)
-        # The same few paths arrive again and again.
-        remember(_ROUTES, path, route, max_key_length=MAX_PATH_LENGTH, max_entries=4096)
-    return route  # type: ignore[return-value]
-
-
-_UNKNOWN = object()
-_ROUTES: dict[str, tuple[str, str, str] | object | None] = {}  # written through memo.remember
-
-
-def _parse_route(path: str) -> tuple[str, str, str] | None:
-    parts = path.strip("/").split("/")
-    if len(parts) == 2:
-        if parts[0] in RESERVED_SEGMENTS or not parts[0] or not parts[1]:
-            return None
-        return ("broker", parts[0], parts[1])
-    if len(parts) == 3 and parts[0] == "channels" and parts[1] and parts[2]:
-        return ("channel", parts[1], parts[2])
-    return None
-
-
-def apply_broker_ttl(event: CloudEvent, max_ttl: int) -> None:
-    """Set (missing) or decrement (present) ``knativebrokerttl`` in place (K45, K107)."""
-    attributes = event.attributes
-    raw = attributes.get(BROKER_TTL)
-    if raw is None:
-        attributes[BROKER_TTL] = max_ttl
-        return
-    try:
-        ttl = int(raw)
-    except (TypeError, ValueError):
-        raise BindingError(f"extension {BROKER_TTL} must be an integer, got {raw!r}") from None
-    ttl -= 1
-    if ttl <= 0:
-        raise TtlExhausted(
-            f"extension {BROKER_TTL} ran out: the event has passed through the broker too many "
-            "times (a reply loop?) and is dropped"
-        )
-    attributes[BROKER_TTL] = ttl
 
 
 class Ingress:
@@ -153,6 +84,7 @@ class Ingress:
         self.max_request_bytes = max_request_bytes
         self.max_ttl = max_ttl
         self._metrics = metrics
+        self._reentry = BrokerReentry(buses=buses, metrics=metrics, max_ttl=max_ttl)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -167,31 +99,18 @@ class Ingress:
         for (namespace, name), channel in snapshot.channels.items():
             targets[("channel", namespace, name)] = channel
         self._snapshot, self._targets = snapshot, targets
+        self._reentry.brokers = snapshot.brokers
         self._authorization = snapshot.ingress_authorization
 
     # -- programmatic entry (replies re-entering a broker: K104, K108) ------------------------
 
     async def publish_to_broker(self, namespace: str, name: str, event: CloudEvent) -> bool:
-        """Put ``event`` into a Broker as ingress would. False if the loop guard dropped it.
+        """Put ``event`` into a Broker as ingress would (:class:`broker.reply.BrokerReentry`).
 
-        Raises PublishError if the Broker is gone or its bus refuses the event, so that the
-        delivery that produced this reply is retried (K106).
+        False if the loop guard dropped it; raises PublishError if the Broker is gone or its bus
+        refuses the event, so that the delivery that produced this reply is retried (K106).
         """
-        broker = self.snapshot.brokers.get((namespace, name))
-        if broker is None:
-            raise PublishError(f"broker {namespace}/{name} does not exist", retryable=True)
-        try:
-            apply_broker_ttl(event, self.max_ttl)
-        except TtlExhausted:
-            self._metrics.loops_stopped += 1
-            log.warning(
-                "reply dropped: knativebrokerttl ran out (loop guard)",
-                extra={"broker": f"{namespace}/{name}", "event_id": event.attributes.get("id")},
-            )
-            return False
-        event.attributes[ARRIVAL_TIME] = now_rfc3339()
-        await self.buses[broker.bus].publish(broker.topic, event, key=event.key)
-        return True
+        return await self._reentry.publish(namespace, name, event)
 
     # -- HTTP ----------------------------------------------------------------------------------
 

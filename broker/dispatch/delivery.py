@@ -2,7 +2,8 @@
 
 :meth:`Deliverer.deliver` POSTs an event to a subscriber (``Prefer: reply``, K16, K94; binary
 mode unless the policy says ``json``, K93), retries retryable failures with the policy's backoff
-(K113, :mod:`broker.dispatch.retry`), hands a reply to the target's ``on_reply`` (K104, K109) and
+(K113, :mod:`broker.dispatch.retry`), hands a reply to the target's ``on_reply`` (K104, K109),
+with the ``knativebrokerttl`` of the event it answers for the loop guard (:mod:`broker.reply`), and
 counts a failure there as a failure of the whole attempt (K106, K110). When every attempt failed
 the *original* event goes to the dead-letter sink with ``knativeerror*`` extensions (K125-K134);
 if the dead-letter sink fails too, :class:`~broker.bus.Nack` keeps the event on the bus.
@@ -48,12 +49,11 @@ from broker.dispatch.retry import (
     should_retry,
 )
 from broker.errors import BindingError, CemeshError, DeliveryError
-from broker.events import ERROR_CODE, ERROR_DATA, ERROR_DEST, CloudEvent
+from broker.events import ERROR_CODE, ERROR_DATA, ERROR_DEST, AttributeValue, CloudEvent
+from broker.reply import ReplyHandler
 from broker.spec import DeliveryPolicy
 
 logger = logging.getLogger(__name__)
-
-ReplyHandler = Callable[[CloudEvent], Awaitable[None]]
 
 
 class TokenSource(Protocol):
@@ -214,9 +214,17 @@ class Deliverer:
         self._origins: dict[str, str] = {}  # URL -> its scheme://host:port
 
     async def deliver(
-        self, event: CloudEvent, target: Target, *, hand_back: asyncio.Event | None = None
+        self,
+        event: CloudEvent,
+        target: Target,
+        *,
+        hand_back: asyncio.Event | None = None,
+        reply_ttl: AttributeValue | None = None,
     ) -> Outcome:
         """Deliver ``event`` to ``target``; dead-letter or drop it when every attempt failed.
+
+        ``reply_ttl`` goes to ``target.on_reply`` with the reply: the ``knativebrokerttl`` of
+        the event as it came off the bus (the dispatcher strips it from what subscribers see).
 
         Raises :class:`~broker.bus.Nack` when the dead-letter sink failed as well, so that the
         bus keeps the event and offers it again later; and, once ``hand_back`` is set, instead
@@ -228,7 +236,7 @@ class Deliverer:
         headers.extend(target.headers)
 
         async def settle(response: Response) -> _Failure | None:
-            return await self._settle_reply(response, target)
+            return await self._settle_reply(response, target, reply_ttl)
 
         attempt_log = _AttemptLog(event.id, target.log_fields, hand_back)
         failure = await self._send(
@@ -244,7 +252,9 @@ class Deliverer:
             return Outcome.DELIVERED
         return await self._dead_letter(event, target, failure, attempt_log)
 
-    async def _settle_reply(self, response: Response, target: Target) -> _Failure | None:
+    async def _settle_reply(
+        self, response: Response, target: Target, reply_ttl: AttributeValue | None
+    ) -> _Failure | None:
         """A 2xx arrived: find the reply in it and pass it on (K17-K19, K100-K110)."""
         if response.status == 202:
             return None  # a 202 body is never a reply, even a valid CloudEvent (K18)
@@ -263,7 +273,7 @@ class Deliverer:
         if target.on_reply is None:
             return None  # nowhere to send it (K109)
         try:
-            await target.on_reply(reply)
+            await target.on_reply(reply, reply_ttl)
         except ReplyError as exc:
             return _Failure(exc.destination, exc.status, exc.body, exc.retryable, exc.message)
         except CemeshError as exc:
@@ -449,7 +459,8 @@ def reply_poster(
     With an ``audience`` and ``tokens``, the reply carries cemesh's token for that audience.
     """
 
-    async def post_reply(reply: CloudEvent) -> None:
+    async def post_reply(reply: CloudEvent, _ttl: AttributeValue | None) -> None:
+        # The loop guard ran before this (broker.reply.subscription_reply): the ttl is on reply.
         headers, body = _encode(reply, policy)
         try:
             if audience is not None and tokens is not None:

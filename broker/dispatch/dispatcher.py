@@ -14,7 +14,10 @@ subscriber is not one of them (K96), and a Subscription's reply inherits the ttl
 answers, decremented (set to ``max_ttl`` when missing), so a reply loop that never re-enters a
 Broker (a Sequence replying to its own first channel) still ends; a reply whose ttl ran out is
 dropped, logged and counted (``loops_stopped``). A Subscription's reply into one of cemesh's
-Brokers takes the Trigger-reply path, where the Broker's ingress decrements and counts.
+Brokers takes the Trigger-reply path, where the Broker's ingress decrements and counts. The rules
+live in :mod:`broker.reply`; each consumer's :class:`~broker.dispatch.delivery.Target` (with its
+reply handler) and whether its subscriber is one of cemesh's own are decided once per snapshot,
+and the deliverer hands each reply the ttl of the event it answers.
 
 Draining (SIGTERM): new messages are nacked back to the bus while in-flight deliveries finish, up
 to the drain timeout; only then are the subscriptions closed. The log says what the drain waits
@@ -27,25 +30,22 @@ holding the shutdown; on the in-memory bus nothing survives the process, so it i
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from broker.bus import Bus, Capability, Message, Nack, Subscription
 from broker.dispatch.client import HttpClient
 from broker.dispatch.delivery import Deliverer, Target, TokenSource, reply_poster
-from broker.errors import BindingError
-from broker.events import BROKER_TTL, DEFAULT_MAX_TTL, CloudEvent
-from broker.ingress import TtlExhausted, apply_broker_ttl, match_route
+from broker.events import BROKER_TTL, DEFAULT_MAX_TTL
 from broker.metrics import Metrics
+from broker.reply import ReplyToBroker, subscription_reply, trigger_reply
+from broker.routes import Route, match_route
 from broker.spec import Snapshot, SubscriptionSpec, TriggerSpec
 
 log = logging.getLogger(__name__)
-
-ReplyToBroker = Callable[[str, str, CloudEvent], Awaitable[bool]]
 
 
 @dataclass(slots=True)
@@ -56,6 +56,8 @@ class _Consumer:
     target: Target
     subscription: Subscription | None = None
     durable: bool = False  # its bus keeps what is handed back to it (Capability.DURABLE)
+    # Its subscriber is none of cemesh's Brokers/Channels: it never sees knativebrokerttl (K96).
+    strip_ttl: bool = True
     in_flight: int = 0  # deliveries of this consumer under way now
 
     @property
@@ -98,8 +100,7 @@ class Dispatcher:
         self._metrics = metrics
         self._max_ttl = max_ttl
         # Ingress routes of the Brokers and Channels cemesh serves now (see _route).
-        self._routes: frozenset[tuple[str, str, str]] = frozenset()
-        self._route_cache: dict[str, tuple[str, str, str] | None] = {}
+        self._routes: frozenset[Route] = frozenset()
 
     @property
     def live(self) -> frozenset[str]:
@@ -116,7 +117,6 @@ class Dispatcher:
             {("broker", *key) for key in snapshot.brokers}
             | {("channel", *key) for key in snapshot.channels}
         )
-        self._route_cache = {}
         async with self._lock:
             for uid in [uid for uid in self._consumers if uid not in wanted]:
                 removed = self._consumers.pop(uid)
@@ -128,14 +128,17 @@ class Dispatcher:
                     spec.topic,
                     spec.group,
                 ):
-                    if consumer.spec != spec:
-                        consumer.spec, consumer.target = spec, self._target(spec)
+                    # Routes may have changed even when the spec did not: rebuild the target.
+                    self._retarget(consumer, spec)
                     continue
                 if consumer is not None and consumer.subscription is not None:
                     await consumer.subscription.close()
                 bus = self._buses[self._bus_of_topic(spec.topic)]
                 consumer = _Consumer(
-                    spec, self._target(spec), durable=Capability.DURABLE in bus.capabilities
+                    spec,
+                    self._target(spec),
+                    durable=Capability.DURABLE in bus.capabilities,
+                    strip_ttl=self._route(spec.subscriber_uri) is None,
                 )
                 self._consumers[uid] = consumer
                 handler = functools.partial(self._handle, consumer)
@@ -159,13 +162,18 @@ class Dispatcher:
                         spec.topic, group=spec.group, handler=handler, concurrency=1
                     )
 
+    def _retarget(self, consumer: _Consumer, spec: TriggerSpec | SubscriptionSpec) -> None:
+        """Swap in ``spec`` with its target and ttl handling for the current snapshot's routes."""
+        consumer.spec, consumer.target = spec, self._target(spec)
+        consumer.strip_ttl = self._route(spec.subscriber_uri) is None
+
     def _target(self, spec: TriggerSpec | SubscriptionSpec) -> Target:
         if isinstance(spec, TriggerSpec):
-            # on_reply is bound per event (it carries the event's ttl); see _handle.
             return Target(
                 spec.subscriber_uri,
                 spec.delivery,
                 headers=(("kn-namespace", spec.namespace),),  # K95
+                on_reply=trigger_reply(self._reply_to_broker, spec.namespace, spec.broker),
                 strict_reply=True,  # K100
                 audience=spec.subscriber_audience,
                 ca_certs=spec.subscriber_ca_certs,
@@ -173,14 +181,21 @@ class Dispatcher:
                 log_fields=(("trigger", f"{spec.namespace}/{spec.name}"),),
             )
         on_reply = (
-            reply_poster(
-                self._client,
-                spec.reply_uri,
-                spec.delivery,
-                audience=spec.reply_audience,
-                ca_certs=spec.reply_ca_certs,
-                identity=spec.identity,
-                tokens=self._tokens,
+            subscription_reply(
+                reply_poster(
+                    self._client,
+                    spec.reply_uri,
+                    spec.delivery,
+                    audience=spec.reply_audience,
+                    ca_certs=spec.reply_ca_certs,
+                    identity=spec.identity,
+                    tokens=self._tokens,
+                ),
+                self._route(spec.reply_uri),
+                reply_to_broker=self._reply_to_broker,
+                max_ttl=self._max_ttl,
+                metrics=self._metrics,
+                subscription=f"{spec.namespace}/{spec.name}",
             )
             if spec.reply_uri
             else None
@@ -202,24 +217,21 @@ class Dispatcher:
         consumer.in_flight += 1
         self._idle.clear()
         try:
-            spec, target = consumer.spec, consumer.target
+            spec = consumer.spec
             event = message.event
-            if isinstance(spec, TriggerSpec):
-                if not spec.filter(event):
-                    self._deliveries["filtered"] += 1
-                    return
-                ttl = event.attributes.get(BROKER_TTL)
-                if self._route(spec.subscriber_uri) is None:
-                    event = event.evolve(remove=(BROKER_TTL,))  # K96
-                # else into one of our Brokers/Channels (a Sequence, say): the ttl goes along,
-                # so that a loop back into this Broker through it still runs out.
-                target = dataclasses.replace(
-                    target, on_reply=functools.partial(self._reply, spec, ttl)
-                )
-            else:
-                event, target = self._channel_hop(spec, target, event)
+            if isinstance(spec, TriggerSpec) and not spec.filter(event):
+                self._deliveries["filtered"] += 1
+                return
+            ttl = event.attributes.get(BROKER_TTL)
+            if ttl is not None and consumer.strip_ttl:
+                event = event.evolve(remove=(BROKER_TTL,))  # K96
+            # else into one of our Brokers/Channels (a Sequence, say): the ttl goes along,
+            # so that a loop back into this Broker through it still runs out.
             outcome = await self._deliverer.deliver(
-                event, target, hand_back=self._hand_back if consumer.durable else None
+                event,
+                consumer.target,
+                hand_back=self._hand_back if consumer.durable else None,
+                reply_ttl=ttl,
             )
             self._deliveries[outcome.value] += 1
         finally:
@@ -228,69 +240,12 @@ class Dispatcher:
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _reply(self, spec: TriggerSpec, ttl: object, reply: CloudEvent) -> None:
-        """A Trigger subscriber's reply re-enters its Broker (K104, K105) with the ttl (K107)."""
-        if ttl is not None:
-            reply = reply.evolve(set={BROKER_TTL: ttl})  # type: ignore[dict-item]
-        await self._reply_to_broker(spec.namespace, spec.broker, reply)
-
-    def _route(self, uri: str) -> tuple[str, str, str] | None:
+    def _route(self, uri: str) -> Route | None:
         """``("broker"|"channel", namespace, name)`` when ``uri`` is the ingress of a Broker or
         Channel cemesh serves now, else None. Decided by path (cemesh does not know the host
-        names it is reached by); cached per URI until the next snapshot."""
-        try:
-            return self._route_cache[uri]
-        except KeyError:
-            pass
+        names it is reached by); asked once per consumer and snapshot."""
         route = match_route(urlsplit(uri).path)
-        if route not in self._routes:
-            route = None
-        if len(self._route_cache) < 10_000:  # URIs come from config; this only bounds a leak
-            self._route_cache[uri] = route
-        return route
-
-    def _channel_hop(
-        self, spec: SubscriptionSpec, target: Target, event: CloudEvent
-    ) -> tuple[CloudEvent, Target]:
-        """A Subscription's event and target with the loop guard applied (module docstring)."""
-        ttl = event.attributes.get(BROKER_TTL)
-        if ttl is not None and self._route(spec.subscriber_uri) is None:
-            event = event.evolve(remove=(BROKER_TTL,))  # as K96: subscribers never see it
-        if spec.reply_uri and target.on_reply is not None:
-            route = self._route(spec.reply_uri)
-            if ttl is not None or route is not None:
-                on_reply = functools.partial(self._channel_reply, spec, target.on_reply, route, ttl)
-                target = dataclasses.replace(target, on_reply=on_reply)
-        return event, target
-
-    async def _channel_reply(
-        self,
-        spec: SubscriptionSpec,
-        post: Callable[[CloudEvent], Awaitable[None]],
-        route: tuple[str, str, str] | None,
-        ttl: object,
-        reply: CloudEvent,
-    ) -> None:
-        """A Subscription's reply, carrying the ttl of the event it answers (loop guard)."""
-        if route is not None and route[0] == "broker":
-            # As a Trigger's reply: the Broker's ingress decrements the ttl and counts a loop.
-            if ttl is not None:
-                reply = reply.evolve(set={BROKER_TTL: ttl})  # type: ignore[dict-item]
-            await self._reply_to_broker(route[1], route[2], reply)
-            return
-        reply = reply.evolve(set={BROKER_TTL: ttl} if ttl is not None else None)  # type: ignore[dict-item]
-        try:
-            apply_broker_ttl(reply, self._max_ttl)
-        except TtlExhausted:
-            self._metrics.loops_stopped += 1
-            log.warning(
-                "reply dropped: knativebrokerttl ran out (loop guard)",
-                extra={"subscription": f"{spec.namespace}/{spec.name}", "event_id": reply.id},
-            )
-            return
-        except BindingError:  # not an integer: count from the top rather than fail the delivery
-            reply.attributes[BROKER_TTL] = self._max_ttl
-        await post(reply)
+        return route if route in self._routes else None
 
     def in_flight(self) -> dict[str, int]:
         """In-flight deliveries per Trigger/Subscription (``"trigger ns/name"``), busy ones only."""

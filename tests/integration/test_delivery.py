@@ -12,7 +12,7 @@ import base64
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -20,7 +20,8 @@ from broker.bus import Nack
 from broker.dispatch.client import ReqwestClient
 from broker.dispatch.delivery import Deliverer, Outcome, Target, reply_poster
 from broker.errors import PublishError
-from broker.events import ERROR_CODE, ERROR_DATA, ERROR_DEST, CloudEvent, new_event
+from broker.events import ERROR_CODE, ERROR_DATA, ERROR_DEST, AttributeValue, CloudEvent, new_event
+from broker.reply import ReplyHandler
 from broker.spec import DeliveryPolicy
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
@@ -354,10 +355,10 @@ async def test_a_delivery_handed_back_raises_nack_instead_of_waiting_out_its_bac
 # --- replies (K17-K19, K100-K110) --------------------------------------------------------------
 
 
-def collector() -> tuple[list[CloudEvent], Callable[[CloudEvent], Awaitable[None]]]:
+def collector() -> tuple[list[CloudEvent], ReplyHandler]:
     replies: list[CloudEvent] = []
 
-    async def on_reply(reply: CloudEvent) -> None:
+    async def on_reply(reply: CloudEvent, _ttl: AttributeValue | None) -> None:
         replies.append(reply)
 
     return replies, on_reply
@@ -399,7 +400,7 @@ async def test_reply_storage_failure_retries_the_whole_delivery_k106(
     stored: list[CloudEvent] = []
     failures = [PublishError("bus down"), PublishError("bus still down")]
 
-    async def on_reply(reply: CloudEvent) -> None:
+    async def on_reply(reply: CloudEvent, _ttl: AttributeValue | None) -> None:
         if failures:
             raise failures.pop(0)
         stored.append(reply)
@@ -418,7 +419,7 @@ async def test_reply_storage_failure_retries_the_whole_delivery_k106(
 async def test_reply_storage_failing_for_good_dead_letters_the_original_event_k128(
     deliverer: Deliverer,
 ) -> None:
-    async def on_reply(reply: CloudEvent) -> None:
+    async def on_reply(reply: CloudEvent, _ttl: AttributeValue | None) -> None:
         raise PublishError("bus down")
 
     event = sample_event()
