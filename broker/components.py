@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.asgi import HttpHandler, Receive, Scope, Send, read_body
 from broker.config import Settings
-from broker.dispatch.client import HttpClient
 from broker.dispatch.delivery import TokenSource
+from broker.dispatch.http import LocalRoutingClient
 from broker.metrics import Metrics
 
 if TYPE_CHECKING:  # only a type here; importing it would cycle (store -> resources -> sources)
@@ -42,7 +42,7 @@ class RuntimeContext:
     settings: Settings
     store: Store
     metrics: Metrics
-    client: HttpClient  # outbound HTTP (the dispatcher's pooled client)
+    client: LocalRoutingClient  # outbound HTTP (the dispatcher's pooled client)
     tokens: TokenSource | None = None  # cemesh's delivery tokens, when delivery OIDC is on
 
 

@@ -1,4 +1,4 @@
-"""The CloudEvent value that flows through cemesh, and the extension names it uses.
+"""The CloudEvent value that flows through cemesh, its extension names and its filter type.
 
 An event is its context attributes (core attributes and extensions in one mapping, each value a
 ``str``, ``int`` or ``bool`` as the CloudEvents type system allows) and its ``data`` as the exact
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -169,3 +169,12 @@ def decode_envelope(payload: bytes) -> CloudEvent:
     if not isinstance(attributes, dict):
         raise ValueError("not a cemesh event envelope: attributes are not an object")
     return CloudEvent(attributes, data if flag == _HAS_DATA else None)
+
+
+# A compiled filter: does this event pass? (Triggers' filters, EventPolicies' filters.)
+EventFilter = Callable[[CloudEvent], bool]
+
+
+def match_all(event: CloudEvent) -> bool:
+    """The filter of a Trigger with no filter (K75)."""
+    return True

@@ -8,21 +8,12 @@ policy (Trigger's own, else its Broker's, else the configured default: K66, K124
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from broker.events import CloudEvent
-
-if TYPE_CHECKING:  # broker.auth.policy builds on EventFilter below
-    from broker.auth.policy import IngressAuthorization
-
-EventFilter = Callable[[CloudEvent], bool]
-
-
-def match_all(event: CloudEvent) -> bool:
-    """The filter of a Trigger with no filter (K75)."""
-    return True
+from broker.auth.policy import IngressAuthorization
+from broker.events import EventFilter, match_all
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from broker.events import CloudEvent
-from broker.spec import EventFilter, match_all
+from broker.events import CloudEvent, EventFilter, match_all
 
 AuthorizationMode = Literal["allow-same-namespace", "allow-all", "deny-all"]
 AUTHORIZATION_MODES: tuple[AuthorizationMode, ...] = (

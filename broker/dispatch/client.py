@@ -1,7 +1,8 @@
-"""The one seam for outbound HTTP: :class:`HttpClient`, its implementations and their router.
+"""The outbound HTTP clients cemesh runs: :class:`DeliveryClient` and :class:`ReqwestClient`.
 
-Delivery code only ever calls ``post`` and ``close``; tests and benchmarks can put another
-client behind the same two methods. :class:`DeliveryClient`, the one cemesh runs, sends
+They implement the seam of :mod:`broker.dispatch.http` (:class:`HttpClient`: delivery code only
+ever calls ``post`` and ``close``; tests and benchmarks can put another client behind the same
+two methods). :class:`DeliveryClient`, the one cemesh runs, sends
 ``http://`` through :class:`~broker.dispatch.httpclient.Http1Client` (on the event loop) and
 everything else through :class:`ReqwestClient` (pyreqwest, for TLS).
 
@@ -23,53 +24,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError, RequestTimeoutError
 from pyreqwest.http import HeaderMap
 
+from broker.dispatch.http import USER_AGENT, HttpClient, LocalPost, LocalRoutingClient, Response
+from broker.dispatch.httpclient import Http1Client
 from broker.errors import DeliveryError
 
+# The seam's names, for code that imports them from here.
+__all__ = [
+    "USER_AGENT",
+    "DeliveryClient",
+    "HttpClient",
+    "LocalPost",
+    "LocalRoutingClient",
+    "ReqwestClient",
+    "Response",
+]
+
 logger = logging.getLogger(__name__)
-
-USER_AGENT = "cemesh"
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """A complete HTTP response: status, headers (names lower-case), whole body."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-
-class HttpClient(Protocol):
-    """What delivery needs from an HTTP client."""
-
-    # The deadline is the client's own (reqwest's), cheaper than wrapping it in asyncio.timeout.
-    async def post(
-        self,
-        url: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        *,
-        timeout: float,  # noqa: ASYNC109
-        ca_certs: str | None = None,
-    ) -> Response:
-        """POST ``body``; ``timeout`` (seconds) bounds the whole exchange, body included.
-
-        ``ca_certs``: PEM certificates an ``https`` server's certificate may chain to, besides
-        the system bundle (ignored for plain ``http``).
-        """
-        ...
-
-    async def close(self) -> None:
-        """Release pooled connections. Idempotent."""
-        ...
 
 
 class ReqwestClient:
@@ -147,19 +124,6 @@ class ReqwestClient:
             await self._client.close()
 
 
-class LocalPost(Protocol):
-    """An in-process stand-in for POSTing to a URL (same contract as :meth:`HttpClient.post`)."""
-
-    def __call__(
-        self,
-        url: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        *,
-        timeout: float,
-    ) -> Coroutine[Any, Any, Response]: ...
-
-
 class DeliveryClient:
     """The default :class:`HttpClient`: ``http://`` on the event loop, everything else on reqwest.
 
@@ -171,9 +135,6 @@ class DeliveryClient:
     """
 
     def __init__(self, *, pool_idle_timeout: float = 60.0, user_agent: str = USER_AGENT) -> None:
-        # Imported here: httpclient imports Response from this module.
-        from broker.dispatch.httpclient import Http1Client
-
         self._plain = Http1Client(pool_idle_timeout=pool_idle_timeout, user_agent=user_agent)
         self._reqwest = ReqwestClient(pool_idle_timeout=pool_idle_timeout, user_agent=user_agent)
         self._pool_idle_timeout = pool_idle_timeout

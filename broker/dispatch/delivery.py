@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 from broker import binding
 from broker.bus import Nack
-from broker.dispatch.client import HttpClient, Response
+from broker.dispatch.http import HttpClient, Response
 from broker.dispatch.retry import (
     RETRY_AFTER_STATUSES,
     is_success,

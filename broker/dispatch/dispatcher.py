@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from broker.bus import Bus, Capability, Message, Nack, Subscription
-from broker.dispatch.client import HttpClient
 from broker.dispatch.delivery import Deliverer, Target, TokenSource, reply_poster
+from broker.dispatch.http import HttpClient
 from broker.events import BROKER_TTL, DEFAULT_MAX_TTL
 from broker.metrics import Metrics
 from broker.reply import ReplyToBroker, subscription_reply, trigger_reply

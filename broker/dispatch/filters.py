@@ -36,8 +36,7 @@ from typing import Any
 from broker.cesql import CesqlParseError, Expression, PayloadNotEnabled, Type, compile_expression
 from broker.cesql.ast import Node
 from broker.errors import InvalidResource
-from broker.events import AttributeValue, CloudEvent, attribute_text
-from broker.spec import EventFilter, match_all
+from broker.events import AttributeValue, CloudEvent, EventFilter, attribute_text, match_all
 
 __all__ = [
     "FILTER_PAYLOAD_ANNOTATION",

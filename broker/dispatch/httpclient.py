@@ -24,7 +24,7 @@ What it does (and the choices made):
   written; only spaces, control and non-ASCII characters are percent-encoded.
 - **Response**: framed by Content-Length, chunked encoding, or the end of the connection;
   1xx interim responses are skipped; 204 and 304 have no body. Redirects are never followed
-  (C66): a 3xx is a :class:`~broker.dispatch.client.Response` like any other. The connection
+  (C66): a 3xx is a :class:`~broker.dispatch.http.Response` like any other. The connection
   goes back to the pool only when the response allows it (HTTP/1.1 without ``Connection:
   close``, HTTP/1.0 with keep-alive) and the request was completely written. Header names are
   lower-cased bytes; at most ``max_response_bytes`` (headers, body and framing) are read.
@@ -51,7 +51,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
 
-from broker.dispatch.client import USER_AGENT, Response
+from broker.dispatch.http import USER_AGENT, Response
 from broker.errors import DeliveryError
 
 DEFAULT_PORT: Final = 80
@@ -319,7 +319,7 @@ class _Connection(asyncio.Protocol):
 
 
 class Http1Client:
-    """:class:`~broker.dispatch.client.HttpClient` for ``http://`` URLs, on the running loop.
+    """:class:`~broker.dispatch.http.HttpClient` for ``http://`` URLs, on the running loop.
 
     Bound to the first event loop it is used on (a later loop starts from an empty pool).
     """

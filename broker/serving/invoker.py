@@ -52,7 +52,7 @@ import orjson
 
 from broker.components import HttpHandler, Receive, RuntimeContext, Scope, Send, read_body
 from broker.config import Settings
-from broker.dispatch.client import HttpClient, Response
+from broker.dispatch.http import LocalRoutingClient, Response
 from broker.errors import CemeshError, DeliveryError, NotFound
 from broker.serving.activator import Activator, HoldTimeout, Overloaded
 from broker.serving.autoscaler import (
@@ -179,7 +179,7 @@ class Invoker:
     ) -> None:
         self._context = context
         self._settings = context.settings
-        self._client: HttpClient = context.client
+        self._client: LocalRoutingClient = context.client
         self.backend = backend or create_backend(context.settings)
         self.clock = clock
         self._rng = rng or random.Random()
@@ -235,18 +235,14 @@ class Invoker:
             self._loop_task = asyncio.get_running_loop().create_task(
                 self._run(), name="invoker-autoscaler"
             )
-        add_route = getattr(self._client, "add_local_route", None)
-        if add_route is not None:
-            add_route(self._local_prefix, self._local_post)
+        self._client.add_local_route(self._local_prefix, self._local_post)
         # The controller writes statuses after this returns, possibly over ours: compare with
         # the store again at the next round.
         for state in self._revisions.values():
             state.written = None
 
     async def stop(self) -> None:
-        remove_route = getattr(self._client, "remove_local_route", None)
-        if remove_route is not None:
-            remove_route(self._local_prefix)
+        self._client.remove_local_route(self._local_prefix)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

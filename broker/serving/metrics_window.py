@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from broker.serving.autoscaler import ScalingPolicy
+from broker.serving.scaling_policy import ScalingPolicy
 
 # Knative caps every window (stable window, scale-down delay) at one hour (WindowMax); keeping an
 # hour of 1 s buckets bounds memory at 3600 small entries per revision.

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from broker.binding import to_binary
 from broker.components import Receive, RuntimeContext, Scope, Send, send_json
-from broker.dispatch.client import HttpClient
 from broker.dispatch.delivery import TokenSource
+from broker.dispatch.http import HttpClient
 from broker.dispatch.retry import is_success
 from broker.errors import DeliveryError, InvalidResource
 from broker.events import CloudEvent

@@ -9,8 +9,7 @@ import pytest
 
 from broker.dispatch.filters import compile_trigger_filter, validate_trigger_filters
 from broker.errors import InvalidResource
-from broker.events import CloudEvent
-from broker.spec import match_all
+from broker.events import CloudEvent, match_all
 
 
 def event(**attributes: Any) -> CloudEvent:
