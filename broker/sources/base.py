@@ -28,10 +28,11 @@ from broker.binding import to_binary
 from broker.components import Receive, RuntimeContext, Scope, Send, send_json
 from broker.dispatch.delivery import TokenSource
 from broker.dispatch.http import HttpClient
-from broker.dispatch.retry import is_success
+from broker.dispatch.retry import backoff_delay, is_success, should_retry
 from broker.errors import DeliveryError, InvalidResource
 from broker.events import CloudEvent
 from broker.logging import ContextAdapter
+from broker.spec import DeliveryPolicy
 
 if TYPE_CHECKING:  # a type only: importing broker.resources here would cycle back into kinds
     from broker.resources import ResourceType
@@ -102,9 +103,10 @@ class PrepareContext:
 class EventSender:
     """Delivers a source's events to its sink: binary mode, ceOverrides applied, retried.
 
-    Retries use exponential backoff (``backoff`` doubling up to ``backoff_max``) for ``retries``
-    attempts after the first; after that :class:`~broker.errors.DeliveryError` is raised so the
-    source can tell its producer (GitHub gets a 5xx and redelivers, K sources). With an
+    Retries follow the delivery's rules (:mod:`broker.dispatch.retry`: which statuses are worth
+    another try, exponential backoff from ``backoff``, here capped at ``backoff_max``) for
+    ``retries`` attempts after the first; after that :class:`~broker.errors.DeliveryError` is
+    raised so the source can tell its producer (GitHub gets a 5xx and redelivers). With an
     ``audience`` and ``tokens``, each attempt carries cemesh's bearer token for the sink; an
     https sink is checked against ``ca_certs`` besides the system bundle.
     """
@@ -135,6 +137,10 @@ class EventSender:
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.timeout = timeout
+        # The waits between attempts, by the delivery's own rule (broker.dispatch.retry).
+        self._policy = DeliveryPolicy(
+            retry=retries, backoff_policy="exponential", backoff_delay=backoff, timeout=timeout
+        )
 
     async def send(self, event: CloudEvent) -> None:
         """Deliver ``event`` (2xx from the sink) or raise DeliveryError after the retries."""
@@ -144,7 +150,7 @@ class EventSender:
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
-                await asyncio.sleep(min(self.backoff * 2 ** (attempt - 1), self.backoff_max))
+                await asyncio.sleep(min(backoff_delay(self._policy, attempt), self.backoff_max))
             try:
                 request_headers = headers
                 if self.audience is not None and self.tokens is not None:
@@ -165,7 +171,7 @@ class EventSender:
             if is_success(response.status):
                 return
             last = f"sink answered {response.status}"
-            if 400 <= response.status < 500 and response.status not in (404, 408, 409, 429):
+            if not should_retry(response.status):
                 break  # the sink rejects this event; sending it again changes nothing
         raise DeliveryError(
             f"event {event.attributes.get('id')} not delivered to {self.sink_uri}: {last}",
