@@ -15,6 +15,7 @@ from typing import Any
 
 from broker.dispatch.filters import validate_trigger_filters
 from broker.errors import InvalidResource
+from broker.labels import check_label_selector
 from broker.resources import (
     BROKER,
     CHANNEL,
@@ -25,7 +26,6 @@ from broker.resources import (
     check_subdomain_name,
     register_kind,
 )
-from broker.sources.apiserver import check_label_selector
 
 EVENT_POLICY = ResourceType(
     EVENTING, ("v1alpha1",), "EventPolicy", "eventpolicies", ("eventpolicy",)

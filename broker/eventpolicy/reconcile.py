@@ -29,6 +29,7 @@ from broker.auth.policy import CompiledPolicy
 from broker.dispatch.filters import compile_trigger_filter
 from broker.errors import InvalidResource
 from broker.eventpolicy.kinds import EVENT_POLICY, TARGET_KINDS
+from broker.labels import label_selector_matches
 from broker.reconcile import (
     Conditions,
     Obj,
@@ -37,7 +38,6 @@ from broker.reconcile import (
     register_reconciler,
 )
 from broker.resources import BROKER
-from broker.sources.apiserver import label_selector_matches
 
 _LONGEST_NAME = 63  # a Kubernetes object name (DNS label)
 

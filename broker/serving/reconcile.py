@@ -83,8 +83,7 @@ from broker.serving.traffic import (
     latest_ready_revision,
     resolve_traffic,
 )
-from broker.sources.container import binding_env
-from broker.sources.kinds import SINK_BINDING
+from broker.sinkbinding import SINK_BINDING_GROUP, SINK_BINDING_KIND, binding_env, binds
 
 HISTORY = 3  # Revisions kept before the latest, besides those traffic names
 AUTOSCALER_CONFIG = ("knative-serving", "config-autoscaler")
@@ -109,18 +108,6 @@ def _generation(revision: Obj) -> int:
         return 0
 
 
-def _binds(binding: Obj, service: Obj) -> bool:
-    """Whether SinkBinding ``binding`` names ``service`` as its subject (by name or labels)."""
-    subject = (binding.get("spec") or {}).get("subject") or {}
-    if subject.get("kind") != SERVICE.kind or subject.get("apiVersion") != SERVICE.api_version:
-        return False
-    if subject.get("name"):
-        return bool(subject["name"] == service["metadata"]["name"])
-    wanted = ((subject.get("selector") or {}).get("matchLabels")) or {}
-    labels = service["metadata"].get("labels") or {}
-    return bool(wanted) and all(labels.get(key) == value for key, value in wanted.items())
-
-
 def sink_binding_env(world: World, namespace: str, service_name: str) -> dict[str, str]:
     """K_SINK and K_CE_OVERRIDES for a Service's replicas, from a SinkBinding whose subject it
     is (K185): what Knative's SinkBinding injects into the pods it binds."""
@@ -128,8 +115,8 @@ def sink_binding_env(world: World, namespace: str, service_name: str) -> dict[st
     if service is None:
         return {}
     for key, binding in sorted(world.objects.items()):
-        if key[:3] != (SINK_BINDING.group, SINK_BINDING.kind, namespace) or not _binds(
-            binding, service
+        if key[:3] != (SINK_BINDING_GROUP, SINK_BINDING_KIND, namespace) or not binds(
+            binding, SERVICE.api_version, SERVICE.kind, service
         ):
             continue
         spec = binding.get("spec") or {}

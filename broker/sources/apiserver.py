@@ -49,6 +49,7 @@ import orjson
 
 from broker.errors import CemeshError, InvalidResource
 from broker.events import CloudEvent, new_event
+from broker.labels import check_label_selector, label_selector_string
 
 log = logging.getLogger(__name__)
 
@@ -149,53 +150,7 @@ def to_cloudevent(change: str, obj: Mapping[str, Any], *, mode: str, source: str
     )
 
 
-# -- Selectors and the owner filter (pure) --------------------------------------------------
-
-_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-
-
-def label_selector_string(selector: Mapping[str, Any] | None) -> str:
-    """A metav1.LabelSelector as the ``labelSelector`` query string (``LabelSelectorAsSelector``).
-
-    Requirements are sorted by key and values sorted, as Kubernetes prints them; an absent or
-    empty selector is ``""`` (everything).
-    """
-    if not selector:
-        return ""
-    requirements: list[tuple[str, str]] = []
-    for key, value in sorted((selector.get("matchLabels") or {}).items()):
-        requirements.append((key, f"{key}={value}"))
-    for expression in selector.get("matchExpressions") or []:
-        key, operator = expression["key"], expression["operator"]
-        values = ",".join(sorted(expression.get("values") or []))
-        text = {
-            "In": f"{key} in ({values})",
-            "NotIn": f"{key} notin ({values})",
-            "Exists": key,
-            "DoesNotExist": f"!{key}",
-        }[operator]
-        requirements.append((key, text))
-    return ",".join(text for _, text in sorted(requirements, key=lambda r: r[0]))
-
-
-def label_selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """Whether ``labels`` satisfy a metav1.LabelSelector (every requirement; empty: all)."""
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator = expression["key"], expression["operator"]
-        values = expression.get("values") or []
-        present = key in labels
-        if operator == "In" and not (present and labels[key] in values):
-            return False
-        if operator == "NotIn" and present and labels[key] in values:
-            return False
-        if operator == "Exists" and not present:
-            return False
-        if operator == "DoesNotExist" and present:
-            return False
-    return True
+# -- The owner filter (pure) ----------------------------------------------------------------
 
 
 def controlled_by(obj: Mapping[str, Any], owner: Mapping[str, Any] | None) -> bool:
@@ -232,47 +187,6 @@ def _check_api_version(value: object, field_: str) -> None:
 def _check_kind(value: object, field_: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise InvalidResource(field_, "is required (for example 'Pod')")
-
-
-def check_label_selector(value: object, field_: str) -> None:
-    """A metav1.LabelSelector (matchLabels, matchExpressions); errors name the field."""
-    if value is None:
-        return
-    if not isinstance(value, Mapping):
-        raise InvalidResource(field_, "must be a label selector: {matchLabels, matchExpressions}")
-    unknown = set(value) - {"matchLabels", "matchExpressions"}
-    if unknown:
-        raise InvalidResource(f"{field_}.{sorted(unknown)[0]}", "unknown field of a label selector")
-    labels = value.get("matchLabels")
-    if labels is not None:
-        if not isinstance(labels, Mapping):
-            raise InvalidResource(f"{field_}.matchLabels", "must be a map of label to value")
-        for key, item in labels.items():
-            if not isinstance(item, str):
-                raise InvalidResource(f"{field_}.matchLabels[{key}]", "must be a string")
-    expressions = value.get("matchExpressions")
-    if expressions is None:
-        return
-    if not isinstance(expressions, list):
-        raise InvalidResource(f"{field_}.matchExpressions", "must be a list")
-    for i, expression in enumerate(expressions):
-        where = f"{field_}.matchExpressions[{i}]"
-        if not isinstance(expression, Mapping):
-            raise InvalidResource(where, "must be {key, operator, values}")
-        if not isinstance(expression.get("key"), str) or not expression["key"]:
-            raise InvalidResource(f"{where}.key", "is required")
-        operator = expression.get("operator")
-        if operator not in _SELECTOR_OPERATORS:
-            raise InvalidResource(
-                f"{where}.operator", f"must be one of {', '.join(_SELECTOR_OPERATORS)}"
-            )
-        values = expression.get("values") or []
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise InvalidResource(f"{where}.values", "must be a list of strings")
-        if operator in ("In", "NotIn") and not values:
-            raise InvalidResource(f"{where}.values", f"must be non-empty for {operator}")
-        if operator in ("Exists", "DoesNotExist") and values:
-            raise InvalidResource(f"{where}.values", f"must be empty for {operator}")
 
 
 def admit_api_server_source(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:

@@ -5,8 +5,8 @@ What this module owns:
 - admission of a ContainerSource's ``spec.template`` (:func:`admit_container_source`) and of a
   SinkBinding's ``spec.subject`` (:func:`admit_sink_binding`); ``spec.sink`` and
   ``spec.ceOverrides`` are admitted for every source kind by :mod:`broker.sources.kinds`;
-- the environment Knative's SinkBinding injects (:func:`binding_env`, K185): ``K_SINK`` (the
-  resolved sink URL) and ``K_CE_OVERRIDES`` (``{"extensions": {...}}`` as JSON, K178/K179);
+- the environment Knative's SinkBinding injects comes from :mod:`broker.sinkbinding`
+  (``K_SINK`` and ``K_CE_OVERRIDES``, K185, K178/K179), which serving uses too;
 - the local form of a ContainerSource (:func:`container_process_spec`, pure): there is no
   Kubernetes to pull and run the image, so cemesh runs the first container's ``command`` +
   ``args`` as a child process (:mod:`broker.supervisor`) with the container's ``env`` plus
@@ -28,20 +28,19 @@ absence.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from broker.errors import InvalidResource
+from broker.labels import check_label_selector
 from broker.resources import check_process_text
+from broker.sinkbinding import binding_env
 from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
 from broker.supervisor import ProcessSpec, SupervisedProcess, exit_summary
 
 log = logging.getLogger(__name__)
 
-K_SINK = "K_SINK"
-K_CE_OVERRIDES = "K_CE_OVERRIDES"
 
 _CONTAINERS = "spec.template.spec.containers"
 _CONTAINER = f"{_CONTAINERS}[0]"
@@ -74,22 +73,6 @@ def _string_list(value: object, field: str) -> list[str]:
             )
         check_process_text(item, f"{field}[{index}]")
     return value
-
-
-# --- binding environment (K185) -----------------------------------------------------------------
-
-
-def binding_env(sink_uri: str, ce_overrides: Mapping[str, str]) -> dict[str, str]:
-    """``K_SINK`` and ``K_CE_OVERRIDES`` as Knative's SinkBinding sets them (K185).
-
-    ``K_CE_OVERRIDES`` is Go's compact ``json.Marshal`` of ``{"extensions": {...}}`` (keys
-    sorted); without overrides Knative sets it to the empty string, and so does cemesh.
-    """
-    overrides = ""
-    if ce_overrides:
-        extensions = {key: ce_overrides[key] for key in sorted(ce_overrides)}
-        overrides = json.dumps({"extensions": extensions}, separators=(",", ":"))
-    return {K_SINK: sink_uri, K_CE_OVERRIDES: overrides}
 
 
 def expand(text: str, variables: Mapping[str, str]) -> str:
@@ -244,8 +227,6 @@ def container_process_spec(
 
 # --- SinkBinding --------------------------------------------------------------------------------
 
-_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-
 
 def admit_sink_binding(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     """Check and default a SinkBinding's ``spec.subject`` (in place), as Knative does.
@@ -284,43 +265,10 @@ def admit_sink_binding(obj: dict[str, Any], old: Mapping[str, Any] | None) -> No
         if not isinstance(name, str):
             raise InvalidResource("spec.subject.name", f"must be a string, got {name!r}")
     elif selector is not None:
-        _check_selector(selector, "spec.subject.selector")
+        check_label_selector(selector, "spec.subject.selector")
     else:
         raise InvalidResource("spec.subject", "needs name or selector; neither is set")
     spec["subject"] = subject
-
-
-def _check_selector(value: object, field: str) -> None:
-    selector = _mapping(value, field, "a label selector (matchLabels, matchExpressions)")
-    labels = selector.get("matchLabels")
-    if labels is not None:
-        for key, item in _mapping(labels, f"{field}.matchLabels", "a map").items():
-            if not isinstance(key, str) or not isinstance(item, str):
-                raise InvalidResource(
-                    f"{field}.matchLabels", f"must map strings to strings, got {key!r}: {item!r}"
-                )
-    expressions = selector.get("matchExpressions")
-    if expressions is None:
-        return
-    if not isinstance(expressions, list):
-        raise InvalidResource(f"{field}.matchExpressions", "must be a list")
-    for index, raw in enumerate(expressions):
-        where = f"{field}.matchExpressions[{index}]"
-        expression = _mapping(raw, where, "an object (key, operator, values)")
-        if not isinstance(expression.get("key"), str) or not expression["key"]:
-            raise InvalidResource(f"{where}.key", "is required")
-        operator = expression.get("operator")
-        if operator not in _SELECTOR_OPERATORS:
-            raise InvalidResource(
-                f"{where}.operator",
-                f"must be one of {', '.join(_SELECTOR_OPERATORS)}, got {operator!r}",
-            )
-        values = expression.get("values") or []
-        _string_list(values, f"{where}.values")
-        if operator in ("In", "NotIn") and not values:
-            raise InvalidResource(f"{where}.values", f"is required with operator {operator}")
-        if operator in ("Exists", "DoesNotExist") and values:
-            raise InvalidResource(f"{where}.values", f"must be empty with operator {operator}")
 
 
 # --- the runner ---------------------------------------------------------------------------------

@@ -25,13 +25,13 @@ from broker import resources  # noqa: F401  (loads the resource kinds before bro
 from broker.dispatch.httpclient import Http1Client
 from broker.errors import InvalidResource
 from broker.events import CloudEvent
+from broker.labels import label_selector_string
 from broker.sources.apiserver import (
     ApiServerSource,
     ApiServerWatcher,
     Backoff,
     admit_api_server_source,
     guess_plural,
-    label_selector_string,
     self_link,
     to_cloudevent,
 )
