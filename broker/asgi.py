@@ -1,12 +1,13 @@
-"""Raw ASGI for cemesh's hand-written HTTP handlers: the message types and the one body reader.
+"""Raw ASGI for cemesh's hand-written HTTP handlers: the message types, the one body reader, and
+the one JSON answer.
 
-The ingress (the hot path) and the components' routes (source webhooks, the function invoker)
-are plain ASGI callables rather than FastAPI routes; they share these types and
-:func:`read_body`, which owns one rule: a request body is used only when it arrived whole.
-ASGI reports a client that went away (a cut connection, a ``Content-Length`` longer than what
-arrived, a chunked body without its last chunk, a read deadline of ``broker/http_server.py``)
-as an ``http.disconnect`` message where the rest of the body would be; that is never the end of
-a body, and :class:`~broker.errors.RequestIncomplete` says so.
+The ingress (the hot path), the API guard and the components' routes (source webhooks, the
+function invoker) are plain ASGI callables rather than FastAPI routes; they share these types,
+:func:`send_json`, and :func:`read_body`, which owns one rule: a request body is used only when
+it arrived whole. ASGI reports a client that went away (a cut connection, a ``Content-Length``
+longer than what arrived, a chunked body without its last chunk, a read deadline of
+``broker/http_server.py``) as an ``http.disconnect`` message where the rest of the body would
+be; that is never the end of a body, and :class:`~broker.errors.RequestIncomplete` says so.
 """
 
 from __future__ import annotations
@@ -46,3 +47,21 @@ async def read_body(receive: Receive, limit: int, first: Message | None = None) 
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         message = await receive()
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer a raw ASGI request with ``body`` (JSON) and ``status``."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

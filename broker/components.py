@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from broker.asgi import HttpHandler, Receive, Scope, Send, read_body
+from broker.asgi import HttpHandler
 from broker.config import Settings
 from broker.dispatch.delivery import TokenSource
 from broker.dispatch.http import LocalRoutingClient
@@ -22,17 +22,7 @@ from broker.metrics import Metrics
 if TYPE_CHECKING:  # only a type here; importing it would cycle (store -> resources -> sources)
     from broker.store import Store
 
-# The raw ASGI names components use, from their one home (broker/asgi.py).
-__all__ = [
-    "Component",
-    "HttpHandler",
-    "Receive",
-    "RuntimeContext",
-    "Scope",
-    "Send",
-    "read_body",
-    "send_json",
-]
+# Components answer HTTP with the raw ASGI names of broker/asgi.py (their one home).
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,21 +53,3 @@ class Component(Protocol):
     async def stop(self) -> None:
         """Stop everything started; idempotent."""
         ...
-
-
-async def send_json(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    """Answer a raw ASGI request with ``body`` (JSON) and ``status``."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -31,12 +31,13 @@ from collections.abc import Mapping
 import orjson
 
 from broker import binding
-from broker.asgi import Receive, Scope, Send, read_body
+from broker.asgi import Receive, Scope, Send, read_body, send_json
 from broker.auth.oidc import OidcVerifier, TrustedIssuers
 from broker.auth.policy import IngressAuthorization
 from broker.bus import Bus
 from broker.errors import BindingError, PublishError, RequestIncomplete, Unauthenticated
 from broker.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
+from broker.http_status import http_status
 from broker.metrics import Metrics
 from broker.reply import BrokerReentry, apply_broker_ttl
 from broker.routes import match_route as match_route  # the app routes requests by it
@@ -45,7 +46,6 @@ from broker.spec import BrokerSpec, ChannelSpec, Snapshot
 log = logging.getLogger(__name__)
 
 _ALLOW = (b"allow", b"POST, OPTIONS")
-_JSON = (b"content-type", b"application/json")
 # An explicit empty Content-Length: otherwise uvicorn answers chunked, with one more send.
 _ACCEPTED_START = {
     "type": "http.response.start",
@@ -180,7 +180,7 @@ class Ingress:
                         attributes[BROKER_TTL] = self.max_ttl
                     attributes[ARRIVAL_TIME] = arrival
         except BindingError as exc:
-            await self._reject(send, 400, exc.message)
+            await self._reject(send, http_status(exc)[0], exc.message)
             return
         if sub is not None:
             refusal = self._authorization[route].refusal(sub, events)
@@ -199,7 +199,7 @@ class Ingress:
                 extra={"topic": topic, "error": exc.message},
                 exc_info=exc.__cause__ is not None,
             )
-            status = 503 if exc.retryable else 500
+            status, _ = http_status(exc)  # 503 when the bus may take it later
             await self._reject(send, status, f"event not accepted: {exc.message}")
             return
         self._metrics.accepted += len(events)
@@ -252,11 +252,9 @@ def _bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 async def _error(send: Send, status: int, message: str) -> None:
     """A JSON error body ``{"code": status, "message": ...}`` with the Allow header (K38)."""
-    body = orjson.dumps({"code": status, "message": message})
-    headers = [_ALLOW, _JSON, (b"content-length", str(len(body)).encode())]
+    headers = [_ALLOW]
     if status == 503:
         headers.append((b"retry-after", b"1"))
     elif status == 401:
         headers.append(_BEARER_CHALLENGE)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, orjson.dumps({"code": status, "message": message}), headers)

@@ -29,10 +29,10 @@ from starlette.requests import Request
 from broker.api.bodies import ACCEPTED_MEDIA_TYPES, is_accepted
 from broker.api.hosts import host_allowed
 from broker.api.status import status_body
+from broker.asgi import HttpHandler, Receive, Scope, Send, send_json
 from broker.auth.delivery_tokens import OPEN_PATHS as ISSUER_PATHS
 from broker.auth.principal import Principal
 from broker.auth.setup import ANONYMOUS, Access
-from broker.components import HttpHandler, Receive, Scope, Send, send_json
 from broker.errors import EventTooLarge, Unauthenticated
 
 PRINCIPAL_KEY = "cemesh.principal"

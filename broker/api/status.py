@@ -1,4 +1,4 @@
-"""Kubernetes ``Status`` bodies for management API errors, mapped from the cemesh error tree.
+"""Kubernetes ``Status`` bodies for management API errors (codes from :mod:`broker.http_status`).
 
 Also the last resort of every HTTP answer (:func:`answer_unexpected`): an exception no handler
 turned into a 4xx is logged once with its traceback and answered ``500`` with a Status body
@@ -8,6 +8,7 @@ that leaks nothing; the connection is kept. Bad input must never get there (the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -18,48 +19,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from broker.errors import (
-    BindingError,
-    CemeshError,
-    Conflict,
-    EventTooLarge,
-    Forbidden,
-    InvalidResource,
-    NotFound,
-    StoreError,
-    Unauthenticated,
-    UnsupportedMediaType,
-)
+from broker.asgi import send_json
+from broker.errors import CemeshError, InvalidResource
+from broker.http_status import REASONS, http_status
 
 log = logging.getLogger(__name__)
-
-# HTTP code -> Kubernetes reason, for answers not made from a CemeshError (routing, framework).
-_REASONS = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    405: "MethodNotAllowed",
-    409: "Conflict",
-    413: "RequestEntityTooLarge",
-    415: "UnsupportedMediaType",
-    422: "Invalid",
-    500: "InternalError",
-    503: "ServiceUnavailable",
-}
-
-# error class -> (HTTP code, Kubernetes reason); first match wins, so subclasses come first.
-_CODES: tuple[tuple[type[CemeshError], int, str], ...] = (
-    (InvalidResource, 422, "Invalid"),
-    (EventTooLarge, 413, "RequestEntityTooLarge"),
-    (UnsupportedMediaType, 415, "UnsupportedMediaType"),
-    (NotFound, 404, "NotFound"),
-    (Unauthenticated, 401, "Unauthorized"),
-    (Forbidden, 403, "Forbidden"),
-    (Conflict, 409, "AlreadyExists"),
-    (BindingError, 400, "BadRequest"),
-    (StoreError, 503, "ServiceUnavailable"),
-)
 
 
 def status_body(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
@@ -79,13 +43,7 @@ def status_body(code: int, reason: str, message: str, **details: Any) -> dict[st
 
 
 def error_response(exc: CemeshError) -> JSONResponse:
-    code, reason = (503, "ServiceUnavailable") if exc.retryable else (500, "InternalError")
-    for error_class, class_code, class_reason in _CODES:
-        if isinstance(exc, error_class):
-            code, reason = class_code, class_reason
-            break
-    if isinstance(exc, Conflict) and "already exists" not in exc.message:
-        reason = "Conflict"
+    code, reason = http_status(exc)
     details: dict[str, Any] = {}
     if isinstance(exc, InvalidResource):
         details["causes"] = [{"field": exc.field, "message": exc.reason}]
@@ -108,7 +66,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        reason = _REASONS.get(exc.status_code, "Failure")
+        reason = REASONS.get(exc.status_code, "Failure")
         headers = {key.lower(): value for key, value in (exc.headers or {}).items()}
         if exc.status_code == 405:
             # Starlette lists the methods of the first route matching the path only; GET and
@@ -163,12 +121,6 @@ async def answer_unexpected(scope: Any, send: Any, exc: BaseException) -> None:
         extra={"method": scope.get("method"), "path": scope.get("path")},
         exc_info=exc,
     )
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(_INTERNAL_BODY)).encode()),
-    ]
-    try:
-        await send({"type": "http.response.start", "status": 500, "headers": headers})
-        await send({"type": "http.response.body", "body": _INTERNAL_BODY})
-    except Exception:
-        pass  # the response had started (or the client left): what was sent stands
+    # The response may have started (or the client left): then what was sent stands.
+    with contextlib.suppress(Exception):
+        await send_json(send, 500, _INTERNAL_BODY)

@@ -50,7 +50,8 @@ from typing import Any
 import httpx
 import orjson
 
-from broker.components import HttpHandler, Receive, RuntimeContext, Scope, Send, read_body
+from broker.asgi import HttpHandler, Receive, Scope, Send, read_body
+from broker.components import RuntimeContext
 from broker.config import Settings
 from broker.dispatch.http import LocalRoutingClient, Response
 from broker.errors import CemeshError, DeliveryError, NotFound

@@ -24,8 +24,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from broker.asgi import Receive, Scope, Send, send_json
 from broker.binding import to_binary
-from broker.components import Receive, RuntimeContext, Scope, Send, send_json
+from broker.components import RuntimeContext
 from broker.dispatch.delivery import TokenSource
 from broker.dispatch.http import HttpClient
 from broker.dispatch.retry import backoff_delay, is_success, should_retry

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import orjson
 
-from broker.components import Receive, Scope, Send, read_body, send_json
+from broker.asgi import Receive, Scope, Send, read_body, send_json
 from broker.errors import DeliveryError, InvalidResource
 from broker.events import AttributeValue, CloudEvent, new_event
 from broker.resources import check_http_url

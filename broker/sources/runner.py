@@ -21,7 +21,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from broker.components import HttpHandler, Receive, RuntimeContext, Scope, Send, send_json
+from broker.asgi import HttpHandler, Receive, Scope, Send, send_json
+from broker.components import RuntimeContext
 from broker.errors import CemeshError, NotFound
 from broker.sources.base import EventSender, Problem, Source, SourceSpec
 from broker.sources.kinds import SOURCE_KINDS
