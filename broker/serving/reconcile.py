@@ -78,6 +78,7 @@ from broker.serving.specs import (
     route_key,
 )
 from broker.serving.traffic import (
+    ResolvedTraffic,
     RouteProblem,
     TrafficTarget,
     latest_ready_revision,
@@ -272,14 +273,66 @@ def _ready_reason(world: World, revision: Obj) -> tuple[str, str]:
 
 
 def reconcile_service(obj: Obj, world: World) -> None:
+    """A Service's Revisions, route and status: Knative's Configuration and Route in one.
+
+    Creates a Revision when the template changed (``ConfigurationsReady``), resolves the
+    traffic over Ready Revisions (``RoutesReady``, keeping the last good route meanwhile),
+    keeps the Revisions in use or in recent history, and hands the invoker the route.
+    """
     metadata = obj["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
     spec = obj.get("spec") or {}
-    template = spec.get("template") or {}
     conditions = Conditions(obj, world.now)
     url = service_url(world.base_url, namespace, name)
 
-    owned = sorted(
+    owned = _owned_revisions(world, namespace, uid)
+    latest_name = _configure(obj, world, owned, conditions)
+    readiness = {o["metadata"]["name"]: world.is_ready(o) for o in owned}
+    stored_status = obj.get("status") or {}
+    latest_ready = latest_ready_revision(
+        [o["metadata"]["name"] for o in owned],
+        readiness,
+        stored_status.get("latestReadyRevisionName"),
+    )
+    resolved = _route(spec, readiness, latest_ready, stored_status, conditions)
+    targets = list(resolved.serving)
+
+    # Revisions to keep: the latest, HISTORY before it, and every one traffic names.
+    keep = {o["metadata"]["name"] for o in owned[-(HISTORY + 1) :]}
+    keep |= {t.revision for t in targets} | {t.revision for t in resolved.targets}
+    keep |= {
+        str(row["revisionName"]) for row in spec.get("traffic") or () if row.get("revisionName")
+    }
+    world.children.extend(_existing_child(o) for o in owned if o["metadata"]["name"] in keep)
+
+    status = base_status(obj, conditions)
+    status["url"] = url
+    status["latestCreatedRevisionName"] = latest_name
+    if latest_ready is not None:
+        status["latestReadyRevisionName"] = latest_ready
+    status["traffic"] = _traffic_rows(world.base_url, namespace, name, targets)
+    status["autoscaler"] = _scaling_rows(owned, keep, targets)
+    if targets:  # the route serves (its last good rows, maybe): the Service has an address
+        address = {"name": "http", "url": url}
+        status["address"] = address
+        status["addresses"] = [dict(address)]
+    problem = resolved.problem
+    _hand_route_to_invoker(
+        world,
+        RouteSpec(
+            namespace=namespace,
+            name=name,
+            url=url,
+            targets=tuple(targets),
+            why="" if problem is None else problem.message,
+        ),
+    )
+    world.statuses[uid] = status
+
+
+def _owned_revisions(world: World, namespace: str, uid: str) -> list[Obj]:
+    """The Revisions the Service ``uid`` controls, oldest generation first."""
+    return sorted(
         (
             o
             for o in world.objects.values()
@@ -293,31 +346,16 @@ def reconcile_service(obj: Obj, world: World) -> None:
         ),
         key=_generation,
     )
-    by_name = {o["metadata"]["name"]: o for o in owned}
-    latest = owned[-1] if owned else None
 
-    # ConfigurationsReady: the latest template has a Ready Revision.
-    creating = latest is None or not _same_template(latest, template)
-    if creating:
-        generation = (_generation(latest) if latest is not None else 0) + 1
-        latest_name = (template.get("metadata") or {}).get("name") or f"{name}-{generation:05d}"
-        if latest_name in by_name:
-            conditions.set(
-                "ConfigurationsReady",
-                "False",
-                "RevisionNameTaken",
-                f"spec.template.metadata.name: Revision {latest_name!r} exists with another "
-                "template; give the new template a new name",
-            )
-            latest_name = latest["metadata"]["name"] if latest is not None else latest_name
-        else:
-            world.children.append(_revision_child(obj, latest_name, generation, template))
-            conditions.set(
-                "ConfigurationsReady", "Unknown", "RevisionCreating", f"creating {latest_name}"
-            )
-    else:
-        assert latest is not None
-        latest_name = latest["metadata"]["name"]
+
+def _configure(obj: Obj, world: World, owned: list[Obj], conditions: Conditions) -> str:
+    """``ConfigurationsReady``: the latest template has a Ready Revision; creates the Revision
+    of a new template. Returns the latest created Revision's name."""
+    name = obj["metadata"]["name"]
+    template = (obj.get("spec") or {}).get("template") or {}
+    latest = owned[-1] if owned else None
+    if latest is not None and _same_template(latest, template):
+        latest_name = str(latest["metadata"]["name"])
         state = _ready_status(world, latest)
         if state == "True":
             conditions.set("ConfigurationsReady", "True")
@@ -329,15 +367,32 @@ def reconcile_service(obj: Obj, world: World) -> None:
                 reason,
                 f'Revision "{latest_name}" is not Ready: {message}',
             )
-    readiness = {o["metadata"]["name"]: world.is_ready(o) for o in owned}
-    stored_status = obj.get("status") or {}
-    latest_ready = latest_ready_revision(
-        [o["metadata"]["name"] for o in owned],
-        readiness,
-        stored_status.get("latestReadyRevisionName"),
-    )
+        return latest_name
+    generation = (_generation(latest) if latest is not None else 0) + 1
+    latest_name = (template.get("metadata") or {}).get("name") or f"{name}-{generation:05d}"
+    if latest_name in {o["metadata"]["name"] for o in owned}:
+        conditions.set(
+            "ConfigurationsReady",
+            "False",
+            "RevisionNameTaken",
+            f"spec.template.metadata.name: Revision {latest_name!r} exists with another "
+            "template; give the new template a new name",
+        )
+        return str(latest["metadata"]["name"]) if latest is not None else str(latest_name)
+    world.children.append(_revision_child(obj, latest_name, generation, template))
+    conditions.set("ConfigurationsReady", "Unknown", "RevisionCreating", f"creating {latest_name}")
+    return str(latest_name)
 
-    # RoutesReady: every traffic row names a Ready Revision; until then the last good route.
+
+def _route(
+    spec: Mapping[str, Any],
+    readiness: Mapping[str, bool | None],
+    latest_ready: str | None,
+    stored_status: Mapping[str, Any],
+    conditions: Conditions,
+) -> ResolvedTraffic:
+    """``RoutesReady``: every traffic row names a Ready Revision; until then the last good
+    route."""
     waiting = conditions.get("ConfigurationsReady")
     resolved = resolve_traffic(
         spec.get("traffic") or (),
@@ -356,33 +411,31 @@ def reconcile_service(obj: Obj, world: World) -> None:
         conditions.set("RoutesReady", "True")
     else:
         conditions.set("RoutesReady", problem.status, problem.reason, problem.message)
-    targets = list(resolved.serving)
+    return resolved
+
+
+def _traffic_rows(
+    base_url: str, namespace: str, name: str, targets: list[TrafficTarget]
+) -> list[dict[str, Any]]:
+    """``status.traffic``: the rows the route serves now, tagged ones with their URL."""
     rows: list[dict[str, Any]] = []
     for target in targets:
-        status_row: dict[str, Any] = {
+        row: dict[str, Any] = {
             "revisionName": target.revision,
             "latestRevision": target.latest,
             "percent": target.percent,
         }
         if target.tag:
-            status_row["tag"] = target.tag
-            status_row["url"] = tag_url(world.base_url, namespace, name, target.tag)
-        rows.append(status_row)
+            row["tag"] = target.tag
+            row["url"] = tag_url(base_url, namespace, name, target.tag)
+        rows.append(row)
+    return rows
 
-    # Revisions to keep: the latest, HISTORY before it, and every one traffic names.
-    keep = {o["metadata"]["name"] for o in owned[-(HISTORY + 1) :]}
-    keep |= {t.revision for t in targets} | {t.revision for t in resolved.targets}
-    keep |= {
-        str(row["revisionName"]) for row in spec.get("traffic") or () if row.get("revisionName")
-    }
-    world.children.extend(_existing_child(o) for o in owned if o["metadata"]["name"] in keep)
 
-    status = base_status(obj, conditions)
-    status["url"] = url
-    status["latestCreatedRevisionName"] = latest_name
-    if latest_ready is not None:
-        status["latestReadyRevisionName"] = latest_ready
-    status["traffic"] = rows
+def _scaling_rows(
+    owned: list[Obj], keep: set[str], targets: list[TrafficTarget]
+) -> list[dict[str, Any]]:
+    """``status.autoscaler``: replicas of the kept Revisions that are routed or running."""
     scaling = []
     for revision in owned:
         revision_status = revision.get("status") or {}
@@ -400,25 +453,18 @@ def reconcile_service(obj: Obj, world: World) -> None:
                     "reason": str((revision_status.get("autoscaler") or {}).get("reason") or ""),
                 }
             )
-    status["autoscaler"] = scaling
-    if targets:  # the route serves (its last good rows, maybe): the Service has an address
-        address = {"name": "http", "url": url}
-        status["address"] = address
-        status["addresses"] = [dict(address)]
+    return scaling
+
+
+def _hand_route_to_invoker(world: World, route: RouteSpec) -> None:
+    """The invoker's part of the snapshot: the route, and its Revisions marked routed."""
     invoker = world.components.setdefault(COMPONENT, {})
-    invoker[route_key(namespace, name)] = RouteSpec(
-        namespace=namespace,
-        name=name,
-        url=url,
-        targets=tuple(targets),
-        why="" if problem is None else problem.message,
-    )
-    for target in targets:  # Revisions with traffic (or a tag) run even after a restart
-        key = revision_key(namespace, target.revision)
+    invoker[route_key(route.namespace, route.name)] = route
+    for target in route.targets:  # Revisions with traffic (or a tag) run even after a restart
+        key = revision_key(route.namespace, target.revision)
         revision_spec = invoker.get(key)
         if isinstance(revision_spec, RevisionSpec) and not revision_spec.routed:
             invoker[key] = replace(revision_spec, routed=True)
-    world.statuses[uid] = status
 
 
 def _last_good(status: Mapping[str, Any]) -> list[TrafficTarget]:
