@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.binding import _raw_members, parse_request
+from broker.binding import parse_request
+from broker.binding_json import raw_members
 from broker.cesql import compile_expression
 from broker.cesql.errors import CesqlParseError
 from broker.cesql.parser import MAX_EXPRESSION_DEPTH, MAX_EXPRESSION_LENGTH
@@ -148,7 +149,7 @@ def test_raw_members_are_the_bytes_orjson_reads_for_that_member(documents, data,
     for document in documents:
         document["data"] = data
     body = orjson.dumps(documents, option=orjson.OPT_INDENT_2 if spaces else 0)
-    raw = _raw_members(body, "data", 2)
+    raw = raw_members(body, "data", 2)
     assert [orjson.loads(item) for item in raw if item is not None] == [data] * len(documents)
 
 

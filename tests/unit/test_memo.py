@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from broker import binding, routes
+from broker import binding, binding_attributes, binding_json, routes
 from broker.memo import remember
 
 MEGABYTE = 1024 * 1024
@@ -17,9 +17,9 @@ def _key_bytes(*tables: dict) -> int:
 def _tables() -> list[dict]:
     return [
         binding._HEADER_ATTRIBUTE,
-        binding._EXTENSION_NAMES,
+        binding_json._EXTENSION_NAMES,
         binding._MODE_BY_CONTENT_TYPE,
-        binding._JSON_MEDIA_TYPE,
+        binding_attributes._JSON_MEDIA_TYPE,
         binding._HEADER_ROLE,
         routes._ROUTES,
     ]
