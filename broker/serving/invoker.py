@@ -48,30 +48,34 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import httpx
-import orjson
 
 from broker.asgi import HttpHandler, Receive, Scope, Send, read_body
 from broker.components import RuntimeContext
 from broker.config import Settings
 from broker.dispatch.http import LocalRoutingClient, Response
-from broker.errors import CemeshError, DeliveryError, NotFound
+from broker.errors import CemeshError, DeliveryError
 from broker.serving.activator import Activator, HoldTimeout, Overloaded
 from broker.serving.autoscaler import (
     Decision,
-    MetricWindow,
     ScalerState,
     decide,
     initial_replicas,
 )
 from broker.serving.backend import Backend, RevisionRef
-from broker.serving.kinds import REVISION, SERVING
 from broker.serving.process import NotRunnable, ProcessBackend
+from broker.serving.revision_state import RevisionState, write_statuses
+from broker.serving.service_http import (
+    PREFIX,
+    json_response,
+    parse_service_path,
+    request_headers,
+    send_response,
+)
 from broker.serving.specs import (
     COMPONENT,
     CRASH_LOOP,
     EXIT_CODE,
     PROGRESS_DEADLINE,
-    RUNTIME_STATUS_KEYS,
     RevisionSpec,
     RouteSpec,
 )
@@ -82,43 +86,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL = 0.5  # seconds: at least one sample in every 1 s bucket of the metric window
 STATUS_RESYNC_ROUNDS = 10  # decision rounds between re-checks of the written statuses
-RETRY_AFTER = b"1"  # seconds, on 503: a replica is usually up by then
 CRASH_LOOP_EXITS = 3  # exits in a row, none listening in between, that make a crash loop
-PREFIX = "/services/"
-# Hop-by-hop and framing headers: never forwarded either way (the client frames requests).
-# Response headers the server in front (uvicorn) sets itself: the replica's would repeat them.
-_SERVER_SET = frozenset({"server", "date"})
-_HOP = frozenset(
-    {
-        "host",
-        "content-length",
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-connection",
-    }
-)
-
-
-def parse_service_path(rest: str) -> tuple[str, str, str | None, str] | None:
-    """``namespace/name[/tags/tag][/path][?query]`` -> (namespace, name, tag, "/path?query")."""
-    path, sep, query = rest.partition("?")
-    parts = path.split("/", 2)
-    if len(parts) < 2 or not parts[0] or not parts[1]:
-        return None
-    namespace, name = parts[0], parts[1]
-    suffix = "/" + parts[2] if len(parts) == 3 else "/"
-    tag = None
-    if suffix.startswith("/tags/"):
-        tag_and_path = suffix[len("/tags/") :].split("/", 1)
-        tag = tag_and_path[0]
-        if not tag:
-            return None
-        suffix = "/" + tag_and_path[1] if len(tag_and_path) == 2 else "/"
-    return namespace, name, tag, suffix + (sep + query if query else "")
 
 
 def create_backend(settings: Settings) -> Backend:
@@ -128,40 +96,6 @@ def create_backend(settings: Settings) -> Backend:
 
         return KubernetesBackend(settings.kubeconfig, context=settings.kube_context)
     return ProcessBackend()
-
-
-def _json_response(status: int, message: str, retry_after: bool = False) -> Response:
-    headers = [(b"content-type", b"application/json")]
-    if retry_after:
-        headers.append((b"retry-after", RETRY_AFTER))
-    return Response(status, headers, orjson.dumps({"message": message}))
-
-
-class _Revision:
-    """What the invoker keeps for one running Revision."""
-
-    def __init__(self, spec: RevisionSpec, activator: Activator) -> None:
-        self.spec = spec
-        self.ref = activator.ref
-        self.activator = activator
-        self.window = MetricWindow()
-        self.scaler = ScalerState()
-        self.desired = 0
-        self.ensured = False
-        self.reason = "starting"
-        self.panic = False
-        self.error: tuple[str, str] | None = None  # (reason, message) from the backend
-        self.waking = False
-        self.written: tuple[Any, ...] | None = None
-        self.ready_once = spec.proven  # a replica listened at least once
-        self.failure: tuple[str, str] | None = None  # (reason, message): cannot serve
-        self.exits = 0  # replica exits since a replica last listened
-        self.waiting_since: float | None = None  # replicas wanted, none listening since then
-
-    @property
-    def problem(self) -> tuple[str, str] | None:
-        """Why the Revision cannot serve: the backend's error first, then a replica failure."""
-        return self.error or self.failure
 
 
 class Invoker:
@@ -185,7 +119,7 @@ class Invoker:
         self.clock = clock
         self._rng = rng or random.Random()
         self._autoscale = autoscale
-        self._revisions: dict[tuple[str, str], _Revision] = {}  # (namespace, revision name)
+        self._revisions: dict[tuple[str, str], RevisionState] = {}  # (namespace, revision name)
         self._routes: dict[tuple[str, str], TrafficSplit] = {}  # (namespace, service name)
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -262,14 +196,14 @@ class Invoker:
 
     # --- introspection (tests, bench) -------------------------------------------------------
 
-    def revision(self, namespace: str, name: str) -> _Revision | None:
+    def revision(self, namespace: str, name: str) -> RevisionState | None:
         return self._revisions.get((namespace, name))
 
     # --- revisions ----------------------------------------------------------------------------
 
-    async def _start(self, spec: RevisionSpec) -> _Revision:
+    async def _start(self, spec: RevisionSpec) -> RevisionState:
         ref = RevisionRef(spec.namespace, spec.service, spec.name)
-        state: _Revision
+        state: RevisionState
         activator = Activator(
             ref,
             self.backend,
@@ -278,7 +212,7 @@ class Invoker:
             clock=lambda: self.clock(),  # late-bound: tests move the invoker's clock
             wake=lambda: self._wake(state),
         )
-        state = _Revision(spec, activator)
+        state = RevisionState(spec, activator)
         initial = initial_replicas(spec.policy)
         reason = f"initial scale {initial}"
         if spec.proven and not spec.routed:
@@ -293,7 +227,7 @@ class Invoker:
         )
         return state
 
-    async def _forget(self, state: _Revision) -> None:
+    async def _forget(self, state: RevisionState) -> None:
         state.activator.close()
         try:
             await self.backend.forget(state.ref)
@@ -301,7 +235,7 @@ class Invoker:
             log.warning("revision not stopped cleanly", extra={"why": exc.message})
         log.info("revision stopped", extra={"revision": f"{state.ref.namespace}/{state.spec.name}"})
 
-    async def _scale(self, state: _Revision, desired: int, reason: str) -> None:
+    async def _scale(self, state: RevisionState, desired: int, reason: str) -> None:
         state.reason = reason
         if desired == state.desired and state.ensured:
             return
@@ -332,14 +266,14 @@ class Invoker:
             state.ensured = True
             state.error = None
 
-    def _wake(self, state: _Revision) -> None:
+    def _wake(self, state: RevisionState) -> None:
         """A request waits and no replica is ready: scale up now if nothing is on its way."""
         if state.waking or state.desired > 0 or state.activator.closed:
             return
         state.waking = True
         self._spawn(self._activate(state))
 
-    async def _activate(self, state: _Revision) -> None:
+    async def _activate(self, state: RevisionState) -> None:
         try:
             now = self.clock()
             self._sample(state, now)
@@ -367,7 +301,7 @@ class Invoker:
             if self.backend.ready(ref):
                 self._listening(state)
 
-    def _listening(self, state: _Revision) -> None:
+    def _listening(self, state: RevisionState) -> None:
         """A replica of ``state`` listens: the Revision can serve; say so without waiting."""
         state.waiting_since = None
         state.exits = 0
@@ -406,7 +340,7 @@ class Invoker:
 
     # --- autoscaling ------------------------------------------------------------------------------
 
-    def _sample(self, state: _Revision, now: float) -> None:
+    def _sample(self, state: RevisionState, now: float) -> None:
         average, requests = state.activator.sample(now)
         state.window.record(now, average, requests)
 
@@ -419,7 +353,7 @@ class Invoker:
         self._rounds += 1
         await self._write_statuses(resync=self._rounds % STATUS_RESYNC_ROUNDS == 0)
 
-    def _decide(self, state: _Revision, now: float) -> Decision:
+    def _decide(self, state: RevisionState, now: float) -> Decision:
         """The autoscaler's decision for ``state`` now; its memory moves on with it."""
         stable, panic = state.window.averages(now, state.spec.policy)
         decision = decide(
@@ -433,7 +367,7 @@ class Invoker:
         state.scaler = decision.state
         return decision
 
-    def _check_progress(self, state: _Revision, now: float) -> None:
+    def _check_progress(self, state: RevisionState, now: float) -> None:
         """ProgressDeadlineExceeded when replicas were wanted and none listened in time."""
         if state.desired <= 0 or self.backend.ready(state.ref):
             state.waiting_since = None
@@ -457,7 +391,7 @@ class Invoker:
                 },
             )
 
-    def _gave_up(self, state: _Revision, now: float) -> bool:
+    def _gave_up(self, state: RevisionState, now: float) -> bool:
         """Replicas were wanted for a whole progress deadline and none listened."""
         since = state.waiting_since
         return since is None or now - since >= state.spec.progress_deadline
@@ -500,58 +434,9 @@ class Invoker:
             except Exception:  # the loop must outlive one bad round
                 log.exception("autoscaler round failed")
 
-    # --- status -----------------------------------------------------------------------------------
-
-    def _runtime_status(self, state: _Revision) -> dict[str, Any]:
-        status: dict[str, Any] = {
-            "actualReplicas": len(self.backend.ready(state.ref)),
-            "desiredReplicas": state.desired,
-            "autoscaler": {"reason": state.reason, "panic": state.panic},
-        }
-        problem = state.problem
-        if problem is not None:
-            status["runtimeError"] = {"reason": problem[0], "message": problem[1]}
-        if state.ready_once:
-            status["replicaReadyOnce"] = True
-        return status
-
     async def _write_statuses(self, *, resync: bool) -> None:
-        for state in list(self._revisions.values()):
-            runtime = self._runtime_status(state)
-            essential = (
-                runtime["actualReplicas"],
-                runtime["desiredReplicas"],
-                state.panic,
-                state.problem,
-                state.ready_once,
-            )
-            if essential == state.written and not resync:
-                continue
-            try:
-                obj = await self._context.store.get(
-                    SERVING, REVISION.kind, state.ref.namespace, state.spec.name
-                )
-                stored = obj.get("status") or {}
-                current = (
-                    stored.get("actualReplicas"),
-                    stored.get("desiredReplicas"),
-                    (stored.get("autoscaler") or {}).get("panic", False),
-                    stored.get("runtimeError"),
-                    stored.get("replicaReadyOnce", False),
-                )
-                error = runtime.get("runtimeError")
-                wanted = (essential[0], essential[1], state.panic, error, state.ready_once)
-                if current != wanted:
-                    status = {k: v for k, v in stored.items() if k not in RUNTIME_STATUS_KEYS}
-                    status.update(runtime)
-                    await self._context.store.update_status(
-                        SERVING, REVISION.kind, state.ref.namespace, state.spec.name, status
-                    )
-                state.written = essential
-            except NotFound:
-                continue
-            except CemeshError as exc:
-                log.info("revision status not written", extra={"why": exc.message})
+        states = list(self._revisions.values())
+        await write_statuses(self._context.store, self.backend, states, resync=resync)
 
     # --- requests ---------------------------------------------------------------------------------
 
@@ -573,31 +458,29 @@ class Invoker:
         """
         split = self._routes.get((namespace, name))
         if split is None:
-            return _json_response(404, f"Service {namespace}/{name} does not exist")
+            return json_response(404, f"Service {namespace}/{name} does not exist")
         why = self._routes_why.get((namespace, name)) or "no Revision is Ready"
         revision = split.for_tag(tag) if tag is not None else split.choose()
         if revision is None:
             if tag is not None and split.targets:
-                return _json_response(404, f"Service {namespace}/{name} has no tag {tag!r}")
-            return _json_response(
-                503, f"Service {namespace}/{name} has no Ready route: {why}", True
-            )
+                return json_response(404, f"Service {namespace}/{name} has no tag {tag!r}")
+            return json_response(503, f"Service {namespace}/{name} has no Ready route: {why}", True)
         state = self._revisions.get((namespace, revision))
         if state is None:
-            return _json_response(503, f"Revision {namespace}/{revision} is not running", True)
+            return json_response(503, f"Revision {namespace}/{revision} is not running", True)
         activator = state.activator
         problem = state.problem
         if problem is not None and not self.backend.ready(state.ref):
-            return _json_response(503, f"Revision {revision}: {problem[1]}", True)
+            return json_response(503, f"Revision {revision}: {problem[1]}", True)
         limit = state.spec.timeout if timeout is None else min(timeout, state.spec.timeout)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             replica = await activator.acquire(min(self._hold, limit))
         except Overloaded:
-            return _json_response(503, f"Revision {revision}: too many requests waiting", True)
+            return json_response(503, f"Revision {revision}: too many requests waiting", True)
         except HoldTimeout:
-            return _json_response(
+            return json_response(
                 503, f"Revision {revision}: no replica became available in time", True
             )
         try:
@@ -609,7 +492,7 @@ class Invoker:
                         method, replica.url + path, headers, body, remaining + 1.0
                     )
             except TimeoutError:
-                return _json_response(
+                return json_response(
                     504,
                     f"Revision {revision}: no response within {remaining:g}s "
                     f"(timeoutSeconds {state.spec.timeout:g})",
@@ -664,7 +547,7 @@ class Invoker:
     ) -> Response:
         parsed = parse_service_path(url[len(self._local_prefix) :])
         if parsed is None:
-            return _json_response(404, f"{url} names no Service")
+            return json_response(404, f"{url} names no Service")
         namespace, name, tag, path = parsed
         return await self.invoke(namespace, name, tag, path, headers, body, timeout)
 
@@ -672,38 +555,21 @@ class Invoker:
         parsed = parse_service_path(scope["path"][len(PREFIX) :])
         response: Response
         if parsed is None:
-            response = _json_response(404, "use /services/{namespace}/{name}[/tags/{tag}]")
+            response = json_response(404, "use /services/{namespace}/{name}[/tags/{tag}]")
         else:
             body = await read_body(receive, self._settings.max_request_bytes)
             if body is None:
-                response = _json_response(413, "request body too large")
+                response = json_response(413, "request body too large")
             else:
                 namespace, name, tag, path = parsed
                 query = scope.get("query_string") or b""
                 if query:
                     path = f"{path}?{query.decode('latin-1')}"
-                headers = [
-                    (key, value.decode("latin-1"))
-                    for raw, value in scope["headers"]
-                    if (key := raw.decode("latin-1").lower()) not in _HOP
-                ]
+                headers = request_headers(scope)
                 try:
                     response = await self.invoke(
                         namespace, name, tag, path, headers, body, method=scope["method"]
                     )
                 except DeliveryError as exc:
-                    response = _json_response(502, exc.message)
-        head = scope["method"] == "HEAD"  # no body: the replica's content-length stands
-        out = [
-            (k, v)
-            for k, v in response.headers
-            if (
-                (name := k.decode("latin-1").lower()) not in _HOP
-                or (head and name == "content-length")
-            )
-            and name not in _SERVER_SET
-        ]
-        if not head:
-            out.append((b"content-length", str(len(response.body)).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": out})
-        await send({"type": "http.response.body", "body": response.body})
+                    response = json_response(502, exc.message)
+        await send_response(send, response, head=scope["method"] == "HEAD")

@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.serving.invoker import parse_service_path
+from broker.serving.service_http import parse_service_path
 from broker.serving.traffic import (
     RouteProblem,
     TrafficSplit,
