@@ -26,10 +26,8 @@ from broker.dispatch.httpclient import Http1Client
 from broker.errors import InvalidResource
 from broker.events import CloudEvent
 from broker.labels import label_selector_string
-from broker.sources.apiserver import (
-    ApiServerSource,
-    ApiServerWatcher,
-    Backoff,
+from broker.sources.apiserver import ApiServerSource, ApiServerWatcher, Backoff
+from broker.sources.apiserver_objects import (
     admit_api_server_source,
     guess_plural,
     self_link,
