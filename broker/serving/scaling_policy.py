@@ -83,6 +83,8 @@ class ScalingPolicy:
 
 # (text, field, defaults) -> the parsed value; raises InvalidResource(field, ...) when it is bad.
 Parser = Callable[[str, str, AutoscalerDefaults], Any]
+# Annotation name -> (the key found, its parsed value).
+Parsed = dict[str, tuple[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,8 @@ class Annotation:
 
     names: tuple[str, ...]  # without the prefix; the first present wins (kmap.KeyPriority)
     parse: Parser
+    # Run after this row, present or not: a rule across annotations read so far.
+    then: Callable[[Parsed, AutoscalerDefaults, str], None] | None = None
 
     @property
     def name(self) -> str:
@@ -184,6 +188,17 @@ def _max_scale(text: str, field: str, defaults: AutoscalerDefaults) -> int:
     return value
 
 
+def _max_not_below_min(parsed: Parsed, defaults: AutoscalerDefaults, field: str) -> None:
+    """validateMinMaxScale: a bounded max-scale is at least min-scale (annotated or default)."""
+    min_scale = parsed["min-scale"][1] if "min-scale" in parsed else defaults.min_scale
+    max_scale = parsed["max-scale"][1] if "max-scale" in parsed else defaults.max_scale
+    if max_scale != 0 and max_scale < min_scale:
+        min_key = parsed.get("min-scale", (ANNOTATION_PREFIX + "min-scale", None))[0]
+        raise InvalidResource(
+            f"{field}[{min_key}]", f"max-scale={max_scale} is less than min-scale={min_scale}"
+        )
+
+
 def _initial_scale(text: str, field: str, defaults: AutoscalerDefaults) -> int:
     if not INT_RE.fullmatch(text.strip()) or int(text) < 0:
         raise InvalidResource(field, f"invalid value {text!r}: must be an integer >= 0")
@@ -220,7 +235,7 @@ ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation(("scale-down-delay", "scaleDownDelay"), _duration_in(0, WINDOW_MAX, whole=True)),
     Annotation(("scale-to-zero-pod-retention-period",), _duration_in(0, WINDOW_MAX, whole=False)),
     Annotation(("min-scale", "minScale"), _count(0)),
-    Annotation(("max-scale", "maxScale"), _max_scale),
+    Annotation(("max-scale", "maxScale"), _max_scale, then=_max_not_below_min),
     Annotation(("initial-scale", "initialScale"), _initial_scale),
     Annotation(("activation-scale",), _count(1)),
 )
@@ -228,9 +243,13 @@ ANNOTATIONS: tuple[Annotation, ...] = (
 
 def parse_annotations(
     annotations: Mapping[str, str], defaults: AutoscalerDefaults, field: str
-) -> dict[str, tuple[str, Any]]:
-    """Each present annotation of :data:`ANNOTATIONS` by name: (the key found, parsed value)."""
-    parsed: dict[str, tuple[str, Any]] = {}
+) -> Parsed:
+    """Each present annotation of :data:`ANNOTATIONS` by name: (the key found, parsed value).
+
+    Rows are read in order, each row's ``then`` rule right after it, so the first problem
+    reported is the one Knative reports.
+    """
+    parsed: Parsed = {}
     for annotation in ANNOTATIONS:
         for name in annotation.names:
             key = ANNOTATION_PREFIX + name
@@ -238,6 +257,8 @@ def parse_annotations(
                 value = annotation.parse(annotations[key], f"{field}[{key}]", defaults)
                 parsed[annotation.name] = (key, value)
                 break
+        if annotation.then is not None:
+            annotation.then(parsed, defaults, field)
     return parsed
 
 
@@ -280,11 +301,6 @@ def policy_from_annotations(
         utilization = percentage / 100.0
     min_scale: int = get("min-scale", defaults.min_scale)
     max_scale: int = get("max-scale", defaults.max_scale)
-    if max_scale != 0 and max_scale < min_scale:
-        min_key = parsed.get("min-scale", (ANNOTATION_PREFIX + "min-scale", None))[0]
-        raise InvalidResource(
-            f"{field}[{min_key}]", f"max-scale={max_scale} is less than min-scale={min_scale}"
-        )
     stable_window: float = get("window", defaults.stable_window)
     panic_pct: float = get("panic-window-percentage", defaults.panic_window_percentage)
     threshold_pct: float = get("panic-threshold-percentage", defaults.panic_threshold_percentage)

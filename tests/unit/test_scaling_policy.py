@@ -68,3 +68,16 @@ def test_a_legacy_name_reads_like_the_new_one_and_the_new_one_wins(row: Annotati
     assert resolve({new: VALID[row.name], legacy: "not a value!"}) == resolve(
         {new: VALID[row.name]}
     )
+
+
+def test_max_scale_below_min_scale_is_reported_before_later_annotations() -> None:
+    with pytest.raises(InvalidResource) as caught:
+        resolve(
+            {
+                ANNOTATION_PREFIX + "min-scale": "5",
+                ANNOTATION_PREFIX + "max-scale": "2",
+                ANNOTATION_PREFIX + "initial-scale": "not a value!",
+            }
+        )
+    assert caught.value.field == f"{FIELD}[{ANNOTATION_PREFIX}min-scale]"
+    assert "max-scale=2 is less than min-scale=5" in caught.value.reason
