@@ -26,6 +26,7 @@ from broker.resources import (
     check_subdomain_name,
     register_kind,
 )
+from broker.shapes import one_of, optional_list, require_mapping, require_string, type_name
 
 EVENT_POLICY = ResourceType(
     EVENTING, ("v1alpha1",), "EventPolicy", "eventpolicies", ("eventpolicy",)
@@ -35,46 +36,11 @@ EVENT_POLICY = ResourceType(
 TARGET_KINDS: tuple[ResourceType, ...] = (BROKER, CHANNEL, *CHANNEL_BUSES)
 
 
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _mapping(value: object, field: str, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidResource(field, f"must be {what}, got {_type_name(value)}")
-    return value
-
-
-def _string(value: object, field: str, what: str) -> str:
-    if value is None or value == "":
-        raise InvalidResource(field, f"is required: {what}")
-    if not isinstance(value, str):
-        raise InvalidResource(field, f"must be a string, got {_type_name(value)} {value!r}")
-    return value
-
-
-def _list(value: object, field: str, what: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise InvalidResource(field, f"must be a list of {what}, got {_type_name(value)}")
-    return value
-
-
-def _one_of(entry: Mapping[str, Any], field: str, keys: tuple[str, str]) -> str:
-    present = [key for key in keys if entry.get(key) not in (None, "")]
-    if not present:
-        raise InvalidResource(field, f"needs one of {keys[0]!r} or {keys[1]!r}; neither is set")
-    if len(present) == 2:
-        raise InvalidResource(field, f"sets both {keys[0]!r} and {keys[1]!r}; set exactly one")
-    return present[0]
-
-
 def _target_kind(entry: Mapping[str, Any], field: str) -> ResourceType:
-    api_version = _string(
+    api_version = require_string(
         entry.get("apiVersion"), f"{field}.apiVersion", "e.g. eventing.knative.dev/v1"
     )
-    kind = _string(entry.get("kind"), f"{field}.kind", "Broker, Channel or a channel kind")
+    kind = require_string(entry.get("kind"), f"{field}.kind", "Broker, Channel or a channel kind")
     group = api_version.rpartition("/")[0].lower()
     for target in TARGET_KINDS:  # Knative matches group and kind ignoring case
         if target.kind.lower() == kind.lower() and target.group == group:
@@ -88,16 +54,17 @@ def _target_kind(entry: Mapping[str, Any], field: str) -> ResourceType:
 
 def _admit_to(value: object, namespace: str) -> list[dict[str, Any]]:
     admitted = []
-    for index, raw in enumerate(_list(value, "spec.to", "targets (ref or selector)")):
+    for index, raw in enumerate(optional_list(value, "spec.to", "targets (ref or selector)")):
         field = f"spec.to[{index}]"
-        entry = dict(_mapping(raw, field, "an object with 'ref' or 'selector'"))
-        which = _one_of(entry, field, ("ref", "selector"))
+        entry = dict(require_mapping(raw, field, "an object with 'ref' or 'selector'"))
+        which = one_of(entry, field, ("ref", "selector"))
         where = f"{field}.{which}"
-        target = dict(_mapping(entry[which], where, "an object"))
+        target = dict(require_mapping(entry[which], where, "an object"))
         _target_kind(target, where)
         if which == "ref":
             check_subdomain_name(
-                _string(target.get("name"), f"{where}.name", "the target's name"), f"{where}.name"
+                require_string(target.get("name"), f"{where}.name", "the target's name"),
+                f"{where}.name",
             )
             if target.get("namespace") not in (None, "", namespace):
                 raise InvalidResource(
@@ -127,24 +94,24 @@ def check_subject_pattern(sub: str, field: str) -> None:
 
 def _admit_from(value: object, namespace: str) -> list[dict[str, Any]]:
     admitted = []
-    for index, raw in enumerate(_list(value, "spec.from", "senders (ref or sub)")):
+    for index, raw in enumerate(optional_list(value, "spec.from", "senders (ref or sub)")):
         field = f"spec.from[{index}]"
-        entry = dict(_mapping(raw, field, "an object with 'ref' or 'sub'"))
-        which = _one_of(entry, field, ("ref", "sub"))
+        entry = dict(require_mapping(raw, field, "an object with 'ref' or 'sub'"))
+        which = one_of(entry, field, ("ref", "sub"))
         if which == "sub":
             check_subject_pattern(
-                _string(entry["sub"], f"{field}.sub", "an OIDC subject"), f"{field}.sub"
+                require_string(entry["sub"], f"{field}.sub", "an OIDC subject"), f"{field}.sub"
             )
         else:
-            ref = dict(_mapping(entry["ref"], f"{field}.ref", "an object reference"))
+            ref = dict(require_mapping(entry["ref"], f"{field}.ref", "an object reference"))
             for key in ("apiVersion", "kind", "name"):
-                _string(ref.get(key), f"{field}.ref.{key}", "of the sending object")
+                require_string(ref.get(key), f"{field}.ref.{key}", "of the sending object")
             ref_namespace = ref.get("namespace")
             if ref_namespace in (None, ""):
                 ref["namespace"] = namespace
             elif not isinstance(ref_namespace, str):
                 raise InvalidResource(
-                    f"{field}.ref.namespace", f"must be a string, got {_type_name(ref_namespace)}"
+                    f"{field}.ref.namespace", f"must be a string, got {type_name(ref_namespace)}"
                 )
             entry["ref"] = ref
         admitted.append(entry)

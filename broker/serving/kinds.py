@@ -45,6 +45,7 @@ from broker.serving.autoscaler import (
     parse_go_duration,
     policy_from_annotations,
 )
+from broker.shapes import require_mapping, type_name
 
 SERVING = "serving.knative.dev"
 SERVICE = ResourceType(SERVING, ("v1",), "Service", "services", ("service", "ksvc", "kservice"))
@@ -91,16 +92,6 @@ def progress_deadline(annotations: Mapping[str, str], field: str) -> float:
     return seconds
 
 
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _mapping(value: object, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidResource(field, f"must be an object, got {_type_name(value)}")
-    return value
-
-
 def _int(value: object, field: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidResource(field, f"must be an integer from {low} to {high}, got {value!r}")
@@ -116,7 +107,7 @@ def _strings(value: object, field: str) -> list[str]:
 
 
 def _admit_container(container: object, field: str) -> None:
-    container = _mapping(container, field)
+    container = require_mapping(container, field)
     image, command = container.get("image"), container.get("command")
     if image in (None, "") and not command:
         raise InvalidResource(
@@ -125,7 +116,7 @@ def _admit_container(container: object, field: str) -> None:
             "backend); neither is set",
         )
     if image not in (None, "") and not isinstance(image, str):
-        raise InvalidResource(f"{field}.image", f"must be a string, got {_type_name(image)}")
+        raise InvalidResource(f"{field}.image", f"must be a string, got {type_name(image)}")
     for key in ("command", "args"):
         if container.get(key) is not None:
             _strings(container[key], f"{field}.{key}")
@@ -137,10 +128,10 @@ def _admit_container(container: object, field: str) -> None:
     env = container.get("env")
     if env is not None:
         if not isinstance(env, list):
-            raise InvalidResource(f"{field}.env", f"must be a list, got {_type_name(env)}")
+            raise InvalidResource(f"{field}.env", f"must be a list, got {type_name(env)}")
         for index, item in enumerate(env):
             where = f"{field}.env[{index}]"
-            item = _mapping(item, where)
+            item = require_mapping(item, where)
             name = item.get("name")
             if not isinstance(name, str) or not name or "=" in name:
                 raise InvalidResource(f"{where}.name", "is required: a variable name without '='")
@@ -161,7 +152,7 @@ def _admit_container(container: object, field: str) -> None:
         if not isinstance(ports, list) or len(ports) > 1:
             raise InvalidResource(f"{field}.ports", "must be a list of at most one port")
         for index, port in enumerate(ports):
-            port = _mapping(port, f"{field}.ports[{index}]")
+            port = require_mapping(port, f"{field}.ports[{index}]")
             if port.get("containerPort") is not None:
                 _int(port["containerPort"], f"{field}.ports[{index}].containerPort", 1, 65535)
 
@@ -199,7 +190,7 @@ def admit_revision_spec(
 def _string_map(value: object, field: str) -> dict[str, str]:
     if value is None:
         return {}
-    mapping = _mapping(value, field)
+    mapping = require_mapping(value, field)
     for key, item in mapping.items():
         if not isinstance(key, str) or not isinstance(item, str):
             raise InvalidResource(f"{field}[{key}]", "must map strings to strings; quote it")
@@ -218,7 +209,7 @@ def _admit_traffic(spec: dict[str, Any]) -> None:
     rows = []
     for index, raw in enumerate(traffic):
         field = f"spec.traffic[{index}]"
-        row = dict(_mapping(raw, field))
+        row = dict(require_mapping(raw, field))
         if row.get("configurationName") not in (None, ""):
             raise InvalidResource(
                 f"{field}.configurationName", "is not allowed in a Service; use latestRevision"
@@ -262,9 +253,9 @@ def _admit_service(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     name = obj["metadata"]["name"]
     if spec.get("template") is None:
         raise InvalidResource(TEMPLATE, "is required: the function's container and settings")
-    template = spec["template"] = dict(_mapping(spec["template"], TEMPLATE))
+    template = spec["template"] = dict(require_mapping(spec["template"], TEMPLATE))
     metadata = template["metadata"] = dict(
-        _mapping(template.get("metadata") or {}, f"{TEMPLATE}.metadata")
+        require_mapping(template.get("metadata") or {}, f"{TEMPLATE}.metadata")
     )
     annotations = metadata["annotations"] = _string_map(
         metadata.get("annotations"), f"{TEMPLATE}.metadata.annotations"
@@ -278,7 +269,9 @@ def _admit_service(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
                 f"{TEMPLATE}.metadata.name", f"must start with the Service name: {name}-..."
             )
         check_label_name(revision_name, f"{TEMPLATE}.metadata.name")
-    template_spec = template["spec"] = dict(_mapping(template.get("spec"), f"{TEMPLATE}.spec"))
+    template_spec = template["spec"] = dict(
+        require_mapping(template.get("spec"), f"{TEMPLATE}.spec")
+    )
     admit_revision_spec(
         template_spec, annotations, f"{TEMPLATE}.spec", f"{TEMPLATE}.metadata.annotations"
     )

@@ -35,6 +35,7 @@ from typing import Any
 from broker.errors import InvalidResource
 from broker.labels import check_label_selector
 from broker.resources import check_process_text
+from broker.shapes import require_mapping, type_name
 from broker.sinkbinding import binding_env
 from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
 from broker.supervisor import ProcessSpec, SupervisedProcess, exit_summary
@@ -53,23 +54,13 @@ HEALTHY_RUN = 10.0  # seconds a run must last to count as healthy (and reset the
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL (a pod's default is 30)
 
 
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _mapping(value: object, field: str, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidResource(field, f"must be {what}, got {_type_name(value)}")
-    return value
-
-
 def _string_list(value: object, field: str) -> list[str]:
     if not isinstance(value, list):
-        raise InvalidResource(field, f"must be a list of strings, got {_type_name(value)}")
+        raise InvalidResource(field, f"must be a list of strings, got {type_name(value)}")
     for index, item in enumerate(value):
         if not isinstance(item, str):
             raise InvalidResource(
-                f"{field}[{index}]", f"must be a string, got {_type_name(item)} {item!r}; quote it"
+                f"{field}[{index}]", f"must be a string, got {type_name(item)} {item!r}; quote it"
             )
         check_process_text(item, f"{field}[{index}]")
     return value
@@ -123,13 +114,15 @@ def admit_container_source(obj: dict[str, Any], old: Mapping[str, Any] | None) -
             "spec.template",
             "is required: a pod template whose container's command cemesh runs locally",
         )
-    template = _mapping(spec["template"], "spec.template", "a pod template (with spec)")
-    pod = _mapping(template.get("spec"), "spec.template.spec", "a pod spec (with containers)")
+    template = require_mapping(spec["template"], "spec.template", "a pod template (with spec)")
+    pod = require_mapping(
+        template.get("spec"), "spec.template.spec", "a pod spec (with containers)"
+    )
     containers = pod.get("containers")
     if not containers:
         raise InvalidResource(_CONTAINERS, "is required: one container with a command to run")
     if not isinstance(containers, list):
-        raise InvalidResource(_CONTAINERS, f"must be a list, got {_type_name(containers)}")
+        raise InvalidResource(_CONTAINERS, f"must be a list, got {type_name(containers)}")
     if len(containers) > 1:
         raise InvalidResource(
             _CONTAINERS,
@@ -142,7 +135,7 @@ def admit_container_source(obj: dict[str, Any], old: Mapping[str, Any] | None) -
             "is not supported: cemesh runs the container's command locally, without a pod; "
             "run the init steps from that command",
         )
-    container = _mapping(containers[0], _CONTAINER, "a container (with command)")
+    container = require_mapping(containers[0], _CONTAINER, "a container (with command)")
     for key in ("name", "image", "workingDir"):
         value = container.get(key)
         if value is not None and not isinstance(value, str):
@@ -168,14 +161,14 @@ def admit_container_source(obj: dict[str, Any], old: Mapping[str, Any] | None) -
     if env is not None:
         if not isinstance(env, list):
             raise InvalidResource(
-                f"{_CONTAINER}.env", f"must be a list of {{name, value}}, got {_type_name(env)}"
+                f"{_CONTAINER}.env", f"must be a list of {{name, value}}, got {type_name(env)}"
             )
         for index, item in enumerate(env):
             _check_env_var(item, f"{_CONTAINER}.env[{index}]")
 
 
 def _check_env_var(item: object, field: str) -> None:
-    var = _mapping(item, field, "an object with name and value")
+    var = require_mapping(item, field, "an object with name and value")
     name = var.get("name")
     if not isinstance(name, str) or not name or "=" in name or "\0" in name:
         raise InvalidResource(
@@ -190,7 +183,7 @@ def _check_env_var(item: object, field: str) -> None:
     value = var.get("value")
     if value is not None and not isinstance(value, str):
         raise InvalidResource(
-            f"{field}.value", f"must be a string, got {_type_name(value)} {value!r}; quote it"
+            f"{field}.value", f"must be a string, got {type_name(value)} {value!r}; quote it"
         )
     if isinstance(value, str):
         check_process_text(value, f"{field}.value")
@@ -243,7 +236,9 @@ def admit_sink_binding(obj: dict[str, Any], old: Mapping[str, Any] | None) -> No
             "is required: the workload (apiVersion, kind, and name or selector) to bind",
         )
     subject = dict(
-        _mapping(spec["subject"], "spec.subject", "an object (apiVersion, kind, name or selector)")
+        require_mapping(
+            spec["subject"], "spec.subject", "an object (apiVersion, kind, name or selector)"
+        )
     )
     for key in ("apiVersion", "kind"):
         value = subject.get(key)
