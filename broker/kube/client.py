@@ -121,7 +121,7 @@ class KubeConnection:
                 method,
                 query_params=list(query),
                 header_params=headers,
-                body=None if body is None else orjson.dumps(body).decode(),
+                body=body,  # JSON-encoded by the client for any json content type
                 auth_settings=["BearerToken"],
                 _preload_content=False,
                 _request_timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, connect=10),

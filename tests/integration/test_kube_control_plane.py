@@ -1,0 +1,236 @@
+"""cemesh as a Knative Broker class, on a real Kubernetes API server (issue 13).
+
+cemesh runs with ``control_plane=kubernetes`` against the test API server (etcd +
+apiextensions-apiserver, ``tests/support/servers/kube_apiserver.py``) with the project's CRDs,
+and, in the ``shared_conformance`` pass, with Knative's own CRDs from
+``../shared/fixtures/knative-crds`` (plus the project's Lease shim). Objects are applied with
+``kubectl``; subscribers are real HTTP servers. What is checked:
+
+- a cemesh-class Broker becomes Ready with its URL (``kubectl wait``), with Knative's
+  conditions, ``observedGeneration`` and cemesh's finalizer; a Trigger to a ``uri`` and one to a
+  Knative Service whose status carries an address become Ready with ``subscriberUri``;
+- events POSTed to the Broker's URL reach each matching subscriber once;
+- an ``MTChannelBasedBroker`` Broker beside it, and its Trigger, get no status, no finalizer;
+- a Trigger to a Service without an address is not Ready (``DestinationNotReady``) and turns
+  Ready when the Service gets one (watched, not polled);
+- deleting a Trigger retires its consumer group on the bus, then removes the finalizer;
+- switching the Broker's class away releases it (finalizers removed, nothing served).
+
+Core kinds (ConfigMaps, core Services) are not served by this API server; their paths are
+tested against recorded responses in tests/unit/test_kube_control.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from broker.kube.control import FINALIZER
+from broker.spec import broker_topic, trigger_group
+from tests.conftest import shared_fixture_dir
+from tests.support.cemesh import running_cemesh
+from tests.support.servers import kube_apiserver as kube
+from tests.support.servers.kube_apiserver import KubeApiServer
+from tests.support.subscriber import RecordingSubscriber
+
+pytestmark = pytest.mark.timeout(180)
+
+WAIT = "60s"  # kubectl wait bound: generous, the machine is shared
+
+
+@pytest.fixture(
+    scope="module",
+    params=["project-crds", pytest.param("knative-crds", marks=pytest.mark.shared_conformance)],
+)
+def crd_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KubeApiServer]:
+    if request.param == "project-crds":
+        yield request.getfixturevalue("kube_apiserver")
+        return
+    server = kube.launch(
+        tmp_path_factory.mktemp("kube-knative"),
+        crds=(shared_fixture_dir("knative-crds"), kube.PROJECT_CRDS / "lease-shim.yaml"),
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def broker(name: str, broker_class: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": {"name": name,
+                     "annotations": {"eventing.knative.dev/broker.class": broker_class}},
+    }  # fmt: skip
+
+
+def trigger(name: str, broker_name: str, subscriber: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Trigger",
+        "metadata": {"name": name},
+        "spec": {"broker": broker_name, "filter": {"attributes": {"type": "com.example.order"}},
+                 "subscriber": subscriber},
+    }  # fmt: skip
+
+
+def knative_service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"containers": [{"image": "example.com/fn"}]}}},
+    }
+
+
+def service_ref(name: str) -> dict[str, Any]:
+    return {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": name}}
+
+
+class Cluster:
+    """kubectl in one namespace of the test API server."""
+
+    def __init__(self, server: KubeApiServer, namespace: str) -> None:
+        self.server = server
+        self.namespace = namespace
+
+    def apply(self, *objects: dict[str, Any]) -> None:
+        stream = "\n---\n".join(json.dumps(o) for o in objects)
+        self.server.kubectl("apply", "-n", self.namespace, "-f", "-", stdin=stream)
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        out = self.server.kubectl("get", kind, name, "-n", self.namespace, "-o", "json")
+        result: dict[str, Any] = json.loads(out.stdout)
+        return result
+
+    def wait(self, what: str, condition: str = "condition=Ready") -> None:
+        self.server.kubectl("wait", f"--for={condition}", f"--timeout={WAIT}", what,
+                            "-n", self.namespace)  # fmt: skip
+
+    def set_address(self, service: str, url: str | None) -> None:
+        """Play Knative Serving: the Service's status, Ready with an address or not yet."""
+        status: dict[str, Any] = {
+            "observedGeneration": 1,
+            "conditions": [
+                {"type": "Ready", "status": "True" if url else "Unknown",
+                 "reason": "" if url else "RevisionMissing",
+                 "message": "" if url else "Configuration is waiting for a Revision.",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            ],
+        }  # fmt: skip
+        if url:
+            status["url"] = url
+            status["address"] = {"url": url}
+        self.server.kubectl(
+            "patch", "services.serving.knative.dev", service, "-n", self.namespace,
+            "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}),
+        )  # fmt: skip
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def cloudevent(event_id: str) -> dict[str, str]:
+    return {"ce-specversion": "1.0", "ce-id": event_id, "ce-source": "/test",
+            "ce-type": "com.example.order", "content-type": "application/json"}  # fmt: skip
+
+
+async def test_a_cemesh_class_broker_on_kubernetes_serves_its_triggers_and_leaves_others_alone(
+    crd_server: KubeApiServer, tmp_path: Path
+) -> None:
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    cluster = Cluster(crd_server, namespace)
+    async with RecordingSubscriber() as by_uri, RecordingSubscriber() as by_service:
+        cluster.apply(knative_service("fn"), knative_service("late"))
+        cluster.set_address("fn", by_service.url)
+        cluster.set_address("late", None)
+        cluster.apply(
+            broker("default", "cemesh"),
+            broker("other", "MTChannelBasedBroker"),
+            trigger("to-uri", "default", {"uri": by_uri.url}),
+            trigger("to-service", "default", service_ref("fn")),
+            trigger("to-late", "default", service_ref("late")),
+            trigger("of-other", "other", {"uri": by_uri.url}),
+        )
+        async with running_cemesh(
+            tmp_path, control_plane="kubernetes", kubeconfig=str(crd_server.kubeconfig),
+            kube_namespaces=[namespace], kube_lease_namespace=namespace,
+        ) as cemesh:  # fmt: skip
+            await asyncio.to_thread(cluster.wait, "broker/default")
+            await asyncio.to_thread(cluster.wait, "trigger/to-uri")
+            await asyncio.to_thread(cluster.wait, "trigger/to-service")
+            made = cluster.get("brokers", "default")
+            url = f"{cemesh.url}/{namespace}/default"
+            assert made["status"]["address"]["url"] == url
+            assert made["status"]["observedGeneration"] == made["metadata"]["generation"]
+            assert FINALIZER in made["metadata"]["finalizers"]
+            for name in ("Addressable", "IngressReady", "FilterReady", "Ready"):
+                assert conditions(made)[name]["status"] == "True", name
+            assert cluster.get("triggers", "to-uri")["status"]["subscriberUri"] == by_uri.url
+            to_service = cluster.get("triggers", "to-service")
+            assert to_service["status"]["subscriberUri"] == by_service.url
+            for name in ("BrokerReady", "SubscriberResolved", "SubscriptionReady"):
+                assert conditions(to_service)[name]["status"] == "True", name
+
+            # The Service without an address: not Ready, saying why; Ready once it has one.
+            late = conditions(cluster.get("triggers", "to-late"))
+            assert late["Ready"]["status"] == "False"
+            assert late["SubscriberResolved"]["reason"] == "DestinationNotReady"
+            assert "waiting for a Revision" in late["SubscriberResolved"]["message"]
+
+            # Brokers of another class, and their Triggers: untouched.
+            for kind, name in (("brokers", "other"), ("triggers", "of-other")):
+                untouched = cluster.get(kind, name)
+                assert "status" not in untouched or not untouched["status"], untouched
+                assert not untouched["metadata"].get("finalizers"), untouched
+
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.post(url, headers=cloudevent("e-1"), content=b"{}")
+                assert answer.status_code == 202, answer.text
+            await by_uri.wait_for(1)
+            await by_service.wait_for(1)
+
+            cluster.set_address("late", by_service.url)
+            await asyncio.to_thread(cluster.wait, "trigger/to-late")
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.post(url, headers=cloudevent("e-2"), content=b"{}")
+                assert answer.status_code == 202, answer.text
+            await by_uri.wait_for(2)
+            await by_service.wait_for(3)  # e-2 through to-service and to-late
+            assert sorted(r.headers["ce-id"] for r in by_uri.received) == ["e-1", "e-2"]
+            assert sorted(r.headers["ce-id"] for r in by_service.received) == ["e-1", "e-2", "e-2"]
+
+            # Deleting a Trigger: its consumer group goes, then its finalizer, then it.
+            uid = cluster.get("triggers", "to-uri")["metadata"]["uid"]
+            bus = cemesh.runtime.buses[cemesh.runtime.settings.default_bus]
+            topic = broker_topic(namespace, "default")
+            assert trigger_group(uid) in bus._topics.get(topic, {})  # white-box: memory bus
+            crd_server.kubectl("delete", "trigger", "to-uri", "-n", namespace, "--wait=false")
+            await asyncio.to_thread(cluster.wait, "trigger/to-uri", "delete")
+            assert trigger_group(uid) not in bus._topics.get(topic, {})
+
+            # Switching the Broker to another class releases it and its Triggers.
+            cluster.apply(broker("default", "MTChannelBasedBroker"))
+            await eventually(lambda: not cluster.get("brokers", "default")["metadata"].get(
+                "finalizers"))  # fmt: skip
+            await eventually(lambda: not cluster.get("triggers", "to-service")["metadata"].get(
+                "finalizers"))  # fmt: skip
+            assert (namespace, "default") not in cemesh.runtime.ingress.snapshot.brokers
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 60.0) -> None:  # noqa: ASYNC109
+    """Until ``check()`` holds (kubectl has no wait for an emptied list), within ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not await asyncio.to_thread(check):  # noqa: ASYNC110 (kubectl has no event)
+            await asyncio.sleep(0.2)  # a poll interval, bounded by the timeout
