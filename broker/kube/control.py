@@ -196,6 +196,12 @@ def finish(
     return statuses, dataclasses.replace(snapshot, brokers=brokers, triggers=triggers)
 
 
+def kube_kind(api_version: str, kind: str) -> KubeKind:
+    """The resource of ``kind`` (plural guessed as Kubernetes' UnsafeGuessKindToResource)."""
+    group, _, version = api_version.rpartition("/")
+    return KubeKind(group, version, guess_plural(kind), kind)
+
+
 class KubeControlPlane:
     """Keeps the data plane and Knative's statuses in step with the API server (module doc).
 
@@ -237,6 +243,8 @@ class KubeControlPlane:
         self._reconcile_options = dict(reconcile_options or {})
         self._bus_errors: dict[str, str] = {}
         self._watches: dict[KubeKind, list[CollectionWatch]] = {}
+        # Kinds whose LIST/WATCH fails now (not served, forbidden), with why.
+        self._unreadable: dict[KubeKind, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -263,8 +271,19 @@ class KubeControlPlane:
             async def on_change(_change: str, _obj: dict[str, Any]) -> None:
                 self._dirty.set()
 
+            def on_problem(problem: tuple[str, str] | None) -> None:
+                if problem is None:
+                    self._unreadable.pop(kind, None)
+                elif kind not in self._unreadable:
+                    self._unreadable[kind] = problem[1]
+                    self._dirty.set()  # what refers to this kind says why it cannot resolve
+
             watches = self._watches[kind] = self.store.watch(
-                kind, on_change, backoff=self._backoff, progress_bound=self._progress_bound
+                kind,
+                on_change,
+                on_problem=on_problem,
+                backoff=self._backoff,
+                progress_bound=self._progress_bound,
             )
             for watch in watches:
                 self._spawn(watch.run(), f"cemesh-kube-watch {watch.path}")
@@ -280,9 +299,16 @@ class KubeControlPlane:
         return all(w.synced.is_set() for w in self._watch(kind))
 
     def _lookup(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
-        group, _, version = api_version.rpartition("/")
-        watched = KubeKind(group, version, guess_plural(kind), kind)
-        for watch in self._watch(watched):
+        """The watched object, None when it does not exist; Unresolvable when its kind cannot
+        be listed (not served by this API server, or not allowed)."""
+        watched = kube_kind(api_version, kind)
+        watches = self._watch(watched)
+        if not all(w.synced.is_set() for w in watches) and watched in self._unreadable:
+            raise Unresolvable(
+                "DestinationNotReadable",
+                f"cannot list {kind} ({api_version}): {self._unreadable[watched]}",
+            )
+        for watch in watches:
             found = watch.objects.get((namespace, name))
             if found is not None:
                 return found
@@ -347,10 +373,12 @@ class KubeControlPlane:
             spec = obj.get("spec") or {}
             destinations.append(spec.get("subscriber") or {})
             destinations.append((spec.get("delivery") or {}).get("deadLetterSink") or {})
+        # Wait for the first list of every referenced kind (its watch marks us dirty), unless
+        # listing it fails: then what refers to it is not Ready, saying why (_lookup).
         pending = False
         for api_version, kind in referenced_kinds(destinations):
-            group, _, version = api_version.rpartition("/")
-            pending |= not self._synced(KubeKind(group, version, guess_plural(kind), kind))
+            watched = kube_kind(api_version, kind)
+            pending |= not self._synced(watched) and watched not in self._unreadable
         if pending:
             return None, {}
         objects, failures = resolve_objects(
@@ -365,8 +393,15 @@ class KubeControlPlane:
             config = (broker.get("spec") or {}).get("config") or {}
             if config.get("kind") == "ConfigMap" and config.get("name"):
                 wanted.add((str(config.get("namespace") or _key(broker)[0]), str(config["name"])))
-        found = [self._lookup("v1", "ConfigMap", ns, name) for ns, name in sorted(wanted)]
-        return [{**c, "apiVersion": "v1", "kind": "ConfigMap"} for c in found if c is not None]
+        found = []
+        for namespace, name in sorted(wanted):
+            try:
+                config_map = self._lookup("v1", "ConfigMap", namespace, name)
+            except Unresolvable:  # ConfigMaps cannot be listed: reconcile says ConfigNotFound
+                continue
+            if config_map is not None:
+                found.append({**config_map, "apiVersion": "v1", "kind": "ConfigMap"})
+        return found
 
     def _reconcile(self, objects: list[Obj], unavailable: dict[str, str]) -> Any:
         return reconcile(
