@@ -12,7 +12,8 @@ and, in the ``shared_conformance`` pass, with Knative's own CRDs from
 - events POSTed to the Broker's URL reach each matching subscriber once;
 - an ``MTChannelBasedBroker`` Broker beside it, and its Trigger, get no status, no finalizer;
 - a Trigger to a Service without an address is not Ready (``DestinationNotReady``) and turns
-  Ready when the Service gets one (watched, not polled);
+  Ready when the Service gets one (watched, not polled); one to a core Service, which this
+  API server cannot list, is not Ready (``DestinationNotReadable``) and holds nothing else up;
 - deleting a Trigger retires its consumer group on the bus, then removes the finalizer;
 - switching the Broker's class away releases it (finalizers removed, nothing served).
 
@@ -161,6 +162,11 @@ async def test_a_cemesh_class_broker_on_kubernetes_serves_its_triggers_and_leave
             trigger("to-uri", "default", {"uri": by_uri.url}),
             trigger("to-service", "default", service_ref("fn")),
             trigger("to-late", "default", service_ref("late")),
+            trigger(
+                "to-core",
+                "default",
+                {"ref": {"apiVersion": "v1", "kind": "Service", "name": "web"}},
+            ),
             trigger("of-other", "other", {"uri": by_uri.url}),
         )
         async with running_cemesh(
@@ -188,6 +194,12 @@ async def test_a_cemesh_class_broker_on_kubernetes_serves_its_triggers_and_leave
             assert late["Ready"]["status"] == "False"
             assert late["SubscriberResolved"]["reason"] == "DestinationNotReady"
             assert "waiting for a Revision" in late["SubscriberResolved"]["message"]
+
+            # This API server serves no core Services: a Trigger naming one says so, alone.
+            await eventually(lambda: "Ready" in conditions(cluster.get("triggers", "to-core")))
+            core = conditions(cluster.get("triggers", "to-core"))
+            assert core["SubscriberResolved"]["reason"] == "DestinationNotReadable"
+            assert core["Ready"]["status"] == "False"
 
             # Brokers of another class, and their Triggers: untouched.
             for kind, name in (("brokers", "other"), ("triggers", "of-other")):
