@@ -90,7 +90,7 @@ def test_only_brokers_of_cemeshs_class_and_their_triggers_are_selected() -> None
 
 
 def test_a_broker_switched_to_another_class_is_released_with_its_triggers() -> None:
-    finalized = {"finalizers": [FINALIZER]}
+    finalized: dict[str, Any] = {"finalizers": [FINALIZER]}
     chosen = select(
         [broker("was-ours", "MTChannelBasedBroker", **finalized)],
         [trigger("t", "was-ours", {}, **finalized)],
@@ -102,8 +102,8 @@ def test_a_broker_switched_to_another_class_is_released_with_its_triggers() -> N
 
 
 def test_a_deleted_trigger_is_released_and_one_whose_broker_is_gone_stays_cemeshs() -> None:
-    finalized = {"finalizers": [FINALIZER]}
-    deleting = {**finalized, "deletionTimestamp": "2026-12-01T00:00:00Z"}
+    finalized: dict[str, Any] = {"finalizers": [FINALIZER]}
+    deleting: dict[str, Any] = {**finalized, "deletionTimestamp": "2026-12-01T00:00:00Z"}
     chosen = select(
         [broker("ours")],
         [trigger("going", "ours", {}, **deleting), trigger("orphan", "gone", {}, **finalized)],
@@ -114,7 +114,10 @@ def test_a_deleted_trigger_is_released_and_one_whose_broker_is_gone_stays_cemesh
 
 
 def test_the_triggers_of_a_broker_being_deleted_are_released() -> None:
-    deleting = {"finalizers": [FINALIZER], "deletionTimestamp": "2026-12-01T00:00:00Z"}
+    deleting: dict[str, Any] = {
+        "finalizers": [FINALIZER],
+        "deletionTimestamp": "2026-12-01T00:00:00Z",
+    }
     chosen = select(
         [broker("ours", **deleting)],
         [trigger("t", "ours", {}, finalizers=[FINALIZER])],
