@@ -28,6 +28,7 @@ from broker.errors import CemeshError
 
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 60.0  # seconds for one non-watch request
+USER_AGENT = "cemesh"
 Query = Sequence[tuple[str, str]]
 
 
@@ -86,6 +87,7 @@ class KubeConnection:
         self.configuration = configuration
         self.url = str(configuration.host).rstrip("/")
         self._api = client.ApiClient(configuration)
+        self._api.user_agent = USER_AGENT  # so that audit logs tell cemesh's requests apart
 
     @classmethod
     async def connect(cls, kubeconfig: str | None, context: str | None = None) -> KubeConnection:

@@ -18,7 +18,11 @@ and, in the ``shared_conformance`` pass, with Knative's own CRDs from
 - switching the Broker's class away releases it (finalizers removed, nothing served).
 
 Core kinds (ConfigMaps, core Services) are not served by this API server; their paths are
-tested against recorded responses in tests/unit/test_kube_control.py.
+tested against recorded responses in tests/unit/test_kube_control.py. Here, a Trigger naming
+a core Service and a Broker naming a ConfigMap are not Ready and say why.
+
+The API server keeps an audit log: what cemesh requested must be granted by
+deploy/kubernetes's roles, and those roles must grant nothing else.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import httpx
 import pytest
 
+from broker.kube.client import USER_AGENT
 from broker.kube.control import FINALIZER
 from broker.spec import broker_topic, trigger_group
 from tests.conftest import shared_fixture_dir
@@ -46,6 +51,9 @@ pytestmark = pytest.mark.timeout(180)
 WAIT = "60s"  # kubectl wait bound: generous, the machine is shared
 
 
+AUDIT_POLICY = "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: Metadata\n"
+
+
 @pytest.fixture(
     scope="module",
     params=["project-crds", pytest.param("knative-crds", marks=pytest.mark.shared_conformance)],
@@ -53,12 +61,21 @@ WAIT = "60s"  # kubectl wait bound: generous, the machine is shared
 def crd_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[KubeApiServer]:
-    if request.param == "project-crds":
-        yield request.getfixturevalue("kube_apiserver")
-        return
+    """An API server of this module, with an audit log of every request (``audit.log``)."""
+    base_dir = tmp_path_factory.mktemp(f"kube-{request.param}")
+    (base_dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+    crds = (
+        (kube.PROJECT_CRDS,)
+        if request.param == "project-crds"
+        else (shared_fixture_dir("knative-crds"), kube.PROJECT_CRDS / "lease-shim.yaml")
+    )
     server = kube.launch(
-        tmp_path_factory.mktemp("kube-knative"),
-        crds=(shared_fixture_dir("knative-crds"), kube.PROJECT_CRDS / "lease-shim.yaml"),
+        base_dir,
+        crds=crds,
+        apiserver_args=[
+            f"--audit-policy-file={base_dir / 'audit-policy.yaml'}",
+            f"--audit-log-path={base_dir / 'audit.log'}",
+        ],
     )
     try:
         yield server
@@ -73,6 +90,12 @@ def broker(name: str, broker_class: str) -> dict[str, Any]:
         "metadata": {"name": name,
                      "annotations": {"eventing.knative.dev/broker.class": broker_class}},
     }  # fmt: skip
+
+
+def configured_broker(name: str, config_map: str) -> dict[str, Any]:
+    configured = broker(name, "cemesh")
+    configured["spec"] = {"config": {"apiVersion": "v1", "kind": "ConfigMap", "name": config_map}}
+    return configured
 
 
 def trigger(name: str, broker_name: str, subscriber: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +182,7 @@ async def test_a_cemesh_class_broker_on_kubernetes_serves_its_triggers_and_leave
         cluster.apply(
             broker("default", "cemesh"),
             broker("other", "MTChannelBasedBroker"),
+            configured_broker("configured", "bus-config"),
             trigger("to-uri", "default", {"uri": by_uri.url}),
             trigger("to-service", "default", service_ref("fn")),
             trigger("to-late", "default", service_ref("late")),
@@ -201,6 +225,12 @@ async def test_a_cemesh_class_broker_on_kubernetes_serves_its_triggers_and_leave
             assert core["SubscriberResolved"]["reason"] == "DestinationNotReadable"
             assert core["Ready"]["status"] == "False"
 
+            # Nor ConfigMaps: a Broker whose spec.config names one is not Ready, saying why.
+            await eventually(lambda: "Ready" in conditions(cluster.get("brokers", "configured")))
+            configured = conditions(cluster.get("brokers", "configured"))
+            assert configured["Ready"]["status"] == "False"
+            assert configured["Ready"]["reason"] == "ConfigNotFound"
+
             # Brokers of another class, and their Triggers: untouched.
             for kind, name in (("brokers", "other"), ("triggers", "of-other")):
                 untouched = cluster.get(kind, name)
@@ -240,9 +270,50 @@ async def test_a_cemesh_class_broker_on_kubernetes_serves_its_triggers_and_leave
                 "finalizers"))  # fmt: skip
             assert (namespace, "default") not in cemesh.runtime.ingress.snapshot.brokers
 
+    # What cemesh asked of the API server is granted by deploy/kubernetes, and the roles grant
+    # nothing it does not use (but Lease renewal, which this run may not have lasted to see).
+    used = requests_by_cemesh(crd_server.base_dir / "audit.log")
+    granted = granted_by_deploy()
+    assert used <= granted, used - granted
+    # Not seen here: Knative's aggregated roles (not ours to trim), watches of the core kinds
+    # this API server cannot list, and Lease renewal (this run may end before the first).
+    unused = granted - used - ADDRESSABLES
+    assert unused <= {("", "configmaps", "watch"), ("", "services", "watch"),
+                      ("coordination.k8s.io", "leases", "update")}, unused  # fmt: skip
+
 
 async def eventually(check: Callable[[], bool], timeout: float = 60.0) -> None:  # noqa: ASYNC109
     """Until ``check()`` holds (kubectl has no wait for an emptied list), within ``timeout``."""
     async with asyncio.timeout(timeout):
         while not await asyncio.to_thread(check):  # noqa: ASYNC110 (kubectl has no event)
             await asyncio.sleep(0.2)  # a poll interval, bounded by the timeout
+
+
+def requests_by_cemesh(audit_log: Path) -> set[tuple[str, str, str]]:
+    """(API group, resource[/subresource], verb) of every request cemesh made (told apart by
+    its user agent from kubectl's and the API server's own), from the audit log."""
+    used = set()
+    for line in audit_log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if not event.get("userAgent", "").startswith(USER_AGENT) or not ref.get("resource"):
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+    return used
+
+
+def granted_by_deploy() -> set[tuple[str, str, str]]:
+    """What deploy/kubernetes grants cemesh's ServiceAccount: its ClusterRole, its Lease Role,
+    and (through Knative's aggregated addressable roles) get/list/watch of Addressables."""
+    from tests.integration.test_kubernetes_manifests import DEPLOY, grants, one, render
+
+    base = render(DEPLOY / "base")
+    return (
+        grants(one(base, "ClusterRole", "cemesh-controller"))
+        | grants(one(base, "Role", "cemesh-leader-election"))
+        | ADDRESSABLES
+    )
+
+
+ADDRESSABLES = {("serving.knative.dev", "services", v) for v in ("get", "list", "watch")}
