@@ -123,6 +123,17 @@ def bus_options(settings: Settings, name: str) -> dict[str, Any]:
     }
 
 
+def reconcile_options(settings: Settings) -> dict[str, Any]:
+    """reconcile()'s options beyond the base URL, delivery and channel, for either control
+    plane (the store's Controller, or the Kubernetes one)."""
+    return {
+        "ingress_oidc": settings.ingress_oidc,
+        "default_authorization_mode": settings.default_authorization_mode,
+        "https_base_url": settings.https_base_url,
+        "ca_certs": published_ca_certs(settings),
+    }
+
+
 class Runtime:
     """Everything one cemesh app owns while it runs."""
 
@@ -189,13 +200,7 @@ class Runtime:
             max_ttl=settings.max_ttl,
             tokens=self.tokens,
         )
-        # reconcile()'s options beyond the base URL, delivery and channel, for either plane.
-        self.reconcile_options: dict[str, Any] = {
-            "ingress_oidc": settings.ingress_oidc,
-            "default_authorization_mode": settings.default_authorization_mode,
-            "https_base_url": settings.https_base_url,
-            "ca_certs": published_ca_certs(settings),
-        }
+        self.reconcile_options = reconcile_options(settings)
         self.controller = Controller(
             self.store,
             base_url=settings.base_url,

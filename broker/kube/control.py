@@ -33,11 +33,10 @@ from broker.errors import CemeshError
 from broker.kube.lease import LeaderElector
 from broker.kube.resolution import CLUSTER_DOMAIN, Lookup, referenced_kinds, resolve_destination
 from broker.kube.status import knative_broker_status, mark_unresolved
-from broker.kube.store import BROKERS, TRIGGERS, KubeKind, KubeStore
+from broker.kube.store import BROKERS, TRIGGERS, KubeKind, KubeStore, kube_kind
 from broker.kube.watch import Backoff, CollectionWatch
 from broker.reconcile import Unresolvable, reconcile
 from broker.resources import BROKER_CLASS_ANNOTATION, trigger_broker
-from broker.sources.apiserver import guess_plural
 from broker.spec import DeliveryPolicy, Snapshot
 
 log = logging.getLogger(__name__)
@@ -194,12 +193,6 @@ def finish(
                 statuses[uid], served=_key(obj) in served, previous=obj.get("status")
             )
     return statuses, dataclasses.replace(snapshot, brokers=brokers, triggers=triggers)
-
-
-def kube_kind(api_version: str, kind: str) -> KubeKind:
-    """The resource of ``kind`` (plural guessed as Kubernetes' UnsafeGuessKindToResource)."""
-    group, _, version = api_version.rpartition("/")
-    return KubeKind(group, version, guess_plural(kind), kind)
 
 
 class KubeControlPlane:

@@ -37,6 +37,18 @@ from broker.kube.watch import Backoff, CollectionWatch, OnChange, OnProblem, lis
 CONFLICT_RETRIES = 5
 
 
+def guess_plural(kind: str) -> str:
+    """The resource name Kubernetes' ``UnsafeGuessKindToResource`` guesses from a kind."""
+    singular = kind.lower()
+    if not singular or singular.endswith("endpoints"):
+        return singular
+    if singular.endswith("s"):
+        return singular + "es"
+    if singular.endswith("y"):
+        return singular[:-1] + "ies"
+    return singular + "s"
+
+
 @dataclass(frozen=True, slots=True)
 class KubeKind:
     """A namespaced resource type on the API server."""
@@ -63,6 +75,12 @@ class KubeKind:
             if subresource:
                 root += f"/{subresource}"
         return root
+
+
+def kube_kind(api_version: str, kind: str) -> KubeKind:
+    """The resource of ``kind`` in ``api_version``, its plural guessed from the kind."""
+    group, _, version = api_version.rpartition("/")
+    return KubeKind(group, version, guess_plural(kind), kind)
 
 
 BROKERS = KubeKind("eventing.knative.dev", "v1", "brokers", "Broker")

@@ -48,6 +48,7 @@ import orjson
 from broker.errors import CemeshError, InvalidResource
 from broker.events import CloudEvent, new_event
 from broker.kube.client import KubeConnection, load_client_configuration
+from broker.kube.store import guess_plural
 from broker.kube.watch import (
     ADD,
     DELETE,
@@ -74,18 +75,6 @@ OnEvent = Callable[[CloudEvent], Awaitable[None]]
 
 
 # -- The event mapping (pure) ---------------------------------------------------------------
-
-
-def guess_plural(kind: str) -> str:
-    """The resource name Kubernetes' ``UnsafeGuessKindToResource`` guesses from a kind."""
-    singular = kind.lower()
-    if not singular or singular.endswith("endpoints"):
-        return singular
-    if singular.endswith("s"):
-        return singular + "es"
-    if singular.endswith("y"):
-        return singular[:-1] + "ies"
-    return singular + "s"
 
 
 def self_link(api_version: str, kind: str, namespace: str, name: str) -> str:
