@@ -318,12 +318,15 @@ class KubeControlPlane:
         self._spawn(self._loop(), "cemesh-kube-control")
 
     async def stop(self) -> None:
+        """Stop watching; hand leadership over at once (the Lease is released)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.elector is not None:
+            await self.elector.release()
         for close in self.on_stop:
             await close()
 

@@ -132,6 +132,21 @@ class LeaderElector:
         self._led_until = now + timedelta(seconds=self.duration)
         return True
 
+    async def release(self) -> None:
+        """Give the Lease up if this replica holds it (shutting down, after :meth:`run` was
+        cancelled), so that another takes over at its next round instead of after the Lease's
+        duration. Failures are logged: expiry frees it anyway."""
+        self._set_leader(False)
+        try:
+            lease = await self.store.get_lease(self.namespace, self.name)
+            if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == (
+                self.identity
+            ):
+                spec = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1}
+                await self.store.replace_lease(lease, spec)
+        except CemeshError as exc:
+            log.info("lease not released: %s", exc.message)
+
     async def run(self) -> None:
         """Acquire and renew until cancelled; a failed renewal past the duration steps down."""
         try:

@@ -205,6 +205,8 @@ class KubeStore:
                 current = await self.get(kind, namespace, name)
                 if current["metadata"].get("generation") != metadata.get("generation"):
                     return None
+                if current.get("status") == status:
+                    return current  # written already (by us, seen late by the watch): no-op
         raise Conflict(f"{what}: still conflicting after {CONFLICT_RETRIES} attempts")
 
     async def add_finalizer(
