@@ -9,7 +9,8 @@ and, in the ``shared_conformance`` pass, with Knative's own CRDs from
 - a cemesh-class Broker becomes Ready with its URL (``kubectl wait``), with Knative's
   conditions, ``observedGeneration`` and cemesh's finalizer; a Trigger to a ``uri`` and one to a
   Knative Service whose status carries an address become Ready with ``subscriberUri``;
-- events POSTed to the Broker's URL reach each matching subscriber once;
+- events POSTed to the Broker's URL reach each matching subscriber once; a spec change (a new
+  filter) is picked up, with a new ``observedGeneration``;
 - an ``MTChannelBasedBroker`` Broker beside it, and its Trigger, get no status, no finalizer;
 - a Trigger to a Service without an address is not Ready (``DestinationNotReady``) and turns
   Ready when the Service gets one (watched, not polled); one to a core Service, which this
@@ -253,6 +254,21 @@ async def test_a_cemesh_class_broker_on_kubernetes_serves_its_triggers_and_leave
             assert sorted(r.headers["ce-id"] for r in by_uri.received) == ["e-1", "e-2"]
             assert sorted(r.headers["ce-id"] for r in by_service.received) == ["e-1", "e-2", "e-2"]
 
+            # A spec change is picked up: a new filter, a new observedGeneration.
+            crd_server.kubectl(
+                "patch", "trigger", "to-service", "-n", namespace, "--type=merge",
+                "-p", json.dumps({"spec": {"filter": {"attributes": {"type": "com.example.x"}}}}),
+            )  # fmt: skip
+            await asyncio.to_thread(cluster.wait, "trigger/to-service",
+                                    "jsonpath={.status.observedGeneration}=2")  # fmt: skip
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.post(url, headers=cloudevent("e-3"), content=b"{}")
+                assert answer.status_code == 202, answer.text
+            await by_uri.wait_for(3)
+            await by_service.wait_for(4)  # e-3 through to-late only: to-service filters it out
+            assert sorted(r.headers["ce-id"] for r in by_service.received) == [
+                "e-1", "e-2", "e-2", "e-3"]  # fmt: skip
+
             # Deleting a Trigger: its consumer group goes, then its finalizer, then it.
             uid = cluster.get("triggers", "to-uri")["metadata"]["uid"]
             bus = cemesh.runtime.buses[cemesh.runtime.settings.default_bus]
@@ -317,3 +333,22 @@ def granted_by_deploy() -> set[tuple[str, str, str]]:
 
 
 ADDRESSABLES = {("serving.knative.dev", "services", v) for v in ("get", "list", "watch")}
+
+
+async def test_a_kubernetes_control_plane_without_a_usable_kubeconfig_says_which_file(
+    tmp_path: Path,
+) -> None:
+    from broker import Settings
+    from broker.errors import CemeshError
+    from broker.kube.control import connect_control_plane
+    from broker.spec import DeliveryPolicy
+
+    async def nothing(*_: Any) -> Any:
+        return {}
+
+    settings = Settings(control_plane="kubernetes", kubeconfig=str(tmp_path / "no-such-file"))
+    with pytest.raises(CemeshError, match="no-such-file does not exist"):
+        await connect_control_plane(
+            settings, apply_snapshot=nothing, open_buses=nothing, retire_groups=None,
+            default_delivery=DeliveryPolicy(),
+        )  # fmt: skip
