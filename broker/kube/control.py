@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,7 +181,10 @@ def finish(
         for failure in failures.get(uid, []):
             statuses[uid] = mark_unresolved(statuses[uid], failure.condition, failure.uri_field,
                                             failure.reason, failure.message)  # fmt: skip
-            brokers.pop(_key(obj), None) if obj["kind"] == "Broker" else triggers.pop(uid, None)
+            if obj["kind"] == "Broker":
+                brokers.pop(_key(obj), None)
+            else:
+                triggers.pop(uid, None)
     served = set(brokers)
     for uid, spec in list(triggers.items()):
         if (spec.namespace, spec.broker) not in served:
@@ -282,8 +285,8 @@ class KubeControlPlane:
                 self._spawn(watch.run(), f"cemesh-kube-watch {watch.path}")
         return watches
 
-    def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))  # type: ignore[arg-type]
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))
 
     def _objects(self, kind: KubeKind) -> list[Obj]:
         return [obj for w in self._watch(kind) for obj in w.objects.values()]
