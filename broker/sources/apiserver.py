@@ -565,6 +565,7 @@ class ApiServerSource(Source):
             namespace=self.spec.namespace,
             namespace_selector=spec.get("namespaceSelector"),
             kubeconfig=self.context.settings.kubeconfig,
+            progress_bound=self.context.settings.kube_watch_progress_bound,
             on_event=self._send,
             on_state=lambda problem, source: self.report(problem, source_uri=source or None),
         )
