@@ -162,7 +162,7 @@ async def test_two_replicas_on_a_durable_bus_deliver_each_event_once_and_one_car
                         headers=event_headers(f"e-{i}"),
                         content=b"{}",
                     )
-                    assert answer.status_code == 202, answer.text  # fmt: skip
+                    assert answer.status_code == 202, answer.text
 
                 for i in range(20):
                     await send(replicas[i % 2], i)
