@@ -52,6 +52,7 @@ from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
 from broker.errors import BusClientMissing, CemeshError, RequestIncomplete
 from broker.ingress import Ingress, match_route
+from broker.kube.control import KubeControlPlane, connect_control_plane
 from broker.listeners import Listeners
 from broker.metrics import Metrics
 from broker.outbound import OutboundGuard, guard_for
@@ -122,6 +123,17 @@ def bus_options(settings: Settings, name: str) -> dict[str, Any]:
     }
 
 
+def reconcile_options(settings: Settings) -> dict[str, Any]:
+    """reconcile()'s options beyond the base URL, delivery and channel, for either control
+    plane (the store's Controller, or the Kubernetes one)."""
+    return {
+        "ingress_oidc": settings.ingress_oidc,
+        "default_authorization_mode": settings.default_authorization_mode,
+        "https_base_url": settings.https_base_url,
+        "ca_certs": published_ca_certs(settings),
+    }
+
+
 class Runtime:
     """Everything one cemesh app owns while it runs."""
 
@@ -188,6 +200,7 @@ class Runtime:
             max_ttl=settings.max_ttl,
             tokens=self.tokens,
         )
+        self.reconcile_options = reconcile_options(settings)
         self.controller = Controller(
             self.store,
             base_url=settings.base_url,
@@ -197,10 +210,7 @@ class Runtime:
             open_buses=self.open_buses,
             resync_interval=settings.resync_interval,
             retire_groups=self.retire_groups,
-            ingress_oidc=settings.ingress_oidc,
-            default_authorization_mode=settings.default_authorization_mode,
-            https_base_url=settings.https_base_url,
-            ca_certs=published_ca_certs(settings),
+            **self.reconcile_options,
         )
         context = RuntimeContext(
             settings=settings,
@@ -212,6 +222,13 @@ class Runtime:
         # Features that run beside the dispatcher, each fed its part of every snapshot.
         self.components: list[Component] = [SourceRunner(context), Invoker(context)]
         self.ready = False
+        # With control_plane kubernetes: the loop that replaces the controller (at startup).
+        self.kube_plane: KubeControlPlane | None = None
+
+    @property
+    def plane(self) -> Controller | KubeControlPlane:
+        """The control loop in use: the store's controller, or the Kubernetes one."""
+        return self.kube_plane or self.controller
 
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
@@ -302,8 +319,20 @@ class Runtime:
             self.keys.start()
         # Buses open as Brokers and Channels need them; one that cannot open marks those not
         # Ready (and /readyz 503) and is tried again on every poll, rather than failing startup.
-        await self.controller.sync()
-        self.controller.start()
+        if self.settings.control_plane == "kubernetes":
+            # Brokers and Triggers come from the Kubernetes API (broker/kube/control.py).
+            self.kube_plane = await connect_control_plane(
+                self.settings,
+                apply_snapshot=self.apply_snapshot,
+                open_buses=self.open_buses,
+                retire_groups=self.retire_groups,
+                default_delivery=default_delivery(self.settings),
+                reconcile_options=self.reconcile_options,
+            )
+            self.kube_plane.start()
+        else:
+            await self.controller.sync()
+            self.controller.start()
         self.ready = True
         log.info(
             "cemesh ready",
@@ -321,7 +350,7 @@ class Runtime:
             yield
         finally:
             self.ready = False
-            await self.controller.stop()
+            await self.plane.stop()
             for component in self.components:
                 await component.stop()
             await self.dispatcher.drain(self.settings.drain_timeout)
@@ -389,15 +418,16 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
     if runtime.tokens is not None and runtime.keys is not None:
         install_issuer_routes(api, runtime.tokens, runtime.keys)
     install_openapi(api)
-    install_resource_routes(
-        api,
-        ResourceApi(
-            runtime.store,
-            runtime.controller,
-            runtime.access,
-            outbound_guard(settings),
-        ),
-    )
+    if settings.control_plane != "kubernetes":  # else resources are the cluster's (kubectl)
+        install_resource_routes(
+            api,
+            ResourceApi(
+                runtime.store,
+                runtime.controller,
+                runtime.access,
+                outbound_guard(settings),
+            ),
+        )
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -405,8 +435,8 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
 
     @api.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        problems = list(runtime.controller.bus_errors.values())
-        if not (runtime.ready and runtime.controller.synced.is_set()):
+        problems = list(runtime.plane.bus_errors.values())
+        if not (runtime.ready and runtime.plane.synced.is_set()):
             problems.insert(0, "starting")
         body: dict[str, Any] = {"status": "not ready" if problems else "ready"}
         if problems:

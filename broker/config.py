@@ -285,6 +285,32 @@ class Settings(BaseSettings):
     )
     kube_context: str | None = Field(default=None, description="kubeconfig context to use.")
 
+    # Control plane (README "cemesh as a Knative Broker class"): where Brokers and Triggers live.
+    control_plane: Literal["store", "kubernetes"] = Field(
+        default="store",
+        description="store: cemesh's own API and database; kubernetes: Knative Brokers of "
+        "class broker_class and their Triggers on the Kubernetes API (kubeconfig).",
+    )
+    broker_class: str = Field(
+        default="cemesh",
+        description="The eventing.knative.dev/broker.class cemesh serves (control_plane "
+        "kubernetes); Brokers of other classes are left alone.",
+    )
+    kube_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces whose Brokers and Triggers cemesh serves (comma-separated); "
+        "empty: all.",
+    )
+    kube_lease_namespace: str = Field(
+        default="cemesh",
+        description="Namespace of the Lease that elects the replica writing statuses.",
+    )
+    kube_watch_progress_bound: float = Field(
+        default=150.0,
+        gt=0,
+        description="Seconds a watch may go without an event or bookmark before it relists.",
+    )
+
     # Management API security (README "Security"). Lists may be given as comma-separated text.
     auth: Literal["required", "none"] = Field(
         default="required",
@@ -324,7 +350,7 @@ class Settings(BaseSettings):
         default=False, description="true: /metrics needs a bearer token like the API."
     )
 
-    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @field_validator("allowed_hosts", "cors_origins", "kube_namespaces", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -2,18 +2,22 @@
 
 What this module owns:
 
-- the pure rules (the event mapping, admission, the owner filter, the relist diff) are
-  :mod:`broker.sources.apiserver_objects`';
-- the watcher (:class:`ApiServerWatcher`): LIST then WATCH per resource with bookmarks,
-  resuming from the last resourceVersion after a dropped connection and relisting after
-  410 Gone, so that nothing is lost and nothing is sent twice;
+- the event mapping (:func:`to_cloudevent`, pure): types ``dev.knative.apiserver.resource.*``
+  (``Resource`` mode, data = the object) and ``dev.knative.apiserver.ref.*`` (``Reference``
+  mode, data = ``{kind, namespace, name, apiVersion}``); ``source`` = the API server URL;
+  ``subject`` = Knative's guessed self link ``/apis/<apiVersion>/namespaces/<ns>/<plural>/<name>``;
+  extensions ``kind``, ``name``, ``namespace``, ``apiversion`` for Trigger filters;
+- admission of the resource's spec (:func:`admit_api_server_source`);
+- the watcher (:class:`ApiServerWatcher`): one :class:`broker.kube.watch.CollectionWatch`
+  (the project's one list + watch: bookmarks, resume from the last resourceVersion, relist
+  after 410 Gone or when no progress is made within a bound, backoff) per resource and
+  namespace, whose changes it turns into events;
 - its health (:class:`_Health`): a client configuration that cannot be loaded
-  (``KubeconfigUnavailable``), an API server that cannot be reached (``ApiServerUnreachable``)
-  or that answers with an error (``ApiServerRejected``) is retried with exponential backoff
-  (:class:`Backoff`, capped), which starts over once a LIST or WATCH succeeds (so one blip on a
-  healthy watch reconnects at once); the state goes to ``on_state`` and the log only when it
-  changes (one line when watching fails, one when it works again), never per retry, and
-  without tracebacks: the source's status says why it is not Ready;
+  (``KubeconfigUnavailable``), an API server that cannot be reached (``ApiServerUnreachable``),
+  that answers with an error (``ApiServerRejected``) or whose watch stalled (``WatchStalled``,
+  then relisted) goes to ``on_state`` and the log only when the state changes (one line when
+  watching fails, one when it works again), never per retry, and without tracebacks: the
+  source's status says why it is not Ready;
 - the :class:`ApiServerSource` runner plugged into :mod:`broker.sources` at the bottom.
 
 Knative's adapter feeds a client-go Reflector into a ``cache.Store`` whose ``Replace`` does
@@ -33,77 +37,60 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import orjson
-
 from broker.errors import CemeshError
 from broker.events import CloudEvent
+from broker.kube.client import KubeConnection, load_client_configuration
+from broker.kube.store import guess_plural
+from broker.kube.watch import (
+    UNREACHABLE,
+    Backoff,
+    CollectionWatch,
+    Expired,
+    WatchFailed,
+    list_collection,
+)
 from broker.labels import label_selector_string
 from broker.sources.apiserver_objects import (
-    ADD,
-    DELETE,
     MODES,
+    REF_EVENT_TYPES,
     REFERENCE_MODE,
-    UPDATE,
-    Key,
+    RESOURCE_EVENT_TYPES,
+    RESOURCE_MODE,
     admit_api_server_source,
     controlled_by,
-    diff_states,
     event_types,
-    guess_plural,
-    object_key,
     object_meta,
+    object_reference,
+    self_link,
     to_cloudevent,
-    version_of,
 )
 
 log = logging.getLogger(__name__)
 
-_WATCH_TYPES = {"ADDED": ADD, "MODIFIED": UPDATE, "DELETED": DELETE}
-
 OnEvent = Callable[[CloudEvent], Awaitable[None]]
 
+__all__ = [
+    "MODES",
+    "REFERENCE_MODE",
+    "REF_EVENT_TYPES",
+    "RESOURCE_EVENT_TYPES",
+    "RESOURCE_MODE",
+    "admit_api_server_source",
+    "controlled_by",
+    "event_types",
+    "guess_plural",
+    "load_client_configuration",
+    "object_reference",
+    "self_link",
+    "to_cloudevent",
+]
 
-# -- The watcher (I/O) ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter between failed LIST/WATCH attempts."""
-
-    initial: float = 0.8
-    maximum: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.1
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before attempt ``attempt`` (1 = the first retry)."""
-        base = min(self.initial * self.factor ** max(attempt - 1, 0), self.maximum)
-        return base * (1 + random.uniform(0, self.jitter))
-
-
-class _Expired(Exception):
-    """The server no longer has our resourceVersion (410 Gone): relist."""
-
-
-UNREACHABLE = "ApiServerUnreachable"
-REJECTED = "ApiServerRejected"
 NO_CONFIG = "KubeconfigUnavailable"
-
-
-class _WatchFailed(Exception):
-    """The watch request or stream failed in a way a retry from the same version may fix."""
-
-    def __init__(self, message: str, reason: str = UNREACHABLE) -> None:
-        super().__init__(message)
-        self.reason = reason
-
 
 Problem = tuple[str, str] | None  # (reason, message) while watching fails; None when it works
 OnState = Callable[[Problem, str], None]  # (problem, the API server URL once known)
@@ -126,6 +113,12 @@ class _Health:
     def ok(self, part: object) -> None:
         if self.failing.pop(part, None) is not None or self.reported is not None:
             self._publish()
+
+    def report(self, part: object, problem: Problem) -> None:
+        if problem is None:
+            self.ok(part)
+        else:
+            self.failed(part, *problem)
 
     def _publish(self) -> None:
         problem = next(iter(self.failing.values()), None)
@@ -162,64 +155,19 @@ class WatchTarget:
         return f"{prefix}{group_version}/{scope}{guess_plural(self.kind)}"
 
 
-@dataclass
-class _Cursor:
-    """What one target's loop knows: its last resourceVersion and the objects it has seen."""
-
-    resource_version: str | None = None
-    objects: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
-    synced: bool = False
-    connected: bool = False  # the current WATCH got its 200 (the API server works)
-
-
-async def load_client_configuration(kubeconfig: str | None) -> Any:
-    """A kubernetes_asyncio ``Configuration``: from ``kubeconfig``, else in-cluster, else
-    ``$KUBECONFIG`` or ``~/.kube/config`` (like client-go's ``BuildConfigFromFlags``)."""
-    from kubernetes_asyncio import client, config
-    from kubernetes_asyncio.config.config_exception import ConfigException
-
-    configuration = client.Configuration()
-    if kubeconfig and not os.path.exists(kubeconfig):  # noqa: ASYNC240 (one stat, rarely)
-        raise CemeshError(f"the kubeconfig file {kubeconfig} does not exist")
-    try:
-        if kubeconfig:
-            await config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration, persist_config=False
-            )
-        else:
-            try:
-                config.load_incluster_config(client_configuration=configuration)
-            except ConfigException:
-                # KUBECONFIG is read now: kubernetes_asyncio reads it once, at import.
-                await config.load_kube_config(
-                    config_file=os.environ.get("KUBECONFIG") or None,
-                    client_configuration=configuration,
-                    persist_config=False,
-                )
-    except (ConfigException, OSError) as exc:
-        where = kubeconfig or (
-            "in-cluster service account, then "
-            + (os.environ.get("KUBECONFIG") or "~/.kube/config (no $KUBECONFIG)")
-        )
-        raise CemeshError(
-            f"cannot load the Kubernetes client configuration from {where}: {exc}"
-        ) from exc
-    return configuration
-
-
 class ApiServerWatcher:
     """Watches Kubernetes resources and hands each change, as a CloudEvent, to ``on_event``.
 
-    For each resource (and each namespace watched): LIST for the current resourceVersion,
-    then WATCH from it with bookmarks. Every event and BOOKMARK advances the resourceVersion;
-    a dropped connection reconnects (with :class:`Backoff`) from the last one, so nothing is
-    missed or repeated; a 410 Gone (HTTP status or ``ERROR`` event) relists and emits only
-    the differences from the last known state. ``on_event`` is awaited before the next
-    change of the same resource is read (back-pressure, per-resource order); an exception it
-    raises is logged and the event dropped, as Knative does after its send retries (K193).
+    One :class:`~broker.kube.watch.CollectionWatch` per resource (and namespace watched): LIST,
+    then WATCH with bookmarks, resuming from the last resourceVersion after a dropped
+    connection, relisting after 410 Gone or when the watch makes no progress within
+    ``progress_bound`` (an API server whose etcd came back empty), and then emitting only the
+    differences from the last known state. ``on_event`` is awaited before the next change of
+    the same resource is read (back-pressure, per-resource order); an exception it raises is
+    logged and the event dropped, as Knative does after its send retries (K193).
 
     ``ready`` is set once every collection has been listed and watches are starting: changes
-    made after that are all reported.
+    made after that are all reported. The first LIST announces nothing (module docstring).
     """
 
     def __init__(
@@ -235,6 +183,7 @@ class ApiServerWatcher:
         on_state: OnState | None = None,
         backoff: Backoff | None = None,
         watch_timeout: float = 300.0,
+        progress_bound: float = 150.0,
         page_size: int = 500,
     ) -> None:
         if mode not in MODES:
@@ -248,41 +197,35 @@ class ApiServerWatcher:
         self.on_event = on_event
         self.backoff = backoff or Backoff()
         self.watch_timeout = watch_timeout
+        self.progress_bound = progress_bound
         self.page_size = page_size
         self.source = ""  # the API server URL, known once connected (K189)
         self.ready = asyncio.Event()
-        self._cursors: dict[WatchTarget, _Cursor] = {}
-        self._unsynced = 0  # collections not listed yet; ``ready`` is set when it reaches 0
-        self._progress = asyncio.Condition()  # notified when a resourceVersion moves
-        self._api: Any = None
+        self._watches: dict[WatchTarget, CollectionWatch] = {}
         self.health = _Health(on_state)
+
+    def watch_of(self, target: WatchTarget | None = None) -> CollectionWatch:
+        """The collection watch of ``target`` (the only one when None)."""
+        if target is None:
+            (target,) = self._watches
+        return self._watches[target]
 
     def resource_version(self, target: WatchTarget | None = None) -> str | None:
         """The last resourceVersion seen for ``target`` (the only one when None)."""
-        if target is None:
-            (target,) = self._cursors
-        return self._cursors[target].resource_version
+        return self.watch_of(target).resource_version
 
     @property
     def targets(self) -> list[WatchTarget]:
-        return list(self._cursors)
+        return list(self._watches)
 
     async def wait_for_resource_version(
         self, value: str, target: WatchTarget | None = None
     ) -> None:
         """Wait until ``target``'s resourceVersion is ``value`` (tests; bound it with a timeout)."""
-        async with self._progress:
-            await self._progress.wait_for(lambda: self.resource_version(target) == value)
-
-    async def _advance(self, cursor: _Cursor, resource_version: str) -> None:
-        cursor.resource_version = resource_version
-        async with self._progress:
-            self._progress.notify_all()
+        await self.watch_of(target).wait_for_resource_version(value)
 
     async def run(self) -> None:
         """Watch until cancelled."""
-        from kubernetes_asyncio import client
-
         attempt = 0
         while True:
             try:
@@ -296,26 +239,48 @@ class ApiServerWatcher:
         self.health.ok("config")
         if self.health.on_state is not None and self.health.reported is None:
             self.health.on_state(None, self.source)  # the source URL is known now
-        async with client.ApiClient(configuration) as api:
-            self._api = api
-            namespaces = await self._namespaces()
+        async with KubeConnection(configuration) as connection:
+            namespaces = await self._namespaces(connection)
             for resource in self.resources:
                 selector = label_selector_string(resource.get("selector"))
                 for namespace in namespaces:
                     target = WatchTarget(
                         str(resource["apiVersion"]), str(resource["kind"]), namespace, selector
                     )
-                    self._cursors.setdefault(target, _Cursor())
-            self._unsynced = len(self._cursors)
-            if not self._cursors:
+                    if target not in self._watches:
+                        self._watches[target] = self._collection_watch(connection, target)
+            if not self._watches:
                 log.warning("no namespace matches spec.namespaceSelector; nothing to watch")
                 self.ready.set()
                 await asyncio.Event().wait()
             async with asyncio.TaskGroup() as group:
-                for target, cursor in self._cursors.items():
-                    group.create_task(self._follow(target, cursor))
+                for watch in self._watches.values():
+                    group.create_task(watch.run())
+                group.create_task(self._set_ready_when_synced())
 
-    async def _namespaces(self) -> list[str | None]:
+    def _collection_watch(self, connection: KubeConnection, target: WatchTarget) -> CollectionWatch:
+        async def on_change(change: str, obj: dict[str, Any]) -> None:
+            await self._emit(change, obj)
+
+        return CollectionWatch(
+            connection,
+            target.path,
+            label_selector=target.label_selector,
+            on_change=on_change,
+            announce_initial=False,  # like Knative's Reflector into a no-op Replace
+            on_problem=lambda problem: self.health.report(target, problem),
+            backoff=self.backoff,
+            watch_timeout=self.watch_timeout,
+            progress_bound=self.progress_bound,
+            page_size=self.page_size,
+        )
+
+    async def _set_ready_when_synced(self) -> None:
+        for watch in self._watches.values():
+            await watch.synced.wait()
+        self.ready.set()
+
+    async def _namespaces(self, connection: KubeConnection) -> list[str | None]:
         """The namespaces to watch: one, all (None), or those a namespaceSelector matches."""
         selector = self.namespace_selector
         if selector is None:
@@ -325,180 +290,18 @@ class ApiServerWatcher:
         attempt = 0
         while True:
             try:
-                items, _ = await self._list("/api/v1/namespaces", label_selector_string(selector))
+                items, _ = await list_collection(
+                    connection, "/api/v1/namespaces", label_selector_string(selector)
+                )
                 names: list[str | None] = []
                 names.extend(sorted(str(object_meta(ns).get("name")) for ns in items))
                 self.health.ok("namespaces")
                 return names
-            except (_WatchFailed, _Expired) as exc:
+            except (WatchFailed, Expired) as exc:
                 attempt += 1
-                reason = exc.reason if isinstance(exc, _WatchFailed) else UNREACHABLE
+                reason = exc.reason if isinstance(exc, WatchFailed) else UNREACHABLE
                 self.health.failed("namespaces", reason, f"listing namespaces: {exc}")
                 await asyncio.sleep(self.backoff.delay(attempt))
-
-    # One collection's LIST/WATCH loop -----------------------------------------------------
-
-    async def _follow(self, target: WatchTarget, cursor: _Cursor) -> None:
-        attempt = 0
-        while True:
-            cursor.connected = False
-            try:
-                if cursor.resource_version is None:
-                    await self._relist(target, cursor)
-                    self.health.ok(target)
-                if await self._watch(target, cursor):
-                    attempt = 0
-                continue
-            except _Expired:
-                log.info("resourceVersion expired, relisting", extra={"path": target.path})
-                cursor.resource_version = None
-                continue
-            except _WatchFailed as exc:
-                if cursor.connected:
-                    attempt = 0  # the watch worked until this blip: reconnect at once
-                else:
-                    self.health.failed(target, exc.reason, str(exc))
-                attempt += 1
-                log.debug(
-                    "watch failed, reconnecting",
-                    extra={"path": target.path, "error": str(exc), "attempt": attempt},
-                )
-            await asyncio.sleep(self.backoff.delay(attempt))
-
-    async def _relist(self, target: WatchTarget, cursor: _Cursor) -> None:
-        items, resource_version = await self._list(target.path, target.label_selector)
-        if cursor.synced:
-            # After a 410: emit what changed while we could not watch (Knative emits nothing).
-            for change, obj in diff_states(cursor.objects, items):
-                await self._emit(change, obj)
-        # The first LIST emits nothing, like Knative's Reflector into a no-op Replace.
-        cursor.objects = {object_key(obj): obj for obj in items}
-        await self._advance(cursor, resource_version)
-        if not cursor.synced:
-            cursor.synced = True
-            self._unsynced -= 1
-            if not self._unsynced:
-                self.ready.set()
-
-    async def _list(self, path: str, label_selector: str) -> tuple[list[dict[str, Any]], str]:
-        items: list[dict[str, Any]] = []
-        resource_version = ""
-        continue_token = ""
-        while True:
-            query: list[tuple[str, str]] = [("limit", str(self.page_size))]
-            if label_selector:
-                query.append(("labelSelector", label_selector))
-            if continue_token:
-                query.append(("continue", continue_token))
-            status, body = await self._get(path, query)
-            if status == 410:
-                raise _Expired(body.decode("utf-8", "replace"))  # a continue token expired
-            if status != 200:
-                raise _WatchFailed(f"LIST {path} answered {status}: {body[:200]!r}", REJECTED)
-            document = orjson.loads(body)
-            meta = document.get("metadata") or {}
-            if not resource_version:
-                resource_version = str(meta.get("resourceVersion") or "")
-            kind = str(document.get("kind") or "").removesuffix("List")
-            api_version = str(document.get("apiVersion") or "")
-            for item in document.get("items") or []:
-                # LIST items carry no apiVersion/kind; Knative's unstructured list fills them in.
-                item.setdefault("apiVersion", api_version)
-                item.setdefault("kind", kind)
-                items.append(item)
-            continue_token = str(meta.get("continue") or "")
-            if not continue_token:
-                return items, resource_version
-
-    async def _get(self, path: str, query: list[tuple[str, str]]) -> tuple[int, bytes]:
-        import aiohttp
-
-        try:
-            response = await self._api.call_api(
-                path,
-                "GET",
-                query_params=query,
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=aiohttp.ClientTimeout(total=60, connect=10),
-            )
-            async with response:
-                return response.status, await response.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _WatchFailed(f"GET {self.source}{path}: {exc}") from exc
-
-    async def _watch(self, target: WatchTarget, cursor: _Cursor) -> bool:
-        """Follow one WATCH stream to its end; True if it ended normally."""
-        import aiohttp
-
-        query = [
-            ("watch", "1"),
-            ("resourceVersion", cursor.resource_version or ""),
-            ("allowWatchBookmarks", "true"),
-            ("timeoutSeconds", str(int(self.watch_timeout))),
-        ]
-        if target.label_selector:
-            query.append(("labelSelector", target.label_selector))
-        # The server ends the watch after timeoutSeconds; a read that waits much longer than
-        # that means a dead connection, which only a read timeout can tell.
-        timeout = aiohttp.ClientTimeout(connect=10, sock_read=self.watch_timeout + 30)
-        try:
-            response = await self._api.call_api(
-                target.path,
-                "GET",
-                query_params=query,
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=timeout,
-            )
-            async with response:
-                if response.status == 410:
-                    raise _Expired(f"WATCH {target.path} answered 410")
-                if response.status != 200:
-                    body = await response.read()
-                    raise _WatchFailed(
-                        f"WATCH {target.path} answered {response.status}: {body[:200]!r}",
-                        REJECTED,
-                    )
-                cursor.connected = True
-                self.health.ok(target)
-                async for line in response.content:
-                    if line.strip():
-                        await self._handle(target, cursor, orjson.loads(line))
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            raise _WatchFailed(f"WATCH {self.source}{target.path}: {exc}") from exc
-        return True
-
-    async def _handle(self, target: WatchTarget, cursor: _Cursor, event: Mapping[str, Any]) -> None:
-        kind = event.get("type")
-        obj = event.get("object") or {}
-        if kind == "ERROR":
-            code = obj.get("code")
-            if code == 410 or obj.get("reason") in ("Expired", "Gone"):
-                raise _Expired(str(obj.get("message") or "410 Gone"))
-            raise _WatchFailed(f"ERROR event: {obj.get('message') or obj}")
-        resource_version = version_of(obj)
-        if kind == "BOOKMARK":
-            if resource_version:
-                await self._advance(cursor, resource_version)
-            return
-        change = _WATCH_TYPES.get(str(kind))
-        if change is None:
-            log.warning("unknown watch event type ignored", extra={"type": kind})
-            return
-        key = object_key(obj)
-        before = cursor.objects.get(key)
-        if change == DELETE:
-            cursor.objects.pop(key, None)
-        else:
-            cursor.objects[key] = obj
-        if resource_version:
-            await self._advance(cursor, resource_version)
-        if change != DELETE and before is not None and version_of(before) == resource_version:
-            return  # already reported (a replayed event): nothing changed
-        await self._emit(change, obj)
 
     async def _emit(self, change: str, obj: Mapping[str, Any]) -> None:
         if not controlled_by(obj, self.owner):
@@ -538,6 +341,7 @@ class ApiServerSource(Source):
             namespace=self.spec.namespace,
             namespace_selector=spec.get("namespaceSelector"),
             kubeconfig=self.context.settings.kubeconfig,
+            progress_bound=self.context.settings.kube_watch_progress_bound,
             on_event=self._send,
             on_state=lambda problem, source: self.report(problem, source_uri=source or None),
         )

@@ -17,13 +17,14 @@ The watcher that feeds them (:mod:`broker.sources.apiserver`) does the I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from broker.errors import InvalidResource
 from broker.events import CloudEvent, new_event
+from broker.kube.store import guess_plural
 from broker.labels import check_label_selector
 
 REFERENCE_MODE = "Reference"
@@ -37,18 +38,6 @@ REF_EVENT_TYPES = {c: f"dev.knative.apiserver.ref.{c}" for c in (ADD, UPDATE, DE
 
 
 # -- The event mapping (pure) ---------------------------------------------------------------
-
-
-def guess_plural(kind: str) -> str:
-    """The resource name Kubernetes' ``UnsafeGuessKindToResource`` guesses from a kind."""
-    singular = kind.lower()
-    if not singular or singular.endswith("endpoints"):
-        return singular
-    if singular.endswith("s"):
-        return singular + "es"
-    if singular.endswith("y"):
-        return singular[:-1] + "ies"
-    return singular + "s"
 
 
 def self_link(api_version: str, kind: str, namespace: str, name: str) -> str:
@@ -197,43 +186,3 @@ def event_types(obj: Mapping[str, Any]) -> list[str]:
     spec = obj.get("spec") or {}
     table = RESOURCE_EVENT_TYPES if spec.get("mode") == RESOURCE_MODE else REF_EVENT_TYPES
     return [table[c] for c in (ADD, UPDATE, DELETE)]
-
-
-# -- The relist diff (pure) -----------------------------------------------------------------
-
-Key = tuple[str, str]  # (namespace, name)
-
-
-def object_key(obj: Mapping[str, Any]) -> Key:
-    meta = object_meta(obj)
-    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-
-
-def version_of(obj: Mapping[str, Any]) -> str:
-    return str(object_meta(obj).get("resourceVersion") or "")
-
-
-def diff_states(
-    known: Mapping[Key, Mapping[str, Any]], listed: Iterable[Mapping[str, Any]]
-) -> list[tuple[str, Mapping[str, Any]]]:
-    """The changes that turn ``known`` into ``listed``: (add|update|delete, object) pairs.
-
-    Same key and resourceVersion is no change. A different ``uid`` under the same name means
-    the object was deleted and created again during the gap: delete, then add. Deletes carry
-    the last known object (as a watch's DELETED event would).
-    """
-    changes: list[tuple[str, Mapping[str, Any]]] = []
-    seen: set[Key] = set()
-    for obj in listed:
-        key = object_key(obj)
-        seen.add(key)
-        before = known.get(key)
-        if before is None:
-            changes.append((ADD, obj))
-        elif object_meta(before).get("uid") != object_meta(obj).get("uid"):
-            changes.append((DELETE, before))
-            changes.append((ADD, obj))
-        elif version_of(before) != version_of(obj):
-            changes.append((UPDATE, obj))
-    changes.extend((DELETE, before) for key, before in known.items() if key not in seen)
-    return changes

@@ -606,7 +606,10 @@ async def test_the_source_sends_to_its_sink_in_binary_mode_with_ce_overrides_K18
             ce_overrides={"team": "blue"},
             spec=obj["spec"],
         )
-        settings = SimpleNamespace(kubeconfig=str(write_kubeconfig(tmp_path / "kc", api.url)))
+        settings = SimpleNamespace(
+            kubeconfig=str(write_kubeconfig(tmp_path / "kc", api.url)),
+            kube_watch_progress_bound=150.0,
+        )
         context = cast(Any, SimpleNamespace(settings=settings))
         source = ApiServerSource(
             spec, EventSender(client, spec.sink_uri, spec.ce_overrides), context

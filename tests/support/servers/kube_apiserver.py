@@ -400,15 +400,22 @@ def crd_documents(path: Path) -> str:
     return yaml.safe_dump_all(objects, sort_keys=False)
 
 
-def launch(base_dir: Path, *, crds: Sequence[Path] = (PROJECT_CRDS,)) -> KubeApiServer:
-    """A started API server in ``base_dir`` with ``crds`` applied; fails the test (with the
-    log's tail) if it cannot build the setup or start."""
+def launch(
+    base_dir: Path, *, crds: Sequence[Path] = (PROJECT_CRDS,), apiserver_args: Sequence[str] = ()
+) -> KubeApiServer:
+    """A started API server in ``base_dir`` with ``crds`` applied (``apiserver_args``: extra
+    flags, e.g. ``--watch-cache=false``); fails the test (with the log's tail) if it cannot
+    build the setup or start."""
     pki = Pki(base_dir / "pki")
     if not pki.ready:
         pki.make()
     etcd = Etcd(find_binary("etcd"), base_dir)
     apiserver = ApiExtensionsServer(
-        find_binary("apiextensions-apiserver"), base_dir, etcd_url=etcd.url, pki=pki
+        find_binary("apiextensions-apiserver"),
+        base_dir,
+        etcd_url=etcd.url,
+        pki=pki,
+        extra_args=tuple(apiserver_args),
     )
     apiserver.kubeconfig = base_dir / "kubeconfig"
     apiserver.kubeconfig.write_text(kubeconfig_text(apiserver.url, pki))

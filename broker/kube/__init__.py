@@ -1,0 +1,10 @@
+"""cemesh on the Kubernetes API: Knative Brokers of cemesh's class and their Triggers, read
+and written where Knative keeps them (``CEMESH_CONTROL_PLANE=kubernetes``).
+
+Modules: :mod:`~broker.kube.client` (client configuration, raw JSON requests),
+:mod:`~broker.kube.watch` (the one list + watch, also ApiServerSource's),
+:mod:`~broker.kube.store` (the Kubernetes-backed store: list/watch, get, status writes,
+finalizers, Leases), :mod:`~broker.kube.lease` (leader election), :mod:`~broker.kube.resolution`
+(destinations resolved as Knative's resolver does), :mod:`~broker.kube.status` (Knative's
+status shape) and :mod:`~broker.kube.control` (the control loop that ties them together).
+"""
