@@ -20,7 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from adapters.kafka import TYPES_HEADER, KafkaBus, kafka_topic
+from adapters.kafka import KafkaBus
+from adapters.kafka.wire import TYPES_HEADER, kafka_topic
 from broker.bus import Message
 from broker.errors import BusError, PublishError
 from broker.events import CloudEvent

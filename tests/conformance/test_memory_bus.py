@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from adapters.memory import MemoryBus, event_footprint
+from adapters.memory import MemoryBus
+from adapters.memory.budget import event_footprint
 from broker.bus import Message, Nack, Subscription, create_bus
 from broker.errors import BusError, PublishError
 from broker.events import CloudEvent, new_event

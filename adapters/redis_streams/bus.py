@@ -101,7 +101,7 @@ from broker.bus import BusFactory, Capability, Handler, Message, run_handler
 from broker.errors import BusError, PublishError, SubscribeError
 from broker.events import CloudEvent, decode_envelope, encode_envelope
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 
 EVENT_FIELD = b"e"
 KEY_FIELD = b"k"
