@@ -87,22 +87,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
-import string
-import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import grpc
 from google.api_core import exceptions as api_exceptions
 from google.api_core.client_options import ClientOptions
-from google.api_core.gapic_v1 import routing_header
 from google.api_core.retry import AsyncRetry, if_exception_type
-from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
@@ -116,556 +110,29 @@ from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import (
     SubscriberGrpcAsyncIOTransport,
 )
 
-from broker.bus import BusFactory, Capability, Handler, Message, run_handler
+from adapters.pubsub.consumer import HANDLERS_PER_STREAM, MAX_AUTO_STREAMS, PubSubSubscription
+from adapters.pubsub.failures import DRIVER_ERRORS, TRANSIENT, retryable
+from adapters.pubsub.names import subscription_id, topic_id
+from adapters.pubsub.options import PubSubOptions
+from adapters.pubsub.publisher import (
+    EMPTY_KEY_ORDERING,
+    KEY_ATTRIBUTE,
+    MAX_KEY_BYTES,
+    MAX_MESSAGE_BYTES,
+    TopicPublisher,
+)
+from broker.bus import BusFactory, Capability, Handler
+from broker.bus.arguments import check_subscribe
+from broker.bus.options import parse_options
 from broker.errors import BusError, PublishError, SubscribeError
-from broker.events import CloudEvent, decode_envelope, encode_envelope
+from broker.events import CloudEvent, encode_envelope
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 
-KEY_ATTRIBUTE = "cemesh-key"
-# Pub/Sub reads an empty ordering key as "no key"; cemesh's key "" must still be ordered. Two
-# keys sharing an ordering key are merely ordered together, so a stand-in is harmless.
-EMPTY_KEY_ORDERING = "cemesh-empty-key"
-MAX_KEY_BYTES = 1024  # Pub/Sub's limit for an ordering key and for an attribute value
-MAX_MESSAGE_BYTES = 10_000_000  # Pub/Sub's limit for one message and for one Publish request
-MAX_BATCH_MESSAGES = 1000  # Pub/Sub's limit of messages per Publish request
-MAX_BATCH_BYTES = 9_000_000  # a batch stays under the request limit, with room for framing
-MAX_PUBLISH_RPCS = 8  # Publish RPCs in flight per topic; more publishes wait and share the next
-MAX_ACK_IDS = 2500  # ack IDs per Acknowledge/ModifyAckDeadline request (the request limit)
-MAX_SETTLE_RPCS = 4  # Acknowledge/ModifyAckDeadline RPCs in flight per subscription
-PREFETCH = 4  # outstanding messages per handler task (server-side flow control)
-HANDLERS_PER_STREAM = 8
-MAX_AUTO_STREAMS = 8
-HEARTBEAT = 30.0  # seconds between keep-alive requests on a stream (Pub/Sub closes idle ones)
-RECONNECT_MIN, RECONNECT_MAX = 0.1, 10.0
-STREAM_DRAIN_TIMEOUT = 5.0  # on close, how long the server may take to end a half-closed stream
-CLOSE_RPC_TIMEOUT = 10.0  # on close, bound on the final acks and nacks
-# After a handler raised something other than Nack: long enough that a handler failing on every
-# message does not spin, short enough not to matter for a transient error.
-ERROR_REDELIVERY_DELAY = 0.1
 PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
-_KNOWN_OPTIONS = {
-    "project",
-    "ack_deadline",
-    "emulator_host",
-    "credentials_file",
-    "rpc_timeout",
-    "pull_streams",
-    "endpoint",
-}
-# Retrying these may help (the same set the Pub/Sub clients retry publishes on).
-_TRANSIENT = (
-    api_exceptions.Aborted,
-    api_exceptions.Cancelled,
-    api_exceptions.DeadlineExceeded,
-    api_exceptions.InternalServerError,
-    api_exceptions.ResourceExhausted,
-    api_exceptions.ServiceUnavailable,
-    api_exceptions.Unknown,
-)
-# Retrying these cannot help until someone changes something.
-_TERMINAL = (
-    api_exceptions.InvalidArgument,
-    api_exceptions.PermissionDenied,
-    api_exceptions.Unauthenticated,
-    api_exceptions.FailedPrecondition,
-    api_exceptions.MethodNotImplemented,
-    api_exceptions.OutOfRange,
-    auth_exceptions.RefreshError,
-    auth_exceptions.DefaultCredentialsError,
-)
-_DRIVER_ERRORS = (api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError, grpc.RpcError)
-
 _PubsubMessagePb = types.PubsubMessage.pb()
-_PublishRequestPb = types.PublishRequest.pb()
-
-
-# -- names (pure) --------------------------------------------------------------------------------
-
-# "~" and "%" are legal too, but encoded: "~" marks structure, "%" starts an escape.
-_KEPT = frozenset(string.ascii_letters + string.digits + "-_.+")
-
-
-def _encode(name: str) -> str:
-    return "".join(
-        char if char in _KEPT else "".join(f"%{byte:02X}" for byte in char.encode())
-        for char in name
-    )
-
-
-def _fit(encoded: str) -> str:
-    """``encoded`` if it is a valid Pub/Sub ID, else its marked form (see the module docstring)."""
-    if (
-        3 <= len(encoded) <= 255
-        and encoded[0] in string.ascii_letters
-        and not encoded.lower().startswith("goog")
-    ):
-        return encoded
-    if len(encoded) <= 252:
-        return "xx~" + encoded  # three characters at least
-    return "h~" + encoded[:150] + "~" + hashlib.sha256(encoded.encode()).hexdigest()
-
-
-def topic_id(topic: str) -> str:
-    """The Pub/Sub topic ID of a cemesh topic (injective; cemesh's own names are kept)."""
-    return _fit(_encode(topic))
-
-
-def subscription_id(topic: str, group: str) -> str:
-    """The Pub/Sub subscription ID of consumer group ``group`` of ``topic`` (injective)."""
-    return _fit(_encode(group) + "~" + _encode(topic))
-
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Whether trying again may succeed after the driver error ``exc``."""
-    if isinstance(exc, api_exceptions.RetryError):  # transient errors until the deadline
-        return True
-    if isinstance(exc, BusError):  # ours, e.g. the bus closed under the RPC
-        return exc.retryable
-    return not isinstance(exc, _TERMINAL)
-
-
-# -- publishing ----------------------------------------------------------------------------------
-
-
-class _TopicPublisher:
-    """The Publish RPCs of one topic: publishes queue here and share the next free RPC."""
-
-    def __init__(self, bus: PubSubBus, path: str) -> None:
-        self._bus = bus
-        self._path = path
-        self._pending: deque[tuple[Any, int, asyncio.Future[None]]] = deque()
-        self._in_flight = 0
-        self._scheduled = False
-        self._loop = asyncio.get_running_loop()
-
-    def submit(self, message: Any, size: int) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._pending.append((message, size, future))
-        if not self._scheduled and self._in_flight < MAX_PUBLISH_RPCS:
-            # Next loop turn: the publishes made in this one go in the same RPC.
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
-        return future
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        pending = self._pending
-        while pending and self._in_flight < MAX_PUBLISH_RPCS:
-            batch: list[tuple[Any, int, asyncio.Future[None]]] = []
-            size = 0
-            while pending and len(batch) < MAX_BATCH_MESSAGES:
-                if batch and size + pending[0][1] > MAX_BATCH_BYTES:
-                    break
-                item = pending.popleft()
-                if item[2].done():  # the publisher was cancelled before its RPC: not sent
-                    continue
-                batch.append(item)
-                size += item[1]
-            if batch:
-                self._in_flight += 1
-                self._bus._spawn(self._send(batch), f"pubsub publish {self._path}")
-
-    async def _send(self, batch: list[tuple[Any, int, asyncio.Future[None]]]) -> None:
-        try:
-            request = types.PublishRequest.wrap(
-                _PublishRequestPb(topic=self._path, messages=[item[0] for item in batch])
-            )
-            await self._bus._publisher_client().publish(
-                request=request, retry=self._bus._retry, timeout=self._bus.rpc_timeout
-            )
-        except BaseException as exc:
-            if isinstance(exc, api_exceptions.NotFound):
-                self._bus._forget_topic(self._path)  # deleted behind our back: create it again
-            for _, _, future in batch:
-                if not future.done():
-                    error = PublishError(
-                        f"pubsub: publish to {self._path} failed: {exc!r}",
-                        retryable=_retryable(exc),
-                    )
-                    error.__cause__ = exc  # as `raise ... from exc` would
-                    future.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_result(None)
-        finally:
-            self._in_flight -= 1
-            if self._pending and not self._scheduled:
-                self._flush()
-
-    def fail_pending(self) -> None:
-        """The bus is closing: what has not been sent yet never will be."""
-        while self._pending:
-            _, _, future = self._pending.popleft()
-            if not future.done():
-                future.set_exception(PublishError("pubsub bus closed", retryable=False))
-
-
-# -- consuming -----------------------------------------------------------------------------------
-
-
-class _Held:
-    """One message this subscription holds: queued, in a handler, or waiting out a delay."""
-
-    __slots__ = ("ack_id", "attempt", "deadline", "event", "key", "message_id")
-
-    def __init__(
-        self,
-        message_id: str,
-        ack_id: str,
-        event: CloudEvent,
-        key: str | None,
-        attempt: int,
-        deadline: float,
-    ) -> None:
-        self.message_id = message_id
-        self.ack_id = ack_id
-        self.event = event
-        self.key = key
-        self.attempt = attempt
-        self.deadline = deadline  # loop time the current lease ends
-
-
-class _PubSubSubscription:
-    """StreamingPull streams, ``concurrency`` handler tasks, the lease and settle loops."""
-
-    def __init__(
-        self,
-        bus: PubSubBus,
-        *,
-        topic: str,
-        group: str,
-        path: str,
-        handler: Handler,
-        concurrency: int,
-        ordered: bool,
-        streams: int,
-    ) -> None:
-        self._bus = bus
-        self._client = bus._subscriber_client()
-        self._topic = topic
-        self._group = group
-        self._path = path
-        self._handler = handler
-        self._ordered = ordered
-        self._ack_deadline = bus.ack_deadline
-        self._loop = asyncio.get_running_loop()
-        # What unary calls send by themselves: the service routes a stream by its subscription.
-        self._routing = (routing_header.to_grpc_metadata((("subscription", path),)),)
-        # message_id -> held message; insertion order is the order received.
-        self._held: dict[str, _Held] = {}
-        self._ready: deque[_Held] = deque()
-        # key -> later messages of that key waiting for the one ahead (ordered only). A key is
-        # present while one of its messages is in a handler or waiting to be redelivered.
-        self._keys: dict[str, deque[_Held]] = {}
-        self._getters: deque[asyncio.Future[_Held]] = deque()
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._acks: list[str] = []
-        self._nacks: list[str] = []
-        self._settle_scheduled = False
-        self._settling: set[asyncio.Task[None]] = set()  # Acknowledge/ModifyAckDeadline RPCs
-        self._stopping = asyncio.Event()  # ends the request streams (half-close)
-        self._closing = False
-        self._closer: asyncio.Future[None] | None = None
-        name = f"pubsub {topic}/{group}"
-        outstanding = max(PREFETCH * concurrency, 2)
-        per_stream = max(1, math.ceil(outstanding / streams))
-        self._streams = [
-            asyncio.create_task(self._stream(str(uuid.uuid4()), per_stream), name=f"{name} pull")
-            for _ in range(streams)
-        ]
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"{name} handler") for _ in range(concurrency)
-        ]
-        self._leaser = asyncio.create_task(self._lease_loop(), name=f"{name} lease")
-
-    @property
-    def path(self) -> str:
-        """The Pub/Sub subscription this consumes."""
-        return self._path
-
-    # -- receiving ----------------------------------------------------------------------------
-
-    async def _requests(
-        self, client_id: str, max_messages: int
-    ) -> AsyncIterator[types.StreamingPullRequest]:
-        yield types.StreamingPullRequest(
-            subscription=self._path,
-            stream_ack_deadline_seconds=self._ack_deadline,
-            max_outstanding_messages=max_messages,
-            client_id=client_id,  # kept across reconnects: Pub/Sub keeps key affinity by it
-        )
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self._stopping.wait(), HEARTBEAT)
-            except TimeoutError:
-                yield types.StreamingPullRequest(stream_ack_deadline_seconds=self._ack_deadline)
-        # Returning half-closes the stream: the server ends it after what it has sent.
-
-    async def _stream(self, client_id: str, max_messages: int) -> None:
-        """Keep one StreamingPull stream open until close; reopen it when it ends or fails."""
-        backoff = RECONNECT_MIN
-        while not self._stopping.is_set():
-            try:
-                call = await self._client.streaming_pull(
-                    requests=self._requests(client_id, max_messages),
-                    retry=None,  # this loop reopens the stream itself
-                    # No deadline: a stream ends by a half-close (ours, on close) or the
-                    # server's. A client-side cancel (what a deadline does) makes the emulator
-                    # stall the subscription's deliveries for tens of seconds.
-                    timeout=None,
-                    metadata=self._routing,
-                )
-                async for response in call:
-                    backoff = RECONNECT_MIN
-                    self._receive(types.StreamingPullResponse.pb(response).received_messages)
-            except Exception as exc:  # whatever it was, the subscription must go on
-                if self._stopping.is_set():
-                    return
-                log.warning(
-                    "pubsub pull stream failed; reopening it",
-                    exc_info=not isinstance(exc, _DRIVER_ERRORS),  # a bug of ours: say where
-                    extra={"subscription": self._path, "error": repr(exc), "backoff": backoff},
-                )
-            if self._stopping.is_set():
-                return
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RECONNECT_MAX)
-
-    def _receive(self, received: Sequence[Any]) -> None:
-        deadline = self._loop.time() + self._ack_deadline
-        for item in received:
-            message = item.message
-            held = self._held.get(message.message_id)
-            if held is not None:
-                # Redelivered while still held (its lease lapsed): adopt the new lease.
-                held.ack_id, held.deadline = item.ack_id, deadline
-                continue
-            try:
-                event = decode_envelope(message.data)
-            except Exception:
-                log.error(
-                    "pubsub message is not a cemesh event; leaving it unacked",
-                    extra={"subscription": self._path, "message_id": message.message_id},
-                )
-                continue
-            key = message.attributes.get(KEY_ATTRIBUTE)
-            held = _Held(
-                message.message_id,
-                item.ack_id,
-                event,
-                key,
-                max(1, item.delivery_attempt),
-                deadline,
-            )
-            self._held[held.message_id] = held
-            self._put(held)
-
-    def _put(self, held: _Held) -> None:
-        key = held.key if self._ordered else None
-        if key is not None:
-            waiting = self._keys.get(key)
-            if waiting is not None:
-                waiting.append(held)
-                return
-            self._keys[key] = deque()
-        self._release(held)
-
-    def _release(self, held: _Held) -> None:
-        """Hand ``held`` to a waiting handler task, or queue it."""
-        while self._getters:
-            getter = self._getters.popleft()
-            if not getter.done():
-                getter.set_result(held)
-                return
-        self._ready.append(held)
-
-    async def _take(self) -> _Held:
-        if self._ready:
-            return self._ready.popleft()
-        getter: asyncio.Future[_Held] = self._loop.create_future()
-        self._getters.append(getter)
-        try:
-            return await getter
-        except asyncio.CancelledError:
-            if getter.done() and not getter.cancelled():
-                self._ready.appendleft(getter.result())  # never reached the handler
-            else:
-                with contextlib.suppress(ValueError):
-                    self._getters.remove(getter)
-            raise
-
-    # -- handling and settling ----------------------------------------------------------------
-
-    async def _work(self) -> None:
-        handler = self._handler
-        while not self._closing:
-            held = await self._take()
-            delay = await run_handler(
-                handler,
-                Message(held.event, held.key, held.attempt),
-                error_delay=ERROR_REDELIVERY_DELAY,
-                logger=log,
-                log_extra={"topic": self._topic, "group": self._group},
-            )
-            if delay is not None:
-                self._redeliver(held, delay)
-                continue
-            # Cancellation (close) propagates: the message stays held and close nacks it.
-            if self._closing:
-                return  # the handler swallowed the cancellation of close: still not an ack
-            self._ack(held)
-
-    def _ack(self, held: _Held) -> None:
-        del self._held[held.message_id]
-        self._acks.append(held.ack_id)
-        self._settle_soon()
-        key = held.key if self._ordered else None
-        if key is not None:
-            waiting = self._keys[key]
-            if waiting:
-                self._release(waiting.popleft())
-            else:
-                del self._keys[key]
-
-    def _redeliver(self, held: _Held, delay: float) -> None:
-        """Deliver ``held`` again after ``delay``: locally if ordered by key, else via Pub/Sub."""
-        local = self._ordered and held.key is not None
-        timer: asyncio.TimerHandle
-
-        def due() -> None:
-            self._timers.discard(timer)
-            if self._closing or self._held.get(held.message_id) is not held:
-                return
-            if local:
-                held.attempt += 1
-                self._release(held)  # its key stays taken: nothing of it overtakes
-            else:
-                self._nack(held)
-
-        # Always through the loop: a handler nacking without awaiting must not spin in place.
-        timer = self._loop.call_later(max(delay, 0.0), due)
-        self._timers.add(timer)
-
-    def _nack(self, held: _Held) -> None:
-        del self._held[held.message_id]
-        self._nacks.append(held.ack_id)
-        self._settle_soon()
-
-    def _settle_soon(self) -> None:
-        if not self._settle_scheduled:
-            # Next loop turn: the acks of every handler that returned in this one share an RPC.
-            self._settle_scheduled = True
-            self._loop.call_soon(self._settle)
-
-    def _settle(self) -> None:
-        """Send queued acks, then nacks: up to MAX_SETTLE_RPCS requests at once, each carrying
-        what queued while the others were out (the emulator takes ~10-30 ms per request)."""
-        self._settle_scheduled = False
-        while (self._acks or self._nacks) and len(self._settling) < MAX_SETTLE_RPCS:
-            if self._acks:
-                chunk, self._acks = self._acks[:MAX_ACK_IDS], self._acks[MAX_ACK_IDS:]
-                rpc = self._modify(chunk, None)
-            else:
-                chunk, self._nacks = self._nacks[:MAX_ACK_IDS], self._nacks[MAX_ACK_IDS:]
-                rpc = self._modify(chunk, 0)
-            task = self._loop.create_task(rpc, name=f"pubsub settle {self._path}")
-            self._settling.add(task)
-            task.add_done_callback(self._settled)
-
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._settling.discard(task)
-        self._settle()  # what queued meanwhile goes now (close waits on this chain)
-
-    async def _modify(self, ack_ids: list[str], deadline: int | None) -> None:
-        """Acknowledge (``deadline`` None) or set the deadline of ``ack_ids``; log failures."""
-        try:
-            if deadline is None:
-                await self._client.acknowledge(subscription=self._path, ack_ids=ack_ids)
-            else:
-                await self._client.modify_ack_deadline(
-                    subscription=self._path, ack_ids=ack_ids, ack_deadline_seconds=deadline
-                )
-        except Exception as exc:
-            # An ack lost is a duplicate later, a nack or extension lost is a late redelivery:
-            # at-least-once holds either way.
-            log.warning(
-                "pubsub %s failed",
-                "acknowledge" if deadline is None else f"modify_ack_deadline({deadline})",
-                exc_info=not isinstance(exc, _DRIVER_ERRORS),
-                extra={"subscription": self._path, "messages": len(ack_ids), "error": repr(exc)},
-            )
-
-    async def _lease_loop(self) -> None:
-        """Extend the lease of every held message before it ends."""
-        period = self._ack_deadline / 4
-        while True:
-            await asyncio.sleep(period)
-            now = self._loop.time()
-            due = [h for h in self._held.values() if h.deadline < now + 2 * period]
-            for held in due:
-                held.deadline = now + self._ack_deadline
-            for chunk in _chunks([h.ack_id for h in due], MAX_ACK_IDS):
-                await self._modify(chunk, self._ack_deadline)
-
-    # -- closing ------------------------------------------------------------------------------
-
-    async def close(self) -> None:
-        """Stop receiving and handling; nack everything held (never an ack). Idempotent."""
-        if self._closer is None:
-            self._closer = asyncio.ensure_future(self._shutdown())
-        # Shielded: a handler closing its own subscription is cancelled by the shutdown, which
-        # must go on.
-        await asyncio.shield(self._closer)
-
-    async def _shutdown(self) -> None:
-        self._closing = True
-        self._bus._subscriptions.discard(self)
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        # Half-close the streams and read what the server still sends, so that no message is
-        # left leased to a stream nobody reads; cancel a stream that does not end in time.
-        self._stopping.set()
-        _, late = await asyncio.wait(self._streams, timeout=STREAM_DRAIN_TIMEOUT)
-        for stream in late:
-            stream.cancel()
-        await asyncio.gather(*self._streams, return_exceptions=True)
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        self._leaser.cancel()
-        unsettled = [held.ack_id for held in self._held.values()]  # in the order received
-        self._held.clear()
-        self._ready.clear()
-        self._keys.clear()
-        try:
-            async with asyncio.timeout(CLOSE_RPC_TIMEOUT):
-                self._settle()  # the acks (and nacks) still queued; _settled chains the rest
-                while self._settling:
-                    await asyncio.wait(list(self._settling))
-                # One request after the other: the emulator redelivers a key's messages in the
-                # order they were nacked (the service keeps publish order by itself).
-                for chunk in _chunks(unsettled, MAX_ACK_IDS):
-                    await self._modify(chunk, 0)
-        except TimeoutError:
-            log.warning("pubsub: final acks/nacks timed out", extra={"subscription": self._path})
-        for task in self._settling:
-            task.cancel()
-        await asyncio.gather(self._leaser, *self._settling, return_exceptions=True)
-
-
-# -- the bus -------------------------------------------------------------------------------------
 
 
 class PubSubBus:
@@ -675,21 +142,16 @@ class PubSubBus:
     capabilities = frozenset({Capability.DURABLE, Capability.ORDERED_BY_KEY, Capability.NACK_DELAY})
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        options = dict(options or {})
-        unknown = sorted(set(options) - _KNOWN_OPTIONS)
-        if unknown:
-            raise BusError(f"pubsub bus: unknown options {unknown}", retryable=False)
-        self.project = _option(options, "project", str, "cemesh", lambda v: bool(v))
-        self.ack_deadline = _option(options, "ack_deadline", int, 60, lambda v: 10 <= v <= 600)
-        self.emulator_host = _option(options, "emulator_host", str, None, lambda v: bool(v))
-        self.credentials_file = _option(options, "credentials_file", str, None, lambda v: bool(v))
-        self.rpc_timeout = float(
-            _option(options, "rpc_timeout", (int, float), 60.0, lambda v: v > 0)
-        )
-        self.pull_streams = _option(options, "pull_streams", int, None, lambda v: v >= 1)
-        self.endpoint = _option(options, "endpoint", str, None, lambda v: bool(v))
-        self._retry = AsyncRetry(
-            predicate=if_exception_type(*_TRANSIENT),
+        self.options = parse_options(PubSubOptions, self.name, options)
+        self.project = self.options.project
+        self.ack_deadline = self.options.ack_deadline
+        self.emulator_host = self.options.emulator_host
+        self.credentials_file = self.options.credentials_file
+        self.rpc_timeout = self.options.rpc_timeout
+        self.pull_streams = self.options.pull_streams
+        self.endpoint = self.options.endpoint
+        self.retry = AsyncRetry(
+            predicate=if_exception_type(*TRANSIENT),
             initial=0.1,
             maximum=5.0,
             multiplier=2.0,
@@ -698,8 +160,8 @@ class PubSubBus:
         self._publisher: PublisherAsyncClient | None = None
         self._subscriber: SubscriberAsyncClient | None = None
         self._topics: dict[str, asyncio.Future[None]] = {}  # path -> its creation
-        self._topic_publishers: dict[str, _TopicPublisher] = {}
-        self._subscriptions: set[_PubSubSubscription] = set()
+        self._topic_publishers: dict[str, TopicPublisher] = {}
+        self._subscriptions: set[PubSubSubscription] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -741,7 +203,7 @@ class PubSubBus:
                 self._subscriber = SubscriberAsyncClient(
                     credentials=credentials, client_options=client_options
                 )
-        except (*_DRIVER_ERRORS, OSError, ValueError) as exc:
+        except (*DRIVER_ERRORS, OSError, ValueError) as exc:
             raise BusError(f"pubsub: cannot make the clients: {exc}", retryable=False) from exc
 
     def _credentials(self) -> Credentials | None:
@@ -825,7 +287,7 @@ class PubSubBus:
             raise PublishError("pubsub bus closed while publishing", retryable=False)
         publisher = self._topic_publishers.get(path)
         if publisher is None:
-            publisher = self._topic_publishers[path] = _TopicPublisher(self, path)
+            publisher = self._topic_publishers[path] = TopicPublisher(self, path)
         await publisher.submit(message, size)
 
     # -- subscribe ----------------------------------------------------------------------------
@@ -838,12 +300,17 @@ class PubSubBus:
         handler: Handler,
         concurrency: int = 1,
         ordered: bool = False,
-    ) -> _PubSubSubscription:
+    ) -> PubSubSubscription:
         """Consume ``topic`` as ``group``; the subscription exists (so is live) on return."""
-        if self._closed or self._subscriber is None:
-            raise SubscribeError("pubsub bus is closed (or not open)", retryable=False)
-        if concurrency < 1:
-            raise SubscribeError(f"concurrency must be >= 1, not {concurrency}", retryable=False)
+        check_subscribe(
+            self.name,
+            self.capabilities,
+            closed=self._closed,
+            concurrency=concurrency,
+            ordered=ordered,
+        )
+        if self._subscriber is None:
+            raise SubscribeError("pubsub bus is not open", retryable=False)
         topic_path = self._topic_path(topic)
         path = self._subscription_path(topic, group)
         await self._ensure_topic(topic_path, SubscribeError)
@@ -853,8 +320,10 @@ class PubSubBus:
         streams = self.pull_streams or min(
             MAX_AUTO_STREAMS, math.ceil(concurrency / HANDLERS_PER_STREAM)
         )
-        subscription = _PubSubSubscription(
-            self,
+        subscription = PubSubSubscription(
+            self._subscriber_client(),
+            ack_deadline=self.ack_deadline,
+            on_close=self._subscriptions.discard,
             topic=topic,
             group=group,
             path=path,
@@ -876,14 +345,14 @@ class PubSubBus:
             await asyncio.gather(*(s.close() for s in mine), return_exceptions=True)
         try:
             await self._subscriber_client().delete_subscription(
-                subscription=path, retry=self._retry, timeout=self.rpc_timeout
+                subscription=path, retry=self.retry, timeout=self.rpc_timeout
             )
         except api_exceptions.NotFound:
             return  # deleted already, or never made
-        except (*_DRIVER_ERRORS, BusError) as exc:
+        except (*DRIVER_ERRORS, BusError) as exc:
             raise BusError(
                 f"pubsub: cannot delete subscription {path}: {exc!r}",
-                retryable=not self._closed and _retryable(exc),
+                retryable=not self._closed and retryable(exc),
             ) from exc
 
     def _subscription_path(self, topic: str, group: str) -> str:
@@ -902,18 +371,18 @@ class PubSubBus:
         try:
             try:
                 await client.create_subscription(
-                    request=request, retry=self._retry, timeout=self.rpc_timeout
+                    request=request, retry=self.retry, timeout=self.rpc_timeout
                 )
                 return
             except api_exceptions.AlreadyExists:
                 existing = await client.get_subscription(
-                    subscription=path, retry=self._retry, timeout=self.rpc_timeout
+                    subscription=path, retry=self.retry, timeout=self.rpc_timeout
                 )
-        except _DRIVER_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             if isinstance(exc, api_exceptions.NotFound):
-                self._forget_topic(topic_path)
+                self.forget_topic(topic_path)
             raise SubscribeError(
-                f"pubsub: cannot create subscription {path}: {exc!r}", retryable=_retryable(exc)
+                f"pubsub: cannot create subscription {path}: {exc!r}", retryable=retryable(exc)
             ) from exc
         if existing.topic != topic_path:
             raise SubscribeError(
@@ -933,7 +402,7 @@ class PubSubBus:
     def _topic_path(self, topic: str) -> str:
         return f"projects/{self.project}/topics/{topic_id(topic)}"
 
-    def _publisher_client(self) -> PublisherAsyncClient:
+    def publisher_client(self) -> PublisherAsyncClient:
         if self._publisher is None:
             raise PublishError("pubsub bus is closed", retryable=False)
         return self._publisher
@@ -952,10 +421,10 @@ class PubSubBus:
             return
         try:
             await asyncio.shield(creation)
-        except _DRIVER_ERRORS as exc:
-            self._forget_topic(path, creation)
+        except DRIVER_ERRORS as exc:
+            self.forget_topic(path, creation)
             raise error(
-                f"pubsub: cannot create topic {path}: {exc!r}", retryable=_retryable(exc)
+                f"pubsub: cannot create topic {path}: {exc!r}", retryable=retryable(exc)
             ) from exc
         except asyncio.CancelledError:
             if creation.cancelled():  # the bus closed under us
@@ -964,8 +433,8 @@ class PubSubBus:
 
     async def _create_topic(self, path: str) -> None:
         try:
-            await self._publisher_client().create_topic(
-                name=path, retry=self._retry, timeout=self.rpc_timeout
+            await self.publisher_client().create_topic(
+                name=path, retry=self.retry, timeout=self.rpc_timeout
             )
         except api_exceptions.AlreadyExists:
             pass
@@ -974,29 +443,14 @@ class PubSubBus:
             # publishing reports NotFound.
             log.info("pubsub: no permission to create topic %s; assuming it exists", path)
 
-    def _forget_topic(self, path: str, creation: asyncio.Future[None] | None = None) -> None:
+    def forget_topic(self, path: str, creation: asyncio.Future[None] | None = None) -> None:
         if creation is None or self._topics.get(path) is creation:
             self._topics.pop(path, None)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _option(
-    options: Mapping[str, Any],
-    name: str,
-    kind: type | tuple[type, ...],
-    default: Any,
-    valid: Callable[[Any], bool],
-) -> Any:
-    value = options.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, kind) or not valid(value):
-        raise BusError(f"pubsub bus: invalid option {name}={value!r}", retryable=False)
-    return value
 
 
 # Checked by mypy: PubSubBus is a BusFactory building a Bus.
