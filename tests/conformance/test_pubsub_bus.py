@@ -1,4 +1,4 @@
-"""What the pubsub bus promises beyond the shared contract (its docstring, ``adapters/pubsub/bus.py``).
+"""What the pubsub bus promises beyond the shared contract (its docstring: ``adapters/pubsub``).
 
 The contract itself is checked by ``test_bus_contract.py`` like for every adapter; these tests
 cover the Pub/Sub adapter's own choices, against the real emulator: how names map to topics and
