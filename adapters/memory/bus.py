@@ -1,7 +1,7 @@
 """The in-memory bus: the embedded default adapter, a real implementation of :class:`Bus`.
 
 It keeps everything in this process and survives nothing (no ``DURABLE``), but otherwise honours
-the whole contract of ``broker/bus.py`` and passes the same conformance suite as the adapters for
+the whole contract of ``broker/bus/contract.py`` and passes the same conformance suite as the adapters for
 real servers.
 
 Model:

@@ -211,18 +211,13 @@ class RedisStreamsBus:
         stream, name = stream_key(topic), group_name(group)
         try:
             await self.client.xgroup_create(stream, name, id="$", mkstream=True)
-        except ResponseError as exc:
-            if not str(exc).startswith("BUSYGROUP"):
+        except (RedisError, OSError) as exc:
+            # BUSYGROUP: the group exists and resumes where it was (a restart, another replica).
+            if not (isinstance(exc, ResponseError) and str(exc).startswith("BUSYGROUP")):
                 raise SubscribeError(
                     f"redis bus: cannot create group {name!r} on {stream!r}: {exc}",
                     retryable=retryable(exc),
                 ) from exc
-            # The group exists: it resumes where it was (a restart, or another replica).
-        except (RedisError, OSError) as exc:
-            raise SubscribeError(
-                f"redis bus: cannot create group {name!r} on {stream!r}: {exc}",
-                retryable=retryable(exc),
-            ) from exc
         if self._closed:
             raise SubscribeError("redis bus closed while subscribing", retryable=False)
         subscription = RedisSubscription(
@@ -245,14 +240,9 @@ class RedisStreamsBus:
             await self.open()
             # 0 when the group did not exist; an error only when the stream does not exist.
             await self.client.xgroup_destroy(stream, name)
-        except ResponseError as exc:
-            if _NO_STREAM in str(exc):
-                return  # no stream, so no group
-            raise BusError(
-                f"redis bus: cannot destroy group {name!r} of {stream!r}: {exc}",
-                retryable=retryable(exc),
-            ) from exc
         except (RedisError, OSError) as exc:
+            if isinstance(exc, ResponseError) and _NO_STREAM in str(exc):
+                return  # no stream, so no group
             raise BusError(
                 f"redis bus: cannot destroy group {name!r} of {stream!r}: {exc}",
                 retryable=retryable(exc),

@@ -1,4 +1,4 @@
-"""What the Kafka bus promises beyond the shared contract (its docstring, ``adapters/kafka.py``).
+"""What the Kafka bus promises beyond the shared contract (its docstring, ``adapters/kafka/``).
 
 The contract itself is checked by ``test_bus_contract.py`` like for every adapter; these tests
 run against the session's real Tansu server and cover the Kafka adapter's own choices: records

@@ -1,4 +1,4 @@
-"""What the memory bus promises beyond the shared contract (its docstring, ``adapters/memory.py``).
+"""What the memory bus promises beyond the shared contract (its docstring, ``adapters/memory/``).
 
 The contract itself is checked by ``test_bus_contract.py`` like for every adapter; these tests
 cover the memory bus's own choices: back-pressure instead of dropping (``queue_size``), what
