@@ -37,9 +37,12 @@ def describe(exc: ValidationError) -> str:
     """Each problem of ``exc`` as ``option: what is wrong (got value)``, one after the other."""
     problems = []
     for error in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"]) or "options"
+        where = ".".join(str(part) for part in error["loc"])
+        what = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             problems.append(f"unknown option {where!r}")
+        elif not where:  # a rule between options (the model's own validator)
+            problems.append(what)
         else:
-            problems.append(f"{where}: {error['msg']} (got {error['input']!r})")
+            problems.append(f"{where}: {what} (got {error['input']!r})")
     return "; ".join(problems)
