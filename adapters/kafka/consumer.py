@@ -265,7 +265,7 @@ class KafkaSubscription:
         while len(attempts) > ATTEMPTS_REMEMBERED:
             attempts.popitem(last=False)
         part.pending.clear()
-        self._handoff.drop_lanes(lambda lane: isinstance(lane, tuple) and lane[0] == part.tp)
+        self._handoff.drop_lanes(lambda lane: isinstance(lane, tuple) and lane[0] is part)
         self._room.set()
 
     # -- fetching -------------------------------------------------------------------------------
@@ -327,10 +327,11 @@ class KafkaSubscription:
 
     # -- handling -------------------------------------------------------------------------------
 
-    def _lane(self, entry: _Entry) -> tuple[TopicPartition, str] | None:
-        """Ordered groups run one message per key of a partition at a time."""
+    def _lane(self, entry: _Entry) -> tuple[_Partition, str] | None:
+        """Ordered groups run one message per key of a partition at a time (lanes die with the
+        partition object: a partition assigned again starts with none)."""
         if self._ordered and entry.key is not None:
-            return (entry.partition.tp, entry.key)
+            return (entry.partition, entry.key)
         return None
 
     async def _next(self) -> _Entry:
