@@ -66,14 +66,8 @@ Model:
 - Settling is at-least-once: a crash, or a rebalance cancelling a handler, redelivers messages
   whose handler had already run, and messages acked behind an unacked one are re-read with it.
 
-Options (settings ``kafka_<option>``): ``bootstrap_servers`` (comma-separated ``host:port``),
-``security_protocol`` (``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``),
-``sasl_mechanism`` (``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``), ``sasl_username``,
-``sasl_password``, ``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile``, ``num_partitions`` (3),
-``replication_factor`` (1), ``session_timeout_ms`` (10000), ``heartbeat_interval_ms`` (a third
-of the session timeout, at most 3000), ``request_timeout_ms`` (40000), ``rebalance_grace_ms``
-(5000), ``join_timeout_ms`` (60000), ``max_buffered`` (1000 unsettled messages per
-subscription, raised to ``4 * concurrency``), ``client_id`` (``cemesh``).
+Options: :class:`~adapters.kafka.options.KafkaOptions` (each also the setting
+``kafka_<option>``), where their defaults, limits and meanings are declared.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The in-memory bus: the embedded default adapter, a real implementation of :class:`Bus`.
 
 It keeps everything in this process and survives nothing (no ``DURABLE``), but otherwise honours
-the whole contract of ``broker/bus/contract.py`` and passes the same conformance suite as the adapters for
-real servers.
+the whole contract of ``broker/bus/contract.py`` and passes the same conformance suite as the
+adapters for real servers.
 
 Model:
 
@@ -280,12 +280,7 @@ class _MemorySubscription:
 
 
 class MemoryBus:
-    """The in-process bus (``bus: memory``).
-
-    Options: ``queue_size`` (messages per group, default 100 000), ``queue_bytes`` (bytes of
-    events in the whole bus, default 128 MiB) and ``publish_timeout`` (seconds a publish waits
-    for room, default None: as long as it takes).
-    """
+    """The in-process bus (``bus: memory``); options: :class:`.options.MemoryOptions`."""
 
     name = "memory"
     capabilities = frozenset(

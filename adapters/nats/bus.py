@@ -49,12 +49,8 @@ Model:
   terminal PublishError. The client reconnects forever; meanwhile pulls pause and publishes fail
   (retryably) after ``request_timeout``.
 
-Options (settings ``nats_<option>``): ``url`` (comma-separated servers), ``user``,
-``password``, ``token``, ``creds_file``, ``tls_ca_file``, ``tls_cert_file``, ``tls_key_file``,
-``ack_wait`` (s, 30), ``max_ack_pending`` (1000), ``duplicate_window`` (s, 120), ``retention``
-(``interest`` | ``limits``), ``max_age`` (s, 0 = none), ``replicas`` (1),
-``inactive_threshold`` (s: delete a group nobody pulled from for that long; default never),
-``request_timeout`` (s, 5: PubAck and JetStream API calls), ``connect_timeout`` (s, 5).
+Options: :class:`~adapters.nats.options.NatsOptions` (each also the setting
+``nats_<option>``), where their defaults, limits and meanings are declared.
 """
 
 from __future__ import annotations

@@ -73,14 +73,8 @@ Model:
   using the emulator, deliveries of its groups stall for up to about a minute and some come twice,
   but nothing is lost.
 
-Options (settings ``pubsub_<option>``): ``project`` (default ``cemesh``), ``ack_deadline``
-(seconds, 10-600, default 60), ``emulator_host`` (``host:port``; insecure channel, anonymous
-credentials), ``credentials_file`` (a service-account or authorized-user JSON key file;
-default: Application Default Credentials), ``rpc_timeout`` (seconds a publish or an admin call
-may take, retries included, default 60), ``pull_streams`` (StreamingPull streams per
-``subscribe``), ``endpoint`` (the service's address, e.g. a regional endpoint
-``europe-west1-pubsub.googleapis.com:443``: Pub/Sub orders a key within one region, so ordered
-publishers should all use the same one).
+Options: :class:`~adapters.pubsub.options.PubSubOptions` (each also the setting
+``pubsub_<option>``), where their defaults, limits and meanings are declared.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ class PubSubOptions(BaseModel):
     credentials_file: str | None = Field(
         default=None,
         min_length=1,
-        description="google-auth JSON credentials; default: Application Default.",
+        description="A service-account or authorized-user JSON key file; default: "
+        "Application Default Credentials.",
     )
     rpc_timeout: float = Field(
         default=60.0, gt=0, description="Seconds a publish or admin call may take, with retries."
@@ -35,5 +36,7 @@ class PubSubOptions(BaseModel):
     endpoint: str | None = Field(
         default=None,
         min_length=1,
-        description="Pub/Sub address, e.g. a regional endpoint (default: global).",
+        description="Pub/Sub address, e.g. a regional endpoint "
+        "europe-west1-pubsub.googleapis.com:443 (default: global). Pub/Sub orders a key within "
+        "one region, so ordered publishers should all use the same one.",
     )

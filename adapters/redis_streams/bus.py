@@ -66,10 +66,8 @@ Model:
   events can be handled out of order across replicas and redeliveries; ordering per key would
   need a stream per key partition with one reader each. ``subscribe(ordered=True)`` is refused.
 
-Options (settings ``redis_<option>``): ``url`` (``redis://`` or ``rediss://`` with user,
-password and db), ``maxlen`` (approximate cap per stream; default none), ``visibility_timeout``
-(s, 30), ``block_ms`` (200), ``claim_interval`` (s, 1), ``trim_interval`` (s, 60; 0 = never),
-``socket_timeout`` (s, 5), ``connect_timeout`` (s, 5).
+Options: :class:`~adapters.redis_streams.options.RedisOptions` (each also the setting
+``redis_<option>``), where their defaults, limits and meanings are declared.
 """
 
 from __future__ import annotations
