@@ -2,8 +2,9 @@
 
 The requirements are the sentences of ``broker/bus/contract.py`` and of docs/architecture.md's
 "The bus contract and its conformance suite"; each test name states one of them.
-Capability-dependent tests skip on adapters that do not declare the capability (and the declared sets are checked
-against the table, so a lost capability fails ``test_declared_capabilities_match_table``).
+Capability-dependent tests skip on adapters that do not declare the capability (and the declared
+sets are checked against the table, so a lost capability fails
+``test_declared_capabilities_match_table``).
 
 Every test uses a fresh topic and fresh group names, and waits on what handlers recorded with a
 timeout, never on a sleep.
