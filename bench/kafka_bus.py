@@ -25,7 +25,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.kafka import KafkaBus, encode_record
+from adapters.kafka import KafkaBus
+from adapters.kafka.wire import encode_record
 from broker.bus import Message
 from broker.events import CloudEvent, new_event
 from tests.support.servers.kafka import KafkaServer, find_binary

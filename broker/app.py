@@ -114,13 +114,8 @@ def published_ca_certs(settings: Settings) -> str | None:
 
 
 def bus_options(settings: Settings, name: str) -> dict[str, Any]:
-    """Adapter options for bus ``name``: every setting ``<name>_<option>`` that is set."""
-    prefix = f"{name}_"
-    return {
-        field[len(prefix) :]: value
-        for field, value in settings.model_dump().items()
-        if field.startswith(prefix) and value is not None
-    }
+    """Adapter options for bus ``name``: its settings ``<name>_<option>`` that are set."""
+    return settings.bus_options(name)
 
 
 def reconcile_options(settings: Settings) -> dict[str, Any]:

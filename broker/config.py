@@ -7,11 +7,12 @@ names below. Nothing else in cemesh reads the environment.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -19,8 +20,46 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from adapters.kafka.options import KafkaOptions
+from adapters.memory.options import MemoryOptions
+from adapters.nats.options import NatsOptions
+from adapters.pubsub.options import PubSubOptions
+from adapters.redis_streams.options import RedisOptions
 
-class Settings(BaseSettings):
+# The bus adapters' options, each a typed model of its adapter: the settings ``<bus>_<option>``.
+BUS_OPTIONS: dict[str, type[BaseModel]] = {
+    "memory": MemoryOptions,
+    "kafka": KafkaOptions,
+    "nats": NatsOptions,
+    "redis": RedisOptions,
+    "pubsub": PubSubOptions,
+}
+
+
+def bus_setting_fields() -> dict[str, Any]:
+    """The settings ``<bus>_<option>``: each option's field (type, default, limits, description)
+    as its adapter declares it, with what ``cemesh serve`` serves differently (the model's
+    ``SERVED_DEFAULTS`` and ``SERVED_LIMITS``, when it has them)."""
+    fields: dict[str, Any] = {}
+    for bus, model in BUS_OPTIONS.items():
+        defaults: dict[str, Any] = getattr(model, "SERVED_DEFAULTS", {})
+        limits: dict[str, list[Any]] = getattr(model, "SERVED_LIMITS", {})
+        for option, field in model.model_fields.items():
+            served = copy.copy(field)
+            if option in defaults:
+                served.default = defaults[option]
+            served.metadata = [*field.metadata, *limits.get(option, [])]
+            fields[f"{bus}_{option}"] = (field.annotation, served)
+    return fields
+
+
+if TYPE_CHECKING:  # the fields are the adapters' (read through Settings.bus_options)
+    BusSettings = BaseSettings
+else:
+    BusSettings = create_model("BusSettings", __base__=BaseSettings, **bus_setting_fields())
+
+
+class Settings(BusSettings):
     """cemesh configuration. Environment variables are ``CEMESH_<FIELD>`` (upper case)."""
 
     model_config = SettingsConfigDict(env_prefix="CEMESH_", extra="forbid")
@@ -43,8 +82,8 @@ class Settings(BaseSettings):
 
     # Bus. The default channel kind backs Brokers and template-less Channels; each kind has its
     # bus adapter (InMemoryChannel: memory, KafkaChannel: kafka, NatsJetStreamChannel: nats,
-    # PubSubChannel: pubsub, RedisStreamChannel: redis). Settings named ``<adapter>_<option>``
-    # are handed to that adapter as ``option``.
+    # PubSubChannel: pubsub, RedisStreamChannel: redis). The settings ``<adapter>_<option>``
+    # (inherited from BusSettings) are handed to that adapter as ``option``: see bus_options.
     default_channel: Literal[
         "InMemoryChannel",
         "KafkaChannel",
@@ -52,108 +91,6 @@ class Settings(BaseSettings):
         "PubSubChannel",
         "RedisStreamChannel",
     ] = "InMemoryChannel"
-    memory_queue_size: int = Field(
-        default=10_000,
-        ge=1,
-        description="Events one group of the memory bus holds before publishers wait: a short "
-        "queue keeps latency low and pushes back on producers when subscribers fall behind.",
-    )
-    memory_queue_bytes: int = Field(
-        default=128 * 1024 * 1024,
-        ge=1024 * 1024,
-        description="Bytes of events the whole memory bus holds (an event counts once per "
-        "Trigger/Subscription holding it) before publishers wait: the bound on its memory.",
-    )
-    memory_publish_timeout: float = Field(
-        default=5.0,
-        ge=0,
-        description="Seconds a publish waits for room in a full memory bus; then the ingress "
-        "answers 503 with Retry-After.",
-    )
-
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = None
-    kafka_ssl_cafile: str | None = None
-    kafka_ssl_certfile: str | None = None
-    kafka_ssl_keyfile: str | None = None
-    kafka_num_partitions: int = Field(default=3, ge=1)
-    kafka_replication_factor: int = Field(default=1, ge=1)
-    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
-    kafka_heartbeat_interval_ms: int | None = Field(default=None, ge=1)  # None: session / 3
-    kafka_request_timeout_ms: int = Field(default=40_000, ge=1)
-    kafka_rebalance_grace_ms: int = Field(default=5_000, ge=1)  # revoked handlers' time to finish
-    kafka_join_timeout_ms: int = Field(default=60_000, ge=1)  # subscribe waits this for a join
-    kafka_max_buffered: int = Field(default=1_000, ge=1)  # unsettled messages per subscription
-    kafka_client_id: str = "cemesh"
-
-    nats_url: str = "nats://127.0.0.1:4222"
-    nats_user: str | None = None
-    nats_password: str | None = None
-    nats_token: str | None = None
-    nats_creds_file: str | None = None
-    nats_tls_ca_file: str | None = None
-    nats_tls_cert_file: str | None = None
-    nats_tls_key_file: str | None = None
-    nats_ack_wait: float = Field(
-        default=30.0,
-        gt=0,
-        description="Seconds before a message nobody settled is redelivered (a crashed "
-        "consumer); messages in a handler are kept alive meanwhile.",
-    )
-    nats_max_ack_pending: int = Field(
-        default=1000, ge=1, description="Unacked messages per group (ordered groups: 1)."
-    )
-    nats_duplicate_window: float = Field(
-        default=120.0, gt=0, description="Seconds a republished event (same source+id) is dropped."
-    )
-    nats_retention: Literal["interest", "limits"] = "interest"
-    nats_max_age: float = Field(default=0.0, ge=0, description="Stream max age, s (0: none).")
-    nats_replicas: int = Field(default=1, ge=1, le=5)
-    nats_inactive_threshold: float | None = Field(
-        default=None, gt=0, description="Delete a group nobody consumed for this long, s."
-    )
-    nats_request_timeout: float = Field(default=5.0, gt=0)
-    nats_connect_timeout: float = Field(default=5.0, gt=0)
-
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_maxlen: int | None = Field(
-        default=None, ge=1, description="Approximate MAXLEN trimming of each stream."
-    )
-    redis_visibility_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds before an unacked message is claimed again."
-    )
-    redis_block_ms: int = Field(
-        default=200, ge=1, description="XREADGROUP BLOCK, ms: how long closing a group may wait."
-    )
-    redis_claim_interval: float = Field(
-        default=1.0, gt=0, description="Seconds between scans for messages abandoned by others."
-    )
-    redis_trim_interval: float = Field(
-        default=60.0, ge=0, description="Seconds between trims of acked entries (0: never)."
-    )
-    redis_socket_timeout: float = Field(default=5.0, gt=0)
-    redis_connect_timeout: float = Field(default=5.0, gt=0)
-
-    pubsub_project: str = "cemesh"
-    pubsub_ack_deadline: int = Field(default=60, ge=10, le=600)
-    pubsub_emulator_host: str | None = Field(
-        default=None, description="host:port of a Pub/Sub emulator (plaintext, no credentials)."
-    )
-    pubsub_credentials_file: str | None = Field(
-        default=None, description="google-auth JSON credentials; default: Application Default."
-    )
-    pubsub_rpc_timeout: float = Field(
-        default=60.0, gt=0, description="Seconds a publish or admin call may take, with retries."
-    )
-    pubsub_pull_streams: int | None = Field(
-        default=None, ge=1, description="StreamingPull streams per subscription (default: auto)."
-    )
-    pubsub_endpoint: str | None = Field(
-        default=None, description="Pub/Sub address, e.g. a regional endpoint (default: global)."
-    )
 
     # HTTP server (cemesh serve): connection limits and how long a client may take to send
     max_connections: int | None = Field(
@@ -449,6 +386,14 @@ class Settings(BaseSettings):
         if self.https_port is not None and self.https_port == self.port:
             raise ValueError("https_port must differ from port (unset it to serve only HTTPS)")
         return self
+
+    def bus_options(self, bus: str) -> dict[str, Any]:
+        """The options for adapter ``bus``: its settings ``<bus>_<option>`` that are set."""
+        model = BUS_OPTIONS.get(bus)
+        if model is None:
+            return {}  # an adapter of another package: configured by its own means
+        values = {option: getattr(self, f"{bus}_{option}") for option in model.model_fields}
+        return {option: value for option, value in values.items() if value is not None}
 
     @property
     def tls(self) -> bool:

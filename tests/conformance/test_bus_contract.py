@@ -1,9 +1,10 @@
 """The one bus conformance suite: every adapter of the ADAPTERS table against the contract.
 
-The requirements are the sentences of ``broker/bus.py`` and of docs/architecture.md's "The bus
-contract and its conformance suite"; each test name states one of them. Capability-dependent
-tests skip on adapters that do not declare the capability (and the declared sets are checked
-against the table, so a lost capability fails ``test_declared_capabilities_match_table``).
+The requirements are the sentences of ``broker/bus/contract.py`` and of docs/architecture.md's
+"The bus contract and its conformance suite"; each test name states one of them.
+Capability-dependent tests skip on adapters that do not declare the capability (and the declared
+sets are checked against the table, so a lost capability fails
+``test_declared_capabilities_match_table``).
 
 Every test uses a fresh topic and fresh group names, and waits on what handlers recorded with a
 timeout, never on a sleep.

@@ -1,4 +1,4 @@
-"""What the Kafka bus promises beyond the shared contract (its docstring, ``adapters/kafka.py``).
+"""What the Kafka bus promises beyond the shared contract (its docstring, ``adapters/kafka/``).
 
 The contract itself is checked by ``test_bus_contract.py`` like for every adapter; these tests
 run against the session's real Tansu server and cover the Kafka adapter's own choices: records
@@ -20,7 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from adapters.kafka import TYPES_HEADER, KafkaBus, kafka_topic
+from adapters.kafka import KafkaBus
+from adapters.kafka.wire import TYPES_HEADER, kafka_topic
 from broker.bus import Message
 from broker.errors import BusError, PublishError
 from broker.events import CloudEvent

@@ -1,4 +1,4 @@
-"""What the memory bus promises beyond the shared contract (its docstring, ``adapters/memory.py``).
+"""What the memory bus promises beyond the shared contract (its docstring, ``adapters/memory/``).
 
 The contract itself is checked by ``test_bus_contract.py`` like for every adapter; these tests
 cover the memory bus's own choices: back-pressure instead of dropping (``queue_size``), what
@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from adapters.memory import MemoryBus, event_footprint
+from adapters.memory import MemoryBus
+from adapters.memory.budget import event_footprint
 from broker.bus import Message, Nack, Subscription, create_bus
 from broker.errors import BusError, PublishError
 from broker.events import CloudEvent, new_event

@@ -1,4 +1,4 @@
-"""What the pubsub bus promises beyond the shared contract (its docstring, ``adapters/pubsub.py``).
+"""What the pubsub bus promises beyond the shared contract (its docstring: ``adapters/pubsub``).
 
 The contract itself is checked by ``test_bus_contract.py`` like for every adapter; these tests
 cover the Pub/Sub adapter's own choices, against the real emulator: how names map to topics and
@@ -28,7 +28,8 @@ from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import (
     SubscriberGrpcAsyncIOTransport,
 )
 
-from adapters.pubsub import PubSubBus, subscription_id, topic_id
+from adapters.pubsub import PubSubBus
+from adapters.pubsub.names import subscription_id, topic_id
 from broker.bus import Bus, Handler, Message, Nack, create_bus
 from broker.errors import BusError, PublishError
 from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set

@@ -18,7 +18,8 @@ import nats
 import pytest
 from nats.js import api
 
-from adapters.nats import NatsBus, consumer_name, stream_name, subject_of
+from adapters.nats import NatsBus
+from adapters.nats.names import consumer_name, stream_name, subject_of
 from broker.bus import Message
 from broker.errors import BusError, PublishError
 from broker.events import BROKER_TTL

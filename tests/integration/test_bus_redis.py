@@ -19,14 +19,9 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from adapters.redis_streams import (
-    EVENT_FIELD,
-    KEY_FIELD,
-    RELEASED_CONSUMER,
-    RedisStreamsBus,
-    group_name,
-    stream_key,
-)
+from adapters.redis_streams import RedisStreamsBus
+from adapters.redis_streams.policy import EVENT_FIELD, KEY_FIELD, group_name, stream_key
+from adapters.redis_streams.settler import RELEASED_CONSUMER
 from broker.bus import Message, Nack
 from broker.errors import BusError, PublishError, SubscribeError
 from broker.events import decode_envelope

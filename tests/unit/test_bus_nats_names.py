@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.nats import NatsOptions, consumer_name, dedup_id, stream_name, subject_of
+from adapters.nats.names import consumer_name, dedup_id, stream_name, subject_of
+from adapters.nats.options import NatsOptions
 from broker.app import bus_options
+from broker.bus.options import parse_options
 from broker.config import Settings
 from broker.errors import BusError
 from broker.events import BROKER_TTL, new_event
@@ -60,7 +62,7 @@ def test_dedup_id_is_source_and_id_plus_broker_ttl() -> None:
 
 def test_unknown_option_is_a_terminal_bus_error_naming_it() -> None:
     with pytest.raises(BusError) as raised:
-        NatsOptions.from_mapping({"url": "nats://x:4222", "ackwait": 3})
+        parse_options(NatsOptions, "nats", {"url": "nats://x:4222", "ackwait": 3})
     assert raised.value.retryable is False
     assert "ackwait" in str(raised.value)
 
@@ -79,11 +81,11 @@ def test_unknown_option_is_a_terminal_bus_error_naming_it() -> None:
 )
 def test_bad_option_values_are_terminal_bus_errors(options: dict[str, object]) -> None:
     with pytest.raises(BusError) as raised:
-        NatsOptions.from_mapping(options)
+        parse_options(NatsOptions, "nats", options)
     assert raised.value.retryable is False
 
 
 def test_every_nats_setting_is_an_option_of_the_adapter() -> None:
     """The ``nats_*`` settings (with their defaults) are what the adapter is built from."""
-    options = NatsOptions.from_mapping(bus_options(Settings(), "nats"))
+    options = parse_options(NatsOptions, "nats", bus_options(Settings(), "nats"))
     assert options == NatsOptions()

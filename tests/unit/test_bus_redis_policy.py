@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError, TimeoutError
 
-from adapters.redis_streams import (
-    Options,
+from adapters.redis_streams.options import RedisOptions
+from adapters.redis_streams.policy import (
     group_name,
-    parse_options,
     release_idle_ms,
     retryable,
     stream_key,
     successor,
     trim_floor,
 )
+from broker.bus.options import parse_options
 from broker.errors import BusError
 
 
@@ -26,8 +26,10 @@ def test_topic_and_group_names_are_used_unchanged() -> None:
 
 
 def test_options_default_and_all_settings_accepted() -> None:
-    assert parse_options(None) == Options()
+    assert parse_options(RedisOptions, "redis", None) == RedisOptions()
     parsed = parse_options(
+        RedisOptions,
+        "redis",
         {
             "url": "redis://user:pw@10.0.0.1:6380/2",
             "maxlen": 1000,
@@ -37,14 +39,14 @@ def test_options_default_and_all_settings_accepted() -> None:
             "trim_interval": 0,
             "socket_timeout": 1.0,
             "connect_timeout": 1.0,
-        }
+        },
     )
     assert parsed.visibility_ms == 5000 and parsed.maxlen == 1000 and parsed.trim_interval == 0
 
 
 def test_unknown_option_is_a_terminal_bus_error_naming_the_key() -> None:
     with pytest.raises(BusError, match="ack_wait") as raised:
-        parse_options({"url": "redis://127.0.0.1:6379/0", "ack_wait": 3})
+        parse_options(RedisOptions, "redis", {"url": "redis://127.0.0.1:6379/0", "ack_wait": 3})
     assert raised.value.retryable is False
 
 
@@ -64,7 +66,7 @@ def test_unknown_option_is_a_terminal_bus_error_naming_the_key() -> None:
 )
 def test_bad_option_values_are_terminal_bus_errors(options: dict[str, object]) -> None:
     with pytest.raises(BusError) as raised:
-        parse_options(options)
+        parse_options(RedisOptions, "redis", options)
     assert raised.value.retryable is False
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.kafka import (
+from adapters.kafka import KafkaBus, KafkaOptions
+from adapters.kafka.client import client_kwargs
+from adapters.kafka.wire import (
     NO_DATA_HEADER,
     TYPES_HEADER,
-    KafkaBus,
-    KafkaOptions,
     decode_record,
     encode_record,
     kafka_topic,
@@ -218,12 +218,14 @@ def test_heartbeat_defaults_to_a_third_of_the_session_timeout() -> None:
 
 
 def test_sasl_options_map_to_the_client() -> None:
-    kwargs = KafkaOptions(
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_username="u",
-        sasl_password="p",
-    ).client_kwargs()
+    kwargs = client_kwargs(
+        KafkaOptions(
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username="u",
+            sasl_password="p",
+        )
+    )
     assert kwargs["security_protocol"] == "SASL_PLAINTEXT"
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
     assert (kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == ("u", "p")
@@ -240,12 +242,14 @@ def test_tls_options_build_an_ssl_context(tmp_path: Path) -> None:
         ],
         check=True, capture_output=True,
     )  # fmt: skip
-    kwargs = KafkaOptions(
-        security_protocol="SASL_SSL",
-        ssl_cafile=str(cert),
-        ssl_certfile=str(cert),
-        ssl_keyfile=str(key),
-    ).client_kwargs()
+    kwargs = client_kwargs(
+        KafkaOptions(
+            security_protocol="SASL_SSL",
+            ssl_cafile=str(cert),
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+        )
+    )
     assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
     assert kwargs["sasl_mechanism"] == "PLAIN"
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from adapters.pubsub import subscription_id, topic_id
+from adapters.pubsub.names import subscription_id, topic_id
 from broker.app import bus_options
 from broker.config import Settings
 

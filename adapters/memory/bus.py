@@ -1,8 +1,8 @@
 """The in-memory bus: the embedded default adapter, a real implementation of :class:`Bus`.
 
 It keeps everything in this process and survives nothing (no ``DURABLE``), but otherwise honours
-the whole contract of ``broker/bus.py`` and passes the same conformance suite as the adapters for
-real servers.
+the whole contract of ``broker/bus/contract.py`` and passes the same conformance suite as the
+adapters for real servers.
 
 Model:
 
@@ -55,29 +55,21 @@ Model:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
-import orjson
-
+from adapters.memory.budget import ByteBudget, WaitQueue, event_footprint
+from adapters.memory.options import MemoryOptions
 from broker.bus import BusFactory, Capability, Handler, Message, run_handler
-from broker.errors import BusError, PublishError, SubscribeError
+from broker.bus.arguments import check_subscribe
+from broker.bus.handoff import HandOff
+from broker.bus.options import parse_options
+from broker.errors import BusError, PublishError
 from broker.events import CloudEvent
 
-log = logging.getLogger(__name__)
-
-DEFAULT_QUEUE_SIZE = 100_000
-DEFAULT_QUEUE_BYTES = 128 * 1024 * 1024
-
-# What :func:`event_footprint` adds for the Python objects of one held event (the CloudEvent,
-# its attribute dict, the queue entry) and for each attribute (its key and value objects):
-# measured sizes rounded up, so that many small events are not undercounted.
-EVENT_OVERHEAD = 512
-ATTRIBUTE_OVERHEAD = 128
+log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 
 # Redelivery delay after a handler raised something other than Nack: long enough that a handler
 # failing on every message does not busy-loop, short enough not to matter for a transient error.
@@ -86,17 +78,6 @@ ERROR_REDELIVERY_DELAY = 0.05
 # True in the handler tasks of memory-bus subscriptions (and in tasks they start): their
 # publishes skip back-pressure (see the module docstring).
 _in_handler: ContextVar[bool] = ContextVar("cemesh_memory_bus_in_handler", default=False)
-
-
-def event_footprint(event: CloudEvent) -> int:
-    """About how many bytes of memory ``event`` takes while a group holds it (pure).
-
-    Its data, its attributes as JSON (names and values: one C call, cheaper on the ingress hot
-    path than a loop over them), and the fixed overheads.
-    """
-    attributes = event.attributes
-    size = EVENT_OVERHEAD + ATTRIBUTE_OVERHEAD * len(attributes) + len(orjson.dumps(attributes))
-    return size if event.data is None else size + len(event.data)
 
 
 class _Entry:
@@ -111,107 +92,59 @@ class _Entry:
         self.attempt = attempt
 
 
-class _WaitQueue:
-    """Publishers waiting for room, woken one at a time, first come first served."""
-
-    __slots__ = ("waiters",)
-
-    def __init__(self) -> None:
-        self.waiters: deque[asyncio.Future[None]] = deque()
-
-    async def wait(self) -> None:
-        """Return when woken (to look again: the room may be gone by then)."""
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            # The wake-up was meant for someone waiting: pass it on rather than lose it.
-            if waiter.done() and not waiter.cancelled():
-                self.wake_one()
-            else:
-                with contextlib.suppress(ValueError):
-                    self.waiters.remove(waiter)
-            raise
-
-    def wake_one(self) -> None:
-        waiters = self.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def wake_all(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-
-class _ByteBudget:
-    """The bytes of events the whole bus holds (``held``), bounded by ``limit``."""
-
-    __slots__ = ("held", "limit", "waiting")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self.waiting = _WaitQueue()
-
-    def has_room(self, size: int) -> bool:
-        """Whether ``size`` more bytes fit (always, when nothing is held: no event is refused)."""
-        return self.held == 0 or self.held + size <= self.limit
-
-    def release(self, size: int) -> None:
-        self.held -= size
-        if self.waiting.waiters:
-            self.waiting.wake_one()
-
-
 class _Group:
     """The queue of one consumer group of one topic, shared by its subscriptions.
 
     ``held`` counts the messages the group holds that no handler is working on (ready, waiting
     behind their key, or waiting for a redelivery delay); it is what ``queue_size`` bounds.
-    ``taken`` counts the messages in a handler.
+    ``taken`` counts the messages in a handler. The hand-off to handler tasks, the per-key
+    guard and the give-back on cancel are :class:`~broker.bus.handoff.HandOff`'s.
     """
 
     __slots__ = (
         "_budget",
-        "_getters",
         "_loop",
         "_putters",
         "_timers",
         "bytes",
+        "handoff",
         "held",
-        "keys",
         "name",
         "ordered",
-        "ready",
         "subscriptions",
         "taken",
         "topic",
     )
 
-    def __init__(self, topic: str, name: str, *, ordered: bool, budget: _ByteBudget) -> None:
+    def __init__(self, topic: str, name: str, *, ordered: bool, budget: ByteBudget) -> None:
         self.topic = topic
         self.name = name
         self._budget = budget
         self.bytes = 0  # the footprint of everything held or taken, charged to the budget
         # Fixed when the group is made: the per-key guard must see a key's every message.
         self.ordered = ordered
-        self.ready: deque[_Entry] = deque()
-        # key -> later messages of that key, waiting for the one ahead of them to be acked. A key
-        # is present while one of its messages is anywhere in this group.
-        self.keys: dict[str, deque[_Entry]] = {}
+        self.handoff: HandOff[_Entry] = HandOff(
+            on_handed=self._handed, on_given_back=self._given_back
+        )
         self.held = 0
         self.taken = 0
         self.subscriptions: set[_MemorySubscription] = set()
-        self._getters: deque[asyncio.Future[_Entry]] = deque()
-        self._putters = _WaitQueue()
+        self._putters = WaitQueue()
         self._timers: set[asyncio.TimerHandle] = set()
         self._loop = asyncio.get_running_loop()
+
+    def _lane(self, entry: _Entry) -> str | None:
+        return entry.key if self.ordered else None
+
+    def _handed(self, entry: _Entry) -> None:
+        self.held -= 1
+        self.taken += 1
+        self.wake_putter()
+
+    def _given_back(self, entry: _Entry) -> None:
+        # Handed to a handler task cancelled before the handler saw it: not a delivery.
+        self.taken -= 1
+        self.held += 1
 
     # -- producing side ---------------------------------------------------------------------
 
@@ -220,30 +153,7 @@ class _Group:
         self.held += 1
         self.bytes += entry.size
         self._budget.held += entry.size
-        key = entry.key if self.ordered else None
-        if key is not None:
-            waiting = self.keys.get(key)
-            if waiting is not None:
-                waiting.append(entry)
-                return
-            self.keys[key] = deque()
-        self._release(entry, front=False)
-
-    def _release(self, entry: _Entry, *, front: bool) -> None:
-        """Make ``entry`` deliverable: hand it to a waiting handler task, or queue it."""
-        getters = self._getters
-        while getters:
-            getter = getters.popleft()
-            if not getter.done():
-                self.held -= 1
-                self.taken += 1
-                getter.set_result(entry)
-                self.wake_putter()
-                return
-        if front:
-            self.ready.appendleft(entry)
-        else:
-            self.ready.append(entry)
+        self.handoff.put(entry, self._lane(entry))
 
     async def wait_for_space(self, limit: int) -> None:
         """Return once the group holds fewer than ``limit`` untaken messages, or is not live."""
@@ -266,35 +176,14 @@ class _Group:
 
     async def take(self) -> _Entry:
         """The next deliverable message, waiting for one if there is none."""
-        if self.ready:
-            self.held -= 1
-            self.taken += 1
-            self.wake_putter()
-            return self.ready.popleft()
-        getter = self._loop.create_future()
-        self._getters.append(getter)
-        try:
-            return await getter
-        except asyncio.CancelledError:
-            if getter.done() and not getter.cancelled():
-                # Handed a message, but cancelled before the handler saw it: not a delivery.
-                self.give_back(getter.result(), delivered=False)
-            else:
-                self._discard(self._getters, getter)
-            raise
+        return await self.handoff.take()
 
     def ack(self, entry: _Entry) -> None:
         """The handler returned: forget ``entry`` and release the next message of its key."""
         self.taken -= 1
         self.bytes -= entry.size
         self._budget.release(entry.size)
-        key = entry.key if self.ordered else None
-        if key is not None:
-            waiting = self.keys[key]
-            if waiting:
-                self._release(waiting.popleft(), front=False)
-            else:
-                del self.keys[key]
+        self.handoff.finish(self._lane(entry))
 
     def redeliver(self, entry: _Entry, delay: float) -> None:
         """The handler failed: deliver ``entry`` again after ``delay`` seconds, attempt + 1."""
@@ -307,18 +196,17 @@ class _Group:
 
         def due() -> None:
             self._timers.discard(timer)
-            self._release(entry, front=False)
+            self.handoff.release(entry)
 
         timer = self._loop.call_later(max(delay, 0.0), due)
         self._timers.add(timer)
 
-    def give_back(self, entry: _Entry, *, delivered: bool) -> None:
-        """Cancelled, never acked: put ``entry`` back at the front for the next handler."""
-        if delivered:
-            entry.attempt += 1
+    def give_back(self, entry: _Entry) -> None:
+        """Cancelled in its handler, never acked: back at the front for the next handler."""
+        entry.attempt += 1
         self.taken -= 1
         self.held += 1
-        self._release(entry, front=True)
+        self.handoff.release(entry, front=True)
 
     @property
     def idle(self) -> bool:
@@ -329,11 +217,6 @@ class _Group:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-
-    @staticmethod
-    def _discard(waiters: deque[Any], waiter: asyncio.Future[Any]) -> None:
-        with contextlib.suppress(ValueError):
-            waiters.remove(waiter)
 
 
 class _MemorySubscription:
@@ -362,14 +245,14 @@ class _MemorySubscription:
                     log_extra={"topic": group.topic, "group": group.name},
                 )
             except BaseException:  # cancellation (close) and interpreter exit: never an ack
-                group.give_back(entry, delivered=True)
+                group.give_back(entry)
                 raise
             if delay is not None:
                 group.redeliver(entry, delay)
                 continue
             if self._closed:
                 # The handler swallowed the cancellation of close(): still not an ack.
-                group.give_back(entry, delivered=True)
+                group.give_back(entry)
             else:
                 group.ack(entry)
 
@@ -397,12 +280,7 @@ class _MemorySubscription:
 
 
 class MemoryBus:
-    """The in-process bus (``bus: memory``).
-
-    Options: ``queue_size`` (messages per group, default 100 000), ``queue_bytes`` (bytes of
-    events in the whole bus, default 128 MiB) and ``publish_timeout`` (seconds a publish waits
-    for room, default None: as long as it takes).
-    """
+    """The in-process bus (``bus: memory``); options: :class:`.options.MemoryOptions`."""
 
     name = "memory"
     capabilities = frozenset(
@@ -410,31 +288,10 @@ class MemoryBus:
     )
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        options = dict(options or {})
-        queue_size = options.pop("queue_size", DEFAULT_QUEUE_SIZE)
-        queue_bytes = options.pop("queue_bytes", DEFAULT_QUEUE_BYTES)
-        publish_timeout = options.pop("publish_timeout", None)
-        if options:
-            raise BusError(f"memory bus: unknown options {sorted(options)}", retryable=False)
-        for name, value in (("queue_size", queue_size), ("queue_bytes", queue_bytes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BusError(
-                    f"memory bus: {name} must be a positive integer, not {value!r}",
-                    retryable=False,
-                )
-        if publish_timeout is not None and (
-            isinstance(publish_timeout, bool)
-            or not isinstance(publish_timeout, int | float)
-            or publish_timeout < 0
-        ):
-            raise BusError(
-                f"memory bus: publish_timeout must be a number of seconds >= 0, "
-                f"not {publish_timeout!r}",
-                retryable=False,
-            )
-        self.queue_size = queue_size
-        self.publish_timeout: float | None = publish_timeout
-        self._budget = _ByteBudget(queue_bytes)
+        self.options = parse_options(MemoryOptions, self.name, options)
+        self.queue_size = self.options.queue_size
+        self.publish_timeout: float | None = self.options.publish_timeout
+        self._budget = ByteBudget(self.options.queue_bytes)
         self._topics: dict[str, dict[str, _Group]] = {}
         self._subscriptions: set[_MemorySubscription] = set()
         self._closed = False
@@ -488,7 +345,7 @@ class MemoryBus:
             # Woken for room, and some is left: the next waiting publisher may fit too.
             budget.waiting.wake_one()
 
-    def _blocker(self, groups: Mapping[str, _Group], size: int) -> _Group | _ByteBudget | None:
+    def _blocker(self, groups: Mapping[str, _Group], size: int) -> _Group | ByteBudget | None:
         """What ``size`` more bytes for each live group of ``groups`` wait for, if anything."""
         limit = self.queue_size
         live = 0
@@ -506,7 +363,7 @@ class MemoryBus:
         than taking the room an ack just made for them.
         """
         limit = self.queue_size
-        woken_by: _Group | _ByteBudget | None = None
+        woken_by: _Group | ByteBudget | None = None
         if self._budget.waiting.waiters:
             await self._budget.waiting.wait()
             woken_by = self._budget
@@ -540,10 +397,13 @@ class MemoryBus:
 
         ``ordered`` (fixed by the group's first subscription) turns on the per-key guard.
         """
-        if self._closed:
-            raise SubscribeError("memory bus is closed", retryable=False)
-        if concurrency < 1:
-            raise SubscribeError(f"concurrency must be >= 1, not {concurrency}", retryable=False)
+        check_subscribe(
+            self.name,
+            self.capabilities,
+            closed=self._closed,
+            concurrency=concurrency,
+            ordered=ordered,
+        )
         groups = self._topics.setdefault(topic, {})
         state = groups.get(group)
         if state is None:

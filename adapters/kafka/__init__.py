@@ -1,0 +1,18 @@
+"""The Kafka bus (``bus: kafka``, aiokafka): see :mod:`.bus` for the model.
+
+Rooms: ``options.py`` (its options model), ``wire.py`` (topic names and the record format,
+pure), ``client.py`` (aiokafka arguments and error classification), ``consumer.py`` (one
+consumer-group member: fetch, hand-off, commit, rebalance), ``bus.py`` (the adapter: topics,
+publishing, subscribing, deleting groups).
+"""
+
+from typing import TYPE_CHECKING
+
+from adapters import lazy_exports
+
+if TYPE_CHECKING:
+    from adapters.kafka.bus import KafkaBus
+    from adapters.kafka.options import KafkaOptions
+
+__all__ = ["KafkaBus", "KafkaOptions"]
+__getattr__ = lazy_exports(__name__, {"KafkaBus": "bus", "KafkaOptions": "options"})
