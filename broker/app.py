@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -45,28 +45,20 @@ from broker.auth.signing_keys import KeyRing
 from broker.bus import Bus, create_bus
 from broker.components import Component, HttpHandler, RuntimeContext
 from broker.config import Settings
-from broker.controller import Controller
+from broker.controller import Controller, consumer_group_of
 from broker.dispatch.client import DeliveryClient
 from broker.dispatch.delivery import Deliverer
 from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
 from broker.errors import BusClientMissing, CemeshError, RequestIncomplete
-from broker.ingress import Ingress, match_route
+from broker.feature import Feature, build_catalog, build_components
+from broker.features import FEATURES
+from broker.ingress import Ingress
 from broker.listeners import Listeners
 from broker.metrics import Metrics
 from broker.outbound import OutboundGuard, guard_for
-from broker.serving.invoker import Invoker
-from broker.sources.runner import SourceRunner
-from broker.spec import (
-    BrokerSpec,
-    ChannelSpec,
-    DeliveryPolicy,
-    Snapshot,
-    broker_topic,
-    channel_topic,
-    subscription_group,
-    trigger_group,
-)
+from broker.routes import match_route
+from broker.spec import BrokerSpec, ChannelSpec, DeliveryPolicy, Snapshot
 from broker.store import Store
 from broker.tls import TlsConfigError
 
@@ -125,11 +117,12 @@ def bus_options(settings: Settings, name: str) -> dict[str, Any]:
 class Runtime:
     """Everything one cemesh app owns while it runs."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, features: Sequence[Feature] = FEATURES) -> None:
         self.settings = settings
+        self.catalog = build_catalog(features)
         self.access: Access = build_access(settings)
         self.metrics = Metrics()
-        self.store = Store(settings.database_url)
+        self.store = Store(settings.database_url, plural_of=self.catalog.plural_of)
         self.buses: dict[str, Bus] = {}
         self._missing_clients: dict[str, str] = {}  # bus name -> which extra to install
         self.client = DeliveryClient()
@@ -190,6 +183,7 @@ class Runtime:
         )
         self.controller = Controller(
             self.store,
+            catalog=self.catalog,
             base_url=settings.base_url,
             default_delivery=default_delivery(settings),
             default_channel=settings.default_channel,
@@ -210,7 +204,7 @@ class Runtime:
             tokens=self.tokens,
         )
         # Features that run beside the dispatcher, each fed its part of every snapshot.
-        self.components: list[Component] = [SourceRunner(context), Invoker(context)]
+        self.components: list[Component] = build_components(features, context)
         self.ready = False
 
     def component(self, name: str) -> Component:
@@ -264,13 +258,7 @@ class Runtime:
         else the default bus. Done once, by the replica that saw the deletion: the group is
         server-side state. Raises BusError when the bus refuses (the controller logs it).
         """
-        metadata, spec = obj["metadata"], obj.get("spec") or {}
-        namespace, uid = metadata.get("namespace") or "default", metadata["uid"]
-        if obj["kind"] == "Trigger":
-            topic, group = broker_topic(namespace, str(spec.get("broker", ""))), trigger_group(uid)
-        else:
-            channel = str((spec.get("channel") or {}).get("name", ""))
-            topic, group = channel_topic(namespace, channel), subscription_group(uid)
+        topic, group = consumer_group_of(obj)
         name = self._topic_bus.get(topic, self.settings.default_bus)
         bus = await self._bus(name)
         await bus.delete_group(topic, group)
@@ -380,22 +368,26 @@ class CemeshApp:
             await answer_unexpected(scope, send, exc)
 
 
-def create_app(settings: Settings | None = None) -> CemeshApp:
-    """Build the cemesh ASGI app for ``settings`` (default: from the environment)."""
+def create_app(
+    settings: Settings | None = None, features: Sequence[Feature] = FEATURES
+) -> CemeshApp:
+    """Build the cemesh ASGI app for ``settings`` (default: from the environment) serving
+    ``features`` (default: cemesh's own, :func:`broker.features.default_features`)."""
     settings = settings or Settings()
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, features)
     api = FastAPI(title="cemesh", version="0.1.0", lifespan=runtime.lifespan)
     install_error_handlers(api)
     if runtime.tokens is not None and runtime.keys is not None:
         install_issuer_routes(api, runtime.tokens, runtime.keys)
-    install_openapi(api)
+    install_openapi(api, runtime.catalog)
     install_resource_routes(
         api,
         ResourceApi(
             runtime.store,
             runtime.controller,
             runtime.access,
-            outbound_guard(settings),
+            catalog=runtime.catalog,
+            guard=outbound_guard(settings),
         ),
     )
 

@@ -19,6 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from broker.eventing_types import CHANNEL_BUSES, channel_type
+
 
 class Settings(BaseSettings):
     """cemesh configuration. Environment variables are ``CEMESH_<FIELD>`` (upper case)."""
@@ -408,8 +410,6 @@ class Settings(BaseSettings):
     @property
     def default_bus(self) -> str:
         """The bus adapter of the default channel kind."""
-        from broker.resources import CHANNEL_BUSES, channel_type
-
         backing = channel_type(self.default_channel)
         assert backing is not None  # the Literal above lists only channel kinds
         return CHANNEL_BUSES[backing]

@@ -36,28 +36,15 @@ from broker.auth.policy import IngressAuthorization
 from broker.bus import Bus
 from broker.errors import BindingError, PublishError, RequestIncomplete, Unauthenticated
 from broker.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
-from broker.memo import MAX_PATH_LENGTH, remember
 from broker.metrics import Metrics
+
+# The ingress paths have their own small module (the outbound guard needs them too); these names
+# stay importable from here.
+from broker.routes import RESERVED_SEGMENTS as RESERVED_SEGMENTS
+from broker.routes import match_route as match_route
 from broker.spec import BrokerSpec, ChannelSpec, Snapshot
 
 log = logging.getLogger(__name__)
-
-# First path segments that belong to the management API, never to a broker namespace.
-RESERVED_SEGMENTS = frozenset(
-    {
-        "api",
-        "apis",
-        "channels",
-        "healthz",
-        "readyz",
-        "metrics",
-        "docs",
-        "openapi.json",
-        "sources",
-        "services",
-        ".well-known",  # cemesh's OIDC discovery document (broker/auth/delivery_tokens.py)
-    }
-)
 
 _ALLOW = (b"allow", b"POST, OPTIONS")
 _JSON = (b"content-type", b"application/json")
@@ -79,36 +66,6 @@ _OPTIONS_HEADERS = [
 
 class TtlExhausted(BindingError):
     """The event's knativebrokerttl reached zero: it is looping (K45, K107)."""
-
-
-def match_route(path: str) -> tuple[str, str, str] | None:
-    """``("broker"|"channel", namespace, name)`` for an ingress path, else None (K36, K144).
-
-    One trailing slash is tolerated. Paths whose first segment belongs to the management API
-    (``RESERVED_SEGMENTS``) are not ingress paths, so no Broker can live in a namespace named
-    ``api``, ``apis``, ``channels``, ...
-    """
-    route = _ROUTES.get(path, _UNKNOWN)
-    if route is _UNKNOWN:
-        route = _parse_route(path)
-        # The same few paths arrive again and again.
-        remember(_ROUTES, path, route, max_key_length=MAX_PATH_LENGTH, max_entries=4096)
-    return route  # type: ignore[return-value]
-
-
-_UNKNOWN = object()
-_ROUTES: dict[str, tuple[str, str, str] | object | None] = {}  # written through memo.remember
-
-
-def _parse_route(path: str) -> tuple[str, str, str] | None:
-    parts = path.strip("/").split("/")
-    if len(parts) == 2:
-        if parts[0] in RESERVED_SEGMENTS or not parts[0] or not parts[1]:
-            return None
-        return ("broker", parts[0], parts[1])
-    if len(parts) == 3 and parts[0] == "channels" and parts[1] and parts[2]:
-        return ("channel", parts[1], parts[2])
-    return None
 
 
 def apply_broker_ttl(event: CloudEvent, max_ttl: int) -> None:

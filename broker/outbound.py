@@ -36,7 +36,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from broker.ingress import match_route  # the one definition of ingress paths
+from broker.routes import match_route  # the one definition of ingress paths
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

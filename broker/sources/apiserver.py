@@ -47,8 +47,10 @@ from urllib.parse import quote
 
 import orjson
 
-from broker.errors import CemeshError, InvalidResource
+from broker.errors import CemeshError, DeliveryError, InvalidResource
 from broker.events import CloudEvent, new_event
+from broker.sources.base import Source, SourceKind
+from broker.sources.kinds import API_SERVER_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -800,11 +802,6 @@ class ApiServerWatcher:
 
 
 # -- The source kind, as broker.sources runs it ---------------------------------------------
-# Imported late: broker.sources.kinds imports this module at its bottom to register the kind.
-
-from broker.errors import DeliveryError  # noqa: E402
-from broker.sources.base import Source, SourceKind  # noqa: E402
-from broker.sources.kinds import API_SERVER_SOURCE, register_source_kind  # noqa: E402
 
 
 class ApiServerSource(Source):
@@ -836,11 +833,9 @@ class ApiServerSource(Source):
             self.log.warning("event dropped: %s", exc.message)
 
 
-register_source_kind(
-    SourceKind(
-        resource=API_SERVER_SOURCE,
-        runner=ApiServerSource,
-        check=admit_api_server_source,
-        event_types=event_types,
-    )
+API_SERVER_SOURCE_KIND = SourceKind(
+    resource=API_SERVER_SOURCE,
+    runner=ApiServerSource,
+    check=admit_api_server_source,
+    event_types=event_types,
 )

@@ -22,9 +22,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from broker.binding import to_binary
+from broker.catalog import ResourceType
 from broker.components import Receive, RuntimeContext, Scope, Send, send_json
 from broker.dispatch.client import HttpClient
 from broker.dispatch.delivery import TokenSource
@@ -32,9 +33,6 @@ from broker.dispatch.retry import is_success
 from broker.errors import DeliveryError, InvalidResource
 from broker.events import CloudEvent
 from broker.logging import ContextAdapter
-
-if TYPE_CHECKING:  # a type only: importing broker.resources here would cycle back into kinds
-    from broker.resources import ResourceType
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from broker.events import CloudEvent, new_event
 # The module, not its names: importing broker.sources.lease first imports this module back.
 from broker.sources import lease
 from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
-from broker.sources.kinds import PING_SOURCE, register_source_kind
+from broker.sources.kinds import PING_SOURCE
 
 PING_EVENT_TYPE = "dev.knative.sources.ping"
 DEFAULT_SCHEDULE = "* * * * *"
@@ -308,12 +308,10 @@ class PingSource(Source):
         self.fired += 1
 
 
-register_source_kind(
-    SourceKind(
-        resource=PING_SOURCE,
-        runner=PingSource,
-        check=_check,
-        prepare=_prepare,
-        event_types=lambda obj: [PING_EVENT_TYPE],
-    )
+PING_SOURCE_KIND = SourceKind(
+    resource=PING_SOURCE,
+    runner=PingSource,
+    check=_check,
+    prepare=_prepare,
+    event_types=lambda obj: [PING_EVENT_TYPE],
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import yaml
 from broker import Settings, create_app
 from broker.app import CemeshApp
 from broker.auth.local_token import read_token
+from broker.feature import Feature
+from broker.features import FEATURES
 
 
 def free_port() -> int:
@@ -83,15 +85,18 @@ class RunningCemesh:
 
 
 def _collection_path(doc: dict[str, Any], namespace: str) -> str:
-    from broker.resources import type_for_kind
+    from broker.features import type_for_kind
 
     rtype = type_for_kind(doc["apiVersion"], doc["kind"])
     return rtype.collection_path(namespace)
 
 
 @contextlib.asynccontextmanager
-async def running_cemesh(tmp_path: Path, **overrides: Any) -> AsyncIterator[RunningCemesh]:
-    """Serve cemesh on 127.0.0.1:<free port> with a SQLite store in ``tmp_path``."""
+async def running_cemesh(
+    tmp_path: Path, *, features: Sequence[Feature] = FEATURES, **overrides: Any
+) -> AsyncIterator[RunningCemesh]:
+    """Serve cemesh on 127.0.0.1:<free port> with a SQLite store in ``tmp_path``, serving
+    ``features`` (default: cemesh's own)."""
     port = free_port()
     settings = Settings(
         **{
@@ -102,7 +107,7 @@ async def running_cemesh(tmp_path: Path, **overrides: Any) -> AsyncIterator[Runn
             **overrides,
         }
     )
-    app = create_app(settings)
+    app = create_app(settings, features)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

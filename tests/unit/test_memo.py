@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from broker import binding, ingress
+from broker import binding, routes
 from broker.memo import remember
 
 MEGABYTE = 1024 * 1024
@@ -21,7 +21,7 @@ def _tables() -> list[dict]:
         binding._MODE_BY_CONTENT_TYPE,
         binding._JSON_MEDIA_TYPE,
         binding._HEADER_ROLE,
-        ingress._ROUTES,
+        routes._ROUTES,
     ]
 
 
@@ -54,6 +54,6 @@ def test_huge_names_content_types_and_paths_are_checked_but_never_remembered() -
         ]
         [binary] = binding.parse_request(headers, b"data")
         assert binary.attributes[huge] == "v"
-        assert ingress.match_route("/" + huge + "/broker") == ("broker", huge, "broker")
+        assert routes.match_route("/" + huge + "/broker") == ("broker", huge, "broker")
     grown = _key_bytes(*_tables()) - before
     assert grown < 100 * 1024, grown  # 20 rounds of megabyte keys added (almost) nothing
