@@ -21,6 +21,7 @@ import yaml
 from broker import Settings, create_app
 from broker.app import CemeshApp
 from broker.auth.local_token import read_token
+from broker.catalog import Catalog
 from broker.feature import Feature
 from broker.features import FEATURES
 
@@ -61,7 +62,7 @@ class RunningCemesh:
             if not doc:
                 continue
             ns = doc.get("metadata", {}).get("namespace", namespace)
-            path = _collection_path(doc, ns)
+            path = _collection_path(self.runtime.catalog, doc, ns)
             response = await self.client.post(path, json=doc)
             if response.status_code == 409:
                 name = doc["metadata"]["name"]
@@ -84,10 +85,8 @@ class RunningCemesh:
         return await self.client.send(request)
 
 
-def _collection_path(doc: dict[str, Any], namespace: str) -> str:
-    from broker.features import type_for_kind
-
-    rtype = type_for_kind(doc["apiVersion"], doc["kind"])
+def _collection_path(catalog: Catalog, doc: dict[str, Any], namespace: str) -> str:
+    rtype = catalog.type_for_kind(doc["apiVersion"], doc["kind"])
     return rtype.collection_path(namespace)
 
 
