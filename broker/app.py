@@ -126,35 +126,10 @@ class Runtime:
         self.buses: dict[str, Bus] = {}
         self._missing_clients: dict[str, str] = {}  # bus name -> which extra to install
         self.client = DeliveryClient()
-        # cemesh's own identity for deliveries (Knative's authentication-oidc), when on. Ingress
-        # OIDC switches it on too, as Knative's one flag does: cemesh's own hops to a Broker or
-        # Channel over HTTP (flows, Subscription replies, dead letters) must carry a token.
         self.keys: KeyRing | None = None
         self.tokens: DeliveryTokens | None = None
-        if settings.delivery_oidc or settings.ingress_oidc:
-            self.keys = KeyRing(
-                self.store,
-                rotation_interval=settings.oidc_key_rotation_interval,
-                token_lifetime=settings.delivery_token_lifetime,
-                lead=settings.oidc_key_publish_lead,
-                check_interval=settings.oidc_key_check_interval,
-            )
-            self.tokens = DeliveryTokens(
-                self.keys, issuer=settings.issuer, lifetime=settings.delivery_token_lifetime
-            )
-        # Senders' tokens, with ingress OIDC on (None: the ingress authenticates nobody): the
-        # configured issuer's and cemesh's own (its keys read in-process, never over HTTP).
         self.ingress_verifier: OidcVerifier | TrustedIssuers | None = None
-        senders = verifier_from_settings(settings, ingress=True)
-        if senders is not None and self.keys is not None:
-            own = OidcVerifier(
-                settings.issuer,
-                key_source=self.keys.jwks,
-                leeway=settings.oidc_leeway,
-                min_refresh_interval=1.0,
-                cache_size=settings.oidc_token_cache_size,
-            )
-            self.ingress_verifier = TrustedIssuers([senders, own])
+        self._build_identity()
         self.ingress = Ingress(
             buses=self.buses,
             metrics=self.metrics,
@@ -206,6 +181,37 @@ class Runtime:
         # Features that run beside the dispatcher, each fed its part of every snapshot.
         self.components: list[Component] = build_components(features, context)
         self.ready = False
+
+    def _build_identity(self) -> None:
+        """cemesh's delivery identity (signing keys, tokens) and the ingress' token verifier."""
+        # cemesh's own identity for deliveries (Knative's authentication-oidc), when on. Ingress
+        # OIDC switches it on too, as Knative's one flag does: cemesh's own hops to a Broker or
+        # Channel over HTTP (flows, Subscription replies, dead letters) must carry a token.
+        if self.settings.delivery_oidc or self.settings.ingress_oidc:
+            self.keys = KeyRing(
+                self.store,
+                rotation_interval=self.settings.oidc_key_rotation_interval,
+                token_lifetime=self.settings.delivery_token_lifetime,
+                lead=self.settings.oidc_key_publish_lead,
+                check_interval=self.settings.oidc_key_check_interval,
+            )
+            self.tokens = DeliveryTokens(
+                self.keys,
+                issuer=self.settings.issuer,
+                lifetime=self.settings.delivery_token_lifetime,
+            )
+        # Senders' tokens, with ingress OIDC on (None: the ingress authenticates nobody): the
+        # configured issuer's and cemesh's own (its keys read in-process, never over HTTP).
+        senders = verifier_from_settings(self.settings, ingress=True)
+        if senders is not None and self.keys is not None:
+            own = OidcVerifier(
+                self.settings.issuer,
+                key_source=self.keys.jwks,
+                leeway=self.settings.oidc_leeway,
+                min_refresh_interval=1.0,
+                cache_size=self.settings.oidc_token_cache_size,
+            )
+            self.ingress_verifier = TrustedIssuers([senders, own])
 
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)

@@ -367,17 +367,10 @@ def _dependency(obj: Obj, world: World, conditions: Conditions) -> None:
 _TRIGGER_PREREQUISITES = ("BrokerReady", "SubscriberResolved", "DeadLetterSinkResolved")
 
 
-def _reconcile_trigger(obj: Obj, world: World) -> None:
-    metadata = obj["metadata"]
-    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
-    spec = obj.get("spec") or {}
-    conditions = Conditions(obj, world.now)
-    status_fields: dict[str, Any] = {}
-
-    # BrokerReady (K56): the Trigger may come first; it waits, not Ready, until the Broker is.
-    broker = trigger_broker(spec)
-    broker_key = (EVENTING, BROKER.kind, namespace, broker)
-    broker_obj = world.find(broker_key)
+def _broker_ready(conditions: Conditions, world: World, namespace: str, broker: str) -> Obj | None:
+    """BrokerReady (K56): the Trigger may come first; it waits, not Ready, until the Broker is.
+    The Broker object, when it exists."""
+    broker_obj = world.find((EVENTING, BROKER.kind, namespace, broker))
     if broker_obj is None:
         conditions.set(
             "BrokerReady",
@@ -395,6 +388,68 @@ def _reconcile_trigger(obj: Obj, world: World) -> None:
         )
     else:
         conditions.set("BrokerReady", "True")
+    return broker_obj
+
+
+def _trigger_spec(
+    obj: Obj,
+    world: World,
+    conditions: Conditions,
+    subscriber: Address,
+    delivery: Delivery,
+) -> TriggerSpec | None:
+    """SubscriptionReady: the Trigger's runtime spec once every prerequisite holds (K61)."""
+    metadata = obj["metadata"]
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    spec = obj.get("spec") or {}
+    waiting = [
+        t
+        for t in (*_TRIGGER_PREREQUISITES, "DependencyReady")
+        if conditions.get(t)["status"] != "True"
+    ]
+    if waiting:
+        message = f"waiting for {', '.join(waiting)}"
+        conditions.set("SubscriptionReady", "Unknown", "NotSubscribed", message)
+        return None
+    annotations = metadata.get("annotations") or {}
+    try:
+        predicate, filter_text = compile_trigger_filter(
+            spec,
+            payload=annotations.get(FILTER_PAYLOAD_ANNOTATION) == FILTER_PAYLOAD_ENABLED,
+        )
+        policy = world.policy(delivery.spec, "spec.delivery", delivery.dead_letter_uri, delivery)
+    except InvalidResource as exc:  # stored before a rule tightened: report, do not crash
+        conditions.set("SubscriptionReady", "False", "InvalidSpec", str(exc))
+        return None
+    broker = trigger_broker(spec)
+    conditions.set("SubscriptionReady", "True")
+    return TriggerSpec(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        broker=broker,
+        topic=runtime.broker_topic(namespace, broker),
+        group=runtime.trigger_group(uid),
+        subscriber_uri=subscriber.url,
+        delivery=policy,
+        filter=predicate,
+        filter_source=filter_text,
+        ordered=annotations.get(DELIVERY_ORDER_ANNOTATION) == "ordered",
+        subscriber_audience=subscriber.audience,
+        subscriber_ca_certs=subscriber.ca_certs,
+        identity=delivery_subject(EVENTING, TRIGGER.kind, namespace, name),
+    )
+
+
+def _reconcile_trigger(obj: Obj, world: World) -> None:
+    metadata = obj["metadata"]
+    namespace, uid = metadata["namespace"], metadata["uid"]
+    spec = obj.get("spec") or {}
+    conditions = Conditions(obj, world.now)
+    status_fields: dict[str, Any] = {}
+
+    broker = trigger_broker(spec)
+    broker_obj = _broker_ready(conditions, world, namespace, broker)
 
     # SubscriberResolved (K57): subscriberUri is "" while it does not resolve.
     subscriber = Address("")
@@ -406,10 +461,10 @@ def _reconcile_trigger(obj: Obj, world: World) -> None:
         conditions.set("SubscriberResolved", "False", exc.reason, f"subscriber: {exc.message}")
     else:
         conditions.set("SubscriberResolved", "True")
-    subscriber_uri = subscriber.url
-    status_fields["subscriberUri"] = subscriber_uri
+    status_fields["subscriberUri"] = subscriber.url
 
     # DeadLetterSinkResolved (K58) for the delivery in force (K66).
+    broker_key = (EVENTING, BROKER.kind, namespace, broker)
     delivery = effective_delivery(obj, world, broker_key if broker_obj is not None else None)
     set_dead_letter_condition(conditions, delivery)
     if delivery.dead_letter_uri is not None:
@@ -417,47 +472,7 @@ def _reconcile_trigger(obj: Obj, world: World) -> None:
 
     _dependency(obj, world, conditions)
 
-    # SubscriptionReady: the data plane runs the Trigger (K61) once everything above holds.
-    trigger_spec: TriggerSpec | None = None
-    waiting = [
-        t
-        for t in (*_TRIGGER_PREREQUISITES, "DependencyReady")
-        if conditions.get(t)["status"] != "True"
-    ]
-    if waiting:
-        message = f"waiting for {', '.join(waiting)}"
-        conditions.set("SubscriptionReady", "Unknown", "NotSubscribed", message)
-    else:
-        try:
-            annotations = metadata.get("annotations") or {}
-            predicate, filter_text = compile_trigger_filter(
-                spec,
-                payload=annotations.get(FILTER_PAYLOAD_ANNOTATION) == FILTER_PAYLOAD_ENABLED,
-            )
-            policy = world.policy(
-                delivery.spec, "spec.delivery", delivery.dead_letter_uri, delivery
-            )
-        except InvalidResource as exc:  # stored before a rule tightened: report, do not crash
-            conditions.set("SubscriptionReady", "False", "InvalidSpec", str(exc))
-        else:
-            order = (metadata.get("annotations") or {}).get(DELIVERY_ORDER_ANNOTATION)
-            trigger_spec = TriggerSpec(
-                namespace=namespace,
-                name=name,
-                uid=uid,
-                broker=broker,
-                topic=runtime.broker_topic(namespace, broker),
-                group=runtime.trigger_group(uid),
-                subscriber_uri=subscriber_uri,
-                delivery=policy,
-                filter=predicate,
-                filter_source=filter_text,
-                ordered=order == "ordered",
-                subscriber_audience=subscriber.audience,
-                subscriber_ca_certs=subscriber.ca_certs,
-                identity=delivery_subject(EVENTING, TRIGGER.kind, namespace, name),
-            )
-            conditions.set("SubscriptionReady", "True")
+    trigger_spec = _trigger_spec(obj, world, conditions, subscriber, delivery)
     world.statuses[uid] = {**base_status(obj, conditions), **status_fields}
     if trigger_spec is not None:
         world.triggers[uid] = trigger_spec
@@ -485,6 +500,41 @@ def _channel_condition(conditions: Conditions, world: World, key: ObjKey) -> Obj
     return channel
 
 
+def _subscription_references(
+    obj: Obj, world: World, conditions: Conditions, parent: ObjKey | None
+) -> tuple[Address, Address | None, Delivery, dict[str, str]]:
+    """ReferencesResolved (K155): the subscriber, the reply (None when not set), the delivery in
+    force (``parent``: the Channel it inherits from) and ``physicalSubscription``, where each URI
+    is "" when it does not resolve."""
+    namespace = obj["metadata"]["namespace"]
+    spec = obj.get("spec") or {}
+    failures: list[tuple[str, str]] = []
+
+    def resolve(destination: Mapping[str, Any], what: str) -> Address:
+        try:
+            return world.resolve_address(destination, namespace, require_ready=True)
+        except Unresolvable as exc:
+            failures.append((exc.reason, f"{what}: {exc.message}"))
+            return Address("")
+
+    subscriber = resolve(spec.get("subscriber") or {}, "subscriber")
+    physical: dict[str, str] = {"subscriberUri": subscriber.url}
+    reply: Address | None = None
+    if spec.get("reply") is not None:
+        reply = resolve(spec["reply"], "reply")
+        physical["replyUri"] = reply.url
+    delivery = effective_delivery(obj, world, parent)
+    if delivery.failure is not None:
+        failures.append(delivery.failure)
+    if delivery.configured:
+        physical["deadLetterSinkUri"] = delivery.dead_letter_uri or ""
+    if failures:
+        conditions.set("ReferencesResolved", "False", *failures[0])
+    else:
+        conditions.set("ReferencesResolved", "True")
+    return subscriber, reply, delivery, physical
+
+
 def _reconcile_subscription(obj: Obj, world: World) -> None:
     metadata = obj["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
@@ -501,35 +551,15 @@ def _reconcile_subscription(obj: Obj, world: World) -> None:
     )
     channel = _channel_condition(conditions, world, channel_key)
 
-    # ReferencesResolved (K155): subscriber, reply and dead-letter sink, each "" if it fails.
-    failures: list[tuple[str, str]] = []
-
-    def resolve(destination: Mapping[str, Any], what: str) -> Address:
-        try:
-            return world.resolve_address(destination, namespace, require_ready=True)
-        except Unresolvable as exc:
-            failures.append((exc.reason, f"{what}: {exc.message}"))
-            return Address("")
-
-    subscriber = resolve(spec.get("subscriber") or {}, "subscriber")
-    physical: dict[str, str] = {"subscriberUri": subscriber.url}
-    reply_uri: str | None = None
-    reply = Address("")
-    if spec.get("reply") is not None:
-        reply = resolve(spec["reply"], "reply")
-        reply_uri = physical["replyUri"] = reply.url
-    delivery = effective_delivery(obj, world, channel_key if channel is not None else None)
-    if delivery.failure is not None:
-        failures.append(delivery.failure)
-    if delivery.configured:
-        physical["deadLetterSinkUri"] = delivery.dead_letter_uri or ""
-    if failures:
-        conditions.set("ReferencesResolved", "False", *failures[0])
-    else:
-        conditions.set("ReferencesResolved", "True")
+    subscriber, reply, delivery, physical = _subscription_references(
+        obj, world, conditions, channel_key if channel is not None else None
+    )
+    failed = conditions.get("ReferencesResolved")["status"] != "True"
+    reply_uri = None if reply is None else reply.url
+    reply = reply or Address("")
 
     subscription_spec: SubscriptionSpec | None = None
-    if channel is None or failures or not world.is_ready(channel):
+    if channel is None or failed or not world.is_ready(channel):
         conditions.set(
             "AddedToChannel", "Unknown", "NotAdded", "waiting for ChannelReady, ReferencesResolved"
         )
