@@ -10,8 +10,8 @@ True it carries the reason of the first owned object that is not Ready, and a me
 that object (so "Service default/first does not exist" shows on the flow itself).
 
 Flow kinds are reconciled after Channels and Subscriptions, so the owned objects' statuses of
-this pass are known. As destinations they resolve by name alone (:data:`ADDRESS_RESOLVERS`), so
-a Trigger or PingSource may point at a flow before the flow is Ready.
+this pass are known. As destinations they resolve by name alone (their feature's address
+resolvers), so a Trigger or PingSource may point at a flow before the flow is Ready.
 """
 
 from __future__ import annotations
