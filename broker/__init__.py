@@ -14,14 +14,20 @@ from typing import TYPE_CHECKING
 from broker.config import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from broker.app import CemeshApp
+    from broker.feature import Feature
 
 __all__ = ["Settings", "create_app"]
 
 
-def create_app(settings: Settings | None = None) -> CemeshApp:
-    """Build the cemesh ASGI app (ingress + management API) for ``settings``."""
+def create_app(
+    settings: Settings | None = None, features: Sequence[Feature] | None = None
+) -> CemeshApp:
+    """Build the cemesh ASGI app (ingress + management API) for ``settings``, serving
+    ``features`` (default: :func:`broker.features.default_features`)."""
     # Imported here so that `import broker` stays light (the CLI imports it for every command).
     from broker.app import create_app as _create_app
 
-    return _create_app(settings)
+    return _create_app(settings) if features is None else _create_app(settings, features)

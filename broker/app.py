@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -45,29 +45,21 @@ from broker.auth.signing_keys import KeyRing
 from broker.bus import Bus, create_bus
 from broker.components import Component, HttpHandler, RuntimeContext
 from broker.config import Settings
-from broker.controller import Controller
+from broker.controller import Controller, consumer_group_of
 from broker.dispatch.client import DeliveryClient
 from broker.dispatch.delivery import Deliverer
 from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
 from broker.errors import BusClientMissing, CemeshError, RequestIncomplete
-from broker.ingress import Ingress, match_route
+from broker.feature import Feature, build_catalog, build_components
+from broker.features import FEATURES
+from broker.ingress import Ingress
 from broker.kube.control import KubeControlPlane, connect_control_plane
 from broker.listeners import Listeners
 from broker.metrics import Metrics
 from broker.outbound import OutboundGuard, guard_for
-from broker.serving.invoker import Invoker
-from broker.sources.runner import SourceRunner
-from broker.spec import (
-    BrokerSpec,
-    ChannelSpec,
-    DeliveryPolicy,
-    Snapshot,
-    broker_topic,
-    channel_topic,
-    subscription_group,
-    trigger_group,
-)
+from broker.routes import match_route
+from broker.spec import BrokerSpec, ChannelSpec, DeliveryPolicy, Snapshot
 from broker.store import Store
 from broker.tls import TlsConfigError
 
@@ -132,43 +124,19 @@ def reconcile_options(settings: Settings) -> dict[str, Any]:
 class Runtime:
     """Everything one cemesh app owns while it runs."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, features: Sequence[Feature] = FEATURES) -> None:
         self.settings = settings
+        self.catalog = build_catalog(features)
         self.access: Access = build_access(settings)
         self.metrics = Metrics()
-        self.store = Store(settings.database_url)
+        self.store = Store(settings.database_url, plural_of=self.catalog.plural_of)
         self.buses: dict[str, Bus] = {}
         self._missing_clients: dict[str, str] = {}  # bus name -> which extra to install
         self.client = DeliveryClient()
-        # cemesh's own identity for deliveries (Knative's authentication-oidc), when on. Ingress
-        # OIDC switches it on too, as Knative's one flag does: cemesh's own hops to a Broker or
-        # Channel over HTTP (flows, Subscription replies, dead letters) must carry a token.
         self.keys: KeyRing | None = None
         self.tokens: DeliveryTokens | None = None
-        if settings.delivery_oidc or settings.ingress_oidc:
-            self.keys = KeyRing(
-                self.store,
-                rotation_interval=settings.oidc_key_rotation_interval,
-                token_lifetime=settings.delivery_token_lifetime,
-                lead=settings.oidc_key_publish_lead,
-                check_interval=settings.oidc_key_check_interval,
-            )
-            self.tokens = DeliveryTokens(
-                self.keys, issuer=settings.issuer, lifetime=settings.delivery_token_lifetime
-            )
-        # Senders' tokens, with ingress OIDC on (None: the ingress authenticates nobody): the
-        # configured issuer's and cemesh's own (its keys read in-process, never over HTTP).
         self.ingress_verifier: OidcVerifier | TrustedIssuers | None = None
-        senders = verifier_from_settings(settings, ingress=True)
-        if senders is not None and self.keys is not None:
-            own = OidcVerifier(
-                settings.issuer,
-                key_source=self.keys.jwks,
-                leeway=settings.oidc_leeway,
-                min_refresh_interval=1.0,
-                cache_size=settings.oidc_token_cache_size,
-            )
-            self.ingress_verifier = TrustedIssuers([senders, own])
+        self._build_identity()
         self.ingress = Ingress(
             buses=self.buses,
             metrics=self.metrics,
@@ -198,6 +166,7 @@ class Runtime:
         self.reconcile_options = reconcile_options(settings)
         self.controller = Controller(
             self.store,
+            catalog=self.catalog,
             base_url=settings.base_url,
             default_delivery=default_delivery(settings),
             default_channel=settings.default_channel,
@@ -215,7 +184,7 @@ class Runtime:
             tokens=self.tokens,
         )
         # Features that run beside the dispatcher, each fed its part of every snapshot.
-        self.components: list[Component] = [SourceRunner(context), Invoker(context)]
+        self.components: list[Component] = build_components(features, context)
         self.ready = False
         # With control_plane kubernetes: the loop that replaces the controller (at startup).
         self.kube_plane: KubeControlPlane | None = None
@@ -224,6 +193,37 @@ class Runtime:
     def plane(self) -> Controller | KubeControlPlane:
         """The control loop in use: the store's controller, or the Kubernetes one."""
         return self.kube_plane or self.controller
+
+    def _build_identity(self) -> None:
+        """cemesh's delivery identity (signing keys, tokens) and the ingress' token verifier."""
+        # cemesh's own identity for deliveries (Knative's authentication-oidc), when on. Ingress
+        # OIDC switches it on too, as Knative's one flag does: cemesh's own hops to a Broker or
+        # Channel over HTTP (flows, Subscription replies, dead letters) must carry a token.
+        if self.settings.delivery_oidc or self.settings.ingress_oidc:
+            self.keys = KeyRing(
+                self.store,
+                rotation_interval=self.settings.oidc_key_rotation_interval,
+                token_lifetime=self.settings.delivery_token_lifetime,
+                lead=self.settings.oidc_key_publish_lead,
+                check_interval=self.settings.oidc_key_check_interval,
+            )
+            self.tokens = DeliveryTokens(
+                self.keys,
+                issuer=self.settings.issuer,
+                lifetime=self.settings.delivery_token_lifetime,
+            )
+        # Senders' tokens, with ingress OIDC on (None: the ingress authenticates nobody): the
+        # configured issuer's and cemesh's own (its keys read in-process, never over HTTP).
+        senders = verifier_from_settings(self.settings, ingress=True)
+        if senders is not None and self.keys is not None:
+            own = OidcVerifier(
+                self.settings.issuer,
+                key_source=self.keys.jwks,
+                leeway=self.settings.oidc_leeway,
+                min_refresh_interval=1.0,
+                cache_size=self.settings.oidc_token_cache_size,
+            )
+            self.ingress_verifier = TrustedIssuers([senders, own])
 
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
@@ -276,13 +276,7 @@ class Runtime:
         else the default bus. Done once, by the replica that saw the deletion: the group is
         server-side state. Raises BusError when the bus refuses (the controller logs it).
         """
-        metadata, spec = obj["metadata"], obj.get("spec") or {}
-        namespace, uid = metadata.get("namespace") or "default", metadata["uid"]
-        if obj["kind"] == "Trigger":
-            topic, group = broker_topic(namespace, str(spec.get("broker", ""))), trigger_group(uid)
-        else:
-            channel = str((spec.get("channel") or {}).get("name", ""))
-            topic, group = channel_topic(namespace, channel), subscription_group(uid)
+        topic, group = consumer_group_of(obj)
         name = self._topic_bus.get(topic, self.settings.default_bus)
         bus = await self._bus(name)
         await bus.delete_group(topic, group)
@@ -322,6 +316,7 @@ class Runtime:
                 open_buses=self.open_buses,
                 retire_groups=self.retire_groups,
                 default_delivery=default_delivery(self.settings),
+                catalog=self.catalog,
                 reconcile_options=self.reconcile_options,
             )
             self.kube_plane.start()
@@ -404,15 +399,18 @@ class CemeshApp:
             await answer_unexpected(scope, send, exc)
 
 
-def create_app(settings: Settings | None = None) -> CemeshApp:
-    """Build the cemesh ASGI app for ``settings`` (default: from the environment)."""
+def create_app(
+    settings: Settings | None = None, features: Sequence[Feature] = FEATURES
+) -> CemeshApp:
+    """Build the cemesh ASGI app for ``settings`` (default: from the environment) serving
+    ``features`` (default: cemesh's own, :func:`broker.features.default_features`)."""
     settings = settings or Settings()
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, features)
     api = FastAPI(title="cemesh", version="0.1.0", lifespan=runtime.lifespan)
     install_error_handlers(api)
     if runtime.tokens is not None and runtime.keys is not None:
         install_issuer_routes(api, runtime.tokens, runtime.keys)
-    install_openapi(api)
+    install_openapi(api, runtime.catalog)
     if settings.control_plane != "kubernetes":  # else resources are the cluster's (kubectl)
         install_resource_routes(
             api,
@@ -420,7 +418,8 @@ def create_app(settings: Settings | None = None) -> CemeshApp:
                 runtime.store,
                 runtime.controller,
                 runtime.access,
-                outbound_guard(settings),
+                catalog=runtime.catalog,
+                guard=outbound_guard(settings),
             ),
         )
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from broker.asgi import HttpHandler
 from broker.config import Settings
 from broker.dispatch.delivery import TokenSource
 from broker.dispatch.http import LocalRoutingClient
 from broker.metrics import Metrics
-
-if TYPE_CHECKING:  # only a type here; importing it would cycle (store -> resources -> sources)
-    from broker.store import Store
+from broker.resource_store import ResourceStore
 
 # Components answer HTTP with the raw ASGI names of broker/asgi.py (their one home).
 
@@ -30,7 +28,7 @@ class RuntimeContext:
     """What a component may use of the app it runs in."""
 
     settings: Settings
-    store: Store
+    store: ResourceStore  # the control plane's storage seam (broker/resource_store.py)
     metrics: Metrics
     client: LocalRoutingClient  # outbound HTTP (the dispatcher's pooled client)
     tokens: TokenSource | None = None  # cemesh's delivery tokens, when delivery OIDC is on

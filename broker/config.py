@@ -25,6 +25,7 @@ from adapters.memory.options import MemoryOptions
 from adapters.nats.options import NatsOptions
 from adapters.pubsub.options import PubSubOptions
 from adapters.redis_streams.options import RedisOptions
+from broker.eventing_types import CHANNEL_BUSES, channel_type
 
 # The bus adapters' options, each a typed model of its adapter: the settings ``<bus>_<option>``.
 BUS_OPTIONS: dict[str, type[BaseModel]] = {
@@ -371,8 +372,6 @@ class Settings(BusSettings):
     @property
     def default_bus(self) -> str:
         """The bus adapter of the default channel kind."""
-        from broker.resources import CHANNEL_BUSES, channel_type
-
         backing = channel_type(self.default_channel)
         assert backing is not None  # the Literal above lists only channel kinds
         return CHANNEL_BUSES[backing]

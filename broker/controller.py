@@ -23,12 +23,21 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from broker.admission import admit
 from broker.auth.policy import AuthorizationMode
+from broker.catalog import Catalog
 from broker.errors import CemeshError
-from broker.reconcile import OWNER_KINDS, Reconciled, reconcile
-from broker.resources import SUBSCRIPTION, TRIGGER, admit
-from broker.spec import DeliveryPolicy, Snapshot
-from broker.store import Store
+from broker.reconcile import Reconciled, reconcile
+from broker.resource_store import ResourceStore
+from broker.resources import SUBSCRIPTION, TRIGGER
+from broker.spec import (
+    DeliveryPolicy,
+    Snapshot,
+    broker_topic,
+    channel_topic,
+    subscription_group,
+    trigger_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,17 @@ def _buses_of(snapshot: Snapshot) -> set[str]:
     return {spec.bus for spec in snapshot.brokers.values()} | {
         spec.bus for spec in snapshot.channels.values()
     }
+
+
+def consumer_group_of(obj: dict) -> tuple[str, str]:
+    """(topic, consumer group) of a Trigger (its Broker's topic) or a Subscription (its
+    Channel's topic): the group its deletion retires."""
+    metadata, spec = obj["metadata"], obj.get("spec") or {}
+    namespace, uid = metadata.get("namespace") or "default", metadata["uid"]
+    if obj["kind"] == TRIGGER.kind:
+        return broker_topic(namespace, str(spec.get("broker", ""))), trigger_group(uid)
+    channel = str((spec.get("channel") or {}).get("name", ""))
+    return channel_topic(namespace, channel), subscription_group(uid)
 
 
 def _group(obj: dict) -> str:
@@ -75,8 +95,9 @@ class Controller:
 
     def __init__(
         self,
-        store: Store,
+        store: ResourceStore,
         *,
+        catalog: Catalog,
         base_url: str,
         default_delivery: DeliveryPolicy,
         default_channel: str,
@@ -90,6 +111,7 @@ class Controller:
         ca_certs: str | None = None,
     ) -> None:
         self._store = store
+        self._catalog = catalog  # the kinds served: their reconcilers, admission, owners
         self._ingress_oidc = ingress_oidc
         self._default_authorization_mode: AuthorizationMode = default_authorization_mode
         self._base_url = base_url
@@ -172,6 +194,7 @@ class Controller:
     def _reconcile(self, objects: list[dict], unavailable: dict[str, str]) -> Reconciled:
         return reconcile(
             objects,
+            catalog=self._catalog,
             base_url=self._base_url,
             default_delivery=self._default_delivery,
             default_channel=self._default_channel,
@@ -203,7 +226,7 @@ class Controller:
         """Create, update and delete owned objects to match ``desired``; how many changed.
 
         An object is ours to manage when its controller ownerReference names a kind in
-        OWNER_KINDS; when its owner is gone or no longer wants it, it is deleted
+        the catalog's owner kinds; when its owner is gone or no longer wants it, it is deleted
         (garbage collection, as Kubernetes does with ownerReferences).
         """
         by_key = {_key(obj): obj for obj in objects}
@@ -211,7 +234,7 @@ class Controller:
         changed = 0
         for key, child in wanted.items():
             try:
-                admitted = admit(child)
+                admitted = admit(child, catalog=self._catalog)
                 current = by_key.get(key)
                 if current is None:
                     await self._store.create(admitted)
@@ -224,7 +247,7 @@ class Controller:
             except CemeshError as exc:
                 log.warning("owned object not written", extra={"object": key, "why": str(exc)})
         for key, obj in by_key.items():
-            if key in wanted or _controller_kind(obj) not in OWNER_KINDS:
+            if key in wanted or _controller_kind(obj) not in self._catalog.owner_kinds:
                 continue  # wanted, or not ours to manage: leave it alone
             try:
                 await self._store.delete(*key)

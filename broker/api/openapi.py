@@ -3,8 +3,8 @@
 The REST routes are generic (``/apis/{group}/{version}/namespaces/{namespace}/{plural}``, one
 handler for every kind, reading the body itself), so FastAPI alone would describe neither the
 kinds nor the request bodies. :func:`install_openapi` replaces the generated document with one
-built from the table of kinds (:data:`broker.resources.TYPES`, read when the document is first
-asked for, so kinds registered later are described too):
+built from the catalog of kinds the app serves (:class:`broker.catalog.Catalog`, from the
+feature list in :mod:`broker.features`):
 
 - for each kind, its collection path (GET list, POST create) and item path (GET, PUT, DELETE);
 - request bodies: the Kubernetes object shape (``apiVersion`` and ``kind`` of that kind,
@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from broker.resources import TYPES, ResourceType
+from broker.catalog import Catalog, ResourceType
 
 # Kubernetes reads null as absent; so does admission (and the store answers with nulls kept).
 _STRINGS = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
@@ -216,7 +216,7 @@ def kind_paths(resource_type: ResourceType) -> dict[str, Any]:
     }
 
 
-def build_openapi(app: FastAPI) -> dict[str, Any]:
+def build_openapi(app: FastAPI, catalog: Catalog) -> dict[str, Any]:
     """FastAPI's document for the routes it describes, plus a path item set per served kind."""
     document = get_openapi(
         title=app.title,
@@ -225,19 +225,19 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         routes=app.routes,
     )
     paths = document.setdefault("paths", {})
-    for resource_type in TYPES:
+    for resource_type in catalog.kinds:
         paths.update(kind_paths(resource_type))
     components = document.setdefault("components", {}).setdefault("schemas", {})
     components["Status"] = STATUS_SCHEMA
     return document
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, catalog: Catalog) -> None:
     """Serve :func:`build_openapi`'s document as the app's OpenAPI (built once, when asked)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = build_openapi(app)
+            app.openapi_schema = build_openapi(app, catalog)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -25,17 +25,18 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from broker.admission import admit, metadata_of
 from broker.api.bodies import MERGE_PATCH, media_type, merge_patch, parse_object
 from broker.api.guard import principal_of
 from broker.auth.principal import Principal
 from broker.auth.processes import APPLIED_BY, process_command
 from broker.auth.rbac import PROCESSES, Resource, authorize
 from broker.auth.setup import Access
+from broker.catalog import Catalog, ResourceType
 from broker.controller import Controller
 from broker.errors import Forbidden, InvalidResource, NotFound, UnsupportedMediaType
 from broker.outbound import OutboundGuard
-from broker.resources import ResourceType, admit, metadata_of, type_for_path
-from broker.store import Store
+from broker.resource_store import ResourceStore
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,14 @@ class ResourceApi:
 
     def __init__(
         self,
-        store: Store,
+        store: ResourceStore,
         controller: Controller,
         access: Access,
+        catalog: Catalog,
         guard: OutboundGuard | None = None,
     ) -> None:
         self.store = store
+        self.catalog = catalog  # the kinds served (broker.features)
         self.controller = controller
         self.access = access
         self.guard = guard  # destinations of every write are checked against it
@@ -159,7 +162,7 @@ class ResourceApi:
         principal = self._authorize(request, "create", rtype, namespace)
         body = await self._body(request)
         self._check_kind(rtype, body)
-        obj = admit(body, namespace=namespace, guard=self.guard)
+        obj = admit(body, namespace=namespace, guard=self.guard, catalog=self.catalog)
         self._admit_write(principal, "create", obj, namespace)
         created = await self.store.create(obj)
         await self.controller.sync()
@@ -192,7 +195,7 @@ class ResourceApi:
         metadata["name"] = name
         version = metadata.get("resourceVersion")
         old = await self.store.get(rtype.group, rtype.kind, namespace, name)
-        obj = admit(body, namespace=namespace, old=old, guard=self.guard)
+        obj = admit(body, namespace=namespace, old=old, guard=self.guard, catalog=self.catalog)
         self._admit_write(principal, "update", obj, namespace)
         version = (body.get("metadata") or {}).get("resourceVersion")
         if version:
@@ -215,7 +218,7 @@ class ResourceApi:
         metadata = patched.get("metadata") or {}
         if metadata.get("name") != name:
             raise InvalidResource("metadata.name", f"cannot change from {name!r}")
-        obj = admit(patched, namespace=namespace, old=old, guard=self.guard)
+        obj = admit(patched, namespace=namespace, old=old, guard=self.guard, catalog=self.catalog)
         self._admit_write(principal, "patch", obj, namespace)
         version = (patch.get("metadata") or {}).get("resourceVersion")
         obj["metadata"]["resourceVersion"] = version or old["metadata"].get("resourceVersion")
@@ -268,7 +271,7 @@ def _register(router: APIRouter, api: ResourceApi, prefix: str, *, core: bool) -
     """One set of handlers under ``prefix``; ``core`` paths carry no group segment."""
 
     def rtype(version: str, plural: str, group: str | None) -> ResourceType:
-        return type_for_path("" if core else _group(group), version, plural)
+        return api.catalog.type_for_path("" if core else _group(group), version, plural)
 
     @router.get(prefix + "/namespaces/{namespace}/{plural}")
     async def list_namespaced(

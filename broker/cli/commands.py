@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import click
 import httpx
 
+from broker.catalog import ResourceType
 from broker.cli.client import DEFAULT_SERVER, HTTP_TIMEOUT, ApiClient, tls_verification
 from broker.cli.events import build_event, parse_extensions, resolve_target
 from broker.cli.failures import (
@@ -51,7 +52,7 @@ from broker.cli.manifests import (
 from broker.cli.redaction import hide_secret, mask_password, redact
 from broker.cli.tables import empty_message, render_objects, render_table
 from broker.errors import CemeshError
-from broker.resources import ResourceType, type_for_name
+from broker.features import type_for_name
 
 
 class _Cli(click.Group):

@@ -19,8 +19,9 @@ from typing import Any, Literal
 import yaml
 
 from broker.auth.processes import APPLIED_BY
+from broker.catalog import ResourceType
 from broker.errors import CemeshError, InvalidResource
-from broker.resources import TYPES, ResourceType, type_for_kind
+from broker.features import CATALOG, admit, type_for_kind
 
 DEFAULT_NAMESPACE = "default"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -126,7 +127,7 @@ def object_type(obj: Mapping[str, Any]) -> ResourceType:
         if exc.field == "kind":
             raise ManifestError(
                 f"kind {kind} ({api_version}) is not served by cemesh yet; it serves "
-                + ", ".join(t.kind for t in TYPES)
+                + ", ".join(t.kind for t in CATALOG.kinds)
             ) from exc
         raise ManifestError(exc.reason) from exc
 
@@ -209,7 +210,6 @@ def admission_defaults(
     namespace: str, stored: Mapping[str, Any]
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The server's own admission (validation + defaults) of a replacement for ``stored``."""
-    from broker.resources import admit
 
     def defaults(obj: dict[str, Any]) -> dict[str, Any]:
         return admit(obj, namespace=namespace, old=copy.deepcopy(dict(stored)))

@@ -24,7 +24,6 @@ from broker.resources import (
     Admission,
     ResourceType,
     check_subdomain_name,
-    register_kind,
 )
 from broker.shapes import one_of, optional_list, require_mapping, require_string, type_name
 
@@ -129,4 +128,5 @@ def _admit_event_policy(obj: dict[str, Any], old: Mapping[str, Any] | None) -> N
         validate_trigger_filters({"filters": spec["filters"]})
 
 
-register_kind(EVENT_POLICY, Admission(_admit_event_policy))
+# The kind this feature serves, with its admission (listed in broker.eventpolicy.feature).
+EVENTPOLICY_KINDS: dict[ResourceType, Admission] = {EVENT_POLICY: Admission(_admit_event_policy)}

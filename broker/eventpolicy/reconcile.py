@@ -30,14 +30,8 @@ from broker.dispatch.filters import compile_trigger_filter
 from broker.errors import InvalidResource
 from broker.eventpolicy.kinds import EVENT_POLICY, TARGET_KINDS
 from broker.labels import label_selector_matches
-from broker.reconcile import (
-    Conditions,
-    Obj,
-    World,
-    base_status,
-    register_reconciler,
-)
 from broker.resources import BROKER
+from broker.world import Conditions, Obj, World, base_status
 
 _LONGEST_NAME = 63  # a Kubernetes object name (DNS label)
 
@@ -180,6 +174,3 @@ def reconcile_event_policy(obj: Obj, world: World) -> None:
     status["from"] = subjects
     status["appliesTo"] = applied_to
     world.statuses[metadata["uid"]] = status
-
-
-register_reconciler(EVENT_POLICY.group, EVENT_POLICY.kind, reconcile_event_policy)

@@ -13,17 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from broker.admission import admit
 from broker.errors import InvalidResource
+from broker.eventing_kinds import EVENTING_CATALOG
 from broker.resources import (
     CHANNEL,
     CHANNEL_IMPLEMENTATIONS,
     Admission,
     ResourceType,
-    admit,
     admit_delivery,
     admit_destination,
     check_subdomain_name,
-    register_kind,
 )
 
 FLOWS = "flows.knative.dev"
@@ -76,7 +76,7 @@ def admit_channel_template(spec: dict[str, Any], namespace: str) -> None:
         "spec": template.get("spec") or {},
     }
     try:
-        admitted = admit(probe)
+        admitted = admit(probe, catalog=EVENTING_CATALOG)
     except InvalidResource as exc:
         raise InvalidResource(f"{field}.{exc.field}", exc.reason) from exc
     if template.get("spec") is not None:
@@ -148,5 +148,8 @@ def _admit_parallel(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     _check_owned_name(f"{obj['metadata']['name']}-kn-parallel-filter-{len(branches) - 1}")
 
 
-register_kind(SEQUENCE, Admission(_admit_sequence))
-register_kind(PARALLEL, Admission(_admit_parallel))
+# The kinds this feature serves, with their admission (listed in broker.flows.feature).
+FLOWS_KINDS: dict[ResourceType, Admission] = {
+    SEQUENCE: Admission(_admit_sequence),
+    PARALLEL: Admission(_admit_parallel),
+}

@@ -10,8 +10,8 @@ True it carries the reason of the first owned object that is not Ready, and a me
 that object (so "Service default/first does not exist" shows on the flow itself).
 
 Flow kinds are reconciled after Channels and Subscriptions, so the owned objects' statuses of
-this pass are known. As destinations they resolve by name alone (:data:`ADDRESS_RESOLVERS`), so
-a Trigger or PingSource may point at a flow before the flow is Ready.
+this pass are known. As destinations they resolve by name alone (their feature's address
+resolvers), so a Trigger or PingSource may point at a flow before the flow is Ready.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from broker.flows.kinds import PARALLEL, SEQUENCE
 from broker.flows.wiring import (
     ChannelTemplate,
     channel_template,
@@ -28,8 +27,7 @@ from broker.flows.wiring import (
     sequence_channel_name,
     sequence_resources,
 )
-from broker.reconcile import (
-    ADDRESS_RESOLVERS,
+from broker.world import (
     Conditions,
     Obj,
     World,
@@ -37,7 +35,6 @@ from broker.reconcile import (
     channel_url,
     owner_reference,
     ready_condition,
-    register_reconciler,
 )
 
 
@@ -200,13 +197,3 @@ def reconcile_parallel(obj: Obj, world: World) -> None:
         for filter_, channel, subscriber in zip(filters, channels, subscribers, strict=True)
     ]
     world.statuses[obj["metadata"]["uid"]] = status
-
-
-def _register() -> None:
-    ADDRESS_RESOLVERS[(SEQUENCE.group, SEQUENCE.kind)] = sequence_url
-    ADDRESS_RESOLVERS[(PARALLEL.group, PARALLEL.kind)] = parallel_url
-    register_reconciler(SEQUENCE.group, SEQUENCE.kind, reconcile_sequence, owns_children=True)
-    register_reconciler(PARALLEL.group, PARALLEL.kind, reconcile_parallel, owns_children=True)
-
-
-_register()

@@ -29,15 +29,19 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.catalog import Catalog
 from broker.errors import CemeshError
+from broker.kube.client import KubeConnection
 from broker.kube.lease import LeaderElector
 from broker.kube.resolution import CLUSTER_DOMAIN, Lookup, referenced_kinds, resolve_destination
 from broker.kube.status import knative_broker_status, mark_unresolved
 from broker.kube.store import BROKERS, TRIGGERS, KubeKind, KubeStore, kube_kind
 from broker.kube.watch import Backoff, CollectionWatch
-from broker.reconcile import Unresolvable, reconcile
+from broker.reconcile import reconcile
+from broker.resource_store import new_holder
 from broker.resources import BROKER_CLASS_ANNOTATION, trigger_broker
 from broker.spec import DeliveryPolicy, Snapshot
+from broker.world import Unresolvable
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +225,7 @@ class KubeControlPlane:
         progress_bound: float = 150.0,
         backoff: Backoff | None = None,
         cluster_domain: str = CLUSTER_DOMAIN,
+        catalog: Catalog,
         reconcile_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
@@ -236,6 +241,7 @@ class KubeControlPlane:
         self._progress_bound = progress_bound
         self._backoff = backoff
         self._cluster_domain = cluster_domain
+        self._catalog = catalog
         self._reconcile_options = dict(reconcile_options or {})
         self._bus_errors: dict[str, str] = {}
         self._watches: dict[KubeKind, list[CollectionWatch]] = {}
@@ -409,6 +415,7 @@ class KubeControlPlane:
             default_delivery=self._default_delivery,
             default_channel=self._default_channel,
             unavailable_buses=unavailable,
+            catalog=self._catalog,
             **self._reconcile_options,
         )
 
@@ -462,14 +469,12 @@ async def connect_control_plane(
     open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
     retire_groups: Callable[[dict], Awaitable[None]] | None,
     default_delivery: DeliveryPolicy,
+    catalog: Catalog,
     reconcile_options: Mapping[str, Any] | None = None,
 ) -> KubeControlPlane:
     """The control plane ``settings`` describe (a :class:`broker.config.Settings`), connected
     (kubeconfig / in-cluster), with Lease-based leader election; it closes the connection on
     :meth:`~KubeControlPlane.stop`. Raises CemeshError when the configuration cannot load."""
-    from broker.kube.client import KubeConnection
-    from broker.sources.lease import new_holder
-
     connection = await KubeConnection.connect(settings.kubeconfig, settings.kube_context)
     store = KubeStore(connection, namespaces=settings.kube_namespaces or None)
     elector = LeaderElector(store, namespace=settings.kube_lease_namespace, identity=new_holder())
@@ -485,6 +490,7 @@ async def connect_control_plane(
         elector=elector,
         resync_interval=settings.resync_interval,
         progress_bound=settings.kube_watch_progress_bound,
+        catalog=catalog,
         reconcile_options=reconcile_options,
     )
     plane.on_stop.append(connection.close)

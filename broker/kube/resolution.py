@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from broker.reconcile import Address, Unresolvable
+from broker.world import Address, Unresolvable
 
 # (apiVersion, kind, namespace, name) -> the object, or None when it does not exist.
 Lookup = Callable[[str, str, str, str], Mapping[str, Any] | None]

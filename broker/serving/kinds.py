@@ -38,7 +38,6 @@ from broker.resources import (
     ResourceType,
     check_label_name,
     check_process_text,
-    register_kind,
 )
 from broker.serving.autoscaler import (
     AutoscalerDefaults,
@@ -310,5 +309,8 @@ def _admit_revision(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
         raise InvalidResource("spec", "a Revision is immutable")
 
 
-register_kind(SERVICE, Admission(_admit_service))
-register_kind(REVISION, Admission(_admit_revision))
+# The kinds this feature serves, with their admission (listed in broker.serving.feature).
+SERVING_KINDS: dict[ResourceType, Admission] = {
+    SERVICE: Admission(_admit_service),
+    REVISION: Admission(_admit_revision),
+}

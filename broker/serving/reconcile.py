@@ -37,17 +37,6 @@ from typing import Any
 
 from broker.auth.processes import applied_by
 from broker.errors import InvalidResource
-from broker.reconcile import (
-    ADDRESS_RESOLVERS,
-    Conditions,
-    Obj,
-    Unresolvable,
-    World,
-    base_status,
-    owner_reference,
-    ready_condition,
-    register_reconciler,
-)
 from broker.resources import CONFIG_MAP
 from broker.serving.autoscaler import (
     AutoscalerDefaults,
@@ -85,6 +74,15 @@ from broker.serving.traffic import (
     resolve_traffic,
 )
 from broker.sinkbinding import SINK_BINDING_GROUP, SINK_BINDING_KIND, binding_env, binds
+from broker.world import (
+    Conditions,
+    Obj,
+    Unresolvable,
+    World,
+    base_status,
+    owner_reference,
+    ready_condition,
+)
 
 HISTORY = 3  # Revisions kept before the latest, besides those traffic names
 AUTOSCALER_CONFIG = ("knative-serving", "config-autoscaler")
@@ -480,15 +478,3 @@ def _last_good(status: Mapping[str, Any]) -> list[TrafficTarget]:
         for row in rows
         if isinstance(row, Mapping) and row.get("revisionName")
     ]
-
-
-def _register() -> None:
-    # Revisions first: a Service reads its Revisions' readiness from the same pass.
-    register_reconciler(REVISION.group, REVISION.kind, reconcile_revision)
-    register_reconciler(SERVICE.group, SERVICE.kind, reconcile_service, owns_children=True)
-    ADDRESS_RESOLVERS[(SERVICE.group, SERVICE.kind)] = lambda obj, world: service_url(
-        world.base_url, obj["metadata"]["namespace"], obj["metadata"]["name"]
-    )
-
-
-_register()

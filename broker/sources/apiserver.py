@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from broker.errors import CemeshError
+from broker.errors import CemeshError, DeliveryError
 from broker.events import CloudEvent
 from broker.kube.client import KubeConnection, load_client_configuration
 from broker.kube.store import guess_plural
@@ -69,6 +69,8 @@ from broker.sources.apiserver_objects import (
     self_link,
     to_cloudevent,
 )
+from broker.sources.base import Source, SourceKind
+from broker.sources.kinds import API_SERVER_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -317,11 +319,6 @@ class ApiServerWatcher:
 
 
 # -- The source kind, as broker.sources runs it ---------------------------------------------
-# Imported late: broker.sources.kinds imports this module at its bottom to register the kind.
-
-from broker.errors import DeliveryError  # noqa: E402
-from broker.sources.base import Source, SourceKind  # noqa: E402
-from broker.sources.kinds import API_SERVER_SOURCE, register_source_kind  # noqa: E402
 
 
 class ApiServerSource(Source):
@@ -354,11 +351,9 @@ class ApiServerSource(Source):
             self.log.warning("event dropped: %s", exc.message)
 
 
-register_source_kind(
-    SourceKind(
-        resource=API_SERVER_SOURCE,
-        runner=ApiServerSource,
-        check=admit_api_server_source,
-        event_types=event_types,
-    )
+API_SERVER_SOURCE_KIND = SourceKind(
+    resource=API_SERVER_SOURCE,
+    runner=ApiServerSource,
+    check=admit_api_server_source,
+    event_types=event_types,
 )

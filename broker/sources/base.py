@@ -22,10 +22,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from broker.asgi import Receive, Scope, Send, send_json
 from broker.binding import to_binary
+from broker.catalog import ResourceType
 from broker.components import RuntimeContext
 from broker.dispatch.delivery import TokenSource
 from broker.dispatch.http import HttpClient
@@ -34,9 +35,6 @@ from broker.errors import DeliveryError, InvalidResource
 from broker.events import CloudEvent
 from broker.logging import ContextAdapter
 from broker.spec import DeliveryPolicy
-
-if TYPE_CHECKING:  # a type only: importing broker.resources here would cycle back into kinds
-    from broker.resources import ResourceType
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from broker.resources import check_process_text
 from broker.shapes import require_mapping, type_name
 from broker.sinkbinding import binding_env
 from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
+from broker.sources.kinds import CONTAINER_SOURCE, SINK_BINDING
 from broker.supervisor import ProcessSpec, SupervisedProcess, exit_summary
 
 log = logging.getLogger(__name__)
@@ -336,13 +337,6 @@ class ContainerSource(Source):
             await self._process.stop()
 
 
-from broker.sources.kinds import (  # noqa: E402
-    CONTAINER_SOURCE,
-    SINK_BINDING,
-    register_source_kind,
-)
-
-
 def _not_runnable(image: object) -> str:
     pulled = f"pull or run the image {image!r}" if image else "pull or run images"
     return (
@@ -363,13 +357,11 @@ def _prepare(obj: Mapping[str, Any], context: PrepareContext) -> Mapping[str, An
     return {}
 
 
-register_source_kind(
-    SourceKind(
-        resource=CONTAINER_SOURCE,
-        runner=ContainerSource,
-        check=admit_container_source,
-        prepare=_prepare,
-    )
+CONTAINER_SOURCE_KIND = SourceKind(
+    resource=CONTAINER_SOURCE,
+    runner=ContainerSource,
+    check=admit_container_source,
+    prepare=_prepare,
 )
 # What a SinkBinding can bind here: workloads cemesh runs and can inject K_SINK into.
 BINDABLE = {("serving.knative.dev/v1", "Service")}
@@ -403,4 +395,3 @@ SINK_BINDING_KIND = SourceKind(
     check=admit_sink_binding,
     prepare=_prepare_sink_binding,
 )
-register_source_kind(SINK_BINDING_KIND)

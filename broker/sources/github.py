@@ -39,7 +39,7 @@ from broker.errors import DeliveryError, InvalidResource
 from broker.events import AttributeValue, CloudEvent, new_event
 from broker.resources import check_http_url
 from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
-from broker.sources.kinds import GITHUB_SOURCE, register_source_kind
+from broker.sources.kinds import GITHUB_SOURCE
 
 WEBHOOK = "github"
 EVENT_TYPE_PREFIX = "dev.knative.source.github"
@@ -407,13 +407,11 @@ def _payload_bytes(content_type: str, body: bytes) -> bytes | None:
     return body
 
 
-register_source_kind(
-    SourceKind(
-        resource=GITHUB_SOURCE,
-        runner=GitHubSource,
-        check=_check,
-        prepare=_prepare,
-        event_types=_event_types,
-        webhook=WEBHOOK,
-    )
+GITHUB_SOURCE_KIND = SourceKind(
+    resource=GITHUB_SOURCE,
+    runner=GitHubSource,
+    check=_check,
+    prepare=_prepare,
+    event_types=_event_types,
+    webhook=WEBHOOK,
 )

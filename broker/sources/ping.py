@@ -40,9 +40,10 @@ from broker.errors import CemeshError, InvalidResource
 from broker.events import CloudEvent, new_event
 
 # The module, not its names: importing broker.sources.lease first imports this module back.
+from broker.resource_store import new_holder
 from broker.sources import lease
 from broker.sources.base import PrepareContext, Source, SourceKind, SourceNotReady
-from broker.sources.kinds import PING_SOURCE, register_source_kind
+from broker.sources.kinds import PING_SOURCE
 
 PING_EVENT_TYPE = "dev.knative.sources.ping"
 DEFAULT_SCHEDULE = "* * * * *"
@@ -266,7 +267,7 @@ class PingSource(Source):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.holder = lease.new_holder()
+        self.holder = new_holder()
         self.fired = 0  # ticks this replica claimed and sent (tests, logs)
         self.skipped = 0  # ticks another replica claimed
 
@@ -308,12 +309,10 @@ class PingSource(Source):
         self.fired += 1
 
 
-register_source_kind(
-    SourceKind(
-        resource=PING_SOURCE,
-        runner=PingSource,
-        check=_check,
-        prepare=_prepare,
-        event_types=lambda obj: [PING_EVENT_TYPE],
-    )
+PING_SOURCE_KIND = SourceKind(
+    resource=PING_SOURCE,
+    runner=PingSource,
+    check=_check,
+    prepare=_prepare,
+    event_types=lambda obj: [PING_EVENT_TYPE],
 )

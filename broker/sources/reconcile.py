@@ -1,7 +1,7 @@
 """Statuses and runtime specs of sources and EventTypes. Pure, like :mod:`broker.reconcile`.
 
 Every source kind is reconciled the same way: ``spec.sink`` resolves to ``status.sinkUri``
-through the one rule every kind shares (:meth:`broker.reconcile._World.resolve`; condition
+through the one rule every kind shares (:meth:`broker.world.World.resolve`; condition
 ``SinkProvided``), the kind's ``prepare`` resolves what it needs (secrets, schedules; condition
 ``Deployed``), and a source whose sink and prepare succeed becomes a
 :class:`~broker.sources.base.SourceSpec` in ``snapshot.components["sources"]``. What the running
@@ -15,12 +15,15 @@ source keeps running so it can recover. The event types a source produces are li
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from broker.auth.identity import delivery_subject
 from broker.auth.processes import applied_by
-from broker.reconcile import (
+from broker.sources.base import PrepareContext, SourceKind, SourceNotReady, SourceSpec
+from broker.sources.kinds import EVENT_TYPE
+from broker.sources.runner import COMPONENT, RUNTIME_STATUS_KEYS
+from broker.world import (
     Address,
     Conditions,
     Obj,
@@ -28,11 +31,7 @@ from broker.reconcile import (
     World,
     base_status,
     owner_reference,
-    register_reconciler,
 )
-from broker.sources.base import PrepareContext, SourceKind, SourceNotReady, SourceSpec
-from broker.sources.kinds import EVENT_TYPE, SOURCE_KINDS, source_kind
-from broker.sources.runner import COMPONENT, RUNTIME_STATUS_KEYS
 
 
 def event_type_name(source_name: str, event_type: str) -> str:
@@ -67,12 +66,10 @@ def _event_types(
     return children
 
 
-def reconcile_source(obj: Obj, world: World) -> None:
+def reconcile_source(obj: Obj, world: World, kind: SourceKind) -> None:
+    """Status and runtime spec of a source ``obj`` of ``kind``."""
     metadata = obj["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
-    kind = source_kind(obj["apiVersion"].rpartition("/")[0], obj["kind"])
-    if kind is None:
-        return
     spec = obj.get("spec") or {}
     conditions = Conditions(obj, world.now)
     fields: dict[str, Any] = {}
@@ -173,24 +170,10 @@ def reconcile_event_type(obj: Obj, world: World) -> None:
     world.statuses[obj["metadata"]["uid"]] = base_status(obj, conditions)
 
 
-_REGISTERED: set[str] = set()  # source kinds that have their reconciler already
+def source_reconciler(kind: SourceKind) -> Callable[[Obj, World], None]:
+    """The reconciler of objects of source ``kind`` (it owns their EventTypes)."""
 
+    def reconcile(obj: Obj, world: World) -> None:
+        reconcile_source(obj, world, kind)
 
-def register_source_reconciler(kind: SourceKind) -> None:
-    """Reconcile objects of ``kind`` (once). Kinds registered after this module was imported
-    (a custom source in an embedding application) come here from ``register_source_kind``."""
-    if kind.resource.kind in _REGISTERED:
-        return
-    _REGISTERED.add(kind.resource.kind)
-    register_reconciler(
-        kind.resource.group, kind.resource.kind, reconcile_source, owns_children=True
-    )
-
-
-def _register() -> None:
-    for kind in SOURCE_KINDS.values():
-        register_source_reconciler(kind)
-    register_reconciler(EVENT_TYPE.group, EVENT_TYPE.kind, reconcile_event_type)
-
-
-_register()
+    return reconcile

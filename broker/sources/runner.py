@@ -24,8 +24,7 @@ from typing import Any
 from broker.asgi import HttpHandler, Receive, Scope, Send, send_json
 from broker.components import RuntimeContext
 from broker.errors import CemeshError, NotFound
-from broker.sources.base import EventSender, Problem, Source, SourceSpec
-from broker.sources.kinds import SOURCE_KINDS
+from broker.sources.base import EventSender, Problem, Source, SourceKind, SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,9 @@ class SourceRunner:
 
     name = COMPONENT
 
-    def __init__(self, context: RuntimeContext) -> None:
+    def __init__(self, context: RuntimeContext, kinds: Mapping[str, SourceKind]) -> None:
         self._context = context
+        self._kinds = dict(kinds)  # the source kinds served, by kind name
         self._running: dict[str, _Running] = {}  # by uid
         self._by_path: dict[tuple[str, str, str], _Running] = {}  # (webhook, ns, name)
         # uid -> (spec, runtime status fields wanted in the store) until the store holds them.
@@ -74,13 +74,13 @@ class SourceRunner:
                 self._start(spec)
         self._by_path = {}
         for running in self._running.values():
-            webhook = SOURCE_KINDS[running.spec.kind].webhook
+            webhook = self._kinds[running.spec.kind].webhook
             if webhook is not None:
                 spec = running.spec
                 self._by_path[(webhook, spec.namespace, spec.name)] = running
 
     def _start(self, spec: SourceSpec) -> None:
-        kind = SOURCE_KINDS.get(spec.kind)
+        kind = self._kinds.get(spec.kind)
         if kind is None or kind.runner is None:
             return
         sender = EventSender(
@@ -177,7 +177,7 @@ class SourceRunner:
 
     async def _write_report(self, spec: SourceSpec, wanted: Mapping[str, Any]) -> bool:
         """True once the stored status holds ``wanted`` (written now if it did not)."""
-        kind = SOURCE_KINDS.get(spec.kind)
+        kind = self._kinds.get(spec.kind)
         if kind is None:
             return True
         group, name = kind.resource.group, spec.name

@@ -6,13 +6,13 @@ No I/O here. The repository (:mod:`broker.store.repository`) applies these insid
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from broker import resources
 from broker.errors import InvalidResource
 
 # Top-level fields that are not the object's desired state: changing them never bumps
@@ -20,6 +20,8 @@ from broker.errors import InvalidResource
 _NOT_CONTENT = frozenset({"apiVersion", "kind", "metadata", "status"})
 
 DEFAULT_NAMESPACE = "default"
+# (API group, kind) -> the plural the API serves it under, None when not served.
+PluralOf = Callable[[str, str], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +33,9 @@ class Key:
     namespace: str
     name: str
 
-    def describe(self) -> str:
+    def describe(self, plural_of: PluralOf | None = None) -> str:
         """``brokers.eventing.knative.dev "default"``, the way Kubernetes names an object."""
-        return f'{qualified_plural(self.api_group, self.kind)} "{self.name}"'
+        return f'{qualified_plural(self.api_group, self.kind, plural_of)} "{self.name}"'
 
 
 def api_group(api_version: str) -> str:
@@ -42,12 +44,13 @@ def api_group(api_version: str) -> str:
     return group
 
 
-def qualified_plural(group: str, kind: str) -> str:
-    """``brokers.eventing.knative.dev`` for (eventing.knative.dev, Broker); ``secrets`` for core."""
-    plural = next(
-        (t.plural for t in resources.TYPES if t.group == group and t.kind == kind),
-        f"{kind.lower()}s",  # kinds the table does not know yet still get a readable name
-    )
+def qualified_plural(group: str, kind: str, plural_of: PluralOf | None = None) -> str:
+    """``brokers.eventing.knative.dev`` for (eventing.knative.dev, Broker); ``secrets`` for core.
+
+    ``plural_of``: the served kinds' plurals (the catalog's); kinds it does not know (or without
+    one) still get a readable name.
+    """
+    plural = (plural_of(group, kind) if plural_of is not None else None) or f"{kind.lower()}s"
     return f"{plural}.{group}" if group else plural
 
 

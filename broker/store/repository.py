@@ -10,24 +10,29 @@ write. Failed writes roll back, counter included.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, exc, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broker.errors import Conflict, NotFound, StoreError
 from broker.store import objects
 from broker.store.engine import make_engine, translated, writer
 from broker.store.migrate import migrate_engine
-from broker.store.models import REVISION_ROW_ID, ResourceRow, RevisionRow
+from broker.store.models import REVISION_ROW_ID, LeaseRow, ResourceRow, RevisionRow
 from broker.store.objects import Key
 
 
 class Store:
-    """Resources by (group, kind, namespace, name). Safe for concurrent use by many tasks."""
+    """Resources by (group, kind, namespace, name). Safe for concurrent use by many tasks.
 
-    def __init__(self, database_url: str) -> None:
+    The SQL implementation of :class:`broker.resource_store.ResourceStore`.
+    """
+
+    def __init__(self, database_url: str, *, plural_of: objects.PluralOf | None = None) -> None:
         self._database_url = database_url
+        self._plural_of = plural_of  # names objects in errors as the API does (the catalog's)
         self._engine: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
 
@@ -57,7 +62,7 @@ class Store:
         key = Key(api_group, kind, namespace, name)
         with translated():
             async with self._reader().connect() as conn:
-                return await _fetch(conn, key)
+                return await _fetch(conn, key, self._plural_of)
 
     async def list(
         self, api_group: str | None = None, kind: str | None = None, namespace: str | None = None
@@ -100,7 +105,7 @@ class Store:
         """
         body = objects.normalized(obj)
         key = objects.key_of(body)
-        with translated(conflict=f"{key.describe()} already exists"):
+        with translated(conflict=f"{key.describe(self._plural_of)} already exists"):
             async with self._writing().connect() as conn:
                 revision = await _bump(conn)
                 objects.prepare_new(body, revision)
@@ -119,11 +124,12 @@ class Store:
         with translated():
             async with self._writing().connect() as conn:
                 revision = await _bump(conn)
-                stored = await _fetch(conn, key)
+                stored = await _fetch(conn, key, self._plural_of)
                 if objects.is_stale(body, stored):
+                    name = key.describe(self._plural_of)
                     raise Conflict(
-                        f"Operation cannot be fulfilled on {key.describe()}: the object has been "
-                        "modified; please apply your changes to the latest version and try again"
+                        f"Operation cannot be fulfilled on {name}: the object has been modified; "
+                        "please apply your changes to the latest version and try again"
                     )
                 objects.prepare_replacement(stored, body, revision)
                 await _overwrite(conn, key, body, revision)
@@ -140,12 +146,12 @@ class Store:
             # Reconcilers write the same status over and over: answer those without a write
             # transaction (which would take the global write lock).
             async with self._reader().connect() as conn:
-                stored = await _fetch(conn, key)
+                stored = await _fetch(conn, key, self._plural_of)
             if stored.get("status") == status:
                 return stored
             async with self._writing().connect() as conn:
                 revision = await _bump(conn)
-                stored = await _fetch(conn, key)
+                stored = await _fetch(conn, key, self._plural_of)
                 if stored.get("status") == status:
                     return stored  # raced with an identical write; rolls back the bump
                 stored["status"] = status
@@ -165,9 +171,38 @@ class Store:
                 )
                 body = result.scalar_one_or_none()
                 if body is None:
-                    raise NotFound(f"{key.describe()} not found")
+                    raise NotFound(f"{key.describe(self._plural_of)} not found")
                 await conn.commit()
         return body
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def claim_lease(
+        self, name: str, holder: str, expires_at: datetime, *, prune_prefix: str = ""
+    ) -> bool:
+        """Take lease ``name`` for ``holder``: the primary key lets exactly one INSERT succeed
+        across processes, on SQLite and PostgreSQL alike. Leases are not resources: claiming
+        one does not move the revision (else every replica would resync on every claim)."""
+        now = datetime.now(UTC)
+        # The pooled writer engine: on SQLite its transactions take the write lock at BEGIN, so
+        # concurrent claims queue instead of failing with "database is locked".
+        with translated():
+            async with self._writing().connect() as conn:
+                try:
+                    await conn.execute(
+                        insert(LeaseRow).values(name=name, holder=holder, expires_at=expires_at)
+                    )
+                except exc.IntegrityError:
+                    await conn.rollback()
+                    return False  # another claimant (or an earlier run of this one) has it
+                if prune_prefix:  # old leases (of deleted owners too) are removed by winners
+                    await conn.execute(
+                        delete(LeaseRow).where(
+                            LeaseRow.name.startswith(prune_prefix), LeaseRow.expires_at < now
+                        )
+                    )
+                await conn.commit()
+        return True
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -217,11 +252,13 @@ async def _bump(conn: AsyncConnection) -> int:
     return int(value)
 
 
-async def _fetch(conn: AsyncConnection, key: Key) -> dict[str, Any]:
+async def _fetch(
+    conn: AsyncConnection, key: Key, plural_of: objects.PluralOf | None = None
+) -> dict[str, Any]:
     result = await conn.execute(select(ResourceRow.body).where(*_match(key)))
     body = result.scalar_one_or_none()
     if body is None:
-        raise NotFound(f"{key.describe()} not found")
+        raise NotFound(f"{key.describe(plural_of)} not found")
     return body
 
 

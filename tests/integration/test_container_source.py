@@ -20,17 +20,17 @@ from typing import Any, cast
 import pytest
 
 from broker.errors import InvalidResource
-from broker.resources import admit
+from broker.features import admit
 from broker.sources import container
 from broker.sources.base import PrepareContext, SourceNotReady, SourceSpec
 from broker.sources.container import (
+    CONTAINER_SOURCE_KIND,
     ContainerSource,
     admit_sink_binding,
     binding_env,
     container_process_spec,
     expand,
 )
-from broker.sources.kinds import SOURCE_KINDS
 from tests.support.cemesh import running_cemesh
 from tests.support.subscriber import RecordingSubscriber
 
@@ -102,7 +102,7 @@ def test_container_source_with_command_is_admitted_as_written() -> None:
 def test_image_without_command_applies_but_is_not_runnable_naming_the_command_field() -> None:
     """Knative YAML applies unchanged; the source is not Ready and says to add a command."""
     obj = admit(container_source({"image": "ghcr.io/example/heartbeats"}))
-    kind = SOURCE_KINDS["ContainerSource"]
+    kind = CONTAINER_SOURCE_KIND
     with pytest.raises(SourceNotReady) as caught:
         kind.prepare(obj, PrepareContext("http://127.0.0.1:8080", {}))
     assert caught.value.reason == "NotRunnable"

@@ -340,6 +340,7 @@ async def test_a_kubernetes_control_plane_without_a_usable_kubeconfig_says_which
 ) -> None:
     from broker import Settings
     from broker.errors import CemeshError
+    from broker.features import CATALOG
     from broker.kube.control import connect_control_plane
     from broker.spec import DeliveryPolicy
 
@@ -350,5 +351,5 @@ async def test_a_kubernetes_control_plane_without_a_usable_kubeconfig_says_which
     with pytest.raises(CemeshError, match="no-such-file does not exist"):
         await connect_control_plane(
             settings, apply_snapshot=nothing, open_buses=nothing, retire_groups=None,
-            default_delivery=DeliveryPolicy(),
+            default_delivery=DeliveryPolicy(), catalog=CATALOG,
         )  # fmt: skip

@@ -35,8 +35,7 @@ def test_a_revision_carries_the_applier_of_its_service() -> None:
 
 
 def test_a_container_source_spec_carries_its_applier() -> None:
-    from broker.reconcile import reconcile
-    from broker.resources import admit
+    from broker.features import admit, reconcile
     from broker.spec import DeliveryPolicy
 
     obj = admit(

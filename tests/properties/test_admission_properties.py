@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.errors import InvalidResource
-from broker.resources import TYPES, admit
+from broker.features import CATALOG, admit
 from tests.support.resource_samples import SAMPLES, mutated_resources, valid_resources
 
 KINDS = sorted(SAMPLES)
@@ -18,7 +18,7 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 
 def test_every_registered_kind_has_a_sample():
-    assert sorted(t.kind for t in TYPES) == KINDS
+    assert sorted(t.kind for t in CATALOG.kinds) == KINDS
 
 
 @pytest.mark.parametrize("kind", KINDS)

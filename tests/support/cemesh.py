@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ import yaml
 from broker import Settings, create_app
 from broker.app import CemeshApp
 from broker.auth.local_token import read_token
+from broker.catalog import Catalog
+from broker.feature import Feature
+from broker.features import FEATURES
 
 
 def free_port() -> int:
@@ -59,7 +62,7 @@ class RunningCemesh:
             if not doc:
                 continue
             ns = doc.get("metadata", {}).get("namespace", namespace)
-            path = _collection_path(doc, ns)
+            path = _collection_path(self.runtime.catalog, doc, ns)
             response = await self.client.post(path, json=doc)
             if response.status_code == 409:
                 name = doc["metadata"]["name"]
@@ -82,16 +85,17 @@ class RunningCemesh:
         return await self.client.send(request)
 
 
-def _collection_path(doc: dict[str, Any], namespace: str) -> str:
-    from broker.resources import type_for_kind
-
-    rtype = type_for_kind(doc["apiVersion"], doc["kind"])
+def _collection_path(catalog: Catalog, doc: dict[str, Any], namespace: str) -> str:
+    rtype = catalog.type_for_kind(doc["apiVersion"], doc["kind"])
     return rtype.collection_path(namespace)
 
 
 @contextlib.asynccontextmanager
-async def running_cemesh(tmp_path: Path, **overrides: Any) -> AsyncIterator[RunningCemesh]:
-    """Serve cemesh on 127.0.0.1:<free port> with a SQLite store in ``tmp_path``."""
+async def running_cemesh(
+    tmp_path: Path, *, features: Sequence[Feature] = FEATURES, **overrides: Any
+) -> AsyncIterator[RunningCemesh]:
+    """Serve cemesh on 127.0.0.1:<free port> with a SQLite store in ``tmp_path``, serving
+    ``features`` (default: cemesh's own)."""
     port = free_port()
     settings = Settings(
         **{
@@ -102,7 +106,7 @@ async def running_cemesh(tmp_path: Path, **overrides: Any) -> AsyncIterator[Runn
             **overrides,
         }
     )
-    app = create_app(settings)
+    app = create_app(settings, features)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

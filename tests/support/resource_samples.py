@@ -18,7 +18,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from broker.resources import TYPES, ResourceType
+from broker.catalog import ResourceType
+from broker.features import CATALOG
 
 NOWHERE = "http://127.0.0.1:9/"  # the discard port: nothing listens
 
@@ -213,7 +214,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
 
 
 def resource_type(kind: str) -> ResourceType:
-    return next(t for t in TYPES if t.kind == kind)
+    return next(t for t in CATALOG.kinds if t.kind == kind)
 
 
 # --- valid variations ---------------------------------------------------------------------------

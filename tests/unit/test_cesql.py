@@ -27,7 +27,7 @@ from broker.dispatch.filters import (
 )
 from broker.errors import InvalidResource
 from broker.events import CloudEvent
-from broker.resources import admit
+from broker.features import admit
 
 
 def event(data: Any = None, *, content_type: str | None = "application/json", **attributes: Any):

@@ -14,7 +14,8 @@ import pytest
 
 from broker import cli
 from broker.errors import InvalidResource
-from broker.resources import BROKER, SECRET, TRIGGER, type_for_name
+from broker.features import type_for_name
+from broker.resources import BROKER, SECRET, TRIGGER
 
 NOW = datetime(2026, 6, 20, 12, 0, 0, tzinfo=UTC)
 
@@ -150,7 +151,7 @@ def test_apply_decision_configured_when_spec_labels_or_annotations_differ() -> N
 
 def test_apply_decision_uses_admission_defaults_so_reapplying_is_unchanged() -> None:
     """Server defaults (K59 broker class, K67 empty filter and broker label) are no change."""
-    from broker.resources import admit
+    from broker.features import admit
 
     written = _trigger()
     stored = _stored(admit(json.loads(json.dumps(written)), namespace="default"))

@@ -15,10 +15,10 @@ from broker.errors import InvalidResource
 from broker.eventpolicy.kinds import check_subject_pattern
 from broker.eventpolicy.reconcile import oidc_service_account_subject
 from broker.events import CloudEvent
+from broker.features import admit, reconcile
 from broker.labels import label_selector_matches
-from broker.reconcile import audience_of, reconcile
-from broker.resources import admit
 from broker.spec import DeliveryPolicy
+from broker.world import audience_of
 
 subjects = st.text(alphabet="abcXYZ:-_*.0123456789", max_size=20)
 

@@ -9,14 +9,15 @@ from typing import Any
 import pytest
 
 from broker.errors import InvalidResource
+from broker.features import admit, reconcile
 from broker.flows.wiring import (
     ChannelTemplate,
     parallel_resources,
     sequence_resources,
 )
-from broker.reconcile import Reconciled, owner_reference, reconcile
-from broker.resources import admit
+from broker.reconcile import Reconciled
 from broker.spec import DeliveryPolicy, channel_topic
+from broker.world import owner_reference
 
 BASE = "http://127.0.0.1:8080"
 DEFAULT = DeliveryPolicy(retry=1, backoff_delay=0.1, timeout=5.0, retry_after_max=5.0)

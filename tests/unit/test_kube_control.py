@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.features import reconcile
 from broker.kube.control import (
     FINALIZER,
     UNRESOLVED_URI,
@@ -28,8 +29,8 @@ from broker.kube.lease import held_spec, may_acquire
 from broker.kube.resolution import resolve_destination
 from broker.kube.status import knative_broker_status
 from broker.kube.watch import ADD, DELETE, UPDATE, diff_states, object_key
-from broker.reconcile import Unresolvable, reconcile
 from broker.spec import DeliveryPolicy
+from broker.world import Unresolvable
 
 CORE = Path(__file__).resolve().parents[1] / "data" / "kube" / "core"
 NS = "shop"

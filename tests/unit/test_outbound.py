@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.errors import InvalidResource
+from broker.features import admit
 from broker.outbound import OutboundGuard, guard_for, refusal
-from broker.resources import admit
 
 OPEN = OutboundGuard()
 CEMESH = guard_for(

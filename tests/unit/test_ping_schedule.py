@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from broker.errors import InvalidResource
-from broker.resources import admit
+from broker.features import admit
 from broker.sources.ping import (
     PING_EVENT_TYPE,
     Schedule,

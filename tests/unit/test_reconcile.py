@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from broker.events import CloudEvent
-from broker.reconcile import ADDRESS_RESOLVERS, Reconciled, owner_reference, reconcile
-from broker.resources import admit
+from broker.features import CATALOG, admit, reconcile
+from broker.reconcile import Reconciled
 from broker.spec import (
     BrokerSpec,
     ChannelSpec,
@@ -24,6 +24,7 @@ from broker.spec import (
     subscription_group,
     trigger_group,
 )
+from broker.world import owner_reference
 
 BASE = "http://127.0.0.1:8080"
 DEFAULT = DeliveryPolicy(retry=10, backoff_delay=0.2, timeout=30.0, retry_after_max=60.0)
@@ -731,7 +732,7 @@ def test_ref_namespace_is_used_for_resolution() -> None:
 
 
 def test_resolver_table_is_keyed_by_group_and_kind() -> None:
-    assert set(ADDRESS_RESOLVERS) == {
+    assert set(CATALOG.address_resolvers) == {
         ("eventing.knative.dev", "Broker"),
         ("messaging.knative.dev", "Channel"),
         ("messaging.knative.dev", "InMemoryChannel"),

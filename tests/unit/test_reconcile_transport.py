@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.reconcile import reconcile
+from broker.features import reconcile
 from broker.spec import DeliveryPolicy
 from tests.unit.test_reconcile import BASE, IMC, backing, broker, channel, subscription, trigger
 

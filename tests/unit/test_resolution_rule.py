@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from broker.reconcile import Reconciled, reconcile
-from broker.resources import admit
+from broker.features import admit, reconcile
+from broker.reconcile import Reconciled
 from broker.spec import DeliveryPolicy
 
 BASE = "http://127.0.0.1:8080"

@@ -17,16 +17,13 @@ import yaml
 
 from broker.durations import parse_duration
 from broker.errors import InvalidResource
+from broker.features import CATALOG, admit, type_for_kind
 from broker.resources import (
-    ADMISSIONS,
     BROKER,
     BROKER_CLASS_ANNOTATION,
     BROKER_LABEL,
     DEFAULT_BROKER_CLASS,
-    TYPES,
-    admit,
     trigger_broker,
-    type_for_kind,
 )
 from tests.conftest import shared_fixture_dir
 
@@ -208,7 +205,7 @@ def test_admission_is_idempotent_on_stored_objects() -> None:
 
 
 def test_every_served_kind_has_an_admission_entry() -> None:
-    assert set(ADMISSIONS) == set(TYPES)
+    assert set(CATALOG.admissions) == set(CATALOG.kinds)
 
 
 def test_update_cannot_change_name_namespace_or_kind() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from broker.errors import InvalidResource
-from broker.resources import admit, type_for_name
+from broker.features import admit, type_for_name
 
 COMMAND = [sys.executable, "fn.py"]
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from broker.errors import InvalidResource
-from broker.reconcile import Reconciled, reconcile
-from broker.resources import admit
+from broker.features import admit, reconcile
+from broker.reconcile import Reconciled
 from broker.serving.specs import RevisionSpec, RouteSpec, revision_key, route_key
 from broker.serving.traffic import TrafficTarget
 from broker.spec import DeliveryPolicy
