@@ -51,6 +51,7 @@ from broker.dispatch.delivery import Deliverer
 from broker.dispatch.dispatcher import Dispatcher
 from broker.durations import parse_duration
 from broker.errors import BusClientMissing, CemeshError, RequestIncomplete
+from broker.eventing_types import bus_of_channel
 from broker.feature import Feature, build_catalog, build_components
 from broker.features import FEATURES
 from broker.ingress import Ingress
@@ -130,6 +131,7 @@ class Runtime:
         self.access: Access = build_access(settings)
         self.metrics = Metrics()
         self.store = Store(settings.database_url, plural_of=self.catalog.plural_of)
+        self.default_bus = bus_of_channel(settings.default_channel)
         self.buses: dict[str, Bus] = {}
         self._missing_clients: dict[str, str] = {}  # bus name -> which extra to install
         self.client = DeliveryClient()
@@ -154,7 +156,7 @@ class Runtime:
         self._topic_bus: dict[str, str] = {}
         self.dispatcher = Dispatcher(
             buses=self.buses,
-            bus_of_topic=lambda topic: self._topic_bus.get(topic, settings.default_bus),
+            bus_of_topic=lambda topic: self._topic_bus.get(topic, self.default_bus),
             deliverer=self.deliverer,
             client=self.client,
             reply_to_broker=self.ingress.publish_to_broker,
@@ -277,7 +279,7 @@ class Runtime:
         server-side state. Raises BusError when the bus refuses (the controller logs it).
         """
         topic, group = consumer_group_of(obj)
-        name = self._topic_bus.get(topic, self.settings.default_bus)
+        name = self._topic_bus.get(topic, self.default_bus)
         bus = await self._bus(name)
         await bus.delete_group(topic, group)
         log.info("consumer group deleted", extra={"bus": name, "topic": topic, "group": group})

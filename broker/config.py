@@ -25,7 +25,6 @@ from adapters.memory.options import MemoryOptions
 from adapters.nats.options import NatsOptions
 from adapters.pubsub.options import PubSubOptions
 from adapters.redis_streams.options import RedisOptions
-from broker.eventing_types import CHANNEL_BUSES, channel_type
 
 # The bus adapters' options, each a typed model of its adapter: the settings ``<bus>_<option>``.
 BUS_OPTIONS: dict[str, type[BaseModel]] = {
@@ -368,13 +367,6 @@ class Settings(BusSettings):
                 "CEMESH_OIDC_ISSUER (and the JWKS URL, unless the issuer serves discovery)"
             )
         return self
-
-    @property
-    def default_bus(self) -> str:
-        """The bus adapter of the default channel kind."""
-        backing = channel_type(self.default_channel)
-        assert backing is not None  # the Literal above lists only channel kinds
-        return CHANNEL_BUSES[backing]
 
     @model_validator(mode="after")
     def _tls_files_together(self) -> Settings:

@@ -60,6 +60,14 @@ def channel_type(kind: str) -> ResourceType | None:
     return next((t for t in CHANNEL_BUSES if t.kind == kind), None)
 
 
+def bus_of_channel(kind: str) -> str:
+    """The bus adapter carrying channel kind ``kind`` (``settings.default_channel``'s bus)."""
+    backing = channel_type(kind)
+    if backing is None:
+        raise ValueError(f"{kind!r} is not a channel implementation")
+    return CHANNEL_BUSES[backing]
+
+
 BROKER_CLASS_ANNOTATION = "eventing.knative.dev/broker.class"
 DEFAULT_BROKER_CLASS = "MTChannelBasedBroker"
 BROKER_LABEL = "eventing.knative.dev/broker"

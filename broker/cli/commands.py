@@ -52,6 +52,7 @@ from broker.cli.manifests import (
 from broker.cli.redaction import hide_secret, mask_password, redact
 from broker.cli.tables import empty_message, render_objects, render_table
 from broker.errors import CemeshError
+from broker.eventing_types import bus_of_channel
 from broker.features import type_for_name
 
 
@@ -223,7 +224,7 @@ def serve(host: str | None, port: int | None, config_file: Path | None, insecure
     from broker.errors import CemeshError
 
     try:  # the default channel's bus is needed by every Broker: no point starting without it
-        bus_factory(settings.default_bus)
+        bus_factory(bus_of_channel(settings.default_channel))
     except CemeshError as exc:
         raise CliError(
             f"cannot serve with default channel {settings.default_channel}: {exc.message}"

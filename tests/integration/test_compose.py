@@ -35,6 +35,7 @@ from jsonschema import Draft7Validator
 from sqlalchemy.engine import make_url
 
 from broker.config import Settings
+from broker.eventing_types import bus_of_channel
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -327,7 +328,7 @@ def test_stack_defaults_to_postgresql_and_a_durable_bus(
     """By default cemesh stores in the stack's PostgreSQL and puts Brokers on Kafka."""
     settings = settings_from(cemesh_environment(compose, dockerfile), monkeypatch)
     assert settings.default_channel == "KafkaChannel"
-    assert settings.default_bus == "kafka"
+    assert bus_of_channel(settings.default_channel) == "kafka"
 
     url = make_url(settings.database_url)
     postgres = compose["services"]["postgres"]["environment"]
@@ -359,7 +360,7 @@ def test_every_channel_kind_is_one_variable_away(
     env = cemesh_environment(compose, dockerfile)
     settings = settings_from(env, monkeypatch)
     assert settings.default_channel == kind
-    bus = settings.default_bus
+    bus = bus_of_channel(settings.default_channel)
     assert bus in BUS_ADDRESS, f"bus {bus!r} has no connection setting in this test's table"
     address_of = BUS_ADDRESS[bus]
     if address_of is None:

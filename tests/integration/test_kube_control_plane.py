@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 import pytest
 
+from broker.eventing_types import bus_of_channel
 from broker.kube.client import USER_AGENT
 from broker.kube.control import FINALIZER
 from broker.spec import broker_topic, trigger_group
@@ -271,7 +272,7 @@ async def test_a_cemesh_class_broker_on_kubernetes_serves_its_triggers_and_leave
 
             # Deleting a Trigger: its consumer group goes, then its finalizer, then it.
             uid = cluster.get("triggers", "to-uri")["metadata"]["uid"]
-            bus = cemesh.runtime.buses[cemesh.runtime.settings.default_bus]
+            bus = cemesh.runtime.buses[bus_of_channel(cemesh.runtime.settings.default_channel)]
             topic = broker_topic(namespace, "default")
             assert trigger_group(uid) in bus._topics.get(topic, {})  # white-box: memory bus
             crd_server.kubectl("delete", "trigger", "to-uri", "-n", namespace, "--wait=false")
