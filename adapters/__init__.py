@@ -1,11 +1,11 @@
-"""The bus adapters, one package per driver; each implements ``broker.bus``'s contract.
+"""The bus adapters, one package per driver; each implements ``broker.dataplane.bus``'s contract.
 
 Every adapter package has the same rooms: ``options.py`` (its typed options model: light, it
 imports only pydantic, because the settings reuse its fields), ``bus.py`` (the adapter class,
 exported by the package) and modules for what is specific to its driver (names and wire format,
 publishing, consuming). What all adapters share (the hand-off queue, argument checks, option
-parsing) is in ``broker/bus/``. A package exports its adapter lazily (:func:`lazy_exports`), so
-that importing ``adapters.<name>.options`` does not load the driver.
+parsing) is in ``broker/dataplane/bus/``. A package exports its adapter lazily
+(:func:`lazy_exports`), so that importing ``adapters.<name>.options`` does not load the driver.
 """
 
 from __future__ import annotations

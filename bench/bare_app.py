@@ -1,10 +1,10 @@
 """The ceiling: the least an ASGI app can do per event, under the server cemesh runs on.
 
 It reads the request body (any ingress must) and answers ``202`` with ``content-length: 0`` and no
-body, served exactly as ``broker.app.serve`` serves cemesh: uvicorn with uvloop, httptools, no
-access log, no log config, and the read deadlines of ``broker/http_server.py``, through
-``broker/listeners.py``. Whatever cemesh's ingress reaches is compared with what this reaches in
-the same run.
+body, served exactly as ``broker.server.app.serve`` serves cemesh: uvicorn with uvloop, httptools,
+no access log, no log config, and the read deadlines of ``broker/server/http_server.py``, through
+``broker/server/listeners.py``. Whatever cemesh's ingress reaches is compared with what this reaches
+in the same run.
 
 ``content-length: 0`` matters: without it uvicorn answers with ``transfer-encoding: chunked`` and
 writes the empty body's terminating chunk in a second ``send()``, which costs this app 10-14% of
@@ -20,9 +20,9 @@ import argparse
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from broker.app import UVICORN_OPTIONS
-from broker.config import Settings
-from broker.listeners import Listeners
+from broker.core.config import Settings
+from broker.server.app import UVICORN_OPTIONS
+from broker.server.listeners import Listeners
 
 Message = MutableMapping[str, Any]
 
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # The same server and arguments as broker.app.serve, so the only difference is the app.
+    # The same server and arguments as broker.server.app.serve, so the only difference is the app.
     Listeners(app, Settings(host=args.host, port=args.port), **UVICORN_OPTIONS).run()
 
 

@@ -4,9 +4,9 @@
 
 Builds 1,000 Trigger filter specs with mixed dialects (exact, prefix, suffix, all/any/not,
 CESQL, a few CESQL payload filters), compiles each once with
-:func:`broker.dispatch.filters.compile_trigger_filter` (what reconcile does), then times matching
-one event against all of them, many times. Each iteration uses a fresh copy of the event's data
-bytes, so payload filters decode the JSON once per event, as the dispatcher would.
+:func:`broker.dataplane.dispatch.filters.compile_trigger_filter` (what reconcile does), then times
+matching one event against all of them, many times. Each iteration uses a fresh copy of the event's
+data bytes, so payload filters decode the JSON once per event, as the dispatcher would.
 
 Prints, per event (all 1,000 filters): mean, p50 and p99, the same for the ceiling (1,000 calls of a
 trivial ``lambda e: True`` in the same run), the share of matching filters, and a per-dialect
@@ -29,8 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.dispatch.filters import compile_trigger_filter
-from broker.events import CloudEvent
+from broker.core.events import CloudEvent
+from broker.dataplane.dispatch.filters import compile_trigger_filter
 
 GOAL_MS = 1.0
 

@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker.dispatch.client import DeliveryClient  # noqa: E402
+from broker.dataplane.dispatch.client import DeliveryClient  # noqa: E402
 from tests.support.cemesh import running_cemesh  # noqa: E402
 
 SUBSCRIBER = str(ROOT / "bench" / "subscriber.py")

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.kafka import KafkaBus
 from adapters.kafka.wire import encode_record
-from broker.bus import Message
-from broker.events import CloudEvent, new_event
+from broker.core.events import CloudEvent, new_event
+from broker.dataplane.bus import Message
 from tests.support.servers.kafka import KafkaServer, find_binary
 
 

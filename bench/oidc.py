@@ -184,8 +184,8 @@ def children() -> Iterator[list[Child]]:
 def per_check_costs(issuer: Issuer, token: str, iterations: int) -> dict[str, float]:
     """Microseconds per call, in this process: the verifier's paths and the policy decision."""
     from broker.auth.oidc import OidcVerifier
-    from broker.auth.policy import CompiledPolicy, IngressAuthorization
-    from broker.events import CloudEvent
+    from broker.core.events import CloudEvent
+    from broker.core.ingress_authorization import CompiledPolicy, IngressAuthorization
 
     def nothing() -> None:
         return None

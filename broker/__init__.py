@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from broker.config import Settings
+from broker.core.config import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from broker.app import CemeshApp
-    from broker.feature import Feature
+    from broker.features.feature import Feature
+    from broker.server.app import CemeshApp
 
 __all__ = ["Settings", "create_app"]
 
@@ -26,8 +26,8 @@ def create_app(
     settings: Settings | None = None, features: Sequence[Feature] | None = None
 ) -> CemeshApp:
     """Build the cemesh ASGI app (ingress + management API) for ``settings``, serving
-    ``features`` (default: :func:`broker.features.default_features`)."""
+    ``features`` (default: :func:`broker.server.features.default_features`)."""
     # Imported here so that `import broker` stays light (the CLI imports it for every command).
-    from broker.app import create_app as _create_app
+    from broker.server.app import create_app as _create_app
 
     return _create_app(settings) if features is None else _create_app(settings, features)

@@ -1,1 +1,2 @@
-"""Alembic migrations of the cemesh resource store (driven by :mod:`broker.store.migrate`)."""
+"""Alembic migrations of the cemesh resource store (driven by
+:mod:`broker.controlplane.store.migrate`)."""

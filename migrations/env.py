@@ -1,9 +1,9 @@
 """Alembic environment of the cemesh store.
 
-In-process (``broker.store.migrate``, ``Store.open``) the caller passes a live synchronous
-connection, already inside a transaction, in ``config.attributes["connection"]``. Run from the
-alembic command line (``alembic -c migrations/alembic.ini ...``) it makes its own async engine
-from ``sqlalchemy.url``. Batch mode is on so that ALTERs work on SQLite.
+In-process (``broker.controlplane.store.migrate``, ``Store.open``) the caller passes a live
+synchronous connection, already inside a transaction, in ``config.attributes["connection"]``. Run
+from the alembic command line (``alembic -c migrations/alembic.ini ...``) it makes its own async
+engine from ``sqlalchemy.url``. Batch mode is on so that ALTERs work on SQLite.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from broker.store.engine import make_engine, writer
-from broker.store.models import Base
+from broker.controlplane.store.engine import make_engine, writer
+from broker.controlplane.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -34,7 +34,7 @@ Model:
   rebalancing; each subscription is one group member with its own consumer.
 - Consuming: records are fetched while the subscription holds fewer than ``max_buffered``
   unsettled messages and handed to ``concurrency`` handler tasks. The handler returning acks;
-  :class:`~broker.bus.Nack` redelivers after its delay; another exception is logged and
+  :class:`~broker.dataplane.bus.Nack` redelivers after its delay; another exception is logged and
   redelivered after :data:`ERROR_REDELIVERY_DELAY`. A failed message is redelivered from memory
   (it is not re-fetched): its partition's commit point stays at it, so if this consumer dies or
   loses the partition first, the group's next owner re-reads it from Kafka. Offsets are committed
@@ -88,11 +88,11 @@ from adapters.kafka.client import client_kwargs, retryable
 from adapters.kafka.consumer import Attempts, KafkaSubscription
 from adapters.kafka.options import KafkaOptions
 from adapters.kafka.wire import encode_record, kafka_topic
-from broker.bus import BusFactory, Capability, Handler
-from broker.bus.arguments import check_subscribe
-from broker.bus.options import parse_options
-from broker.errors import BusError, PublishError, SubscribeError
-from broker.events import CloudEvent
+from broker.core.errors import BusError, PublishError, SubscribeError
+from broker.core.events import CloudEvent
+from broker.dataplane.bus import BusFactory, Capability, Handler
+from broker.dataplane.bus.arguments import check_subscribe
+from broker.dataplane.bus.options import parse_options
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 

@@ -12,7 +12,7 @@ import aiokafka.errors as kafka_errors
 from aiokafka.helpers import create_ssl_context
 
 from adapters.kafka.options import KafkaOptions
-from broker.errors import BusError
+from broker.core.errors import BusError
 
 
 def client_kwargs(options: KafkaOptions) -> dict[str, Any]:

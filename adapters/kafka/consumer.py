@@ -2,8 +2,8 @@
 
 A :class:`KafkaSubscription` owns an ``AIOKafkaConsumer``, its fetch loop, its commit loop and
 ``concurrency`` handler tasks, and follows the group's rebalances (see the package's ``bus.py``
-for the model). Messages reach handler tasks through :class:`~broker.bus.handoff.HandOff`, whose
-lanes are (partition, key) for ordered groups.
+for the model). Messages reach handler tasks through :class:`~broker.dataplane.bus.handoff.HandOff`,
+whose lanes are (partition, key) for ordered groups.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from aiokafka.structs import ConsumerRecord
 from adapters.kafka.client import client_kwargs
 from adapters.kafka.options import KafkaOptions
 from adapters.kafka.wire import decode_record
-from broker.bus import Handler, Message, run_handler
-from broker.bus.handoff import HandOff
-from broker.events import CloudEvent
+from broker.core.events import CloudEvent
+from broker.dataplane.bus import Handler, Message, run_handler
+from broker.dataplane.bus.handoff import HandOff
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 

@@ -1,6 +1,6 @@
 """The Kafka bus's options: one typed model, the one place for their defaults and limits.
 
-Light on purpose (pydantic only): ``broker/config.py`` builds the ``kafka_<option>`` settings
+Light on purpose (pydantic only): ``broker/core/config.py`` builds the ``kafka_<option>`` settings
 from these fields; the adapter turns them into aiokafka's arguments (``client.py``).
 """
 

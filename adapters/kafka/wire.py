@@ -13,7 +13,7 @@ import json
 import string
 from typing import Any
 
-from broker.events import AttributeValue, CloudEvent, attribute_text
+from broker.core.events import AttributeValue, CloudEvent, attribute_text
 
 TYPES_HEADER = "cemesh_attribute_types"
 NO_DATA_HEADER = "cemesh_no_data"

@@ -13,7 +13,7 @@ from collections import deque
 
 import orjson
 
-from broker.events import CloudEvent
+from broker.core.events import CloudEvent
 
 # What :func:`event_footprint` adds for the Python objects of one held event (the CloudEvent,
 # its attribute dict, the queue entry) and for each attribute (its key and value objects):

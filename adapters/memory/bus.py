@@ -1,8 +1,8 @@
 """The in-memory bus: the embedded default adapter, a real implementation of :class:`Bus`.
 
 It keeps everything in this process and survives nothing (no ``DURABLE``), but otherwise honours
-the whole contract of ``broker/bus/contract.py`` and passes the same conformance suite as the
-adapters for real servers.
+the whole contract of ``broker/dataplane/bus/contract.py`` and passes the same conformance suite as
+the adapters for real servers.
 
 Model:
 
@@ -26,14 +26,14 @@ Model:
   group may fall behind, in events, whatever their size: a bound on queueing latency). The byte
   bound is what bounds the process's memory: count alone would let 10,000 events of 4 MiB in.
   A publish waits at most ``publish_timeout`` seconds (default: as long as it takes), then raises
-  a retryable :class:`~broker.errors.PublishError` (the ingress answers 503 with
+  a retryable :class:`~broker.core.errors.PublishError` (the ingress answers 503 with
   ``Retry-After``). Two exceptions, both to avoid deadlocks: redeliveries are never held back,
   and neither is a publish made from inside a handler of this bus (a reply re-entering a
   broker): handlers are what drains the queues, so a handler waiting for room could be waiting
   for itself. An event larger than ``queue_bytes`` is taken when the bus holds nothing else.
-- Settling: the handler returning acks; :class:`~broker.bus.Nack` redelivers after its delay;
-  any other exception is logged and redelivered after :data:`ERROR_REDELIVERY_DELAY` (so that a
-  broken handler does not spin the CPU). Redeliveries carry ``attempt + 1`` and join the back of
+- Settling: the handler returning acks; :class:`~broker.dataplane.bus.Nack` redelivers after its
+  delay; any other exception is logged and redelivered after :data:`ERROR_REDELIVERY_DELAY` (so that
+  a broken handler does not spin the CPU). Redeliveries carry ``attempt + 1`` and join the back of
   the queue, so one failing message cannot starve the others. Cancellation (closing a
   subscription or the bus) never acks: the message goes back to the *front* of its group's queue,
   for the group's next handler (``attempt + 1`` too if its handler had been called).
@@ -47,7 +47,7 @@ Model:
   then forgets the group with everything it holds; the next ``subscribe`` of that name makes a
   new, empty group.
 - Events are passed by reference, not copied: consumers treat them as immutable (see
-  ``broker/events.py``).
+  ``broker/core/events.py``).
 - ``close`` loses what the groups still hold (queued, or waiting for a redelivery): it logs how
   many events per group, as a warning.
 """
@@ -62,12 +62,12 @@ from typing import Any
 
 from adapters.memory.budget import ByteBudget, WaitQueue, event_footprint
 from adapters.memory.options import MemoryOptions
-from broker.bus import BusFactory, Capability, Handler, Message, run_handler
-from broker.bus.arguments import check_subscribe
-from broker.bus.handoff import HandOff
-from broker.bus.options import parse_options
-from broker.errors import BusError, PublishError
-from broker.events import CloudEvent
+from broker.core.errors import BusError, PublishError
+from broker.core.events import CloudEvent
+from broker.dataplane.bus import BusFactory, Capability, Handler, Message, run_handler
+from broker.dataplane.bus.arguments import check_subscribe
+from broker.dataplane.bus.handoff import HandOff
+from broker.dataplane.bus.options import parse_options
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 
@@ -98,7 +98,7 @@ class _Group:
     ``held`` counts the messages the group holds that no handler is working on (ready, waiting
     behind their key, or waiting for a redelivery delay); it is what ``queue_size`` bounds.
     ``taken`` counts the messages in a handler. The hand-off to handler tasks, the per-key
-    guard and the give-back on cancel are :class:`~broker.bus.handoff.HandOff`'s.
+    guard and the give-back on cancel are :class:`~broker.dataplane.bus.handoff.HandOff`'s.
     """
 
     __slots__ = (

@@ -1,6 +1,6 @@
 """The memory bus's options: one typed model, the one place for their defaults and limits.
 
-Light on purpose (pydantic only): ``broker/config.py`` builds the ``memory_<option>`` settings
+Light on purpose (pydantic only): ``broker/core/config.py`` builds the ``memory_<option>`` settings
 from these fields. ``SERVED_DEFAULTS`` and ``SERVED_LIMITS`` are what ``cemesh serve`` uses where
 it is tighter than the library (a server answers 503 rather than queueing for ever).
 """

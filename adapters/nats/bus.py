@@ -15,7 +15,7 @@ Model:
   everything published after ``subscribe`` returned; an existing group resumes where it was
   (which is what makes events survive a restart of cemesh). Subscriptions of one group pull from
   the same consumer, so they compete; every group gets its own copy.
-- Each event is one message: the payload is the cemesh envelope (``broker/events.py``), which
+- Each event is one message: the payload is the cemesh envelope (``broker/core/events.py``), which
   keeps typed extensions (int, bool) that the NATS binary binding (C76, ``ce-`` headers) would
   turn into strings. Headers: ``Nats-Msg-Id`` (:func:`dedup_id`: source and id, plus the
   ``knativebrokerttl`` when present) so that publishing the same event again within
@@ -25,7 +25,7 @@ Model:
   has free handler slots (``concurrency`` minus the messages it holds), so the server never sends
   it more than its handlers can take. Requests expire after :data:`PULL_EXPIRES` and are simply
   renewed; a reconnect renews them at once. Nothing here blocks the event loop.
-- Settling: the handler returning acks; :class:`~broker.bus.Nack` naks with its delay (NAK
+- Settling: the handler returning acks; :class:`~broker.dataplane.bus.Nack` naks with its delay (NAK
   ``delay``); another exception is logged and naked after :data:`ERROR_REDELIVERY_DELAY`. A
   message a handler still holds is kept alive with ``in_progress`` every third of ``ack_wait``
   (deliveries with retries and backoff can take minutes); one whose holder died (a crash, a lost
@@ -72,11 +72,11 @@ from adapters.nats.consumer import CLOSE_TIMEOUT, KEY_HEADER, MSG_ID_HEADER, Nat
 from adapters.nats.failures import describe, retryable
 from adapters.nats.names import Target, consumer_name, dedup_id, stream_name, subject_of
 from adapters.nats.options import NatsOptions
-from broker.bus import BusFactory, Capability, Handler
-from broker.bus.arguments import check_subscribe
-from broker.bus.options import parse_options
-from broker.errors import BusError, PublishError, SubscribeError
-from broker.events import CloudEvent, encode_envelope
+from broker.core.errors import BusError, PublishError, SubscribeError
+from broker.core.events import CloudEvent, encode_envelope
+from broker.dataplane.bus import BusFactory, Capability, Handler
+from broker.dataplane.bus.arguments import check_subscribe
+from broker.dataplane.bus.options import parse_options
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 

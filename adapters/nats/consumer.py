@@ -20,9 +20,9 @@ from nats.js import api
 
 from adapters.nats.failures import describe
 from adapters.nats.names import Target
-from broker.bus import Handler, Message, run_handler
-from broker.errors import BusError
-from broker.events import decode_envelope
+from broker.core.errors import BusError
+from broker.core.events import decode_envelope
+from broker.dataplane.bus import Handler, Message, run_handler
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 

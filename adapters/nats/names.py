@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from broker.events import BROKER_TTL, CloudEvent, attribute_text
+from broker.core.events import BROKER_TTL, CloudEvent, attribute_text
 
 _MAX_NAME = 200
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")

@@ -1,7 +1,7 @@
 """The NATS JetStream bus's options: one typed model, the one place for defaults and limits.
 
-Light on purpose (pydantic only): ``broker/config.py`` builds the ``nats_<option>`` settings from
-these fields.
+Light on purpose (pydantic only): ``broker/core/config.py`` builds the ``nats_<option>`` settings
+from these fields.
 """
 
 from __future__ import annotations

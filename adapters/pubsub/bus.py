@@ -18,7 +18,7 @@ Model:
   so it marks structure and both maps are injective: an encoding that is still not a valid ID
   becomes ``xx~`` + it, one longer than 255 ``h~`` + its first 150 characters + ``~`` + its
   SHA-256.
-- Publishing. The event is the message data (``broker.events.encode_envelope``: every attribute
+- Publishing. The event is the message data (``broker.core.events.encode_envelope``: every attribute
   keeps its type, every data byte is kept); attributes are limited to 1024 bytes each, so they
   cannot carry events. The key goes in the attribute ``cemesh-key`` (so ``""`` and no key
   differ; a key over 1024 bytes is refused) and in the message's ordering key (``""``, which
@@ -44,8 +44,8 @@ Model:
 - Settling. The handler returning acks (acks are batched into Acknowledge RPCs). While a message
   is held (queued locally, in a handler, or waiting out a Nack delay) its lease is extended
   (ModifyAckDeadline) so that Pub/Sub does not hand it to someone else. A handler raising
-  :class:`~broker.bus.Nack` ``(delay)`` keeps the message held for ``delay``, then nacks it
-  (ModifyAckDeadline 0: Pub/Sub redelivers at once, to any consumer of the group); any other
+  :class:`~broker.dataplane.bus.Nack` ``(delay)`` keeps the message held for ``delay``, then nacks
+  it (ModifyAckDeadline 0: Pub/Sub redelivers at once, to any consumer of the group); any other
   exception does the same after :data:`ERROR_REDELIVERY_DELAY`. In an ordered subscription a
   keyed message is redelivered locally instead (below). Closing a subscription cancels its
   handlers and nacks everything it holds, in the order received, so the group's next consumer
@@ -115,11 +115,11 @@ from adapters.pubsub.publisher import (
     MAX_MESSAGE_BYTES,
     TopicPublisher,
 )
-from broker.bus import BusFactory, Capability, Handler
-from broker.bus.arguments import check_subscribe
-from broker.bus.options import parse_options
-from broker.errors import BusError, PublishError, SubscribeError
-from broker.events import CloudEvent, encode_envelope
+from broker.core.errors import BusError, PublishError, SubscribeError
+from broker.core.events import CloudEvent, encode_envelope
+from broker.dataplane.bus import BusFactory, Capability, Handler
+from broker.dataplane.bus.arguments import check_subscribe
+from broker.dataplane.bus.options import parse_options
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 

@@ -1,9 +1,9 @@
 """One subscription of the Pub/Sub bus: StreamingPull streams, handlers, leases and acks.
 
 A :class:`PubSubSubscription` reads its StreamingPull streams (reopened when they end), hands
-messages to ``concurrency`` handler tasks through :class:`~broker.bus.handoff.HandOff` (lanes by
-key for ordered subscriptions), extends the lease of what it holds, batches acks and nacks, and
-nacks everything it holds when closed (see the package's ``bus.py`` for the model).
+messages to ``concurrency`` handler tasks through :class:`~broker.dataplane.bus.handoff.HandOff`
+(lanes by key for ordered subscriptions), extends the lease of what it holds, batches acks and
+nacks, and nacks everything it holds when closed (see the package's ``bus.py`` for the model).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from google.pubsub_v1.services.subscriber.async_client import SubscriberAsyncCli
 
 from adapters.pubsub.failures import DRIVER_ERRORS
 from adapters.pubsub.publisher import KEY_ATTRIBUTE
-from broker.bus import Handler, Message, run_handler
-from broker.bus.handoff import HandOff
-from broker.events import CloudEvent, decode_envelope
+from broker.core.events import CloudEvent, decode_envelope
+from broker.dataplane.bus import Handler, Message, run_handler
+from broker.dataplane.bus.handoff import HandOff
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 

@@ -6,7 +6,7 @@ import grpc
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 
-from broker.errors import BusError
+from broker.core.errors import BusError
 
 # Retrying these may help (the same set the Pub/Sub clients retry publishes on).
 TRANSIENT = (

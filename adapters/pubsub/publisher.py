@@ -18,7 +18,7 @@ from google.pubsub_v1 import types
 from google.pubsub_v1.services.publisher.async_client import PublisherAsyncClient
 
 from adapters.pubsub.failures import retryable
-from broker.errors import PublishError
+from broker.core.errors import PublishError
 
 KEY_ATTRIBUTE = "cemesh-key"
 # Pub/Sub reads an empty ordering key as "no key"; cemesh's key "" must still be ordered. Two

@@ -9,7 +9,7 @@ Model:
   host, pid and a random suffix), so subscriptions of one group compete and every group gets
   its own copy. Standalone Redis (or a proxy in front of a primary); Redis Cluster is not
   supported (publishes to several streams share one pipeline).
-- Each event is one stream entry: field ``e`` holds the cemesh envelope (``broker/events.py``,
+- Each event is one stream entry: field ``e`` holds the cemesh envelope (``broker/core/events.py``,
   which keeps typed extensions and every data byte), field ``k`` the key (UTF-8; absent when
   there is none, so ``""`` and no key differ). ``publish`` returns once Redis answered the XADD;
   concurrent publishes are sent together in pipelines (one round trip for many events). How
@@ -93,11 +93,11 @@ from adapters.redis_streams.policy import (
     trim_floor,
 )
 from adapters.redis_streams.publisher import Publisher
-from broker.bus import BusFactory, Capability, Handler
-from broker.bus.arguments import check_subscribe
-from broker.bus.options import parse_options
-from broker.errors import BusError, PublishError, SubscribeError
-from broker.events import CloudEvent
+from broker.core.errors import BusError, PublishError, SubscribeError
+from broker.core.events import CloudEvent
+from broker.dataplane.bus import BusFactory, Capability, Handler
+from broker.dataplane.bus.arguments import check_subscribe
+from broker.dataplane.bus.options import parse_options
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 from adapters.redis_streams.options import RedisOptions
 from adapters.redis_streams.policy import consumer_name, decode_message, release_idle_ms
 from adapters.redis_streams.settler import CLOSE_TIMEOUT, RETRY_PAUSE, Settler
-from broker.bus import Handler, run_handler
+from broker.dataplane.bus import Handler, run_handler
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 

@@ -1,6 +1,6 @@
 """The Redis Streams bus's options: one typed model, the one place for defaults and limits.
 
-Light on purpose (pydantic only): ``broker/config.py`` builds the ``redis_<option>`` settings
+Light on purpose (pydantic only): ``broker/core/config.py`` builds the ``redis_<option>`` settings
 from these fields.
 """
 

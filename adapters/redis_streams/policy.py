@@ -13,8 +13,8 @@ from typing import Any
 
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 
-from broker.bus import Message
-from broker.events import CloudEvent, decode_envelope, encode_envelope
+from broker.core.events import CloudEvent, decode_envelope, encode_envelope
+from broker.dataplane.bus import Message
 
 EVENT_FIELD = b"e"
 KEY_FIELD = b"k"

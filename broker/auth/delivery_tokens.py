@@ -21,8 +21,8 @@ import jwt
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from broker.auth.signing_keys import ALGORITHM, KeyRing
-from broker.errors import DeliveryError
+from broker.controlplane.signing_keys import ALGORITHM, KeyRing
+from broker.core.errors import DeliveryError
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/openid/v1/jwks"

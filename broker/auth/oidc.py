@@ -38,8 +38,8 @@ import httpx
 import jwt
 
 from broker.auth.principal import Principal
-from broker.config import Settings
-from broker.errors import Unauthenticated
+from broker.core.config import Settings
+from broker.core.errors import Unauthenticated
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ class Authenticator(Protocol):
     """Turns a bearer token into a :class:`Principal`.
 
     Returns ``None`` when the token is not of this authenticator's kind (the next one is asked);
-    raises :class:`broker.errors.Unauthenticated` when it is of this kind but does not verify
+    raises :class:`broker.core.errors.Unauthenticated` when it is of this kind but does not verify
     (expired, wrong audience, bad signature), with a message naming why.
     """
 

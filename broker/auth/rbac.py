@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from broker.auth.principal import Principal
-from broker.errors import InvalidConfig
+from broker.core.errors import InvalidConfig
 
 READ_VERBS = frozenset({"get", "list", "watch"})
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})

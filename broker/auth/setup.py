@@ -23,8 +23,8 @@ from broker.auth.oidc import authenticator_from_settings
 from broker.auth.principal import Authenticator, Principal
 from broker.auth.rbac import Binding, Subject, load_bindings
 from broker.auth.static_tokens import StaticTokenAuthenticator, load_tokens
-from broker.config import Settings
-from broker.errors import InvalidConfig, Unauthenticated
+from broker.core.config import Settings
+from broker.core.errors import InvalidConfig, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def listen_refusal(host: str, auth: str, *, insecure: bool) -> str | None:
     With authentication off, anyone who reaches the port may run commands as cemesh's user;
     that is acceptable on loopback, and elsewhere only when asked for with ``--insecure``.
     """
-    from broker.api.hosts import is_loopback
+    from broker.auth.hosts import is_loopback
 
     if auth != "none" or insecure or is_loopback(host):
         return None

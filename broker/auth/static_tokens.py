@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from broker.auth.principal import Principal
-from broker.errors import InvalidConfig
+from broker.core.errors import InvalidConfig
 
 VIA = "static-token"
 _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")

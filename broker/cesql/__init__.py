@@ -29,7 +29,7 @@ from broker.cesql.errors import (
 )
 from broker.cesql.parser import parse
 from broker.cesql.types import ZERO, Type
-from broker.events import CloudEvent
+from broker.core.events import CloudEvent
 
 __all__ = [
     "CesqlError",

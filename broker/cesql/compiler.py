@@ -54,7 +54,7 @@ from broker.cesql.types import (
     to_string,
     type_of,
 )
-from broker.events import CloudEvent
+from broker.core.events import CloudEvent
 
 __all__ = ["Compiled", "compile_tree"]
 

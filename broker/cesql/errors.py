@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from broker.errors import CemeshError
+from broker.core.errors import CemeshError
 
 Value = bool | int | str
 

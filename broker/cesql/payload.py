@@ -19,7 +19,7 @@ import orjson
 
 from broker.cesql.errors import CastFailure, Value
 from broker.cesql.types import in_range
-from broker.events import CloudEvent, attribute_text
+from broker.core.events import CloudEvent, attribute_text
 
 __all__ = ["NoPayload", "decoded", "lookup", "scalar"]
 

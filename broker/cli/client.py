@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from broker.catalog import ResourceType
 from broker.cli.failures import ApiError, CliError, api_error, unreachable
+from broker.controlplane.catalog import ResourceType
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 # Management calls wait for a controller sync; a few seconds is plenty on one host, and a

@@ -23,7 +23,6 @@ from typing import Any, NoReturn
 import click
 import httpx
 
-from broker.catalog import ResourceType
 from broker.cli.client import DEFAULT_SERVER, HTTP_TIMEOUT, ApiClient, tls_verification
 from broker.cli.events import build_event, parse_extensions, resolve_target
 from broker.cli.failures import (
@@ -51,9 +50,10 @@ from broker.cli.manifests import (
 )
 from broker.cli.redaction import hide_secret, mask_password, redact
 from broker.cli.tables import empty_message, render_objects, render_table
-from broker.errors import CemeshError
-from broker.eventing_types import bus_of_channel
-from broker.features import type_for_name
+from broker.controlplane.catalog import ResourceType
+from broker.controlplane.eventing.types import bus_of_channel
+from broker.core.errors import CemeshError
+from broker.server.features import type_for_name
 
 
 class _Cli(click.Group):
@@ -217,11 +217,11 @@ def serve(host: str | None, port: int | None, config_file: Path | None, insecure
     refusal = listen_refusal(settings.host, settings.auth, insecure=insecure)
     if refusal is not None:
         raise CliError(refusal)
-    from broker.logging import configure_logging
+    from broker.core.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    from broker.bus import bus_factory
-    from broker.errors import CemeshError
+    from broker.core.errors import CemeshError
+    from broker.dataplane.bus import bus_factory
 
     try:  # the default channel's bus is needed by every Broker: no point starting without it
         bus_factory(bus_of_channel(settings.default_channel))
@@ -229,14 +229,14 @@ def serve(host: str | None, port: int | None, config_file: Path | None, insecure
         raise CliError(
             f"cannot serve with default channel {settings.default_channel}: {exc.message}"
         ) from exc
-    from broker.app import serve as run
+    from broker.server.app import serve as run
 
     run(settings)
 
 
 def load_settings(**overrides: Any) -> Any:
     """Settings with the given flags on top of env and config file; one error line when bad."""
-    from broker.config import Settings
+    from broker.core.config import Settings
 
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
@@ -501,7 +501,7 @@ def send(
     mode: str,
 ) -> None:
     """Send one CloudEvent over HTTP (like 'kn event send')."""
-    from broker import binding
+    from broker.core import binding
 
     url = resolve_target(target, state.server)
     event = build_event(
@@ -558,7 +558,7 @@ def db() -> None:
 def upgrade(revision: str, config_file: Path | None, database_url: str | None) -> None:
     """Migrate the store's schema (database_url from the settings) to REVISION."""
     settings = load_settings(config=config_file, database_url=database_url)
-    from broker.store import migrate
+    from broker.controlplane.store import migrate
 
     url = settings.database_url
     shown = mask_password(url)

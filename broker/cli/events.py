@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 import click
 
 from broker.cli.manifests import DEFAULT_NAMESPACE
-from broker.events import AttributeValue, CloudEvent, new_event
+from broker.core.events import AttributeValue, CloudEvent, new_event
 
 
 def resolve_target(to: str, server: str, default_namespace: str = DEFAULT_NAMESPACE) -> str:

@@ -4,7 +4,7 @@ Every failure ends as ONE line on stderr, ``error: ...``, and a non-zero exit. T
 owns the classes (:class:`CliError` and its kinds) and the wording: why a request got no
 answer (:func:`transport_reason`), what an error answer said (:func:`server_message`), and
 what is wrong with the configuration (:func:`settings_error`). The cemesh error tree itself
-stays in :mod:`broker.errors`; these are click exceptions for the command line only.
+stays in :mod:`broker.core.errors`; these are click exceptions for the command line only.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from typing import Any, Literal
 import yaml
 
 from broker.auth.processes import APPLIED_BY
-from broker.catalog import ResourceType
-from broker.errors import CemeshError, InvalidResource
-from broker.features import CATALOG, admit, type_for_kind
+from broker.controlplane.catalog import ResourceType
+from broker.core.errors import CemeshError, InvalidResource
+from broker.server.features import CATALOG, admit, type_for_kind
 
 DEFAULT_NAMESPACE = "default"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")

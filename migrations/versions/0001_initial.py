@@ -39,7 +39,7 @@ def upgrade() -> None:
         sa.Column("value", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_revision"),
     )
-    # The one counter row every write bumps (broker.store.repository).
+    # The one counter row every write bumps (broker.controlplane.store.repository).
     op.bulk_insert(revision_table, [{"id": 1, "value": 0}])
 
     # Leader election among replicas (used by a later migration's feature; created now).

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 from adapters.memory import MemoryBus
-from broker.bus import Bus, Capability
+from broker.dataplane.bus import Bus, Capability
 from tests.support.servers.kafka import KafkaServer
 from tests.support.servers.nats import NatsServer
 from tests.support.servers.pubsub import PubSubEmulator

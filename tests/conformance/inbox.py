@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from broker.bus import Message
-from broker.events import CloudEvent, new_event
+from broker.core.events import CloudEvent, new_event
+from broker.dataplane.bus import Message
 
 WAIT = 15.0  # seconds; an upper bound for a failing test, not a timing assertion
 

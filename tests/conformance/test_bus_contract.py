@@ -1,9 +1,9 @@
 """The one bus conformance suite: every adapter of the ADAPTERS table against the contract.
 
-The requirements are the sentences of ``broker/bus/contract.py`` and of docs/architecture.md's
-"The bus contract and its conformance suite"; each test name states one of them.
-Capability-dependent tests skip on adapters that do not declare the capability (and the declared
-sets are checked against the table, so a lost capability fails
+The requirements are the sentences of ``broker/dataplane/bus/contract.py`` and of
+docs/architecture.md's "The bus contract and its conformance suite"; each test name states one of
+them. Capability-dependent tests skip on adapters that do not declare the capability (and the
+declared sets are checked against the table, so a lost capability fails
 ``test_declared_capabilities_match_table``).
 
 Every test uses a fresh topic and fresh group names, and waits on what handlers recorded with a
@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import pytest
 
-from broker.bus import Bus, Capability, Handler, Message, Nack, bus_factory
-from broker.errors import BusError, PublishError, SubscribeError
-from broker.events import CloudEvent
+from broker.core.errors import BusError, PublishError, SubscribeError
+from broker.core.events import CloudEvent
+from broker.dataplane.bus import Bus, Capability, Handler, Message, Nack, bus_factory
 from tests.conformance.conftest import AdapterCase
 from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set
 

@@ -22,9 +22,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from adapters.kafka import KafkaBus
 from adapters.kafka.wire import TYPES_HEADER, kafka_topic
-from broker.bus import Message
-from broker.errors import BusError, PublishError
-from broker.events import CloudEvent
+from broker.core.errors import BusError, PublishError
+from broker.core.events import CloudEvent
+from broker.dataplane.bus import Message
 from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set
 from tests.support.servers.kafka import KafkaServer, _free_port
 

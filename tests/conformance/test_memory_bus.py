@@ -17,9 +17,9 @@ import pytest
 
 from adapters.memory import MemoryBus
 from adapters.memory.budget import event_footprint
-from broker.bus import Message, Nack, Subscription, create_bus
-from broker.errors import BusError, PublishError
-from broker.events import CloudEvent, new_event
+from broker.core.errors import BusError, PublishError
+from broker.core.events import CloudEvent, new_event
+from broker.dataplane.bus import Message, Nack, Subscription, create_bus
 from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set
 
 Names = Callable[[str], str]

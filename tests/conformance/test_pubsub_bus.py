@@ -30,8 +30,8 @@ from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import (
 
 from adapters.pubsub import PubSubBus
 from adapters.pubsub.names import subscription_id, topic_id
-from broker.bus import Bus, Handler, Message, Nack, create_bus
-from broker.errors import BusError, PublishError
+from broker.core.errors import BusError, PublishError
+from broker.dataplane.bus import Bus, Handler, Message, Nack, create_bus
 from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set
 from tests.support.servers.pubsub import PubSubEmulator
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.sources.apiserver_objects import to_cloudevent
+from broker.features.sources.apiserver_objects import to_cloudevent
 from tests.integration.test_apiserver_source import data, is_list, pod, watching
 from tests.support.k8s_replay import FakeKubeApiServer, read_watch_stream
 

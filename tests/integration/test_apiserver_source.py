@@ -21,19 +21,19 @@ from typing import Any, cast
 
 import pytest
 
-from broker import resources  # noqa: F401  (loads the resource kinds before broker.sources)
-from broker.dispatch.httpclient import Http1Client
-from broker.errors import InvalidResource
-from broker.events import CloudEvent
-from broker.labels import label_selector_string
-from broker.sources.apiserver import ApiServerSource, ApiServerWatcher, Backoff
-from broker.sources.apiserver_objects import (
+from broker.controlplane import resources  # noqa: F401  (loads the resource kinds before broker.features.sources)
+from broker.core.errors import InvalidResource
+from broker.core.events import CloudEvent
+from broker.core.labels import label_selector_string
+from broker.dataplane.dispatch.httpclient import Http1Client
+from broker.features.sources.apiserver import ApiServerSource, ApiServerWatcher, Backoff
+from broker.features.sources.apiserver_objects import (
     admit_api_server_source,
     guess_plural,
     self_link,
     to_cloudevent,
 )
-from broker.sources.base import EventSender, SourceSpec
+from broker.features.sources.base import EventSender, SourceSpec
 from tests.conftest import shared_fixture_dir
 from tests.support.cemesh import running_cemesh
 from tests.support.k8s_replay import (
@@ -592,7 +592,7 @@ async def test_namespace_selector_watches_the_matching_namespaces_K192(tmp_path:
 async def test_the_source_sends_to_its_sink_in_binary_mode_with_ce_overrides_K182_K187(
     tmp_path: Path,
 ) -> None:
-    """ApiServerSource run by broker.sources: its namespace only, ceOverrides added."""
+    """ApiServerSource run by broker.features.sources: its namespace only, ceOverrides added."""
     obj = source_obj(mode="Resource", resources=[{"apiVersion": "v1", "kind": "Pod"}])
     admit_api_server_source(obj, None)
     client = Http1Client()

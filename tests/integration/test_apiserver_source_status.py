@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from broker.sources.apiserver import ApiServerWatcher, Backoff
+from broker.features.sources.apiserver import ApiServerWatcher, Backoff
 from tests.support.cemesh import RunningCemesh, free_port, running_cemesh
 from tests.support.k8s_replay import FakeKubeApiServer, write_kubeconfig
 from tests.support.subscriber import RecordingSubscriber

@@ -20,9 +20,9 @@ from nats.js import api
 
 from adapters.nats import NatsBus
 from adapters.nats.names import consumer_name, stream_name, subject_of
-from broker.bus import Message
-from broker.errors import BusError, PublishError
-from broker.events import BROKER_TTL
+from broker.core.errors import BusError, PublishError
+from broker.core.events import BROKER_TTL
+from broker.dataplane.bus import Message
 from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set
 from tests.support.servers.nats import NatsServer, _free_port
 

@@ -22,9 +22,9 @@ import redis.asyncio as redis
 from adapters.redis_streams import RedisStreamsBus
 from adapters.redis_streams.policy import EVENT_FIELD, KEY_FIELD, group_name, stream_key
 from adapters.redis_streams.settler import RELEASED_CONSUMER
-from broker.bus import Message, Nack
-from broker.errors import BusError, PublishError, SubscribeError
-from broker.events import decode_envelope
+from broker.core.errors import BusError, PublishError, SubscribeError
+from broker.core.events import decode_envelope
+from broker.dataplane.bus import Message, Nack
 from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set
 from tests.support.servers.redis import RedisServer, _free_port
 

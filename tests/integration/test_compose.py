@@ -5,9 +5,10 @@ files are held to what the engine would hold them to, and to what cemesh needs o
 
 - the compose file validates against the Compose Specification's JSON schema (vendored in
   tests/data/compose-spec.json, see tests/data/README.md), before and after interpolation;
-- every ``CEMESH_*`` variable it or the Dockerfile sets is a field of ``broker.config.Settings``
-  (Settings ignores unknown environment names silently, so the names are checked explicitly)
-  and the values, with their ``${VAR:-default}`` defaults, build a valid Settings;
+- every ``CEMESH_*`` variable it or the Dockerfile sets is a field of
+  ``broker.core.config.Settings`` (Settings ignores unknown environment names silently, so the names
+  are checked explicitly) and the values, with their ``${VAR:-default}`` defaults, build a valid
+  Settings;
 - each channel kind that CEMESH_DEFAULT_CHANNEL can name has its bus's connection setting
   pointing at a service of the stack, so switching that one variable is enough;
 - ports are published on 127.0.0.1 only, every service has a healthcheck, stateful services
@@ -34,8 +35,8 @@ import yaml
 from jsonschema import Draft7Validator
 from sqlalchemy.engine import make_url
 
-from broker.config import Settings
-from broker.eventing_types import bus_of_channel
+from broker.controlplane.eventing.types import bus_of_channel
+from broker.core.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -296,7 +297,7 @@ def test_every_cemesh_variable_names_a_real_setting(
     names = [name for name in env if name.startswith(ENV_PREFIX)]
     assert names, "cemesh gets no CEMESH_* settings"
     unknown = [n for n in names if n[len(ENV_PREFIX) :].lower() not in Settings.model_fields]
-    assert not unknown, f"not cemesh settings (see broker/config.py): {unknown}"
+    assert not unknown, f"not cemesh settings (see broker/core/config.py): {unknown}"
     # Settings would silently ignore a variable in another case; keep them as documented.
     assert all(name == name.upper() for name in names)
 
@@ -511,7 +512,7 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
     ignore = read_dockerignore()
     for path in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "cemesh.db"):
         assert dockerignore_excludes(ignore, path), path
-    for path in ("pyproject.toml", "broker/app.py", "migrations/alembic.ini"):
+    for path in ("pyproject.toml", "broker/server/app.py", "migrations/alembic.ini"):
         assert not dockerignore_excludes(ignore, path), path
     assert dockerignore_excludes(ignore, "broker/__pycache__/app.cpython-311.pyc")
 
@@ -579,7 +580,7 @@ def test_interpolation_follows_the_compose_specification() -> None:
 def test_dockerignore_matching_follows_docker_rules() -> None:
     patterns = ["*", "!broker", "**/__pycache__", "broker/secret*"]
     assert dockerignore_excludes(patterns, "tests/x.py")
-    assert not dockerignore_excludes(patterns, "broker/dispatch/retry.py")
-    assert dockerignore_excludes(patterns, "broker/dispatch/__pycache__/retry.pyc")
+    assert not dockerignore_excludes(patterns, "broker/dataplane/dispatch/retry.py")
+    assert dockerignore_excludes(patterns, "broker/dataplane/dispatch/__pycache__/retry.pyc")
     assert dockerignore_excludes(patterns, "broker/secret.key")
     assert not dockerignore_excludes(["*.db"], "data/cemesh.db")  # * stays in one segment

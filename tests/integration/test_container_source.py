@@ -19,11 +19,10 @@ from typing import Any, cast
 
 import pytest
 
-from broker.errors import InvalidResource
-from broker.features import admit
-from broker.sources import container
-from broker.sources.base import PrepareContext, SourceNotReady, SourceSpec
-from broker.sources.container import (
+from broker.core.errors import InvalidResource
+from broker.features.sources import container
+from broker.features.sources.base import PrepareContext, SourceNotReady, SourceSpec
+from broker.features.sources.container import (
     CONTAINER_SOURCE_KIND,
     ContainerSource,
     admit_sink_binding,
@@ -31,6 +30,7 @@ from broker.sources.container import (
     container_process_spec,
     expand,
 )
+from broker.server.features import admit
 from tests.support.cemesh import running_cemesh
 from tests.support.subscriber import RecordingSubscriber
 

@@ -16,13 +16,20 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from broker.bus import Nack
-from broker.dispatch.client import ReqwestClient
-from broker.dispatch.delivery import Deliverer, Outcome, Target, reply_poster
-from broker.errors import PublishError
-from broker.events import ERROR_CODE, ERROR_DATA, ERROR_DEST, AttributeValue, CloudEvent, new_event
-from broker.reply import ReplyHandler
-from broker.spec import DeliveryPolicy
+from broker.core.errors import PublishError
+from broker.core.events import (
+    ERROR_CODE,
+    ERROR_DATA,
+    ERROR_DEST,
+    AttributeValue,
+    CloudEvent,
+    new_event,
+)
+from broker.core.spec import DeliveryPolicy
+from broker.dataplane.bus import Nack
+from broker.dataplane.dispatch.client import ReqwestClient
+from broker.dataplane.dispatch.delivery import Deliverer, Outcome, Target, reply_poster
+from broker.dataplane.reply import ReplyHandler
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
 Sleeps = list[float]
@@ -289,7 +296,7 @@ async def test_without_dead_letter_sink_the_event_is_dropped_and_logged_k125(
     deliverer: Deliverer, caplog: pytest.LogCaptureFixture
 ) -> None:
     event = sample_event()
-    caplog.set_level(logging.WARNING, logger="broker.dispatch.delivery")
+    caplog.set_level(logging.WARNING, logger="broker.dataplane.dispatch.delivery")
     async with RecordingSubscriber(status(400)) as sub:
         outcome = await deliverer.deliver(event, Target(sub.url, DeliveryPolicy(retry=3)))
     assert outcome is Outcome.DROPPED
@@ -305,7 +312,7 @@ async def test_every_failed_attempt_is_logged_with_its_reason_and_next_delay(
     """One WARNING line per failed attempt: who, which attempt, why, and the wait before the next
     (null on the last); the retried attempts are not silent."""
     event = sample_event()
-    caplog.set_level(logging.WARNING, logger="broker.dispatch.delivery")
+    caplog.set_level(logging.WARNING, logger="broker.dataplane.dispatch.delivery")
     answers = iter([(503, [], b""), (500, [], b""), (202, [], b"")])
     policy = DeliveryPolicy(retry=3, backoff_policy="linear", backoff_delay=0.5)
     async with RecordingSubscriber(lambda _: next(answers)) as sub:
@@ -325,7 +332,7 @@ async def test_every_failed_attempt_is_logged_with_its_reason_and_next_delay(
 async def test_the_last_failed_attempt_says_no_retry_follows(
     deliverer: Deliverer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="broker.dispatch.delivery")
+    caplog.set_level(logging.WARNING, logger="broker.dataplane.dispatch.delivery")
     async with RecordingSubscriber(status(400)) as sub:
         await deliverer.deliver(sample_event(), Target(sub.url, DeliveryPolicy(retry=3)))
     [last] = [r for r in caplog.records if r.getMessage().startswith("delivery attempt failed")]

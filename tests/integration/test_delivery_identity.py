@@ -16,8 +16,8 @@ import jwt
 import pytest
 
 from broker.auth.delivery_tokens import DISCOVERY_PATH, JWKS_PATH
-from broker.auth.signing_keys import KeyRing, load_keys
-from broker.store import Store
+from broker.controlplane.signing_keys import KeyRing, load_keys
+from broker.controlplane.store import Store
 from tests.support.cemesh import RunningCemesh, running_cemesh
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 

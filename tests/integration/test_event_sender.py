@@ -1,4 +1,5 @@
-"""A source's EventSender retries by the delivery's rules (broker.dispatch.retry, issue 12)."""
+"""A source's EventSender retries by the delivery's rules (broker.dataplane.dispatch.retry, issue
+12)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from broker.dispatch.client import ReqwestClient
-from broker.errors import DeliveryError
-from broker.events import CloudEvent, new_event
-from broker.sources.base import EventSender
+from broker.core.errors import DeliveryError
+from broker.core.events import CloudEvent, new_event
+from broker.dataplane.dispatch.client import ReqwestClient
+from broker.features.sources.base import EventSender
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from adapters.memory import MemoryBus
-from broker.spec import broker_topic, trigger_group
+from broker.core.spec import broker_topic, trigger_group
 from tests.support.cemesh import RunningCemesh, running_cemesh
 from tests.support.servers.redis import RedisServer
 from tests.support.subscriber import Received, RecordingSubscriber, Reply

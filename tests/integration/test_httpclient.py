@@ -1,4 +1,5 @@
-"""The event-loop HTTP/1.1 client (``broker.dispatch.httpclient``) and its router, on real servers.
+"""The event-loop HTTP/1.1 client (``broker.dataplane.dispatch.httpclient``) and its router, on real
+servers.
 
 Ordinary exchanges run against :class:`RecordingSubscriber` (uvicorn); the odd cases (chunked
 framing, ``Connection: close``, HTTP/1.0, a server that closes, never answers or answers
@@ -21,9 +22,9 @@ import pytest
 from httptools import HttpParserError
 from pyreqwest.exceptions import PyreqwestError
 
-from broker.dispatch.client import DeliveryClient
-from broker.dispatch.httpclient import Http1Client, ResponseTooLarge
-from broker.errors import DeliveryError
+from broker.core.errors import DeliveryError
+from broker.dataplane.dispatch.client import DeliveryClient
+from broker.dataplane.dispatch.httpclient import Http1Client, ResponseTooLarge
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
 EVENT_HEADERS = [("ce-specversion", "1.0"), ("ce-id", "1"), ("content-type", "text/plain")]

@@ -15,14 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.serving.backend import RevisionRef
-from broker.serving.process import (
+from broker.features.serving.backend import RevisionRef
+from broker.features.serving.process import (
     CRASH_BACKOFF_INITIAL,
     CRASH_BACKOFF_MAX,
     NotRunnable,
     ProcessBackend,
 )
-from broker.supervisor import exit_summary, restart_delay
+from broker.features.supervisor import exit_summary, restart_delay
 
 FUNCTION = str(Path(__file__).parents[1] / "support" / "function_server.py")
 REF = RevisionRef("default", "fn", "fn-00001")
@@ -51,7 +51,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None: 
 async def test_a_replica_runs_command_and_args_with_port_and_env_and_logs_its_output(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="broker.serving.function")
+    caplog.set_level(logging.INFO, logger="broker.features.serving.function")
     backend = ProcessBackend()
     try:
         await backend.ensure(REF, template(FUNCTION_NAME="greeter"), 1)
@@ -127,7 +127,7 @@ async def test_a_replica_that_keeps_exiting_is_restarted_with_a_growing_capped_b
     """Crash-loop backoff: the pauses before restarts double (0.2 s, 0.4 s, 0.8 s, ...) up to
     60 s, never a restart every few seconds forever; each exit is reported with its code and
     output."""
-    caplog.set_level(logging.WARNING, logger="broker.serving.function")
+    caplog.set_level(logging.WARNING, logger="broker.features.serving.function")
     exits: list[tuple[int, list[str]]] = []
     backend = ProcessBackend(on_exit=lambda ref, code, tail: exits.append((code, tail)))
     crashing = {

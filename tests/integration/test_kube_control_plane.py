@@ -38,10 +38,10 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.eventing_types import bus_of_channel
-from broker.kube.client import USER_AGENT
-from broker.kube.control import FINALIZER
-from broker.spec import broker_topic, trigger_group
+from broker.controlplane.eventing.types import bus_of_channel
+from broker.controlplane.kube.client import USER_AGENT
+from broker.controlplane.kube.control import FINALIZER
+from broker.core.spec import broker_topic, trigger_group
 from tests.conftest import shared_fixture_dir
 from tests.support.cemesh import running_cemesh
 from tests.support.servers import kube_apiserver as kube
@@ -340,10 +340,10 @@ async def test_a_kubernetes_control_plane_without_a_usable_kubeconfig_says_which
     tmp_path: Path,
 ) -> None:
     from broker import Settings
-    from broker.errors import CemeshError
-    from broker.features import CATALOG
-    from broker.kube.control import connect_control_plane
-    from broker.spec import DeliveryPolicy
+    from broker.controlplane.kube.control import connect_control_plane
+    from broker.core.errors import CemeshError
+    from broker.core.spec import DeliveryPolicy
+    from broker.server.features import CATALOG
 
     async def nothing(*_: Any) -> Any:
         return {}

@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.kube.control import KubeControlPlane
-from broker.kube.store import BROKERS
+from broker.controlplane.kube.control import KubeControlPlane
+from broker.controlplane.kube.store import BROKERS
 from tests.support.cemesh import running_cemesh
 from tests.support.servers.kube_apiserver import KubeApiServer
 from tests.support.subscriber import RecordingSubscriber

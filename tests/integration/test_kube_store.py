@@ -1,4 +1,5 @@
-"""The Kubernetes-backed store (broker/kube/store.py) and Lease election on a real API server.
+"""The Kubernetes-backed store (broker/controlplane/kube/store.py) and Lease election on a real API
+server.
 
 With the project's CRDs (and its Lease shim: this API server has no coordination.k8s.io):
 
@@ -22,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from broker.errors import InvalidResource, NotFound, StoreError
-from broker.kube.client import KubeConnection, load_client_configuration
-from broker.kube.lease import LeaderElector
-from broker.kube.store import BROKERS, KubeStore
+from broker.controlplane.kube.client import KubeConnection, load_client_configuration
+from broker.controlplane.kube.lease import LeaderElector
+from broker.controlplane.kube.store import BROKERS, KubeStore
+from broker.core.errors import InvalidResource, NotFound, StoreError
 from tests.support.servers.kube_apiserver import KubeApiServer
 
 pytestmark = pytest.mark.timeout(120)

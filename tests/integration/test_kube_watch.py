@@ -1,4 +1,4 @@
-"""The one list + watch (broker/kube/watch.py) against a real Kubernetes API server.
+"""The one list + watch (broker/controlplane/kube/watch.py) against a real Kubernetes API server.
 
 Each test runs its own API server (etcd + apiextensions-apiserver, the project's CRDs), since
 they restart it or compact its etcd:
@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from broker.kube.client import KubeConnection
-from broker.kube.watch import STALLED, Backoff, CollectionWatch
+from broker.controlplane.kube.client import KubeConnection
+from broker.controlplane.kube.watch import STALLED, Backoff, CollectionWatch
 from tests.support.servers import kube_apiserver as kube
 from tests.support.servers.kube_apiserver import KubeApiServer
 
@@ -168,7 +168,7 @@ async def test_a_410_relists_and_announces_exactly_the_changes_made_meanwhile(
 
 
 async def _configuration(server: KubeApiServer) -> Any:
-    from broker.kube.client import load_client_configuration
+    from broker.controlplane.kube.client import load_client_configuration
 
     return await load_client_configuration(str(server.kubeconfig))
 
@@ -192,8 +192,8 @@ async def test_api_server_source_announces_a_broker_created_after_a_restart_with
     server: KubeApiServer,
 ) -> None:
     """The reported bug: the source resumed from its old resourceVersion and waited silently."""
-    from broker.events import CloudEvent
-    from broker.sources.apiserver import ApiServerWatcher
+    from broker.core.events import CloudEvent
+    from broker.features.sources.apiserver import ApiServerWatcher
 
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     events: list[CloudEvent] = []

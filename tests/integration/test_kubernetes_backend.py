@@ -18,9 +18,9 @@ from kubernetes_asyncio.client import AppsV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import new_client_from_config
 
-from broker.errors import CemeshError, Conflict, NotFound
-from broker.serving.backend import Backend, Replica, RevisionRef
-from broker.serving.kubernetes import (
+from broker.core.errors import CemeshError, Conflict, NotFound
+from broker.features.serving.backend import Backend, Replica, RevisionRef
+from broker.features.serving.kubernetes import (
     DEPLOYMENT_ANNOTATION,
     SERVICE_ANNOTATION,
     KubernetesBackend,

@@ -16,11 +16,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-from broker.errors import StoreError
-from broker.store import Store
-from broker.store.engine import make_engine
-from broker.store.migrate import alembic_config, downgrade, upgrade
-from broker.store.models import Base
+from broker.controlplane.store import Store
+from broker.controlplane.store.engine import make_engine
+from broker.controlplane.store.migrate import alembic_config, downgrade, upgrade
+from broker.controlplane.store.models import Base
+from broker.core.errors import StoreError
 
 T = TypeVar("T")
 STORE_TABLES = {"resources", "revision", "leases"}
@@ -102,7 +102,7 @@ async def test_upgrade_is_idempotent_and_safe_when_replicas_start_together(
 
 _MIGRATOR = """
 import asyncio, sys
-from broker.store.migrate import upgrade
+from broker.controlplane.store.migrate import upgrade
 
 print("ready", flush=True)
 sys.stdin.readline()

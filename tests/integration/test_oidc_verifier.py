@@ -9,7 +9,7 @@ import pytest
 
 from broker.auth import Principal
 from broker.auth.oidc import OidcAuthenticator, OidcVerifier
-from broker.errors import Unauthenticated
+from broker.core.errors import Unauthenticated
 from tests.support.flows import wait_until
 from tests.support.oidc_issuer import TestIssuer, make_key
 

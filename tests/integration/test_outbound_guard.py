@@ -7,7 +7,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from broker.events import ERROR_DATA
+from broker.core.events import ERROR_DATA
 from tests.support.cemesh import RunningCemesh, running_cemesh
 from tests.support.subscriber import RecordingSubscriber
 

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from broker.cli import table_rows
-from broker.events import CloudEvent
+from broker.core.events import CloudEvent
 from tests.conftest import shared_fixture_dir
 from tests.support.cemesh import running_cemesh
 from tests.support.flows import appended, appender, displayed, replying, wait_until, with_command

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.sources import ping
-from broker.sources.lease import try_claim_tick
-from broker.store import Store
+from broker.controlplane.store import Store
+from broker.features.sources import ping
+from broker.features.sources.lease import try_claim_tick
 from tests.support.cemesh import RunningCemesh, running_cemesh
 from tests.support.subscriber import RecordingSubscriber
 

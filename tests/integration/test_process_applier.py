@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from broker.auth.processes import APPLIED_BY
-from broker.serving.backend import RevisionRef
-from broker.serving.process import ProcessBackend
-from broker.serving.specs import APPLIED_BY as TEMPLATE_APPLIED_BY
-from broker.serving.specs import RevisionSpec, revision_key
-from broker.sources.base import SourceSpec
-from broker.sources.container import container_process_spec
+from broker.features.serving.backend import RevisionRef
+from broker.features.serving.process import ProcessBackend
+from broker.features.serving.specs import APPLIED_BY as TEMPLATE_APPLIED_BY
+from broker.features.serving.specs import RevisionSpec, revision_key
+from broker.features.sources.base import SourceSpec
+from broker.features.sources.container import container_process_spec
 from tests.unit.test_serving_reconcile import service_obj, settle
 
 FUNCTION = str(Path(__file__).parents[1] / "support" / "function_server.py")
@@ -35,8 +35,8 @@ def test_a_revision_carries_the_applier_of_its_service() -> None:
 
 
 def test_a_container_source_spec_carries_its_applier() -> None:
-    from broker.features import admit, reconcile
-    from broker.spec import DeliveryPolicy
+    from broker.core.spec import DeliveryPolicy
+    from broker.server.features import admit, reconcile
 
     obj = admit(
         {

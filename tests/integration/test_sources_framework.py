@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from broker.cli import table_rows
-from broker.features import default_features
-from broker.sources.base import SourceKind
+from broker.features.sources.base import SourceKind
+from broker.server.features import default_features
 from tests.support.cemesh import RunningCemesh, running_cemesh
 from tests.support.subscriber import RecordingSubscriber
 

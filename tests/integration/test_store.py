@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from broker.errors import Conflict, InvalidResource, NotFound, StoreError
-from broker.store import Store
+from broker.controlplane.store import Store
+from broker.core.errors import Conflict, InvalidResource, NotFound, StoreError
 
 EVENTING = "eventing.knative.dev"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -354,8 +354,8 @@ async def test_concurrent_replaces_at_one_resource_version_give_one_winner(
 
 _WORKER = """
 import asyncio, json, sys
-from broker.errors import Conflict
-from broker.store import Store
+from broker.core.errors import Conflict
+from broker.controlplane.store import Store
 
 async def main(url, count):
     store = Store(url)

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broker.errors import StoreError
-from broker.resource_store import ResourceStore
-from broker.sources.lease import TICK_PREFIX, tick_key, try_claim_tick
-from broker.store import Store
+from broker.controlplane.resource_store import ResourceStore
+from broker.controlplane.store import Store
+from broker.core.errors import StoreError
+from broker.features.sources.lease import TICK_PREFIX, tick_key, try_claim_tick
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""broker.supervisor with real child processes (``sys.executable -c ...``).
+"""broker.features.supervisor with real child processes (``sys.executable -c ...``).
 
 The supervisor runs ContainerSource commands (K185's K_SINK/K_CE_OVERRIDES consumers) and, later,
 the invoker's process replicas: it logs their output, restarts them with exponential backoff,
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from broker.supervisor import (
+from broker.features.supervisor import (
     EXIT_NOT_FOUND,
     INHERITED_ENV,
     ProcessSpec,

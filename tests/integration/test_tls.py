@@ -25,9 +25,9 @@ from broker import Settings, create_app
 from broker.auth.local_token import read_token
 from broker.cli.client import ApiClient
 from broker.cli.failures import CliError
-from broker.events import ERROR_CODE, ERROR_DEST
-from broker.listeners import Listeners
-from broker.tls import ReloadingCertificate, TlsConfigError
+from broker.core.events import ERROR_CODE, ERROR_DEST
+from broker.server.listeners import Listeners
+from broker.server.tls import ReloadingCertificate, TlsConfigError
 from tests.support.cemesh import free_port, running_cemesh
 from tests.support.subscriber import RecordingSubscriber
 from tests.support.tls import CertificateAuthority
@@ -218,7 +218,7 @@ async def test_delivery_with_the_wrong_ca_fails_with_the_reason_and_goes_to_the_
         CertificateAuthority.create("other CA"),
     )
     cert, key, _ = server_ca.issue(tmp_path)
-    caplog.set_level(logging.INFO, logger="broker.dispatch.delivery")
+    caplog.set_level(logging.INFO, logger="broker.dataplane.dispatch.delivery")
     async with (
         running_cemesh(tmp_path) as cemesh,
         RecordingSubscriber(tls=(str(cert), str(key))) as subscriber,

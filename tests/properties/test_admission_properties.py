@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.errors import InvalidResource
-from broker.features import CATALOG, admit
+from broker.core.errors import InvalidResource
+from broker.server.features import CATALOG, admit
 from tests.support.resource_samples import SAMPLES, mutated_resources, valid_resources
 
 KINDS = sorted(SAMPLES)

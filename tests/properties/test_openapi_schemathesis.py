@@ -14,8 +14,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from broker.app import create_app
-from broker.config import Settings
+from broker.core.config import Settings
+from broker.server.app import create_app
 from tests.support.cemesh import RunningCemesh
 from tests.support.cemesh_thread import cemesh_in_thread
 from tests.support.resource_samples import NOWHERE

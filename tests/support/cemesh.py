@@ -19,11 +19,11 @@ import uvicorn
 import yaml
 
 from broker import Settings, create_app
-from broker.app import CemeshApp
 from broker.auth.local_token import read_token
-from broker.catalog import Catalog
-from broker.feature import Feature
-from broker.features import FEATURES
+from broker.controlplane.catalog import Catalog
+from broker.features.feature import Feature
+from broker.server.app import CemeshApp
+from broker.server.features import FEATURES
 
 
 def free_port() -> int:

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import yaml
 
-from broker import binding
-from broker.events import CloudEvent
+from broker.core import binding
+from broker.core.events import CloudEvent
 from tests.support.subscriber import Received, Reply
 
 ACCEPTED: Reply = (202, [], b"")

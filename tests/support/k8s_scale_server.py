@@ -1,7 +1,7 @@
 """A small fake kube-apiserver for the ``kubernetes`` serving backend: Deployment scale + Endpoints.
 
 :class:`FakeScaleApiServer` is real HTTP on 127.0.0.1 (a raw ASGI app under uvicorn, in the
-test's event loop) and speaks exactly what ``broker.serving.kubernetes`` uses:
+test's event loop) and speaks exactly what ``broker.features.serving.kubernetes`` uses:
 
 - ``GET|PUT|PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale``: ``autoscaling/v1``
   Scale objects with a ``resourceVersion`` (one global counter, as etcd's revision). PATCH takes

@@ -18,8 +18,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from broker.catalog import ResourceType
-from broker.features import CATALOG
+from broker.controlplane.catalog import ResourceType
+from broker.server.features import CATALOG
 
 NOWHERE = "http://127.0.0.1:9/"  # the discard port: nothing listens
 

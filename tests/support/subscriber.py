@@ -2,8 +2,8 @@
 
 :class:`RecordingSubscriber` serves a raw ASGI app with uvicorn inside the test's own event loop,
 on a free loopback port, and accepts any method on any path. Each request is recorded as a
-:class:`Received` (the CloudEvent parsed from it with ``broker.binding.parse_request``, or None),
-then answered with whatever ``respond`` returns (default ``202``, no body)::
+:class:`Received` (the CloudEvent parsed from it with ``broker.core.binding.parse_request``, or
+None), then answered with whatever ``respond`` returns (default ``202``, no body)::
 
     async with RecordingSubscriber(lambda r: (500, [], b"nope")) as sub:
         ...  # point a Trigger at sub.url
@@ -23,9 +23,9 @@ from typing import Any
 
 import uvicorn
 
-from broker import binding
-from broker.errors import BindingError
-from broker.events import CloudEvent
+from broker.core import binding
+from broker.core.errors import BindingError
+from broker.core.events import CloudEvent
 
 Reply = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
 Respond = Callable[["Received"], Reply | Awaitable[Reply]]

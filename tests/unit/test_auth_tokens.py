@@ -9,9 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.api.bodies import media_type, merge_patch, parse_object
-from broker.api.guard import bearer_token
-from broker.api.hosts import allowed_host_names, host_allowed, host_name, is_loopback
+from broker.auth.hosts import allowed_host_names, host_allowed, host_name, is_loopback
 from broker.auth.local_token import (
     LOCAL_SUBJECT,
     LocalTokenAuthenticator,
@@ -21,8 +19,10 @@ from broker.auth.local_token import (
 from broker.auth.processes import process_command
 from broker.auth.setup import authenticate, build_access, listen_refusal
 from broker.auth.static_tokens import StaticTokenAuthenticator, hash_token, parse_tokens
-from broker.config import Settings
-from broker.errors import BindingError, InvalidConfig, InvalidResource, Unauthenticated
+from broker.controlplane.api.bodies import media_type, merge_patch, parse_object
+from broker.controlplane.api.guard import bearer_token
+from broker.core.config import Settings
+from broker.core.errors import BindingError, InvalidConfig, InvalidResource, Unauthenticated
 
 
 def test_the_local_token_is_made_once_private_and_reused(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""KPA autoscaler decisions (broker/serving/autoscaler.py, metrics_window.py), on a fake clock.
+"""KPA autoscaler decisions (broker/features/serving/autoscaler.py, metrics_window.py), on a fake
+clock.
 
 No requirement id covers autoscaling (docs/requirements.md), so these tests cite the Knative
 Serving sources the behaviour is taken from: pkg/autoscaler/scaling/autoscaler.go (Scale),
@@ -14,8 +15,8 @@ import dataclasses
 
 import pytest
 
-from broker.errors import InvalidResource
-from broker.serving.autoscaler import (
+from broker.core.errors import InvalidResource
+from broker.features.serving.autoscaler import (
     AutoscalerDefaults,
     Decision,
     MetricWindow,

@@ -1,4 +1,4 @@
-"""broker.binding, rule by rule (K and C requirement ids: docs/requirements.md).
+"""broker.core.binding, rule by rule (K and C requirement ids: docs/requirements.md).
 
 Requests are built as an ASGI server hands them over: ``(name, value)`` byte pairs with
 lower-case names. The cloudevents SDK appears only as an independent reference encoder.
@@ -16,8 +16,8 @@ from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent as SdkCloudEvent
 
-from broker import binding
-from broker.binding import (
+from broker.core import binding
+from broker.core.binding import (
     content_mode,
     decode_header_value,
     encode_header_value,
@@ -27,8 +27,8 @@ from broker.binding import (
     to_binary,
     to_structured,
 )
-from broker.errors import BindingError
-from broker.events import CloudEvent
+from broker.core.errors import BindingError
+from broker.core.events import CloudEvent
 
 Pairs = list[tuple[bytes, bytes]]
 

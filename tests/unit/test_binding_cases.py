@@ -1,8 +1,8 @@
 """The project's CloudEvents HTTP request cases (tests/support/binding_cases.py) at the binding.
 
-Each request is handed to :func:`broker.binding.parse_request` as an ASGI server hands it over
+Each request is handed to :func:`broker.core.binding.parse_request` as an ASGI server hands it over
 (header names lower-cased): a valid case yields exactly its events (attributes and data bytes),
-an invalid one raises a :class:`~broker.errors.BindingError` whose message names the fault.
+an invalid one raises a :class:`~broker.core.errors.BindingError` whose message names the fault.
 The same table runs through a Broker in tests/e2e/test_binding_cases_through_broker.py.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.binding import parse_request
-from broker.errors import BindingError
+from broker.core.binding import parse_request
+from broker.core.errors import BindingError
 from tests.support.binding_cases import CASES, INVALID, VALID, BindingCase
 
 

@@ -1,5 +1,5 @@
-"""The shared hand-off queue (broker/bus/handoff.py): one taker per message, per-key lanes in
-admission order across redeliveries, and a message handed to a cancelled taker given back."""
+"""The shared hand-off queue (broker/dataplane/bus/handoff.py): one taker per message, per-key lanes
+in admission order across redeliveries, and a message handed to a cancelled taker given back."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.bus.handoff import HandOff
+from broker.dataplane.bus.handoff import HandOff
 
 
 async def test_a_message_goes_to_one_waiting_taker_in_arrival_order() -> None:

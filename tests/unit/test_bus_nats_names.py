@@ -6,11 +6,11 @@ import pytest
 
 from adapters.nats.names import consumer_name, dedup_id, stream_name, subject_of
 from adapters.nats.options import NatsOptions
-from broker.app import bus_options
-from broker.bus.options import parse_options
-from broker.config import Settings
-from broker.errors import BusError
-from broker.events import BROKER_TTL, new_event
+from broker.core.config import Settings
+from broker.core.errors import BusError
+from broker.core.events import BROKER_TTL, new_event
+from broker.dataplane.bus.options import parse_options
+from broker.server.app import bus_options
 
 FORBIDDEN_IN_NAMES = set(" \t\r\n.*>/\\")
 

@@ -1,6 +1,6 @@
-"""Bus adapter options: parsed once (broker/bus/options.py) from each adapter's typed model, and
-the settings ``<bus>_<option>`` built from those same models (broker/config.py), with every
-setting name and default of before; plus the shared subscribe() argument checks."""
+"""Bus adapter options: parsed once (broker/dataplane/bus/options.py) from each adapter's typed
+model, and the settings ``<bus>_<option>`` built from those same models (broker/core/config.py),
+with every setting name and default of before; plus the shared subscribe() argument checks."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pydantic import ValidationError
 from adapters.kafka.options import KafkaOptions
 from adapters.memory.options import MemoryOptions
 from adapters.nats.options import NatsOptions
-from broker.app import bus_options
-from broker.bus import Capability
-from broker.bus.arguments import check_subscribe
-from broker.bus.options import parse_options
-from broker.config import BUS_OPTIONS, Settings
-from broker.errors import BusError, SubscribeError
+from broker.core.config import BUS_OPTIONS, Settings
+from broker.core.errors import BusError, SubscribeError
+from broker.dataplane.bus import Capability
+from broker.dataplane.bus.arguments import check_subscribe
+from broker.dataplane.bus.options import parse_options
+from broker.server.app import bus_options
 
 # Every bus setting and its default as they were before the settings reused the adapters'
 # models (CEMESH_<NAME> environment variables and config-file keys must keep working).

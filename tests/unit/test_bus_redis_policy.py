@@ -15,8 +15,8 @@ from adapters.redis_streams.policy import (
     successor,
     trim_floor,
 )
-from broker.bus.options import parse_options
-from broker.errors import BusError
+from broker.core.errors import BusError
+from broker.dataplane.bus.options import parse_options
 
 
 def test_topic_and_group_names_are_used_unchanged() -> None:

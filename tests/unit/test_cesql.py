@@ -20,14 +20,14 @@ from broker.cesql import (
     Type,
     compile_expression,
 )
-from broker.dispatch.filters import (
+from broker.core.errors import InvalidResource
+from broker.core.events import CloudEvent
+from broker.dataplane.dispatch.filters import (
     FILTER_PAYLOAD_ANNOTATION,
     compile_trigger_filter,
     validate_trigger_filters,
 )
-from broker.errors import InvalidResource
-from broker.events import CloudEvent
-from broker.features import admit
+from broker.server.features import admit
 
 
 def event(data: Any = None, *, content_type: str | None = "application/json", **attributes: Any):

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from broker.cesql import CesqlParseError, ErrorKind, compile_expression
-from broker.events import CloudEvent
+from broker.core.events import CloudEvent
 
 MATH = ErrorKind.MATH
 CAST = ErrorKind.CAST

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from broker.cesql import CesqlParseError, ErrorKind, compile_expression
-from broker.events import CloudEvent
+from broker.core.events import CloudEvent
 from tests.conftest import SHARED_FIXTURES, shared_fixture_dir
 
 TCK_DIR = SHARED_FIXTURES / "cesql-tck"

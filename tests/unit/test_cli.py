@@ -13,9 +13,9 @@ import click
 import pytest
 
 from broker import cli
-from broker.errors import InvalidResource
-from broker.features import type_for_name
-from broker.resources import BROKER, SECRET, TRIGGER
+from broker.controlplane.resources import BROKER, SECRET, TRIGGER
+from broker.core.errors import InvalidResource
+from broker.server.features import type_for_name
 
 NOW = datetime(2026, 6, 20, 12, 0, 0, tzinfo=UTC)
 
@@ -151,7 +151,7 @@ def test_apply_decision_configured_when_spec_labels_or_annotations_differ() -> N
 
 def test_apply_decision_uses_admission_defaults_so_reapplying_is_unchanged() -> None:
     """Server defaults (K59 broker class, K67 empty filter and broker label) are no change."""
-    from broker.features import admit
+    from broker.server.features import admit
 
     written = _trigger()
     stored = _stored(admit(json.loads(json.dumps(written)), namespace="default"))
@@ -440,7 +440,7 @@ def test_transport_reason_names_connection_refused() -> None:
 
 
 def test_settings_error_is_one_line_naming_the_field() -> None:
-    from broker.config import Settings
+    from broker.core.config import Settings
 
     with pytest.raises(ValueError) as caught:
         Settings(port="many")

@@ -1,4 +1,5 @@
-"""The CloudEvents conformance material (github.com/cloudevents/conformance) through broker.binding.
+"""The CloudEvents conformance material (github.com/cloudevents/conformance) through
+broker.core.binding.
 
 An extra conformance pass (marker ``shared_conformance``): the project's own request cases are
 tests/support/binding_cases.py, run by tests/unit/test_binding_cases.py.
@@ -30,8 +31,8 @@ from typing import Any
 import orjson
 import pytest
 
-from broker import binding
-from broker.events import CloudEvent
+from broker.core import binding
+from broker.core.events import CloudEvent
 from tests.conftest import shared_fixture_dir
 from tests.support.conformance_cases import (
     FIXTURE,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from broker.controller import GROUP_KINDS, consumer_group_of
-from broker.spec import broker_topic, channel_topic, subscription_group, trigger_group
+from broker.controlplane.controller import GROUP_KINDS, consumer_group_of
+from broker.core.spec import broker_topic, channel_topic, subscription_group, trigger_group
 
 
 def test_a_trigger_retires_its_group_on_its_brokers_topic() -> None:

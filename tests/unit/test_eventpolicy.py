@@ -10,15 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.auth.oidc import groups_of, looks_like_jwt
-from broker.auth.policy import CompiledPolicy, IngressAuthorization, subject_matches
-from broker.errors import InvalidResource
-from broker.eventpolicy.kinds import check_subject_pattern
-from broker.eventpolicy.reconcile import oidc_service_account_subject
-from broker.events import CloudEvent
-from broker.features import admit, reconcile
-from broker.labels import label_selector_matches
-from broker.spec import DeliveryPolicy
-from broker.world import audience_of
+from broker.controlplane.world import audience_of
+from broker.core.errors import InvalidResource
+from broker.core.events import CloudEvent
+from broker.core.ingress_authorization import CompiledPolicy, IngressAuthorization, subject_matches
+from broker.core.labels import label_selector_matches
+from broker.core.spec import DeliveryPolicy
+from broker.features.eventpolicy.kinds import check_subject_pattern
+from broker.features.eventpolicy.reconcile import oidc_service_account_subject
+from broker.server.features import admit, reconcile
 
 subjects = st.text(alphabet="abcXYZ:-_*.0123456789", max_size=20)
 

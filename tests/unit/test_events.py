@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.events import CloudEvent, decode_envelope, encode_envelope, new_event
+from broker.core.events import CloudEvent, decode_envelope, encode_envelope, new_event
 
 
 @pytest.mark.parametrize(

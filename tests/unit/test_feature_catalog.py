@@ -9,15 +9,21 @@ from typing import Any
 
 import pytest
 
-from broker.catalog import Admission, Catalog, KindReconciler, ResourceType
-from broker.errors import InvalidResource, NotFound
-from broker.feature import Feature, build_catalog
-from broker.features import CATALOG, FEATURES, default_features
-from broker.reconcile import reconcile
-from broker.sources.base import SourceKind
-from broker.spec import DeliveryPolicy
+from broker.controlplane.catalog import Admission, Catalog, KindReconciler, ResourceType
+from broker.controlplane.reconcile import reconcile
+from broker.core.errors import InvalidResource, NotFound
+from broker.core.spec import DeliveryPolicy
+from broker.features.feature import Feature, build_catalog
+from broker.features.sources.base import SourceKind
+from broker.server.features import CATALOG, FEATURES, default_features
 
-HEAVY = ("sqlalchemy", "httpx", "broker.store", "broker.components", "broker.sources")
+HEAVY = (
+    "sqlalchemy",
+    "httpx",
+    "broker.controlplane.store",
+    "broker.features.components",
+    "broker.features.sources",
+)
 
 
 def _modules_loaded_by(statement: str) -> set[str]:
@@ -31,9 +37,11 @@ def _modules_loaded_by(statement: str) -> set[str]:
 @pytest.mark.parametrize(
     "statement",
     [
-        "import broker.resources",
-        "import broker.catalog, broker.admission, broker.eventing_kinds",
-        "import broker.reconcile, broker.world, broker.eventing_reconcile",
+        "import broker.controlplane.resources",
+        "import broker.controlplane.catalog, broker.controlplane.admission,"
+        " broker.controlplane.eventing.kinds",
+        "import broker.controlplane.reconcile, broker.controlplane.world,"
+        " broker.controlplane.eventing.reconcile",
     ],
 )
 def test_importing_the_resource_model_loads_neither_store_nor_http_client(statement: str) -> None:
@@ -44,8 +52,15 @@ def test_importing_the_resource_model_loads_neither_store_nor_http_client(statem
 
 def test_importing_the_resource_model_serves_no_feature_kind() -> None:
     """Nothing registers on import: the feature packages are not even loaded."""
-    loaded = _modules_loaded_by("import broker.resources, broker.reconcile")
-    features = ("broker.flows", "broker.serving", "broker.sources", "broker.eventpolicy")
+    loaded = _modules_loaded_by(
+        "import broker.controlplane.resources, broker.controlplane.reconcile"
+    )
+    features = (
+        "broker.features.flows",
+        "broker.features.serving",
+        "broker.features.sources",
+        "broker.features.eventpolicy",
+    )
     assert [m for m in loaded if m.startswith(features)] == []
 
 

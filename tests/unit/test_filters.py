@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from broker.dispatch.filters import compile_trigger_filter, validate_trigger_filters
-from broker.errors import InvalidResource
-from broker.events import CloudEvent, match_all
+from broker.core.errors import InvalidResource
+from broker.core.events import CloudEvent, match_all
+from broker.dataplane.dispatch.filters import compile_trigger_filter, validate_trigger_filters
 
 
 def event(**attributes: Any) -> CloudEvent:

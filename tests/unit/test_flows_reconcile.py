@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from broker.errors import InvalidResource
-from broker.features import admit, reconcile
-from broker.flows.wiring import (
+from broker.controlplane.reconcile import Reconciled
+from broker.controlplane.world import owner_reference
+from broker.core.errors import InvalidResource
+from broker.core.spec import DeliveryPolicy, channel_topic
+from broker.features.flows.wiring import (
     ChannelTemplate,
     parallel_resources,
     sequence_resources,
 )
-from broker.reconcile import Reconciled
-from broker.spec import DeliveryPolicy, channel_topic
-from broker.world import owner_reference
+from broker.server.features import admit, reconcile
 
 BASE = "http://127.0.0.1:8080"
 DEFAULT = DeliveryPolicy(retry=1, backoff_delay=0.1, timeout=5.0, retry_after_max=5.0)

@@ -1,6 +1,6 @@
 """GitHubSource's event for each kind of delivery in tests/support/github_deliveries.py.
 
-Pure: :func:`broker.sources.github.to_cloudevent` gives the type
+Pure: :func:`broker.features.sources.github.to_cloudevent` gives the type
 ``dev.knative.source.github.<event>``, the source (the repository URL), the delivery id as
 ``id``, Knative's ``subject`` for the kind and exactly the extensions Knative's adapter sets,
 with the payload bytes unchanged as ``application/json`` data. The same deliveries go through a
@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from broker.sources.github import event_source, to_cloudevent
+from broker.features.sources.github import event_source, to_cloudevent
 from tests.support.github_deliveries import DELIVERIES, REPO, Delivery
 
 

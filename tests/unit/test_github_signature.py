@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from broker.errors import InvalidResource
-from broker.features import admit
-from broker.sources.github import (
+from broker.core.errors import InvalidResource
+from broker.features.sources.github import (
     event_source,
     event_type,
     signature_valid,
@@ -19,6 +18,7 @@ from broker.sources.github import (
     to_cloudevent,
     webhook_url,
 )
+from broker.server.features import admit
 
 # The test vector of GitHub's webhook documentation ("Validating webhook deliveries").
 SECRET = b"It's a Secret to Everybody"

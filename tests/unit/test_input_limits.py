@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.binding import parse_request
-from broker.binding_json import raw_members
 from broker.cesql import compile_expression
 from broker.cesql.errors import CesqlParseError
 from broker.cesql.parser import MAX_EXPRESSION_DEPTH, MAX_EXPRESSION_LENGTH
-from broker.durations import MAX_DURATION_SECONDS, parse_duration
-from broker.errors import BindingError, InvalidResource
-from broker.resources import MAX_RESOURCE_DEPTH, check_depth, parse_url
-from broker.serving.autoscaler import parse_go_duration
+from broker.controlplane.resources import MAX_RESOURCE_DEPTH, check_depth, parse_url
+from broker.core.binding import parse_request
+from broker.core.binding_json import raw_members
+from broker.core.durations import MAX_DURATION_SECONDS, parse_duration
+from broker.core.errors import BindingError, InvalidResource
+from broker.features.serving.autoscaler import parse_go_duration
 
 # --- durations ------------------------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ from adapters.kafka.wire import (
     encode_record,
     kafka_topic,
 )
-from broker.errors import BusError
-from broker.events import CloudEvent
+from broker.core.errors import BusError
+from broker.core.events import CloudEvent
 
 
 def typed(attributes: dict[str, str | int | bool]) -> dict[str, tuple[str, str | int | bool]]:
@@ -203,9 +203,9 @@ def test_bad_option_values_are_terminal_bus_errors(options: dict[str, object]) -
 
 
 def test_settings_defaults_build_a_bus() -> None:
-    """Every ``kafka_*`` setting of broker/config.py is an option the adapter knows."""
-    from broker.app import bus_options
-    from broker.config import Settings
+    """Every ``kafka_*`` setting of broker/core/config.py is an option the adapter knows."""
+    from broker.core.config import Settings
+    from broker.server.app import bus_options
 
     bus = KafkaBus(bus_options(Settings(), "kafka"))
     assert bus.options == KafkaOptions()

@@ -17,20 +17,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.features import reconcile
-from broker.kube.control import (
+from broker.controlplane.kube.control import (
     FINALIZER,
     UNRESOLVED_URI,
     finish,
     resolve_objects,
     select,
 )
-from broker.kube.lease import held_spec, may_acquire
-from broker.kube.resolution import resolve_destination
-from broker.kube.status import knative_broker_status
-from broker.kube.watch import ADD, DELETE, UPDATE, diff_states, object_key
-from broker.spec import DeliveryPolicy
-from broker.world import Unresolvable
+from broker.controlplane.kube.lease import held_spec, may_acquire
+from broker.controlplane.kube.resolution import resolve_destination
+from broker.controlplane.kube.status import knative_broker_status
+from broker.controlplane.kube.watch import ADD, DELETE, UPDATE, diff_states, object_key
+from broker.controlplane.world import Unresolvable
+from broker.core.spec import DeliveryPolicy
+from broker.server.features import reconcile
 
 CORE = Path(__file__).resolve().parents[1] / "data" / "kube" / "core"
 NS = "shop"

@@ -1,4 +1,4 @@
-"""Label selectors have one rule, Kubernetes' own (broker/labels.py, issue 12)."""
+"""Label selectors have one rule, Kubernetes' own (broker/core/labels.py, issue 12)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.errors import InvalidResource
-from broker.labels import (
+from broker.core.errors import InvalidResource
+from broker.core.labels import (
     check_label_selector,
     is_label_key,
     is_label_value,

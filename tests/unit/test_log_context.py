@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from broker.logging import ContextAdapter
+from broker.core.logging import ContextAdapter
 
 
 def test_a_context_logger_keeps_the_fields_of_the_call(caplog: pytest.LogCaptureFixture) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from broker import binding, binding_attributes, binding_json, routes
-from broker.memo import remember
+from broker.core import binding, binding_attributes, binding_json
+from broker.core.memo import remember
+from broker.dataplane import routes
 
 MEGABYTE = 1024 * 1024
 

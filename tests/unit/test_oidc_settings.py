@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from broker.auth.oidc import authenticator_from_settings, verifier_from_settings
-from broker.config import Settings
+from broker.core.config import Settings
 
 
 def test_ingress_oidc_without_an_issuer_refuses_to_start_naming_the_settings():

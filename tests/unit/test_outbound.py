@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.errors import InvalidResource
-from broker.features import admit
-from broker.outbound import OutboundGuard, guard_for, refusal
+from broker.controlplane.outbound import OutboundGuard, guard_for, refusal
+from broker.core.errors import InvalidResource
+from broker.server.features import admit
 
 OPEN = OutboundGuard()
 CEMESH = guard_for(

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from broker.errors import InvalidResource
-from broker.features import admit
-from broker.sources.ping import (
+from broker.core.errors import InvalidResource
+from broker.features.sources.ping import (
     PING_EVENT_TYPE,
     Schedule,
     next_fire,
     parse_schedule,
     ping_event,
 )
+from broker.server.features import admit
 
 T0 = datetime(2030, 1, 1, 0, 0, 30, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from adapters.pubsub.names import subscription_id, topic_id
-from broker.app import bus_options
-from broker.config import Settings
+from broker.core.config import Settings
+from broker.server.app import bus_options
 
 # Pub/Sub's rule for topic and subscription IDs.
 VALID_ID = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")

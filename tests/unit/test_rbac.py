@@ -24,7 +24,7 @@ from broker.auth.rbac import (
     parse_bindings,
     role_allows,
 )
-from broker.errors import InvalidConfig
+from broker.core.errors import InvalidConfig
 
 TRIGGERS = Resource("eventing.knative.dev", "triggers")
 ALICE = Principal("alice", ("devs",))

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from broker.events import CloudEvent
-from broker.features import CATALOG, admit, reconcile
-from broker.reconcile import Reconciled
-from broker.spec import (
+from broker.controlplane.reconcile import Reconciled
+from broker.controlplane.world import owner_reference
+from broker.core.events import CloudEvent
+from broker.core.spec import (
     BrokerSpec,
     ChannelSpec,
     DeliveryPolicy,
@@ -24,7 +24,7 @@ from broker.spec import (
     subscription_group,
     trigger_group,
 )
-from broker.world import owner_reference
+from broker.server.features import CATALOG, admit, reconcile
 
 BASE = "http://127.0.0.1:8080"
 DEFAULT = DeliveryPolicy(retry=10, backoff_delay=0.2, timeout=30.0, retry_after_max=60.0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.features import reconcile
-from broker.spec import DeliveryPolicy
+from broker.core.spec import DeliveryPolicy
+from broker.server.features import reconcile
 from tests.unit.test_reconcile import BASE, IMC, backing, broker, channel, subscription, trigger
 
 DEFAULT = DeliveryPolicy()

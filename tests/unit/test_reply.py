@@ -1,4 +1,4 @@
-"""The loop guard and the reply handlers of broker/reply.py (K45, K104-K109, issue 6)."""
+"""The loop guard and the reply handlers of broker/dataplane/reply.py (K45, K104-K109, issue 6)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.memory import MemoryBus
-from broker.bus import Message
-from broker.errors import BindingError, PublishError
-from broker.events import ARRIVAL_TIME, BROKER_TTL, AttributeValue, CloudEvent, new_event
-from broker.metrics import Metrics
-from broker.reply import (
+from broker.core.errors import BindingError, PublishError
+from broker.core.events import ARRIVAL_TIME, BROKER_TTL, AttributeValue, CloudEvent, new_event
+from broker.core.metrics import Metrics
+from broker.core.spec import BrokerSpec
+from broker.dataplane.bus import Message
+from broker.dataplane.reply import (
     BrokerReentry,
     ReplyHandler,
     TtlExhausted,
@@ -23,7 +24,6 @@ from broker.reply import (
     subscription_reply,
     trigger_reply,
 )
-from broker.spec import BrokerSpec
 
 MAX_TTL = 255
 
@@ -71,7 +71,7 @@ def test_loop_guard_drops_an_exhausted_reply_logs_and_counts_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     metrics = Metrics()
-    with caplog.at_level(logging.WARNING, logger="broker.reply"):
+    with caplog.at_level(logging.WARNING, logger="broker.dataplane.reply"):
         passed = passes_loop_guard(event(1), MAX_TTL, metrics, ("broker", "ns/default"))
     assert passed is False
     assert metrics.loops_stopped == 1

@@ -13,7 +13,7 @@ from tests.conftest import REPO_ROOT
 CITED = re.compile(r"(?<![%\w])[KC]\d{1,3}\b|(?<=_)[kc]\d{1,3}(?=_|\b)")
 DOCUMENTED = re.compile(r"^\| ([KC]\d{1,3}) \|", re.MULTILINE)
 SCANNED = ("broker", "adapters", "tests", "bench", "migrations")
-# Not requirement ids: Unicode's "C0 controls" (named in broker/binding.py) look like one.
+# Not requirement ids: Unicode's "C0 controls" (named in broker/core/binding.py) look like one.
 NOT_IDS = {"C0"}
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from broker.features import admit, reconcile
-from broker.reconcile import Reconciled
-from broker.spec import DeliveryPolicy
+from broker.controlplane.reconcile import Reconciled
+from broker.core.spec import DeliveryPolicy
+from broker.server.features import admit, reconcile
 
 BASE = "http://127.0.0.1:8080"
 DEFAULT = DeliveryPolicy(retry=1, backoff_delay=0.1, timeout=5.0, retry_after_max=5.0)

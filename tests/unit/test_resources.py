@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.durations import parse_duration
-from broker.errors import InvalidResource
-from broker.features import CATALOG, admit, type_for_kind
-from broker.resources import (
+from broker.controlplane.resources import (
     BROKER,
     BROKER_CLASS_ANNOTATION,
     BROKER_LABEL,
     DEFAULT_BROKER_CLASS,
     trigger_broker,
 )
+from broker.core.durations import parse_duration
+from broker.core.errors import InvalidResource
+from broker.server.features import CATALOG, admit, type_for_kind
 from tests.conftest import shared_fixture_dir
 
 EVENTING = "eventing.knative.dev/v1"

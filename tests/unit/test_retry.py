@@ -7,14 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broker.dispatch.retry import (
+from broker.core.spec import DeliveryPolicy
+from broker.dataplane.dispatch.retry import (
     backoff_delay,
     is_success,
     next_wait,
     parse_retry_after,
     should_retry,
 )
-from broker.spec import DeliveryPolicy
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 

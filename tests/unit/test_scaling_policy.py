@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.errors import InvalidResource
-from broker.serving.scaling_config import ANNOTATION_PREFIX, AutoscalerDefaults
-from broker.serving.scaling_policy import ANNOTATIONS, Annotation, policy_from_annotations
+from broker.core.errors import InvalidResource
+from broker.features.serving.scaling_config import ANNOTATION_PREFIX, AutoscalerDefaults
+from broker.features.serving.scaling_policy import ANNOTATIONS, Annotation, policy_from_annotations
 
 FIELD = "spec.template.metadata.annotations"
 # A value each annotation accepts, differing from the default where it can.

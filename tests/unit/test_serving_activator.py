@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from broker.serving.activator import Activator, HoldTimeout, Overloaded
-from broker.serving.backend import Replica, RevisionRef
+from broker.features.serving.activator import Activator, HoldTimeout, Overloaded
+from broker.features.serving.backend import Replica, RevisionRef
 
 REF = RevisionRef("default", "fn", "fn-00001")
 

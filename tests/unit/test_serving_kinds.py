@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from broker.errors import InvalidResource
-from broker.features import admit, type_for_name
+from broker.core.errors import InvalidResource
+from broker.server.features import admit, type_for_name
 
 COMMAND = [sys.executable, "fn.py"]
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from broker.errors import InvalidResource
-from broker.features import admit, reconcile
-from broker.reconcile import Reconciled
-from broker.serving.specs import RevisionSpec, RouteSpec, revision_key, route_key
-from broker.serving.traffic import TrafficTarget
-from broker.spec import DeliveryPolicy
+from broker.controlplane.reconcile import Reconciled
+from broker.core.errors import InvalidResource
+from broker.core.spec import DeliveryPolicy
+from broker.features.serving.specs import RevisionSpec, RouteSpec, revision_key, route_key
+from broker.features.serving.traffic import TrafficTarget
+from broker.server.features import admit, reconcile
 
 BASE = "http://127.0.0.1:8080"
 NOW = "2030-01-01T00:00:00.000000Z"

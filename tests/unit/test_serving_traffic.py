@@ -8,8 +8,8 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.serving.service_http import parse_service_path
-from broker.serving.traffic import (
+from broker.features.serving.service_http import parse_service_path
+from broker.features.serving.traffic import (
     RouteProblem,
     TrafficSplit,
     TrafficTarget,

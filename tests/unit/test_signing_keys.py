@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from broker.auth.identity import delivery_subject, service_account_name
-from broker.auth.signing_keys import CLOCK_SKEW, SigningKey, generate_key, plan
+from broker.controlplane.signing_keys import CLOCK_SKEW, SigningKey, generate_key, plan
 
 LIFETIME = 300.0
 ROTATION = 3600.0

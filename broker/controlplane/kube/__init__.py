@@ -1,0 +1,11 @@
+"""cemesh on the Kubernetes API: Knative Brokers of cemesh's class and their Triggers, read
+and written where Knative keeps them (``CEMESH_CONTROL_PLANE=kubernetes``).
+
+Modules: :mod:`~broker.controlplane.kube.client` (client configuration, raw JSON requests),
+:mod:`~broker.controlplane.kube.watch` (the one list + watch, also ApiServerSource's),
+:mod:`~broker.controlplane.kube.store` (the Kubernetes-backed store: list/watch, get, status writes,
+finalizers, Leases), :mod:`~broker.controlplane.kube.lease` (leader election),
+:mod:`~broker.controlplane.kube.resolution` (destinations resolved as Knative's resolver does),
+:mod:`~broker.controlplane.kube.status` (Knative's status shape) and
+:mod:`~broker.controlplane.kube.control` (the control loop that ties them together).
+"""

@@ -1,0 +1,79 @@
+"""The control plane's one seam to storage: :class:`ResourceStore`.
+
+The controller, the management API and the runtime components read, watch and write resources
+and their status through this interface, never through a storage engine. Today its one
+implementation is the SQL store (:class:`broker.controlplane.store.Store`, SQLite or PostgreSQL);
+the shape is Kubernetes' so that the Kubernetes API can be a second one:
+
+- objects are Kubernetes-shaped dicts, addressed by (API group, kind, namespace, name);
+- every write moves a store-wide revision; ``metadata.resourceVersion`` is the revision of an
+  object's last write, and :meth:`ResourceStore.revision` is what a watcher polls (a replica that
+  sees it move resyncs; a Kubernetes implementation answers the list's resourceVersion);
+- ``spec`` (and the other content) is written by :meth:`~ResourceStore.create` and
+  :meth:`~ResourceStore.replace`, ``status`` only by :meth:`~ResourceStore.update_status` (the
+  status subresource);
+- a stale ``metadata.resourceVersion`` or an existing name is :class:`~broker.core.errors.Conflict`,
+  a missing object :class:`~broker.core.errors.NotFound`, an unreachable store
+  :class:`~broker.core.errors.StoreError` (all from :mod:`broker.core.errors`);
+- a lease (:meth:`~ResourceStore.claim_lease`) is taken by exactly one claimant across
+  processes, like creating a ``coordination.k8s.io`` Lease; claims do not move the revision.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import datetime
+from typing import Any, Protocol
+
+
+def new_holder() -> str:
+    """A lease claimant's name, unique across hosts, processes and runtimes in one process."""
+    return f"{socket.gethostname()[:100]}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+
+
+class ResourceStore(Protocol):
+    """Resources by (API group, kind, namespace, name), with a revision and leases."""
+
+    async def get(self, api_group: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """The stored object; NotFound if there is none."""
+        ...
+
+    async def list(
+        self, api_group: str | None = None, kind: str | None = None, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored objects matching every given filter, sorted by namespace then name."""
+        ...
+
+    async def revision(self) -> int:
+        """The store-wide revision: it moves on every create, replace, status change, delete."""
+        ...
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store a new object (uid, generation, resourceVersion assigned); Conflict if it exists."""
+        ...
+
+    async def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Replace content and metadata, keeping the status; NotFound if absent, Conflict if
+        ``metadata.resourceVersion`` is given and stale."""
+        ...
+
+    async def update_status(
+        self, api_group: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Set an object's status (no generation change); NotFound if absent."""
+        ...
+
+    async def delete(self, api_group: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """Remove an object and return it as it was; NotFound if absent."""
+        ...
+
+    async def claim_lease(
+        self, name: str, holder: str, expires_at: datetime, *, prune_prefix: str = ""
+    ) -> bool:
+        """Take lease ``name`` for ``holder`` until ``expires_at``: True for exactly one claimant
+        across processes while the lease exists. The winner also removes expired leases whose
+        names start with ``prune_prefix`` (none when it is empty). StoreError when the store
+        cannot answer."""
+        ...

@@ -1,0 +1,268 @@
+"""The resource store: Kubernetes-shaped resource dicts kept in SQL, with versions.
+
+Every write is one transaction that first bumps the global revision counter (one row). That row
+lock is the first lock every writer takes, so writers are serialised, cannot deadlock, and hand
+out revisions in commit order; a replica polling :meth:`Store.revision` and seeing it move knows
+there is something new. ``metadata.resourceVersion`` of an object is the revision of its last
+write. Failed writes roll back, counter included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, exc, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from broker.controlplane.store import objects
+from broker.controlplane.store.engine import make_engine, translated, writer
+from broker.controlplane.store.migrate import migrate_engine
+from broker.controlplane.store.models import REVISION_ROW_ID, LeaseRow, ResourceRow, RevisionRow
+from broker.controlplane.store.objects import Key
+from broker.core.errors import Conflict, NotFound, StoreError
+
+
+class Store:
+    """Resources by (group, kind, namespace, name). Safe for concurrent use by many tasks.
+
+    The SQL implementation of :class:`broker.controlplane.resource_store.ResourceStore`.
+    """
+
+    def __init__(self, database_url: str, *, plural_of: objects.PluralOf | None = None) -> None:
+        self._database_url = database_url
+        self._plural_of = plural_of  # names objects in errors as the API does (the catalog's)
+        self._engine: AsyncEngine | None = None
+        self._writer: AsyncEngine | None = None
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect (lazily, through a pool); with ``migrate``, upgrade the schema to head first."""
+        if self._engine is not None:
+            return
+        engine = make_engine(self._database_url)
+        try:
+            if migrate:
+                await migrate_engine(engine, "upgrade", "head")
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine, self._writer = engine, writer(engine)
+
+    async def close(self) -> None:
+        """Close every pooled connection. Idempotent."""
+        engine, self._engine, self._writer = self._engine, None, None
+        if engine is not None:
+            await engine.dispose()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def get(self, api_group: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """The stored object; NotFound if there is none."""
+        key = Key(api_group, kind, namespace, name)
+        with translated():
+            async with self._reader().connect() as conn:
+                return await _fetch(conn, key, self._plural_of)
+
+    async def list(
+        self, api_group: str | None = None, kind: str | None = None, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored objects matching every given filter, sorted by namespace then name."""
+        conditions: list[ColumnElement[bool]] = []
+        if api_group is not None:
+            conditions.append(ResourceRow.api_group == api_group)
+        if kind is not None:
+            conditions.append(ResourceRow.kind == kind)
+        if namespace is not None:
+            conditions.append(ResourceRow.namespace == namespace)
+        query = (
+            select(ResourceRow.body)
+            .where(*conditions)
+            .order_by(
+                ResourceRow.namespace, ResourceRow.name, ResourceRow.api_group, ResourceRow.kind
+            )
+        )
+        with translated():
+            async with self._reader().connect() as conn:
+                return list((await conn.execute(query)).scalars())
+
+    async def revision(self) -> int:
+        """The global revision: it moves on every create, replace, status change and delete."""
+        query = select(RevisionRow.value).where(RevisionRow.id == REVISION_ROW_ID)
+        with translated():
+            async with self._reader().connect() as conn:
+                value = (await conn.execute(query)).scalar_one_or_none()
+        if value is None:
+            raise StoreError("the revision counter row is missing", retryable=False)
+        return int(value)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store a new object: uid, generation 1, resourceVersion, creationTimestamp assigned.
+
+        Conflict if an object with the same key exists (also when another process races us).
+        """
+        body = objects.normalized(obj)
+        key = objects.key_of(body)
+        with translated(conflict=f"{key.describe(self._plural_of)} already exists"):
+            async with self._writing().connect() as conn:
+                revision = await _bump(conn)
+                objects.prepare_new(body, revision)
+                await conn.execute(insert(ResourceRow).values(**_row(key, body, revision)))
+                await conn.commit()
+        return body
+
+    async def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Replace an object's content and metadata; its status is kept (see update_status).
+
+        NotFound if absent; Conflict if ``metadata.resourceVersion`` is given and stale. The
+        generation moves only when the content (``spec``, or ``data`` of a Secret) changed.
+        """
+        body = objects.normalized(obj)
+        key = objects.key_of(body)
+        with translated():
+            async with self._writing().connect() as conn:
+                revision = await _bump(conn)
+                stored = await _fetch(conn, key, self._plural_of)
+                if objects.is_stale(body, stored):
+                    name = key.describe(self._plural_of)
+                    raise Conflict(
+                        f"Operation cannot be fulfilled on {name}: the object has been modified; "
+                        "please apply your changes to the latest version and try again"
+                    )
+                objects.prepare_replacement(stored, body, revision)
+                await _overwrite(conn, key, body, revision)
+                await conn.commit()
+        return body
+
+    async def update_status(
+        self, api_group: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Set an object's status. No generation bump; a new resourceVersion only on change."""
+        status = objects.json_copy(status, "status")
+        key = Key(api_group, kind, namespace, name)
+        with translated():
+            # Reconcilers write the same status over and over: answer those without a write
+            # transaction (which would take the global write lock).
+            async with self._reader().connect() as conn:
+                stored = await _fetch(conn, key, self._plural_of)
+            if stored.get("status") == status:
+                return stored
+            async with self._writing().connect() as conn:
+                revision = await _bump(conn)
+                stored = await _fetch(conn, key, self._plural_of)
+                if stored.get("status") == status:
+                    return stored  # raced with an identical write; rolls back the bump
+                stored["status"] = status
+                stored["metadata"]["resourceVersion"] = str(revision)
+                await _overwrite(conn, key, stored, revision)
+                await conn.commit()
+        return stored
+
+    async def delete(self, api_group: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """Remove an object and return it as it was; NotFound if absent."""
+        key = Key(api_group, kind, namespace, name)
+        with translated():
+            async with self._writing().connect() as conn:
+                await _bump(conn)
+                result = await conn.execute(
+                    delete(ResourceRow).where(*_match(key)).returning(ResourceRow.body)
+                )
+                body = result.scalar_one_or_none()
+                if body is None:
+                    raise NotFound(f"{key.describe(self._plural_of)} not found")
+                await conn.commit()
+        return body
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def claim_lease(
+        self, name: str, holder: str, expires_at: datetime, *, prune_prefix: str = ""
+    ) -> bool:
+        """Take lease ``name`` for ``holder``: the primary key lets exactly one INSERT succeed
+        across processes, on SQLite and PostgreSQL alike. Leases are not resources: claiming
+        one does not move the revision (else every replica would resync on every claim)."""
+        now = datetime.now(UTC)
+        # The pooled writer engine: on SQLite its transactions take the write lock at BEGIN, so
+        # concurrent claims queue instead of failing with "database is locked".
+        with translated():
+            async with self._writing().connect() as conn:
+                try:
+                    await conn.execute(
+                        insert(LeaseRow).values(name=name, holder=holder, expires_at=expires_at)
+                    )
+                except exc.IntegrityError:
+                    await conn.rollback()
+                    return False  # another claimant (or an earlier run of this one) has it
+                if prune_prefix:  # old leases (of deleted owners too) are removed by winners
+                    await conn.execute(
+                        delete(LeaseRow).where(
+                            LeaseRow.name.startswith(prune_prefix), LeaseRow.expires_at < now
+                        )
+                    )
+                await conn.commit()
+        return True
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _reader(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreError("the store is not open", retryable=False)
+        return self._engine
+
+    def _writing(self) -> AsyncEngine:
+        if self._writer is None:
+            raise StoreError("the store is not open", retryable=False)
+        return self._writer
+
+
+def _match(key: Key) -> Sequence[ColumnElement[bool]]:
+    return (
+        ResourceRow.api_group == key.api_group,
+        ResourceRow.kind == key.kind,
+        ResourceRow.namespace == key.namespace,
+        ResourceRow.name == key.name,
+    )
+
+
+def _row(key: Key, body: dict[str, Any], revision: int) -> dict[str, Any]:
+    return {
+        "api_group": key.api_group,
+        "kind": key.kind,
+        "namespace": key.namespace,
+        "name": key.name,
+        "uid": body["metadata"]["uid"],
+        "resource_version": revision,
+        "body": body,
+    }
+
+
+async def _bump(conn: AsyncConnection) -> int:
+    """Take the global write lock by moving the revision counter; the new revision."""
+    result = await conn.execute(
+        update(RevisionRow)
+        .where(RevisionRow.id == REVISION_ROW_ID)
+        .values(value=RevisionRow.value + 1)
+        .returning(RevisionRow.value)
+    )
+    value = result.scalar_one_or_none()
+    if value is None:
+        raise StoreError("the revision counter row is missing", retryable=False)
+    return int(value)
+
+
+async def _fetch(
+    conn: AsyncConnection, key: Key, plural_of: objects.PluralOf | None = None
+) -> dict[str, Any]:
+    result = await conn.execute(select(ResourceRow.body).where(*_match(key)))
+    body = result.scalar_one_or_none()
+    if body is None:
+        raise NotFound(f"{key.describe(plural_of)} not found")
+    return body
+
+
+async def _overwrite(conn: AsyncConnection, key: Key, body: dict[str, Any], revision: int) -> None:
+    await conn.execute(
+        update(ResourceRow).where(*_match(key)).values(resource_version=revision, body=body)
+    )

@@ -1,0 +1,154 @@
+"""THE bus adapter contract: the :class:`Bus` Protocol, its messages, handlers and capabilities.
+
+A bus moves events from ingress to the dispatcher. Every adapter (``adapters/memory/``,
+``adapters/kafka/``, ...) implements :class:`Bus`; the one conformance suite in
+``tests/conformance/`` holds each of them to it:
+
+- ``publish`` returns only once the backend durably accepted the event; otherwise it raises
+  :class:`~broker.core.errors.PublishError` (``retryable`` set) chained from the driver's error.
+- ``subscribe`` returns only when the subscription is live: nothing published after it returns
+  is missed. The same ``group`` means competing consumers (that is how replicas share work);
+  different groups each get every event.
+- At-least-once: the handler returning acks the message; the handler raising (or raising
+  :class:`Nack` with a delay) makes the bus redeliver it later. Closing or cancelling never acks
+  in-flight messages. An adapter never drops a message, never retries a handler by itself beyond
+  redelivery, and never dead-letters: retry and dead letters live in ``broker/dispatch`` only.
+- Events cross the bus unaltered: every attribute, extension and data byte.
+- Ordering: ``subscribe(..., ordered=True)`` asks that events with the same key reach the group's
+  handler one at a time, in publish order, even across redeliveries; only adapters declaring
+  ``ORDERED_BY_KEY`` accept it. With ``ordered=False`` (the default) an adapter may hand events of
+  one key to several handler tasks at once, so unordered consumers run at full concurrency.
+- ``delete_group(topic, group)`` removes what the server keeps for ``group`` of ``topic`` (the
+  Kafka consumer group and its committed offsets, the JetStream durable consumer, the Redis
+  Streams consumer group and its pending entries, the Pub/Sub subscription), first closing the
+  group's live subscriptions in this process (never acking what they hold). A later
+  ``subscribe`` with that name starts a new group at "now": it gets none of the old backlog.
+  Other groups of the topic are untouched. Idempotent: a group (or topic) that does not exist
+  is fine. Failures are :class:`~broker.core.errors.BusError` chained from the driver's error.
+  cemesh calls it only when a Trigger or Subscription is deleted, never while one is merely not
+  Ready (its group must keep collecting events until it is Ready again).
+
+Adapters are built from a plain mapping of options (``BusFactory``), so that they need nothing
+from the rest of cemesh but the bus layer, ``events`` and ``errors``;
+:mod:`broker.dataplane.bus.registry` finds them by name.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from broker.core.events import CloudEvent
+
+
+class Capability(enum.Enum):
+    """What an adapter promises beyond the base contract (declared, and checked by the suite)."""
+
+    DURABLE = "durable"  # an accepted event survives a restart of cemesh and of the bus
+    ORDERED_BY_KEY = "ordered_by_key"  # events with one key reach one group in publish order
+    NACK_DELAY = "nack_delay"  # Nack(delay) is honoured (redelivery not before delay)
+    REDELIVERY_COUNT = "redelivery_count"  # Message.attempt counts deliveries of this message
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One delivery of one event to one subscription group."""
+
+    event: CloudEvent
+    key: str | None = None
+    attempt: int = 1  # 1 on first delivery; adapters with REDELIVERY_COUNT increase it
+
+
+Handler = Callable[[Message], Awaitable[None]]
+
+
+class Nack(Exception):  # a control-flow signal, named like faststream's
+    """Raised by a handler: do not ack; redeliver the message after ``delay`` seconds."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__(f"nack, redeliver after {delay:.3f}s")
+        self.delay = delay
+
+
+async def run_handler(
+    handler: Handler,
+    message: Message,
+    *,
+    error_delay: float,
+    logger: logging.Logger,
+    log_extra: Mapping[str, Any],
+) -> float | None:
+    """Run ``handler`` on ``message`` as the contract says; what every adapter's worker calls.
+
+    Returns None when the handler returned (ack), else the delay after which the message is to be
+    redelivered: the :class:`Nack`'s, or ``error_delay`` after any other exception (logged on the
+    adapter's ``logger`` with ``log_extra``). Cancellation and other BaseExceptions propagate:
+    the caller must not ack then.
+    """
+    try:
+        await handler(message)
+    except Nack as nack:
+        return nack.delay
+    except Exception:
+        logger.warning(
+            "bus handler failed; redelivering the message",
+            exc_info=True,
+            extra={
+                **log_extra,
+                "event_id": message.event.attributes.get("id"),
+                "attempt": message.attempt,
+            },
+        )
+        return error_delay
+    return None
+
+
+class Subscription(Protocol):
+    """A live subscription; ``close`` stops consuming without acking in-flight messages."""
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """The adapter contract: five methods and the declared capabilities."""
+
+    name: str
+    capabilities: frozenset[Capability]
+
+    async def open(self) -> None:
+        """Connect. Idempotent."""
+        ...
+
+    async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
+        """Return only once the event is durably accepted; raise PublishError otherwise."""
+        ...
+
+    async def subscribe(
+        self,
+        topic: str,
+        *,
+        group: str,
+        handler: Handler,
+        concurrency: int = 1,
+        ordered: bool = False,
+    ) -> Subscription:
+        """Start consuming ``topic`` as ``group``; return once live (``ordered``: see above)."""
+        ...
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Close ``group``'s subscriptions here, then delete its server-side state (see above).
+
+        Idempotent; raises BusError (chained from the driver's error) when it cannot.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Stop every subscription and disconnect. Idempotent; never acks in-flight work."""
+        ...
+
+
+BusFactory = Callable[[Mapping[str, Any]], Bus]

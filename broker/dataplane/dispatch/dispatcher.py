@@ -1,0 +1,296 @@
+"""Consume loops: one bus subscription (consumer group) per Trigger and per Subscription.
+
+The dispatcher is handed a :class:`~broker.core.spec.Snapshot` at a time and makes the bus
+subscriptions match it: new Triggers and Subscriptions are subscribed (and only then reported
+Ready, K61), changed ones have their spec swapped in place (no resubscribe, so nothing is missed),
+removed ones are unsubscribed. For each message it filters (Triggers: K62, K70-K91), strips
+``knativebrokerttl`` (K96), and hands the event to the
+:class:`~broker.dataplane.dispatch.delivery.Deliverer`, which owns retries, replies and dead
+letters. The handler returns (ack) only once the outcome is settled; a Nack from the deliverer keeps
+the event on the bus.
+
+Loop guard (K45, K107, and issue 6: loops through Sequences and Parallels). ``knativebrokerttl``
+travels with an event through cemesh's own Brokers and Channels: a Trigger strips it only when its
+subscriber is not one of them (K96), and a Subscription's reply inherits the ttl of the event it
+answers, decremented (set to ``max_ttl`` when missing), so a reply loop that never re-enters a
+Broker (a Sequence replying to its own first channel) still ends; a reply whose ttl ran out is
+dropped, logged and counted (``loops_stopped``). A Subscription's reply into one of cemesh's
+Brokers takes the Trigger-reply path, where the Broker's ingress decrements and counts. The rules
+live in :mod:`broker.dataplane.reply`; each consumer's
+:class:`~broker.dataplane.dispatch.delivery.Target` (with its reply handler) and whether its
+subscriber is one of cemesh's own are decided once per snapshot, and the deliverer hands each reply
+the ttl of the event it answers.
+
+Draining (SIGTERM): new messages are nacked back to the bus while in-flight deliveries finish, up
+to the drain timeout; only then are the subscriptions closed. The log says what the drain waits
+for (in-flight deliveries per Trigger/Subscription, and for how long) and how it ended. On a
+durable bus a delivery waiting out a retry backoff is handed back to the bus at once (a
+:class:`~broker.dataplane.bus.Nack`: it is redelivered after the restart, or by another replica)
+instead of holding the shutdown; on the in-memory bus nothing survives the process, so it is waited
+for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from broker.core.events import BROKER_TTL, DEFAULT_MAX_TTL
+from broker.core.metrics import Metrics
+from broker.core.spec import Snapshot, SubscriptionSpec, TriggerSpec
+from broker.dataplane.bus import Bus, Capability, Message, Nack, Subscription
+from broker.dataplane.dispatch.delivery import Deliverer, Target, TokenSource, reply_poster
+from broker.dataplane.dispatch.http import HttpClient
+from broker.dataplane.reply import ReplyToBroker, subscription_reply, trigger_reply
+from broker.dataplane.routes import Route, match_route
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Consumer:
+    """One live bus subscription and the spec it currently serves."""
+
+    spec: TriggerSpec | SubscriptionSpec
+    target: Target
+    subscription: Subscription | None = None
+    durable: bool = False  # its bus keeps what is handed back to it (Capability.DURABLE)
+    # Its subscriber is none of cemesh's Brokers/Channels: it never sees knativebrokerttl (K96).
+    strip_ttl: bool = True
+    in_flight: int = 0  # deliveries of this consumer under way now
+
+    @property
+    def name(self) -> str:
+        kind = "trigger" if isinstance(self.spec, TriggerSpec) else "subscription"
+        return f"{kind} {self.spec.namespace}/{self.spec.name}"
+
+
+class Dispatcher:
+    """Keeps bus subscriptions in step with the snapshot and delivers what they receive."""
+
+    def __init__(
+        self,
+        *,
+        buses: Mapping[str, Bus],
+        bus_of_topic: Callable[[str], str],
+        deliverer: Deliverer,
+        client: HttpClient,
+        reply_to_broker: ReplyToBroker,
+        metrics: Metrics,
+        concurrency: int,
+        max_ttl: int = DEFAULT_MAX_TTL,
+        tokens: TokenSource | None = None,
+    ) -> None:
+        self._tokens = tokens  # for Subscriptions' replies (the deliverer has its own)
+        self._buses = buses
+        self._bus_of_topic = bus_of_topic
+        self._deliverer = deliverer
+        self._client = client
+        self._reply_to_broker = reply_to_broker
+        self._concurrency = concurrency
+        self._consumers: dict[str, _Consumer] = {}
+        self._lock = asyncio.Lock()
+        self._draining = False
+        self._hand_back = asyncio.Event()  # set by drain: durable deliveries stop backing off
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._deliveries = metrics.deliveries
+        self._metrics = metrics
+        self._max_ttl = max_ttl
+        # Ingress routes of the Brokers and Channels cemesh serves now (see _route).
+        self._routes: frozenset[Route] = frozenset()
+
+    @property
+    def live(self) -> frozenset[str]:
+        """uids of the Triggers and Subscriptions whose bus subscription is live."""
+        return frozenset(uid for uid, c in self._consumers.items() if c.subscription is not None)
+
+    async def apply(self, snapshot: Snapshot) -> None:
+        """Subscribe, update and unsubscribe so that consumers match ``snapshot``."""
+        wanted: dict[str, TriggerSpec | SubscriptionSpec] = {
+            **snapshot.triggers,
+            **snapshot.subscriptions,
+        }
+        self._routes = frozenset(
+            {("broker", *key) for key in snapshot.brokers}
+            | {("channel", *key) for key in snapshot.channels}
+        )
+        async with self._lock:
+            for uid in [uid for uid in self._consumers if uid not in wanted]:
+                removed = self._consumers.pop(uid)
+                if removed.subscription is not None:
+                    await removed.subscription.close()
+            for uid, spec in wanted.items():
+                consumer = self._consumers.get(uid)
+                if consumer is not None and (consumer.spec.topic, consumer.spec.group) == (
+                    spec.topic,
+                    spec.group,
+                ):
+                    # Routes may have changed even when the spec did not: rebuild the target.
+                    self._retarget(consumer, spec)
+                    continue
+                if consumer is not None and consumer.subscription is not None:
+                    await consumer.subscription.close()
+                bus = self._buses[self._bus_of_topic(spec.topic)]
+                consumer = _Consumer(
+                    spec,
+                    self._target(spec),
+                    durable=Capability.DURABLE in bus.capabilities,
+                    strip_ttl=self._route(spec.subscriber_uri) is None,
+                )
+                self._consumers[uid] = consumer
+                handler = functools.partial(self._handle, consumer)
+                if not spec.ordered:
+                    consumer.subscription = await bus.subscribe(
+                        spec.topic, group=spec.group, handler=handler, concurrency=self._concurrency
+                    )
+                elif Capability.ORDERED_BY_KEY in bus.capabilities:
+                    # Ordered delivery (kafka.eventing.knative.dev/delivery.order: ordered): one
+                    # event per partition key at a time, in order; keys still run in parallel.
+                    consumer.subscription = await bus.subscribe(
+                        spec.topic,
+                        group=spec.group,
+                        handler=handler,
+                        concurrency=self._concurrency,
+                        ordered=True,
+                    )
+                else:
+                    # The bus cannot order per key: one delivery at a time orders everything.
+                    consumer.subscription = await bus.subscribe(
+                        spec.topic, group=spec.group, handler=handler, concurrency=1
+                    )
+
+    def _retarget(self, consumer: _Consumer, spec: TriggerSpec | SubscriptionSpec) -> None:
+        """Swap in ``spec`` with its target and ttl handling for the current snapshot's routes."""
+        consumer.spec, consumer.target = spec, self._target(spec)
+        consumer.strip_ttl = self._route(spec.subscriber_uri) is None
+
+    def _target(self, spec: TriggerSpec | SubscriptionSpec) -> Target:
+        if isinstance(spec, TriggerSpec):
+            return Target(
+                spec.subscriber_uri,
+                spec.delivery,
+                headers=(("kn-namespace", spec.namespace),),  # K95
+                on_reply=trigger_reply(self._reply_to_broker, spec.namespace, spec.broker),
+                strict_reply=True,  # K100
+                audience=spec.subscriber_audience,
+                ca_certs=spec.subscriber_ca_certs,
+                identity=spec.identity,
+                log_fields=(("trigger", f"{spec.namespace}/{spec.name}"),),
+            )
+        on_reply = (
+            subscription_reply(
+                reply_poster(
+                    self._client,
+                    spec.reply_uri,
+                    spec.delivery,
+                    audience=spec.reply_audience,
+                    ca_certs=spec.reply_ca_certs,
+                    identity=spec.identity,
+                    tokens=self._tokens,
+                ),
+                self._route(spec.reply_uri),
+                reply_to_broker=self._reply_to_broker,
+                max_ttl=self._max_ttl,
+                metrics=self._metrics,
+                subscription=f"{spec.namespace}/{spec.name}",
+            )
+            if spec.reply_uri
+            else None
+        )
+        return Target(  # K102, K109
+            spec.subscriber_uri,
+            spec.delivery,
+            on_reply=on_reply,
+            audience=spec.subscriber_audience,
+            ca_certs=spec.subscriber_ca_certs,
+            identity=spec.identity,
+            log_fields=(("subscription", f"{spec.namespace}/{spec.name}"),),
+        )
+
+    async def _handle(self, consumer: _Consumer, message: Message) -> None:
+        if self._draining:
+            raise Nack(0.5)  # leave it on the bus for whoever comes next; no busy loop
+        self._inflight += 1
+        consumer.in_flight += 1
+        self._idle.clear()
+        try:
+            spec = consumer.spec
+            event = message.event
+            if isinstance(spec, TriggerSpec) and not spec.filter(event):
+                self._deliveries["filtered"] += 1
+                return
+            ttl = event.attributes.get(BROKER_TTL)
+            if ttl is not None and consumer.strip_ttl:
+                event = event.evolve(remove=(BROKER_TTL,))  # K96
+            # else into one of our Brokers/Channels (a Sequence, say): the ttl goes along,
+            # so that a loop back into this Broker through it still runs out.
+            outcome = await self._deliverer.deliver(
+                event,
+                consumer.target,
+                hand_back=self._hand_back if consumer.durable else None,
+                reply_ttl=ttl,
+            )
+            self._deliveries[outcome.value] += 1
+        finally:
+            self._inflight -= 1
+            consumer.in_flight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    def _route(self, uri: str) -> Route | None:
+        """``("broker"|"channel", namespace, name)`` when ``uri`` is the ingress of a Broker or
+        Channel cemesh serves now, else None. Decided by path (cemesh does not know the host
+        names it is reached by); asked once per consumer and snapshot."""
+        route = match_route(urlsplit(uri).path)
+        return route if route in self._routes else None
+
+    def in_flight(self) -> dict[str, int]:
+        """In-flight deliveries per Trigger/Subscription (``"trigger ns/name"``), busy ones only."""
+        return {c.name: c.in_flight for c in self._consumers.values() if c.in_flight}
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking new messages, let in-flight deliveries finish (up to ``grace`` s), close.
+
+        Deliveries to durable buses that are waiting out a backoff are handed back at once.
+        """
+        self._draining = True
+        self._hand_back.set()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if self._inflight:
+            log.info(
+                "draining: waiting for in-flight deliveries",
+                extra={
+                    "in_flight": self._inflight,
+                    "by_consumer": self.in_flight(),
+                    "drain_timeout": grace,
+                },
+            )
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            # Durable buses redeliver these; the in-memory bus counts what it loses on close.
+            log.warning(
+                "drain timeout: closing with deliveries in flight",
+                extra={
+                    "in_flight": self._inflight,
+                    "by_consumer": self.in_flight(),
+                    "waited": round(loop.time() - started, 3),
+                },
+            )
+        else:
+            log.info("drained", extra={"waited": round(loop.time() - started, 3)})
+        await self.close()
+
+    async def close(self) -> None:
+        async with self._lock:
+            consumers, self._consumers = list(self._consumers.values()), {}
+            for consumer in consumers:
+                if consumer.subscription is not None:
+                    await consumer.subscription.close()

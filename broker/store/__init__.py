@@ -1,8 +1,0 @@
-"""The resource store (SQLAlchemy 2.0 async over SQLite or PostgreSQL); the ORM stays inside.
-
-Use :class:`Store`; schema migrations are in :mod:`broker.store.migrate`.
-"""
-
-from broker.store.repository import Store
-
-__all__ = ["Store"]
