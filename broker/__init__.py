@@ -1,7 +1,22 @@
 """cemesh: a CloudEvents event mesh with the Knative Eventing model.
 
-The embeddable entry point is :func:`create_app`, which returns the ASGI application with its
-background work (store, bus, dispatcher) tied to the ASGI lifespan::
+The packages, from the bottom up (each may import only those below it; pyproject.toml's
+import-linter contracts check it):
+
+- :mod:`broker.core`: the shared core (events, the HTTP binding, runtime specs, errors,
+  settings, labels).
+- :mod:`broker.cesql`: CloudEvents SQL, a self-contained language library.
+- :mod:`broker.auth`: who is calling (tokens, OIDC, RBAC, the Host allow-list).
+- :mod:`broker.dataplane`: ingress -> bus -> dispatcher -> delivery, run from a Snapshot.
+- :mod:`broker.controlplane`: resources, admission, reconcile, the controller, the storage seam
+  (SQL store, Kubernetes API) and the REST API.
+- :mod:`broker.features`: sources, serving (functions), flows, EventPolicy.
+- :mod:`broker.server`: the list of features and the app built from it; the listeners.
+- :mod:`broker.cli`: the ``cemesh`` command.
+
+The bus drivers are the top-level ``adapters`` package. The embeddable entry point is
+:func:`create_app`, which returns the ASGI application with its background work (store, bus,
+dispatcher) tied to the ASGI lifespan::
 
     from broker import Settings, create_app
     app = create_app(Settings(database_url="sqlite+aiosqlite:///./cemesh.db"))

@@ -307,7 +307,8 @@ class Settings(BusSettings):
         "(base64: 768 bytes are 1024 characters).",
     )
 
-    # Delivery identity (broker/auth/delivery_tokens.py, broker/controlplane/signing_keys.py)
+    # Delivery identity (broker/controlplane/delivery_tokens.py,
+    # broker/controlplane/signing_keys.py)
     delivery_oidc: bool = Field(
         default=False,
         description="Send a signed JWT (Authorization: Bearer) with every delivery, reply and "

@@ -22,7 +22,7 @@ RESERVED_SEGMENTS = frozenset(
         "openapi.json",
         "sources",
         "services",
-        ".well-known",  # cemesh's OIDC discovery document (broker/auth/delivery_tokens.py)
+        ".well-known",  # cemesh's OIDC discovery document (broker/controlplane/delivery_tokens.py)
     }
 )
 

@@ -1,1 +1,10 @@
-"""TODO docstring."""
+"""Where cemesh is built and served.
+
+- :mod:`~broker.server.features`: THE list of features cemesh serves, and the catalog built
+  from it.
+- :mod:`~broker.server.app`: ``create_app(settings)``: wiring only (store, buses, dispatcher,
+  controller or the Kubernetes control plane, components, routes, lifespan).
+- :mod:`~broker.server.listeners`, :mod:`~broker.server.http_server`, :mod:`~broker.server.tls`:
+  the HTTP and HTTPS listeners ``cemesh serve`` runs, uvicorn with read deadlines, the reloading
+  TLS certificate.
+"""

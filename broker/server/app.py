@@ -32,7 +32,6 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from broker.auth.delivery_tokens import DeliveryTokens, install_issuer_routes
 from broker.auth.hosts import allowed_host_names
 from broker.auth.oidc import OidcVerifier, TrustedIssuers, verifier_from_settings
 from broker.auth.setup import Access, build_access
@@ -41,6 +40,7 @@ from broker.controlplane.api.openapi import install_openapi
 from broker.controlplane.api.resources import ResourceApi, install_resource_routes
 from broker.controlplane.api.status import answer_unexpected, install_error_handlers
 from broker.controlplane.controller import Controller, consumer_group_of
+from broker.controlplane.delivery_tokens import DeliveryTokens, install_issuer_routes
 from broker.controlplane.eventing.types import bus_of_channel
 from broker.controlplane.kube.control import KubeControlPlane, connect_control_plane
 from broker.controlplane.outbound import OutboundGuard, guard_for

@@ -15,7 +15,7 @@ import httpx
 import jwt
 import pytest
 
-from broker.auth.delivery_tokens import DISCOVERY_PATH, JWKS_PATH
+from broker.controlplane.delivery_tokens import DISCOVERY_PATH, JWKS_PATH
 from broker.controlplane.signing_keys import KeyRing, load_keys
 from broker.controlplane.store import Store
 from tests.support.cemesh import RunningCemesh, running_cemesh

@@ -27,12 +27,12 @@ import orjson
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 
-from broker.auth.delivery_tokens import OPEN_PATHS as ISSUER_PATHS
 from broker.auth.hosts import host_allowed
 from broker.auth.principal import Principal
 from broker.auth.setup import ANONYMOUS, Access
 from broker.controlplane.api.bodies import ACCEPTED_MEDIA_TYPES, is_accepted
 from broker.controlplane.api.status import status_body
+from broker.controlplane.delivery_tokens import OPEN_PATHS as ISSUER_PATHS
 from broker.core.asgi import HttpHandler, Receive, Scope, Send, send_json
 from broker.core.errors import EventTooLarge, Unauthenticated
 
