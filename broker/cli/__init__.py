@@ -11,6 +11,7 @@ commands and tests use is importable from ``broker.cli``. Its modules, one job e
   :mod:`~broker.cli.events` (``--to`` resolution and the event ``send`` builds),
   :mod:`~broker.cli.failures` (the CLI's error classes and their one-line messages);
 - thin I/O: :mod:`~broker.cli.client` (:class:`ApiClient`, httpx, short timeouts) and
+  :mod:`~broker.cli.state` (the root group, its error mapping, server and token),
   :mod:`~broker.cli.commands` (the click commands and :func:`main`, the console script).
 
 Every failure ends as ONE line on stderr, ``error: ...``, and a non-zero exit; a traceback is
@@ -18,13 +19,11 @@ never shown.
 """
 
 from broker.cli.client import DEFAULT_SERVER, HTTP_TIMEOUT, ApiClient, all_namespaces_path
-from broker.cli.commands import _Cli as _Cli
 from broker.cli.commands import _describe as _describe
 from broker.cli.commands import _documents as _documents
 from broker.cli.commands import _error_line as _error_line
 from broker.cli.commands import _message as _message
 from broker.cli.commands import _read_data as _read_data
-from broker.cli.commands import _State as _State
 from broker.cli.commands import (
     apply,
     apply_one,
@@ -73,6 +72,8 @@ from broker.cli.manifests import (
 from broker.cli.manifests import _expand_lists as _expand_lists
 from broker.cli.manifests import _not_an_object as _not_an_object
 from broker.cli.redaction import REDACTED, hide_secret, mask_password, redact
+from broker.cli.state import _Cli as _Cli
+from broker.cli.state import _State as _State
 from broker.cli.tables import (
     CHANNEL_COLUMNS,
     COLUMNS,
