@@ -27,7 +27,6 @@ protocol for the management API (settings ``CEMESH_OIDC_*``, see :func:`verifier
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +39,7 @@ import jwt
 from broker.auth.principal import Principal
 from broker.core.config import Settings
 from broker.core.errors import Unauthenticated
+from broker.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +140,7 @@ class OidcVerifier:
         return len(self._verified)
 
     async def close(self) -> None:
-        if self._background is not None and not self._background.done():
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
+        await cancel_and_wait(self._background)
         if self._own_client:
             await self._client.aclose()
 

@@ -19,7 +19,6 @@ either way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -38,6 +37,7 @@ from broker.core.spec import (
     subscription_group,
     trigger_group,
 )
+from broker.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -263,11 +263,8 @@ class Controller:
         self._task = asyncio.get_running_loop().create_task(self._poll(), name="cemesh-controller")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _poll(self) -> None:
         while True:

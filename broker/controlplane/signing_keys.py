@@ -23,7 +23,6 @@ the same signer (latest activation, then kid), so the race is harmless.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -41,6 +40,7 @@ from sqlalchemy import delete, insert, select
 from broker.controlplane.store.engine import translated
 from broker.controlplane.store.models import SigningKeyRow
 from broker.core.errors import CemeshError
+from broker.core.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # a type only: broker.controlplane.store imports the resources
     from broker.controlplane.store import Store
@@ -217,10 +217,7 @@ class KeyRing:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

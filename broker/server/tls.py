@@ -11,13 +11,13 @@ the old certificate stays in use and the files are tried again at the next check
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import ssl
 from pathlib import Path
 
 from broker.core.errors import CemeshError
+from broker.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,7 @@ class ReloadingCertificate:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def _load(self) -> None:
         stamp = self._read_stamp()

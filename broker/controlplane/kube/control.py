@@ -48,6 +48,7 @@ from broker.controlplane.resources import BROKER_CLASS_ANNOTATION, trigger_broke
 from broker.controlplane.world import Unresolvable
 from broker.core.errors import CemeshError
 from broker.core.spec import DeliveryPolicy, Snapshot
+from broker.core.tasks import cancel_all_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -334,11 +335,7 @@ class KubeControlPlane:
 
     async def stop(self) -> None:
         """Stop watching; hand leadership over at once (the Lease is released)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all_and_wait(self._tasks)
         self._tasks.clear()
         if self.elector is not None:
             await self.elector.release()

@@ -40,7 +40,6 @@ Fed ``snapshot.components["invoker"]`` (:mod:`broker.features.serving.specs`), i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -52,6 +51,7 @@ import httpx
 from broker.core.asgi import HttpHandler, Receive, Scope, Send, read_body
 from broker.core.config import Settings
 from broker.core.errors import CemeshError, DeliveryError
+from broker.core.tasks import cancel_and_wait
 from broker.dataplane.dispatch.http import LocalRoutingClient, Response
 from broker.features.components import RuntimeContext
 from broker.features.serving.activator import Activator, HoldTimeout, Overloaded
@@ -178,11 +178,8 @@ class Invoker:
 
     async def stop(self) -> None:
         self._client.remove_local_route(self._local_prefix)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        await cancel_and_wait(self._loop_task)
+        self._loop_task = None
         for task in list(self._tasks):
             task.cancel()
         for state in self._revisions.values():

@@ -23,6 +23,7 @@ from typing import Any
 
 from broker.core.asgi import HttpHandler, Receive, Scope, Send, send_json
 from broker.core.errors import CemeshError, NotFound
+from broker.core.tasks import cancel_and_wait
 from broker.features.components import RuntimeContext
 from broker.features.sources.base import EventSender, Problem, Source, SourceKind, SourceSpec
 
@@ -125,11 +126,8 @@ class SourceRunner:
         log.info("source stopped", extra={"source": f"{spec.kind}/{spec.namespace}/{spec.name}"})
 
     async def stop(self) -> None:
-        if self._report_task is not None:
-            self._report_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._report_task
-            self._report_task = None
+        await cancel_and_wait(self._report_task)
+        self._report_task = None
         for uid in list(self._running):
             await self._stop(uid)
 
