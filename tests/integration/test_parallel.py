@@ -17,7 +17,15 @@ from broker.cli import table_rows
 from broker.core.events import CloudEvent
 from tests.conftest import shared_fixture_dir
 from tests.support.cemesh import running_cemesh
-from tests.support.flows import appended, appender, displayed, replying, wait_until, with_command
+from tests.support.flows import (
+    appended,
+    appender,
+    displayed,
+    replying,
+    services_ready,
+    wait_until,
+    with_command,
+)
 from tests.support.subscriber import Received, RecordingSubscriber
 
 
@@ -197,6 +205,7 @@ async def test_knative_docs_parallel_multiple_branches_walkthrough(tmp_path: Pat
         for doc in with_command((example / "event-display.yaml").read_text(), "event-display"):
             doc["spec"]["template"]["spec"]["containers"][0]["command"].append(str(shown))
             await mesh.apply(doc)
+        await services_ready(mesh.client)  # a Service is Ready once its replica listens
         [par] = await mesh.apply((example / "parallel.yaml").read_text())
         assert condition(par)["status"] == "True", par["status"]
 
