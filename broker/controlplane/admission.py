@@ -10,14 +10,13 @@ failure is an InvalidResource naming the dotted path of the bad field and saying
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from cryptography import x509
 
-from broker.controlplane.catalog import Catalog, check_label_name, is_subdomain
+from broker.controlplane.catalog import Catalog, check_label_name
 from broker.controlplane.outbound import (
     OutboundGuard,
     active_guard,
@@ -27,11 +26,9 @@ from broker.controlplane.outbound import (
 )
 from broker.core.durations import parse_duration
 from broker.core.errors import InvalidResource
+from broker.core.labels import is_label_key, is_label_value
 
 DEFAULT_NAMESPACE = "default"
-
-_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def type_name(value: object) -> str:
@@ -107,11 +104,7 @@ def _check_qualified_key(key: object, field: str) -> None:
     """A label or annotation key: optional ``prefix/`` (DNS subdomain) then a name <= 63."""
     if not isinstance(key, str) or not key:
         raise InvalidResource(field, "keys must be non-empty strings")
-    prefix, slash, name = key.rpartition("/")
-    valid = len(name) <= 63 and bool(_QUALIFIED_NAME.fullmatch(name))
-    if slash:
-        valid = valid and len(prefix) <= 253 and is_subdomain(prefix)
-    if not valid:
+    if not is_label_key(key):
         raise InvalidResource(
             field,
             f"invalid key {key!r}: an optional DNS prefix and '/', then at most 63 letters, "
@@ -130,7 +123,7 @@ def _string_map(value: object, field: str, *, labels: bool) -> dict[str, str]:
             raise InvalidResource(
                 f"{field}[{key}]", f"must be a string, got {type_name(item)} {item!r}; quote it"
             )
-        if labels and (len(item) > 63 or not _LABEL_VALUE.fullmatch(item)):
+        if labels and not is_label_value(item):
             raise InvalidResource(
                 f"{field}[{key}]",
                 f"invalid label value {item!r}: at most 63 letters, digits, '-', '_' or '.', "
