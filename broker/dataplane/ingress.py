@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from time import perf_counter
 
 import orjson
 
@@ -135,6 +136,7 @@ class Ingress:
         if target is None:
             await self._reject(send, 404, f"{kind} {route[1]}/{route[2]} not found")
             return
+        timed = (route, perf_counter())  # for the per-Broker/Channel count of the answer
 
         headers = scope["headers"]
         sub: str | None = None
@@ -165,9 +167,8 @@ class Ingress:
                 self._metrics.incomplete_requests += 1
                 return
         if body is None:
-            await self._reject(
-                send, 413, f"request body is larger than {self.max_request_bytes} bytes"
-            )
+            too_large = f"request body is larger than {self.max_request_bytes} bytes"
+            await self._reject(send, 413, too_large, timed=timed)
             return
         try:
             events = binding.parse_request(headers, body)
@@ -181,12 +182,12 @@ class Ingress:
                         attributes[BROKER_TTL] = self.max_ttl
                     attributes[ARRIVAL_TIME] = arrival
         except BindingError as exc:
-            await self._reject(send, http_status(exc)[0], exc.message)
+            await self._reject(send, http_status(exc)[0], exc.message, timed=timed)
             return
         if sub is not None:
             refusal = self._authorization[route].refusal(sub, events)
             if refusal is not None:
-                await self._reject(send, 403, refusal)
+                await self._reject(send, 403, refusal, timed=timed)
                 return
 
         bus = self.buses[target.bus]
@@ -201,11 +202,24 @@ class Ingress:
                 exc_info=exc.__cause__ is not None,
             )
             status, _ = http_status(exc)  # 503 when the bus may take it later
-            await self._reject(send, status, f"event not accepted: {exc.message}")
+            await self._reject(send, status, f"event not accepted: {exc.message}", timed=timed)
             return
-        self._metrics.accepted += len(events)
+        self._count_accepted(timed, events)
         await send(_ACCEPTED_START)
         await send(_EMPTY_BODY)
+
+    def _count_accepted(
+        self, timed: tuple[tuple[str, str, str], float], events: list[CloudEvent]
+    ) -> None:
+        route, started = timed
+        metrics = self._metrics
+        metrics.accepted += len(events)
+        if metrics.detail:
+            elapsed_ms = (perf_counter() - started) * 1000.0
+            observe, type_label = metrics.ingress_latency.observe, metrics.event_type
+            kind, namespace, name = route
+            for event in events:
+                observe((kind, namespace, name, type_label(event.type), "202"), elapsed_ms)
 
     async def _authenticate(
         self,
@@ -235,8 +249,23 @@ class Ingress:
             return None
         return str(claims["sub"])
 
-    async def _reject(self, send: Send, status: int, message: str) -> None:
+    async def _reject(
+        self,
+        send: Send,
+        status: int,
+        message: str,
+        *,
+        timed: tuple[tuple[str, str, str], float] | None = None,
+    ) -> None:
+        """Answer ``status``; counted per Broker/Channel (``timed``: its route and when the
+        request started) once the target is known, else only by status (an unknown name is
+        not a label: senders could make up any number of them)."""
         self._metrics.ingress_events[str(status)] += 1
+        if timed is not None and self._metrics.detail:
+            (kind, namespace, name), started = timed
+            self._metrics.ingress_latency.observe(
+                (kind, namespace, name, "", str(status)), (perf_counter() - started) * 1000.0
+            )
         await _error(send, status, message)
 
 

@@ -130,7 +130,9 @@ class Runtime:
         self.settings = settings
         self.catalog = build_catalog(features)
         self.access: Access = build_access(settings)
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            max_event_types=settings.metrics_max_event_types, detail=settings.metrics_detail
+        )
         self.store = Store(settings.database_url, plural_of=self.catalog.plural_of)
         self.default_bus = bus_of_channel(settings.default_channel)
         self.buses: dict[str, Bus] = {}

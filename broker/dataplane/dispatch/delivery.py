@@ -107,6 +107,15 @@ class Outcome(enum.Enum):
     DROPPED = "dropped"  # failed, and there was no dead-letter sink to take it (K125)
 
 
+@dataclass(slots=True)
+class DeliveryRecord:
+    """What one delivery did, for metrics: the subscriber's last HTTP status (None: no
+    response) and the retries it took. Filled in by :meth:`Deliverer.deliver` when handed one."""
+
+    status: int | None = None
+    retries: int = 0
+
+
 class ReplyError(DeliveryError):
     """Forwarding a reply failed; names the destination that failed, for ``knativeerrordest``.
 
@@ -221,6 +230,7 @@ class Deliverer:
         *,
         hand_back: asyncio.Event | None = None,
         reply_ttl: AttributeValue | None = None,
+        record: DeliveryRecord | None = None,
     ) -> Outcome:
         """Deliver ``event`` to ``target``; dead-letter or drop it when every attempt failed.
 
@@ -229,7 +239,8 @@ class Deliverer:
 
         Raises :class:`~broker.dataplane.bus.Nack` when the dead-letter sink failed as well, so that
         the bus keeps the event and offers it again later; and, once ``hand_back`` is set, instead
-        of waiting out a backoff (see the module docstring).
+        of waiting out a backoff (see the module docstring). ``record``, when given, is told the
+        subscriber's last status and the number of retries.
         """
         policy = target.policy
         headers, body = _encode(event, policy)
@@ -248,6 +259,7 @@ class Deliverer:
             settle,
             _Peer(target.audience, target.ca_certs, target.identity),
             attempt_log,
+            record,
         )
         if failure is None:
             return Outcome.DELIVERED
@@ -346,6 +358,7 @@ class Deliverer:
         settle: _Settle,
         peer: _Peer,
         attempt_log: _AttemptLog,
+        record: DeliveryRecord | None = None,
     ) -> _Failure | None:
         """Up to ``policy.retry + 1`` attempts (K113); the last failure, or None on success.
 
@@ -353,7 +366,7 @@ class Deliverer:
         """
         retry_number = 0
         while True:
-            failure = await self._attempt(url, headers, body, policy, settle, peer)
+            failure = await self._attempt(url, headers, body, policy, settle, peer, record)
             if failure is None:
                 return None
             last = not failure.retryable or retry_number >= policy.retry
@@ -366,6 +379,8 @@ class Deliverer:
             if wait is None:
                 return failure
             retry_number += 1
+            if record is not None:
+                record.retries = retry_number
             # Sleeping outside the in-flight gate: a backing-off event holds no slot.
             await self._wait(wait, attempt_log)
 
@@ -404,6 +419,7 @@ class Deliverer:
         policy: DeliveryPolicy,
         settle: _Settle,
         peer: _Peer,
+        record: DeliveryRecord | None = None,
     ) -> _Failure | None:
         if peer.audience is not None and self._tokens is not None:
             try:
@@ -417,7 +433,11 @@ class Deliverer:
                     url, headers, body, timeout=policy.timeout, ca_certs=peer.ca_certs
                 )
             except DeliveryError as exc:
+                if record is not None:
+                    record.status = None
                 return _Failure(url, None, b"", exc.retryable, exc.message)
+        if record is not None:
+            record.status = response.status
         if not is_success(response.status):
             return _Failure(
                 url,
