@@ -41,6 +41,7 @@ from broker.core.ingress_authorization import IngressAuthorization
 from broker.core.metrics import Metrics
 from broker.core.spec import BrokerSpec, ChannelSpec, Snapshot
 from broker.dataplane.bus import Bus
+from broker.dataplane.live_feed import LiveFeed
 from broker.dataplane.reply import BrokerReentry, apply_broker_ttl
 from broker.dataplane.routes import match_route as match_route  # the app routes requests by it
 
@@ -74,8 +75,11 @@ class Ingress:
         max_request_bytes: int,
         max_ttl: int,
         verifier: OidcVerifier | TrustedIssuers | None = None,
+        feed: LiveFeed | None = None,
     ) -> None:
         self.buses = buses
+        # What it accepts is offered to the watchers of the live feed (cemesh tail).
+        self.feed = feed or LiveFeed()
         # Set only with ingress OIDC on: then every POST is authenticated and authorized.
         self._verifier = verifier
         self._authorization: Mapping[tuple[str, str, str], IngressAuthorization] = {}
@@ -85,7 +89,7 @@ class Ingress:
         self.max_request_bytes = max_request_bytes
         self.max_ttl = max_ttl
         self._metrics = metrics
-        self._reentry = BrokerReentry(buses=buses, metrics=metrics, max_ttl=max_ttl)
+        self._reentry = BrokerReentry(buses=buses, metrics=metrics, max_ttl=max_ttl, feed=self.feed)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -102,6 +106,10 @@ class Ingress:
         self._snapshot, self._targets = snapshot, targets
         self._reentry.brokers = snapshot.brokers
         self._authorization = snapshot.ingress_authorization
+
+    def serves(self, route: tuple[str, str, str]) -> bool:
+        """Whether the current snapshot has the Broker or Channel of ``route`` (Ready)."""
+        return route in self._targets
 
     # -- programmatic entry (replies re-entering a broker: K104, K108) ------------------------
 
@@ -212,6 +220,8 @@ class Ingress:
         self, timed: tuple[tuple[str, str, str], float], events: list[CloudEvent]
     ) -> None:
         route, started = timed
+        if self.feed.watched:  # nobody watching: this test is all it costs
+            self.feed.offer(route, events)
         metrics = self._metrics
         metrics.accepted += len(events)
         if metrics.detail:

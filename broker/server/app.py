@@ -39,6 +39,7 @@ from broker.controlplane.api.guard import HostGuard, ManagementGuard
 from broker.controlplane.api.openapi import install_openapi
 from broker.controlplane.api.resources import ResourceApi, install_resource_routes
 from broker.controlplane.api.status import answer_unexpected, install_error_handlers
+from broker.controlplane.api.tail import install_tail_routes
 from broker.controlplane.controller import Controller, consumer_group_of
 from broker.controlplane.delivery_tokens import DeliveryTokens, install_issuer_routes
 from broker.controlplane.eventing.types import bus_of_channel
@@ -57,6 +58,7 @@ from broker.dataplane.dispatch.client import DeliveryClient
 from broker.dataplane.dispatch.delivery import Deliverer
 from broker.dataplane.dispatch.dispatcher import Dispatcher
 from broker.dataplane.ingress import Ingress
+from broker.dataplane.live_feed import LiveFeed
 from broker.dataplane.routes import match_route
 from broker.features.components import Component, HttpHandler, RuntimeContext
 from broker.features.feature import Feature, build_catalog, build_components
@@ -142,9 +144,12 @@ class Runtime:
         self.tokens: DeliveryTokens | None = None
         self.ingress_verifier: OidcVerifier | TrustedIssuers | None = None
         self._build_identity()
+        self.feed = LiveFeed()
+        self.metrics.add_source(self.feed.families)
         self.ingress = Ingress(
             buses=self.buses,
             metrics=self.metrics,
+            feed=self.feed,
             max_request_bytes=settings.max_request_bytes,
             max_ttl=settings.max_ttl,
             verifier=self.ingress_verifier,
@@ -417,6 +422,13 @@ def create_app(
     if runtime.tokens is not None and runtime.keys is not None:
         install_issuer_routes(api, runtime.tokens, runtime.keys)
     install_openapi(api, runtime.catalog)
+    install_tail_routes(
+        api,
+        feed=runtime.feed,
+        catalog=runtime.catalog,
+        access=runtime.access,
+        serves=runtime.ingress.serves,
+    )
     if settings.control_plane != "kubernetes":  # else resources are the cluster's (kubectl)
         install_resource_routes(
             api,
