@@ -32,7 +32,7 @@ from time import perf_counter
 import orjson
 
 from broker.auth.oidc import OidcVerifier, TrustedIssuers
-from broker.core import binding
+from broker.core import binding, tracing
 from broker.core.asgi import Receive, Scope, Send, read_body, send_json
 from broker.core.errors import BindingError, PublishError, RequestIncomplete, Unauthenticated
 from broker.core.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
@@ -180,15 +180,7 @@ class Ingress:
             return
         try:
             events = binding.parse_request(headers, body)
-            if kind == "broker":
-                arrival = now_rfc3339()
-                for event in events:
-                    attributes = event.attributes
-                    if BROKER_TTL in attributes:
-                        apply_broker_ttl(event, self.max_ttl)
-                    else:  # the usual case, without a call (K45)
-                        attributes[BROKER_TTL] = self.max_ttl
-                    attributes[ARRIVAL_TIME] = arrival
+            self._stamp(kind, headers, events)
         except BindingError as exc:
             await self._reject(send, http_status(exc)[0], exc.message, timed=timed)
             return
@@ -215,6 +207,26 @@ class Ingress:
         self._count_accepted(timed, events)
         await send(_ACCEPTED_START)
         await send(_EMPTY_BODY)
+
+    def _stamp(
+        self, kind: str, headers: list[tuple[bytes, bytes]], events: list[CloudEvent]
+    ) -> None:
+        """What the ingress adds: the request's trace context (:mod:`broker.core.tracing`) and,
+        for a Broker, ``knativearrivaltime`` and the loop guard's ttl (K44, K45). Raises
+        BindingError when the ttl ran out."""
+        trace = tracing.from_headers(headers)
+        if trace is not None:
+            for event in events:
+                tracing.stamp(event, trace)
+        if kind == "broker":
+            arrival = now_rfc3339()
+            for event in events:
+                attributes = event.attributes
+                if BROKER_TTL in attributes:
+                    apply_broker_ttl(event, self.max_ttl)
+                else:  # the usual case, without a call (K45)
+                    attributes[BROKER_TTL] = self.max_ttl
+                attributes[ARRIVAL_TIME] = arrival
 
     def _count_accepted(
         self, timed: tuple[tuple[str, str, str], float], events: list[CloudEvent]

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from broker.core import binding
+from broker.core import binding, tracing
 from broker.core.errors import BindingError, CemeshError, DeliveryError
 from broker.core.events import ERROR_CODE, ERROR_DATA, ERROR_DEST, AttributeValue, CloudEvent
 from broker.core.spec import DeliveryPolicy
@@ -248,7 +248,7 @@ class Deliverer:
         headers.extend(target.headers)
 
         async def settle(response: Response) -> _Failure | None:
-            return await self._settle_reply(response, target, reply_ttl)
+            return await self._settle_reply(response, target, reply_ttl, event)
 
         attempt_log = _AttemptLog(event.id, target.log_fields, hand_back)
         failure = await self._send(
@@ -266,7 +266,11 @@ class Deliverer:
         return await self._dead_letter(event, target, failure, attempt_log)
 
     async def _settle_reply(
-        self, response: Response, target: Target, reply_ttl: AttributeValue | None
+        self,
+        response: Response,
+        target: Target,
+        reply_ttl: AttributeValue | None,
+        answered: CloudEvent,
     ) -> _Failure | None:
         """A 2xx arrived: find the reply in it and pass it on (K17-K19, K100-K110)."""
         if response.status == 202:
@@ -285,6 +289,7 @@ class Deliverer:
             return None
         if target.on_reply is None:
             return None  # nowhere to send it (K109)
+        tracing.inherit(reply, answered)  # the reply stays in the trace of what it answers
         try:
             await target.on_reply(reply, reply_ttl)
         except ReplyError as exc:
@@ -524,7 +529,8 @@ def _encode(event: CloudEvent, policy: DeliveryPolicy) -> tuple[list[tuple[str, 
         headers, body = binding.to_structured(event)
     else:
         headers, body = binding.to_binary(event)  # binary is the default (K93)
-    return list(headers), body
+    # Every request cemesh sends carries the event's trace context as W3C headers too.
+    return [*headers, *tracing.http_headers(event)], body
 
 
 def _retry_after(response: Response) -> float | None:
