@@ -116,6 +116,15 @@ async def test_tail_streams_json_lines_of_the_events_matching_its_cesql_filter(
             ("3", "com.example.keep"),
         ]
         assert events[0]["data"] == {"n": 1} and "knativearrivaltime" in events[0]
+        await no_watchers_left(client)
+
+
+async def no_watchers_left(client: httpx.AsyncClient) -> None:
+    """The stream of a tail that exited is closed on the server too: no watcher stays behind."""
+    async with asyncio.timeout(20):
+        # A gauge on the server signals no event when it moves: poll it.
+        while "cemesh_live_feed_watchers 0.0" not in (await client.get("/metrics")).text:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
 
 async def test_tail_prints_one_readable_line_per_event(tmp_path: Path) -> None:
@@ -190,3 +199,30 @@ async def test_get_watch_prints_the_table_again_when_an_object_changes(tmp_path:
             assert b"---" in seen
         code, _, err = await run_cli(mesh, "get", "brokers", "-w", "-o", "yaml")
         assert code != 0 and "-w shows tables" in err
+
+
+async def test_tail_follows_a_channel_too(tmp_path: Path) -> None:
+    channels = "/apis/messaging.knative.dev/v1/namespaces/default/channels"
+    async with cemesh_process(tmp_path) as mesh, mesh.client() as client:
+        body = {
+            "apiVersion": "messaging.knative.dev/v1",
+            "kind": "Channel",
+            "metadata": {"name": "orders"},
+        }
+        assert (await client.post(channels, json=body)).status_code == 201
+        await ready(client, f"{channels}/orders")
+        async with cli(mesh, "tail", "channel/orders", "-o", "json", "--limit", "1") as child:
+            assert child.stderr is not None
+            line = await asyncio.wait_for(child.stderr.readline(), 20)
+            assert line.startswith(b"watching channel default/orders"), line
+            headers = {
+                "ce-specversion": "1.0",
+                "ce-id": "c1",
+                "ce-source": "/tests/tail",
+                "ce-type": "com.example.c",
+            }
+            async with httpx.AsyncClient(timeout=5) as producer:
+                sent = await producer.post(f"{mesh.url}/channels/default/orders", headers=headers)
+                assert sent.status_code == 202
+            out, _ = await asyncio.wait_for(child.communicate(), 20)
+        assert json.loads(out)["id"] == "c1"
