@@ -13,14 +13,17 @@ so they cross every bus unaltered. Three rules, all pure:
   (:func:`inherit`), so the reply's deliveries stay in the trace.
 
 A ``traceparent`` that is not W3C-shaped (version, 32-hex trace id not all zero, 16-hex parent
-id not all zero, flags) is ignored, never propagated. cemesh makes no spans of its own here: the
-ids pass through unchanged.
+id not all zero, flags) is ignored, never propagated. Without span export the ids pass through
+unchanged; with it (:class:`Spans`, implemented over OpenTelemetry by
+:mod:`broker.server.otlp`) the ingress, each delivery attempt and each reply make a span, and the
+context passed on is the span's, so the trace id stays and the parents chain.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from broker.core.events import CloudEvent
 
@@ -98,3 +101,30 @@ def http_headers(event: CloudEvent) -> list[tuple[str, str]]:
         return []
     parent, state = context
     return [("traceparent", parent), ("tracestate", state)] if state else [("traceparent", parent)]
+
+
+def replace(event: CloudEvent, context: tuple[str, str | None]) -> None:
+    """Give ``event`` the trace ``context``, over any it had (its new parent span)."""
+    event.attributes.pop(TRACEPARENT, None)
+    stamp(event, context)
+
+
+class Spans(Protocol):
+    """Span export, when configured: what the data plane calls (none of it when not)."""
+
+    def ingress(self, route: tuple[str, str, str], event: CloudEvent) -> Callable[[], None]:
+        """Start the ingress span of ``event`` (a child of its context); the event now carries
+        the span's context. Returns the function that ends the span."""
+        ...
+
+    def attempt(
+        self, event: CloudEvent, url: str, attempt: int
+    ) -> tuple[tuple[str, str | None], Callable[[int | None], None]]:
+        """Start the span of one delivery attempt (a child of the event's context): the context
+        to send with it, and the function ending it with the response status (None: none)."""
+        ...
+
+    def reply(self, reply: CloudEvent, answered: CloudEvent) -> None:
+        """Record a reply (a child of the answered event's context); the reply carries the
+        reply span's context from now on."""
+        ...

@@ -26,7 +26,7 @@ Events are never upgraded from 0.3 (K32, K146).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from time import perf_counter
 
 import orjson
@@ -76,8 +76,10 @@ class Ingress:
         max_ttl: int,
         verifier: OidcVerifier | TrustedIssuers | None = None,
         feed: LiveFeed | None = None,
+        spans: tracing.Spans | None = None,
     ) -> None:
         self.buses = buses
+        self._spans = spans  # span export (OTLP) when configured
         # What it accepts is offered to the watchers of the live feed (cemesh tail).
         self.feed = feed or LiveFeed()
         # Set only with ingress OIDC on: then every POST is authenticated and authorized.
@@ -180,7 +182,7 @@ class Ingress:
             return
         try:
             events = binding.parse_request(headers, body)
-            self._stamp(kind, headers, events)
+            span_ends = self._stamp(route, headers, events)
         except BindingError as exc:
             await self._reject(send, http_status(exc)[0], exc.message, timed=timed)
             return
@@ -196,6 +198,7 @@ class Ingress:
             for event in events:
                 await bus.publish(topic, event, key=event.key)
         except PublishError as exc:
+            _end_all(span_ends)
             log.error(
                 "bus refused an event",
                 extra={"topic": topic, "error": exc.message},
@@ -204,21 +207,28 @@ class Ingress:
             status, _ = http_status(exc)  # 503 when the bus may take it later
             await self._reject(send, status, f"event not accepted: {exc.message}", timed=timed)
             return
+        _end_all(span_ends)
         self._count_accepted(timed, events)
         await send(_ACCEPTED_START)
         await send(_EMPTY_BODY)
 
     def _stamp(
-        self, kind: str, headers: list[tuple[bytes, bytes]], events: list[CloudEvent]
-    ) -> None:
+        self,
+        route: tuple[str, str, str],
+        headers: list[tuple[bytes, bytes]],
+        events: list[CloudEvent],
+    ) -> list[Callable[[], None]] | None:
         """What the ingress adds: the request's trace context (:mod:`broker.core.tracing`) and,
         for a Broker, ``knativearrivaltime`` and the loop guard's ttl (K44, K45). Raises
-        BindingError when the ttl ran out."""
+        BindingError when the ttl ran out. With span export on, starts each event's ingress
+        span and returns the functions ending them."""
         trace = tracing.from_headers(headers)
         if trace is not None:
             for event in events:
                 tracing.stamp(event, trace)
-        if kind == "broker":
+        spans = self._spans
+        span_ends = None if spans is None else [spans.ingress(route, e) for e in events]
+        if route[0] == "broker":
             arrival = now_rfc3339()
             for event in events:
                 attributes = event.attributes
@@ -227,6 +237,7 @@ class Ingress:
                 else:  # the usual case, without a call (K45)
                     attributes[BROKER_TTL] = self.max_ttl
                 attributes[ARRIVAL_TIME] = arrival
+        return span_ends
 
     def _count_accepted(
         self, timed: tuple[tuple[str, str, str], float], events: list[CloudEvent]
@@ -289,6 +300,11 @@ class Ingress:
                 (kind, namespace, name, "", str(status)), (perf_counter() - started) * 1000.0
             )
         await _error(send, status, message)
+
+
+def _end_all(span_ends: list[Callable[[], None]] | None) -> None:
+    for end in span_ends or ():
+        end()
 
 
 def _bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:

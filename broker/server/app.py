@@ -22,6 +22,7 @@ be served by any ASGI server or mounted in another application.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -64,6 +65,7 @@ from broker.features.components import Component, HttpHandler, RuntimeContext
 from broker.features.feature import Feature, build_catalog, build_components
 from broker.server.features import FEATURES
 from broker.server.listeners import Listeners
+from broker.server.otlp import OtlpSpans
 from broker.server.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
@@ -144,12 +146,16 @@ class Runtime:
         self.tokens: DeliveryTokens | None = None
         self.ingress_verifier: OidcVerifier | TrustedIssuers | None = None
         self._build_identity()
+        self.spans = (
+            OtlpSpans(settings.otlp_traces_endpoint) if settings.otlp_traces_endpoint else None
+        )
         self.feed = LiveFeed()
         self.metrics.add_source(self.feed.families)
         self.ingress = Ingress(
             buses=self.buses,
             metrics=self.metrics,
             feed=self.feed,
+            spans=self.spans,
             max_request_bytes=settings.max_request_bytes,
             max_ttl=settings.max_ttl,
             verifier=self.ingress_verifier,
@@ -160,6 +166,7 @@ class Runtime:
             dead_letter_redelivery_delay=settings.dead_letter_redelivery_delay,
             tokens=self.tokens,
             error_data_max_bytes=settings.error_data_max_bytes,
+            spans=self.spans,
         )
         self._topic_bus: dict[str, str] = {}
         self.dispatcher = Dispatcher(
@@ -363,6 +370,8 @@ class Runtime:
             if self.keys is not None:
                 await self.keys.stop()
             await self.store.close()
+            if self.spans is not None:
+                await asyncio.to_thread(self.spans.shutdown)  # sends what is still batched
             log.info("cemesh stopped")
 
 

@@ -213,8 +213,10 @@ class Deliverer:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         tokens: TokenSource | None = None,
         error_data_max_bytes: int = ERROR_DATA_MAX_BYTES,
+        spans: tracing.Spans | None = None,
     ) -> None:
         self._client = client
+        self._spans = spans  # span export (OTLP) when configured
         self._tokens = tokens
         self._error_data_max_bytes = error_data_max_bytes
         self._max_inflight = max_inflight_per_subscriber
@@ -260,6 +262,7 @@ class Deliverer:
             _Peer(target.audience, target.ca_certs, target.identity),
             attempt_log,
             record,
+            traced=event,
         )
         if failure is None:
             return Outcome.DELIVERED
@@ -290,6 +293,8 @@ class Deliverer:
         if target.on_reply is None:
             return None  # nowhere to send it (K109)
         tracing.inherit(reply, answered)  # the reply stays in the trace of what it answers
+        if self._spans is not None:
+            self._spans.reply(reply, answered)
         try:
             await target.on_reply(reply, reply_ttl)
         except ReplyError as exc:
@@ -364,14 +369,22 @@ class Deliverer:
         peer: _Peer,
         attempt_log: _AttemptLog,
         record: DeliveryRecord | None = None,
+        traced: CloudEvent | None = None,
     ) -> _Failure | None:
         """Up to ``policy.retry + 1`` attempts (K113); the last failure, or None on success.
 
-        Raises Nack instead of waiting for a retry once ``attempt_log.hand_back`` is set.
+        Raises Nack instead of waiting for a retry once ``attempt_log.hand_back`` is set. With
+        span export on, each attempt of ``traced`` (the subscriber's event) is a span whose
+        context the attempt's W3C headers carry.
         """
         retry_number = 0
         while True:
-            failure = await self._attempt(url, headers, body, policy, settle, peer, record)
+            if self._spans is not None and traced is not None:
+                failure = await self._traced_attempt(
+                    traced, retry_number + 1, url, headers, body, policy, settle, peer, record
+                )
+            else:
+                failure = await self._attempt(url, headers, body, policy, settle, peer, record)
             if failure is None:
                 return None
             last = not failure.retryable or retry_number >= policy.retry
@@ -388,6 +401,35 @@ class Deliverer:
                 record.retries = retry_number
             # Sleeping outside the in-flight gate: a backing-off event holds no slot.
             await self._wait(wait, attempt_log)
+
+    async def _traced_attempt(
+        self,
+        event: CloudEvent,
+        attempt: int,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        policy: DeliveryPolicy,
+        settle: _Settle,
+        peer: _Peer,
+        record: DeliveryRecord | None,
+    ) -> _Failure | None:
+        """One attempt inside its span; the W3C headers name the span as the parent."""
+        assert self._spans is not None
+        (parent, state), end = self._spans.attempt(event, url, attempt)
+        traced = [h for h in headers if h[0] not in (tracing.TRACEPARENT, tracing.TRACESTATE)]
+        traced.append((tracing.TRACEPARENT, parent))
+        if state:
+            traced.append((tracing.TRACESTATE, state))
+        status: int | None = None
+        try:
+            failure = await self._attempt(url, traced, body, policy, settle, peer, record)
+            status = None if failure is None else failure.status
+            if failure is None:
+                status = record.status if record is not None else 200
+            return failure
+        finally:
+            end(status)
 
     async def _wait(self, seconds: float, attempt_log: _AttemptLog) -> None:
         """Wait ``seconds`` before a retry, or raise Nack once ``hand_back`` is set."""
