@@ -296,6 +296,11 @@ class MemoryBus:
         self._subscriptions: set[_MemorySubscription] = set()
         self._closed = False
 
+    def backlog(self, topic: str, group: str) -> int | None:
+        """Events ``group`` holds or has in a handler (:class:`ReportsBacklog`)."""
+        state = self._topics.get(topic, {}).get(group)
+        return None if state is None else state.held + state.taken
+
     async def open(self) -> None:
         """Nothing to connect to. Idempotent; a closed bus stays closed."""
         if self._closed:

@@ -7,6 +7,7 @@ Transport failures become :class:`~broker.cli.failures.Unreachable` and error an
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,19 @@ class ApiClient:
         except httpx.TransportError as exc:
             raise unreachable(self.server, exc, hint=True) from exc
 
+    def stream_lines(self, path: str, params: dict[str, str] | None = None) -> Iterator[str]:
+        """The lines of a streamed GET answer as they arrive (no read timeout: a stream may be
+        quiet for long); :class:`ApiError` with the server's message for a non-2xx answer."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+        try:
+            with self._http.stream("GET", path, params=params, timeout=timeout) as response:
+                if not response.is_success:
+                    response.read()
+                    raise self._error(response)
+                yield from response.iter_lines()
+        except httpx.TransportError as exc:
+            raise unreachable(self.server, exc, hint=True) from exc
+
     def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """The JSON body of a 2xx answer; :class:`ApiError` with the server's message otherwise."""
         response = self.request(method, path, **kwargs)
@@ -72,11 +86,15 @@ class ApiClient:
                     f"{self.server}{path} did not answer JSON; is {self.server} a cemesh?"
                 ) from exc
             return body if isinstance(body, dict) else {"items": body}
+        raise self._error(response)
+
+    def _error(self, response: httpx.Response) -> ApiError:
+        """The error of a non-2xx answer; a 401 says which token was sent."""
         error = api_error(response)
         if response.status_code == 401:
             sent = self.token_source or "no token"
-            raise ApiError(error.status, error.reason, f"{error.format_message()} (sent {sent})")
-        raise error
+            return ApiError(error.status, error.reason, f"{error.format_message()} (sent {sent})")
+        return error
 
     def list(
         self, rtype: ResourceType, namespace: str | None, selector: str | None

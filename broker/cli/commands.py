@@ -1,5 +1,6 @@
-"""The click commands: ``serve``, ``apply``, ``get``, ``delete``, ``send``, ``db upgrade``,
-``token hash``/``path``/``show``.
+"""The click commands: ``serve``, ``apply``, ``get`` (``-w`` watches), ``delete``, ``send``,
+``db upgrade``, ``token hash``/``path``/``show``; ``tail`` and ``describe`` come from
+:mod:`broker.cli.observe`.
 
 The management API's token: ``--token`` / ``CEMESH_TOKEN``, else the local token file
 (``--token-file`` / ``CEMESH_TOKEN_FILE``, default the one ``cemesh serve`` creates in the user's
@@ -46,6 +47,7 @@ from broker.cli.manifests import (
     qualified_kind,
     with_version,
 )
+from broker.cli.observe import describe, no_watch_with, tail, watch_list
 from broker.cli.redaction import hide_secret, mask_password, redact
 from broker.cli.state import _Cli, _State, namespace_option, pass_state
 from broker.cli.tables import empty_message, render_objects, render_table
@@ -274,6 +276,10 @@ def _error_line(message: str) -> None:
     help="Output format (default: a table).",
 )
 @click.option("-l", "--selector", help="Label selector, e.g. app=web,tier!=db.")
+@click.option(
+    "-w", "--watch", is_flag=True, help="Keep watching: show the table again when it changes."
+)
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between polls (-w).")
 @pass_state
 def get(
     state: _State,
@@ -283,6 +289,8 @@ def get(
     all_namespaces: bool,
     output: str,
     selector: str | None,
+    watch: bool,
+    interval: float,
 ) -> None:
     """Show objects of KIND (broker, trigger, channel, imc, kc, subscription, cm, secret...).
 
@@ -292,6 +300,25 @@ def get(
     rtype = type_for_name(kind)
     if name and selector:
         raise click.UsageError("a name and a label selector (-l) cannot be given together")
+    if watch:  # the API has no watch: poll, and show the table again when it changed
+        no_watch_with(output)
+        scope = None if all_namespaces else namespace
+
+        def fetch() -> list[dict[str, Any]]:
+            if name:
+                return [state.api.get(rtype, namespace, name)]
+            return list(state.api.list(rtype, scope, selector).get("items") or [])
+
+        def show(items: list[dict[str, Any]]) -> None:
+            now = datetime.now(UTC)
+            wide = output == "wide"
+            table = render_table(
+                rtype.kind, items, now=now, all_namespaces=scope is None, wide=wide
+            )
+            click.echo(table if items else empty_message(scope))
+
+        watch_list(fetch, show, interval)
+        return
     if name:
         obj = state.api.get(rtype, namespace, name)
         items: list[dict[str, Any]] = [obj]
@@ -520,3 +547,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``cemesh`` console script."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="cemesh")
     raise SystemExit(0)  # cli.main exits itself in standalone mode; this keeps mypy honest
+
+
+cli.add_command(tail)
+cli.add_command(describe)

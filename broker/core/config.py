@@ -286,6 +286,19 @@ class Settings(BusSettings):
     metrics_auth: bool = Field(
         default=False, description="true: /metrics needs a bearer token like the API."
     )
+    otlp_traces_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL (http://host:4318/v1/traces): export spans.",
+    )
+    metrics_detail: bool = Field(
+        default=True,
+        description="false: no per-Broker/Trigger counts and latencies (the hot path's cost).",
+    )
+    metrics_max_event_types: int = Field(
+        default=100,
+        ge=0,
+        description="Distinct event types used as metric labels; later ones count as 'other'.",
+    )
 
     @field_validator("allowed_hosts", "cors_origins", "kube_namespaces", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ translated at the boundary where they occur, with the driver's exception kept as
     ├── RequestIncomplete     the client left before its request body was whole (no answer)
     ├── InvalidResource       a resource fails validation (names the field)    -> 422
     ├── NotFound              no such resource                                 -> 404
+    ├── InvalidQuery          a management request's query parameter is wrong -> 400
     ├── Unauthenticated       no credential, or one that does not verify       -> 401
     ├── Forbidden             the credential's subject may not do this         -> 403
     ├── Conflict              already exists / stale resourceVersion           -> 409
@@ -81,6 +82,10 @@ def _cut(text: str, limit: int) -> str:
 
 class NotFound(CemeshError):
     """The named resource (or broker, or channel) does not exist."""
+
+
+class InvalidQuery(CemeshError):
+    """A management request's query parameter is wrong (names the parameter and why): 400."""
 
 
 class Unauthenticated(CemeshError):

@@ -14,6 +14,7 @@ from broker.core.errors import (
     Conflict,
     EventTooLarge,
     Forbidden,
+    InvalidQuery,
     InvalidResource,
     NotFound,
     StoreError,
@@ -46,6 +47,7 @@ _CODES: tuple[tuple[type[CemeshError], int, str], ...] = (
     (Forbidden, 403, "Forbidden"),
     (Conflict, 409, "AlreadyExists"),
     (BindingError, 400, "BadRequest"),
+    (InvalidQuery, 400, "BadRequest"),
     (StoreError, 503, "ServiceUnavailable"),
 )
 

@@ -1,37 +1,237 @@
 """Data-plane metrics (K204), exposed at ``/metrics`` in the Prometheus text format.
 
-The hot path only adds to plain integers (a prometheus_client ``Counter`` takes a lock on every
-``inc``, measurable at tens of thousands of events per second); a collector turns them into
-Prometheus counters when ``/metrics`` is scraped. Each cemesh app has its own registry, so
+Names and labels follow Knative Eventing's data-plane metrics where Knative has one, under a
+``cemesh_`` prefix: ``cemesh_broker_ingress_event_count`` and
+``cemesh_broker_ingress_event_dispatch_latencies`` (Knative's broker ingress ``event_count`` and
+``event_dispatch_latencies``: labels ``namespace_name``, ``broker_name``, ``event_type``,
+``response_code``, ``response_code_class``), ``cemesh_broker_filter_event_count`` and
+``cemesh_broker_filter_event_dispatch_latencies`` (the broker filter's, plus ``trigger_name``),
+and the channel counterparts (``channel_name``, ``subscription_name``). Latencies are in
+milliseconds, as in Knative. cemesh's own additions: delivery outcomes and retries per Trigger or
+Subscription, reply-loop stops, and whatever the registered sources add (the dispatcher's
+per-group bus backlog, the invoker's replicas, in-flight requests and cold starts).
+
+Cost on the hot path: recording is a dict lookup and a few integer additions, no lock
+(a prometheus_client ``Counter`` or ``Histogram`` takes a lock per update, measurable at tens of
+thousands of events per second); a collector turns the plain numbers into Prometheus families
+when ``/metrics`` is scraped, and the ``event_count`` families are derived from the latency
+histograms' counts there, so an event is recorded once. Each cemesh app has its own registry, so
 several apps can live in one process (tests, or an application that embeds cemesh).
+
+Label cardinality is bounded: namespaces, Brokers, Triggers, Channels and Subscriptions are
+resources an operator applied; response codes are HTTP statuses; the event type comes from
+senders, so :class:`EventTypeLabels` admits the first ``max_event_types`` distinct types (each
+at most 100 characters) and reports every later or longer one as ``other``.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+# Milliseconds, Knative's dispatch latency buckets (exponential-ish from 1 ms to 10 s).
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+# Seconds, for cold starts (a process or a pod starting).
+COLD_START_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OTHER_EVENT_TYPE = "other"
+MAX_EVENT_TYPE_LENGTH = 100
+NO_RESPONSE = "none"  # response_code when there was no HTTP status (refused, reset, timed out)
+
+# A source of extra families, called at scrape time (the dispatcher's backlog, the invoker's).
+MetricSource = Callable[[], Iterable[Metric]]
+
+
+class EventTypeLabels:
+    """The ``event_type`` label of an event type: itself while fewer than ``limit`` distinct types
+    were seen (and it is short), else ``other``. Bounds the series senders can create."""
+
+    __slots__ = ("_admitted", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._admitted: set[str] = set()
+
+    def __call__(self, event_type: str) -> str:
+        if event_type in self._admitted:
+            return event_type
+        if len(self._admitted) >= self.limit or len(event_type) > MAX_EVENT_TYPE_LENGTH:
+            return OTHER_EVENT_TYPE
+        self._admitted.add(event_type)
+        return event_type
+
+
+class Histogram:
+    """A labelled histogram kept as plain lists: per label tuple, a count per bucket (the last
+    one +Inf) and the sum. :meth:`family` makes the cumulative Prometheus family."""
+
+    __slots__ = ("bounds", "series")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = [0] * (len(self.bounds) + 2)
+        series[bisect_left(self.bounds, value)] += 1
+        series[-1] += value
+
+    def family(
+        self,
+        name: str,
+        documentation: str,
+        label_names: list[str],
+        select: Callable[[tuple[str, ...]], tuple[str, ...] | None] = lambda labels: labels,
+    ) -> HistogramMetricFamily:
+        """The family of the series ``select`` maps to label values (None: leave it out)."""
+        family = HistogramMetricFamily(name, documentation, labels=label_names)
+        for labels, series in sorted(self.series.items()):
+            values = select(labels)
+            if values is None:
+                continue
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*self.bounds, float("inf")), series[:-1], strict=True):
+                cumulative += count
+                buckets.append((_bound_text(bound), cumulative))
+            family.add_metric(list(values), buckets, series[-1])
+        return family
+
+    def counts(self) -> Iterator[tuple[tuple[str, ...], float]]:
+        """(labels, number of observations) per series."""
+        for labels, series in sorted(self.series.items()):
+            yield labels, sum(series[:-1])
+
+
+def response_code_class(code: str) -> str:
+    """Knative's ``response_code_class``: ``2xx`` for 202, ``none`` without a response."""
+    return f"{code[0]}xx" if code[:1].isdigit() else NO_RESPONSE
+
+
+def _bound_text(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else f"{bound:g}"
 
 
 class Metrics(Collector):
-    """The counters cemesh keeps; label values are bounded (status codes, outcomes)."""
+    """What cemesh counts; label values are bounded (module docstring)."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
-        self.accepted = 0  # events answered 202 by the ingress (the hot path: a plain int)
+    def __init__(self, max_event_types: int = 100, *, detail: bool = True) -> None:
+        # False: the per-resource counts and latencies are not recorded (to measure their cost).
+        self.detail = detail
+        self.event_type = EventTypeLabels(max_event_types)
+        self.accepted = 0  # events answered 202 by the ingress
         self.ingress_events: Counter[str] = Counter()  # rejections, by HTTP status code
+        # (kind "broker"|"channel", namespace, name, event type, response code) -> latency ms
+        self.ingress_latency = Histogram(LATENCY_BUCKETS_MS)
+        # ("trigger"|"subscription", namespace, broker/channel, name, event type, code) -> ms
+        self.dispatch_latency = Histogram(LATENCY_BUCKETS_MS)
         self.deliveries: Counter[str] = Counter()  # by outcome
+        # ("trigger"|"subscription", namespace, broker/channel, name, outcome) -> events
+        self.outcomes: Counter[tuple[str, str, str, str, str]] = Counter()
+        # ("trigger"|"subscription", namespace, broker/channel, name) -> retries (attempts - 1)
+        self.retries: Counter[tuple[str, str, str, str]] = Counter()
         self.loops_stopped = 0
         self.incomplete_requests = 0  # ingress requests whose client left mid-body: unused
+        self._sources: list[MetricSource] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
+    def add_source(self, source: MetricSource) -> None:
+        """Call ``source`` at every scrape and expose the families it yields."""
+        self._sources.append(source)
+
     def collect(self) -> Iterator[Metric]:
+        yield from self._ingress_families()
+        yield from self._dispatch_families()
+        yield from self._legacy_families()
+        for source in self._sources:
+            yield from source()
+
+    def _ingress_families(self) -> Iterator[Metric]:
+        for kind in ("broker", "channel"):
+            names = ["namespace_name", f"{kind}_name", "event_type"]
+            codes = ["response_code", "response_code_class"]
+
+            def select(labels: tuple[str, ...], kind: str = kind) -> tuple[str, ...] | None:
+                if labels[0] != kind:
+                    return None
+                return (*labels[1:], response_code_class(labels[4]))
+
+            yield _counts(
+                self.ingress_latency,
+                f"cemesh_{kind}_ingress_event_count",
+                f"Events received by a {kind.capitalize()}'s ingress, by response.",
+                names + codes,
+                select,
+            )
+            yield self.ingress_latency.family(
+                f"cemesh_{kind}_ingress_event_dispatch_latencies",
+                f"Milliseconds from a request at a {kind.capitalize()}'s ingress to its answer "
+                "(the event on the bus for 202).",
+                names + codes,
+                select,
+            )
+
+    def _dispatch_families(self) -> Iterator[Metric]:
+        parts = {
+            "trigger": ("broker_filter", "broker_name", "trigger_name"),
+            "subscription": ("channel_dispatcher", "channel_name", "subscription_name"),
+        }
+        for kind, (prefix, parent, child) in parts.items():
+            names = ["namespace_name", parent, child, "event_type"]
+            codes = ["response_code", "response_code_class"]
+
+            def select(labels: tuple[str, ...], kind: str = kind) -> tuple[str, ...] | None:
+                if labels[0] != kind:
+                    return None
+                return (*labels[1:], response_code_class(labels[5]))
+
+            yield _counts(
+                self.dispatch_latency,
+                f"cemesh_{prefix}_event_count",
+                f"Events delivered to a {kind.capitalize()}'s subscriber, by the subscriber's "
+                "last response (none: no HTTP response).",
+                names + codes,
+                select,
+            )
+            yield self.dispatch_latency.family(
+                f"cemesh_{prefix}_event_dispatch_latencies",
+                f"Milliseconds to deliver an event to a {kind.capitalize()}'s subscriber, "
+                "retries and reply included.",
+                names + codes,
+                select,
+            )
+        outcomes = CounterMetricFamily(
+            "cemesh_delivery_outcomes",
+            "Settled events per Trigger or Subscription: delivered, filtered, dead_lettered, "
+            "dropped (failed without a dead-letter sink).",
+            labels=["resource_kind", "namespace_name", "parent_name", "resource_name", "outcome"],
+        )
+        for labels, count in sorted(self.outcomes.items()):
+            outcomes.add_metric(list(labels), count)
+        yield outcomes
+        retries = CounterMetricFamily(
+            "cemesh_delivery_retries",
+            "Delivery attempts after the first, per Trigger or Subscription.",
+            labels=["resource_kind", "namespace_name", "parent_name", "resource_name"],
+        )
+        for retry_labels, count in sorted(self.retries.items()):
+            retries.add_metric(list(retry_labels), count)
+        yield retries
+
+    def _legacy_families(self) -> Iterator[Metric]:
         ingress = CounterMetricFamily(
             "cemesh_ingress_events",
             "Events accepted (2xx) or rejected (4xx/5xx) by the ingress.",
@@ -63,3 +263,19 @@ class Metrics(Collector):
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _counts(
+    histogram: Histogram,
+    name: str,
+    documentation: str,
+    label_names: list[str],
+    select: Callable[[tuple[str, ...]], tuple[str, ...] | None],
+) -> CounterMetricFamily:
+    """A counter family of ``histogram``'s observation counts (one record per event)."""
+    family = CounterMetricFamily(name, documentation, labels=label_names)
+    for labels, count in histogram.counts():
+        values = select(labels)
+        if values is not None:
+            family.add_metric(list(values), count)
+    return family

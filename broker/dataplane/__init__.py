@@ -8,6 +8,8 @@ everything it needs arrives as a :class:`~broker.core.spec.Snapshot`.
 - :mod:`~broker.dataplane.routes`: which request path is which Broker's or channel's ingress.
 - :mod:`~broker.dataplane.reply`: the reply path (the ``knativebrokerttl`` loop guard, replies
   re-entering a Broker), used by both ingress and dispatcher.
+- :mod:`~broker.dataplane.live_feed`: accepted events handed to live watchers (``cemesh tail``)
+  through bounded queues that drop and count for a slow reader.
 - :mod:`~broker.dataplane.bus`: the bus contract and the adapters' shared toolkit (the adapters
   themselves are the top-level ``adapters`` package).
 - :mod:`~broker.dataplane.dispatch`: consume loops, filters, delivery with retries, replies and

@@ -26,12 +26,13 @@ Events are never upgraded from 0.3 (K32, K146).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from time import perf_counter
 
 import orjson
 
 from broker.auth.oidc import OidcVerifier, TrustedIssuers
-from broker.core import binding
+from broker.core import binding, tracing
 from broker.core.asgi import Receive, Scope, Send, read_body, send_json
 from broker.core.errors import BindingError, PublishError, RequestIncomplete, Unauthenticated
 from broker.core.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
@@ -40,6 +41,7 @@ from broker.core.ingress_authorization import IngressAuthorization
 from broker.core.metrics import Metrics
 from broker.core.spec import BrokerSpec, ChannelSpec, Snapshot
 from broker.dataplane.bus import Bus
+from broker.dataplane.live_feed import LiveFeed
 from broker.dataplane.reply import BrokerReentry, apply_broker_ttl
 from broker.dataplane.routes import match_route as match_route  # the app routes requests by it
 
@@ -73,8 +75,13 @@ class Ingress:
         max_request_bytes: int,
         max_ttl: int,
         verifier: OidcVerifier | TrustedIssuers | None = None,
+        feed: LiveFeed | None = None,
+        spans: tracing.Spans | None = None,
     ) -> None:
         self.buses = buses
+        self._spans = spans  # span export (OTLP) when configured
+        # What it accepts is offered to the watchers of the live feed (cemesh tail).
+        self.feed = feed or LiveFeed()
         # Set only with ingress OIDC on: then every POST is authenticated and authorized.
         self._verifier = verifier
         self._authorization: Mapping[tuple[str, str, str], IngressAuthorization] = {}
@@ -84,7 +91,7 @@ class Ingress:
         self.max_request_bytes = max_request_bytes
         self.max_ttl = max_ttl
         self._metrics = metrics
-        self._reentry = BrokerReentry(buses=buses, metrics=metrics, max_ttl=max_ttl)
+        self._reentry = BrokerReentry(buses=buses, metrics=metrics, max_ttl=max_ttl, feed=self.feed)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -101,6 +108,10 @@ class Ingress:
         self._snapshot, self._targets = snapshot, targets
         self._reentry.brokers = snapshot.brokers
         self._authorization = snapshot.ingress_authorization
+
+    def serves(self, route: tuple[str, str, str]) -> bool:
+        """Whether the current snapshot has the Broker or Channel of ``route`` (Ready)."""
+        return route in self._targets
 
     # -- programmatic entry (replies re-entering a broker: K104, K108) ------------------------
 
@@ -135,6 +146,7 @@ class Ingress:
         if target is None:
             await self._reject(send, 404, f"{kind} {route[1]}/{route[2]} not found")
             return
+        timed = (route, perf_counter())  # for the per-Broker/Channel count of the answer
 
         headers = scope["headers"]
         sub: str | None = None
@@ -165,28 +177,19 @@ class Ingress:
                 self._metrics.incomplete_requests += 1
                 return
         if body is None:
-            await self._reject(
-                send, 413, f"request body is larger than {self.max_request_bytes} bytes"
-            )
+            too_large = f"request body is larger than {self.max_request_bytes} bytes"
+            await self._reject(send, 413, too_large, timed=timed)
             return
         try:
             events = binding.parse_request(headers, body)
-            if kind == "broker":
-                arrival = now_rfc3339()
-                for event in events:
-                    attributes = event.attributes
-                    if BROKER_TTL in attributes:
-                        apply_broker_ttl(event, self.max_ttl)
-                    else:  # the usual case, without a call (K45)
-                        attributes[BROKER_TTL] = self.max_ttl
-                    attributes[ARRIVAL_TIME] = arrival
+            span_ends = self._stamp(route, headers, events)
         except BindingError as exc:
-            await self._reject(send, http_status(exc)[0], exc.message)
+            await self._reject(send, http_status(exc)[0], exc.message, timed=timed)
             return
         if sub is not None:
             refusal = self._authorization[route].refusal(sub, events)
             if refusal is not None:
-                await self._reject(send, 403, refusal)
+                await self._reject(send, 403, refusal, timed=timed)
                 return
 
         bus = self.buses[target.bus]
@@ -195,17 +198,61 @@ class Ingress:
             for event in events:
                 await bus.publish(topic, event, key=event.key)
         except PublishError as exc:
+            _end_all(span_ends)
             log.error(
                 "bus refused an event",
                 extra={"topic": topic, "error": exc.message},
                 exc_info=exc.__cause__ is not None,
             )
             status, _ = http_status(exc)  # 503 when the bus may take it later
-            await self._reject(send, status, f"event not accepted: {exc.message}")
+            await self._reject(send, status, f"event not accepted: {exc.message}", timed=timed)
             return
-        self._metrics.accepted += len(events)
+        _end_all(span_ends)
+        self._count_accepted(timed, events)
         await send(_ACCEPTED_START)
         await send(_EMPTY_BODY)
+
+    def _stamp(
+        self,
+        route: tuple[str, str, str],
+        headers: list[tuple[bytes, bytes]],
+        events: list[CloudEvent],
+    ) -> list[Callable[[], None]] | None:
+        """What the ingress adds: the request's trace context (:mod:`broker.core.tracing`) and,
+        for a Broker, ``knativearrivaltime`` and the loop guard's ttl (K44, K45). Raises
+        BindingError when the ttl ran out. With span export on, starts each event's ingress
+        span and returns the functions ending them."""
+        trace = tracing.from_headers(headers)
+        if trace is not None:
+            for event in events:
+                tracing.stamp(event, trace)
+        spans = self._spans
+        span_ends = None if spans is None else [spans.ingress(route, e) for e in events]
+        if route[0] == "broker":
+            arrival = now_rfc3339()
+            for event in events:
+                attributes = event.attributes
+                if BROKER_TTL in attributes:
+                    apply_broker_ttl(event, self.max_ttl)
+                else:  # the usual case, without a call (K45)
+                    attributes[BROKER_TTL] = self.max_ttl
+                attributes[ARRIVAL_TIME] = arrival
+        return span_ends
+
+    def _count_accepted(
+        self, timed: tuple[tuple[str, str, str], float], events: list[CloudEvent]
+    ) -> None:
+        route, started = timed
+        if self.feed.watched:  # nobody watching: this test is all it costs
+            self.feed.offer(route, events)
+        metrics = self._metrics
+        metrics.accepted += len(events)
+        if metrics.detail:
+            elapsed_ms = (perf_counter() - started) * 1000.0
+            observe, type_label = metrics.ingress_latency.observe, metrics.event_type
+            kind, namespace, name = route
+            for event in events:
+                observe((kind, namespace, name, type_label(event.type), "202"), elapsed_ms)
 
     async def _authenticate(
         self,
@@ -235,9 +282,29 @@ class Ingress:
             return None
         return str(claims["sub"])
 
-    async def _reject(self, send: Send, status: int, message: str) -> None:
+    async def _reject(
+        self,
+        send: Send,
+        status: int,
+        message: str,
+        *,
+        timed: tuple[tuple[str, str, str], float] | None = None,
+    ) -> None:
+        """Answer ``status``; counted per Broker/Channel (``timed``: its route and when the
+        request started) once the target is known, else only by status (an unknown name is
+        not a label: senders could make up any number of them)."""
         self._metrics.ingress_events[str(status)] += 1
+        if timed is not None and self._metrics.detail:
+            (kind, namespace, name), started = timed
+            self._metrics.ingress_latency.observe(
+                (kind, namespace, name, "", str(status)), (perf_counter() - started) * 1000.0
+            )
         await _error(send, status, message)
+
+
+def _end_all(span_ends: list[Callable[[], None]] | None) -> None:
+    for end in span_ends or ():
+        end()
 
 
 def _bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -26,6 +26,7 @@ from broker.core.events import ARRIVAL_TIME, BROKER_TTL, AttributeValue, CloudEv
 from broker.core.metrics import Metrics
 from broker.core.spec import BrokerSpec
 from broker.dataplane.bus import Bus
+from broker.dataplane.live_feed import LiveFeed
 from broker.dataplane.routes import Route
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,16 @@ def with_ttl(reply: CloudEvent, ttl: AttributeValue | None) -> CloudEvent:
 class BrokerReentry:
     """Publishes replies into the Brokers of the current snapshot, as their ingress would."""
 
-    def __init__(self, *, buses: Mapping[str, Bus], metrics: Metrics, max_ttl: int) -> None:
+    def __init__(
+        self,
+        *,
+        buses: Mapping[str, Bus],
+        metrics: Metrics,
+        max_ttl: int,
+        feed: LiveFeed | None = None,
+    ) -> None:
         self.buses = buses
+        self.feed = feed or LiveFeed()  # replies show in the Broker's live feed too
         self.brokers: Mapping[tuple[str, str], BrokerSpec] = {}  # set with every snapshot
         self.max_ttl = max_ttl
         self._metrics = metrics
@@ -113,6 +122,8 @@ class BrokerReentry:
             return False
         event.attributes[ARRIVAL_TIME] = now_rfc3339()
         await self.buses[broker.bus].publish(broker.topic, event, key=event.key)
+        if self.feed.watched:
+            self.feed.offer(("broker", namespace, name), (event,))
         return True
 
 

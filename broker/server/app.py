@@ -22,6 +22,7 @@ be served by any ASGI server or mounted in another application.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -39,6 +40,7 @@ from broker.controlplane.api.guard import HostGuard, ManagementGuard
 from broker.controlplane.api.openapi import install_openapi
 from broker.controlplane.api.resources import ResourceApi, install_resource_routes
 from broker.controlplane.api.status import answer_unexpected, install_error_handlers
+from broker.controlplane.api.tail import install_tail_routes
 from broker.controlplane.controller import Controller, consumer_group_of
 from broker.controlplane.delivery_tokens import DeliveryTokens, install_issuer_routes
 from broker.controlplane.eventing.types import bus_of_channel
@@ -57,11 +59,13 @@ from broker.dataplane.dispatch.client import DeliveryClient
 from broker.dataplane.dispatch.delivery import Deliverer
 from broker.dataplane.dispatch.dispatcher import Dispatcher
 from broker.dataplane.ingress import Ingress
+from broker.dataplane.live_feed import LiveFeed
 from broker.dataplane.routes import match_route
 from broker.features.components import Component, HttpHandler, RuntimeContext
 from broker.features.feature import Feature, build_catalog, build_components
 from broker.server.features import FEATURES
 from broker.server.listeners import Listeners
+from broker.server.otlp import OtlpSpans
 from broker.server.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
@@ -130,7 +134,9 @@ class Runtime:
         self.settings = settings
         self.catalog = build_catalog(features)
         self.access: Access = build_access(settings)
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            max_event_types=settings.metrics_max_event_types, detail=settings.metrics_detail
+        )
         self.store = Store(settings.database_url, plural_of=self.catalog.plural_of)
         self.default_bus = bus_of_channel(settings.default_channel)
         self.buses: dict[str, Bus] = {}
@@ -140,9 +146,16 @@ class Runtime:
         self.tokens: DeliveryTokens | None = None
         self.ingress_verifier: OidcVerifier | TrustedIssuers | None = None
         self._build_identity()
+        self.spans = (
+            OtlpSpans(settings.otlp_traces_endpoint) if settings.otlp_traces_endpoint else None
+        )
+        self.feed = LiveFeed()
+        self.metrics.add_source(self.feed.families)
         self.ingress = Ingress(
             buses=self.buses,
             metrics=self.metrics,
+            feed=self.feed,
+            spans=self.spans,
             max_request_bytes=settings.max_request_bytes,
             max_ttl=settings.max_ttl,
             verifier=self.ingress_verifier,
@@ -153,6 +166,7 @@ class Runtime:
             dead_letter_redelivery_delay=settings.dead_letter_redelivery_delay,
             tokens=self.tokens,
             error_data_max_bytes=settings.error_data_max_bytes,
+            spans=self.spans,
         )
         self._topic_bus: dict[str, str] = {}
         self.dispatcher = Dispatcher(
@@ -356,6 +370,8 @@ class Runtime:
             if self.keys is not None:
                 await self.keys.stop()
             await self.store.close()
+            if self.spans is not None:
+                await asyncio.to_thread(self.spans.shutdown)  # sends what is still batched
             log.info("cemesh stopped")
 
 
@@ -415,6 +431,13 @@ def create_app(
     if runtime.tokens is not None and runtime.keys is not None:
         install_issuer_routes(api, runtime.tokens, runtime.keys)
     install_openapi(api, runtime.catalog)
+    install_tail_routes(
+        api,
+        feed=runtime.feed,
+        catalog=runtime.catalog,
+        access=runtime.access,
+        serves=runtime.ingress.serves,
+    )
     if settings.control_plane != "kubernetes":  # else resources are the cluster's (kubectl)
         install_resource_routes(
             api,

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support.cemesh import RunningCemesh, running_cemesh
 
 FUNCTION = str(Path(__file__).parents[1] / "support" / "function_server.py")
@@ -231,3 +233,36 @@ async def test_no_request_is_lost_when_replicas_are_scaled_away(tmp_path: Path) 
         assert await asyncio.gather(*load) == [200] * MAX_SCALE
         await eventually(lambda: scene.invoker.backend.replica_count(scene.state.ref) == 1)
         assert len(scene.records()) == MAX_SCALE
+
+
+async def test_metrics_show_a_cold_start_its_duration_and_the_revisions_replicas(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 item 1: /metrics, parsed by prometheus_client's text parser, counts the request
+    that woke the Revision from zero, observes how long until a replica listened, and shows the
+    replicas desired and ready per Revision."""
+    async with running_cemesh(tmp_path, **SETTINGS) as mesh:
+        scene = await start(mesh, tmp_path / "calls.jsonl")
+        assert await scene.call() == 200
+
+        async def samples() -> dict[str, float]:
+            text = (await mesh.client.get("/metrics")).text
+            revision = {"namespace_name": "default", "revision_name": "fn-00001"}
+            return {
+                s.name: s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.labels.items() >= revision.items() and s.labels.get("le") in (None, "+Inf")
+            }
+
+        seen = await samples()
+        assert seen["cemesh_revision_cold_starts_total"] == 1
+        assert seen["cemesh_revision_cold_start_seconds_count"] == 1
+        assert 0 < seen["cemesh_revision_cold_start_seconds_sum"] < 60
+        assert seen["cemesh_revision_cold_start_seconds_bucket"] == 1
+        assert seen["cemesh_revision_desired_replicas"] >= 1
+        assert seen["cemesh_revision_ready_replicas"] >= 1
+        assert seen["cemesh_revision_requests_in_flight"] == 0
+        # A second request finds the replica up: no second cold start.
+        assert await scene.call() == 200
+        assert (await samples())["cemesh_revision_cold_starts_total"] == 1

@@ -1,7 +1,8 @@
 """The bus layer: the adapter contract, the registry of adapters, and the adapters' toolkit.
 
 - :mod:`~broker.dataplane.bus.contract`: THE contract every adapter implements (:class:`Bus`,
-  :class:`Message`, :class:`Nack`, :class:`Capability`, :func:`run_handler`); read it first.
+  :class:`Message`, :class:`Nack`, :class:`Capability`, :func:`run_handler`, the optional
+  :class:`ReportsBacklog`); read it first.
 - :mod:`~broker.dataplane.bus.registry`: finds an adapter by name and builds it
   (:func:`create_bus`).
 - :mod:`~broker.dataplane.bus.options`: parses an adapter's option mapping with its typed model.
@@ -19,6 +20,7 @@ from broker.dataplane.bus.contract import (
     Handler,
     Message,
     Nack,
+    ReportsBacklog,
     Subscription,
     run_handler,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "Handler",
     "Message",
     "Nack",
+    "ReportsBacklog",
     "Subscription",
     "UnknownBus",
     "bus_factory",

@@ -151,4 +151,13 @@ class Bus(Protocol):
         ...
 
 
+@runtime_checkable
+class ReportsBacklog(Protocol):
+    """Optional: a bus that can tell, without a round trip, how many events a group holds."""
+
+    def backlog(self, topic: str, group: str) -> int | None:
+        """Events of ``group`` not yet acked (queued or in a handler); None: unknown group."""
+        ...
+
+
 BusFactory = Callable[[Mapping[str, Any]], Bus]

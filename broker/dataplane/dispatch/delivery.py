@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from broker.core import binding
+from broker.core import binding, tracing
 from broker.core.errors import BindingError, CemeshError, DeliveryError
 from broker.core.events import ERROR_CODE, ERROR_DATA, ERROR_DEST, AttributeValue, CloudEvent
 from broker.core.spec import DeliveryPolicy
@@ -105,6 +105,15 @@ class Outcome(enum.Enum):
     DELIVERED = "delivered"
     DEAD_LETTERED = "dead_lettered"
     DROPPED = "dropped"  # failed, and there was no dead-letter sink to take it (K125)
+
+
+@dataclass(slots=True)
+class DeliveryRecord:
+    """What one delivery did, for metrics: the subscriber's last HTTP status (None: no
+    response) and the retries it took. Filled in by :meth:`Deliverer.deliver` when handed one."""
+
+    status: int | None = None
+    retries: int = 0
 
 
 class ReplyError(DeliveryError):
@@ -204,8 +213,10 @@ class Deliverer:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         tokens: TokenSource | None = None,
         error_data_max_bytes: int = ERROR_DATA_MAX_BYTES,
+        spans: tracing.Spans | None = None,
     ) -> None:
         self._client = client
+        self._spans = spans  # span export (OTLP) when configured
         self._tokens = tokens
         self._error_data_max_bytes = error_data_max_bytes
         self._max_inflight = max_inflight_per_subscriber
@@ -221,6 +232,7 @@ class Deliverer:
         *,
         hand_back: asyncio.Event | None = None,
         reply_ttl: AttributeValue | None = None,
+        record: DeliveryRecord | None = None,
     ) -> Outcome:
         """Deliver ``event`` to ``target``; dead-letter or drop it when every attempt failed.
 
@@ -229,7 +241,8 @@ class Deliverer:
 
         Raises :class:`~broker.dataplane.bus.Nack` when the dead-letter sink failed as well, so that
         the bus keeps the event and offers it again later; and, once ``hand_back`` is set, instead
-        of waiting out a backoff (see the module docstring).
+        of waiting out a backoff (see the module docstring). ``record``, when given, is told the
+        subscriber's last status and the number of retries.
         """
         policy = target.policy
         headers, body = _encode(event, policy)
@@ -237,7 +250,7 @@ class Deliverer:
         headers.extend(target.headers)
 
         async def settle(response: Response) -> _Failure | None:
-            return await self._settle_reply(response, target, reply_ttl)
+            return await self._settle_reply(response, target, reply_ttl, event)
 
         attempt_log = _AttemptLog(event.id, target.log_fields, hand_back)
         failure = await self._send(
@@ -248,13 +261,19 @@ class Deliverer:
             settle,
             _Peer(target.audience, target.ca_certs, target.identity),
             attempt_log,
+            record,
+            traced=event,
         )
         if failure is None:
             return Outcome.DELIVERED
         return await self._dead_letter(event, target, failure, attempt_log)
 
     async def _settle_reply(
-        self, response: Response, target: Target, reply_ttl: AttributeValue | None
+        self,
+        response: Response,
+        target: Target,
+        reply_ttl: AttributeValue | None,
+        answered: CloudEvent,
     ) -> _Failure | None:
         """A 2xx arrived: find the reply in it and pass it on (K17-K19, K100-K110)."""
         if response.status == 202:
@@ -273,6 +292,9 @@ class Deliverer:
             return None
         if target.on_reply is None:
             return None  # nowhere to send it (K109)
+        tracing.inherit(reply, answered)  # the reply stays in the trace of what it answers
+        if self._spans is not None:
+            self._spans.reply(reply, answered)
         try:
             await target.on_reply(reply, reply_ttl)
         except ReplyError as exc:
@@ -346,14 +368,23 @@ class Deliverer:
         settle: _Settle,
         peer: _Peer,
         attempt_log: _AttemptLog,
+        record: DeliveryRecord | None = None,
+        traced: CloudEvent | None = None,
     ) -> _Failure | None:
         """Up to ``policy.retry + 1`` attempts (K113); the last failure, or None on success.
 
-        Raises Nack instead of waiting for a retry once ``attempt_log.hand_back`` is set.
+        Raises Nack instead of waiting for a retry once ``attempt_log.hand_back`` is set. With
+        span export on, each attempt of ``traced`` (the subscriber's event) is a span whose
+        context the attempt's W3C headers carry.
         """
         retry_number = 0
         while True:
-            failure = await self._attempt(url, headers, body, policy, settle, peer)
+            if self._spans is not None and traced is not None:
+                failure = await self._traced_attempt(
+                    traced, retry_number + 1, url, headers, body, policy, settle, peer, record
+                )
+            else:
+                failure = await self._attempt(url, headers, body, policy, settle, peer, record)
             if failure is None:
                 return None
             last = not failure.retryable or retry_number >= policy.retry
@@ -366,8 +397,39 @@ class Deliverer:
             if wait is None:
                 return failure
             retry_number += 1
+            if record is not None:
+                record.retries = retry_number
             # Sleeping outside the in-flight gate: a backing-off event holds no slot.
             await self._wait(wait, attempt_log)
+
+    async def _traced_attempt(
+        self,
+        event: CloudEvent,
+        attempt: int,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        policy: DeliveryPolicy,
+        settle: _Settle,
+        peer: _Peer,
+        record: DeliveryRecord | None,
+    ) -> _Failure | None:
+        """One attempt inside its span; the W3C headers name the span as the parent."""
+        assert self._spans is not None
+        (parent, state), end = self._spans.attempt(event, url, attempt)
+        traced = [h for h in headers if h[0] not in (tracing.TRACEPARENT, tracing.TRACESTATE)]
+        traced.append((tracing.TRACEPARENT, parent))
+        if state:
+            traced.append((tracing.TRACESTATE, state))
+        status: int | None = None
+        try:
+            failure = await self._attempt(url, traced, body, policy, settle, peer, record)
+            status = None if failure is None else failure.status
+            if failure is None:
+                status = record.status if record is not None else 200
+            return failure
+        finally:
+            end(status)
 
     async def _wait(self, seconds: float, attempt_log: _AttemptLog) -> None:
         """Wait ``seconds`` before a retry, or raise Nack once ``hand_back`` is set."""
@@ -404,6 +466,7 @@ class Deliverer:
         policy: DeliveryPolicy,
         settle: _Settle,
         peer: _Peer,
+        record: DeliveryRecord | None = None,
     ) -> _Failure | None:
         if peer.audience is not None and self._tokens is not None:
             try:
@@ -417,7 +480,11 @@ class Deliverer:
                     url, headers, body, timeout=policy.timeout, ca_certs=peer.ca_certs
                 )
             except DeliveryError as exc:
+                if record is not None:
+                    record.status = None
                 return _Failure(url, None, b"", exc.retryable, exc.message)
+        if record is not None:
+            record.status = response.status
         if not is_success(response.status):
             return _Failure(
                 url,
@@ -504,7 +571,8 @@ def _encode(event: CloudEvent, policy: DeliveryPolicy) -> tuple[list[tuple[str, 
         headers, body = binding.to_structured(event)
     else:
         headers, body = binding.to_binary(event)  # binary is the default (K93)
-    return list(headers), body
+    # Every request cemesh sends carries the event's trace context as W3C headers too.
+    return [*headers, *tracing.http_headers(event)], body
 
 
 def _retry_after(response: Response) -> float | None:

@@ -35,20 +35,31 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from time import perf_counter
 from urllib.parse import urlsplit
 
+from prometheus_client.metrics_core import GaugeMetricFamily
+
 from broker.core.events import BROKER_TTL, DEFAULT_MAX_TTL
-from broker.core.metrics import Metrics
+from broker.core.metrics import NO_RESPONSE, Metrics
 from broker.core.spec import Snapshot, SubscriptionSpec, TriggerSpec
-from broker.dataplane.bus import Bus, Capability, Message, Nack, Subscription
-from broker.dataplane.dispatch.delivery import Deliverer, Target, TokenSource, reply_poster
+from broker.dataplane.bus import Bus, Capability, Message, Nack, ReportsBacklog, Subscription
+from broker.dataplane.dispatch.delivery import (
+    Deliverer,
+    DeliveryRecord,
+    Target,
+    TokenSource,
+    reply_poster,
+)
 from broker.dataplane.dispatch.http import HttpClient
 from broker.dataplane.reply import ReplyToBroker, subscription_reply, trigger_reply
 from broker.dataplane.routes import Route, match_route
 
 log = logging.getLogger(__name__)
+
+BACKLOG_METRIC = "cemesh_bus_group_backlog"
 
 
 @dataclass(slots=True)
@@ -62,11 +73,25 @@ class _Consumer:
     # Its subscriber is none of cemesh's Brokers/Channels: it never sees knativebrokerttl (K96).
     strip_ttl: bool = True
     in_flight: int = 0  # deliveries of this consumer under way now
+    _labels: tuple[str, str, str, str] = ("", "", "", "")
+    _labels_of: object = None  # the spec _labels were made from
 
     @property
     def name(self) -> str:
         kind = "trigger" if isinstance(self.spec, TriggerSpec) else "subscription"
         return f"{kind} {self.spec.namespace}/{self.spec.name}"
+
+    @property
+    def labels(self) -> tuple[str, str, str, str]:
+        """Its metric labels: (kind, namespace, Broker or Channel, name); made once per spec."""
+        spec = self.spec
+        if self._labels_of is not spec:
+            if isinstance(spec, TriggerSpec):
+                self._labels = ("trigger", spec.namespace, spec.broker, spec.name)
+            else:
+                self._labels = ("subscription", spec.namespace, spec.channel, spec.name)
+            self._labels_of = spec
+        return self._labels
 
 
 class Dispatcher:
@@ -101,6 +126,7 @@ class Dispatcher:
         self._idle.set()
         self._deliveries = metrics.deliveries
         self._metrics = metrics
+        metrics.add_source(self.backlog_families)
         self._max_ttl = max_ttl
         # Ingress routes of the Brokers and Channels cemesh serves now (see _route).
         self._routes: frozenset[Route] = frozenset()
@@ -224,24 +250,73 @@ class Dispatcher:
             event = message.event
             if isinstance(spec, TriggerSpec) and not spec.filter(event):
                 self._deliveries["filtered"] += 1
+                if self._metrics.detail:
+                    self._metrics.outcomes[(*consumer.labels, "filtered")] += 1
                 return
             ttl = event.attributes.get(BROKER_TTL)
             if ttl is not None and consumer.strip_ttl:
                 event = event.evolve(remove=(BROKER_TTL,))  # K96
             # else into one of our Brokers/Channels (a Sequence, say): the ttl goes along,
             # so that a loop back into this Broker through it still runs out.
-            outcome = await self._deliverer.deliver(
-                event,
-                consumer.target,
-                hand_back=self._hand_back if consumer.durable else None,
-                reply_ttl=ttl,
-            )
-            self._deliveries[outcome.value] += 1
+            record = DeliveryRecord()
+            started = perf_counter()
+            try:
+                outcome = await self._deliverer.deliver(
+                    event,
+                    consumer.target,
+                    hand_back=self._hand_back if consumer.durable else None,
+                    reply_ttl=ttl,
+                    record=record,
+                )
+            finally:
+                if record.retries:
+                    self._metrics.retries[consumer.labels] += record.retries
+            self._count(consumer, event.type, outcome.value, record, perf_counter() - started)
         finally:
             self._inflight -= 1
             consumer.in_flight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    def _count(
+        self,
+        consumer: _Consumer,
+        event_type: str,
+        outcome: str,
+        record: DeliveryRecord,
+        took: float,
+    ) -> None:
+        """Record one settled delivery: its outcome and its latency by the subscriber's code."""
+        metrics = self._metrics
+        self._deliveries[outcome] += 1
+        if not metrics.detail:
+            return
+        labels = consumer.labels
+        metrics.outcomes[(*labels, outcome)] += 1
+        code = NO_RESPONSE if record.status is None else str(record.status)
+        metrics.dispatch_latency.observe(
+            (*labels, metrics.event_type(event_type), code), took * 1000.0
+        )
+
+    def backlog_families(self) -> Iterator[GaugeMetricFamily]:
+        """``cemesh_bus_group_backlog`` per Trigger/Subscription whose bus can tell cheaply
+        (:class:`~broker.dataplane.bus.ReportsBacklog`: the in-memory bus; the durable buses
+        would need a round trip per group per scrape, so they are left out)."""
+        family = GaugeMetricFamily(
+            BACKLOG_METRIC,
+            "Events a Trigger's or Subscription's consumer group holds on its bus, not yet "
+            "acked (queued or being delivered).",
+            labels=["resource_kind", "namespace_name", "parent_name", "resource_name", "bus"],
+        )
+        for consumer in list(self._consumers.values()):
+            spec = consumer.spec
+            bus_name = self._bus_of_topic(spec.topic)
+            bus = self._buses.get(bus_name)
+            if isinstance(bus, ReportsBacklog):
+                held = bus.backlog(spec.topic, spec.group)
+                if held is not None:
+                    family.add_metric([*consumer.labels, bus_name], held)
+        yield family
 
     def _route(self, uri: str) -> Route | None:
         """``("broker"|"channel", namespace, name)`` when ``uri`` is the ingress of a Broker or

@@ -62,6 +62,7 @@ from broker.features.serving.autoscaler import (
     initial_replicas,
 )
 from broker.features.serving.backend import Backend, RevisionRef
+from broker.features.serving.invoker_metrics import InvokerMetrics
 from broker.features.serving.process import NotRunnable, ProcessBackend
 from broker.features.serving.revision_state import RevisionState, write_statuses
 from broker.features.serving.service_http import (
@@ -133,6 +134,8 @@ class Invoker:
         self._hold = context.settings.invoker_hold_timeout
         self._http: httpx.AsyncClient | None = None  # methods other than POST (HTTP route)
         self._routes_why: dict[tuple[str, str], str] = {}
+        self.metrics = InvokerMetrics(self._revisions.values, self.backend)
+        context.metrics.add_source(self.metrics.families)
 
     # --- Component --------------------------------------------------------------------------
 
@@ -226,6 +229,7 @@ class Invoker:
 
     async def _forget(self, state: RevisionState) -> None:
         state.activator.close()
+        self.metrics.forget(state)
         try:
             await self.backend.forget(state.ref)
         except CemeshError as exc:
@@ -268,6 +272,7 @@ class Invoker:
         if state.waking or state.desired > 0 or state.activator.closed:
             return
         state.waking = True
+        self.metrics.cold_start_began(state, self.clock())
         self._spawn(self._activate(state))
 
     async def _activate(self, state: RevisionState) -> None:
@@ -283,6 +288,7 @@ class Invoker:
         finally:
             state.waking = False
         if not self._notifies and await self.backend.wait_ready(state.ref, self._hold):
+            self.metrics.replica_listening(state, self.clock())
             state.activator.replicas_changed()
         await self._write_statuses(resync=False)
 
@@ -300,6 +306,7 @@ class Invoker:
 
     def _listening(self, state: RevisionState) -> None:
         """A replica of ``state`` listens: the Revision can serve; say so without waiting."""
+        self.metrics.replica_listening(state, self.clock())
         state.waiting_since = None
         state.exits = 0
         changed = not state.ready_once or state.failure is not None
