@@ -354,3 +354,42 @@ async def test_a_kubernetes_control_plane_without_a_usable_kubeconfig_says_which
             settings, apply_snapshot=nothing, open_buses=nothing, retire_groups=None,
             default_delivery=DeliveryPolicy(), catalog=CATALOG,
         )  # fmt: skip
+
+
+async def test_deleting_a_broker_retires_its_triggers_groups_then_releases_it(
+    crd_server: KubeApiServer, tmp_path: Path
+) -> None:
+    """The Broker's finalizer goes only after its Triggers' consumer groups are gone from the
+    bus; its Triggers stay, not Ready (BrokerReady False, BrokerDoesNotExist) rather than with
+    their last status, and keep cemesh's finalizer so that deleting them is clean too. (The bus
+    contract deletes groups only: the Broker's topic stays, bounded by the bus's retention.)"""
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    cluster = Cluster(crd_server, namespace)
+    async with RecordingSubscriber() as subscriber:
+        cluster.apply(broker("default", "cemesh"), trigger("a", "default", {"uri": subscriber.url}),
+                      trigger("b", "default", {"uri": subscriber.url}))  # fmt: skip
+        async with running_cemesh(
+            tmp_path, control_plane="kubernetes", kubeconfig=str(crd_server.kubeconfig),
+            kube_namespaces=[namespace], kube_lease_namespace=namespace,
+        ) as cemesh:  # fmt: skip
+            for what in ("broker/default", "trigger/a", "trigger/b"):
+                await asyncio.to_thread(cluster.wait, what)
+            uids = [cluster.get("triggers", name)["metadata"]["uid"] for name in ("a", "b")]
+            bus = cemesh.runtime.buses[bus_of_channel(cemesh.runtime.settings.default_channel)]
+            topic = broker_topic(namespace, "default")
+            for uid in uids:  # white-box: the memory bus's groups
+                assert trigger_group(uid) in bus._topics.get(topic, {})
+
+            crd_server.kubectl("delete", "broker", "default", "-n", namespace, "--wait=false")
+            await asyncio.to_thread(cluster.wait, "broker/default", "delete")
+            for uid in uids:
+                assert trigger_group(uid) not in bus._topics.get(topic, {})
+            for name in ("a", "b"):
+                await eventually(lambda n=name: conditions(cluster.get("triggers", n))
+                                 .get("BrokerReady", {}).get("status") == "False")  # fmt: skip
+                left = cluster.get("triggers", name)
+                assert conditions(left)["BrokerReady"]["reason"] == "BrokerDoesNotExist"
+                assert conditions(left)["Ready"]["status"] == "False"
+                assert FINALIZER in left["metadata"]["finalizers"]
+            crd_server.kubectl("delete", "trigger", "a", "-n", namespace, "--wait=false")
+            await asyncio.to_thread(cluster.wait, "trigger/a", "delete")
