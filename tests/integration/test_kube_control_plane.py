@@ -16,6 +16,8 @@ and, in the ``shared_conformance`` pass, with Knative's own CRDs from
   Ready when the Service gets one (watched, not polled); one to a core Service, which this
   API server cannot list, is not Ready (``DestinationNotReadable``) and holds nothing else up;
 - deleting a Trigger retires its consumer group on the bus, then removes the finalizer;
+- deleting a Broker retires its Triggers' groups, then removes its finalizer (kept while the bus
+  refuses: Redis down); its Triggers stay, BrokerReady False (``BrokerDoesNotExist``);
 - switching the Broker's class away releases it (finalizers removed, nothing served).
 
 Core kinds (ConfigMaps, core Services) are not served by this API server; their paths are
@@ -393,3 +395,40 @@ async def test_deleting_a_broker_retires_its_triggers_groups_then_releases_it(
                 assert FINALIZER in left["metadata"]["finalizers"]
             crd_server.kubectl("delete", "trigger", "a", "-n", namespace, "--wait=false")
             await asyncio.to_thread(cluster.wait, "trigger/a", "delete")
+
+
+async def test_a_deleted_broker_keeps_its_finalizer_while_the_bus_refuses_to_drop_its_groups(
+    crd_server: KubeApiServer,
+    restartable_redis_server: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis is down when the Broker is deleted: its Triggers' groups cannot be deleted, so the
+    Broker stays (finalizer kept, retried every pass); once Redis is back, the groups go and
+    then the Broker does."""
+    redis = restartable_redis_server
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    cluster = Cluster(crd_server, namespace)
+    async with RecordingSubscriber() as subscriber:
+        cluster.apply(broker("default", "cemesh"), trigger("a", "default", {"uri": subscriber.url}))
+        async with running_cemesh(
+            tmp_path, control_plane="kubernetes", kubeconfig=str(crd_server.kubeconfig),
+            kube_namespaces=[namespace], kube_lease_namespace=namespace, resync_interval=0.5,
+            default_channel="RedisStreamChannel", redis_url=redis.url,
+        ) as cemesh:  # fmt: skip
+            await asyncio.to_thread(cluster.wait, "trigger/a")
+            plane = cemesh.runtime.kube_plane
+            await asyncio.to_thread(redis.stop)
+            crd_server.kubectl("delete", "broker", "default", "-n", namespace, "--wait=false")
+            await eventually(lambda: bool(cluster.get("brokers", "default")["metadata"]
+                                          .get("deletionTimestamp")))  # fmt: skip
+            passes = 0
+            async with asyncio.timeout(60):  # several passes fail to retire the group
+                while passes < 3:
+                    await plane.sync()
+                    passes += 1
+            assert FINALIZER in cluster.get("brokers", "default")["metadata"]["finalizers"]
+            assert "consumer group not retired" in caplog.text
+            await asyncio.to_thread(redis.start)
+            await asyncio.to_thread(cluster.wait, "broker/default", "delete")
+            assert FINALIZER in cluster.get("triggers", "a")["metadata"]["finalizers"]
