@@ -25,7 +25,8 @@ tested against recorded responses in tests/unit/test_kube_control.py. Here, a Tr
 a core Service and a Broker naming a ConfigMap are not Ready and say why.
 
 The API server keeps an audit log: what cemesh requested must be granted by
-deploy/kubernetes's roles, and those roles must grant nothing else.
+deploy/kubernetes's roles, and those roles must grant nothing else. Ready transitions are
+posted as core Events (refused here, 404; their shape: tests/integration/test_kube_events.py).
 """
 
 from __future__ import annotations
@@ -294,6 +295,8 @@ async def test_a_cemesh_class_broker_on_kubernetes_serves_its_triggers_and_leave
     used = requests_by_cemesh(crd_server.base_dir / "audit.log")
     granted = granted_by_deploy()
     assert used <= granted, used - granted
+    # Ready transitions are recorded as Events (this server answers 404: no core kinds).
+    assert ("", "events", "create") in used
     # Not seen here: Knative's aggregated roles (not ours to trim), watches of the core kinds
     # this API server cannot list, and Lease renewal (this run may end before the first).
     unused = granted - used - ADDRESSABLES

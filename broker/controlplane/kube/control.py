@@ -18,8 +18,10 @@ With ``CEMESH_CONTROL_PLANE=kubernetes`` this replaces the SQL-store controller'
    the statuses that changed (status subresource, merge patch, guarded by resourceVersion), adds
    the finalizer to what is cemesh's, and, for what is released, retires the Triggers'
    consumer groups (the snapshot applied no longer consumes them) and removes the finalizer.
-   A Broker being deleted takes its Triggers' groups with it before its finalizer goes; the
-   Triggers stay, BrokerReady False (``BrokerDoesNotExist``), and keep the finalizer.
+   A status write that changes Ready is also recorded as a Kubernetes Event
+   (:mod:`broker.controlplane.kube.events`). A Broker being deleted takes its Triggers' groups
+   with it before its finalizer goes; the Triggers stay, BrokerReady False
+   (``BrokerDoesNotExist``), and keep the finalizer.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.controlplane.catalog import Catalog
 from broker.controlplane.kube.client import KubeConnection
+from broker.controlplane.kube.events import ready_event, ready_transition
 from broker.controlplane.kube.lease import LeaderElector
 from broker.controlplane.kube.resolution import (
     CLUSTER_DOMAIN,
@@ -444,12 +448,26 @@ class KubeControlPlane:
                     if not _finalized(obj):
                         obj = await self.store.add_finalizer(kind, namespace, name, FINALIZER)
                     status = statuses.get(str(_meta(obj).get("uid")))
-                    if status is not None and status != obj.get("status"):
-                        await self.store.update_status(kind, obj, status)
+                    if status is None or status == obj.get("status"):
+                        continue
+                    if await self.store.update_status(kind, obj, status) is not None:
+                        await self._record_event(obj, status)
                 except CemeshError as exc:  # deleted meanwhile, or the API failed: next pass
                     log.info("status not written",
                              extra={"kind": kind.kind, "name": f"{namespace}/{name}",
                                     "why": exc.message})  # fmt: skip
+
+    async def _record_event(self, obj: Obj, status: Mapping[str, Any]) -> None:
+        """A Kubernetes Event when the status just written changed Ready (best effort)."""
+        transition = ready_transition(obj.get("status"), status)
+        if transition is None:
+            return
+        instance = self.elector.identity if self.elector is not None else DEFAULT_BROKER_CLASS
+        event = ready_event(obj, transition, instance=instance, now=datetime.now(UTC))
+        try:
+            await self.store.create_event(event)
+        except CemeshError as exc:  # e.g. Events not served or not allowed: statuses still tell
+            log.info("event not recorded", extra={"reason": event["reason"], "why": exc.message})
 
     async def _release(self, chosen: Selection) -> None:
         """Retire the groups of released Triggers and of those orphaned by a Broker being
