@@ -16,6 +16,8 @@ and, in the ``shared_conformance`` pass, with Knative's own CRDs from
   Ready when the Service gets one (watched, not polled); one to a core Service, which this
   API server cannot list, is not Ready (``DestinationNotReadable``) and holds nothing else up;
 - deleting a Trigger retires its consumer group on the bus, then removes the finalizer;
+- deleting a Broker retires its Triggers' groups, then removes its finalizer (kept while the bus
+  refuses: Redis down); its Triggers stay, BrokerReady False (``BrokerDoesNotExist``);
 - switching the Broker's class away releases it (finalizers removed, nothing served).
 
 Core kinds (ConfigMaps, core Services) are not served by this API server; their paths are
@@ -23,7 +25,8 @@ tested against recorded responses in tests/unit/test_kube_control.py. Here, a Tr
 a core Service and a Broker naming a ConfigMap are not Ready and say why.
 
 The API server keeps an audit log: what cemesh requested must be granted by
-deploy/kubernetes's roles, and those roles must grant nothing else.
+deploy/kubernetes's roles, and those roles must grant nothing else. Ready transitions are
+posted as core Events (refused here, 404; their shape: tests/integration/test_kube_events.py).
 """
 
 from __future__ import annotations
@@ -292,6 +295,8 @@ async def test_a_cemesh_class_broker_on_kubernetes_serves_its_triggers_and_leave
     used = requests_by_cemesh(crd_server.base_dir / "audit.log")
     granted = granted_by_deploy()
     assert used <= granted, used - granted
+    # Ready transitions are recorded as Events (this server answers 404: no core kinds).
+    assert ("", "events", "create") in used
     # Not seen here: Knative's aggregated roles (not ours to trim), watches of the core kinds
     # this API server cannot list, and Lease renewal (this run may end before the first).
     unused = granted - used - ADDRESSABLES
@@ -354,3 +359,79 @@ async def test_a_kubernetes_control_plane_without_a_usable_kubeconfig_says_which
             settings, apply_snapshot=nothing, open_buses=nothing, retire_groups=None,
             default_delivery=DeliveryPolicy(), catalog=CATALOG,
         )  # fmt: skip
+
+
+async def test_deleting_a_broker_retires_its_triggers_groups_then_releases_it(
+    crd_server: KubeApiServer, tmp_path: Path
+) -> None:
+    """The Broker's finalizer goes only after its Triggers' consumer groups are gone from the
+    bus; its Triggers stay, not Ready (BrokerReady False, BrokerDoesNotExist) rather than with
+    their last status, and keep cemesh's finalizer so that deleting them is clean too. (The bus
+    contract deletes groups only: the Broker's topic stays, bounded by the bus's retention.)"""
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    cluster = Cluster(crd_server, namespace)
+    async with RecordingSubscriber() as subscriber:
+        cluster.apply(broker("default", "cemesh"), trigger("a", "default", {"uri": subscriber.url}),
+                      trigger("b", "default", {"uri": subscriber.url}))  # fmt: skip
+        async with running_cemesh(
+            tmp_path, control_plane="kubernetes", kubeconfig=str(crd_server.kubeconfig),
+            kube_namespaces=[namespace], kube_lease_namespace=namespace,
+        ) as cemesh:  # fmt: skip
+            for what in ("broker/default", "trigger/a", "trigger/b"):
+                await asyncio.to_thread(cluster.wait, what)
+            uids = [cluster.get("triggers", name)["metadata"]["uid"] for name in ("a", "b")]
+            bus = cemesh.runtime.buses[bus_of_channel(cemesh.runtime.settings.default_channel)]
+            topic = broker_topic(namespace, "default")
+            for uid in uids:  # white-box: the memory bus's groups
+                assert trigger_group(uid) in bus._topics.get(topic, {})
+
+            crd_server.kubectl("delete", "broker", "default", "-n", namespace, "--wait=false")
+            await asyncio.to_thread(cluster.wait, "broker/default", "delete")
+            for uid in uids:
+                assert trigger_group(uid) not in bus._topics.get(topic, {})
+            for name in ("a", "b"):
+                await eventually(lambda n=name: conditions(cluster.get("triggers", n))
+                                 .get("BrokerReady", {}).get("status") == "False")  # fmt: skip
+                left = cluster.get("triggers", name)
+                assert conditions(left)["BrokerReady"]["reason"] == "BrokerDoesNotExist"
+                assert conditions(left)["Ready"]["status"] == "False"
+                assert FINALIZER in left["metadata"]["finalizers"]
+            crd_server.kubectl("delete", "trigger", "a", "-n", namespace, "--wait=false")
+            await asyncio.to_thread(cluster.wait, "trigger/a", "delete")
+
+
+async def test_a_deleted_broker_keeps_its_finalizer_while_the_bus_refuses_to_drop_its_groups(
+    crd_server: KubeApiServer,
+    restartable_redis_server: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis is down when the Broker is deleted: its Triggers' groups cannot be deleted, so the
+    Broker stays (finalizer kept, retried every pass); once Redis is back, the groups go and
+    then the Broker does."""
+    redis = restartable_redis_server
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    cluster = Cluster(crd_server, namespace)
+    async with RecordingSubscriber() as subscriber:
+        cluster.apply(broker("default", "cemesh"), trigger("a", "default", {"uri": subscriber.url}))
+        async with running_cemesh(
+            tmp_path, control_plane="kubernetes", kubeconfig=str(crd_server.kubeconfig),
+            kube_namespaces=[namespace], kube_lease_namespace=namespace, resync_interval=0.5,
+            default_channel="RedisStreamChannel", redis_url=redis.url,
+        ) as cemesh:  # fmt: skip
+            await asyncio.to_thread(cluster.wait, "trigger/a")
+            plane = cemesh.runtime.kube_plane
+            await asyncio.to_thread(redis.stop)
+            crd_server.kubectl("delete", "broker", "default", "-n", namespace, "--wait=false")
+            await eventually(lambda: bool(cluster.get("brokers", "default")["metadata"]
+                                          .get("deletionTimestamp")))  # fmt: skip
+            passes = 0
+            async with asyncio.timeout(60):  # several passes fail to retire the group
+                while passes < 3:
+                    await plane.sync()
+                    passes += 1
+            assert FINALIZER in cluster.get("brokers", "default")["metadata"]["finalizers"]
+            assert "consumer group not retired" in caplog.text
+            await asyncio.to_thread(redis.start)
+            await asyncio.to_thread(cluster.wait, "broker/default", "delete")
+            assert FINALIZER in cluster.get("triggers", "a")["metadata"]["finalizers"]

@@ -12,8 +12,8 @@ Lease shim); each serves the data plane, and the Lease decides which writes. Che
 
 - on a durable bus (Redis streams) shared by both, events sent to either replica are each
   delivered once (competing consumers of the Trigger's group), and after one replica shuts down
-  the other carries on with nothing lost. (In-process replicas stop gracefully; a SIGKILLed
-  one's unacknowledged deliveries are the bus's redelivery business, tested with the buses.)
+  the other carries on with nothing lost. (In-process replicas stop gracefully; two cemesh
+  processes, the leader SIGKILLed: tests/durability/test_kube_replicas_sigkill.py.)
 """
 
 from __future__ import annotations

@@ -114,6 +114,7 @@ def test_the_cluster_role_grants_exactly_what_the_control_plane_needs(
         (eventing, "brokers/status", "patch"),
         (eventing, "triggers/status", "patch"),
         *(("", r, v) for r in ("configmaps", "services") for v in ("list", "watch")),
+        ("", "events", "create"),  # Ready transitions (broker/controlplane/kube/events.py)
     }  # fmt: skip
     assert grants(role) == expected
     assert all("*" not in rule["verbs"] and "*" not in rule["resources"] for rule in role["rules"])

@@ -168,7 +168,7 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-@dataclass
+@dataclass(eq=False)  # kept in a set: hashed by identity
 class _Watch:
     namespace: str
     name: str | None

@@ -114,18 +114,24 @@ def test_a_deleted_trigger_is_released_and_one_whose_broker_is_gone_stays_cemesh
     assert names(chosen.triggers) == ["orphan"]  # BrokerReady False, its deletion still cleans
 
 
-def test_the_triggers_of_a_broker_being_deleted_are_released() -> None:
+def test_the_triggers_of_a_broker_being_deleted_stay_cemeshs_and_are_orphaned() -> None:
+    """Their groups go with the Broker; they stay (BrokerReady False) with the finalizer, and a
+    Trigger of it being deleted itself is released as usual."""
     deleting: dict[str, Any] = {
         "finalizers": [FINALIZER],
         "deletionTimestamp": "2026-12-01T00:00:00Z",
     }
     chosen = select(
         [broker("ours", **deleting)],
-        [trigger("t", "ours", {}, finalizers=[FINALIZER])],
+        [
+            trigger("t", "ours", {}, finalizers=[FINALIZER]),
+            trigger("going", "ours", {}, **deleting),
+        ],
         "cemesh",
     )
     assert names(chosen.released_brokers) == ["ours"]
-    assert names(chosen.released_triggers) == ["t"]
+    assert names(chosen.triggers) == names(chosen.orphaned_triggers) == ["t"]
+    assert names(chosen.released_triggers) == ["going"]
 
 
 # -- resolution -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Modules: :mod:`~broker.controlplane.kube.client` (client configuration, raw JSON
 :mod:`~broker.controlplane.kube.store` (the Kubernetes-backed store: list/watch, get, status writes,
 finalizers, Leases), :mod:`~broker.controlplane.kube.lease` (leader election),
 :mod:`~broker.controlplane.kube.resolution` (destinations resolved as Knative's resolver does),
-:mod:`~broker.controlplane.kube.status` (Knative's status shape) and
+:mod:`~broker.controlplane.kube.status` (Knative's status shape),
+:mod:`~broker.controlplane.kube.events` (Kubernetes Events for Ready transitions) and
 :mod:`~broker.controlplane.kube.control` (the control loop that ties them together).
 """

@@ -89,6 +89,12 @@ class KubeConnection:
         self._api = client.ApiClient(configuration)
         self._api.user_agent = USER_AGENT  # so that audit logs tell cemesh's requests apart
 
+    @property
+    def api_client(self) -> Any:
+        """The kubernetes_asyncio ``ApiClient`` underneath, for callers of its typed APIs
+        (the serving backend's Deployment scale) that share this connection."""
+        return self._api
+
     @classmethod
     async def connect(cls, kubeconfig: str | None, context: str | None = None) -> KubeConnection:
         return cls(await load_client_configuration(kubeconfig, context))

@@ -18,6 +18,10 @@ With ``CEMESH_CONTROL_PLANE=kubernetes`` this replaces the SQL-store controller'
    the statuses that changed (status subresource, merge patch, guarded by resourceVersion), adds
    the finalizer to what is cemesh's, and, for what is released, retires the Triggers'
    consumer groups (the snapshot applied no longer consumes them) and removes the finalizer.
+   A status write that changes Ready is also recorded as a Kubernetes Event
+   (:mod:`broker.controlplane.kube.events`). A Broker being deleted takes its Triggers' groups
+   with it before its finalizer goes; the Triggers stay, BrokerReady False
+   (``BrokerDoesNotExist``), and keep the finalizer.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.controlplane.catalog import Catalog
 from broker.controlplane.kube.client import KubeConnection
+from broker.controlplane.kube.events import ready_event, ready_transition
 from broker.controlplane.kube.lease import LeaderElector
 from broker.controlplane.kube.resolution import (
     CLUSTER_DOMAIN,
@@ -92,15 +98,24 @@ class Selection:
     triggers: list[Obj] = field(default_factory=list)
     released_brokers: list[Obj] = field(default_factory=list)
     released_triggers: list[Obj] = field(default_factory=list)
+    # Live Triggers of cemesh's Brokers being deleted: their groups go with the Broker.
+    orphaned_triggers: list[Obj] = field(default_factory=list)
+
+
+def broker_key_of(trigger: Mapping[str, Any]) -> Key:
+    """(namespace, name) of the Broker a Trigger names."""
+    return (_key(trigger)[0], trigger_broker(trigger.get("spec") or {}))
 
 
 def select(brokers: Iterable[Obj], triggers: Iterable[Obj], broker_class: str) -> Selection:
     """Split Brokers and Triggers into cemesh's (live) and cemesh's to release. Pure.
 
-    A Trigger is cemesh's while its Broker is of cemesh's class; while its Broker does not
-    exist, only if it already carries the finalizer (it stays BrokerReady False, and its
-    deletion still retires its group). It is released when it is being deleted, or when its
-    Broker exists with another class. Everything else is not looked at.
+    A Trigger is cemesh's while its Broker is of cemesh's class (also while that Broker is
+    being deleted: the Trigger outlives it, BrokerReady False, and is *orphaned*: its group is
+    retired with the Broker); while its Broker does not exist, only if it already carries the
+    finalizer (it stays BrokerReady False, and its deletion still retires its group). It is
+    released when it is being deleted, or when its Broker exists with another class.
+    Everything else is not looked at.
     """
     selection = Selection()
     classes: dict[Key, str] = {}
@@ -113,14 +128,13 @@ def select(brokers: Iterable[Obj], triggers: Iterable[Obj], broker_class: str) -
             selection.released_brokers.append(broker)
     live_brokers = {_key(b) for b in selection.brokers}
     for trigger in triggers:
-        namespace = _key(trigger)[0]
-        broker_key = (namespace, trigger_broker(trigger.get("spec") or {}))
+        broker_key = broker_key_of(trigger)
         known = classes.get(broker_key)
         ours = known == broker_class or (known is None and _finalized(trigger))
-        if ours and broker_key not in live_brokers and known is not None:
-            ours = False  # its Broker is being deleted: nothing of it runs any more
         if ours and not _deleting(trigger):
             selection.triggers.append(trigger)
+            if known is not None and broker_key not in live_brokers:
+                selection.orphaned_triggers.append(trigger)  # its Broker is being deleted
         elif _finalized(trigger):
             selection.released_triggers.append(trigger)
     return selection
@@ -431,30 +445,64 @@ class KubeControlPlane:
                     if not _finalized(obj):
                         obj = await self.store.add_finalizer(kind, namespace, name, FINALIZER)
                     status = statuses.get(str(_meta(obj).get("uid")))
-                    if status is not None and status != obj.get("status"):
-                        await self.store.update_status(kind, obj, status)
+                    if status is None or status == obj.get("status"):
+                        continue
+                    if await self.store.update_status(kind, obj, status) is not None:
+                        await self._record_event(obj, status)
                 except CemeshError as exc:  # deleted meanwhile, or the API failed: next pass
                     log.info("status not written",
                              extra={"kind": kind.kind, "name": f"{namespace}/{name}",
                                     "why": exc.message})  # fmt: skip
 
+    async def _record_event(self, obj: Obj, status: Mapping[str, Any]) -> None:
+        """A Kubernetes Event when the status just written changed Ready (best effort)."""
+        transition = ready_transition(obj.get("status"), status)
+        if transition is None:
+            return
+        instance = self.elector.identity if self.elector is not None else DEFAULT_BROKER_CLASS
+        event = ready_event(obj, transition, instance=instance, now=datetime.now(UTC))
+        try:
+            await self.store.create_event(event)
+        except CemeshError as exc:  # e.g. Events not served or not allowed: statuses still tell
+            log.info("event not recorded", extra={"reason": event["reason"], "why": exc.message})
+
     async def _release(self, chosen: Selection) -> None:
-        """Retire released Triggers' groups (the applied snapshot no longer consumes them),
-        then remove cemesh's finalizer from them and from released Brokers."""
+        """Retire the groups of released Triggers and of those orphaned by a Broker being
+        deleted (the applied snapshot no longer consumes them); then remove cemesh's finalizer
+        from the released Triggers, and from released Brokers none of whose groups is left.
+
+        The bus contract deletes consumer groups only (``Bus.delete_group``): a Broker's
+        topic (stream, subject, Kafka topic) stays on the bus; its retention bounds it.
+        """
+        kept: set[Key] = set()  # Brokers with a group the bus refused to delete
         for trigger in chosen.released_triggers:
-            uid = str(_meta(trigger).get("uid"))
-            if uid not in self._retired and self._retire_groups is not None:
-                try:
-                    await self._retire_groups(trigger)
-                except Exception:  # the bus refused: keep the finalizer, retry next pass
-                    log.exception("consumer group not retired", extra={"uid": uid})
-                    continue
-            self._retired.add(uid)
-            await self._unfinalize(TRIGGERS, trigger)
-        # Forget retired uids once their Triggers are gone (uids are never reused).
-        self._retired &= {str(_meta(t).get("uid")) for t in chosen.released_triggers}
+            if await self._retire(trigger):
+                await self._unfinalize(TRIGGERS, trigger)
+            else:
+                kept.add(broker_key_of(trigger))
+        for trigger in chosen.orphaned_triggers:
+            if not await self._retire(trigger):
+                kept.add(broker_key_of(trigger))
+        # Forget retired uids once nothing to retire names them (uids are never reused).
+        self._retired &= {
+            str(_meta(t).get("uid")) for t in (*chosen.released_triggers, *chosen.orphaned_triggers)
+        }
         for broker in chosen.released_brokers:
-            await self._unfinalize(BROKERS, broker)
+            if _key(broker) not in kept:
+                await self._unfinalize(BROKERS, broker)
+
+    async def _retire(self, trigger: Obj) -> bool:
+        """Delete ``trigger``'s consumer group (once); whether it is gone."""
+        uid = str(_meta(trigger).get("uid"))
+        if uid in self._retired or self._retire_groups is None:
+            return True
+        try:
+            await self._retire_groups(trigger)
+        except Exception:  # the bus refused: keep the finalizer, retry next pass
+            log.exception("consumer group not retired", extra={"uid": uid})
+            return False
+        self._retired.add(uid)
+        return True
 
     async def _unfinalize(self, kind: KubeKind, obj: Obj) -> None:
         namespace, name = _key(obj)

@@ -14,6 +14,7 @@ unreachable -> StoreError):
   caller reconciles again, from the watch). A status write never moves ``metadata.generation``;
 - :meth:`KubeStore.add_finalizer` / :meth:`KubeStore.remove_finalizer`: merge patches of
   ``metadata.finalizers`` guarded by resourceVersion, retried on 409;
+- :meth:`KubeStore.create_event`: a core v1 Event (:mod:`broker.controlplane.kube.events`);
 - Leases (``coordination.k8s.io/v1``): :meth:`KubeStore.get_lease`, :meth:`create_lease`,
   :meth:`replace_lease` (409 when someone else renewed first), used by
   :mod:`broker.controlplane.kube.lease`.
@@ -94,6 +95,7 @@ TRIGGERS = KubeKind("eventing.knative.dev", "v1", "triggers", "Trigger")
 LEASES = KubeKind("coordination.k8s.io", "v1", "leases", "Lease")
 CONFIG_MAPS = KubeKind("", "v1", "configmaps", "ConfigMap")
 SERVICES = KubeKind("", "v1", "services", "Service")
+EVENTS = KubeKind("", "v1", "events", "Event")
 
 
 def _message(document: Any) -> str:
@@ -256,6 +258,13 @@ class KubeStore:
             except Conflict:
                 continue
         raise Conflict(f"{what}: still conflicting after {CONFLICT_RETRIES} attempts")
+
+    async def create_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Create a core v1 Event (its namespace from its metadata); the Event as created."""
+        namespace = str(event["metadata"]["namespace"])
+        involved = event.get("involvedObject") or {}
+        what = f"Event about {involved.get('kind')} {namespace}/{involved.get('name')}"
+        return await self._call("POST", EVENTS.path(namespace), what, event)
 
     # -- Leases ------------------------------------------------------------------------------
 

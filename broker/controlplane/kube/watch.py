@@ -1,8 +1,9 @@
 """List + watch of one Kubernetes collection: the one watch implementation cemesh has.
 
 :class:`CollectionWatch` keeps a local copy of one collection (a path such as
-``/apis/eventing.knative.dev/v1/brokers`` or ``/apis/.../namespaces/ns/triggers``, with an
-optional label selector) and tells ``on_change`` of every add, update and delete:
+``/apis/eventing.knative.dev/v1/brokers`` or ``/apis/.../namespaces/ns/triggers``, with
+optional label and field selectors, e.g. ``metadata.name=X`` for one object) and tells
+``on_change`` of every add, update and delete:
 
 - LIST (paged) gives the objects and the collection's resourceVersion; WATCH from it with
   ``allowWatchBookmarks``; every event and BOOKMARK moves the resourceVersion, so a dropped
@@ -126,8 +127,23 @@ class WatchFailed(Exception):
         self.reason = reason
 
 
+def selector_query(label_selector: str = "", field_selector: str = "") -> list[tuple[str, str]]:
+    """The query parameters of a LIST or WATCH restricted by the given selectors."""
+    query = []
+    if label_selector:
+        query.append(("labelSelector", label_selector))
+    if field_selector:
+        query.append(("fieldSelector", field_selector))
+    return query
+
+
 async def list_collection(
-    connection: KubeConnection, path: str, label_selector: str = "", page_size: int = 500
+    connection: KubeConnection,
+    path: str,
+    label_selector: str = "",
+    page_size: int = 500,
+    *,
+    field_selector: str = "",
 ) -> tuple[list[dict[str, Any]], str]:
     """Every object of a collection (paged) and the resourceVersion of the list.
 
@@ -139,9 +155,7 @@ async def list_collection(
     resource_version = ""
     continue_token = ""
     while True:
-        query: list[tuple[str, str]] = [("limit", str(page_size))]
-        if label_selector:
-            query.append(("labelSelector", label_selector))
+        query = [("limit", str(page_size)), *selector_query(label_selector, field_selector)]
         if continue_token:
             query.append(("continue", continue_token))
         try:
@@ -183,6 +197,7 @@ class CollectionWatch:
         *,
         on_change: OnChange,
         label_selector: str = "",
+        field_selector: str = "",
         announce_initial: bool = True,
         on_problem: OnProblem | None = None,
         backoff: Backoff | None = None,
@@ -193,6 +208,7 @@ class CollectionWatch:
         self.connection = connection
         self.path = path
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.on_change = on_change
         self.announce_initial = announce_initial
         self.on_problem = on_problem
@@ -257,7 +273,11 @@ class CollectionWatch:
 
     async def _relist(self) -> None:
         items, resource_version = await list_collection(
-            self.connection, self.path, self.label_selector, self.page_size
+            self.connection,
+            self.path,
+            self.label_selector,
+            self.page_size,
+            field_selector=self.field_selector,
         )
         initial = not self.synced.is_set()
         changes = diff_states(self.objects, items) if not initial or self.announce_initial else []
@@ -300,9 +320,8 @@ class CollectionWatch:
             ("resourceVersion", self.resource_version or ""),
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(int(self.watch_timeout))),
+            *selector_query(self.label_selector, self.field_selector),
         ]
-        if self.label_selector:
-            query.append(("labelSelector", self.label_selector))
         import aiohttp
 
         try:

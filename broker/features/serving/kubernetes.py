@@ -7,12 +7,14 @@ subresource (``autoscaling/v1`` Scale) when the wanted replica count differs, an
 :meth:`KubernetesBackend.ready` answers from a cache of the ready addresses of the matching
 Endpoints object (annotation ``cemesh.dev/k8s-service``, default the Deployment's name).
 
-The cache is kept like an informer does it: one background task per Endpoints object lists it
-(``fieldSelector=metadata.name=...``), then watches from the list's ``resourceVersion`` until the
-server ends the watch (``timeoutSeconds``), and lists again. A ``410 Gone`` relists at once; any
-other failure is logged and retried with a capped exponential backoff while the last known
-endpoints stay in the cache (the Pods usually keep serving while the apiserver is away, as
-kube-proxy keeps routing). The task never dies of an error, so neither does the invoker.
+The cache is kept by the one list + watch cemesh has,
+:class:`~broker.controlplane.kube.watch.CollectionWatch`, one per Endpoints object
+(``fieldSelector=metadata.name=...``): watched from the list's ``resourceVersion`` with
+bookmarks, resumed after the server ends a watch (``timeoutSeconds``), relisted on ``410 Gone``
+or when it makes no progress; any other failure is logged once per outage and retried with a
+capped exponential backoff while the last known endpoints stay in the cache (the Pods usually
+keep serving while the apiserver is away, as kube-proxy keeps routing). The watch never dies of
+an error, so neither does the invoker.
 
 Driver errors (``ApiException``, aiohttp / socket errors, kubeconfig errors) are translated here,
 once, into :mod:`broker.core.errors`: 404 -> :class:`NotFound` naming the Deployment, 409 ->
@@ -35,6 +37,8 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 
+from broker.controlplane.kube.client import KubeConnection
+from broker.controlplane.kube.watch import DELETE, Backoff, CollectionWatch
 from broker.core.errors import CemeshError, Conflict, NotFound
 from broker.features.serving.backend import Replica, RevisionRef
 
@@ -183,10 +187,6 @@ _DRIVER_ERRORS = (ApiException, ConfigException, aiohttp.ClientError, OSError, T
 # --- I/O ----------------------------------------------------------------------------------------
 
 
-class _Gone(Exception):
-    """The watch's resourceVersion is too old (410): list again."""
-
-
 @dataclass(eq=False)
 class _Watcher:
     """The cached ready replicas of one Endpoints object, kept fresh by ``task``."""
@@ -225,7 +225,7 @@ class KubernetesBackend:
         self._resync_interval = max(1, int(resync_interval))
         self._retry_backoff = retry_backoff
         self._max_backoff = max_backoff
-        self._api: k8s.ApiClient | None = None
+        self._connection: KubeConnection | None = None
         self._api_lock = asyncio.Lock()
         self._targets: dict[RevisionRef, Target] = {}
         self._watchers: dict[tuple[str, str], _Watcher] = {}
@@ -325,19 +325,23 @@ class KubernetesBackend:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._api is not None:
-            api, self._api = self._api, None
-            await api.close()
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()
         self._notify()
 
     # -- client ------------------------------------------------------------------------------
 
     async def _client(self) -> k8s.ApiClient:
-        """One ApiClient of our own (the library's global default stays untouched)."""
+        """The typed API client of :meth:`_connect`'s connection."""
+        return (await self._connect()).api_client
+
+    async def _connect(self) -> KubeConnection:
+        """One connection of our own (the library's global default stays untouched)."""
         if self._stopped:
             raise CemeshError("the kubernetes backend is stopped", retryable=False)
         async with self._api_lock:
-            if self._api is None:
+            if self._connection is None:
                 configuration = k8s.Configuration()
                 try:
                     if self._kubeconfig is None and _in_cluster():
@@ -356,8 +360,8 @@ class KubernetesBackend:
                         f"{type(exc).__name__}: {exc}",
                         retryable=False,
                     ) from exc
-                self._api = k8s.ApiClient(configuration)
-            return self._api
+                self._connection = KubeConnection(configuration)
+            return self._connection
 
     # -- endpoints cache ---------------------------------------------------------------------
 
@@ -373,7 +377,7 @@ class KubernetesBackend:
         if watcher is None:
             watcher = self._watchers[key] = _Watcher(target.namespace, target.endpoints)
             watcher.task = asyncio.get_running_loop().create_task(
-                self._watch_forever(watcher), name=f"k8s-endpoints-{key[0]}/{key[1]}"
+                self._follow(watcher), name=f"k8s-endpoints-{key[0]}/{key[1]}"
             )
         watcher.users.add(revision)
         self._notify()
@@ -403,95 +407,42 @@ class KubernetesBackend:
             watcher.replicas = replicas
             self._notify()
 
-    async def _watch_forever(self, watcher: _Watcher) -> None:
-        """List, watch until the server ends it, repeat; on failure back off and retry."""
-        backoff = self._retry_backoff
-        failing = False
+    async def _follow(self, watcher: _Watcher) -> None:
+        """Keep ``watcher``'s replicas from a list + watch of its Endpoints object."""
         doing = f"watching Endpoints {watcher.namespace}/{watcher.name}"
-        while True:
+        backoff = Backoff(initial=self._retry_backoff, maximum=self._max_backoff)
+        attempt = 0
+        while True:  # ensure() tells its caller why the configuration does not load
             try:
-                version = await self._list(watcher)
-                if failing:
-                    log.info("%s: kube-apiserver reachable again", doing)
-                    failing = False
-                backoff = self._retry_backoff
-                started = asyncio.get_running_loop().time()
-                await self._watch(watcher, version)
-                if asyncio.get_running_loop().time() - started < 1.0:
-                    # A watch the server (or a proxy) ends at once must not become a hot loop.
-                    await asyncio.sleep(self._retry_backoff)
-            except _Gone:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the cache must outlive every error (logged, retried)
-                error = translate_error(exc, doing)
-                # Loud once per outage, quiet while it lasts.
-                log.log(logging.DEBUG if failing else logging.WARNING, "%s", error.message)
-                failing = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
+                connection = await self._connect()
+                break
+            except CemeshError as exc:
+                attempt += 1
+                log.debug("%s: %s", doing, exc.message)
+                await asyncio.sleep(backoff.delay(attempt))
+        failing = False
 
-    async def _list(self, watcher: _Watcher) -> str:
-        """Refresh the cache from a list; return the list's resourceVersion."""
-        core = k8s.CoreV1Api(await self._client())
-        # _preload_content=False: the raw aiohttp response, plain JSON for lists and watch events
-        # alike (the stubs type the parsed model instead).
-        response: aiohttp.ClientResponse = await core.list_namespaced_endpoints(  # type: ignore[assignment]
-            watcher.namespace,
+        async def on_change(change: str, endpoints: dict[str, Any]) -> None:
+            self._set(watcher, None if change == DELETE else endpoints)
+
+        def on_problem(problem: tuple[str, str] | None) -> None:
+            nonlocal failing
+            if problem is None and failing:
+                log.info("%s: kube-apiserver reachable again", doing)
+            elif problem is not None and not failing:  # loud once per outage
+                log.warning("%s: %s", doing, problem[1])
+            failing = problem is not None
+
+        watch = CollectionWatch(
+            connection,
+            f"/api/v1/namespaces/{watcher.namespace}/endpoints",
             field_selector=f"metadata.name={watcher.name}",
-            _preload_content=False,
-            _request_timeout=self._request_timeout,
+            on_change=on_change,
+            on_problem=on_problem,
+            backoff=backoff,
+            watch_timeout=self._resync_interval,
         )
-        async with response:
-            body = await response.read()
-            if response.status != 200:
-                raise _api_exception(response.status, response.reason, body)
-        listed = orjson.loads(body)
-        items = listed.get("items") or []
-        self._set(watcher, items[0] if items else None)
-        return str((listed.get("metadata") or {}).get("resourceVersion") or "")
-
-    async def _watch(self, watcher: _Watcher, version: str) -> None:
-        """Apply watch events from ``version`` on until the server ends the watch."""
-        core = k8s.CoreV1Api(await self._client())
-        optional: dict[str, Any] = {"resource_version": version} if version else {}
-        response: aiohttp.ClientResponse = await core.list_namespaced_endpoints(  # type: ignore[assignment]
-            watcher.namespace,
-            field_selector=f"metadata.name={watcher.name}",
-            watch=True,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._resync_interval,
-            _preload_content=False,
-            # Connect quickly; reads may idle until the server ends the watch.
-            _request_timeout=(self._request_timeout, self._resync_interval + 30),
-            **optional,
-        )
-        async with response:
-            if response.status != 200:
-                raise _api_exception(response.status, response.reason, await response.read())
-            while line := await response.content.readline():
-                if not line.strip():
-                    continue
-                event = orjson.loads(line)
-                kind = event.get("type")
-                obj = event.get("object") or {}
-                if kind in ("ADDED", "MODIFIED"):
-                    self._set(watcher, obj)
-                elif kind == "DELETED":
-                    self._set(watcher, None)
-                elif kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone
-                    raise _api_exception(
-                        int(obj.get("code") or 0), obj.get("reason"), orjson.dumps(obj)
-                    )
-
-
-def _api_exception(status: int, reason: Any, body: bytes) -> ApiException:
-    exc = ApiException(status=status, reason=str(reason or ""))
-    exc.body = body  # what ApiClient leaves there is str; _api_message reads both
-    return exc
+        await watch.run()
 
 
 def _in_cluster() -> bool:
