@@ -39,9 +39,11 @@ from broker.core.errors import InvalidResource
 from broker.core.events import AttributeValue, CloudEvent, EventFilter, attribute_text, match_all
 
 __all__ = [
+    "DERIVED_ATTRIBUTE_NAMES",
     "FILTER_PAYLOAD_ANNOTATION",
     "FILTER_PAYLOAD_ENABLED",
     "compile_trigger_filter",
+    "set_dialects",
     "validate_trigger_filters",
 ]
 
@@ -83,6 +85,7 @@ _DERIVED: dict[str, _Getter] = {
     "schemaurl": _data_schema,
     "datamediatype": _data_media_type,
 }
+DERIVED_ATTRIBUTE_NAMES: frozenset[str] = frozenset(_DERIVED)
 
 
 # --- predicates ---------------------------------------------------------------------------------
@@ -350,7 +353,7 @@ _DIALECTS: dict[str, _Dialect] = {
 _DIALECT_NAMES = ", ".join(_DIALECTS)
 
 
-def _set_dialects(element: Mapping[str, Any]) -> dict[str, Any]:
+def set_dialects(element: Mapping[str, Any]) -> dict[str, Any]:
     # A dialect written as null (``exact:`` with nothing after it) is not set, as in Knative.
     return {key: value for key, value in element.items() if value is not None}
 
@@ -360,7 +363,7 @@ def _validate_filter(element: object, path: str, payload: bool) -> None:
         raise InvalidResource(
             path, f"must be an object setting one of {_DIALECT_NAMES}, got {type(element).__name__}"
         )
-    dialects = _set_dialects(element)
+    dialects = set_dialects(element)
     for key in dialects:
         if key not in _DIALECTS:
             raise InvalidResource(
@@ -377,7 +380,7 @@ def _validate_filter(element: object, path: str, payload: bool) -> None:
 
 
 def _compile_filter(element: Mapping[str, Any], payload: bool) -> EventFilter:
-    dialects = _set_dialects(element)
+    dialects = set_dialects(element)
     if not dialects:  # K81: an empty filter passes
         return match_all
     ((key, value),) = dialects.items()
