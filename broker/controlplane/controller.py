@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from broker.controlplane.admission import admit
 from broker.controlplane.catalog import Catalog
 from broker.controlplane.reconcile import Reconciled, reconcile
-from broker.controlplane.resource_store import ResourceStore
+from broker.controlplane.resource_store import ResourceStore, StatusChange
 from broker.controlplane.resources import SUBSCRIPTION, TRIGGER
 from broker.core.errors import CemeshError
 from broker.core.ingress_authorization import AuthorizationMode
@@ -42,6 +42,9 @@ from broker.core.spec import (
 log = logging.getLogger(__name__)
 
 MAX_PASSES = 6  # owner -> owned -> owned-by-owned -> ready: enough for Sequence and Parallel
+# Statuses written per store transaction: one commit for many (the first sync after a start
+# writes every object's status), yet a bounded hold of the store's write lock.
+STATUS_BATCH = 200
 # (API group, kind) of the objects that own a consumer group on the bus (retired on deletion).
 GROUP_KINDS = frozenset({(TRIGGER.group, TRIGGER.kind), (SUBSCRIPTION.group, SUBSCRIPTION.kind)})
 
@@ -206,20 +209,26 @@ class Controller:
         )
 
     async def _write_statuses(self, objects: list[dict], statuses: dict[str, dict]) -> int:
-        """Write the statuses that changed; how many were written."""
-        written = 0
+        """Write the statuses that changed, :data:`STATUS_BATCH` per transaction; how many
+        were written. A failed batch is logged and left for the next sync."""
+        changes = []
         for obj in objects:
             metadata = obj["metadata"]
             status = statuses.get(metadata["uid"])
             if status is None or status == obj.get("status"):
                 continue
-            try:
-                await self._store.update_status(
+            changes.append(
+                StatusChange(
                     _group(obj), obj["kind"], metadata["namespace"], metadata["name"], status
                 )
-                written += 1
-            except CemeshError as exc:  # deleted meanwhile, or a passing store error
-                log.info("status not written", extra={"name": metadata["name"], "why": str(exc)})
+            )
+        written = 0
+        for start in range(0, len(changes), STATUS_BATCH):
+            batch = changes[start : start + STATUS_BATCH]
+            try:
+                written += await self._store.update_statuses(batch)
+            except CemeshError as exc:  # a passing store error: the next sync writes them
+                log.warning("statuses not written", extra={"count": len(batch), "why": str(exc)})
         return written
 
     async def _converge_children(self, objects: list[dict], desired: list[dict]) -> int:
