@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck servers bench bench-buses bench-filters bench-invoker bench-oidc clean
+.PHONY: run test lint typecheck servers bench bench-buses bench-filters bench-control-plane bench-invoker bench-oidc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,9 +49,15 @@ bench-buses: $(VENV)/.installed-dev
 	sh bench/install_wrk.sh
 	$(BIN)/python bench/buses.py
 
-# Matching one event against 1,000 Triggers of mixed filter dialects (issue 6; seconds).
+# Matching one event against 1,000 Triggers of mixed filter dialects (issue 6; seconds), then
+# against 10,000 Triggers with the Trigger index beside the full scan (issue 14; ~1 min).
 bench-filters: $(VENV)/.installed-dev
 	$(BIN)/python bench/filters.py
+	$(BIN)/python bench/filters.py --mix scale --triggers 10000
+
+# Apply 1,000 Triggers, restart with 10,000, memory per Trigger (issue 14; minutes today).
+bench-control-plane: $(VENV)/.installed-dev
+	$(BIN)/python bench/control_plane.py
 
 # What the function invoker adds over calling a replica directly, and cold start (issue 5).
 bench-invoker: $(VENV)/.installed-dev

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from broker.controlplane.admission import admit
 from broker.controlplane.catalog import Catalog
 from broker.controlplane.reconcile import Reconciled, reconcile
-from broker.controlplane.resource_store import ResourceStore
+from broker.controlplane.resource_store import ResourceStore, StatusChange
 from broker.controlplane.resources import SUBSCRIPTION, TRIGGER
 from broker.core.errors import CemeshError
 from broker.core.ingress_authorization import AuthorizationMode
@@ -42,6 +42,9 @@ from broker.core.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 MAX_PASSES = 6  # owner -> owned -> owned-by-owned -> ready: enough for Sequence and Parallel
+# Statuses written per store transaction: one commit for many (the first sync after a start
+# writes every object's status), yet a bounded hold of the store's write lock.
+STATUS_BATCH = 200
 # (API group, kind) of the objects that own a consumer group on the bus (retired on deletion).
 GROUP_KINDS = frozenset({(TRIGGER.group, TRIGGER.kind), (SUBSCRIPTION.group, SUBSCRIPTION.kind)})
 
@@ -126,42 +129,62 @@ class Controller:
         self._retiring: list[dict] = []  # deleted Triggers/Subscriptions whose group is to go
         self._resync_interval = resync_interval
         self._lock = asyncio.Lock()
+        self._sync_requests = 0  # sync() calls so far
+        self._syncs_covered = 0  # calls that the last finished sync answered
+        self.syncs_shared = 0  # calls answered by another caller's sync (for tests and metrics)
         self._seen_revision = -1
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
 
     async def sync(self) -> None:
-        """Bring the data plane and statuses up to date with the store, now."""
+        """Bring the data plane and statuses up to date with the store, now.
+
+        Concurrent callers share syncs: a call returns at once when a sync that began reading
+        the store after this call began has finished meanwhile (it saw every write made before
+        the call). N concurrent API writes then cost about two syncs, not N, each of which
+        reconciles every object (issue 14).
+        """
+        self._sync_requests += 1
+        ticket = self._sync_requests
         async with self._lock:
-            # Owned objects created in one pass are reconciled in the next: a Channel's backing
-            # channel exists, then becomes Ready, then the Channel is Ready. A few passes settle.
-            for _ in range(MAX_PASSES):
-                # Deleted before this pass read the store: the snapshot applied below has no
-                # consumer for them, so their groups may go once it is applied.
-                retiring, self._retiring = self._retiring, []
-                try:
-                    revision = await self._store.revision()
-                    objects = await self._store.list()
-                    result = self._reconcile(objects, {})
-                    self._bus_errors = await self._open_buses(_buses_of(result.snapshot))
-                    if self._bus_errors:
-                        result = self._reconcile(objects, self._bus_errors)
-                    await self._apply_snapshot(result.snapshot)
-                except BaseException:
-                    self._retiring[:0] = retiring  # for the next sync that gets this far
-                    raise
-                await self._retire(retiring, {obj["metadata"]["uid"] for obj in objects})
-                written = await self._write_statuses(objects, result.statuses)
-                changed = await self._converge_children(objects, result.children)
-                written += changed
-                if not changed:
-                    break
-            # Every write moves the revision by one. If only our own writes moved it since the
-            # last pass began, it is all seen; if someone else wrote meanwhile (another replica,
-            # a component updating a status), the next poll syncs again.
-            after = await self._store.revision()
-            self._seen_revision = after if after - revision == written else revision
-            self.synced.set()
+            if self._syncs_covered >= ticket:
+                self.syncs_shared += 1
+                return
+            covered = self._sync_requests  # every call so far began before the reads below
+            await self._sync_locked()
+            self._syncs_covered = covered
+
+    async def _sync_locked(self) -> None:
+        """One sync; the caller holds ``self._lock``."""
+        # Owned objects created in one pass are reconciled in the next: a Channel's backing
+        # channel exists, then becomes Ready, then the Channel is Ready. A few passes settle.
+        for _ in range(MAX_PASSES):
+            # Deleted before this pass read the store: the snapshot applied below has no
+            # consumer for them, so their groups may go once it is applied.
+            retiring, self._retiring = self._retiring, []
+            try:
+                revision = await self._store.revision()
+                objects = await self._store.list()
+                result = self._reconcile(objects, {})
+                self._bus_errors = await self._open_buses(_buses_of(result.snapshot))
+                if self._bus_errors:
+                    result = self._reconcile(objects, self._bus_errors)
+                await self._apply_snapshot(result.snapshot)
+            except BaseException:
+                self._retiring[:0] = retiring  # for the next sync that gets this far
+                raise
+            await self._retire(retiring, {obj["metadata"]["uid"] for obj in objects})
+            written = await self._write_statuses(objects, result.statuses)
+            changed = await self._converge_children(objects, result.children)
+            written += changed
+            if not changed:
+                break
+        # Every write moves the revision by one. If only our own writes moved it since the
+        # last pass began, it is all seen; if someone else wrote meanwhile (another replica,
+        # a component updating a status), the next poll syncs again.
+        after = await self._store.revision()
+        self._seen_revision = after if after - revision == written else revision
+        self.synced.set()
 
     def deleted(self, obj: dict) -> None:
         """``obj`` was deleted from the store: retire its consumer group after the next apply.
@@ -206,20 +229,26 @@ class Controller:
         )
 
     async def _write_statuses(self, objects: list[dict], statuses: dict[str, dict]) -> int:
-        """Write the statuses that changed; how many were written."""
-        written = 0
+        """Write the statuses that changed, :data:`STATUS_BATCH` per transaction; how many
+        were written. A failed batch is logged and left for the next sync."""
+        changes = []
         for obj in objects:
             metadata = obj["metadata"]
             status = statuses.get(metadata["uid"])
             if status is None or status == obj.get("status"):
                 continue
-            try:
-                await self._store.update_status(
+            changes.append(
+                StatusChange(
                     _group(obj), obj["kind"], metadata["namespace"], metadata["name"], status
                 )
-                written += 1
-            except CemeshError as exc:  # deleted meanwhile, or a passing store error
-                log.info("status not written", extra={"name": metadata["name"], "why": str(exc)})
+            )
+        written = 0
+        for start in range(0, len(changes), STATUS_BATCH):
+            batch = changes[start : start + STATUS_BATCH]
+            try:
+                written += await self._store.update_statuses(batch)
+            except CemeshError as exc:  # a passing store error: the next sync writes them
+                log.warning("statuses not written", extra={"count": len(batch), "why": str(exc)})
         return written
 
     async def _converge_children(self, objects: list[dict], desired: list[dict]) -> int:

@@ -11,7 +11,8 @@ the shape is Kubernetes' so that the Kubernetes API can be a second one:
   sees it move resyncs; a Kubernetes implementation answers the list's resourceVersion);
 - ``spec`` (and the other content) is written by :meth:`~ResourceStore.create` and
   :meth:`~ResourceStore.replace`, ``status`` only by :meth:`~ResourceStore.update_status` (the
-  status subresource);
+  status subresource) and :meth:`~ResourceStore.update_statuses` (many in one transaction: the
+  controller's first sync writes the status of every object);
 - a stale ``metadata.resourceVersion`` or an existing name is :class:`~broker.core.errors.Conflict`,
   a missing object :class:`~broker.core.errors.NotFound`, an unreachable store
   :class:`~broker.core.errors.StoreError` (all from :mod:`broker.core.errors`);
@@ -24,6 +25,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -31,6 +34,17 @@ from typing import Any, Protocol
 def new_holder() -> str:
     """A lease claimant's name, unique across hosts, processes and runtimes in one process."""
     return f"{socket.gethostname()[:100]}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """The status to write for one object (see :meth:`ResourceStore.update_statuses`)."""
+
+    api_group: str
+    kind: str
+    namespace: str
+    name: str
+    status: dict[str, Any]
 
 
 class ResourceStore(Protocol):
@@ -63,6 +77,12 @@ class ResourceStore(Protocol):
         self, api_group: str, kind: str, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
         """Set an object's status (no generation change); NotFound if absent."""
+        ...
+
+    async def update_statuses(self, changes: Sequence[StatusChange]) -> int:
+        """Set several objects' statuses in one write transaction; how many changed. Each
+        changed object gets a resourceVersion of its own, as with :meth:`update_status`;
+        unchanged ones and absent ones (deleted meanwhile) are skipped."""
         ...
 
     async def delete(self, api_group: str, kind: str, namespace: str, name: str) -> dict[str, Any]:

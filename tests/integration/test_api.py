@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from tests.support.cemesh import running_cemesh
@@ -172,3 +173,31 @@ async def test_health_and_readiness(tmp_path: Path) -> None:
     async with running_cemesh(tmp_path) as mesh:
         assert (await mesh.client.get("/healthz")).status_code == 200
         assert (await mesh.client.get("/readyz")).status_code == 200
+
+
+async def test_concurrent_writes_share_syncs_and_each_answer_shows_its_object_reconciled(
+    tmp_path: Path,
+) -> None:
+    """Issue 14: every write waits for a sync that saw it, but concurrent ones share syncs."""
+    async with running_cemesh(tmp_path) as mesh:
+        broker = {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker"}
+        await mesh.client.post(BROKERS, json={**broker, "metadata": {"name": "default"}})
+        controller = mesh.app.runtime.controller
+        shared_before = controller.syncs_shared
+
+        def trigger(index: int) -> dict:
+            return {
+                "apiVersion": "eventing.knative.dev/v1",
+                "kind": "Trigger",
+                "metadata": {"name": f"t{index}"},
+                "spec": {"broker": "default", "subscriber": {"uri": f"http://127.0.0.1:9/{index}"}},
+            }
+
+        answers = await asyncio.gather(
+            *(mesh.client.post(TRIGGERS, json=trigger(index)) for index in range(24))
+        )
+        for answer in answers:
+            assert answer.status_code == 201, answer.text
+            assert _ready(answer.json())["status"] == "True"  # its sync saw it
+        assert controller.syncs_shared > shared_before
+        assert mesh.app.runtime.dispatcher.live >= {a.json()["metadata"]["uid"] for a in answers}

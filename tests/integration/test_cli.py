@@ -199,6 +199,30 @@ def test_apply_creates_then_unchanged_then_configured_like_kubectl_apply(
     assert stored["metadata"]["resourceVersion"] != version
 
 
+def test_apply_of_many_objects_prints_them_in_order_and_a_repeated_object_ends_as_written_last(
+    server: str, ns: str, tmp_path: Path
+) -> None:
+    """Objects are sent several at a time (issue 14), yet output and outcome follow the file."""
+    triggers = [
+        trigger(f"t{n}", f"http://127.0.0.1:9/{n}")
+        | {"metadata": {"name": f"t{n}", "namespace": ns}}
+        for n in range(20)
+    ]
+    later = trigger("t3", "http://127.0.0.1:9/later") | {
+        "metadata": {"name": "t3", "namespace": ns}
+    }
+    manifest = write(tmp_path / "many.yaml", broker("default", namespace=ns), *triggers, later)
+    result = run(server, "apply", "-f", str(manifest))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "broker.eventing.knative.dev/default created",
+        *(f"trigger.eventing.knative.dev/t{n} created" for n in range(20)),
+        "trigger.eventing.knative.dev/t3 configured",
+    ]
+    stored = json.loads(run(server, "get", "trigger", "t3", "-n", ns, "-o", "json").stdout)
+    assert stored["spec"]["subscriber"]["uri"] == "http://127.0.0.1:9/later"
+
+
 def test_apply_reads_json_lists_and_directories(server: str, ns: str, tmp_path: Path) -> None:
     folder = tmp_path / "manifests"
     folder.mkdir()

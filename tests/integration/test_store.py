@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import exc as sa_exc
 
+from broker.controlplane.resource_store import StatusChange
 from broker.controlplane.store import Store
 from broker.core.errors import Conflict, InvalidResource, NotFound, StoreError
 
@@ -246,6 +247,51 @@ async def test_update_status_with_the_same_status_changes_nothing(store: Store) 
     assert await store.revision() == revision
 
 
+async def test_update_statuses_writes_the_changed_ones_in_one_go_each_its_own_version(
+    store: Store,
+) -> None:
+    for name in ("a", "b", "c"):
+        await store.create(broker(name))
+    await store.update_status(EVENTING, "Broker", "ns", "c", {"ready": True})
+    revision = await store.revision()
+    written = await store.update_statuses(
+        [
+            StatusChange(EVENTING, "Broker", "ns", "c", {"ready": True}),  # unchanged
+            StatusChange(EVENTING, "Broker", "ns", "gone", {"ready": True}),  # deleted meanwhile
+            StatusChange(EVENTING, "Broker", "ns", "a", {"ready": True}),
+            StatusChange(EVENTING, "Broker", "ns", "b", {"ready": False}),
+        ]
+    )
+    assert written == 2
+    # The revision moves by what was written (one bump may be left over: at most one more).
+    assert revision + 2 <= await store.revision() <= revision + 3
+    a = await store.get(EVENTING, "Broker", "ns", "a")
+    b = await store.get(EVENTING, "Broker", "ns", "b")
+    assert (a["status"], b["status"]) == ({"ready": True}, {"ready": False})
+    versions = {a["metadata"]["resourceVersion"], b["metadata"]["resourceVersion"]}
+    assert len(versions) == 2 and all(int(v) > revision for v in versions)
+    assert a["metadata"]["generation"] == 1
+
+
+async def test_update_statuses_with_nothing_changed_moves_no_revision(store: Store) -> None:
+    await store.create(broker())
+    await store.update_status(EVENTING, "Broker", "ns", "default", {"ready": True})
+    revision = await store.revision()
+    same = [StatusChange(EVENTING, "Broker", "ns", "default", {"ready": True})]
+    assert await store.update_statuses(same) == 0
+    assert await store.update_statuses([]) == 0
+    assert await store.revision() == revision
+
+
+async def test_update_statuses_refuses_a_status_that_is_not_json(store: Store) -> None:
+    await store.create(broker())
+    with pytest.raises(InvalidResource):
+        await store.update_statuses(
+            [StatusChange(EVENTING, "Broker", "ns", "default", {"bad": {1, 2}})]
+        )
+    assert (await store.get(EVENTING, "Broker", "ns", "default")).get("status") in (None, {})
+
+
 async def test_update_status_of_a_missing_object_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.update_status(EVENTING, "Broker", "ns", "nope", {"ready": True})
@@ -355,6 +401,7 @@ async def test_concurrent_replaces_at_one_resource_version_give_one_winner(
 _WORKER = """
 import asyncio, json, sys
 from broker.core.errors import Conflict
+from broker.controlplane.resource_store import StatusChange
 from broker.controlplane.store import Store
 
 async def main(url, count):

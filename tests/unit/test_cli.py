@@ -470,3 +470,27 @@ def test_empty_subject_is_refused_c9() -> None:
         cli.build_event(
             type="t", source="s", data=None, content_type=None, id="1", subject="", extensions={}
         )
+
+
+def test_apply_waves_keep_order_never_hold_one_object_twice_and_stay_bounded() -> None:
+    from broker.cli.commands import APPLY_CONCURRENCY, _waves
+    from broker.cli.manifests import Document
+
+    def doc(kind: str, name: str) -> Document:
+        return Document({"kind": kind, "metadata": {"name": name}}, "m.yaml")
+
+    items: list[Document | str] = [
+        doc("Broker", "b"),
+        "m.yaml: bad document",
+        doc("Trigger", "t"),
+        doc("Trigger", "t"),  # the same object again: applied after the first, in a new wave
+        *(doc("Trigger", f"x{n}") for n in range(APPLY_CONCURRENCY + 1)),
+    ]
+    waves = list(_waves(items))
+    assert [item for wave in waves for item in wave] == items  # nothing lost, order kept
+    assert waves[0] == items[:3]
+    for wave in waves:
+        objects = [item for item in wave if isinstance(item, Document)]
+        assert len(objects) <= APPLY_CONCURRENCY
+        names = [(d.obj["kind"], d.obj["metadata"]["name"]) for d in objects]
+        assert len(names) == len(set(names))

@@ -452,3 +452,15 @@ def test_filter_source_is_canonical_json_of_the_effective_filter() -> None:
     assert other != one
     _, legacy_text = compile_trigger_filter({"filter": {"attributes": {"b": "2", "a": "1"}}})
     assert legacy_text == '{"filter":{"attributes":{"a":"1","b":"2"}}}'
+
+
+def test_equal_filters_compile_once_and_values_of_other_types_never_share_the_result() -> None:
+    spec = {"filters": [{"exact": {"type": "t"}}]}
+    first = compile_trigger_filter(spec)
+    assert compile_trigger_filter({"filters": [{"exact": {"type": "t"}}]}) is first
+    assert compile_trigger_filter(spec, payload=True) is not first
+    # "true" is a valid attribute name; the YAML boolean true is not, however often it is asked.
+    compile_trigger_filter({"filter": {"attributes": {"true": "x"}}})
+    for _ in range(2):
+        with pytest.raises(InvalidResource):
+            compile_trigger_filter({"filter": {"attributes": {True: "x"}}})

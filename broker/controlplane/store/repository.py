@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, exc, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from broker.controlplane.resource_store import StatusChange
 from broker.controlplane.store import objects
 from broker.controlplane.store.engine import make_engine, translated, writer
 from broker.controlplane.store.migrate import migrate_engine
@@ -159,6 +160,43 @@ class Store:
                 await _overwrite(conn, key, stored, revision)
                 await conn.commit()
         return stored
+
+    async def update_statuses(self, changes: Sequence[StatusChange]) -> int:
+        """Set several objects' statuses in one write transaction; how many changed.
+
+        As :meth:`update_status` for each, but one transaction and one commit for all: a
+        commit per object made a start with 2,000 Triggers take ~20 s more (issue 14). Each
+        changed object gets a revision of its own (so the revision moves by the number
+        written); unchanged and absent ones (deleted meanwhile) are skipped.
+        """
+        if not changes:
+            return 0
+        written = 0
+        with translated():
+            async with self._writing().connect() as conn:
+                # The first bump takes the global write lock, as every write does; a bump is
+                # spent on the next object that changes, and one left over at the end moves
+                # the revision once more than needed (a watcher resyncs once: harmless).
+                revision: int | None = await _bump(conn)
+                for change in changes:
+                    key = Key(change.api_group, change.kind, change.namespace, change.name)
+                    status = objects.json_copy(change.status, "status")
+                    try:
+                        stored = await _fetch(conn, key, self._plural_of)
+                    except NotFound:
+                        continue
+                    if stored.get("status") == status:
+                        continue
+                    if revision is None:
+                        revision = await _bump(conn)
+                    stored["status"] = status
+                    stored["metadata"]["resourceVersion"] = str(revision)
+                    await _overwrite(conn, key, stored, revision)
+                    revision = None
+                    written += 1
+                if written:  # else nothing changed: roll the bump back
+                    await conn.commit()
+        return written
 
     async def delete(self, api_group: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
         """Remove an object and return it as it was; NotFound if absent."""

@@ -16,7 +16,8 @@ Every adapter that receives messages on one task (a fetch loop, a publisher) and
 
 Adapters keep their own bookkeeping (counts, commit points) through the ``on_handed`` and
 ``on_given_back`` hooks, called synchronously when a message leaves for a handler task and when
-one comes back unseen.
+one comes back unseen, and ``on_queued``, when a message has to wait because no handler task is
+waiting (an adapter that starts handler tasks on demand starts one then).
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ T = TypeVar("T")
 class HandOff(Generic[T]):
     """Messages waiting for a handler task: ready ones, waiting handler tasks, per-key lanes."""
 
-    __slots__ = ("_getters", "_lanes", "_on_given_back", "_on_handed", "ready")
+    __slots__ = ("_getters", "_lanes", "_on_given_back", "_on_handed", "_on_queued", "ready")
 
     def __init__(
         self,
         *,
         on_handed: Callable[[T], None] | None = None,
         on_given_back: Callable[[T], None] | None = None,
+        on_queued: Callable[[], None] | None = None,
     ) -> None:
         self.ready: deque[T] = deque()  # deliverable, no handler task waiting for them yet
         self._getters: deque[asyncio.Future[T]] = deque()  # handler tasks waiting, in order
@@ -48,6 +50,14 @@ class HandOff(Generic[T]):
         self._lanes: dict[Hashable, deque[T]] = {}
         self._on_handed = on_handed
         self._on_given_back = on_given_back
+        # Called when a message is queued in ``ready`` because no handler task waits for it
+        # (an adapter that starts handler tasks on demand starts one).
+        self._on_queued = on_queued
+
+    @property
+    def has_waiting_taker(self) -> bool:
+        """Some handler task is waiting in :meth:`take` for the next message."""
+        return any(not getter.done() for getter in self._getters)
 
     def put(self, item: T, lane: Hashable | None = None) -> None:
         """Admit a new message: behind its lane's message that is out, else deliverable now."""
@@ -74,6 +84,8 @@ class HandOff(Generic[T]):
             self.ready.appendleft(item)
         else:
             self.ready.append(item)
+        if self._on_queued is not None:
+            self._on_queued()
 
     async def take(self) -> T:
         """The next deliverable message, waiting for one; given back if cancelled meanwhile."""

@@ -39,9 +39,11 @@ from broker.core.errors import InvalidResource
 from broker.core.events import AttributeValue, CloudEvent, EventFilter, attribute_text, match_all
 
 __all__ = [
+    "DERIVED_ATTRIBUTE_NAMES",
     "FILTER_PAYLOAD_ANNOTATION",
     "FILTER_PAYLOAD_ENABLED",
     "compile_trigger_filter",
+    "set_dialects",
     "validate_trigger_filters",
 ]
 
@@ -83,6 +85,7 @@ _DERIVED: dict[str, _Getter] = {
     "schemaurl": _data_schema,
     "datamediatype": _data_media_type,
 }
+DERIVED_ATTRIBUTE_NAMES: frozenset[str] = frozenset(_DERIVED)
 
 
 # --- predicates ---------------------------------------------------------------------------------
@@ -350,7 +353,7 @@ _DIALECTS: dict[str, _Dialect] = {
 _DIALECT_NAMES = ", ".join(_DIALECTS)
 
 
-def _set_dialects(element: Mapping[str, Any]) -> dict[str, Any]:
+def set_dialects(element: Mapping[str, Any]) -> dict[str, Any]:
     # A dialect written as null (``exact:`` with nothing after it) is not set, as in Knative.
     return {key: value for key, value in element.items() if value is not None}
 
@@ -360,7 +363,7 @@ def _validate_filter(element: object, path: str, payload: bool) -> None:
         raise InvalidResource(
             path, f"must be an object setting one of {_DIALECT_NAMES}, got {type(element).__name__}"
         )
-    dialects = _set_dialects(element)
+    dialects = set_dialects(element)
     for key in dialects:
         if key not in _DIALECTS:
             raise InvalidResource(
@@ -377,7 +380,7 @@ def _validate_filter(element: object, path: str, payload: bool) -> None:
 
 
 def _compile_filter(element: Mapping[str, Any], payload: bool) -> EventFilter:
-    dialects = _set_dialects(element)
+    dialects = set_dialects(element)
     if not dialects:  # K81: an empty filter passes
         return match_all
     ((key, value),) = dialects.items()
@@ -441,6 +444,14 @@ def validate_trigger_filters(spec: Mapping[str, Any], *, payload: bool = False) 
         _validate_filter(element, f"spec.filters[{index}]", payload)
 
 
+# Compiled filters by (repr of filter, repr of filters, payload): every controller sync
+# reconciles every Trigger again, and compiling was ~30% of that (issue 14). repr, not JSON, as
+# the key, so that values of different types (True and "true", a YAML date and its text) never
+# share an entry; the first compile validated it. Bounded: cleared when full.
+_COMPILED_MAX = 16_384
+_compiled: dict[tuple[str, str, bool], tuple[EventFilter, str]] = {}
+
+
 def compile_trigger_filter(
     spec: Mapping[str, Any], *, payload: bool = False
 ) -> tuple[EventFilter, str]:
@@ -449,7 +460,19 @@ def compile_trigger_filter(
     A non-empty ``filters`` wins over ``filter`` (K80); no filter at all gives
     :func:`broker.core.spec.match_all` and ``"{}"`` (K75). ``payload`` as for
     :func:`validate_trigger_filters`; when on, the text says so (it changes what CESQL sees).
+    Equal filters compile once and share the (immutable) predicate; invalid ones raise each time.
     """
+    key = (repr(spec.get("filter")), repr(spec.get("filters")), payload)
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiled = _compile_trigger_filter(spec, payload)
+        if len(_compiled) >= _COMPILED_MAX:
+            _compiled.clear()
+        _compiled[key] = compiled
+    return compiled
+
+
+def _compile_trigger_filter(spec: Mapping[str, Any], payload: bool) -> tuple[EventFilter, str]:
     validate_trigger_filters(spec, payload=payload)
     filters = spec.get("filters") or []
     if filters:

@@ -1,0 +1,151 @@
+"""The Trigger index answers exactly what testing every Trigger's filter answers (issue 14)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.core.events import CloudEvent, match_all
+from broker.dataplane.dispatch.filters import compile_trigger_filter
+from broker.dataplane.dispatch.trigger_index import Pin, TriggerIndex, choose_pin, pins_of
+
+# Few names and short overlapping values, so that pins, prefixes and events collide often.
+NAMES = ["type", "source", "tenant", "region", "datamediatype", "datacontenttype", "schemaurl"]
+VALUES = ["a", "ab", "abc", "b", "ba", "5", "true", "text/plain", "text/plain; charset=x"]
+CESQL = ["type = 'ab'", "tenant LIKE 'a%'", "EXISTS region", "INT(tenant) > 3", "region = 'b'"]
+
+names = st.sampled_from(NAMES)
+values = st.sampled_from(VALUES)
+attribute_maps = st.dictionaries(names, values, min_size=1, max_size=3)
+
+leaf_filters = st.one_of(
+    st.builds(lambda m: {"exact": m}, attribute_maps),
+    st.builds(lambda m: {"prefix": m}, attribute_maps),
+    st.builds(lambda m: {"suffix": m}, attribute_maps),
+    st.builds(lambda text: {"cesql": text}, st.sampled_from(CESQL)),
+    st.just({}),
+    st.just({"exact": None, "prefix": {"type": "a"}}),  # a null dialect is not set
+)
+filter_elements = st.recursive(
+    leaf_filters,
+    lambda inner: st.one_of(
+        st.builds(lambda items: {"all": items}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda items: {"any": items}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda item: {"not": item}, inner),
+    ),
+    max_leaves=6,
+)
+trigger_specs = st.one_of(
+    st.builds(lambda items: {"filters": items}, st.lists(filter_elements, max_size=3)),
+    st.builds(
+        lambda m: {"filter": {"attributes": m}},
+        st.dictionaries(names, st.sampled_from(["", *VALUES]), max_size=3),
+    ),
+    st.just({}),
+)
+attribute_values = st.one_of(values, st.integers(0, 9), st.booleans())
+events = st.builds(
+    lambda extra, type_, source: CloudEvent(
+        {"specversion": "1.0", "id": "1", "type": type_, "source": source, **extra}, None
+    ),
+    st.dictionaries(
+        st.sampled_from(["tenant", "region", "datamediatype", "datacontenttype", "schemaurl"]),
+        attribute_values,
+        max_size=4,
+    ),
+    values,
+    values,
+)
+
+
+def _compiled(specs: list[dict[str, Any]]) -> list[tuple[int, str, Any]]:
+    entries = []
+    for key, spec in enumerate(specs):
+        predicate, source = compile_trigger_filter(spec)
+        entries.append((key, source, predicate))
+    return entries
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(trigger_specs, max_size=25), st.lists(events, min_size=1, max_size=5))
+def test_index_matches_exactly_the_triggers_whose_filter_matches(
+    specs: list[dict[str, Any]], probes: list[CloudEvent]
+) -> None:
+    entries = _compiled(specs)
+    index = TriggerIndex(entries)
+    assert len(index) == len(entries)
+    for event in probes:
+        expected = [key for key, _, predicate in entries if predicate(event)]
+        assert sorted(index.matching(event)) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(trigger_specs, events)
+def test_a_trigger_whose_pin_fails_does_not_match(spec: dict[str, Any], event: CloudEvent) -> None:
+    # The pin is a necessary condition: whenever the filter matches, the pin holds.
+    predicate, source = compile_trigger_filter(spec)
+    if not predicate(event):
+        return
+    for pin in pins_of(source).pins:
+        value = event.attributes.get(pin.name)
+        assert value is not None
+        text = value if isinstance(value, str) else str(value).lower()
+        assert text == pin.value if pin.kind == "exact" else text.startswith(pin.value)
+
+
+def pin_of(spec: dict[str, Any], shared_by: dict[Pin, int] | None = None) -> Pin | None:
+    pins = pins_of(compile_trigger_filter(spec)[1]).pins
+    return choose_pin(pins, {pin: 1 for pin in pins} | (shared_by or {}))
+
+
+def test_pin_is_least_shared_then_exact_then_longest_never_from_cesql_any_not() -> None:
+    both = {"filters": [{"prefix": {"type": "com."}}, {"exact": {"source": "/s"}}]}
+    assert pin_of(both) == Pin("exact", "source", "/s")
+    assert pin_of(both, {Pin("exact", "source", "/s"): 500}) == Pin("prefix", "type", "com.")
+    longest = {"filters": [{"all": [{"prefix": {"type": "com."}}, {"prefix": {"id": "abcde"}}]}]}
+    assert pin_of(longest) == Pin("prefix", "id", "abcde")
+    for unpinned in (  # CESQL, any, not, suffix, derived names and no filter are never pinned
+        {"filters": [{"cesql": "type = 'x'"}]},
+        {"filters": [{"any": [{"exact": {"type": "x"}}]}]},
+        {"filters": [{"not": {"exact": {"type": "x"}}}]},
+        {"filters": [{"suffix": {"type": "x"}}]},
+        {"filters": [{"exact": {"datamediatype": "text/plain"}}]},
+        {},
+    ):
+        assert pin_of(unpinned) is None, unpinned
+    assert pin_of({"filter": {"attributes": {"tenant": ""}}}) == Pin("prefix", "tenant", "")
+
+
+def test_only_unpinned_and_hit_buckets_are_candidates() -> None:
+    # Every Trigger also pins the same source: the index files them by their type instead.
+    specs = [{"filter": {"attributes": {"type": f"t{n}", "source": "/"}}} for n in range(1000)]
+    specs.append({"filters": [{"cesql": "type = 't7'"}]})
+    index = TriggerIndex(_compiled(specs))
+    event = CloudEvent({"specversion": "1.0", "id": "1", "source": "/", "type": "t7"}, None)
+    assert index.unpinned == 1
+    assert len(index.candidates(event)) == 2
+    # A filter that is more than its pin (here: the source too) still runs its predicate.
+    assert all(predicate is not None for _, predicate in index.candidates(event))
+    assert sorted(index.matching(event)) == [7, 1000]
+    assert TriggerIndex([(0, "{}", match_all)]).matching(event) == [0]
+
+
+def test_a_filter_that_is_only_its_pin_is_decided_by_the_lookup() -> None:
+    only_type = compile_trigger_filter({"filters": [{"exact": {"type": "t"}}]})
+    type_and_cesql = compile_trigger_filter({"filters": [{"exact": {"type": "t"}}, {"cesql": "x"}]})
+    present = compile_trigger_filter({"filter": {"attributes": {"tenant": ""}}})
+    index = TriggerIndex(
+        [
+            ("only", only_type[1], only_type[0]),
+            ("more", type_and_cesql[1], type_and_cesql[0]),
+            ("present", present[1], present[0]),
+        ]
+    )
+    event = CloudEvent(
+        {"specversion": "1.0", "id": "1", "source": "/", "type": "t", "tenant": 1}, None
+    )
+    decided = {key: predicate is None for key, predicate in index.candidates(event)}
+    assert decided == {"only": True, "more": False, "present": True}
+    assert sorted(index.matching(event)) == ["only", "present"]
