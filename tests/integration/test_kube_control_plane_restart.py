@@ -24,7 +24,7 @@ import json
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,31 +35,16 @@ from broker.controlplane.kube.store import BROKERS, TRIGGERS
 from tests.support.cemesh import RunningCemesh, running_cemesh
 from tests.support.servers import kube_apiserver as kube
 from tests.support.servers.kube_apiserver import KubeApiServer
+from tests.support.servers.kube_apiserver import private_server as private_server
+from tests.support.servers.kube_apiserver import (
+    private_server_without_watch_cache as private_server_without_watch_cache,
+)
 from tests.support.subscriber import RecordingSubscriber
 
 pytestmark = pytest.mark.timeout(240)
 
 WAIT = 60.0  # generous: the machine is shared
 PROGRESS_BOUND = 3.0  # small for the test; the product default is 150 s
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[KubeApiServer]:
-    server = kube.launch(tmp_path / "kube")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def server_without_watch_cache(tmp_path: Path) -> Iterator[KubeApiServer]:
-    """Watches go to etcd itself, so a compacted resourceVersion answers 410."""
-    server = kube.launch(tmp_path / "kube", apiserver_args=["--watch-cache=false"])
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def manifests(namespace: str, subscriber_url: str, *triggers: str) -> str:

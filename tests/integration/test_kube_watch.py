@@ -18,9 +18,8 @@ import asyncio
 import json
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,31 +28,16 @@ from broker.controlplane.kube.client import KubeConnection
 from broker.controlplane.kube.watch import STALLED, Backoff, CollectionWatch
 from tests.support.servers import kube_apiserver as kube
 from tests.support.servers.kube_apiserver import KubeApiServer
+from tests.support.servers.kube_apiserver import private_server as private_server
+from tests.support.servers.kube_apiserver import (
+    private_server_without_watch_cache as private_server_without_watch_cache,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 FAST = Backoff(initial=0.05, maximum=0.5)
 WAIT = 30.0  # generous: the machine is shared
 PROGRESS_BOUND = 3.0  # small for the test; the product default is 150 s
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[KubeApiServer]:
-    server = kube.launch(tmp_path / "kube")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def server_without_watch_cache(tmp_path: Path) -> Iterator[KubeApiServer]:
-    """Watches go to etcd itself, so a compacted resourceVersion answers 410 at once."""
-    server = kube.launch(tmp_path / "kube", apiserver_args=["--watch-cache=false"])
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def broker_manifest(namespace: str, name: str) -> str:

@@ -455,3 +455,23 @@ def running_in_temp_dir(
 def kube_apiserver() -> Iterator[KubeApiServer]:
     """One real Kubernetes API server with the project's CRDs, for the whole session."""
     yield from running_in_temp_dir("cemesh-kube-")
+
+
+@pytest.fixture(name="server")
+def private_server(tmp_path: Path) -> Iterator[KubeApiServer]:
+    """An API server of the test's own (restarted, compacted or emptied by the test)."""
+    server = launch(tmp_path / "kube")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(name="server_without_watch_cache")
+def private_server_without_watch_cache(tmp_path: Path) -> Iterator[KubeApiServer]:
+    """Watches go to etcd itself, so a compacted resourceVersion answers 410 at once."""
+    server = launch(tmp_path / "kube", apiserver_args=["--watch-cache=false"])
+    try:
+        yield server
+    finally:
+        server.stop()
