@@ -50,6 +50,7 @@ from broker.cli.manifests import (
 )
 from broker.cli.observe import describe, no_watch_with, tail, watch_list
 from broker.cli.redaction import hide_secret, mask_password, redact
+from broker.cli.replay import replay
 from broker.cli.state import _Cli, _State, namespace_option, pass_state
 from broker.cli.tables import empty_message, render_objects, render_table
 from broker.controlplane.catalog import ResourceType
@@ -587,3 +588,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 cli.add_command(tail)
 cli.add_command(describe)
+cli.add_command(replay)

@@ -12,7 +12,7 @@ and the name rules every kind's ``metadata.name`` is checked against by default.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,13 @@ def _no_checks(obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
     """Kinds without rules of their own: the shared metadata checks are all they get."""
 
 
+# The stored object at (API group, kind, namespace, name), or None: what a reference check reads.
+Lookup = Callable[[str, str, str, str], Awaitable[Mapping[str, Any] | None]]
+# Checks, when an object is created through the API, that the objects it names exist now;
+# raises InvalidResource naming the field otherwise.
+ReferenceCheck = Callable[[Mapping[str, Any], Lookup], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """How one kind is admitted.
@@ -93,11 +100,15 @@ class Admission:
     ``check`` validates and defaults the normalized object in place (``old`` is the stored object
     on update, else None); ``content`` lists the top-level fields carrying the desired state
     (``spec``, or a Secret's own fields); ``check_name`` checks ``metadata.name``.
+    ``check_references`` (optional) runs on create through the API, after ``check``: for kinds
+    that act once on what exists (a Replay), where a missing reference is the caller's mistake
+    rather than something applied in the same manifest and not there yet.
     """
 
     check: Admitter = _no_checks
     content: tuple[str, ...] = ("spec",)
     check_name: Callable[[str, str], None] = check_subdomain_name
+    check_references: ReferenceCheck | None = None
 
 
 # A reconciler reads one object and the pass's world (broker.controlplane.world.World) and records

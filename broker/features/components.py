@@ -9,16 +9,23 @@ dispatcher drains.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from broker.controlplane.archive_store import ArchiveStore
 from broker.controlplane.resource_store import ResourceStore
 from broker.core.asgi import HttpHandler
 from broker.core.config import Settings
+from broker.core.events import CloudEvent
 from broker.core.metrics import Metrics
+from broker.dataplane.bus import Bus
 from broker.dataplane.dispatch.delivery import TokenSource
 from broker.dataplane.dispatch.http import LocalRoutingClient
+
+# Deliver an event to one Trigger (by uid) through the dispatcher's normal path, as if its group
+# had received it: broker.dataplane.dispatch.dispatcher.Dispatcher.redeliver.
+Redeliver = Callable[[str, CloudEvent], Awaitable[None]]
 
 # Components answer HTTP with the raw ASGI names of broker/core/asgi.py (their one home).
 
@@ -32,6 +39,10 @@ class RuntimeContext:
     metrics: Metrics
     client: LocalRoutingClient  # outbound HTTP (the dispatcher's pooled client)
     tokens: TokenSource | None = None  # cemesh's delivery tokens, when delivery OIDC is on
+    # The open buses by name (the live map: buses open as Brokers need them).
+    buses: Mapping[str, Bus] = field(default_factory=dict)
+    redeliver: Redeliver | None = None  # the dispatcher's, for replays
+    archive: ArchiveStore | None = None  # archived events and replay progress
 
 
 class Component(Protocol):

@@ -48,6 +48,7 @@ from broker.controlplane.kube.control import KubeControlPlane, connect_control_p
 from broker.controlplane.outbound import OutboundGuard, guard_for
 from broker.controlplane.signing_keys import KeyRing
 from broker.controlplane.store import Store
+from broker.controlplane.store.archive import SqlArchive
 from broker.core.asgi import Receive, Scope, Send
 from broker.core.config import Settings
 from broker.core.durations import parse_duration
@@ -199,6 +200,9 @@ class Runtime:
             metrics=self.metrics,
             client=self.client,
             tokens=self.tokens,
+            buses=self.buses,
+            redeliver=self.dispatcher.redeliver,
+            archive=SqlArchive(self.store),
         )
         # Features that run beside the dispatcher, each fed its part of every snapshot.
         self.components: list[Component] = build_components(features, context)

@@ -21,6 +21,7 @@ from broker.controlplane.catalog import Catalog, ResourceType
 from broker.controlplane.eventing.kinds import EVENTING_KINDS
 from broker.controlplane.eventing.reconcile import EVENTING_ADDRESSES, EVENTING_RECONCILERS
 from broker.controlplane.outbound import OutboundGuard
+from broker.features.archive.feature import ARCHIVE_FEATURE
 from broker.features.eventpolicy.feature import EVENTPOLICY_FEATURE
 from broker.features.feature import Feature, build_catalog
 from broker.features.flows.feature import FLOWS_FEATURE
@@ -46,6 +47,7 @@ def default_features(extra_sources: Iterable[SourceKind] = ()) -> tuple[Feature,
         FLOWS_FEATURE,
         SERVING_FEATURE,
         sources_feature((*BUILTIN_SOURCE_KINDS, *extra_sources)),
+        ARCHIVE_FEATURE,  # after the Brokers and Triggers its Archives and Replays read
     )
 
 

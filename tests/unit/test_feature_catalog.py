@@ -67,7 +67,14 @@ def test_importing_the_resource_model_serves_no_feature_kind() -> None:
 def test_catalog_serves_exactly_the_listed_features_kinds() -> None:
     listed = [t for feature in FEATURES for t in feature.kinds]
     assert list(CATALOG.kinds) == listed
-    assert [f.name for f in FEATURES] == ["eventing", "eventpolicy", "flows", "serving", "sources"]
+    assert [f.name for f in FEATURES] == [
+        "eventing",
+        "eventpolicy",
+        "flows",
+        "serving",
+        "sources",
+        "archive",
+    ]
 
 
 def test_a_catalog_without_a_feature_does_not_serve_its_kinds() -> None:

@@ -165,6 +165,9 @@ class ResourceApi:
         self._check_kind(rtype, body)
         obj = admit(body, namespace=namespace, guard=self.guard, catalog=self.catalog)
         self._admit_write(principal, "create", obj, namespace)
+        check_references = self.catalog.admission(rtype).check_references
+        if check_references is not None:
+            await check_references(obj, self._lookup)
         created = await self.store.create(obj)
         await self.controller.sync()
         meta = created["metadata"]
@@ -248,6 +251,15 @@ class ResourceApi:
                 "uid": deleted["metadata"].get("uid"),
             },
         }
+
+    async def _lookup(
+        self, api_group: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        """The stored object, or None (for reference checks)."""
+        try:
+            return await self.store.get(api_group, kind, namespace, name)
+        except NotFound:
+            return None
 
     @staticmethod
     def _check_kind(rtype: ResourceType, body: dict[str, Any]) -> None:

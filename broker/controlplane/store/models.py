@@ -9,7 +9,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
@@ -89,3 +101,44 @@ class SigningKeyRow(Base):
     private_key: Mapped[str] = mapped_column(Text)  # PKCS#8 PEM
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     activates_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # signs from then
+
+
+# A 64-bit key that SQLite still makes its rowid (autoincrement) from: SQLite only does that for
+# a column declared exactly INTEGER PRIMARY KEY.
+ROW_ID: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class ArchivedEventRow(Base):
+    """One event an Archive kept (``broker/controlplane/store/archive.py``).
+
+    Not a resource: events are many, written by the archive writer, read by replays, deleted by
+    retention; none of that moves the store's revision. ``event_key`` is a digest of the event's
+    source and id, so a redelivered event is kept once per archive.
+    """
+
+    __tablename__ = "archived_events"
+
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True, autoincrement=True)
+    archive_uid: Mapped[str] = mapped_column(String(36))
+    accepted_us: Mapped[int] = mapped_column(BigInteger)  # when the Broker accepted it
+    event_key: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)  # broker.core.events.encode_envelope
+
+    __table_args__ = (
+        UniqueConstraint("archive_uid", "event_key"),
+        Index("ix_archived_events_archive_uid_accepted_us_id", "archive_uid", "accepted_us", "id"),
+    )
+
+
+class ReplayProgressRow(Base):
+    """How far one Replay got: the cursor (the last archived event done) and its counts."""
+
+    __tablename__ = "replay_progress"
+
+    replay_uid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    high_water: Mapped[int] = mapped_column(BigInteger)  # the last archived row it replays
+    cursor_us: Mapped[int] = mapped_column(BigInteger)
+    cursor_id: Mapped[int] = mapped_column(BigInteger)
+    replayed: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[int] = mapped_column(BigInteger)
+    finished: Mapped[bool] = mapped_column(Boolean)

@@ -42,7 +42,8 @@ from urllib.parse import urlsplit
 
 from prometheus_client.metrics_core import GaugeMetricFamily
 
-from broker.core.events import BROKER_TTL, DEFAULT_MAX_TTL
+from broker.core.errors import NotFound
+from broker.core.events import BROKER_TTL, DEFAULT_MAX_TTL, CloudEvent
 from broker.core.metrics import NO_RESPONSE, Metrics
 from broker.core.spec import Snapshot, SubscriptionSpec, TriggerSpec
 from broker.dataplane.bus import Bus, Capability, Message, Nack, ReportsBacklog, Subscription
@@ -190,6 +191,19 @@ class Dispatcher:
                     consumer.subscription = await bus.subscribe(
                         spec.topic, group=spec.group, handler=handler, concurrency=1
                     )
+
+    async def redeliver(self, trigger_uid: str, event: CloudEvent) -> None:
+        """Deliver ``event`` to one Trigger as if its group had received it (a replay).
+
+        The Trigger's filter, delivery policy, retries, dead letter and reply all apply, and the
+        metrics count it. Returns once the outcome is settled; raises NotFound when the Trigger
+        is not served now, and Nack when the event is to be tried again later (draining, or the
+        dead-letter sink failed too).
+        """
+        consumer = self._consumers.get(trigger_uid)
+        if consumer is None or not isinstance(consumer.spec, TriggerSpec):
+            raise NotFound(f"trigger {trigger_uid} is not served now")
+        await self._handle(consumer, Message(event, key=event.key))
 
     def _retarget(self, consumer: _Consumer, spec: TriggerSpec | SubscriptionSpec) -> None:
         """Swap in ``spec`` with its target and ttl handling for the current snapshot's routes."""

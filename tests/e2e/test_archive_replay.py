@@ -1,0 +1,319 @@
+"""Archive and replay (issue 15 item 5): a Broker's accepted events kept in the store, replayed
+to one Trigger or all, marked ``cemeshreplay``, at a bounded rate, resumable across a restart,
+expired by retention; bad Replays refused with a precise 4xx. cemesh runs in-process on a loopback
+port (SQLite store; the in-memory bus, and Redis Streams as a durable bus); subscribers are real
+HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from broker.dataplane.archive import REPLAY_EXTENSION
+from tests.support.cemesh import RunningCemesh, running_cemesh
+from tests.support.servers.redis import RedisServer
+from tests.support.subscriber import Received, RecordingSubscriber
+
+ARCHIVES = "/apis/eventing.cemesh.dev/v1alpha1/namespaces/default/archives"
+REPLAYS = "/apis/eventing.cemesh.dev/v1alpha1/namespaces/default/replays"
+
+
+def mesh_manifest(subscribers: dict[str, str], retention: str = "PT1H", extra: str = "") -> str:
+    triggers = "".join(
+        f"""---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: {name}
+spec:
+  broker: default
+  subscriber:
+    uri: {url}
+{extra if name == "orders" else ""}"""
+        for name, url in subscribers.items()
+    )
+    return f"""
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: default
+---
+apiVersion: eventing.cemesh.dev/v1alpha1
+kind: Archive
+metadata:
+  name: everything
+spec:
+  broker: default
+  retention: {retention}
+{triggers}"""
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def the_hour() -> tuple[str, str]:
+    now = datetime.now(UTC)
+    return rfc3339(now - timedelta(hours=1)), rfc3339(now + timedelta(seconds=1))
+
+
+def replay(name: str, rate: float = 1000, trigger: str | None = None) -> dict[str, Any]:
+    start, end = the_hour()
+    spec: dict[str, Any] = {"archive": "everything", "startTime": start, "endTime": end}
+    spec["rate"] = rate
+    if trigger:
+        spec["trigger"] = trigger
+    return {
+        "apiVersion": "eventing.cemesh.dev/v1alpha1",
+        "kind": "Replay",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+async def send_events(mesh: RunningCemesh, count: int, prefix: str = "e") -> None:
+    """``count`` events to Broker default/default, in batches of 100."""
+    for first in range(0, count, 100):
+        batch = [
+            {
+                "specversion": "1.0",
+                "id": f"{prefix}-{i}",
+                "source": "/archive-test",
+                "type": "com.example.order" if i % 2 == 0 else "com.example.refund",
+                "data": {"n": i},
+            }
+            for i in range(first, min(first + 100, count))
+        ]
+        response = await mesh.post_event(
+            "/default/default",
+            {"content-type": "application/cloudevents-batch+json"},
+            orjson.dumps(batch),
+        )
+        assert response.status_code == 202, response.text
+
+
+async def archived(mesh: RunningCemesh, count: int, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """Wait until the archive writer kept ``count`` events."""
+    writer = mesh.runtime.component("archive").writer
+    async with asyncio.timeout(timeout):
+        while writer.archived < count:  # noqa: ASYNC110 (a counter, polled with a timeout)
+            await asyncio.sleep(0.05)
+
+
+async def finished(mesh: RunningCemesh, name: str, timeout: float = 60.0) -> dict[str, Any]:  # noqa: ASYNC109
+    """The Replay's status once ``completedAt`` is set and Succeeded is True."""
+    async with asyncio.timeout(timeout):
+        while True:
+            status = (await mesh.client.get(f"{REPLAYS}/{name}")).json().get("status") or {}
+            conditions = {c["type"]: c for c in status.get("conditions") or []}
+            if (
+                status.get("completedAt")
+                and conditions.get("Succeeded", {}).get("status") == "True"
+            ):
+                return status
+            await asyncio.sleep(0.1)
+
+
+def replayed(received: list[Received], name: str) -> list[str]:
+    return [
+        r.event.id
+        for r in received
+        if r.event is not None and r.event.attributes.get(REPLAY_EXTENSION) == name
+    ]
+
+
+async def check_the_hour_is_replayed(mesh: RunningCemesh, sub: RecordingSubscriber) -> None:
+    await mesh.apply(mesh_manifest({"orders": sub.url}))
+    await send_events(mesh, 1000)
+    await sub.wait_for(1000, timeout=60)
+    await archived(mesh, 1000)
+    sub.received.clear()  # the subscriber lost its copies
+    created = await mesh.client.post(REPLAYS, json=replay("the-hour"))
+    assert created.status_code == 201, created.text
+    status = await finished(mesh, "the-hour")
+    assert (status["replayed"], status["total"]) == (1000, 1000)
+    received = await sub.wait_for(1000, timeout=30)
+    ids = replayed(received, "the-hour")
+    assert sorted(ids) == sorted(f"e-{i}" for i in range(1000))
+    assert ids == [f"e-{i}" for i in range(1000)]  # in the order the Broker accepted them
+
+
+async def test_replaying_the_hour_redelivers_all_1000_archived_events_marked_as_replayed(
+    tmp_path: Path,
+) -> None:
+    async with running_cemesh(tmp_path) as mesh, RecordingSubscriber() as sub:
+        await check_the_hour_is_replayed(mesh, sub)
+
+
+async def test_replaying_the_hour_on_a_durable_bus_redelivers_all_1000(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with (
+        running_cemesh(
+            tmp_path,
+            default_channel="RedisStreamChannel",
+            redis_url=redis_server.url,
+            redis_visibility_timeout=2.0,
+        ) as mesh,
+        RecordingSubscriber() as sub,
+    ):
+        await check_the_hour_is_replayed(mesh, sub)
+
+
+async def test_replay_to_one_trigger_reaches_only_it_and_its_filter_still_applies(
+    tmp_path: Path,
+) -> None:
+    only_orders = "  filter:\n    attributes:\n      type: com.example.order\n"
+    async with (
+        running_cemesh(tmp_path) as mesh,
+        RecordingSubscriber() as orders,
+        RecordingSubscriber() as audit,
+    ):
+        await mesh.apply(
+            mesh_manifest({"orders": orders.url, "audit": audit.url}, extra=only_orders)
+        )
+        await send_events(mesh, 40)
+        await orders.wait_for(20)
+        await audit.wait_for(40)
+        await archived(mesh, 40)
+        orders.received.clear()
+        audit.received.clear()
+        created = await mesh.client.post(REPLAYS, json=replay("orders-only", trigger="orders"))
+        assert created.status_code == 201, created.text
+        status = await finished(mesh, "orders-only")
+        assert status["replayed"] == 40
+        received = await orders.wait_for(20)
+        assert replayed(received, "orders-only") == [f"e-{i}" for i in range(0, 40, 2)]
+        assert all(r.event and r.event.type == "com.example.order" for r in received)
+        assert audit.received == []  # the other Trigger got nothing
+
+
+async def test_replay_never_exceeds_its_rate(tmp_path: Path) -> None:
+    async with running_cemesh(tmp_path) as mesh, RecordingSubscriber() as sub:
+        await mesh.apply(mesh_manifest({"orders": sub.url}))
+        await send_events(mesh, 60)
+        await sub.wait_for(60)
+        await archived(mesh, 60)
+        sub.received.clear()
+        started = time.monotonic()
+        created = await mesh.client.post(REPLAYS, json=replay("slowly", rate=20))
+        assert created.status_code == 201, created.text
+        await sub.wait_for(60, timeout=30)
+        took = time.monotonic() - started
+        # 60 events at 20/s: the last may leave no earlier than 59/20 = 2.95 s after the first.
+        assert took >= 2.9, f"60 events at 20/s took {took:.2f} s"
+
+
+async def test_replay_resumes_after_a_restart_without_resending_what_was_done(
+    tmp_path: Path,
+) -> None:
+    async with RecordingSubscriber() as sub:
+        async with running_cemesh(tmp_path) as mesh:
+            await mesh.apply(mesh_manifest({"orders": sub.url}))
+            await send_events(mesh, 300)
+            await sub.wait_for(300)
+            await archived(mesh, 300)
+            sub.received.clear()
+            created = await mesh.client.post(REPLAYS, json=replay("resumed", rate=100))
+            assert created.status_code == 201, created.text
+            await sub.wait_for(100, timeout=30)  # a third done, then cemesh stops
+        before_restart = len(replayed(sub.received, "resumed"))
+        assert before_restart < 300
+        async with running_cemesh(tmp_path) as mesh:
+            status = await finished(mesh, "resumed")
+            ids = replayed(sub.received, "resumed")
+            assert set(ids) == {f"e-{i}" for i in range(300)}
+            duplicates = sum(n - 1 for n in Counter(ids).values())
+            assert duplicates <= 2, f"{duplicates} events sent again after the restart"
+            assert status["replayed"] == status["total"] == 300
+
+
+async def test_retention_deletes_archived_events_once_they_are_older(tmp_path: Path) -> None:
+    async with running_cemesh(tmp_path) as mesh, RecordingSubscriber() as sub:
+        await mesh.apply(mesh_manifest({"orders": sub.url}, retention="PT2S"))
+        await send_events(mesh, 10)
+        await archived(mesh, 10)
+        store = mesh.runtime.component("archive")._context.archive
+        archive = (await mesh.client.get(f"{ARCHIVES}/everything")).json()
+        uid = archive["metadata"]["uid"]
+        assert await store.count(uid, 0, 2**62, 2**62) == 10
+        async with asyncio.timeout(20):
+            while await store.count(uid, 0, 2**62, 2**62):  # noqa: ASYNC110 (rows in SQL)
+                await asyncio.sleep(0.2)
+        # A Replay of the hour then has nothing to replay, and says so.
+        created = await mesh.client.post(REPLAYS, json=replay("too-late"))
+        assert created.status_code == 201, created.text
+        status = await finished(mesh, "too-late")
+        assert (status["replayed"], status["total"]) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"endTime": "2020-01-01T00:00:00Z"}, "spec.endTime", "must be after spec.startTime"),
+        ({"startTime": "yesterday"}, "spec.startTime", "not an RFC 3339 time"),
+        ({"startTime": "2026-01-01T00:00:00"}, "spec.startTime", "no time zone"),
+        ({"rate": 0}, "spec.rate", "above 0"),
+        ({"rate": "fast"}, "spec.rate", "must be a number"),
+        ({"archive": "nope"}, "spec.archive", "Archive 'nope' does not exist"),
+        ({"trigger": "nope"}, "spec.trigger", "Trigger 'nope' does not exist"),
+        ({"trigger": "elsewhere"}, "spec.trigger", "belongs to Broker 'other'"),
+    ],
+)
+async def test_a_bad_replay_is_refused_naming_the_field(
+    tmp_path: Path, change: dict[str, Any], field: str, words: str
+) -> None:
+    async with running_cemesh(tmp_path) as mesh:
+        await mesh.apply(mesh_manifest({"orders": "http://127.0.0.1:9/"}))
+        await mesh.apply(
+            """
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: other
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: elsewhere
+spec:
+  broker: other
+  subscriber:
+    uri: http://127.0.0.1:9/
+"""
+        )
+        body = replay("bad")
+        body["spec"].update(change)
+        response = await mesh.client.post(REPLAYS, json=body)
+        assert response.status_code == 422, response.text
+        message = response.json()["message"]
+        assert field in message and words in message, message
+        assert (await mesh.client.get(f"{REPLAYS}/bad")).status_code == 404
+
+
+async def test_a_replay_cannot_be_changed_and_a_bad_archive_is_refused(tmp_path: Path) -> None:
+    async with running_cemesh(tmp_path) as mesh:
+        await mesh.apply(mesh_manifest({"orders": "http://127.0.0.1:9/"}))
+        created = (await mesh.client.post(REPLAYS, json=replay("fixed"))).json()
+        changed = replay("fixed", rate=5)
+        changed["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"]
+        response = await mesh.client.put(f"{REPLAYS}/fixed", json=changed)
+        assert response.status_code == 422 and "cannot be changed" in response.text
+        for spec, field in [
+            ({"broker": "default", "retention": "PT0S"}, "spec.retention"),
+            ({"broker": "default", "retention": "soon"}, "spec.retention"),
+            ({"retention": "P1D"}, "spec.broker"),
+            ({"broker": "default", "filters": [{"cesql": "type ="}]}, "spec.filters"),
+        ]:
+            body = {"apiVersion": "eventing.cemesh.dev/v1alpha1", "kind": "Archive"}
+            body |= {"metadata": {"name": "bad"}, "spec": spec}
+            response = await mesh.client.post(ARCHIVES, json=body)
+            assert response.status_code == 422, response.text
+            assert field in response.json()["message"], response.text
