@@ -1,5 +1,5 @@
 """The ``cemesh`` command line: ``serve``, ``apply``, ``get``, ``delete``, ``send``, ``tail``,
-``describe``, ``db upgrade``.
+``describe``, ``replay``, ``db upgrade``.
 
 It talks to a running cemesh over its Kubernetes-style REST API (``--server`` / ``CEMESH_URL``)
 the way kubectl and kn talk to Kubernetes. This package is the public surface: every name the
@@ -15,7 +15,7 @@ commands and tests use is importable from ``broker.cli``. Its modules, one job e
   :mod:`~broker.cli.state` (the root group, its error mapping, server and token),
   :mod:`~broker.cli.commands` (the click commands and :func:`main`, the console script),
   :mod:`~broker.cli.observe` (``tail``, ``describe`` and ``get -w``'s polling, with their pure
-  line formats).
+  line formats), :mod:`~broker.cli.replay` (``replay``: a Replay created and its progress shown).
 
 Every failure ends as ONE line on stderr, ``error: ...``, and a non-zero exit; a traceback is
 never shown.

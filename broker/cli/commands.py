@@ -1,6 +1,6 @@
 """The click commands: ``serve``, ``apply``, ``get`` (``-w`` watches), ``delete``, ``send``,
 ``db upgrade``, ``token hash``/``path``/``show``; ``tail`` and ``describe`` come from
-:mod:`broker.cli.observe`.
+:mod:`broker.cli.observe`, ``replay`` from :mod:`broker.cli.replay`.
 
 The management API's token: ``--token`` / ``CEMESH_TOKEN``, else the local token file
 (``--token-file`` / ``CEMESH_TOKEN_FILE``, default the one ``cemesh serve`` creates in the user's

@@ -11,6 +11,8 @@
   over :mod:`~broker.controlplane.resource_store` (the one storage seam) whose implementations are
   :mod:`~broker.controlplane.store` (SQL) and, as a Knative Broker class in a cluster,
   :mod:`~broker.controlplane.kube` (the Kubernetes API).
+- :mod:`~broker.controlplane.archive_store`: the seam to archived events and replay progress
+  (implemented in :mod:`~broker.controlplane.store.archive`).
 - :mod:`~broker.controlplane.api`: the Kubernetes-style REST API (with its guard and OpenAPI,
   and the live event stream of a Broker or Channel).
 - :mod:`~broker.controlplane.signing_keys`, :mod:`~broker.controlplane.delivery_tokens`: cemesh's

@@ -10,6 +10,8 @@ everything it needs arrives as a :class:`~broker.core.spec.Snapshot`.
   re-entering a Broker), used by both ingress and dispatcher.
 - :mod:`~broker.dataplane.live_feed`: accepted events handed to live watchers (``cemesh tail``)
   through bounded queues that drop and count for a slow reader.
+- :mod:`~broker.dataplane.archive`: the archive writer, a consumer group per Archive on its
+  Broker's topic appending to an :class:`~broker.dataplane.archive.ArchiveSink`.
 - :mod:`~broker.dataplane.bus`: the bus contract and the adapters' shared toolkit (the adapters
   themselves are the top-level ``adapters`` package).
 - :mod:`~broker.dataplane.dispatch`: consume loops, filters, delivery with retries, replies and

@@ -6,6 +6,7 @@ interface (kinds with admission, reconcilers, destination resolvers, a runtime c
   activator, invoker) or an existing Kubernetes Deployment.
 - :mod:`~broker.features.flows`: Sequence and Parallel.
 - :mod:`~broker.features.eventpolicy`: EventPolicy (who may send to a Broker or channel).
+- :mod:`~broker.features.archive`: Archive and Replay (a Broker's events kept, re-delivered).
 - Shared by them: :mod:`~broker.features.feature` (the interface),
   :mod:`~broker.features.components` (the runtime component contract and its context),
   :mod:`~broker.features.sinkbinding` (the SinkBinding environment) and

@@ -7,6 +7,8 @@ HTTP servers."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -317,3 +319,57 @@ async def test_a_replay_cannot_be_changed_and_a_bad_archive_is_refused(tmp_path:
             response = await mesh.client.post(ARCHIVES, json=body)
             assert response.status_code == 422, response.text
             assert field in response.json()["message"], response.text
+
+
+async def run_cli(mesh: RunningCemesh, *args: str) -> tuple[int, str, str]:
+    """The real ``cemesh`` console script as a child process (stdout a pipe: plain lines)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CEMESH_")}
+    env |= {"CEMESH_URL": mesh.url, "CEMESH_TOKEN": mesh.token}
+    child = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "cemesh"),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(child.communicate(), 60)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    return child.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cemesh_replay_creates_the_replay_and_shows_progress_until_done(
+    tmp_path: Path,
+) -> None:
+    async with running_cemesh(tmp_path) as mesh, RecordingSubscriber() as sub:
+        await mesh.apply(mesh_manifest({"orders": sub.url, "audit": "http://127.0.0.1:9/"}))
+        await send_events(mesh, 50)
+        await sub.wait_for(50)
+        await archived(mesh, 50)
+        sub.received.clear()
+        code, out, err = await run_cli(
+            mesh, "replay", "broker/default", "--from", "1h", "--trigger", "orders",
+            "--rate", "100", "--name", "from-cli",
+        )  # fmt: skip
+        assert code == 0, err
+        assert "replay.eventing.cemesh.dev/from-cli created" in err
+        assert out.splitlines()[-1] == "replay from-cli: 50/50 events (100%) done", out
+        assert sorted(replayed(sub.received, "from-cli")) == sorted(f"e-{i}" for i in range(50))
+
+        for args, words in [
+            (("--from", "1h", "--to", "2h"), "is not after --from"),
+            (("--from", "yesterday"), "neither 'now', a time ago"),
+            (("--from", "1h", "--rate", "0"), "--rate"),
+        ]:
+            code, _, err = await run_cli(mesh, "replay", "broker/default", *args)
+            assert code == 2 and words in err, err
+        for target, args, words in [
+            ("broker/nope", (), "error: broker 'nope' does not exist in namespace 'default'"),
+            ("broker/default", ("--trigger", "nope"), "spec.trigger"),
+            ("broker/default", ("--archive", "nope"), "has no archive 'nope'"),
+        ]:
+            code, _, err = await run_cli(mesh, "replay", target, "--from", "1h", *args)
+            assert code == 1 and words in err and "Traceback" not in err, err
