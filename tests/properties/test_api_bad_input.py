@@ -57,6 +57,20 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
             headers={"Authorization": f"Bearer {cemesh.token}"},
         ) as client,
     ):
+        # What a Replay refers to must exist when it is created (checked on create).
+        for kind, obj in [
+            ("Broker", {"metadata": {"name": "default"}}),
+            (
+                "Trigger",
+                {
+                    "metadata": {"name": "orders"},
+                    "spec": {"broker": "default", "subscriber": {"uri": "http://127.0.0.1:9/"}},
+                },
+            ),
+            ("Archive", {"metadata": {"name": "orders"}, "spec": {"broker": "default"}}),
+        ]:
+            made = _send(client, "POST", resource_type(kind).collection_path("default"), obj)
+            assert made.status_code == 201, made.text
         yield client
 
 

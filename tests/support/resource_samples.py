@@ -210,6 +210,26 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "filters": [{"prefix": {"type": "com.example."}}],
         },
     ),
+    "Archive": _obj(
+        "eventing.cemesh.dev/v1alpha1",
+        "Archive",
+        spec={
+            "broker": "default",
+            "retention": "P1D",
+            "filters": [{"prefix": {"type": "com.example."}}],
+        },
+    ),
+    "Replay": _obj(
+        "eventing.cemesh.dev/v1alpha1",
+        "Replay",
+        spec={
+            "archive": "orders",
+            "startTime": "2026-12-06T08:00:00Z",
+            "endTime": "2026-12-06T09:00:00Z",
+            "trigger": "orders",
+            "rate": 50,
+        },
+    ),
 }
 
 
