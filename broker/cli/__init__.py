@@ -15,7 +15,8 @@ commands and tests use is importable from ``broker.cli``. Its modules, one job e
   :mod:`~broker.cli.state` (the root group, its error mapping, server and token),
   :mod:`~broker.cli.commands` (the click commands and :func:`main`, the console script),
   :mod:`~broker.cli.observe` (``tail``, ``describe`` and ``get -w``'s polling, with their pure
-  line formats), :mod:`~broker.cli.replay` (``replay``: a Replay created and its progress shown).
+  line formats), :mod:`~broker.cli.replay` (``replay``: a Replay created and its progress shown),
+  :mod:`~broker.cli.waiting` (``apply --wait``: how many applied objects are Ready).
 
 Every failure ends as ONE line on stderr, ``error: ...``, and a non-zero exit; a traceback is
 never shown.

@@ -53,6 +53,7 @@ from broker.cli.redaction import hide_secret, mask_password, redact
 from broker.cli.replay import replay
 from broker.cli.state import _Cli, _State, namespace_option, pass_state
 from broker.cli.tables import empty_message, render_objects, render_table
+from broker.cli.waiting import WAIT_HELP, applied_key, wait_ready
 from broker.controlplane.catalog import ResourceType
 from broker.controlplane.eventing.types import bus_of_channel
 from broker.core.errors import CemeshError
@@ -166,15 +167,17 @@ def load_settings(**overrides: Any) -> Any:
 )
 @click.option("-R", "--recursive", is_flag=True, help="Also read directories' subdirectories.")
 @namespace_option
+@click.option("--wait", type=float, is_flag=False, flag_value=60.0, help=WAIT_HELP)
 @pass_state
-def apply(state: _State, files: tuple[str, ...], recursive: bool, namespace: str) -> None:
+def apply(state: _State, files: tuple[str, ...], recursive: bool, **options: Any) -> None:
     """Create or replace the objects of Knative YAML/JSON manifests (kubectl apply).
 
     Prints '<kind>/<name> created', 'configured' or 'unchanged' per object. Objects that fail
     (kinds cemesh does not serve, invalid fields) print one error line each; the others are
-    still applied, and the exit status is 1.
+    still applied, and the exit status is 1. ``--wait [SECONDS]`` (60) then shows how many
+    are Ready until all are, failing with the ones that are not and why.
     """
-    failed = False
+    namespace, wait, applied, failed = options["namespace"], options["wait"], [], False
     with ThreadPoolExecutor(APPLY_CONCURRENCY, thread_name_prefix="cemesh-apply") as pool:
         for wave in _waves(_documents(files, recursive)):
             # Applied at once (the server shares its syncs between concurrent writes), printed
@@ -193,11 +196,14 @@ def apply(state: _State, files: tuple[str, ...], recursive: bool, namespace: str
                 document, future = outcome
                 try:
                     click.echo(future.result())
+                    applied.append(applied_key(document.obj, namespace))
                 except Unreachable:
                     raise  # every other object would fail the same way
                 except (CliError, CemeshError) as exc:
                     _error_line(f"{_describe(document)}: {_message(exc)}")
                     failed = True
+    if wait is not None and applied:
+        wait_ready(state.api, applied, wait)
     if failed:
         sys.exit(1)
 

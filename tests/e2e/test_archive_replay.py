@@ -376,3 +376,24 @@ async def test_cemesh_replay_creates_the_replay_and_shows_progress_until_done(
         ]:
             code, _, err = await run_cli(mesh, "replay", target, "--from", "1h", *args)
             assert code == 1 and words in err and "Traceback" not in err, err
+
+
+async def test_cemesh_apply_wait_counts_ready_objects_and_names_those_that_are_not(
+    tmp_path: Path,
+) -> None:
+    async with running_cemesh(tmp_path) as mesh, RecordingSubscriber() as sub:
+        manifest = tmp_path / "mesh.yaml"
+        manifest.write_text(mesh_manifest({"orders": sub.url}))
+        code, out, err = await run_cli(mesh, "apply", "-f", str(manifest), "--wait")
+        assert code == 0, err
+        assert len(out.splitlines()) == 3 and err.splitlines()[-1] == "Ready: 3/3", err
+
+        lost = tmp_path / "lost.yaml"
+        lost.write_text(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: lost\n"
+            f"spec:\n  broker: missing\n  subscriber:\n    uri: {sub.url}\n"
+        )
+        code, _, err = await run_cli(mesh, "apply", "-f", str(lost), "--wait", "1")
+        assert code == 1, err
+        assert "Ready: 0/1" in err and "error: 1 of 1 not Ready after 1 s: trigger/lost:" in err
+        assert "missing" in err.splitlines()[-1], err
