@@ -25,6 +25,7 @@ from tests.support.subscriber import Received, RecordingSubscriber
 
 ARCHIVES = "/apis/eventing.cemesh.dev/v1alpha1/namespaces/default/archives"
 REPLAYS = "/apis/eventing.cemesh.dev/v1alpha1/namespaces/default/replays"
+TRIGGERS = "/apis/eventing.knative.dev/v1/namespaces/default/triggers"
 
 
 def mesh_manifest(subscribers: dict[str, str], retention: str = "PT1H", extra: str = "") -> str:
@@ -397,3 +398,27 @@ async def test_cemesh_apply_wait_counts_ready_objects_and_names_those_that_are_n
         assert code == 1, err
         assert "Ready: 0/1" in err and "error: 1 of 1 not Ready after 1 s: trigger/lost:" in err
         assert "missing" in err.splitlines()[-1], err
+
+
+async def test_two_replicas_on_one_store_replay_each_event_once(tmp_path: Path) -> None:
+    """Both replicas serve the Trigger and see the Replay; the slot lease lets one run it."""
+    async with RecordingSubscriber() as sub, running_cemesh(tmp_path, resync_interval=0.2) as a:
+        await a.apply(mesh_manifest({"orders": sub.url}))
+        await send_events(a, 200)
+        await sub.wait_for(200)
+        await archived(a, 200)
+        sub.received.clear()
+        async with running_cemesh(tmp_path, resync_interval=0.2) as b:
+            trigger = (await a.client.get(TRIGGERS + "/orders")).json()["metadata"]["uid"]
+            async with asyncio.timeout(20):
+                while trigger not in b.runtime.dispatcher.live:  # noqa: ASYNC110 (b's own sync)
+                    await asyncio.sleep(0.05)
+            created = await b.client.post(REPLAYS, json=replay("once", rate=200))
+            assert created.status_code == 201, created.text
+            status = await finished(a, "once")
+            await sub.wait_for(200)
+            ids = replayed(sub.received, "once")
+            assert Counter(ids) == Counter(f"e-{i}" for i in range(200)), Counter(ids).most_common(
+                3
+            )
+            assert status["replayed"] == 200

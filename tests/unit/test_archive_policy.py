@@ -151,3 +151,21 @@ def test_cli_progress_lines_say_how_far_or_why_it_waits() -> None:
     assert progress_line("r", done) == "replay r: 0/0 events (100%) done"
     waiting = {"conditions": [{"type": "Ready", "message": 'Trigger "x" is not Ready'}]}
     assert progress_line("r", waiting) == 'replay r: waiting: Trigger "x" is not Ready'
+
+
+def test_replay_slots_are_consecutive_leases_that_outlive_their_slot() -> None:
+    from broker.features.archive.ownership import (
+        SLOT_SECONDS,
+        lease_expiry,
+        lease_name,
+        lease_prefix,
+        slot_of,
+        slot_start,
+    )
+
+    slot = slot_of(1_000_000.0)
+    assert slot_start(slot) <= 1_000_000.0 < slot_start(slot + 1)
+    assert slot_start(slot + 1) - slot_start(slot) == SLOT_SECONDS
+    assert lease_name("u", slot).startswith(lease_prefix("u"))
+    assert lease_name("u", slot) != lease_name("u", slot + 1)
+    assert lease_expiry(slot).timestamp() == slot_start(slot + 2)

@@ -6,6 +6,7 @@
   progress is saved, retention cutoff);
 - :mod:`broker.features.archive.reconcile`: their status and the specs the component runs (pure);
 - :mod:`broker.features.archive.replayer`: one Replay running (thin I/O around the policy);
+- :mod:`broker.features.archive.ownership`: one replica at a time runs a Replay (slot leases);
 - :mod:`broker.features.archive.component`: the runtime component (archive writers, replay runs,
   the retention sweeper);
 - :mod:`broker.features.archive.feature`: the :class:`~broker.features.feature.Feature` value.

@@ -8,6 +8,7 @@ Fed ``snapshot.components["archive"]`` (built by :mod:`broker.features.archive.r
 - every :class:`~broker.features.archive.reconcile.ReplaySpec` gets a
   :class:`~broker.features.archive.replayer.ReplayRun` task (its targets swapped in when they
   change; cancelled, its progress saved, when the Replay goes away or cemesh stops);
+- only one replica runs a Replay at a time (:mod:`broker.features.archive.ownership`);
 - a sweeper enforces each Archive's retention (every Archive in the store, Ready or not), and
   forgets the events of deleted Archives and the progress of deleted Replays.
 """
@@ -19,12 +20,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from broker.controlplane.resource_store import new_holder
 from broker.core.durations import parse_duration
 from broker.core.errors import CemeshError
 from broker.dataplane.archive import ArchiveSpec, ArchiveWriter
 from broker.features.archive.kinds import ARCHIVE, REPLAY
+from broker.features.archive.ownership import lease_prefix, run_owned
 from broker.features.archive.policy import retention_cutoff, sweep_interval
 from broker.features.archive.reconcile import COMPONENT, ReplaySpec
 from broker.features.archive.replayer import ReplayRun
@@ -53,6 +57,7 @@ class ArchiveComponent:
         self._retentions: dict[str, float] = {}
         self._retentions_changed = asyncio.Event()  # a sweep is due at once (a new retention)
         self._sweeper: asyncio.Task[None] | None = None
+        self._holder = new_holder()  # this replica, as a claimant of Replay leases
 
     @property
     def routes(self) -> Mapping[str, HttpHandler]:
@@ -95,17 +100,15 @@ class ArchiveComponent:
         self._runs[spec.uid] = (run, task)
 
     async def _supervise(self, run: ReplayRun) -> None:
-        """Run until done; a store failure is logged and the run starts again from its cursor."""
-        while True:
-            try:
-                await run.run()
-                return
-            except CemeshError as exc:
-                log.warning(
-                    "replay interrupted; resuming",
-                    extra={"replay": run.spec.name, "error": str(exc)},
-                )
-                await asyncio.sleep(1.0)
+        """Run while this replica holds the Replay's slot leases (one replica at a time)."""
+        uid = run.spec.uid
+
+        async def claim(name: str, until: datetime) -> bool:
+            return await self._context.store.claim_lease(
+                name, self._holder, until, prune_prefix=lease_prefix(uid)
+            )
+
+        await run_owned(uid, run.run, claim)
 
     async def _stop_run(self, uid: str) -> None:
         _, task = self._runs.pop(uid)
