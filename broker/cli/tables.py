@@ -129,6 +129,12 @@ def _policy_subjects(obj: Mapping[str, Any]) -> str:
     )
 
 
+def _replayed(obj: Mapping[str, Any]) -> str:
+    """A Replay's progress: ``120/1000``, or nothing before it began."""
+    total = dig(obj, "status", "total")
+    return f"{dig(obj, 'status', 'replayed') or 0}/{total}" if total else ""
+
+
 def dig_list(obj: Any, *path: str) -> list[Mapping[str, Any]]:
     """The list of objects at ``path`` in nested mappings, [] when missing."""
     for key in path:
@@ -256,6 +262,21 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("FROM", _policy_subjects, wide=True),
         READY,
         REASON,
+    ),
+    "Archive": (
+        Column("BROKER", lambda o: dig(o, "spec", "broker")),
+        Column("RETENTION", lambda o: dig(o, "spec", "retention")),
+        READY,
+        REASON,
+    ),
+    "Replay": (
+        Column("ARCHIVE", lambda o: dig(o, "spec", "archive")),
+        Column("TRIGGER", lambda o: dig(o, "spec", "trigger")),
+        Column("REPLAYED", _replayed),
+        Column("SUCCEEDED", lambda o: str((condition(o, "Succeeded") or {}).get("status", ""))),
+        REASON,
+        Column("FROM", lambda o: dig(o, "spec", "startTime"), wide=True),
+        Column("TO", lambda o: dig(o, "spec", "endTime"), wide=True),
     ),
 }
 DEFAULT_COLUMNS: tuple[Column, ...] = (READY, REASON)

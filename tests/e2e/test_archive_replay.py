@@ -362,6 +362,17 @@ async def test_cemesh_replay_creates_the_replay_and_shows_progress_until_done(
         assert "replay.eventing.cemesh.dev/from-cli created" in err
         assert out.splitlines()[-1] == "replay from-cli: 50/50 events (100%) done", out
         assert sorted(replayed(sub.received, "from-cli")) == sorted(f"e-{i}" for i in range(50))
+        code, out, _ = await run_cli(mesh, "get", "replays")
+        header, row = out.splitlines()
+        assert header.split()[:6] == [
+            "NAME",
+            "ARCHIVE",
+            "TRIGGER",
+            "REPLAYED",
+            "SUCCEEDED",
+            "REASON",
+        ]
+        assert row.split()[:5] == ["from-cli", "everything", "orders", "50/50", "True"]
 
         for args, words in [
             (("--from", "1h", "--to", "2h"), "is not after --from"),
