@@ -18,8 +18,10 @@ from typing import Any
 import orjson
 import pytest
 
+from broker.core.errors import StoreError
 from broker.dataplane.archive import REPLAY_EXTENSION
 from tests.support.cemesh import RunningCemesh, running_cemesh
+from tests.support.servers.nats import NatsServer
 from tests.support.servers.redis import RedisServer
 from tests.support.subscriber import Received, RecordingSubscriber
 
@@ -170,6 +172,46 @@ async def test_replaying_the_hour_on_a_durable_bus_redelivers_all_1000(
         RecordingSubscriber() as sub,
     ):
         await check_the_hour_is_replayed(mesh, sub)
+
+
+async def test_replaying_the_hour_on_nats_jetstream_redelivers_all_1000(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with (
+        running_cemesh(
+            tmp_path, default_channel="NatsJetStreamChannel", nats_url=nats_server.url
+        ) as mesh,
+        RecordingSubscriber() as sub,
+    ):
+        await check_the_hour_is_replayed(mesh, sub)
+
+
+class FailingFirst:
+    """The real archive store, whose first ``failures`` appends fail as a store outage would."""
+
+    def __init__(self, real: Any, failures: int) -> None:
+        self.real, self.failures, self.calls = real, failures, 0
+
+    async def append(self, archive_uid: str, events: Any) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise StoreError("database unavailable (injected)", retryable=True)
+        await self.real.append(archive_uid, events)
+
+
+async def test_an_archive_write_that_fails_is_redelivered_by_the_bus_and_kept_once(
+    tmp_path: Path,
+) -> None:
+    async with running_cemesh(tmp_path) as mesh, RecordingSubscriber() as sub:
+        await mesh.apply(mesh_manifest({"orders": sub.url}))
+        writer = mesh.runtime.component("archive").writer
+        flaky = writer._sink = FailingFirst(writer._sink, failures=2)
+        await send_events(mesh, 100)
+        await sub.wait_for(100)  # the Trigger never noticed
+        await archived(mesh, 100)
+        assert flaky.calls > 2
+        archive = (await mesh.client.get(f"{ARCHIVES}/everything")).json()
+        assert await flaky.real.count(archive["metadata"]["uid"], 0, 2**62, 2**62) == 100
 
 
 async def test_replay_to_one_trigger_reaches_only_it_and_its_filter_still_applies(
