@@ -119,12 +119,14 @@ class ArchiveWriter:
         self._flusher: asyncio.Task[None] | None = None
         self.archived = 0  # events appended since start (for tests and logs)
 
-    async def apply(self, specs: Mapping[str, ArchiveSpec]) -> None:
-        """Consume exactly the archives in ``specs`` from now on."""
+    async def apply(self, specs: Mapping[str, ArchiveSpec]) -> list[ArchiveSpec]:
+        """Consume exactly the archives in ``specs`` from now on; the ones no longer consumed."""
+        stopped = []
         for uid in [uid for uid in self._live if uid not in specs]:
-            _, subscription = self._live.pop(uid)
+            spec, subscription = self._live.pop(uid)
             self._specs.pop(uid, None)
             await subscription.close()
+            stopped.append(spec)
         for uid, spec in specs.items():
             live = self._live.get(uid)
             if live is not None and (live[0].topic, live[0].bus) == (spec.topic, spec.bus):
@@ -147,6 +149,7 @@ class ArchiveWriter:
             self._live[uid] = (spec, subscription)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_forever(), name="archive-writer")
+        return stopped
 
     async def _handle(self, uid: str, message: Message) -> None:
         spec = self._specs.get(uid)

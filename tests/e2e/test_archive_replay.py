@@ -17,9 +17,11 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as redis
 
 from broker.core.errors import StoreError
-from broker.dataplane.archive import REPLAY_EXTENSION
+from broker.core.spec import broker_topic
+from broker.dataplane.archive import REPLAY_EXTENSION, archive_group
 from tests.support.cemesh import RunningCemesh, running_cemesh
 from tests.support.servers.nats import NatsServer
 from tests.support.servers.redis import RedisServer
@@ -475,3 +477,27 @@ async def test_two_replicas_on_one_store_replay_each_event_once(tmp_path: Path) 
                 3
             )
             assert status["replayed"] == 200
+
+
+async def test_a_deleted_archives_group_is_deleted_on_a_durable_bus(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    topic = broker_topic("default", "default")
+    raw = redis.Redis.from_url(redis_server.url)
+    try:
+        async with (
+            running_cemesh(
+                tmp_path, default_channel="RedisStreamChannel", redis_url=redis_server.url
+            ) as mesh,
+            RecordingSubscriber() as sub,
+        ):
+            await mesh.apply(mesh_manifest({"orders": sub.url}))
+            archive = (await mesh.client.get(f"{ARCHIVES}/everything")).json()
+            group = archive_group(archive["metadata"]["uid"])
+            groups = {g["name"].decode() for g in await raw.xinfo_groups(topic)}
+            assert group in groups and len(groups) == 2  # the archive's and the Trigger's
+            assert (await mesh.client.delete(f"{ARCHIVES}/everything")).status_code == 200
+            left = {g["name"].decode() for g in await raw.xinfo_groups(topic)}
+            assert left == groups - {group}
+    finally:
+        await raw.aclose()

@@ -9,6 +9,7 @@ Fed ``snapshot.components["archive"]`` (built by :mod:`broker.features.archive.r
   :class:`~broker.features.archive.replayer.ReplayRun` task (its targets swapped in when they
   change; cancelled, its progress saved, when the Replay goes away or cemesh stops);
 - only one replica runs a Replay at a time (:mod:`broker.features.archive.ownership`);
+- the bus group of a deleted Archive is deleted (one merely not Ready keeps it);
 - a sweeper enforces each Archive's retention (every Archive in the store, Ready or not), and
   forgets the events of deleted Archives and the progress of deleted Replays.
 """
@@ -72,7 +73,9 @@ class ArchiveComponent:
         replays = {s.uid: s for s in specs.values() if isinstance(s, ReplaySpec)}
         if self._writer is None or self._context.archive is None:
             return
-        await self._writer.apply(archives)
+        stopped = await self._writer.apply(archives)
+        if stopped:
+            await self._retire_groups(stopped)
         retentions = {uid: spec.retention for uid, spec in archives.items()}
         if retentions != self._retentions:
             self._retentions = retentions
@@ -89,6 +92,30 @@ class ArchiveComponent:
             # New, or finished while its status did not show it yet (a controller pass that
             # read the status before the run wrote it): a finished run only writes its status.
             self._start_run(spec)
+
+    async def _retire_groups(self, stopped: list[ArchiveSpec]) -> None:
+        """Delete the bus groups of deleted Archives (not of those merely not Ready), so that a
+        durable bus does not keep events for them; a failure is logged (as for Triggers)."""
+        try:
+            present = {
+                o["metadata"]["uid"]
+                for o in await self._context.store.list(ARCHIVE.group, ARCHIVE.kind)
+            }
+        except CemeshError as exc:
+            log.warning("archive groups not retired", extra={"error": str(exc)})
+            return
+        for spec in stopped:
+            bus = self._context.buses.get(spec.bus)
+            if spec.uid in present or bus is None:
+                continue
+            try:
+                await bus.delete_group(spec.topic, spec.group)
+            except CemeshError as exc:
+                log.warning(
+                    "archive group not deleted", extra={"archive": spec.name, "error": str(exc)}
+                )
+            else:
+                log.info("archive group deleted", extra={"archive": spec.name, "group": spec.group})
 
     def _start_run(self, spec: ReplaySpec) -> None:
         context = self._context
