@@ -38,6 +38,21 @@ from broker.controlplane.store import Store
 CEMESH = Path(sys.executable).parent / "cemesh"
 APPLY_GOAL_S = 10.0
 RESTART_GOAL_S = 5.0
+# Runs `cemesh serve` under cProfile. uvicorn re-raises SIGTERM once it has shut down, with
+# the handler it found restored: this one, which writes the profile then.
+_PROFILED_SERVE = """
+import cProfile, signal, sys
+profile, out = cProfile.Profile(), sys.argv[1]
+def write(*_):
+    profile.disable()
+    profile.dump_stats(out)
+    raise SystemExit(0)
+signal.signal(signal.SIGTERM, write)
+sys.argv = ["cemesh", *sys.argv[2:]]
+from broker.cli import main
+profile.enable()
+main()
+"""
 BROKER = {
     "apiVersion": "eventing.knative.dev/v1",
     "kind": "Broker",
@@ -66,8 +81,10 @@ def rss_bytes(pid: int) -> int:
 
 
 class Run:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, profile: Path | None = None) -> None:
         self.workdir = workdir
+        self.profile = profile
+        self.starts = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = f"sqlite+aiosqlite:///{workdir / 'cemesh.db'}"
@@ -87,6 +104,10 @@ class Run:
         """Spawn cemesh; seconds until /readyz answers 200."""
         started = time.monotonic()
         argv = [str(CEMESH), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.profile is not None:  # cProfile the server; written when it exits on SIGTERM
+            self.starts += 1
+            out = self.profile / f"cemesh-{self.starts}.prof"
+            argv = [sys.executable, "-c", _PROFILED_SERVE, str(out), *argv[1:]]
         self.child = Child("cemesh", argv, self.workdir / "cemesh.log", self.env)
         wait_until_serving(self.child, f"{self.url}/readyz", timeout=600)
         return time.monotonic() - started
@@ -135,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apply", type=int, default=1000)
     parser.add_argument("--restart-with", type=int, default=10_000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="write a cProfile of each server run here"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cemesh-cp-bench-") as tmp:
-        run = Run(Path(tmp))
+        run = Run(Path(tmp), args.profile)
         try:
             result = _measure(run, args.apply, args.restart_with)
         finally:

@@ -25,8 +25,9 @@ inside ``any`` or ``not``.
 Pure and synchronous: built once per snapshot from each Trigger's canonical filter text
 (``TriggerSpec.filter_source``, from
 :func:`broker.dataplane.dispatch.filters.compile_trigger_filter`) and compiled predicate. The
-dispatcher does not use it yet: each Trigger has its own consumer group and filters its own copy
-of each message, so using it needs a per-Broker fan-out (see docs/trigger-index.md).
+dispatcher builds one per Broker topic and hands it to a bus that can select the groups an event
+goes to (the in-memory bus; see :mod:`broker.dataplane.dispatch.dispatcher` and
+docs/trigger-index.md).
 """
 
 from __future__ import annotations
