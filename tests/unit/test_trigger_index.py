@@ -149,8 +149,10 @@ def test_only_unpinned_and_hit_buckets_are_candidates() -> None:
     event = CloudEvent({"specversion": "1.0", "id": "1", "source": "/", "type": "t7"}, None)
     assert index.unpinned == 1  # the `not`
     assert len(index.candidates(event)) == 3  # it, and the bucket of t7
-    # A filter that is more than its pin (here: the source too) still runs its predicate.
-    assert all(predicate is not None for _, predicate in index.candidates(event))
+    # Type and source exact and nothing else: decided by one lookup of both values; CESQL
+    # and `not` still run their predicates.
+    decided = {key: predicate is None for key, predicate in index.candidates(event)}
+    assert decided == {7: True, 1000: False, 1001: False}
     assert sorted(index.matching(event)) == [7, 1000, 1001]
     assert TriggerIndex([(0, "{}", match_all)]).matching(event) == [0]
 

@@ -7,7 +7,9 @@ and such a pin is a *necessary* condition: a filter whose pinned attribute does 
 match. This module files each Trigger under one *cover*, a set of pins of which at least one
 holds whenever the filter matches (of several, the one fewest Triggers share):
 
-* one pin of a conjunction (a ``filters`` list, ``all``, the legacy map, CESQL ``AND``);
+* one pin of a conjunction (a ``filters`` list, ``all``, the legacy map, CESQL ``AND``), or,
+  for a filter that is nothing but exact values of several attributes, all of them at once
+  (one lookup of the event's values of those attributes decides it);
 * for an ``any`` whose every alternative has a cover, the union of those covers (the Trigger is
   filed under each of them, and reported once);
 * none usable (``not``, other CESQL, derived names such as ``datamediatype``, or no filter at
@@ -236,6 +238,20 @@ class _Bucket(Generic[Key]):
         return [(key, None) for key in self.sure] + list(self.check)
 
 
+def _all_exact(pins: Pins) -> tuple[str, ...] | None:
+    """The attribute names, sorted, of a filter that holds exactly when each of two or more
+    attributes has one value; None for any other filter."""
+    if not pins.complete or pins.alternatives or len(pins.pins) < 2:
+        return None
+    if any(pin.kind != "exact" for pin in pins.pins):
+        return None
+    distinct = set(pins.pins)
+    names = {pin.name for pin in distinct}
+    if len(names) != len(distinct) or len(distinct) < 2:
+        return None  # one attribute with two values never matches; one pin: filed by it
+    return tuple(sorted(names))
+
+
 @dataclass(slots=True)
 class _AffixTable(Generic[Key]):
     """Prefix (or suffix) pins of one attribute: affix -> bucket, and the lengths that occur."""
@@ -247,12 +263,15 @@ class _AffixTable(Generic[Key]):
 class TriggerIndex(Generic[Key]):
     """Triggers filed by a necessary condition of their filter; see the module docstring."""
 
-    __slots__ = ("_exact", "_prefix", "_repeats", "_size", "_suffix", "_unpinned")
+    __slots__ = ("_compound", "_exact", "_prefix", "_repeats", "_size", "_suffix", "_unpinned")
 
     def __init__(self, entries: Iterable[tuple[Key, str | Mapping[str, Any], EventFilter]]) -> None:
         """``entries``: (key, canonical filter text or its parsed form, compiled predicate)."""
         # attribute -> value -> bucket
         self._exact: dict[str, dict[str, _Bucket[Key]]] = {}
+        # Filters that are exact values of several attributes and nothing else (the legacy
+        # map with type and source, say): attribute names (sorted) -> their values -> bucket.
+        self._compound: dict[tuple[str, ...], dict[tuple[str, ...], _Bucket[Key]]] = {}
         self._prefix: dict[str, _AffixTable[Key]] = {}
         self._suffix: dict[str, _AffixTable[Key]] = {}
         self._unpinned: _Bucket[Key] = _Bucket()
@@ -264,6 +283,12 @@ class TriggerIndex(Generic[Key]):
             pin for _, pins, _ in pinned for pin in {p for c in pins.covers for p in c}
         )
         for key, pins, predicate in pinned:
+            names = _all_exact(pins)
+            if names is not None:  # decided by one lookup of all its values at once
+                values = {pin.name: pin.value for pin in pins.pins}
+                by_values = self._compound.setdefault(names, {})
+                by_values.setdefault(tuple(values[n] for n in names), _Bucket()).add((key, None))
+                continue
             cover = choose_cover(pins.covers, shared_by)
             # A filter that is its one pin and nothing else matches whenever the pin does (and
             # one of no pins at all, {}, always).
@@ -328,6 +353,17 @@ class TriggerIndex(Generic[Key]):
                 if length > size:
                     break
                 bucket = by_affix.get(text[size - length :])
+                if bucket is not None:
+                    found.append(bucket)
+        for names, by_values in self._compound.items():
+            texts = []
+            for name in names:
+                value = attributes.get(name)
+                if value is None:
+                    break
+                texts.append(value if value.__class__ is str else attribute_text(value))
+            else:
+                bucket = by_values.get(tuple(texts))
                 if bucket is not None:
                     found.append(bucket)
         return found
