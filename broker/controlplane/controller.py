@@ -43,7 +43,7 @@ from broker.core.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 # How long a sync waits for the API writes under way to finish, so that it answers them too.
-COALESCE_WAIT = 0.25
+COALESCE_WAIT = 1.0
 MAX_PASSES = 6  # owner -> owned -> owned-by-owned -> ready: enough for Sequence and Parallel
 # Statuses written per store transaction: one commit for many (the first sync after a start
 # writes every object's status), yet a bounded hold of the store's write lock.
@@ -148,7 +148,7 @@ class Controller:
 
         A sync about to read the store first waits, up to :data:`COALESCE_WAIT`, for the writes
         under way to finish, so that one sync answers them all: a ``cemesh apply`` of 1,000
-        objects sends them 64 at a time, and a sync per arrival was a sync per few objects,
+        objects sends them 128 at a time, and a sync per arrival was a sync per few objects,
         each reconciling everything (issue 14).
         """
         self._tickets += 1

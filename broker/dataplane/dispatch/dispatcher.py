@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client.metrics_core import GaugeMetricFamily
 
-from broker.core.events import BROKER_TTL, DEFAULT_MAX_TTL, CloudEvent
+from broker.core.events import BROKER_TTL, DEFAULT_MAX_TTL, CloudEvent, EventFilter
 from broker.core.metrics import NO_RESPONSE, Metrics
 from broker.core.spec import Snapshot, SubscriptionSpec, TriggerSpec
 from broker.dataplane.bus import (
@@ -237,18 +237,25 @@ class Dispatcher:
             signature = frozenset((spec.group, spec.filter_source) for spec in specs)
             if self._selections.get(topic) == signature:
                 continue
-            index = TriggerIndex((spec.group, spec.filter_source, spec.filter) for spec in specs)
+            entries = [(spec.group, spec.filter_source, spec.filter) for spec in specs]
             covered = frozenset(spec.group for spec in specs)
-            bus.select_groups(topic, self._selector(index), covered)
+            bus.select_groups(topic, self._selector(entries), covered)
             self._selections[topic] = signature
 
-    def _selector(self, index: TriggerIndex[str]) -> Callable[[CloudEvent], list[str]]:
-        """The groups ``index`` selects for an event; the others count as filtered."""
+    def _selector(
+        self, entries: list[tuple[str, str, EventFilter]]
+    ) -> Callable[[CloudEvent], list[str]]:
+        """The groups the index of ``entries`` selects for an event; the others count as
+        filtered. The index is built at the first event: applying 1,000 Triggers one sync
+        after another would otherwise build it once per sync, for no event."""
         deliveries = self._deliveries
-        size = len(index)
+        size = len(entries)
+        built: list[TriggerIndex[str]] = []
 
         def select(event: CloudEvent) -> list[str]:
-            groups = index.matching(event)
+            if not built:
+                built.append(TriggerIndex(entries))
+            groups = built[0].matching(event)
             deliveries["filtered"] += size - len(groups)
             return groups
 

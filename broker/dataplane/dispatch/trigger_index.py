@@ -81,8 +81,13 @@ class Pins:
 
     @property
     def covers(self) -> tuple[Cover, ...]:
-        """Every cover of the filter: each pin alone, then each ``any``'s."""
-        return tuple((pin,) for pin in self.pins) + self.alternatives
+        """Every cover of the filter: each distinct pin alone, then each ``any``'s."""
+        return tuple((pin,) for pin in dict.fromkeys(self.pins)) + self.alternatives
+
+    @property
+    def distinct(self) -> set[Pin]:
+        """Every pin of every cover, once."""
+        return {pin for cover in self.covers for pin in cover}
 
 
 _NO_PINS = Pins((), complete=False)
@@ -279,9 +284,9 @@ class TriggerIndex(Generic[Key]):
         pinned = [(key, pins_of(source), predicate) for key, source, predicate in entries]
         self._size = len(pinned)
         # How many Triggers have each pin: a pin many share (a common source) selects little.
-        shared_by: Counter[Pin] = Counter(
-            pin for _, pins, _ in pinned for pin in {p for c in pins.covers for p in c}
-        )
+        shared_by: Counter[Pin] = Counter()
+        for _, pins, _ in pinned:
+            shared_by.update(pins.distinct)
         for key, pins, predicate in pinned:
             names = _all_exact(pins)
             if names is not None:  # decided by one lookup of all its values at once
@@ -289,7 +294,8 @@ class TriggerIndex(Generic[Key]):
                 by_values = self._compound.setdefault(names, {})
                 by_values.setdefault(tuple(values[n] for n in names), _Bucket()).add((key, None))
                 continue
-            cover = choose_cover(pins.covers, shared_by)
+            covers = pins.covers
+            cover = covers[0] if len(covers) == 1 else choose_cover(covers, shared_by)
             # A filter that is its one pin and nothing else matches whenever the pin does (and
             # one of no pins at all, {}, always).
             sure = pins.complete and not pins.alternatives and len(set(pins.pins)) <= 1
