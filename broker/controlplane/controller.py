@@ -148,7 +148,7 @@ class Controller:
 
         A sync about to read the store first waits, up to :data:`COALESCE_WAIT`, for the writes
         under way to finish, so that one sync answers them all: a ``cemesh apply`` of 1,000
-        objects sends them 128 at a time, and a sync per arrival was a sync per few objects,
+        objects sends them 64 at a time, and a sync per arrival was a sync per few objects,
         each reconciling everything (issue 14).
         """
         self._tickets += 1
