@@ -17,11 +17,14 @@ Model:
   (back-pressure) or grow without bound.
 - Subscriptions of one group compete: each message goes to one of them. ``concurrency`` bounds
   the handler tasks of a subscription. They are started on demand: a subscription starts with
-  one task; a message that has to wait because no task of the group is free starts another (up
-  to ``concurrency``); a task that finds nothing to do while another one already waits ends
-  (never the subscription's last). Tasks are reused from message to message (never one task per
-  message), and an idle subscription costs one task, not ``concurrency``: 10,000 Triggers at
-  concurrency 128 were 1.28 million idle tasks and ~110 KiB per Trigger (issue 14).
+  none (one if its group holds a backlog or has other subscriptions, so that competing
+  consumers all wait for work from the start); a message that has to wait because no task of
+  the group is free starts one (up to ``concurrency``); a task that finds nothing to do while
+  another one already waits ends (never the subscription's last). Tasks are reused from
+  message to message (never one task per message). A subscription that never got a message
+  costs no task, one that did costs one, not ``concurrency``: 10,000 Triggers at concurrency
+  128 were 1.28 million idle tasks and ~110 KiB per Trigger (issue 14), and starting even one
+  task each was a tenth of a restart with 10,000 Triggers.
 - Two bounds, and ``publish`` waits (back-pressure) rather than dropping anything while either is
   reached: ``queue_bytes``, the memory the whole bus may hold in events (their data and
   attributes plus a fixed per-event overhead, see :func:`event_footprint`; an event counts once
@@ -282,12 +285,18 @@ class _MemorySubscription:
         self._name = f"memory-bus {group.topic}/{group.name}"
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting = 0  # tasks started that have not looked for a message yet
-        self._start_task(on_demand=False)
+        if group.handoff.ready:  # a backlog waits for it; else the first message starts one
+            self._start_task(on_demand=False)
 
     def _start_task(self, *, on_demand: bool) -> None:
         task = asyncio.create_task(self._work(on_demand), name=self._name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def ensure_task(self) -> None:
+        """Start a handler task if the subscription has none yet."""
+        if not self._tasks and not self._closed:
+            self._start_task(on_demand=False)
 
     def grow(self) -> bool:
         """A message waits with no handler task free: start one if below ``concurrency`` and
@@ -512,6 +521,11 @@ class MemoryBus:
             self._groups_changed += 1
         subscription = _MemorySubscription(self, state, handler, concurrency)
         state.subscriptions.add(subscription)
+        if len(state.subscriptions) > 1:
+            # Competing consumers: each waits for work from the start, so that every one of
+            # them gets some (a lone subscription starts its first task on its first message).
+            for member in state.subscriptions:
+                member.ensure_task()
         self._subscriptions.add(subscription)
         return subscription
 
