@@ -17,11 +17,14 @@ Model:
   (back-pressure) or grow without bound.
 - Subscriptions of one group compete: each message goes to one of them. ``concurrency`` bounds
   the handler tasks of a subscription. They are started on demand: a subscription starts with
-  one task; a message that has to wait because no task of the group is free starts another (up
-  to ``concurrency``); a task that finds nothing to do while another one already waits ends
-  (never the subscription's last). Tasks are reused from message to message (never one task per
-  message), and an idle subscription costs one task, not ``concurrency``: 10,000 Triggers at
-  concurrency 128 were 1.28 million idle tasks and ~110 KiB per Trigger (issue 14).
+  none (one if its group holds a backlog or has other subscriptions, so that competing
+  consumers all wait for work from the start); a message that has to wait because no task of
+  the group is free starts one (up to ``concurrency``); a task that finds nothing to do while
+  another one already waits ends (never the subscription's last). Tasks are reused from
+  message to message (never one task per message). A subscription that never got a message
+  costs no task, one that did costs one, not ``concurrency``: 10,000 Triggers at concurrency
+  128 were 1.28 million idle tasks and ~110 KiB per Trigger (issue 14), and starting even one
+  task each was a tenth of a restart with 10,000 Triggers.
 - Two bounds, and ``publish`` waits (back-pressure) rather than dropping anything while either is
   reached: ``queue_bytes``, the memory the whole bus may hold in events (their data and
   attributes plus a fixed per-event overhead, see :func:`event_footprint`; an event counts once
@@ -50,6 +53,11 @@ Model:
 - ``delete_group`` stops the group's subscriptions (as ``close`` does: nothing is acked) and
   then forgets the group with everything it holds; the next ``subscribe`` of that name makes a
   new, empty group.
+- Group selection (:class:`~broker.dataplane.bus.SelectsGroups`): the dispatcher may give a
+  topic a selector (its Triggers' filters, indexed) and the groups it covers; a covered group
+  then gets only the events the selector names it for, so an event costs one queue entry per
+  Trigger it matches rather than per Trigger of its Broker, and only the groups that get an
+  event can hold its publish back. Groups it does not cover get every event, as ever.
 - Events are passed by reference, not copied: consumers treat them as immutable (see
   ``broker/core/events.py``).
 - ``close`` loses what the groups still hold (queued, or waiting for a redelivery): it logs how
@@ -68,7 +76,15 @@ from adapters.memory.budget import ByteBudget, WaitQueue, event_footprint
 from adapters.memory.options import MemoryOptions
 from broker.core.errors import BusError, PublishError
 from broker.core.events import CloudEvent
-from broker.dataplane.bus import BusFactory, Capability, Handler, Message, run_handler
+from broker.dataplane.bus import (
+    BusFactory,
+    Capability,
+    GroupSelector,
+    Handler,
+    Message,
+    SelectsGroups,
+    run_handler,
+)
 from broker.dataplane.bus.arguments import check_subscribe
 from broker.dataplane.bus.handoff import HandOff
 from broker.dataplane.bus.options import parse_options
@@ -229,6 +245,33 @@ class _Group:
         self._timers.clear()
 
 
+class _Selection:
+    """A topic's group selector (:meth:`MemoryBus.select_groups`) and the groups it leaves
+    alone, found again only when the bus's groups changed (not per event)."""
+
+    __slots__ = ("_seen", "_uncovered", "covered", "selector")
+
+    def __init__(self, selector: GroupSelector, covered: frozenset[str]) -> None:
+        self.selector = selector
+        self.covered = covered
+        self._uncovered: list[_Group] = []
+        self._seen = -1  # the bus's group version _uncovered was found at
+
+    def targets(self, groups: dict[str, _Group], version: int, event: CloudEvent) -> list[_Group]:
+        """The live groups of ``groups`` that get ``event``: the uncovered ones, and the
+        covered ones the selector names."""
+        if self._seen != version:
+            self._uncovered = [g for name, g in groups.items() if name not in self.covered]
+            self._seen = version
+        found = [group for group in self._uncovered if group.subscriptions]
+        covered = self.covered
+        for name in self.selector(event):
+            group = groups.get(name)
+            if group is not None and group.subscriptions and name in covered:
+                found.append(group)
+        return found
+
+
 class _MemorySubscription:
     """Up to ``concurrency`` handler tasks consuming one group for one subscriber, started on
     demand (see the module docstring)."""
@@ -242,12 +285,18 @@ class _MemorySubscription:
         self._name = f"memory-bus {group.topic}/{group.name}"
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting = 0  # tasks started that have not looked for a message yet
-        self._start_task(on_demand=False)
+        if group.handoff.ready:  # a backlog waits for it; else the first message starts one
+            self._start_task(on_demand=False)
 
     def _start_task(self, *, on_demand: bool) -> None:
         task = asyncio.create_task(self._work(on_demand), name=self._name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def ensure_task(self) -> None:
+        """Start a handler task if the subscription has none yet."""
+        if not self._tasks and not self._closed:
+            self._start_task(on_demand=False)
 
     def grow(self) -> bool:
         """A message waits with no handler task free: start one if below ``concurrency`` and
@@ -333,6 +382,8 @@ class MemoryBus:
         self._topics: dict[str, dict[str, _Group]] = {}
         self._subscriptions: set[_MemorySubscription] = set()
         self._closed = False
+        self._selections: dict[str, _Selection] = {}  # topic -> its group selector
+        self._groups_changed = 0  # moves whenever a group is made or forgotten
 
     def backlog(self, topic: str, group: str) -> int | None:
         """Events ``group`` holds or has in a handler (:class:`ReportsBacklog`)."""
@@ -354,53 +405,69 @@ class MemoryBus:
         return self._budget.held
 
     async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
-        """Queue ``event`` for every live group of ``topic``; wait while the bus is full.
+        """Queue ``event`` for every live group of ``topic`` that wants it (all of them, unless
+        a selector says otherwise: :meth:`select_groups`); wait while the bus is full.
 
         Raises a retryable PublishError when there is no room within ``publish_timeout``.
         """
         if self._closed:
             raise PublishError("memory bus is closed", retryable=False)
-        groups = self._topics.get(topic)
-        if not groups:
-            return  # no group: no one to deliver to
+        targets = self._targets(topic, event)
+        if not targets:
+            return  # no group wants it: no one to deliver to
         size = event_footprint(event)
         budget = self._budget
-        if (not budget.waiting.waiters and self._blocker(groups, size) is None) or (
+        if (not budget.waiting.waiters and self._blocker(targets, size) is None) or (
             _in_handler.get()
         ):
-            for group in groups.values():
-                if group.subscriptions:
-                    group.put(_Entry(event, key, size))
+            for group in targets:
+                group.put(_Entry(event, key, size))
             return
         try:
             async with asyncio.timeout(self.publish_timeout):
-                await self._wait_for_room(topic, size)
+                await self._wait_for_room(topic, event, size)
         except TimeoutError:
             raise PublishError(
                 f"the in-memory bus is full (its subscribers are behind): no room within "
                 f"{self.publish_timeout:g} s",
                 retryable=True,
             ) from None
-        for group in self._topics.get(topic, {}).values():
-            if group.subscriptions:
-                group.put(_Entry(event, key, size))
+        for group in self._targets(topic, event):
+            group.put(_Entry(event, key, size))
         if budget.held < budget.limit:
             # Woken for room, and some is left: the next waiting publisher may fit too.
             budget.waiting.wake_one()
 
-    def _blocker(self, groups: Mapping[str, _Group], size: int) -> _Group | ByteBudget | None:
-        """What ``size`` more bytes for each live group of ``groups`` wait for, if anything."""
-        limit = self.queue_size
-        live = 0
-        for group in groups.values():
-            if group.subscriptions:
-                if group.held >= limit:
-                    return group
-                live += 1
-        return None if self._budget.has_room(size * live) else self._budget
+    def select_groups(
+        self, topic: str, selector: GroupSelector | None, covered: frozenset[str]
+    ) -> None:
+        """:class:`~broker.dataplane.bus.SelectsGroups`: from the next publish on, a group of
+        ``topic`` in ``covered`` gets only the events ``selector`` names it for."""
+        if selector is None or not covered:
+            self._selections.pop(topic, None)
+        else:
+            self._selections[topic] = _Selection(selector, covered)
 
-    async def _wait_for_room(self, topic: str, size: int) -> None:
-        """Return once there is room for the event in every live group of ``topic``.
+    def _targets(self, topic: str, event: CloudEvent) -> list[_Group]:
+        """The live groups of ``topic`` that get ``event``."""
+        groups = self._topics.get(topic)
+        if not groups:
+            return []
+        selection = self._selections.get(topic)
+        if selection is None:
+            return [group for group in groups.values() if group.subscriptions]
+        return selection.targets(groups, self._groups_changed, event)
+
+    def _blocker(self, targets: list[_Group], size: int) -> _Group | ByteBudget | None:
+        """What ``size`` more bytes for each of ``targets`` wait for, if anything."""
+        limit = self.queue_size
+        for group in targets:
+            if group.held >= limit:
+                return group
+        return None if self._budget.has_room(size * len(targets)) else self._budget
+
+    async def _wait_for_room(self, topic: str, event: CloudEvent, size: int) -> None:
+        """Return once there is room for ``event`` in every live group of ``topic`` that gets it.
 
         Publishers already waiting for bytes go first: a newcomer queues behind them rather
         than taking the room an ack just made for them.
@@ -411,10 +478,10 @@ class MemoryBus:
             await self._budget.waiting.wait()
             woken_by = self._budget
         while True:
-            groups = self._topics.get(topic)
-            if not groups:
+            targets = self._targets(topic, event)
+            if not targets:
                 return
-            blocker = self._blocker(groups, size)
+            blocker = self._blocker(targets, size)
             if blocker is None:
                 return
             if isinstance(woken_by, _Group) and woken_by is not blocker and woken_by.held < limit:
@@ -451,8 +518,14 @@ class MemoryBus:
         state = groups.get(group)
         if state is None:
             state = groups[group] = _Group(topic, group, ordered=ordered, budget=self._budget)
+            self._groups_changed += 1
         subscription = _MemorySubscription(self, state, handler, concurrency)
         state.subscriptions.add(subscription)
+        if len(state.subscriptions) > 1:
+            # Competing consumers: each waits for work from the start, so that every one of
+            # them gets some (a lone subscription starts its first task on its first message).
+            for member in state.subscriptions:
+                member.ensure_task()
         self._subscriptions.add(subscription)
         return subscription
 
@@ -474,6 +547,7 @@ class MemoryBus:
         groups = self._topics.get(topic)
         if groups is not None and groups.get(group) is state:
             del groups[group]
+            self._groups_changed += 1
             if not groups:
                 del self._topics[topic]
 
@@ -495,6 +569,8 @@ class MemoryBus:
                 group.release_all()
         self._budget.waiting.wake_all()
         self._topics.clear()
+        self._selections.clear()
+        self._groups_changed += 1
         if lost:
             # Nothing here survives the process: say how much went with it.
             log.warning(
@@ -506,9 +582,11 @@ class MemoryBus:
         groups = self._topics.get(group.topic)
         if groups is not None and group.idle and groups.get(group.name) is group:
             del groups[group.name]
+            self._groups_changed += 1
             if not groups:
                 del self._topics[group.topic]
 
 
 # Checked by mypy: MemoryBus is a BusFactory building a Bus.
 _factory: BusFactory = MemoryBus
+_selects: type[SelectsGroups] = MemoryBus

@@ -50,7 +50,14 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         verify = tls_verification(None if ca_file is None else str(ca_file))
         self._http = httpx.Client(
-            base_url=self.server, timeout=timeout, headers=headers, verify=verify
+            base_url=self.server,
+            timeout=timeout,
+            headers=headers,
+            verify=verify,
+            # `cemesh apply` sends many objects at once: keep their connections open between
+            # waves (httpx keeps 20 by default, and a new connection per request costs both
+            # sides more than the request).
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
         )
 
     def close(self) -> None:

@@ -210,7 +210,7 @@ def apply(state: _State, files: tuple[str, ...], recursive: bool, **options: Any
 
 # Objects one `cemesh apply` sends at once: concurrent writes share the server's syncs, each of
 # which reconciles every object (1,000 Triggers one by one were 1,000 full reconciles).
-APPLY_CONCURRENCY = 8
+APPLY_CONCURRENCY = 64
 
 
 def _waves(items: Iterable[Document | str]) -> Iterator[list[Document | str]]:

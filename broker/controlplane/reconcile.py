@@ -88,6 +88,12 @@ def reconcile(
         if isinstance(obj.get("status"), Mapping)
     }
     prior: Mapping[str, Mapping[str, Any]] = stored
+    # Objects by (API group, kind), in their order: each reconciler visits its own kind only
+    # (testing every object's kind for every reconciler was a tenth of a reconcile).
+    by_kind: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for obj in objects:
+        by_kind.setdefault((group_of(obj["apiVersion"]), obj["kind"]), []).append(obj)
+    by_key = {key_of(obj): obj for obj in objects}
     for _ in range(MAX_SETTLE_PASSES):
         world = World(
             base_url=base_url.rstrip("/"),
@@ -95,7 +101,7 @@ def reconcile(
             default_channel=channel_type(default_channel) or IN_MEMORY_CHANNEL,
             now=now or now_rfc3339(),
             unavailable_buses=unavailable_buses or {},
-            objects={key_of(obj): obj for obj in objects},
+            objects=by_key,
             prior=prior,
             ingress_oidc=ingress_oidc,
             default_authorization_mode=default_authorization_mode,
@@ -104,9 +110,8 @@ def reconcile(
             address_resolvers=catalog.address_resolvers,
         )
         for entry in catalog.reconcilers:
-            for obj in objects:
-                if (group_of(obj["apiVersion"]), obj["kind"]) == (entry.group, entry.kind):
-                    entry.reconcile(obj, world)
+            for obj in by_kind.get((entry.group, entry.kind), ()):
+                entry.reconcile(obj, world)
         settled = all(
             serves(world.statuses[uid]) == seen
             for uid, seen in world.forward.items()

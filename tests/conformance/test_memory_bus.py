@@ -385,3 +385,65 @@ async def test_unordered_group_runs_one_keys_events_concurrently(topic: str) -> 
     await bus.publish(topic, sample_event(1), key="same")
     await asyncio.wait_for(both_started.wait(), 5)
     await bus.close()
+
+
+# --- group selection (SelectsGroups, issue 14) ---------------------------------------------------
+
+
+def _by_seq_parity(event: CloudEvent) -> list[str]:
+    """Selects group "even" for events with an even ``seq``, "odd" for the others."""
+    return ["even" if int(event.attributes["seq"]) % 2 == 0 else "odd"]
+
+
+async def test_covered_groups_get_only_the_events_the_selector_names_them_for(topic: str) -> None:
+    bus = MemoryBus()
+    await bus.open()
+    try:
+        inboxes = {name: Inbox() for name in ("even", "odd", "everything")}
+        for name, inbox in inboxes.items():
+            await bus.subscribe(topic, group=name, handler=inbox.handler)
+        bus.select_groups(topic, _by_seq_parity, frozenset({"even", "odd"}))
+        events = [sample_event(i) for i in range(6)]
+        for event in events:
+            await bus.publish(topic, event)
+        await inboxes["everything"].wait_for_count(6)  # not covered: every event
+        await inboxes["even"].wait_for_ids({e.id for e in events[0::2]})
+        await inboxes["odd"].wait_for_ids({e.id for e in events[1::2]})
+        await asyncio.sleep(SETTLE)  # room for a wrongful extra delivery
+        assert sorted(inboxes["even"].ids()) == sorted(e.id for e in events[0::2])
+        assert sorted(inboxes["odd"].ids()) == sorted(e.id for e in events[1::2])
+
+        bus.select_groups(topic, None, frozenset())  # no selection: everyone gets everything
+        last = sample_event(7)
+        await bus.publish(topic, last)
+        for inbox in inboxes.values():
+            await inbox.wait_for_ids({last.id})
+    finally:
+        await bus.close()
+
+
+async def test_a_full_group_holds_back_only_the_publishes_it_is_selected_for(
+    small_bus: MemoryBus, topic: str
+) -> None:
+    """Back-pressure comes from the groups that get the event: a stuck Trigger that an event
+    does not match does not hold that event back."""
+    release = asyncio.Event()
+
+    async def stuck(message: Message) -> None:
+        await release.wait()
+
+    inbox = Inbox()
+    await small_bus.subscribe(topic, group="even", handler=stuck)
+    await small_bus.subscribe(topic, group="odd", handler=inbox.handler)
+    small_bus.select_groups(topic, _by_seq_parity, frozenset({"even", "odd"}))
+    for seq in (0, 2, 4):  # one taken by the stuck handler, two queued: "even" is full
+        await small_bus.publish(topic, sample_event(seq))
+    odd = [sample_event(seq) for seq in (1, 3, 5, 7)]
+    for event in odd:
+        await asyncio.wait_for(small_bus.publish(topic, event), WAIT)  # never waits for "even"
+    await inbox.wait_for_ids({e.id for e in odd})
+    blocked = asyncio.create_task(small_bus.publish(topic, sample_event(6)))
+    await asyncio.sleep(SETTLE)  # room for a wrongful completion
+    assert not blocked.done()
+    release.set()
+    await asyncio.wait_for(blocked, WAIT)

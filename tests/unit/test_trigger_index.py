@@ -14,7 +14,19 @@ from broker.dataplane.dispatch.trigger_index import Pin, TriggerIndex, choose_pi
 # Few names and short overlapping values, so that pins, prefixes and events collide often.
 NAMES = ["type", "source", "tenant", "region", "datamediatype", "datacontenttype", "schemaurl"]
 VALUES = ["a", "ab", "abc", "b", "ba", "5", "true", "text/plain", "text/plain; charset=x"]
-CESQL = ["type = 'ab'", "tenant LIKE 'a%'", "EXISTS region", "INT(tenant) > 3", "region = 'b'"]
+CESQL = [
+    "type = 'ab'",
+    "tenant LIKE 'a%'",
+    "EXISTS region",
+    "INT(tenant) > 3",
+    "region = 'b'",
+    "tenant = '5' AND (type = 'a' AND source = 'ab')",  # pins: tenant, type, source
+    "tenant = 'true' AND EXISTS region",  # a boolean extension compares as its text
+    "type = 'a' OR region = 'b'",  # no pin: either may hold
+    "NOT (type = 'a')",  # no pin
+    "'a' = type",  # the literal's type does not pick the comparison here: no pin
+    "datacontenttype = 'text/plain'",
+]
 
 names = st.sampled_from(NAMES)
 values = st.sampled_from(VALUES)
@@ -88,11 +100,18 @@ def test_a_trigger_whose_pin_fails_does_not_match(spec: dict[str, Any], event: C
     predicate, source = compile_trigger_filter(spec)
     if not predicate(event):
         return
-    for pin in pins_of(source).pins:
-        value = event.attributes.get(pin.name)
-        assert value is not None
-        text = value if isinstance(value, str) else str(value).lower()
-        assert text == pin.value if pin.kind == "exact" else text.startswith(pin.value)
+    for cover in pins_of(source).covers:  # at least one pin of every cover holds
+        assert any(_holds(pin, event) for pin in cover), (cover, event.attributes)
+
+
+def _holds(pin: Pin, event: CloudEvent) -> bool:
+    value = event.attributes.get(pin.name)
+    if value is None:
+        return False
+    text = value if isinstance(value, str) else str(value).lower()
+    if pin.kind == "exact":
+        return text == pin.value
+    return text.startswith(pin.value) if pin.kind == "prefix" else text.endswith(pin.value)
 
 
 def pin_of(spec: dict[str, Any], shared_by: dict[Pin, int] | None = None) -> Pin | None:
@@ -100,21 +119,24 @@ def pin_of(spec: dict[str, Any], shared_by: dict[Pin, int] | None = None) -> Pin
     return choose_pin(pins, {pin: 1 for pin in pins} | (shared_by or {}))
 
 
-def test_pin_is_least_shared_then_exact_then_longest_never_from_cesql_any_not() -> None:
+def test_pin_is_least_shared_then_exact_then_longest_never_from_not() -> None:
     both = {"filters": [{"prefix": {"type": "com."}}, {"exact": {"source": "/s"}}]}
     assert pin_of(both) == Pin("exact", "source", "/s")
     assert pin_of(both, {Pin("exact", "source", "/s"): 500}) == Pin("prefix", "type", "com.")
     longest = {"filters": [{"all": [{"prefix": {"type": "com."}}, {"prefix": {"id": "abcde"}}]}]}
     assert pin_of(longest) == Pin("prefix", "id", "abcde")
-    for unpinned in (  # CESQL, any, not, suffix, derived names and no filter are never pinned
-        {"filters": [{"cesql": "type = 'x'"}]},
-        {"filters": [{"any": [{"exact": {"type": "x"}}]}]},
+    for unpinned in (  # not, other CESQL, an `any` with an unpinned branch, derived names, none
         {"filters": [{"not": {"exact": {"type": "x"}}}]},
-        {"filters": [{"suffix": {"type": "x"}}]},
+        {"filters": [{"cesql": "type = 'x' OR source = 'y'"}]},
+        {"filters": [{"any": [{"exact": {"type": "x"}}, {"not": {"exact": {"type": "y"}}}]}]},
         {"filters": [{"exact": {"datamediatype": "text/plain"}}]},
         {},
     ):
         assert pin_of(unpinned) is None, unpinned
+    assert pin_of({"filters": [{"cesql": "type = 'x' AND INT(n) > 1"}]}) == Pin(
+        "exact", "type", "x"
+    )
+    assert pin_of({"filters": [{"suffix": {"type": ".x"}}]}) == Pin("suffix", "type", ".x")
     assert pin_of({"filter": {"attributes": {"tenant": ""}}}) == Pin("prefix", "tenant", "")
 
 
@@ -122,13 +144,16 @@ def test_only_unpinned_and_hit_buckets_are_candidates() -> None:
     # Every Trigger also pins the same source: the index files them by their type instead.
     specs = [{"filter": {"attributes": {"type": f"t{n}", "source": "/"}}} for n in range(1000)]
     specs.append({"filters": [{"cesql": "type = 't7'"}]})
+    specs.append({"filters": [{"not": {"exact": {"type": "t8"}}}]})
     index = TriggerIndex(_compiled(specs))
     event = CloudEvent({"specversion": "1.0", "id": "1", "source": "/", "type": "t7"}, None)
-    assert index.unpinned == 1
-    assert len(index.candidates(event)) == 2
-    # A filter that is more than its pin (here: the source too) still runs its predicate.
-    assert all(predicate is not None for _, predicate in index.candidates(event))
-    assert sorted(index.matching(event)) == [7, 1000]
+    assert index.unpinned == 1  # the `not`
+    assert len(index.candidates(event)) == 3  # it, and the bucket of t7
+    # Type and source exact and nothing else: decided by one lookup of both values; CESQL
+    # and `not` still run their predicates.
+    decided = {key: predicate is None for key, predicate in index.candidates(event)}
+    assert decided == {7: True, 1000: False, 1001: False}
+    assert sorted(index.matching(event)) == [7, 1000, 1001]
     assert TriggerIndex([(0, "{}", match_all)]).matching(event) == [0]
 
 
@@ -149,3 +174,15 @@ def test_a_filter_that_is_only_its_pin_is_decided_by_the_lookup() -> None:
     decided = {key: predicate is None for key, predicate in index.candidates(event)}
     assert decided == {"only": True, "more": False, "present": True}
     assert sorted(index.matching(event)) == ["only", "present"]
+
+
+def test_an_any_is_filed_under_each_branch_and_reported_once() -> None:
+    spec = {"filters": [{"any": [{"exact": {"type": "a"}}, {"prefix": {"source": "/s"}}]}]}
+    predicate, source = compile_trigger_filter(spec)
+    index = TriggerIndex([("any", source, predicate)])
+    assert index.unpinned == 0
+    both = CloudEvent({"specversion": "1.0", "id": "1", "source": "/s1", "type": "a"}, None)
+    neither = CloudEvent({"specversion": "1.0", "id": "1", "source": "/t", "type": "b"}, None)
+    assert len(index.candidates(both)) == 2
+    assert index.matching(both) == ["any"]
+    assert index.candidates(neither) == []

@@ -168,8 +168,9 @@ class ResourceApi:
         check_references = self.catalog.admission(rtype).check_references
         if check_references is not None:
             await check_references(obj, self._lookup)
-        created = await self.store.create(obj)
-        await self.controller.sync()
+        with self.controller.writing() as ticket:
+            created = await self.store.create(obj)
+        await self.controller.sync(ticket)
         meta = created["metadata"]
         try:
             fresh = await self.store.get(rtype.group, rtype.kind, meta["namespace"], meta["name"])
@@ -204,8 +205,9 @@ class ResourceApi:
         version = (body.get("metadata") or {}).get("resourceVersion")
         if version:
             obj["metadata"]["resourceVersion"] = str(version)
-        await self.store.replace(obj)
-        await self.controller.sync()
+        with self.controller.writing() as ticket:
+            await self.store.replace(obj)
+        await self.controller.sync(ticket)
         return await self.store.get(rtype.group, rtype.kind, namespace, name)
 
     async def patch(
@@ -226,19 +228,21 @@ class ResourceApi:
         self._admit_write(principal, "patch", obj, namespace)
         version = (patch.get("metadata") or {}).get("resourceVersion")
         obj["metadata"]["resourceVersion"] = version or old["metadata"].get("resourceVersion")
-        await self.store.replace(obj)
-        await self.controller.sync()
+        with self.controller.writing() as ticket:
+            await self.store.replace(obj)
+        await self.controller.sync(ticket)
         return await self.store.get(rtype.group, rtype.kind, namespace, name)
 
     async def delete(
         self, request: Request, rtype: ResourceType, namespace: str, name: str
     ) -> dict[str, Any]:
         self._authorize(request, "delete", rtype, namespace)
-        deleted = await self.store.delete(rtype.group, rtype.kind, namespace, name)
+        with self.controller.writing() as ticket:
+            deleted = await self.store.delete(rtype.group, rtype.kind, namespace, name)
         # A deleted Trigger's or Subscription's consumer group goes once the sync below has
         # stopped its consumer (a failure there is logged, not this request's).
         self.controller.deleted(deleted)
-        await self.controller.sync()
+        await self.controller.sync(ticket)
         return {
             "kind": "Status",
             "apiVersion": "v1",

@@ -2,7 +2,7 @@
 
 - :mod:`~broker.dataplane.bus.contract`: THE contract every adapter implements (:class:`Bus`,
   :class:`Message`, :class:`Nack`, :class:`Capability`, :func:`run_handler`, the optional
-  :class:`ReportsBacklog`); read it first.
+  :class:`ReportsBacklog` and :class:`SelectsGroups`); read it first.
 - :mod:`~broker.dataplane.bus.registry`: finds an adapter by name and builds it
   (:func:`create_bus`).
 - :mod:`~broker.dataplane.bus.options`: parses an adapter's option mapping with its typed model.
@@ -17,10 +17,12 @@ from broker.dataplane.bus.contract import (
     Bus,
     BusFactory,
     Capability,
+    GroupSelector,
     Handler,
     Message,
     Nack,
     ReportsBacklog,
+    SelectsGroups,
     Subscription,
     run_handler,
 )
@@ -38,10 +40,12 @@ __all__ = [
     "Bus",
     "BusFactory",
     "Capability",
+    "GroupSelector",
     "Handler",
     "Message",
     "Nack",
     "ReportsBacklog",
+    "SelectsGroups",
     "Subscription",
     "UnknownBus",
     "bus_factory",

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -157,6 +157,33 @@ class ReportsBacklog(Protocol):
 
     def backlog(self, topic: str, group: str) -> int | None:
         """Events of ``group`` not yet acked (queued or in a handler); None: unknown group."""
+        ...
+
+
+# Given an event published to a topic, the groups of that topic that want it (issue 14).
+GroupSelector = Callable[[CloudEvent], Collection[str]]
+
+
+@runtime_checkable
+class SelectsGroups(Protocol):
+    """Optional: a bus that hands an event only to the groups of its topic that want it.
+
+    A bus whose publish fans each event out to every group in this process (the in-memory bus)
+    would otherwise make one queue entry and one handler call per group and event, which with
+    10,000 Triggers on a Broker is the whole cost of an event. The dispatcher gives it a
+    selector per topic (its Triggers' filters, indexed:
+    :mod:`broker.dataplane.dispatch.trigger_index`): a group in ``covered`` then receives an
+    event only when ``selector(event)`` names it; a group not in ``covered`` still receives
+    every event. Whatever a covered group is not given is, for it, as if it had been received
+    and acked at once. ``selector=None`` drops the topic's selection: every group gets every
+    event again. A bus backed by a server (Kafka, NATS, ...) does not offer it: there each
+    group is the server's, and what it must receive is decided where it is stored.
+    """
+
+    def select_groups(
+        self, topic: str, selector: GroupSelector | None, covered: frozenset[str]
+    ) -> None:
+        """Use ``selector`` for the groups ``covered`` of ``topic`` from the next publish on."""
         ...
 
 

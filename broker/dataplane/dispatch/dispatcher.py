@@ -9,6 +9,17 @@ removed ones are unsubscribed. For each message it filters (Triggers: K62, K70-K
 letters. The handler returns (ack) only once the outcome is settled; a Nack from the deliverer keeps
 the event on the bus.
 
+Many Triggers on one Broker (issue 14). Each Trigger keeps its own consumer group, so its
+retries, backoff, ordering, concurrency, backlog and (on a durable bus) at-least-once across
+restarts stay its own. On a bus that :class:`~broker.dataplane.bus.SelectsGroups` (the in-memory
+bus, where every group is a queue in this process) the dispatcher also gives each Broker topic the
+:class:`~broker.dataplane.dispatch.trigger_index.TriggerIndex` of its Triggers' filters, and the
+bus queues an event only for the groups of the Triggers it matches: one indexed match per event
+instead of one queue entry, handler call and filter call per Trigger. The handler still runs the
+Trigger's filter (cheap, and right when a filter changed between publish and delivery). Events a
+Trigger is not given count as ``filtered`` in total, not per Trigger. On the durable buses each
+group is the server's and receives every event, as before (docs/trigger-index.md says why).
+
 Loop guard (K45, K107, and issue 6: loops through Sequences and Parallels). ``knativebrokerttl``
 travels with an event through cemesh's own Brokers and Channels: a Trigger strips it only when its
 subscriber is not one of them (K96), and a Subscription's reply inherits the ttl of the event it
@@ -43,10 +54,18 @@ from urllib.parse import urlsplit
 from prometheus_client.metrics_core import GaugeMetricFamily
 
 from broker.core.errors import NotFound
-from broker.core.events import BROKER_TTL, DEFAULT_MAX_TTL, CloudEvent
+from broker.core.events import BROKER_TTL, DEFAULT_MAX_TTL, CloudEvent, EventFilter
 from broker.core.metrics import NO_RESPONSE, Metrics
 from broker.core.spec import Snapshot, SubscriptionSpec, TriggerSpec
-from broker.dataplane.bus import Bus, Capability, Message, Nack, ReportsBacklog, Subscription
+from broker.dataplane.bus import (
+    Bus,
+    Capability,
+    Message,
+    Nack,
+    ReportsBacklog,
+    SelectsGroups,
+    Subscription,
+)
 from broker.dataplane.dispatch.delivery import (
     Deliverer,
     DeliveryRecord,
@@ -55,6 +74,7 @@ from broker.dataplane.dispatch.delivery import (
     reply_poster,
 )
 from broker.dataplane.dispatch.http import HttpClient
+from broker.dataplane.dispatch.trigger_index import TriggerIndex
 from broker.dataplane.reply import ReplyToBroker, subscription_reply, trigger_reply
 from broker.dataplane.routes import Route, match_route
 
@@ -131,6 +151,8 @@ class Dispatcher:
         self._max_ttl = max_ttl
         # Ingress routes of the Brokers and Channels cemesh serves now (see _route).
         self._routes: frozenset[Route] = frozenset()
+        # Broker topics whose bus selects groups by the index: (group, filter) of each Trigger.
+        self._selections: dict[str, frozenset[tuple[str, str]]] = {}
 
     @property
     def live(self) -> frozenset[str]:
@@ -143,11 +165,14 @@ class Dispatcher:
             **snapshot.triggers,
             **snapshot.subscriptions,
         }
-        self._routes = frozenset(
+        routes = frozenset(
             {("broker", *key) for key in snapshot.brokers}
             | {("channel", *key) for key in snapshot.channels}
         )
+        routes_changed, self._routes = routes != self._routes, routes
         async with self._lock:
+            # Before subscribing: a new Trigger's group is covered from its first event on.
+            self._select_groups(snapshot.triggers)
             for uid in [uid for uid in self._consumers if uid not in wanted]:
                 removed = self._consumers.pop(uid)
                 if removed.subscription is not None:
@@ -158,8 +183,9 @@ class Dispatcher:
                     spec.topic,
                     spec.group,
                 ):
-                    # Routes may have changed even when the spec did not: rebuild the target.
-                    self._retarget(consumer, spec)
+                    if routes_changed or consumer.spec != spec:
+                        # Routes may have changed even when the spec did not: rebuild the target.
+                        self._retarget(consumer, spec)
                     continue
                 if consumer is not None and consumer.subscription is not None:
                     await consumer.subscription.close()
@@ -204,6 +230,50 @@ class Dispatcher:
         if consumer is None or not isinstance(consumer.spec, TriggerSpec):
             raise NotFound(f"trigger {trigger_uid} is not served now")
         await self._handle(consumer, Message(event, key=event.key))
+
+    def _select_groups(self, triggers: Mapping[str, TriggerSpec]) -> None:
+        """Give each Broker topic on a bus that :class:`~broker.dataplane.bus.SelectsGroups`
+        the index of its Triggers' filters, so that an event goes only to the groups of the
+        Triggers it matches (module docstring). Rebuilt only for topics whose Triggers or
+        filters changed."""
+        by_topic: dict[str, list[TriggerSpec]] = {}
+        for spec in triggers.values():
+            by_topic.setdefault(spec.topic, []).append(spec)
+        for topic in [topic for topic in self._selections if topic not in by_topic]:
+            bus = self._buses.get(self._bus_of_topic(topic))
+            if isinstance(bus, SelectsGroups):
+                bus.select_groups(topic, None, frozenset())
+            del self._selections[topic]
+        for topic, specs in by_topic.items():
+            bus = self._buses.get(self._bus_of_topic(topic))
+            if not isinstance(bus, SelectsGroups):
+                continue
+            signature = frozenset((spec.group, spec.filter_source) for spec in specs)
+            if self._selections.get(topic) == signature:
+                continue
+            entries = [(spec.group, spec.filter_source, spec.filter) for spec in specs]
+            covered = frozenset(spec.group for spec in specs)
+            bus.select_groups(topic, self._selector(entries), covered)
+            self._selections[topic] = signature
+
+    def _selector(
+        self, entries: list[tuple[str, str, EventFilter]]
+    ) -> Callable[[CloudEvent], list[str]]:
+        """The groups the index of ``entries`` selects for an event; the others count as
+        filtered. The index is built at the first event: applying 1,000 Triggers one sync
+        after another would otherwise build it once per sync, for no event."""
+        deliveries = self._deliveries
+        size = len(entries)
+        built: list[TriggerIndex[str]] = []
+
+        def select(event: CloudEvent) -> list[str]:
+            if not built:
+                built.append(TriggerIndex(entries))
+            groups = built[0].matching(event)
+            deliveries["filtered"] += size - len(groups)
+            return groups
+
+        return select
 
     def _retarget(self, consumer: _Consumer, spec: TriggerSpec | SubscriptionSpec) -> None:
         """Swap in ``spec`` with its target and ttl handling for the current snapshot's routes."""

@@ -2,31 +2,35 @@
 
 With one Broker and thousands of Triggers, testing each compiled filter per event costs time in
 proportion to the number of Triggers. Most real filters pin an attribute to a value
-(``exact``/legacy ``filter.attributes``) or to a prefix, and such a pin is a *necessary*
-condition: a filter whose pinned attribute does not hold cannot match. This module files each
-Trigger under one necessary condition taken from its filter (of several, the one fewest Triggers
-share):
+(``exact``/legacy ``filter.attributes``, or ``attr = 'text'`` in CESQL), a prefix or a suffix,
+and such a pin is a *necessary* condition: a filter whose pinned attribute does not hold cannot
+match. This module files each Trigger under one *cover*, a set of pins of which at least one
+holds whenever the filter matches (of several, the one fewest Triggers share):
 
-* an exact pin ``(attribute, value)``: found by one dict lookup of the event's value;
-* a prefix pin ``(attribute, prefix)``: found by looking up the event value's prefixes of the
-  lengths that some pinned prefix has (a legacy ``""`` value, "attribute present", is the empty
-  prefix);
-* none usable (CESQL only, ``suffix``, ``any``, ``not``, derived names such as ``datamediatype``,
-  or no filter at all): the Trigger is a candidate for every event.
+* one pin of a conjunction (a ``filters`` list, ``all``, the legacy map, CESQL ``AND``), or,
+  for a filter that is nothing but exact values of several attributes, all of them at once
+  (one lookup of the event's values of those attributes decides it);
+* for an ``any`` whose every alternative has a cover, the union of those covers (the Trigger is
+  filed under each of them, and reported once);
+* none usable (``not``, other CESQL, derived names such as ``datamediatype``, or no filter at
+  all): the Trigger is a candidate for every event.
+
+Pins are found by dict lookups: an exact pin ``(attribute, value)`` by the event's value; a
+prefix (suffix) pin by the event value's prefixes (suffixes) of the lengths some pinned prefix
+(suffix) has (a legacy ``""`` value, "attribute present", is the empty prefix).
 
 :meth:`TriggerIndex.matching` gathers the candidates from the event's values and then runs each
 candidate's full compiled predicate (skipped when the filter is nothing but its one pin, which the
 lookup has just checked), so the answer is exactly the set of Triggers whose filter
 matches; the index only skips Triggers that could not match (the property tests check this against
-testing every filter). Pins are taken only from parts of a filter that must all hold: the
-top-level ``filters`` list and ``all`` lists inside it, or the legacy attributes map; never from
-inside ``any`` or ``not``.
+testing every filter). Pins are never taken from inside ``not``.
 
 Pure and synchronous: built once per snapshot from each Trigger's canonical filter text
 (``TriggerSpec.filter_source``, from
 :func:`broker.dataplane.dispatch.filters.compile_trigger_filter`) and compiled predicate. The
-dispatcher does not use it yet: each Trigger has its own consumer group and filters its own copy
-of each message, so using it needs a per-Broker fan-out (see docs/trigger-index.md).
+dispatcher builds one per Broker topic and hands it to a bus that can select the groups an event
+goes to (the in-memory bus; see :mod:`broker.dataplane.dispatch.dispatcher` and
+docs/trigger-index.md).
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ import json
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
+from broker.cesql import CesqlError, ast, parse
 from broker.core.events import CloudEvent, EventFilter, attribute_text
 from broker.dataplane.dispatch.filters import DERIVED_ATTRIBUTE_NAMES, set_dialects
 
-__all__ = ["Pin", "Pins", "TriggerIndex", "choose_pin", "pins_of"]
+__all__ = ["Cover", "Pin", "Pins", "TriggerIndex", "choose_cover", "choose_pin", "pins_of"]
 
 Key = TypeVar("Key", bound=Hashable)
 # A Trigger's key and the predicate still to run, None when its pin alone decides.
@@ -49,33 +55,55 @@ _Entry = tuple[Key, EventFilter | None]
 
 @dataclass(frozen=True, slots=True)
 class Pin:
-    """A necessary condition of a filter: attribute ``name`` equals / starts with ``value``."""
+    """A condition on one attribute: ``name`` equals / starts with / ends with ``value``."""
 
-    kind: str  # "exact" or "prefix"
+    kind: str  # "exact", "prefix" or "suffix"
     name: str
     value: str
+
+
+# Pins of which at least one holds whenever a filter matches (one pin: that pin must hold).
+Cover = tuple[Pin, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Pins:
     """The pins of a filter, and whether they are all of it (the filter holds exactly when
-    every pin holds: no CESQL, suffix, any, not or derived name beside them)."""
+    every pin holds: no CESQL, any, not or derived name beside them).
+
+    ``pins``: each one alone is a necessary condition. ``alternatives``: covers from ``any``
+    (at least one pin of each holds), also necessary conditions.
+    """
 
     pins: tuple[Pin, ...]
     complete: bool
+    alternatives: tuple[Cover, ...] = ()
+
+    @property
+    def covers(self) -> tuple[Cover, ...]:
+        """Every cover of the filter: each distinct pin alone, then each ``any``'s."""
+        return tuple((pin,) for pin in dict.fromkeys(self.pins)) + self.alternatives
+
+    @property
+    def distinct(self) -> set[Pin]:
+        """Every pin of every cover, once."""
+        return {pin for cover in self.covers for pin in cover}
+
+
+_NO_PINS = Pins((), complete=False)
 
 
 def _pins_of_element(element: object) -> Pins:
     """Pins that must hold for ``element`` (one entry of a ``filters`` list) to match."""
     if not isinstance(element, Mapping):
-        return Pins((), complete=False)
+        return _NO_PINS
     dialects = set_dialects(element)
     if not dialects:  # {} passes everything
         return Pins((), complete=True)
     if len(dialects) > 1:  # never passes admission
-        return Pins((), complete=False)
+        return _NO_PINS
     ((dialect, value),) = dialects.items()
-    if dialect in ("exact", "prefix") and isinstance(value, Mapping):
+    if dialect in ("exact", "prefix", "suffix") and isinstance(value, Mapping):
         pins = tuple(
             Pin(dialect, name, wanted)
             for name, wanted in value.items()
@@ -85,12 +113,56 @@ def _pins_of_element(element: object) -> Pins:
         return Pins(pins, complete=len(pins) == len(value))
     if dialect == "all" and isinstance(value, list):
         return _conjunction([_pins_of_element(nested) for nested in value])
-    return Pins((), complete=False)
+    if dialect == "any" and isinstance(value, list):
+        return Pins((), complete=False, alternatives=_disjunction(value))
+    if dialect == "cesql" and isinstance(value, str):
+        return Pins(_cesql_pins(value), complete=False)
+    return _NO_PINS
+
+
+def _disjunction(alternatives: list[Any]) -> tuple[Cover, ...]:
+    """The cover of ``any`` of ``alternatives``: one cover of each, joined; none when an
+    alternative has none (or there are none: ``any`` of nothing never matches, but is rare)."""
+    joined: list[Pin] = []
+    for alternative in alternatives:
+        cover = choose_cover(_pins_of_element(alternative).covers, Counter())
+        if cover is None:
+            return ()
+        joined.extend(cover)
+    return (tuple(dict.fromkeys(joined)),) if joined else ()
+
+
+def _cesql_pins(text: str) -> tuple[Pin, ...]:
+    """``attribute = 'text'`` comparisons that a CESQL expression needs to be true: those
+    joined by ``AND`` at its top. (The right operand's type picks the comparison, so the
+    attribute's value is compared as text, as :func:`attribute_text` renders it.)"""
+    try:
+        root = parse(text)
+    except CesqlError:
+        return ()
+    pins: list[Pin] = []
+    pending: list[ast.Node] = [root]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Binary) and node.op == "and":
+            pending += (node.left, node.right)
+        elif (
+            isinstance(node, ast.Binary)
+            and node.op == "="
+            and isinstance(node.left, ast.Identifier)
+            and isinstance(node.right, ast.Literal)
+            and isinstance(node.right.value, str)
+            and node.left.name not in DERIVED_ATTRIBUTE_NAMES
+        ):
+            pins.append(Pin("exact", node.left.name, node.right.value))
+    return tuple(pins)
 
 
 def _conjunction(parts: list[Pins]) -> Pins:
     return Pins(
-        tuple(pin for part in parts for pin in part.pins), all(part.complete for part in parts)
+        tuple(pin for part in parts for pin in part.pins),
+        all(part.complete for part in parts),
+        tuple(cover for part in parts for cover in part.alternatives),
     )
 
 
@@ -100,9 +172,21 @@ def pins_of(filter_source: str | Mapping[str, Any]) -> Pins:
     ``filter_source``: the canonical filter text (``TriggerSpec.filter_source``) or its parsed
     form.
     """
-    parsed = json.loads(filter_source) if isinstance(filter_source, str) else filter_source
+    if isinstance(filter_source, str):
+        return _pins_of_text(filter_source)
+    return _pins_of_parsed(filter_source)
+
+
+@lru_cache(maxsize=16_384)
+def _pins_of_text(filter_source: str) -> Pins:
+    # The index is rebuilt whenever a Broker's Triggers change (every apply of one more
+    # Trigger): the pins of those that did not change are found here, not parsed again.
+    return _pins_of_parsed(json.loads(filter_source))
+
+
+def _pins_of_parsed(parsed: object) -> Pins:
     if not isinstance(parsed, Mapping):
-        return Pins((), complete=False)
+        return _NO_PINS
     filters = parsed.get("filters")
     if filters:
         return _conjunction([_pins_of_element(element) for element in filters])
@@ -116,51 +200,123 @@ def pins_of(filter_source: str | Mapping[str, Any]) -> Pins:
     return Pins(pins, complete=len(pins) == len(attributes))
 
 
-def choose_pin(pins: Iterable[Pin], shared_by: Mapping[Pin, int]) -> Pin | None:
-    """The pin to file a Trigger under: the one fewest Triggers share (fewest candidates per
-    event), then exact over prefix (one lookup), then the longest value."""
-    return min(
-        pins, default=None, key=lambda pin: (shared_by[pin], pin.kind != "exact", -len(pin.value))
+def _cost(cover: Cover, shared_by: Mapping[Pin, int]) -> tuple[int, int, int, int]:
+    """Fewest Triggers sharing it (fewest candidates per event), then fewest pins, then exact
+    over prefix/suffix (one lookup), then the longest values."""
+    return (
+        sum(shared_by.get(pin, 0) for pin in cover),
+        len(cover),
+        sum(pin.kind != "exact" for pin in cover),
+        -sum(len(pin.value) for pin in cover),
     )
 
 
-@dataclass(slots=True)
-class _PrefixTable(Generic[Key]):
-    """Prefix pins of one attribute: prefix -> entries, and the lengths that occur."""
+def choose_cover(covers: Iterable[Cover], shared_by: Mapping[Pin, int]) -> Cover | None:
+    """The cover to file a Trigger under (see :func:`_cost`); None when it has none."""
+    return min(covers, default=None, key=lambda cover: _cost(cover, shared_by))
 
-    by_prefix: dict[str, list[_Entry[Key]]] = field(default_factory=dict)
+
+def choose_pin(pins: Iterable[Pin], shared_by: Mapping[Pin, int]) -> Pin | None:
+    """The single pin :func:`choose_cover` picks among ``pins``."""
+    cover = choose_cover(((pin,) for pin in pins), shared_by)
+    return None if cover is None else cover[0]
+
+
+class _Bucket(Generic[Key]):
+    """The Triggers filed under one pin: those the pin decides, and those whose predicate must
+    still run."""
+
+    __slots__ = ("check", "sure")
+
+    def __init__(self) -> None:
+        self.sure: list[Key] = []
+        self.check: list[tuple[Key, EventFilter]] = []
+
+    def add(self, entry: _Entry[Key]) -> None:
+        key, predicate = entry
+        if predicate is None:
+            self.sure.append(key)
+        else:
+            self.check.append((key, predicate))
+
+    def entries(self) -> list[_Entry[Key]]:
+        return [(key, None) for key in self.sure] + list(self.check)
+
+
+def _all_exact(pins: Pins) -> tuple[str, ...] | None:
+    """The attribute names, sorted, of a filter that holds exactly when each of two or more
+    attributes has one value; None for any other filter."""
+    if not pins.complete or pins.alternatives or len(pins.pins) < 2:
+        return None
+    if any(pin.kind != "exact" for pin in pins.pins):
+        return None
+    distinct = set(pins.pins)
+    names = {pin.name for pin in distinct}
+    if len(names) != len(distinct) or len(distinct) < 2:
+        return None  # one attribute with two values never matches; one pin: filed by it
+    return tuple(sorted(names))
+
+
+@dataclass(slots=True)
+class _AffixTable(Generic[Key]):
+    """Prefix (or suffix) pins of one attribute: affix -> bucket, and the lengths that occur."""
+
+    by_affix: dict[str, _Bucket[Key]] = field(default_factory=dict)
     lengths: tuple[int, ...] = ()
 
 
 class TriggerIndex(Generic[Key]):
     """Triggers filed by a necessary condition of their filter; see the module docstring."""
 
-    __slots__ = ("_exact", "_prefix", "_size", "_unpinned")
+    __slots__ = ("_compound", "_exact", "_prefix", "_repeats", "_size", "_suffix", "_unpinned")
 
     def __init__(self, entries: Iterable[tuple[Key, str | Mapping[str, Any], EventFilter]]) -> None:
         """``entries``: (key, canonical filter text or its parsed form, compiled predicate)."""
-        # attribute -> value -> entries
-        self._exact: dict[str, dict[str, list[_Entry[Key]]]] = {}
-        self._prefix: dict[str, _PrefixTable[Key]] = {}
-        self._unpinned: list[_Entry[Key]] = []
+        # attribute -> value -> bucket
+        self._exact: dict[str, dict[str, _Bucket[Key]]] = {}
+        # Filters that are exact values of several attributes and nothing else (the legacy
+        # map with type and source, say): attribute names (sorted) -> their values -> bucket.
+        self._compound: dict[tuple[str, ...], dict[tuple[str, ...], _Bucket[Key]]] = {}
+        self._prefix: dict[str, _AffixTable[Key]] = {}
+        self._suffix: dict[str, _AffixTable[Key]] = {}
+        self._unpinned: _Bucket[Key] = _Bucket()
+        self._repeats = False  # some Trigger is filed under several pins (an `any` cover)
         pinned = [(key, pins_of(source), predicate) for key, source, predicate in entries]
         self._size = len(pinned)
         # How many Triggers have each pin: a pin many share (a common source) selects little.
-        shared_by: Counter[Pin] = Counter(pin for _, pins, _ in pinned for pin in set(pins.pins))
+        shared_by: Counter[Pin] = Counter()
+        for _, pins, _ in pinned:
+            shared_by.update(pins.distinct)
         for key, pins, predicate in pinned:
-            pin = choose_pin(pins.pins, shared_by)
-            # A filter that is its one pin and nothing else matches whenever the pin does.
-            sure = pins.complete and len(set(pins.pins)) == 1
+            names = _all_exact(pins)
+            if names is not None:  # decided by one lookup of all its values at once
+                values = {pin.name: pin.value for pin in pins.pins}
+                by_values = self._compound.setdefault(names, {})
+                by_values.setdefault(tuple(values[n] for n in names), _Bucket()).add((key, None))
+                continue
+            covers = pins.covers
+            cover = covers[0] if len(covers) == 1 else choose_cover(covers, shared_by)
+            # A filter that is its one pin and nothing else matches whenever the pin does (and
+            # one of no pins at all, {}, always).
+            sure = pins.complete and not pins.alternatives and len(set(pins.pins)) <= 1
             entry = (key, None if sure else predicate)
-            if pin is None:
-                self._unpinned.append(entry)
-            elif pin.kind == "exact":
-                self._exact.setdefault(pin.name, {}).setdefault(pin.value, []).append(entry)
-            else:
-                table = self._prefix.setdefault(pin.name, _PrefixTable())
-                table.by_prefix.setdefault(pin.value, []).append(entry)
-        for table in self._prefix.values():
-            table.lengths = tuple(sorted({len(prefix) for prefix in table.by_prefix}))
+            if cover is None:
+                self._unpinned.add(entry)
+                continue
+            self._repeats = self._repeats or len(cover) > 1
+            for pin in cover:
+                self._bucket(pin).add(entry)
+        for tables in (self._prefix, self._suffix):
+            for table in tables.values():
+                table.lengths = tuple(sorted({len(affix) for affix in table.by_affix}))
+
+    def _bucket(self, pin: Pin) -> _Bucket[Key]:
+        if pin.kind == "exact":
+            by_value = self._exact.setdefault(pin.name, {})
+            return by_value.setdefault(pin.value, _Bucket())
+        tables = self._prefix if pin.kind == "prefix" else self._suffix
+        table = tables.setdefault(pin.name, _AffixTable())
+        return table.by_affix.setdefault(pin.value, _Bucket())
 
     def __len__(self) -> int:
         return self._size
@@ -168,38 +324,68 @@ class TriggerIndex(Generic[Key]):
     @property
     def unpinned(self) -> int:
         """How many Triggers are tested for every event (no usable pin)."""
-        return len(self._unpinned)
+        return len(self._unpinned.sure) + len(self._unpinned.check)
 
-    def candidates(self, event: CloudEvent) -> list[_Entry[Key]]:
-        """The entries that may match ``event`` (a superset of those that do): (key, predicate
-        still to run, or None when the Trigger's filter is its pin alone and so matches)."""
+    def _buckets(self, event: CloudEvent) -> list[_Bucket[Key]]:
+        """The buckets ``event`` hits, the unpinned Triggers' first."""
         attributes = event.attributes
-        found = list(self._unpinned)
+        found = [self._unpinned]
         for name, by_value in self._exact.items():
             value = attributes.get(name)
             if value is None:
                 continue
             bucket = by_value.get(value if value.__class__ is str else attribute_text(value))
-            if bucket:
-                found.extend(bucket)
+            if bucket is not None:
+                found.append(bucket)
         for name, table in self._prefix.items():
             value = attributes.get(name)
             if value is None:
                 continue
             text = value if value.__class__ is str else attribute_text(value)
-            by_prefix = table.by_prefix
+            by_affix = table.by_affix
             for length in table.lengths:
                 if length > len(text):
                     break
-                bucket = by_prefix.get(text[:length])
-                if bucket:
-                    found.extend(bucket)
+                bucket = by_affix.get(text[:length])
+                if bucket is not None:
+                    found.append(bucket)
+        for name, table in self._suffix.items():
+            value = attributes.get(name)
+            if value is None:
+                continue
+            text = value if value.__class__ is str else attribute_text(value)
+            by_affix, size = table.by_affix, len(text)
+            for length in table.lengths:
+                if length > size:
+                    break
+                bucket = by_affix.get(text[size - length :])
+                if bucket is not None:
+                    found.append(bucket)
+        for names, by_values in self._compound.items():
+            texts = []
+            for name in names:
+                value = attributes.get(name)
+                if value is None:
+                    break
+                texts.append(value if value.__class__ is str else attribute_text(value))
+            else:
+                bucket = by_values.get(tuple(texts))
+                if bucket is not None:
+                    found.append(bucket)
         return found
+
+    def candidates(self, event: CloudEvent) -> list[_Entry[Key]]:
+        """The entries that may match ``event`` (a superset of those that do, a Trigger filed
+        under several pins possibly more than once): (key, predicate still to run, or None when
+        the Trigger's filter is its pin alone and so matches)."""
+        return [entry for bucket in self._buckets(event) for entry in bucket.entries()]
 
     def matching(self, event: CloudEvent) -> list[Key]:
         """Keys of exactly the Triggers whose filter matches ``event`` (full predicate run)."""
-        return [
-            key
-            for key, predicate in self.candidates(event)
-            if predicate is None or predicate(event)
-        ]
+        keys: list[Key] = []
+        for bucket in self._buckets(event):
+            keys += bucket.sure
+            for key, predicate in bucket.check:
+                if predicate(event):
+                    keys.append(key)
+        return list(dict.fromkeys(keys)) if self._repeats else keys
