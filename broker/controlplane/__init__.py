@@ -12,7 +12,8 @@
   :mod:`~broker.controlplane.store` (SQL) and, as a Knative Broker class in a cluster,
   :mod:`~broker.controlplane.kube` (the Kubernetes API).
 - :mod:`~broker.controlplane.api`: the Kubernetes-style REST API (with its guard and OpenAPI,
-  and the live event stream of a Broker or Channel).
+  the live event stream of a Broker or Channel, test events, and the topology of a namespace
+  drawn by :mod:`~broker.controlplane.topology`, pure, for the web console).
 - :mod:`~broker.controlplane.signing_keys`, :mod:`~broker.controlplane.delivery_tokens`: cemesh's
   own signing keys (kept in the store) and the delivery tokens it issues with them.
 """

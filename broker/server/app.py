@@ -15,6 +15,9 @@ Which route gets which defence, and why:
   data-plane route like a Knative Service's URL; the sources' webhooks (GitHub) prove their
   sender with their own signature (HMAC), so they need no bearer token.
 - management API: everything; ``/healthz`` and ``/readyz`` stay open.
+- the web console (``/console/``, :mod:`broker.server.console`): the Host check, then its own
+  session (a cookie holding an API token, checked by the API's authenticators), Origin and CSRF
+  checks on writes; it relays to the management API behind the whole guard above.
 
 The store, bus, dispatcher and controller start and stop with the ASGI lifespan, so cemesh can
 be served by any ASGI server or mounted in another application.

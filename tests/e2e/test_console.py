@@ -287,8 +287,7 @@ async def test_the_console_draws_the_mesh_shows_objects_and_streams_a_sent_event
     assert "com.example.console" in await item.inner_text()
     [received] = await subscriber.wait_for(1)
     assert received.event is not None and received.event.id == sent_id
-    await page.evaluate("() => window.scrollTo(0, 0)")
-    await page.screenshot(path=str(shots / "stream.png"))
+    await page.screenshot(path=str(shots / "stream.png"), full_page=True)
 
     # The invoker's replicas of the auditor's Revision.
     rows = await page.locator("#replica-table tbody tr").all_inner_texts()
