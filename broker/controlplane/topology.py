@@ -29,6 +29,15 @@ _ADDRESSABLES = frozenset({"Broker", "Sequence", "Parallel"})
 _DESTINATIONS = (("sink", "sink"), ("subscriber", "subscriber"), ("reply", "reply"))
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a mapping, else empty: stored objects are user input."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def node_id(group: str, kind: str, namespace: str, name: str) -> str:
     return f"{group}/{kind}/{namespace}/{name}"
 
@@ -54,8 +63,8 @@ def tier_of(kind: str, spec: Mapping[str, Any]) -> int:
 def readiness(obj: Mapping[str, Any]) -> dict[str, str]:
     """The object's ``Ready`` condition: status (``Unknown`` when there is none), reason,
     message."""
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    for condition in conditions:
+    conditions = _mapping(obj.get("status")).get("conditions")
+    for condition in conditions if isinstance(conditions, list) else []:
         if isinstance(condition, Mapping) and condition.get("type") == "Ready":
             return {
                 "status": str(condition.get("status") or "Unknown"),
@@ -126,8 +135,8 @@ class _Graph:
 
 
 def _node(rtype: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
-    metadata = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
+    metadata = _mapping(obj.get("metadata"))
+    spec = _mapping(obj.get("spec"))
     namespace, name = str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
     node: dict[str, Any] = {
         "id": node_id(rtype.group, rtype.kind, namespace, name),
@@ -135,25 +144,24 @@ def _node(rtype: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
         "group": rtype.group,
         "namespace": namespace,
         "name": name,
-        "tier": tier_of(rtype.kind, spec if isinstance(spec, Mapping) else {}),
+        "tier": tier_of(rtype.kind, spec),
         "ready": readiness(obj),
         "path": f"{rtype.collection_path(namespace)}/{name}",
     }
-    status = obj.get("status") or {}
+    status = _mapping(obj.get("status"))
     if rtype.kind == "Revision":
         node["replicas"] = {
-            "desired": int(status.get("desiredReplicas") or 0),
-            "actual": int(status.get("actualReplicas") or 0),
+            "desired": _count(status.get("desiredReplicas")),
+            "actual": _count(status.get("actualReplicas")),
         }
     return node
 
 
 def _edges(graph: _Graph, ident: str, obj: Mapping[str, Any]) -> None:
     """The edges of one stored object (its node exists)."""
-    metadata = obj.get("metadata") or {}
+    metadata = _mapping(obj.get("metadata"))
     namespace = str(metadata.get("namespace") or "")
-    spec = obj.get("spec")
-    spec = spec if isinstance(spec, Mapping) else {}
+    spec = _mapping(obj.get("spec"))
     kind = obj.get("kind")
     if kind == "Trigger" and spec.get("broker"):
         broker = graph.reference("eventing.knative.dev", "Broker", namespace, str(spec["broker"]))
@@ -172,7 +180,8 @@ def _edges(graph: _Graph, ident: str, obj: Mapping[str, Any]) -> None:
     delivery = spec.get("delivery")
     if isinstance(delivery, Mapping):
         graph.destination(ident, delivery.get("deadLetterSink"), namespace, "deadLetterSink")
-    for owner in metadata.get("ownerReferences") or []:
+    owners = metadata.get("ownerReferences")
+    for owner in owners if isinstance(owners, list) else []:
         if isinstance(owner, Mapping) and owner.get("kind") and owner.get("name"):
             parent = node_id(
                 _group_of(owner.get("apiVersion")),

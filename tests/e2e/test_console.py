@@ -270,7 +270,13 @@ async def test_the_console_draws_the_mesh_shows_objects_and_streams_a_sent_event
     conditions = await page.locator("#conditions tbody tr").all_inner_texts()
     assert any("nowhere" in row and "False" in row for row in conditions), conditions
 
-    # The live stream of the Broker, and an event sent from the form into it.
+    # The live stream of the Broker (clicking it picks its stream), and an event sent into it.
+    point = await page.evaluate(CLICK_POINT_JS, "default")
+    await page.mouse.click(point["x"], point["y"])
+    await page.wait_for_function(
+        "() => document.getElementById('yaml').textContent.includes('kind: Broker')"
+    )
+    assert await page.locator("#events-broker").input_value() == "default"
     await page.wait_for_function(
         "() => document.getElementById('events-state').textContent"
         ".includes('watching broker default/default')"

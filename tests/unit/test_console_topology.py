@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from broker.controlplane.topology import ADDRESSABLE, REPLICAS, ROUTE, SOURCE, TARGET, topology
 from broker.server.features import CATALOG
 
@@ -127,3 +130,42 @@ def test_malformed_specs_draw_what_they_can_and_never_raise() -> None:
     )
     assert graph["edges"] == []
     assert {n["name"] for n in graph["nodes"]} == {"t", "s", "b"}
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=5,
+)
+FIELDS = st.sampled_from(
+    ["broker", "channel", "sink", "subscriber", "reply", "delivery", "ref", "uri", "kind", "name"]
+)
+SPECS = st.dictionaries(FIELDS, JSON | st.dictionaries(FIELDS, JSON, max_size=4), max_size=5)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Broker", "Trigger", "Subscription", "PingSource", "Revision"]),
+            st.text(min_size=1, max_size=5),
+            SPECS,
+            JSON,
+            JSON,
+        ),
+        max_size=6,
+    )
+)
+def test_any_shape_of_stored_objects_gives_a_graph_whose_edges_join_its_nodes(
+    stored: list[tuple[str, str, dict[str, Any], Any, Any]],
+) -> None:
+    objects = [
+        obj(kind, name, spec, status=status, metadata={"ownerReferences": owners})
+        for kind, name, spec, status, owners in stored
+    ]
+    graph = topology(objects)
+    ids = {n["id"] for n in graph["nodes"]}
+    assert all(e["source"] in ids and e["target"] in ids for e in graph["edges"])
+    assert all(n["ready"]["status"] for n in graph["nodes"])
