@@ -299,9 +299,14 @@ async def test_the_console_draws_the_mesh_shows_objects_and_streams_a_sent_event
     rows = await page.locator("#replica-table tbody tr").all_inner_texts()
     assert any(row.startswith("auditor-") and "\t1\t1\t" in row for row in rows), rows
 
-    await page.evaluate("() => window.cemesh.cy.fit()")
     await page.locator("#replicas").screenshot(path=str(shots / "replicas.png"))
     assert problems == [], "\n".join(problems)  # no CSP violation, no script error
+
+    # Logging out ends the session: the console sends the browser to the login form again.
+    async with page.expect_navigation(url=f"{cemesh.url}/console/login"):
+        await page.click("#logout")
+    await page.goto(f"{cemesh.url}/console/")
+    assert page.url == f"{cemesh.url}/console/login"
     await context.close()
 
 

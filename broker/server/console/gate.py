@@ -31,12 +31,15 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
+from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 
 from broker.auth.principal import Principal
 from broker.auth.setup import Access
+from broker.controlplane.api.status import status_body
 from broker.core.asgi import HttpHandler, Receive, Scope, Send, read_body
 from broker.core.errors import Unauthenticated
+from broker.core.http_status import REASONS
 from broker.server.console import session
 
 PREFIX = session.PATH
@@ -77,11 +80,8 @@ def content_type(name: str) -> bytes:
     )
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or ():
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
+def _header(scope: Scope, name: str) -> str | None:
+    return Headers(scope=scope).get(name)
 
 
 async def _answer(
@@ -108,6 +108,11 @@ async def _answer(
 
 async def _json(send: Send, status: int, body: Mapping[str, Any]) -> None:
     await _answer(send, status, orjson.dumps(body), b"application/json")
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    """A refusal with the API's ``Status`` body, so the page reads both the same way."""
+    await _json(send, status, status_body(status, REASONS[status], message))
 
 
 async def _redirect(send: Send, location: str, *cookies: str) -> None:
@@ -141,7 +146,7 @@ class Console:
                 if path == f"{PREFIX}/" and method in ("GET", "HEAD"):
                     await _redirect(send, f"{PREFIX}/login")
                 else:
-                    await _json(send, 401, {"message": "log in at /console/login first"})
+                    await _refuse(send, 401, "log in at /console/login first")
                 return
             await self._authenticated(scope, receive, send, *found)
 
@@ -163,14 +168,14 @@ class Console:
         elif path.startswith(API):
             await self._relay(scope, receive, send, token)
         else:
-            await _json(send, 404, {"message": f"{path} is not part of the console"})
+            await _refuse(send, 404, f"{path} is not part of the console")
 
     async def _session(self, scope: Scope) -> tuple[str, Principal] | None:
         """The session's token and who it proves, while it verifies (token ``""`` with
         authentication off); None without a session."""
         if not self.access.required:
             return "", await self.access.authenticate(None)
-        cookies = cookie_parser(_header(scope, b"cookie") or "")
+        cookies = cookie_parser(_header(scope, "cookie") or "")
         token = session.token_of(cookies.get(session.COOKIE))
         if token is None:
             return None
@@ -182,24 +187,22 @@ class Console:
     async def _forged(self, scope: Scope, send: Send, token: str) -> bool:
         """Answer 403 and True when a state-changing request lacks our Origin or CSRF token."""
         if not session.same_origin(
-            _header(scope, b"origin"), scope["scheme"], _header(scope, b"host")
+            _header(scope, "origin"), scope["scheme"], _header(scope, "host")
         ):
-            await _json(
-                send, 403, {"message": "cross-origin request refused (Origin is not cemesh's)"}
-            )
+            await _refuse(send, 403, "cross-origin request refused (Origin is not cemesh's)")
             return True
         key = token or self._anonymous_key
-        if not session.csrf_valid(key, _header(scope, session.CSRF_HEADER.encode())):
-            await _json(send, 403, {"message": f"missing or wrong {session.CSRF_HEADER} header"})
+        if not session.csrf_valid(key, _header(scope, session.CSRF_HEADER)):
+            await _refuse(send, 403, f"missing or wrong {session.CSRF_HEADER} header")
             return True
         return False
 
     async def _file(self, send: Send, name: str, method: str) -> None:
         body = self.files.get(name)
         if body is None or method not in ("GET", "HEAD"):
-            await _json(send, 404 if body is None else 405, {"message": f"no file {name}"})
+            await _refuse(send, 404 if body is None else 405, f"no file {name} to {method}")
             return
-        await _answer(send, 200, body if method == "GET" else b"", content_type(name))
+        await _answer(send, 200, body, content_type(name))  # the server drops it for HEAD
 
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
@@ -207,10 +210,10 @@ class Console:
             await self._login_form(send, 200, "")
             return
         if method != "POST":
-            await _json(send, 405, {"message": "GET or POST the login form"})
+            await _refuse(send, 405, "GET or POST the login form")
             return
         if not session.same_origin(
-            _header(scope, b"origin"), scope["scheme"], _header(scope, b"host")
+            _header(scope, "origin"), scope["scheme"], _header(scope, "host")
         ):
             await self._login_form(send, 403, "This form must be sent from cemesh's own page.")
             return
@@ -242,7 +245,7 @@ class Console:
             if await self._forged(scope, send, token):
                 return
         elif method not in ("GET", "HEAD"):
-            await _json(send, 405, {"message": "the console only reads, and sends test events"})
+            await _refuse(send, 405, "the console only reads, and sends test events")
             return
         headers = [
             (k, v)

@@ -297,7 +297,13 @@ async function start() {
   });
   $("send-form").addEventListener("submit", send);
   $("events-broker").addEventListener("change", watch);
-  $("namespace").addEventListener("change", () => { selected = null; drawn = ""; graph = { nodes: [], edges: [] }; refresh(); });
+  $("namespace").addEventListener("change", () => {
+    selected = null; drawn = ""; graph = { nodes: [], edges: [] };
+    $("events-broker").replaceChildren(); // so that the next namespace's Brokers are new options
+    $("send-broker").replaceChildren();
+    watch(); // stops the stream of the previous namespace
+    refresh();
+  });
   await refresh();
   setInterval(refresh, REFRESH_MS);
 }
