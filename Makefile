@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck servers bench bench-buses bench-filters bench-control-plane bench-invoker bench-oidc clean
+.PHONY: run test lint typecheck servers console-vendor bench bench-buses bench-filters bench-control-plane bench-invoker bench-oidc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ typecheck: $(VENV)/.installed-dev
 
 test: $(VENV)/.installed-dev servers lint typecheck
 	$(BIN)/pytest -q
+
+# Fetch the web console's front-end libraries again from npm (pinned in the script; needs npm).
+console-vendor:
+	sh deploy/console/vendor.sh
 
 # End-to-end benchmark against its ceiling (~1 min; installs wrk when missing and root).
 bench: $(VENV)/.installed-dev

@@ -14,7 +14,8 @@
 - :mod:`~broker.controlplane.archive_store`: the seam to archived events and replay progress
   (implemented in :mod:`~broker.controlplane.store.archive`).
 - :mod:`~broker.controlplane.api`: the Kubernetes-style REST API (with its guard and OpenAPI,
-  and the live event stream of a Broker or Channel).
+  the live event stream of a Broker or Channel, test events, and the topology of a namespace
+  drawn by :mod:`~broker.controlplane.topology`, pure, for the web console).
 - :mod:`~broker.controlplane.signing_keys`, :mod:`~broker.controlplane.delivery_tokens`: cemesh's
   own signing keys (kept in the store) and the delivery tokens it issues with them.
 """

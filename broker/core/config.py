@@ -286,6 +286,10 @@ class Settings(BusSettings):
     metrics_auth: bool = Field(
         default=False, description="true: /metrics needs a bearer token like the API."
     )
+    console: bool = Field(
+        default=True,
+        description="Serve the web console at /console/ (behind the API's authentication).",
+    )
     otlp_traces_endpoint: str | None = Field(
         default=None,
         description="OTLP/HTTP traces URL (http://host:4318/v1/traces): export spans.",

@@ -22,6 +22,7 @@ RESERVED_SEGMENTS = frozenset(
         "openapi.json",
         "sources",
         "services",
+        "console",  # the web console (broker/server/console/)
         ".well-known",  # cemesh's OIDC discovery document (broker/controlplane/delivery_tokens.py)
     }
 )

@@ -15,6 +15,9 @@ Which route gets which defence, and why:
   data-plane route like a Knative Service's URL; the sources' webhooks (GitHub) prove their
   sender with their own signature (HMAC), so they need no bearer token.
 - management API: everything; ``/healthz`` and ``/readyz`` stay open.
+- the web console (``/console/``, :mod:`broker.server.console`): the Host check, then its own
+  session (a cookie holding an API token, checked by the API's authenticators), Origin and CSRF
+  checks on writes; it relays to the management API behind the whole guard above.
 
 The store, bus, dispatcher and controller start and stop with the ASGI lifespan, so cemesh can
 be served by any ASGI server or mounted in another application.
@@ -39,8 +42,10 @@ from broker.auth.setup import Access, build_access
 from broker.controlplane.api.guard import HostGuard, ManagementGuard
 from broker.controlplane.api.openapi import install_openapi
 from broker.controlplane.api.resources import ResourceApi, install_resource_routes
+from broker.controlplane.api.send_event import install_send_event_routes
 from broker.controlplane.api.status import answer_unexpected, install_error_handlers
 from broker.controlplane.api.tail import install_tail_routes
+from broker.controlplane.api.topology import install_topology_routes
 from broker.controlplane.controller import Controller, consumer_group_of
 from broker.controlplane.delivery_tokens import DeliveryTokens, install_issuer_routes
 from broker.controlplane.eventing.types import bus_of_channel
@@ -64,6 +69,8 @@ from broker.dataplane.live_feed import LiveFeed
 from broker.dataplane.routes import match_route
 from broker.features.components import Component, HttpHandler, RuntimeContext
 from broker.features.feature import Feature, build_catalog, build_components
+from broker.server.console.gate import PREFIX as CONSOLE_PREFIX
+from broker.server.console.gate import Console
 from broker.server.features import FEATURES
 from broker.server.listeners import Listeners
 from broker.server.otlp import OtlpSpans
@@ -396,6 +403,10 @@ class CemeshApp:
         )
         self._ingress = runtime.ingress
         self._routes = [(prefix, HostGuard(h, allowed)) for prefix, h in runtime.routes]
+        if settings.console and settings.control_plane != "kubernetes":
+            # The web console relays to the guarded API: it has no data of its own.
+            console = HostGuard(Console(self.api, runtime.access), allowed)
+            self._routes.append((CONSOLE_PREFIX, console))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -442,7 +453,16 @@ def create_app(
         access=runtime.access,
         serves=runtime.ingress.serves,
     )
+    install_send_event_routes(
+        api,
+        publish=runtime.ingress.publish_to_broker,
+        serves=lambda namespace, name: runtime.ingress.serves(("broker", namespace, name)),
+        access=runtime.access,
+    )
     if settings.control_plane != "kubernetes":  # else resources are the cluster's (kubectl)
+        install_topology_routes(
+            api, store=runtime.store, catalog=runtime.catalog, access=runtime.access
+        )
         install_resource_routes(
             api,
             ResourceApi(
