@@ -45,6 +45,9 @@ class StatusChange:
     namespace: str
     name: str
     status: dict[str, Any]
+    # The metadata.generation the status was computed for: a store that can tell (the
+    # Kubernetes API) drops a status computed for another generation (the spec changed).
+    generation: int | None = None
 
 
 class ResourceStore(Protocol):
@@ -62,6 +65,11 @@ class ResourceStore(Protocol):
 
     async def revision(self) -> int:
         """The store-wide revision: it moves on every create, replace, status change, delete."""
+        ...
+
+    async def next_revision(self, since: int, within: float) -> int:
+        """The revision once it differs from ``since``, or after ``within`` seconds at most
+        (then possibly still ``since``): the controller's wait for something to do."""
         ...
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
