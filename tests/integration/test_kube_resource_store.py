@@ -9,7 +9,10 @@ real API server (the project's CRDs and Lease shim):
 - ``update_statuses`` writes through the status subresource, counts what it wrote, and skips a
   status computed for another generation, an unchanged one and an absent object;
 - ``claim_lease``: of concurrent claimants exactly one wins, a later claim loses, and a winner
-  prunes expired claims under its prefix only.
+  prunes expired claims under its prefix only;
+- the one controller runs on it: with a resync interval far beyond the test's bounds, a Broker
+  and a Trigger applied after cemesh started turn Ready, and a Trigger edited to a bad
+  subscriber turns not Ready: the watches woke the controller, no poll did.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +33,7 @@ from broker.controlplane.kube.resource_store import KubeResourceStore, claim_obj
 from broker.controlplane.kube.store import BROKERS, LEASES, KubeStore
 from broker.controlplane.resource_store import ResourceStore, StatusChange
 from broker.core.errors import Conflict, NotFound
+from tests.support.cemesh import running_cemesh
 from tests.support.servers.kube_apiserver import KubeApiServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -162,3 +167,28 @@ async def test_a_claim_is_won_once_and_winners_prune_expired_claims_under_their_
     }
     assert claim_object_name("tick/old") not in left
     assert {claim_object_name(n) for n in ("other/old", "tick/x/1", "tick/x/2")} <= left
+
+
+async def test_the_controller_on_the_kubernetes_store_is_woken_by_watch_events_not_polls(
+    kube_apiserver: KubeApiServer, namespace: str, tmp_path: Path
+) -> None:
+    async with running_cemesh(
+        tmp_path, control_plane="kubernetes", kubeconfig=str(kube_apiserver.kubeconfig),
+        kube_namespaces=[namespace], kube_lease_namespace=namespace, resync_interval=3600,
+    ):  # fmt: skip
+        trigger = {"apiVersion": f"{GROUP}/v1", "kind": "Trigger",
+                   "metadata": {"name": "t", "namespace": namespace},
+                   "spec": {"broker": "default",
+                            "subscriber": {"uri": "http://subscriber.example/"}}}  # fmt: skip
+        manifests = [broker(namespace, "default"), trigger]
+        await asyncio.to_thread(kube_apiserver.kubectl, "apply", "-f", "-",
+                                stdin="\n---\n".join(json.dumps(m) for m in manifests))  # fmt: skip
+        for what in ("broker/default", "trigger/t"):
+            await asyncio.to_thread(kube_apiserver.kubectl, "wait", "--for=condition=Ready",
+                                    f"--timeout={int(WAIT)}s", what, "-n", namespace)  # fmt: skip
+        trigger["spec"]["subscriber"] = {"uri": "not-absolute"}
+        await asyncio.to_thread(kube_apiserver.kubectl, "apply", "-f", "-",
+                                stdin=json.dumps(trigger))  # fmt: skip
+        await asyncio.to_thread(kube_apiserver.kubectl, "wait", "--for=condition=Ready=False",
+                                f"--timeout={int(WAIT)}s", "trigger/t",
+                                "-n", namespace)  # fmt: skip
