@@ -201,7 +201,7 @@ class Controller:
             except BaseException:
                 self._retiring[:0] = retiring  # for the next sync that gets this far
                 raise
-            if not self._policy.writing:  # another replica writes: nothing more to do here
+            if not self._policy.writing:  # another replica writes (statuses, bus removals)
                 self._seen_revision = revision
                 self.synced.set()
                 return

@@ -23,7 +23,8 @@ behind the storage seam) with :class:`ClusterPolicy` as its
    writes: the controller removes the bus state of what is released and of Triggers orphaned
    by a Broker being deleted (the applied snapshot no longer consumes their groups),
    :meth:`ClusterPolicy.hold` adds the finalizer to what is cemesh's, the store writes the
-   statuses that changed (and records Events for Ready transitions), and
+   statuses that changed (:meth:`ClusterPolicy.status_written` records an Event for each that
+   changed Ready, :mod:`broker.controlplane.kube.events`), and
    :meth:`ClusterPolicy.release` removes the finalizer from what was released. A Broker being
    deleted takes its Triggers' groups with it before its finalizer goes; the Triggers stay,
    BrokerReady False (``BrokerDoesNotExist``), and keep the finalizer.
@@ -36,12 +37,14 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from broker.controlplane.catalog import Catalog
 from broker.controlplane.control_policy import Plan
 from broker.controlplane.controller import Controller
 from broker.controlplane.kube.client import KubeConnection
+from broker.controlplane.kube.events import ready_event, ready_transition
 from broker.controlplane.kube.lease import LeaderElector
 from broker.controlplane.kube.resolution import (
     CLUSTER_DOMAIN,
@@ -229,7 +232,7 @@ def finish(
 
 class ClusterObjects(Protocol):
     """What the cluster policy needs of the Kubernetes API beyond the storage seam:
-    lookups in the watch caches of referenced kinds, and finalizers. Implemented by
+    lookups in the watch caches of referenced kinds, finalizers and Events. Implemented by
     :class:`~broker.controlplane.kube.resource_store.KubeResourceStore`."""
 
     def listed_once(self, kind: KubeKind) -> bool:
@@ -245,6 +248,10 @@ class ClusterObjects(Protocol):
     async def add_finalizer(self, obj: Obj, finalizer: str) -> Obj: ...
 
     async def remove_finalizer(self, obj: Obj, finalizer: str) -> None: ...
+
+    async def record_event(self, event: Obj) -> None:
+        """Create a core v1 Event (best effort: a refusal is logged, never raised)."""
+        ...
 
     def touch(self) -> None:
         """Wake the controller (leadership changed)."""
@@ -386,6 +393,16 @@ class ClusterPolicy:
             if _key(broker) not in kept and str(_meta(broker).get("uid")) not in failed:
                 await self._unfinalize(broker)
 
+    async def status_written(self, before: Obj, status: dict[str, Any]) -> None:
+        """A Kubernetes Event when the status just written changed Ready (told by the store)."""
+        transition = ready_transition(before.get("status"), status)
+        if transition is None:
+            return
+        instance = self.elector.identity if self.elector is not None else DEFAULT_BROKER_CLASS
+        await self.objects.record_event(
+            ready_event(before, transition, instance=instance, now=datetime.now(UTC))
+        )
+
     async def _unfinalize(self, obj: Obj) -> None:
         try:
             await self.objects.remove_finalizer(obj, FINALIZER)
@@ -432,10 +449,10 @@ async def connect_control_plane(
     store = KubeResourceStore(
         api,
         lease_namespace=settings.kube_lease_namespace,
-        instance=elector.identity,
         progress_bound=settings.kube_watch_progress_bound,
     )
     policy = ClusterPolicy(store, broker_class=settings.broker_class, elector=elector)
+    store.status_written = policy.status_written
     policy.on_stop.append(connection.close)
     return Controller(
         store,

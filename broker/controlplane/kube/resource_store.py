@@ -25,18 +25,18 @@ the one :class:`broker.controlplane.controller.Controller` drives cemesh on a cl
   :meth:`~KubeResourceStore.delete` on the API server (a delete of an object with finalizers
   only marks it); statuses through the status subresource (merge patch guarded by the
   resourceVersion, 409s retried while the generation is unchanged; a status computed for an
-  older generation is dropped: :meth:`broker.controlplane.kube.store.KubeStore.update_status`).
-  A status write that changes ``Ready`` is also recorded as a Kubernetes Event (Knative's
-  reconcilers do the same; :mod:`broker.controlplane.kube.events`, best effort). Writes are not
+  older generation is dropped: :meth:`broker.controlplane.kube.store.KubeStore.update_status`);
+  every status written is told to :attr:`~KubeResourceStore.status_written` (the cluster policy
+  records an Event when Ready changed). Writes are not
   applied to the caches: the watches bring them back, and moving the revision there is what
   tells the controller it has something new to read;
 - **leases** (:meth:`~KubeResourceStore.claim_lease`, a PingSource tick claimed once): a
   ``coordination.k8s.io`` Lease created under a name derived from the claim's, so the API
   server's create-or-409 picks exactly one claimant.
 
-Kubernetes-only operations the controller's cluster policy needs (finalizers, lookups of
-watched kinds) are the :class:`broker.controlplane.kube.policy.ClusterObjects` extension, also
-implemented here. Errors come translated from :mod:`broker.controlplane.kube.store`.
+Kubernetes-only operations the controller's cluster policy needs (lookups of watched kinds,
+finalizers, Events) are the :class:`broker.controlplane.kube.policy.ClusterObjects` extension,
+also implemented here. Errors come translated from :mod:`broker.controlplane.kube.store`.
 """
 
 from __future__ import annotations
@@ -46,11 +46,10 @@ import builtins
 import contextlib
 import hashlib
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from broker.controlplane.kube.events import ready_event, ready_transition
 from broker.controlplane.kube.store import (
     BROKERS,
     CONFIG_MAPS,
@@ -94,8 +93,7 @@ class KubeResourceStore:
     """Resources on one API server, behind the storage seam (module docstring).
 
     ``api`` is the raw API (its connection owned by the caller); ``listed`` the kinds a list
-    without a kind returns; ``lease_namespace`` where claims' Leases go; ``instance`` names
-    this replica in the Events it records (None: record none).
+    without a kind returns; ``lease_namespace`` where claims' Leases go.
     """
 
     def __init__(
@@ -104,14 +102,14 @@ class KubeResourceStore:
         *,
         listed: Sequence[KubeKind] = (BROKERS, TRIGGERS),
         lease_namespace: str = "cemesh",
-        instance: str | None = "cemesh",
         backoff: Backoff | None = None,
         progress_bound: float = 150.0,
     ) -> None:
         self.api = api
         self.listed = tuple(listed)
         self.lease_namespace = lease_namespace
-        self.instance = instance
+        # Told of every status written: the object before the write, and the status.
+        self.status_written: Callable[[Obj, dict[str, Any]], Awaitable[None]] | None = None
         self._backoff = backoff
         self._progress_bound = progress_bound
         self._watches: dict[KubeKind, list[CollectionWatch]] = {}
@@ -275,17 +273,21 @@ class KubeResourceStore:
     # -- writes --------------------------------------------------------------------------
 
     async def create(self, obj: Obj) -> Obj:
+        """POST; the API server assigns uid, generation and resourceVersion."""
         return await self.api.create(self._kind_of(obj), obj)
 
     async def replace(self, obj: Obj) -> Obj:
+        """PUT (the status, a subresource, is kept); without a resourceVersion, over the
+        current object (Kubernetes requires one on custom resources)."""
         kind, metadata = self._kind_of(obj), _meta(obj)
         if not metadata.get("resourceVersion"):  # an unconditional replace: the current one
             current = await self.api.get(kind, metadata["namespace"], metadata["name"])
-            obj = {**obj, "metadata": {**metadata, **{"resourceVersion": _meta(current)[
-                "resourceVersion"]}}}  # fmt: skip
+            version = _meta(current)["resourceVersion"]
+            obj = {**obj, "metadata": {**metadata, "resourceVersion": version}}
         return await self.api.replace(kind, obj)
 
     async def delete(self, api_group: str, kind: str, namespace: str, name: str) -> Obj:
+        """DELETE (an object with finalizers is only marked); the object as it was."""
         found = self._kind(api_group, kind)
         before = await self.api.get(found, namespace, name)
         await self.api.delete(found, namespace, name)
@@ -301,7 +303,7 @@ class KubeResourceStore:
         written = await self.api.update_status(found, current, status)
         if written is None:  # the spec changed meanwhile: the watch brings it to reconcile
             return current
-        await self._record_event(current, status)
+        await self._tell_written(current, status)
         return written
 
     async def update_statuses(self, changes: Sequence[StatusChange]) -> int:
@@ -329,21 +331,23 @@ class KubeResourceStore:
                 log.info("status not written", extra={"object": what, "why": exc.message})
                 continue
             written += 1
-            await self._record_event(current, change.status)
+            await self._tell_written(current, change.status)
         return written
 
-    async def _record_event(self, before: Obj, status: dict[str, Any]) -> None:
-        """A Kubernetes Event when ``status`` changed Ready from ``before``'s (best effort)."""
-        transition = ready_transition(before.get("status"), status)
-        if transition is None or self.instance is None:
-            return
-        event = ready_event(before, transition, instance=self.instance, now=datetime.now(UTC))
+    async def _tell_written(self, before: Obj, status: dict[str, Any]) -> None:
+        if self.status_written is not None:
+            await self.status_written(before, status)
+
+    # -- the cluster's extension: finalizers, Events ---------------------------------------
+
+    async def record_event(self, event: Obj) -> None:
+        """Create a core v1 Event; best effort: a refusal is logged and dropped."""
         try:
             await self.api.create_event(event)
         except CemeshError as exc:  # e.g. Events not served or not allowed: statuses still tell
-            log.info("event not recorded", extra={"reason": event["reason"], "why": exc.message})
-
-    # -- the cluster's extension: finalizers ----------------------------------------------
+            log.info(
+                "event not recorded", extra={"reason": event.get("reason"), "why": exc.message}
+            )
 
     async def add_finalizer(self, obj: Obj, finalizer: str) -> Obj:
         meta = _meta(obj)
