@@ -7,10 +7,12 @@
   import) and :mod:`~broker.controlplane.eventing` (Broker, Trigger, channels, Subscription).
 - Reconcile, pure: :mod:`~broker.controlplane.reconcile` (the driver),
   :mod:`~broker.controlplane.world` (what one pass sees: conditions, destination resolution).
-- The loop: :mod:`~broker.controlplane.controller` (store -> reconcile -> Snapshot -> statuses)
-  over :mod:`~broker.controlplane.resource_store` (the one storage seam) whose implementations are
-  :mod:`~broker.controlplane.store` (SQL) and, as a Knative Broker class in a cluster,
-  :mod:`~broker.controlplane.kube` (the Kubernetes API).
+- The loop: :mod:`~broker.controlplane.controller` (store -> reconcile -> Snapshot -> statuses),
+  one for every store, over :mod:`~broker.controlplane.resource_store` (the one storage seam)
+  whose implementations are :mod:`~broker.controlplane.store` (SQL) and, as a Knative Broker
+  class in a cluster, :mod:`~broker.controlplane.kube` (the Kubernetes API);
+  :mod:`~broker.controlplane.control_policy` is what differs between them (the SQL store's
+  identity policy here, the cluster's in :mod:`~broker.controlplane.kube.policy`).
 - :mod:`~broker.controlplane.archive_store`: the seam to archived events and replay progress
   (implemented in :mod:`~broker.controlplane.store.archive`).
 - :mod:`~broker.controlplane.api`: the Kubernetes-style REST API (with its guard and OpenAPI,

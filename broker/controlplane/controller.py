@@ -1,19 +1,29 @@
 """The control loop: store -> reconcile -> data plane, then statuses back into the store.
 
-After every write through the API (and every ``resync_interval`` seconds, when the store's
-revision moved because another replica wrote) the controller reads all resources, computes their
-statuses and the runtime :class:`~broker.core.spec.Snapshot` with the pure
-:func:`broker.controlplane.reconcile.reconcile`, hands the snapshot to the data plane, and only then
-writes the statuses (so a Trigger is reported Ready only once its subscription is live: K61).
+One loop for every store behind the seam
+(:class:`~broker.controlplane.resource_store.ResourceStore`: cemesh's SQL store, or the
+Kubernetes API). After every write through the API, and whenever the store's revision moves
+(:meth:`~broker.controlplane.resource_store.ResourceStore.next_revision`: the SQL store is polled
+every ``resync_interval`` seconds, the Kubernetes API's watches answer at once), the controller
+lists the resources, lets its :class:`~broker.controlplane.control_policy.ControlPolicy` plan
+the pass (cemesh's store: everything; a cluster: the Broker class selection and cluster
+resolution), computes statuses and the runtime :class:`~broker.core.spec.Snapshot` with the pure
+:func:`broker.controlplane.reconcile.reconcile`, hands the snapshot to the data plane, and only
+then (when the policy says this replica writes) removes on the bus what deleted objects left there
+and writes the statuses (so a Trigger is reported Ready only once its subscription is live: K61).
 
-Retiring consumer groups. A deleted Trigger or Subscription leaves its consumer group on the bus
-(a Kafka group, a JetStream consumer, a Pub/Sub subscription collecting every event for days).
-The controller is told of deletions (:meth:`Controller.deleted`, by the API; its own garbage
-collection of owned objects) and calls ``retire_groups`` for each object once a snapshot built
-without it has been applied, i.e. once the dispatcher stopped consuming its group. Only deletion
-retires a group: a Trigger that is merely not Ready keeps its group, which goes on collecting
-events for when it is Ready again. A failure is logged, never raised: the resource is gone
-either way.
+Removing what a deleted object left on the bus (:meth:`Controller._remove_from_bus`, the one
+place that says what goes). A deleted Trigger or Subscription leaves its consumer group on the
+bus (a Kafka group, a JetStream consumer, a Pub/Sub subscription collecting every event for
+days). The controller hears of deletions two ways: cemesh's own store forgets an object at once,
+so the API tells the controller (:meth:`Controller.deleted`, also its own garbage collection of
+owned objects), and the removal is tried once (a failure is logged: the resource is gone either
+way); on a cluster, an object being deleted stays listed while it carries cemesh's finalizer, so
+the policy lists it as *releasing* every pass until its removal succeeded and the policy let it
+go. Either way the removal happens once a snapshot built without the object has been applied,
+i.e. once the dispatcher stopped consuming its group. Only deletion retires a group: a Trigger
+that is merely not Ready keeps its group, which goes on collecting events for when it is Ready
+again.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from broker.controlplane.admission import admit
 from broker.controlplane.catalog import Catalog
+from broker.controlplane.control_policy import ControlPolicy, Plan, StorePolicy
 from broker.controlplane.reconcile import Reconciled, reconcile
 from broker.controlplane.resource_store import ResourceStore, StatusChange
 from broker.controlplane.resources import SUBSCRIPTION, TRIGGER
@@ -132,8 +143,10 @@ class Controller:
         default_authorization_mode: AuthorizationMode = "allow-same-namespace",
         https_base_url: str | None = None,
         ca_certs: str | None = None,
+        policy: ControlPolicy | None = None,
     ) -> None:
         self._store = store
+        self._policy: ControlPolicy = policy or StorePolicy()
         self._catalog = catalog  # the kinds served: their reconcilers, admission, owners
         self._ingress_oidc = ingress_oidc
         self._default_authorization_mode: AuthorizationMode = default_authorization_mode
@@ -146,7 +159,9 @@ class Controller:
         self._open_buses = open_buses
         self._bus_errors: dict[str, str] = {}  # buses that failed to open, retried every poll
         self._retire_groups = retire_groups
-        self._retiring: list[dict] = []  # deleted Triggers/Subscriptions whose group is to go
+        self._retiring: list[dict] = []  # deleted objects whose bus state is to go
+        self._released: set[str] = set()  # uids of releasing objects whose bus state went
+        self._unreleased = False  # the last pass failed to remove some bus state: retry
         self._resync_interval = resync_interval
         self._lock = asyncio.Lock()
         self._tickets = 0  # sync() calls and writes (writing()) so far, numbered
@@ -158,6 +173,14 @@ class Controller:
         self._seen_revision = -1
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
+
+    @property
+    def store(self) -> ResourceStore:
+        return self._store
+
+    @property
+    def policy(self) -> ControlPolicy:
+        return self._policy
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[int]:
@@ -209,22 +232,35 @@ class Controller:
         # Owned objects created in one pass are reconciled in the next: a Channel's backing
         # channel exists, then becomes Ready, then the Channel is Ready. A few passes settle.
         for _ in range(MAX_PASSES):
+            revision = await self._store.revision()
+            if not self._policy.ready():
+                self._seen_revision = revision  # the first list moves the revision
+                return
             # Deleted before this pass read the store: the snapshot applied below has no
             # consumer for them, so their groups may go once it is applied.
             retiring, self._retiring = self._retiring, []
             try:
-                revision = await self._store.revision()
                 objects = await self._store.list()
-                result = self._reconcile(objects, {})
-                self._bus_errors = await self._open_buses(_buses_of(result.snapshot))
-                if self._bus_errors:
-                    result = self._reconcile(objects, self._bus_errors)
+                plan = self._policy.plan(objects)
+                if plan is None:  # something referred to is being read: its arrival moves it
+                    self._retiring[:0] = retiring
+                    self._seen_revision = revision
+                    return
+                result = await self._reconcile_plan(plan)
                 await self._apply_snapshot(result.snapshot)
             except BaseException:
                 self._retiring[:0] = retiring  # for the next sync that gets this far
                 raise
-            await self._retire(retiring, {obj["metadata"]["uid"] for obj in objects})
-            written = await self._write_statuses(objects, result.statuses)
+            if not self._policy.writing:  # another replica writes (statuses, bus removals)
+                self._seen_revision = revision
+                self.synced.set()
+                return
+            present = {obj["metadata"]["uid"] for obj in objects}
+            await self._release(
+                plan, [obj for obj in retiring if obj["metadata"]["uid"] not in present]
+            )
+            managed = await self._policy.hold(plan.managed)
+            written = await self._write_statuses(managed, result.statuses)
             changed = await self._converge_children(objects, result.children)
             written += changed
             if not changed:
@@ -236,28 +272,56 @@ class Controller:
         self._seen_revision = after if after - revision == written else revision
         self.synced.set()
 
+    async def _reconcile_plan(self, plan: Plan) -> Reconciled:
+        """Reconcile the plan's objects on the buses that open (the rest: not Ready)."""
+        result = self._reconcile(plan.objects, {})
+        self._bus_errors = await self._open_buses(_buses_of(result.snapshot))
+        if self._bus_errors:
+            result = self._reconcile(plan.objects, self._bus_errors)
+        return self._policy.finish(plan, result)
+
     def deleted(self, obj: dict) -> None:
-        """``obj`` was deleted from the store: retire its consumer group after the next apply.
+        """``obj`` was deleted from the store: remove what it left on the bus after the next
+        apply. Call it before the :meth:`sync` that follows the deletion."""
+        self._retiring.append(obj)
 
-        Call it before the :meth:`sync` that follows the deletion. Only Triggers and
-        Subscriptions have groups; other kinds are ignored.
-        """
+    async def _release(self, plan: Plan, gone: list[dict]) -> None:
+        """Remove the bus state of the objects deleted from the store (``gone``: tried once)
+        and of the plan's releasing ones (each once, until the policy lets it go); then tell
+        the policy which of those went."""
+        for obj in gone:
+            await self._remove_logged(obj)
+        failed: set[str] = set()
+        for obj in plan.releasing:
+            uid = str(obj["metadata"].get("uid"))
+            if uid in self._released:
+                continue
+            if await self._remove_logged(obj):
+                self._released.add(uid)
+            else:
+                failed.add(uid)
+        # Forget released uids once nothing releasing names them (uids are never reused).
+        self._released &= {str(obj["metadata"].get("uid")) for obj in plan.releasing}
+        self._unreleased = bool(failed)
+        await self._policy.release(plan, failed)
+
+    async def _remove_logged(self, obj: dict) -> bool:
+        """:meth:`_remove_from_bus`, a failure logged; whether it succeeded."""
+        try:
+            await self._remove_from_bus(obj)
+        except Exception:  # the resource is gone (or going) either way; its state lingers
+            log.exception(
+                "consumer group not retired",
+                extra={"kind": obj.get("kind"), "object": obj["metadata"].get("name")},
+            )
+            return False
+        return True
+
+    async def _remove_from_bus(self, obj: dict) -> None:
+        """What cemesh removes on the bus when ``obj`` is deleted: a Trigger's or a
+        Subscription's consumer group. Raises when the bus refuses."""
         if self._retire_groups is not None and (_group(obj), obj.get("kind")) in GROUP_KINDS:
-            self._retiring.append(obj)
-
-    async def _retire(self, objects: list[dict], present: set[str]) -> None:
-        if self._retire_groups is None:
-            return
-        for obj in objects:
-            if obj["metadata"].get("uid") in present:
-                continue  # not gone after all (never expected: uids are not reused)
-            try:
-                await self._retire_groups(obj)
-            except Exception:  # the resource is gone either way; the group only lingers
-                log.exception(
-                    "consumer group of a deleted resource not deleted",
-                    extra={"kind": obj.get("kind"), "name": obj["metadata"].get("name")},
-                )
+            await self._retire_groups(obj)
 
     @property
     def bus_errors(self) -> dict[str, str]:
@@ -293,9 +357,10 @@ class Controller:
                 continue
             changes.append(
                 StatusChange(
-                    _group(obj), obj["kind"], metadata["namespace"], metadata["name"], status
+                    _group(obj), obj["kind"], metadata["namespace"], metadata["name"], status,
+                    generation=metadata.get("generation"),
                 )
-            )
+            )  # fmt: skip
         written = 0
         for start in range(0, len(changes), STATUS_BATCH):
             batch = changes[start : start + STATUS_BATCH]
@@ -342,24 +407,37 @@ class Controller:
         return changed
 
     def start(self) -> None:
-        """Poll the store for changes made elsewhere (other replicas, direct DB edits)."""
+        """Follow the store's changes made elsewhere (other replicas, direct DB edits, a
+        cluster's watches) until :meth:`stop`."""
+        self._policy.start()
         self._task = asyncio.get_running_loop().create_task(self._poll(), name="cemesh-controller")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        await self._policy.stop()
 
     async def _poll(self) -> None:
+        retry = False  # the last sync failed: sync again after a pause, whatever moved
         while True:
-            await asyncio.sleep(self._resync_interval)
             try:
-                # A bus that failed to open is tried again on every poll, and groups of deleted
-                # resources still to retire are retired after the next apply.
+                if retry:
+                    retry = False
+                    await self.sync()
+                    continue
+                revision = await self._store.next_revision(
+                    self._seen_revision, self._resync_interval
+                )
+                # A bus that failed to open is tried again on every poll, and bus state of
+                # deleted resources still to remove is removed after the next apply.
                 if (
                     self._bus_errors
                     or self._retiring
-                    or await self._store.revision() != self._seen_revision
+                    or self._unreleased
+                    or revision != self._seen_revision
                 ):
                     await self.sync()
             except Exception:  # keep the loop alive: a store outage must not stop the data plane
                 log.exception("resync failed; will try again")
+                retry = True
+                await asyncio.sleep(self._resync_interval)

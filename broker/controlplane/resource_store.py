@@ -1,18 +1,25 @@
 """The control plane's one seam to storage: :class:`ResourceStore`.
 
 The controller, the management API and the runtime components read, watch and write resources
-and their status through this interface, never through a storage engine. Today its one
-implementation is the SQL store (:class:`broker.controlplane.store.Store`, SQLite or PostgreSQL);
-the shape is Kubernetes' so that the Kubernetes API can be a second one:
+and their status through this interface, never through a storage engine. It has two
+implementations: the SQL store (:class:`broker.controlplane.store.Store`, SQLite or PostgreSQL,
+the default) and the Kubernetes API
+(:class:`broker.controlplane.kube.resource_store.KubeResourceStore`); the shape is Kubernetes':
 
 - objects are Kubernetes-shaped dicts, addressed by (API group, kind, namespace, name);
-- every write moves a store-wide revision; ``metadata.resourceVersion`` is the revision of an
-  object's last write, and :meth:`ResourceStore.revision` is what a watcher polls (a replica that
-  sees it move resyncs; a Kubernetes implementation answers the list's resourceVersion);
+- every change moves a store-wide revision (:meth:`ResourceStore.revision`; in SQL
+  ``metadata.resourceVersion`` is the revision of an object's last write; on Kubernetes it is
+  this replica's count of watch events, resourceVersions being opaque and per collection);
+  :meth:`ResourceStore.next_revision` waits, with a bound, for it to move: the SQL store polls
+  (no one tells a replica that another wrote), the Kubernetes API's watches answer at once. A
+  wait rather than a stream of changes, because "something moved: list again" is all the
+  controller needs, and a polled store can offer no more;
 - ``spec`` (and the other content) is written by :meth:`~ResourceStore.create` and
   :meth:`~ResourceStore.replace`, ``status`` only by :meth:`~ResourceStore.update_status` (the
   status subresource) and :meth:`~ResourceStore.update_statuses` (many in one transaction: the
   controller's first sync writes the status of every object);
+- a status may name the generation it was computed for (:attr:`StatusChange.generation`): a
+  store that can tell drops it when the spec changed meanwhile (Kubernetes');
 - a stale ``metadata.resourceVersion`` or an existing name is :class:`~broker.core.errors.Conflict`,
   a missing object :class:`~broker.core.errors.NotFound`, an unreachable store
   :class:`~broker.core.errors.StoreError` (all from :mod:`broker.core.errors`);
@@ -45,6 +52,9 @@ class StatusChange:
     namespace: str
     name: str
     status: dict[str, Any]
+    # The metadata.generation the status was computed for: a store that can tell (the
+    # Kubernetes API) drops a status computed for another generation (the spec changed).
+    generation: int | None = None
 
 
 class ResourceStore(Protocol):
@@ -62,6 +72,11 @@ class ResourceStore(Protocol):
 
     async def revision(self) -> int:
         """The store-wide revision: it moves on every create, replace, status change, delete."""
+        ...
+
+    async def next_revision(self, since: int, within: float) -> int:
+        """The revision once it differs from ``since``, or after ``within`` seconds at most
+        (then possibly still ``since``): the controller's wait for something to do."""
         ...
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:

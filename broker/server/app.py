@@ -49,7 +49,7 @@ from broker.controlplane.api.topology import install_topology_routes
 from broker.controlplane.controller import Controller, consumer_group_of
 from broker.controlplane.delivery_tokens import DeliveryTokens, install_issuer_routes
 from broker.controlplane.eventing.types import bus_of_channel
-from broker.controlplane.kube.control import KubeControlPlane, connect_control_plane
+from broker.controlplane.kube.policy import connect_control_plane
 from broker.controlplane.outbound import OutboundGuard, guard_for
 from broker.controlplane.signing_keys import KeyRing
 from broker.controlplane.store import Store
@@ -214,12 +214,12 @@ class Runtime:
         # Features that run beside the dispatcher, each fed its part of every snapshot.
         self.components: list[Component] = build_components(features, context)
         self.ready = False
-        # With control_plane kubernetes: the loop that replaces the controller (at startup).
-        self.kube_plane: KubeControlPlane | None = None
+        # With control_plane kubernetes: the controller on the cluster (made at startup).
+        self.kube_plane: Controller | None = None
 
     @property
-    def plane(self) -> Controller | KubeControlPlane:
-        """The control loop in use: the store's controller, or the Kubernetes one."""
+    def plane(self) -> Controller:
+        """The control loop in use: on cemesh's store, or on the Kubernetes API."""
         return self.kube_plane or self.controller
 
     def _build_identity(self) -> None:
@@ -337,8 +337,8 @@ class Runtime:
         # Buses open as Brokers and Channels need them; one that cannot open marks those not
         # Ready (and /readyz 503) and is tried again on every poll, rather than failing startup.
         if self.settings.control_plane == "kubernetes":
-            # Brokers and Triggers come from the Kubernetes API
-            # (broker/controlplane/kube/control.py).
+            # Brokers and Triggers come from the Kubernetes API, the same controller on the
+            # other store behind the seam (broker/controlplane/kube/policy.py).
             self.kube_plane = await connect_control_plane(
                 self.settings,
                 apply_snapshot=self.apply_snapshot,

@@ -43,7 +43,7 @@ import pytest
 
 from broker.controlplane.eventing.types import bus_of_channel
 from broker.controlplane.kube.client import USER_AGENT
-from broker.controlplane.kube.control import FINALIZER
+from broker.controlplane.kube.policy import FINALIZER
 from broker.core.spec import broker_topic, trigger_group
 from tests.conftest import shared_fixture_dir
 from tests.support.cemesh import running_cemesh
@@ -345,7 +345,7 @@ async def test_a_kubernetes_control_plane_without_a_usable_kubeconfig_says_which
     tmp_path: Path,
 ) -> None:
     from broker import Settings
-    from broker.controlplane.kube.control import connect_control_plane
+    from broker.controlplane.kube.policy import connect_control_plane
     from broker.core.errors import CemeshError
     from broker.core.spec import DeliveryPolicy
     from broker.server.features import CATALOG

@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 
-from broker.controlplane.kube.control import KubeControlPlane
+from broker.controlplane.controller import Controller
+from broker.controlplane.kube.resource_store import KubeResourceStore
 from broker.controlplane.kube.store import BROKERS, TRIGGERS
 from tests.support.cemesh import RunningCemesh, running_cemesh
 from tests.support.servers import kube_apiserver as kube
@@ -76,16 +77,18 @@ async def wait_ready(server: KubeApiServer, namespace: str, *what: str) -> None:
                   "-n", namespace)  # fmt: skip
 
 
-def plane(cemesh: RunningCemesh) -> KubeControlPlane:
+def plane(cemesh: RunningCemesh) -> KubeResourceStore:
+    """The Kubernetes store behind the running controller (white-box)."""
     found = cemesh.runtime.kube_plane
-    assert isinstance(found, KubeControlPlane)
-    return found
+    assert isinstance(found, Controller)
+    assert isinstance(found.store, KubeResourceStore)
+    return found.store
 
 
 def relists(cemesh: RunningCemesh) -> int:
     """How often the Broker and Trigger watches relisted (white-box)."""
     p = plane(cemesh)
-    return sum(w.relists for kind in (BROKERS, TRIGGERS) for w in p._watch(kind))
+    return sum(w.relists for kind in (BROKERS, TRIGGERS) for w in p.watches(kind))
 
 
 class Producer:
@@ -214,7 +217,7 @@ async def test_the_control_plane_serves_what_is_applied_after_a_restart_with_emp
             for index in range(5):
                 await before.send(f"first-{index}")
             await delivered_once_each(subscriber, set(before.accepted))
-            old_uid = plane(cemesh)._watch(TRIGGERS)[0].objects[(namespace, "first")]
+            old_uid = plane(cemesh).watches(TRIGGERS)[0].objects[(namespace, "first")]
             await asyncio.to_thread(server.stop)
             await asyncio.to_thread(server.start)  # etcd comes back empty
             await asyncio.to_thread(server.apply_crds, kube.PROJECT_CRDS)
@@ -225,7 +228,7 @@ async def test_the_control_plane_serves_what_is_applied_after_a_restart_with_emp
                              "trigger/second")  # fmt: skip
             # The watches relisted (their old resourceVersion made no progress) and hold the
             # new objects, not the lost ones.
-            new = plane(cemesh)._watch(TRIGGERS)[0].objects[(namespace, "first")]
+            new = plane(cemesh).watches(TRIGGERS)[0].objects[(namespace, "first")]
             assert new["metadata"]["uid"] != old_uid["metadata"]["uid"]
             after = Producer(cemesh, namespace, "first")
             later = Producer(cemesh, namespace, "second")

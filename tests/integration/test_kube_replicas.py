@@ -28,7 +28,9 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.controlplane.kube.control import KubeControlPlane
+from broker.controlplane.controller import Controller
+from broker.controlplane.kube.policy import ClusterPolicy
+from broker.controlplane.kube.resource_store import KubeResourceStore
 from broker.controlplane.kube.store import BROKERS
 from tests.support.cemesh import running_cemesh
 from tests.support.servers.kube_apiserver import KubeApiServer
@@ -62,10 +64,18 @@ def manifests(namespace: str, *triggers: str) -> str:
     return "\n---\n".join(json.dumps(o) for o in objects)  # fmt: skip
 
 
-def plane(cemesh: Any) -> KubeControlPlane:
+def plane(cemesh: Any) -> Controller:
     found = cemesh.runtime.kube_plane
-    assert isinstance(found, KubeControlPlane)
+    assert isinstance(found, Controller)
+    assert isinstance(found.policy, ClusterPolicy)
     return found
+
+
+def cluster(controller: Controller) -> KubeResourceStore:
+    """The controller's store: the Kubernetes API (white-box)."""
+    store = controller.store
+    assert isinstance(store, KubeResourceStore)
+    return store
 
 
 async def until(check: Any) -> None:
@@ -88,8 +98,8 @@ async def test_two_replicas_elect_one_status_writer_keep_statuses_stable_and_han
             for stack, name in zip(stacks, ("a", "b"), strict=True)
         ]
         planes = [plane(r) for r in replicas]
-        await until(lambda: any(p.leading for p in planes))
-        assert sum(p.leading for p in planes) == 1
+        await until(lambda: any(p.policy.writing for p in planes))
+        assert sum(p.policy.writing for p in planes) == 1
         for what in ("broker/default", "trigger/first"):
             await asyncio.to_thread(kube_apiserver.kubectl, "wait", "--for=condition=Ready",
                                     "--timeout=60s", what, "-n", namespace)  # fmt: skip
@@ -107,16 +117,16 @@ async def test_two_replicas_elect_one_status_writer_keep_statuses_stable_and_han
             "jsonpath={.metadata.resourceVersion}",
         ).stdout
         for p in planes:
-            [watch] = p._watch(BROKERS)  # white-box: wait until each saw the label
+            [watch] = cluster(p).watches(BROKERS)  # white-box: wait until each saw the label
             await until(lambda w=watch: broker_version(w, namespace) == version)
             await p.sync()
-        after = await planes[0].store.get(BROKERS, namespace, "default")
+        after = await cluster(planes[0]).api.get(BROKERS, namespace, "default")
         assert after["metadata"]["resourceVersion"] == version
 
         # The leader shuts down; the other takes over and serves a new Trigger's status.
-        leader = 0 if planes[0].leading else 1
+        leader = 0 if planes[0].policy.writing else 1
         await stacks[leader].aclose()
-        await until(lambda: planes[1 - leader].leading)
+        await until(lambda: planes[1 - leader].policy.writing)
         kube_apiserver.kubectl("apply", "-f", "-", stdin=manifests(namespace, "first", "second"))
         await asyncio.to_thread(kube_apiserver.kubectl, "wait", "--for=condition=Ready",
                                 "--timeout=60s", "trigger/second", "-n", namespace)  # fmt: skip

@@ -17,14 +17,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.controlplane.kube.control import (
+from broker.controlplane.kube.lease import held_spec, may_acquire
+from broker.controlplane.kube.policy import (
     FINALIZER,
     UNRESOLVED_URI,
     finish,
     resolve_objects,
     select,
 )
-from broker.controlplane.kube.lease import held_spec, may_acquire
 from broker.controlplane.kube.resolution import resolve_destination
 from broker.controlplane.kube.status import knative_broker_status
 from broker.controlplane.kube.watch import ADD, DELETE, UPDATE, diff_states, object_key

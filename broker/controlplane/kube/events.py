@@ -4,9 +4,10 @@ What this module owns: when a status write changes an object's ``Ready`` conditi
 reason), the core ``v1`` Event that tells ``kubectl describe`` and ``kubectl get events`` so,
 as Knative's reconcilers do (``Normal`` when Ready turns True, ``Warning`` when it turns False
 or Unknown, with the condition's reason and message). :func:`ready_transition` and
-:func:`ready_event` are pure; the control loop posts the Event through
-:meth:`broker.controlplane.kube.store.KubeStore.create_event` after the status write, and a
-refused Event is logged and dropped: Events are best effort, never a reason to retry a pass.
+:func:`ready_event` are pure; the cluster policy
+(:meth:`broker.controlplane.kube.policy.ClusterPolicy.status_written`) posts the Event after
+the status write, and a refused Event is logged and dropped: Events are best effort, never a
+reason to retry a pass.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
-"""The Kubernetes-backed resource store: Knative objects read and written on the API server.
+"""The Kubernetes API's operations: Knative objects read and written on the API server.
 
-What this module owns: the Kubernetes-shaped operations the control plane needs on custom
-resources, with the API server's answers translated into :mod:`broker.core.errors` at this boundary
+What this module owns: the Kubernetes-shaped requests the control plane needs on custom
+resources (:mod:`broker.controlplane.kube.resource_store` builds the storage seam on them),
+with the API server's answers translated into :mod:`broker.core.errors` at this boundary
 (404 -> NotFound, 409 -> Conflict, 422/400 -> InvalidResource, anything else -> StoreError,
 unreachable -> StoreError):
 
 - :meth:`KubeStore.list` (with the list's resourceVersion) and :meth:`KubeStore.watch` (a
   :class:`~broker.controlplane.kube.watch.CollectionWatch`) over all namespaces or a configured set;
-- :meth:`KubeStore.get`;
+- :meth:`KubeStore.get`, :meth:`KubeStore.create`, :meth:`KubeStore.replace`,
+  :meth:`KubeStore.delete`;
 - :meth:`KubeStore.update_status`: a merge patch on the ``status`` subresource, guarded by the
   resourceVersion it was computed from; on 409 the object is read again and the patch retried
   while its generation is unchanged (a spec change instead means the status is stale: the
@@ -118,6 +120,12 @@ def translate(status: int, document: Any, what: str) -> None:
     raise StoreError(f"{message} (HTTP {status})")
 
 
+def _typed(obj: dict[str, Any], kind: KubeKind) -> dict[str, Any]:
+    obj.setdefault("apiVersion", kind.api_version)
+    obj.setdefault("kind", kind.kind)
+    return obj
+
+
 class KubeStore:
     """Knative resources on one API server (module docstring).
 
@@ -145,16 +153,18 @@ class KubeStore:
         translate(status, document, what)
         return document if isinstance(document, dict) else {}
 
-    async def list(self, kind: KubeKind) -> list[dict[str, Any]]:
-        """Every object of ``kind`` in the served namespaces."""
+    async def list(
+        self, kind: KubeKind, *, namespace: str | None = None, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        """Every object of ``kind`` in ``namespace``, else in the served namespaces."""
         items: list[dict[str, Any]] = []
-        for namespace in self._scopes():
+        for scope in self._scopes() if namespace is None else (namespace,):
             try:
-                found, _ = await list_collection(self.connection, kind.path(namespace))
+                found, _ = await list_collection(self.connection, kind.path(scope), label_selector)
             except CemeshError:
                 raise
             except Exception as exc:  # WatchFailed / Expired from the shared lister
-                raise StoreError(f"LIST {kind.path(namespace)}: {exc}") from exc
+                raise StoreError(f"LIST {kind.path(scope)}: {exc}") from exc
             items.extend(found)
         return items
 
@@ -183,9 +193,30 @@ class KubeStore:
     async def get(self, kind: KubeKind, namespace: str, name: str) -> dict[str, Any]:
         """One object; NotFound when it does not exist."""
         obj = await self._call("GET", kind.path(namespace, name), f"{kind.kind} {namespace}/{name}")
-        obj.setdefault("apiVersion", kind.api_version)
-        obj.setdefault("kind", kind.kind)
-        return obj
+        return _typed(obj, kind)
+
+    async def create(self, kind: KubeKind, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create ``obj`` (POST to its namespace's collection); the object as created."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"].get("name")
+        created = await self._call(
+            "POST", kind.path(namespace), f"{kind.kind} {namespace}/{name}", obj
+        )
+        return _typed(created, kind)
+
+    async def replace(self, kind: KubeKind, obj: dict[str, Any]) -> dict[str, Any]:
+        """Replace ``obj`` (PUT; the API server keeps the status, a subresource); Conflict when
+        its ``metadata.resourceVersion`` is stale."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        replaced = await self._call(
+            "PUT", kind.path(namespace, name), f"{kind.kind} {namespace}/{name}", obj
+        )
+        return _typed(replaced, kind)
+
+    async def delete(self, kind: KubeKind, namespace: str, name: str) -> dict[str, Any]:
+        """Delete one object (with finalizers it is only marked); the API server's answer."""
+        return await self._call(
+            "DELETE", kind.path(namespace, name), f"{kind.kind} {namespace}/{name}"
+        )
 
     async def update_status(
         self, kind: KubeKind, obj: dict[str, Any], status: dict[str, Any]

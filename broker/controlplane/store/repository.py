@@ -9,6 +9,7 @@ write. Failed writes roll back, counter included.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -96,6 +97,13 @@ class Store:
         if value is None:
             raise StoreError("the revision counter row is missing", retryable=False)
         return int(value)
+
+    async def next_revision(self, since: int, within: float) -> int:
+        """The revision after ``within`` seconds. A row that other replicas move tells no one
+        that it moved, so the SQL store is polled: once per ``within`` (the controller's
+        resync interval); ``since`` only matters to stores that are told (Kubernetes')."""
+        await asyncio.sleep(within)
+        return await self.revision()
 
     # -- writes --------------------------------------------------------------------------------
 
