@@ -50,6 +50,7 @@ Model:
 - ``delete_group`` stops the group's subscriptions (as ``close`` does: nothing is acked) and
   then forgets the group with everything it holds; the next ``subscribe`` of that name makes a
   new, empty group.
+- ``delete_topic`` does that for every group of the topic: the topic is nothing but its groups.
 - Events are passed by reference, not copied: consumers treat them as immutable (see
   ``broker/core/events.py``).
 - ``close`` loses what the groups still hold (queued, or waiting for a redelivery): it logs how
@@ -476,6 +477,14 @@ class MemoryBus:
             del groups[group]
             if not groups:
                 del self._topics[topic]
+
+    async def delete_topic(self, topic: str) -> None:
+        """Delete every group of ``topic`` (as :meth:`delete_group`). Idempotent."""
+        if self._closed:
+            raise BusError("memory bus is closed", retryable=False)
+        while self._topics.get(topic):  # a group subscribed meanwhile goes too
+            for group in list(self._topics[topic]):
+                await self.delete_group(topic, group)
 
     async def close(self) -> None:
         """Stop every subscription (cancelling its handlers) and drop all state. Idempotent."""

@@ -14,6 +14,12 @@ without it has been applied, i.e. once the dispatcher stopped consuming its grou
 retires a group: a Trigger that is merely not Ready keeps its group, which goes on collecting
 events for when it is Ready again. A failure is logged, never raised: the resource is gone
 either way.
+
+Deleting topics. Likewise, a deleted Broker or channel implementation leaves its topic on the bus
+(a Kafka topic, a JetStream stream, a Redis stream, a Pub/Sub topic, with what they hold). Once
+a snapshot without it has been applied, ``delete_topic`` is called for each topic that
+:func:`broker.controlplane.eventing.topics.topics_to_delete` says the deletion frees (never one
+that an object still in the store owns: a Broker applied again under the same name keeps it).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Awaitable, Callable
 
 from broker.controlplane.admission import admit
 from broker.controlplane.catalog import Catalog
+from broker.controlplane.eventing.topics import owned_topic, topics_to_delete
 from broker.controlplane.reconcile import Reconciled, reconcile
 from broker.controlplane.resource_store import ResourceStore, StatusChange
 from broker.controlplane.resources import SUBSCRIPTION, TRIGGER
@@ -108,6 +115,7 @@ class Controller:
         open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
         resync_interval: float,
         retire_groups: Callable[[dict], Awaitable[None]] | None = None,
+        delete_topic: Callable[[str], Awaitable[None]] | None = None,
         ingress_oidc: bool = False,
         default_authorization_mode: AuthorizationMode = "allow-same-namespace",
         https_base_url: str | None = None,
@@ -126,7 +134,9 @@ class Controller:
         self._open_buses = open_buses
         self._bus_errors: dict[str, str] = {}  # buses that failed to open, retried every poll
         self._retire_groups = retire_groups
-        self._retiring: list[dict] = []  # deleted Triggers/Subscriptions whose group is to go
+        self._delete_topic = delete_topic
+        # Deleted Triggers/Subscriptions whose group is to go, Brokers/Channels whose topic is.
+        self._retiring: list[dict] = []
         self._resync_interval = resync_interval
         self._lock = asyncio.Lock()
         self._sync_requests = 0  # sync() calls so far
@@ -173,7 +183,7 @@ class Controller:
             except BaseException:
                 self._retiring[:0] = retiring  # for the next sync that gets this far
                 raise
-            await self._retire(retiring, {obj["metadata"]["uid"] for obj in objects})
+            await self._retire(retiring, objects)
             written = await self._write_statuses(objects, result.statuses)
             changed = await self._converge_children(objects, result.children)
             written += changed
@@ -187,20 +197,24 @@ class Controller:
         self.synced.set()
 
     def deleted(self, obj: dict) -> None:
-        """``obj`` was deleted from the store: retire its consumer group after the next apply.
-
-        Call it before the :meth:`sync` that follows the deletion. Only Triggers and
-        Subscriptions have groups; other kinds are ignored.
+        """``obj`` was deleted from the store: retire its consumer group (a Trigger's, a
+        Subscription's) or delete its topic (a Broker's, a channel implementation's) after the
+        next apply. Call it before the :meth:`sync` that follows the deletion; other kinds are
+        ignored.
         """
-        if self._retire_groups is not None and (_group(obj), obj.get("kind")) in GROUP_KINDS:
+        has_group = (_group(obj), obj.get("kind")) in GROUP_KINDS
+        if (self._retire_groups is not None and has_group) or (
+            self._delete_topic is not None and owned_topic(obj) is not None
+        ):
             self._retiring.append(obj)
 
-    async def _retire(self, objects: list[dict], present: set[str]) -> None:
-        if self._retire_groups is None:
-            return
-        for obj in objects:
-            if obj["metadata"].get("uid") in present:
-                continue  # not gone after all (never expected: uids are not reused)
+    async def _retire(self, retiring: list[dict], objects: list[dict]) -> None:
+        """Retire the groups, then delete the topics, of ``retiring`` (gone from ``objects``)."""
+        present = {obj["metadata"]["uid"] for obj in objects}
+        gone = [obj for obj in retiring if obj["metadata"].get("uid") not in present]
+        for obj in gone:  # (a uid still present is never expected: uids are not reused)
+            if self._retire_groups is None or (_group(obj), obj.get("kind")) not in GROUP_KINDS:
+                continue
             try:
                 await self._retire_groups(obj)
             except Exception:  # the resource is gone either way; the group only lingers
@@ -208,6 +222,13 @@ class Controller:
                     "consumer group of a deleted resource not deleted",
                     extra={"kind": obj.get("kind"), "name": obj["metadata"].get("name")},
                 )
+        if self._delete_topic is None:
+            return
+        for topic in topics_to_delete(gone, objects):
+            try:
+                await self._delete_topic(topic)
+            except Exception:  # the resource is gone either way; the topic only lingers
+                log.exception("topic of a deleted resource not deleted", extra={"topic": topic})
 
     @property
     def bus_errors(self) -> dict[str, str]:
@@ -299,8 +320,8 @@ class Controller:
         while True:
             await asyncio.sleep(self._resync_interval)
             try:
-                # A bus that failed to open is tried again on every poll, and groups of deleted
-                # resources still to retire are retired after the next apply.
+                # A bus that failed to open is tried again on every poll, and groups and topics
+                # of deleted resources still to go are deleted after the next apply.
                 if (
                     self._bus_errors
                     or self._retiring

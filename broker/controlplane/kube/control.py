@@ -21,7 +21,8 @@ With ``CEMESH_CONTROL_PLANE=kubernetes`` this replaces the SQL-store controller'
    A status write that changes Ready is also recorded as a Kubernetes Event
    (:mod:`broker.controlplane.kube.events`). A Broker being deleted takes its Triggers' groups
    with it before its finalizer goes; the Triggers stay, BrokerReady False
-   (``BrokerDoesNotExist``), and keep the finalizer.
+   (``BrokerDoesNotExist``), and keep the finalizer. Its topic goes too, before the finalizer
+   (:func:`broker.controlplane.eventing.topics.topics_to_delete`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.controlplane.catalog import Catalog
+from broker.controlplane.eventing.topics import topics_to_delete
 from broker.controlplane.kube.client import KubeConnection
 from broker.controlplane.kube.events import ready_event, ready_transition
 from broker.controlplane.kube.lease import LeaderElector
@@ -240,6 +242,7 @@ class KubeControlPlane:
         apply_snapshot: Callable[[Snapshot], Awaitable[None]],
         open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
         retire_groups: Callable[[dict], Awaitable[None]] | None = None,
+        delete_topic: Callable[[str], Awaitable[None]] | None = None,
         broker_class: str = DEFAULT_BROKER_CLASS,
         elector: LeaderElector | None = None,
         resync_interval: float = 30.0,
@@ -258,6 +261,7 @@ class KubeControlPlane:
         self._apply_snapshot = apply_snapshot
         self._open_buses = open_buses
         self._retire_groups = retire_groups
+        self._delete_topic = delete_topic
         self._resync_interval = resync_interval
         self._progress_bound = progress_bound
         self._backoff = backoff
@@ -469,10 +473,8 @@ class KubeControlPlane:
     async def _release(self, chosen: Selection) -> None:
         """Retire the groups of released Triggers and of those orphaned by a Broker being
         deleted (the applied snapshot no longer consumes them); then remove cemesh's finalizer
-        from the released Triggers, and from released Brokers none of whose groups is left.
-
-        The bus contract deletes consumer groups only (``Bus.delete_group``): a Broker's
-        topic (stream, subject, Kafka topic) stays on the bus; its retention bounds it.
+        from the released Triggers, and from released Brokers none of whose groups is left and
+        whose topic is deleted (``Bus.delete_topic``).
         """
         kept: set[Key] = set()  # Brokers with a group the bus refused to delete
         for trigger in chosen.released_triggers:
@@ -488,7 +490,7 @@ class KubeControlPlane:
             str(_meta(t).get("uid")) for t in (*chosen.released_triggers, *chosen.orphaned_triggers)
         }
         for broker in chosen.released_brokers:
-            if _key(broker) not in kept:
+            if _key(broker) not in kept and await self._delete_topics(broker, chosen.brokers):
                 await self._unfinalize(BROKERS, broker)
 
     async def _retire(self, trigger: Obj) -> bool:
@@ -502,6 +504,18 @@ class KubeControlPlane:
             log.exception("consumer group not retired", extra={"uid": uid})
             return False
         self._retired.add(uid)
+        return True
+
+    async def _delete_topics(self, broker: Obj, live: list[Obj]) -> bool:
+        """Delete the topic a released Broker frees; whether it is gone (else: retry later)."""
+        if self._delete_topic is None:
+            return True
+        try:
+            for topic in topics_to_delete([broker], live):
+                await self._delete_topic(topic)
+        except Exception:  # the bus refused: keep the finalizer, retry next pass
+            log.exception("topic not deleted", extra={"uid": str(_meta(broker).get("uid"))})
+            return False
         return True
 
     async def _unfinalize(self, kind: KubeKind, obj: Obj) -> None:
@@ -520,6 +534,7 @@ async def connect_control_plane(
     open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
     retire_groups: Callable[[dict], Awaitable[None]] | None,
     default_delivery: DeliveryPolicy,
+    delete_topic: Callable[[str], Awaitable[None]] | None = None,
     catalog: Catalog,
     reconcile_options: Mapping[str, Any] | None = None,
 ) -> KubeControlPlane:
@@ -537,6 +552,7 @@ async def connect_control_plane(
         apply_snapshot=apply_snapshot,
         open_buses=open_buses,
         retire_groups=retire_groups,
+        delete_topic=delete_topic,
         broker_class=settings.broker_class,
         elector=elector,
         resync_interval=settings.resync_interval,
