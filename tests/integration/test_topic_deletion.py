@@ -173,3 +173,34 @@ async def test_deleting_a_broker_or_channel_deletes_its_topic_on_the_server(
         await send(cemesh, f"/default/{name}", "after")
         [received] = await sub.wait_for(1)
         assert received.event is not None and received.event.id == "after"
+
+
+async def test_a_deleted_brokers_topic_goes_only_once_the_data_plane_stopped_serving_it(
+    tmp_path: Path,
+) -> None:
+    """Memory bus, white-box: the controller deletes the topic after the snapshot without the
+    Broker was applied (the ingress no longer knows it), exactly once; deleting a Trigger or an
+    unrelated object deletes no topic."""
+    async with RecordingSubscriber() as sub, running_cemesh(tmp_path) as cemesh:
+        runtime = cemesh.runtime
+        calls: list[tuple[str, bool]] = []
+        delete = runtime.delete_topic
+
+        async def spy(topic: str) -> None:
+            served = any(spec.topic == topic for spec in runtime.ingress.snapshot.brokers.values())
+            calls.append((topic, served))
+            await delete(topic)
+
+        runtime.controller._delete_topic = spy  # white-box: watch the controller's callback
+        await cemesh.apply(broker("b"))
+        await cemesh.apply(trigger("t", "b", sub.url))
+        await send(cemesh, "/default/b", "one")
+        await sub.wait_for(1)
+        assert broker_topic("default", "b") in runtime.buses["memory"]._topics
+
+        response = await cemesh.client.delete(f"{TRIGGERS}/t")
+        assert response.status_code == 200, response.text
+        assert calls == []
+        response = await cemesh.client.delete(f"{BROKERS}/b")
+        assert response.status_code == 200, response.text
+        assert calls == [(broker_topic("default", "b"), False)]
