@@ -20,6 +20,10 @@ Deleting topics. Likewise, a deleted Broker or channel implementation leaves its
 a snapshot without it has been applied, ``delete_topic`` is called for each topic that
 :func:`broker.controlplane.eventing.topics.topics_to_delete` says the deletion frees (never one
 that an object still in the store owns: a Broker applied again under the same name keeps it).
+Another replica may still serve the Broker until its next poll, and re-create the topic (empty)
+meanwhile: its consumer finds the topic gone, its ingress publishes. So each topic is deleted
+once more after :data:`RECHECK_POLLS` resync intervals, when every replica polling as often has
+applied a snapshot without it (replicas share ``CEMESH_RESYNC_INTERVAL``).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ MAX_PASSES = 6  # owner -> owned -> owned-by-owned -> ready: enough for Sequence
 # Statuses written per store transaction: one commit for many (the first sync after a start
 # writes every object's status), yet a bounded hold of the store's write lock.
 STATUS_BATCH = 200
+# Resync intervals after which a deleted topic is deleted once more (see the module docstring).
+RECHECK_POLLS = 2
 # (API group, kind) of the objects that own a consumer group on the bus (retired on deletion).
 GROUP_KINDS = frozenset({(TRIGGER.group, TRIGGER.kind), (SUBSCRIPTION.group, SUBSCRIPTION.kind)})
 
@@ -137,6 +143,8 @@ class Controller:
         self._delete_topic = delete_topic
         # Deleted Triggers/Subscriptions whose group is to go, Brokers/Channels whose topic is.
         self._retiring: list[dict] = []
+        # Objects whose topic was deleted, with when to delete it once more (loop time).
+        self._recheck: list[tuple[float, dict]] = []
         self._resync_interval = resync_interval
         self._lock = asyncio.Lock()
         self._sync_requests = 0  # sync() calls so far
@@ -224,11 +232,30 @@ class Controller:
                 )
         if self._delete_topic is None:
             return
-        for topic in topics_to_delete(gone, objects):
-            try:
-                await self._delete_topic(topic)
-            except Exception:  # the resource is gone either way; the topic only lingers
-                log.exception("topic of a deleted resource not deleted", extra={"topic": topic})
+        now = asyncio.get_running_loop().time()
+        due = [obj for when, obj in self._recheck if when <= now]
+        self._recheck = [(when, obj) for when, obj in self._recheck if when > now]
+        for topic in topics_to_delete(due, objects):
+            await self._delete_topic_logged(topic)
+        later = now + RECHECK_POLLS * self._resync_interval
+        for obj in gone:
+            for topic in topics_to_delete([obj], objects):
+                if await self._delete_topic_logged(topic):
+                    self._recheck.append((later, obj))
+
+    async def _delete_topic_logged(self, topic: str) -> bool:
+        """Delete ``topic``; whether that worked (a failure is logged)."""
+        assert self._delete_topic is not None
+        try:
+            await self._delete_topic(topic)
+        except Exception:  # the resource is gone either way; the topic only lingers
+            log.exception("topic of a deleted resource not deleted", extra={"topic": topic})
+            return False
+        return True
+
+    def _recheck_due(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        return any(when <= now for when, _ in self._recheck)
 
     @property
     def bus_errors(self) -> dict[str, str]:
@@ -320,11 +347,13 @@ class Controller:
         while True:
             await asyncio.sleep(self._resync_interval)
             try:
-                # A bus that failed to open is tried again on every poll, and groups and topics
-                # of deleted resources still to go are deleted after the next apply.
+                # A bus that failed to open is tried again on every poll, groups and topics
+                # of deleted resources still to go are deleted after the next apply, and
+                # deleted topics due for their second deletion get it.
                 if (
                     self._bus_errors
                     or self._retiring
+                    or self._recheck_due()
                     or await self._store.revision() != self._seen_revision
                 ):
                     await self.sync()

@@ -204,3 +204,35 @@ async def test_a_deleted_brokers_topic_goes_only_once_the_data_plane_stopped_ser
         response = await cemesh.client.delete(f"{BROKERS}/b")
         assert response.status_code == 200, response.text
         assert calls == [(broker_topic("default", "b"), False)]
+
+
+async def test_a_topic_another_replica_created_again_is_deleted_once_more(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Redis: after the Broker's stream was deleted, a replica still serving the Broker (until
+    its next poll) re-creates it, as its consumer does on NOGROUP (here: a raw XGROUP CREATE
+    MKSTREAM); the replica that saw the deletion deletes it once more a few resync intervals
+    later, so nothing is left behind."""
+    import redis.asyncio as redis
+
+    row = DURABLE_BUSES["redis"]
+    server = request.getfixturevalue(row.server_fixture)
+    name = f"b-{uuid.uuid4().hex[:8]}"
+    topic = broker_topic("default", name)
+    settings = {"default_channel": row.channel_kind, "resync_interval": 0.5, **row.settings(server)}
+    raw = redis.Redis.from_url(server.url)
+    try:
+        async with RecordingSubscriber() as sub, running_cemesh(tmp_path, **settings) as cemesh:
+            await cemesh.apply(broker(name))
+            await cemesh.apply(trigger(f"{name}-t", name, sub.url))
+            assert await raw.exists(topic)
+            response = await cemesh.client.delete(f"{BROKERS}/{name}")
+            assert response.status_code == 200, response.text
+            assert not await raw.exists(topic)
+
+            await raw.xgroup_create(topic, "lagging-replica", id="$", mkstream=True)
+            async with asyncio.timeout(30):  # two resync intervals, and room for the load
+                while await raw.exists(topic):  # noqa: ASYNC110 (no event to await)
+                    await asyncio.sleep(0.1)  # polling interval of a bounded wait on the server
+    finally:
+        await raw.aclose()
