@@ -64,11 +64,11 @@ Model:
   not exist is fine; one that still has members (a subscription in another process) is refused
   by the server: a retryable BusError.
 - ``delete_topic`` closes every subscription of the topic in this bus, then deletes the Kafka
-  topic (DeleteTopics; an unknown topic is fine). Consumer groups are not tied to a topic, so a
-  group keeps the offsets it committed on the old topic (real Kafka drops them with the topic;
-  other servers may not); ``subscribe`` therefore treats a committed offset beyond the
-  partition's end as none and starts the group at the end, so a group coming back to a new topic
-  of the old name starts at "now" rather than skipping what the new topic got first.
+  topic (DeleteTopics; an unknown topic is fine). Consumer groups are not tied to a topic, and a
+  server may keep the offsets a group committed on the old topic; ``subscribe`` therefore treats
+  a committed offset beyond the partition's end as none and starts the group at the end, so a
+  group coming back to a new topic of the old name starts at "now", not wherever its old offset
+  happens to fall in the new topic.
 - Settling is at-least-once: a crash, or a rebalance cancelling a handler, redelivers messages
   whose handler had already run, and messages acked behind an unacked one are re-read with it.
 
