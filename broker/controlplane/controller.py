@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 
 from broker.controlplane.admission import admit
 from broker.controlplane.catalog import Catalog
-from broker.controlplane.eventing.topics import owned_topic, topics_to_delete
+from broker.controlplane.eventing.topics import OwnedTopic, owned_topic, topics_to_delete
 from broker.controlplane.reconcile import Reconciled, reconcile
 from broker.controlplane.resource_store import ResourceStore, StatusChange
 from broker.controlplane.resources import SUBSCRIPTION, TRIGGER
@@ -121,7 +121,7 @@ class Controller:
         open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
         resync_interval: float,
         retire_groups: Callable[[dict], Awaitable[None]] | None = None,
-        delete_topic: Callable[[str], Awaitable[None]] | None = None,
+        delete_topic: Callable[[str, str | None], Awaitable[None]] | None = None,
         ingress_oidc: bool = False,
         default_authorization_mode: AuthorizationMode = "allow-same-namespace",
         https_base_url: str | None = None,
@@ -243,13 +243,13 @@ class Controller:
                 if await self._delete_topic_logged(topic):
                     self._recheck.append((later, obj))
 
-    async def _delete_topic_logged(self, topic: str) -> bool:
+    async def _delete_topic_logged(self, topic: OwnedTopic) -> bool:
         """Delete ``topic``; whether that worked (a failure is logged)."""
         assert self._delete_topic is not None
         try:
-            await self._delete_topic(topic)
+            await self._delete_topic(topic.name, topic.bus)
         except Exception:  # the resource is gone either way; the topic only lingers
-            log.exception("topic of a deleted resource not deleted", extra={"topic": topic})
+            log.exception("topic of a deleted resource not deleted", extra={"topic": topic.name})
             return False
         return True
 

@@ -300,17 +300,16 @@ class Runtime:
         await bus.delete_group(topic, group)
         log.info("consumer group deleted", extra={"bus": name, "topic": topic, "group": group})
 
-    async def delete_topic(self, topic: str) -> None:
+    async def delete_topic(self, topic: str, bus: str | None = None) -> None:
         """Delete the topic of a deleted Broker or Channel from its bus.
 
         Called by the control loop once the data plane no longer serves the topic, for what
-        :func:`broker.controlplane.eventing.topics.topics_to_delete` allows. The bus is the one
-        the data plane served the topic on (as the Broker's config picked it, last seen), else
-        the default bus. Raises BusError when the bus refuses.
+        :func:`broker.controlplane.eventing.topics.topics_to_delete` allows. The bus is ``bus``
+        (what the object's config resolved to, as its status records it), else the one the data
+        plane served the topic on, else the default bus. Raises BusError when the bus refuses.
         """
-        name = self._topic_bus.get(topic, self.default_bus)
-        bus = await self._bus(name)
-        await bus.delete_topic(topic)
+        name = bus or self._topic_bus.get(topic, self.default_bus)
+        await (await self._bus(name)).delete_topic(topic)
         log.info("topic deleted", extra={"bus": name, "topic": topic})
 
     async def apply_snapshot(self, snapshot: Snapshot) -> None:

@@ -485,3 +485,38 @@ async def test_a_deleted_broker_keeps_its_finalizer_until_its_topic_is_gone_from
             assert not await raw.exists(topic)
     finally:
         await raw.aclose()
+
+
+async def test_a_broker_deleted_while_cemesh_was_down_loses_its_topic_on_the_bus_its_config_chose(
+    crd_server: KubeApiServer, redis_server: Any, tmp_path: Path
+) -> None:
+    """The Broker's spec.config picks Redis Streams (the default channel is in-memory); it is
+    deleted while no cemesh runs (the finalizer holds it). The next cemesh never served it, yet
+    deletes its stream on Redis, the bus its status records, and only then releases it."""
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    cluster = Cluster(crd_server, namespace)
+    topic = broker_topic(namespace, "default")
+    configured = broker("default", "cemesh")
+    configured["spec"] = {"config": {"apiVersion": "messaging.cemesh.dev/v1alpha1",
+                                     "kind": "RedisStreamChannel", "name": "redis"}}  # fmt: skip
+    settings = {"control_plane": "kubernetes", "kubeconfig": str(crd_server.kubeconfig),
+                "kube_namespaces": [namespace], "kube_lease_namespace": namespace,
+                "resync_interval": 0.5, "redis_url": redis_server.url}  # fmt: skip
+    raw = redis.Redis.from_url(redis_server.url)
+    try:
+        cluster.apply(configured)
+        async with running_cemesh(tmp_path, **settings):
+            await asyncio.to_thread(cluster.wait, "broker/default")
+            url = cluster.get("brokers", "default")["status"]["address"]["url"]
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.post(url, headers=cloudevent("kept"), content=b"{}")
+                assert answer.status_code == 202, answer.text
+        assert await raw.exists(topic)
+        crd_server.kubectl("delete", "broker", "default", "-n", namespace, "--wait=false")
+        assert FINALIZER in cluster.get("brokers", "default")["metadata"]["finalizers"]
+        async with running_cemesh(tmp_path, **settings):
+            await asyncio.to_thread(cluster.wait, "broker/default", "delete")
+        assert not await raw.exists(topic)
+    finally:
+        await raw.delete(topic)
+        await raw.aclose()

@@ -179,17 +179,17 @@ async def test_a_deleted_brokers_topic_goes_only_once_the_data_plane_stopped_ser
     tmp_path: Path,
 ) -> None:
     """Memory bus, white-box: the controller deletes the topic after the snapshot without the
-    Broker was applied (the ingress no longer knows it), exactly once; deleting a Trigger or an
-    unrelated object deletes no topic."""
+    Broker was applied (the ingress no longer knows it), exactly once, on the bus the Broker's
+    status records; deleting a Trigger deletes no topic."""
     async with RecordingSubscriber() as sub, running_cemesh(tmp_path) as cemesh:
         runtime = cemesh.runtime
-        calls: list[tuple[str, bool]] = []
+        calls: list[tuple[str, str | None, bool]] = []
         delete = runtime.delete_topic
 
-        async def spy(topic: str) -> None:
+        async def spy(topic: str, bus: str | None) -> None:
             served = any(spec.topic == topic for spec in runtime.ingress.snapshot.brokers.values())
-            calls.append((topic, served))
-            await delete(topic)
+            calls.append((topic, bus, served))
+            await delete(topic, bus)
 
         runtime.controller._delete_topic = spy  # white-box: watch the controller's callback
         await cemesh.apply(broker("b"))
@@ -203,7 +203,7 @@ async def test_a_deleted_brokers_topic_goes_only_once_the_data_plane_stopped_ser
         assert calls == []
         response = await cemesh.client.delete(f"{BROKERS}/b")
         assert response.status_code == 200, response.text
-        assert calls == [(broker_topic("default", "b"), False)]
+        assert calls == [(broker_topic("default", "b"), "memory", False)]
 
 
 async def test_a_topic_another_replica_created_again_is_deleted_once_more(

@@ -242,7 +242,7 @@ class KubeControlPlane:
         apply_snapshot: Callable[[Snapshot], Awaitable[None]],
         open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
         retire_groups: Callable[[dict], Awaitable[None]] | None = None,
-        delete_topic: Callable[[str], Awaitable[None]] | None = None,
+        delete_topic: Callable[[str, str | None], Awaitable[None]] | None = None,
         broker_class: str = DEFAULT_BROKER_CLASS,
         elector: LeaderElector | None = None,
         resync_interval: float = 30.0,
@@ -512,7 +512,7 @@ class KubeControlPlane:
             return True
         try:
             for topic in topics_to_delete([broker], live):
-                await self._delete_topic(topic)
+                await self._delete_topic(topic.name, topic.bus)
         except Exception:  # the bus refused: keep the finalizer, retry next pass
             log.exception("topic not deleted", extra={"uid": str(_meta(broker).get("uid"))})
             return False
@@ -534,7 +534,7 @@ async def connect_control_plane(
     open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
     retire_groups: Callable[[dict], Awaitable[None]] | None,
     default_delivery: DeliveryPolicy,
-    delete_topic: Callable[[str], Awaitable[None]] | None = None,
+    delete_topic: Callable[[str, str | None], Awaitable[None]] | None = None,
     catalog: Catalog,
     reconcile_options: Mapping[str, Any] | None = None,
 ) -> KubeControlPlane:
