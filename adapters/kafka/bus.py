@@ -63,6 +63,12 @@ Model:
   group for every topic it consumed (cemesh uses a group for one topic only). A group that does
   not exist is fine; one that still has members (a subscription in another process) is refused
   by the server: a retryable BusError.
+- ``delete_topic`` closes every subscription of the topic in this bus, then deletes the Kafka
+  topic (DeleteTopics; an unknown topic is fine). Consumer groups are not tied to a topic, and a
+  server may keep the offsets a group committed on the old topic; ``subscribe`` therefore treats
+  a committed offset beyond the partition's end as none and starts the group at the end, so a
+  group coming back to a new topic of the old name starts at "now", not wherever its old offset
+  happens to fall in the new topic.
 - Settling is at-least-once: a crash, or a rebalance cancelling a handler, redelivers messages
   whose handler had already run, and messages acked behind an unacked one are re-read with it.
 
@@ -110,6 +116,8 @@ _CREATE_REFUSED = frozenset(
 # DeleteGroups answers meaning the group is gone already (or never was): delete is idempotent.
 _GROUP_GONE = frozenset((0, kafka_errors.GroupIdNotFound.errno))
 _NON_EMPTY_GROUP = kafka_errors.NonEmptyGroup.errno
+# DeleteTopics answers meaning the topic is gone already (or never was): delete is idempotent.
+_TOPIC_GONE = frozenset((0, kafka_errors.UnknownTopicOrPartitionError.errno))
 
 
 class KafkaBus:
@@ -254,7 +262,7 @@ class KafkaBus:
             # aiokafka's admin client has no delete_consumer_groups: the request is sent to the
             # group's coordinator as its own methods send theirs.
             response = await admin._send_request_to_node(coordinator, DeleteGroupsRequest([group]))
-        except kafka_errors.KafkaError as exc:
+        except (kafka_errors.KafkaError, TimeoutError) as exc:
             if isinstance(exc, kafka_errors.GroupIdNotFound):
                 return  # the coordinator lookup of an unknown group, on some servers
             raise BusError(
@@ -267,6 +275,37 @@ class KafkaBus:
                     f"kafka bus: cannot delete group {group!r}: {error.__name__}",
                     # NON_EMPTY_GROUP: a member in another process; it may leave.
                     retryable=bool(error.retriable) or code == _NON_EMPTY_GROUP,
+                )
+
+    async def delete_topic(self, topic: str) -> None:
+        """Close ``topic``'s subscriptions here, then delete the Kafka topic. Idempotent."""
+        if self._closed:
+            raise BusError("kafka bus is closed", retryable=False)
+        mine = [s for s in self._subscriptions if s.topic == topic]
+        if mine:
+            await asyncio.gather(*(s.close() for s in mine), return_exceptions=True)
+        for remembered in [k for k in self._attempts if k[0] == topic]:
+            del self._attempts[remembered]
+        name = kafka_topic(topic)
+        self._topics.pop(name, None)  # the next use creates it again
+        try:
+            await self.open()
+            admin = self._admin
+            if admin is None:
+                raise BusError("kafka bus closed while deleting a topic", retryable=False)
+            response = await admin.delete_topics([name])
+        except (kafka_errors.KafkaError, TimeoutError) as exc:
+            if isinstance(exc, kafka_errors.UnknownTopicOrPartitionError):
+                return
+            raise BusError(
+                f"kafka bus: cannot delete topic {name!r}: {exc!r}", retryable=retryable(exc)
+            ) from exc
+        for _, code, *_rest in response.topic_error_codes:
+            if code not in _TOPIC_GONE:
+                error = kafka_errors.for_code(code)
+                raise BusError(
+                    f"kafka bus: cannot delete topic {name!r}: {error.__name__}",
+                    retryable=bool(error.retriable),
                 )
 
     async def close(self) -> None:
@@ -327,12 +366,17 @@ class KafkaBus:
         await consumer.start()
         try:
             consumer.assign(tps)
-            missing = [tp for tp in tps if await consumer.committed(tp) is None]
-            if not missing:
+            ends = await consumer.end_offsets(tps)
+            # No offset yet, or one beyond the end: left from a deleted topic of the same name.
+            starts = {}
+            for tp in tps:
+                offset = await consumer.committed(tp)
+                if offset is None or offset > ends[tp]:
+                    starts[tp] = ends[tp]
+            if not starts:
                 return
-            ends = await consumer.end_offsets(missing)
             try:
-                await consumer.commit(ends)
+                await consumer.commit(starts)
             except kafka_errors.CommitFailedError:
                 # The group has live members, so it has started already: they set its offsets.
                 log.info("kafka group %s is active; keeping its offsets", group)

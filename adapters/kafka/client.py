@@ -43,6 +43,9 @@ def retryable(exc: BaseException) -> bool:
     """Whether trying again may help: the client's own flag, plus timeouts and lost links."""
     if isinstance(exc, kafka_errors.ProducerClosed):
         return False
-    if isinstance(exc, kafka_errors.KafkaTimeoutError | kafka_errors.KafkaConnectionError):
+    # The admin client's requests time out with the builtin TimeoutError (server unreachable).
+    if isinstance(
+        exc, kafka_errors.KafkaTimeoutError | kafka_errors.KafkaConnectionError | TimeoutError
+    ):
         return True
     return bool(getattr(exc, "retriable", False))

@@ -53,6 +53,7 @@ Model:
 - ``delete_group`` stops the group's subscriptions (as ``close`` does: nothing is acked) and
   then forgets the group with everything it holds; the next ``subscribe`` of that name makes a
   new, empty group.
+- ``delete_topic`` does that for every group of the topic: the topic is nothing but its groups.
 - Group selection (:class:`~broker.dataplane.bus.SelectsGroups`): the dispatcher may give a
   topic a selector (its Triggers' filters, indexed) and the groups it covers; a covered group
   then gets only the events the selector names it for, so an event costs one queue entry per
@@ -550,6 +551,14 @@ class MemoryBus:
             self._groups_changed += 1
             if not groups:
                 del self._topics[topic]
+
+    async def delete_topic(self, topic: str) -> None:
+        """Delete every group of ``topic`` (as :meth:`delete_group`). Idempotent."""
+        if self._closed:
+            raise BusError("memory bus is closed", retryable=False)
+        while self._topics.get(topic):  # a group subscribed meanwhile goes too
+            for group in list(self._topics[topic]):
+                await self.delete_group(topic, group)
 
     async def close(self) -> None:
         """Stop every subscription (cancelling its handlers) and drop all state. Idempotent."""

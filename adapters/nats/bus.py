@@ -43,6 +43,9 @@ Model:
   deletes the durable consumer: its position and its unacked messages go with it (on an
   ``interest`` stream, messages only it still needed are removed). A consumer or stream that
   does not exist is fine.
+- ``delete_topic`` closes every subscription of the topic in this bus, then deletes its stream:
+  the stream captures only the topic's subject, so its messages and every consumer (group) of
+  it go together and nothing of another topic is touched. A stream that does not exist is fine.
 - Errors: a publish that timed out is a retryable PublishError although the server may have
   stored it (the request went out): the producer's retry is then de-duplicated by its
   ``Nats-Msg-Id``. An event larger than the server's ``max_payload`` (1 MiB by default) is a
@@ -372,6 +375,26 @@ class NatsBus:
             raise BusError(
                 f"nats bus: cannot delete consumer {consumer!r} of stream {stream!r}: "
                 f"{describe(exc)}",
+                retryable=not self._closed and retryable(exc),
+            ) from exc
+
+    async def delete_topic(self, topic: str) -> None:
+        """Close ``topic``'s subscriptions here, then delete its stream. Idempotent."""
+        js = self._jetstream(BusError)
+        mine = [s for s in self._subscriptions if s.topic == topic]
+        for subscription in mine:  # all stopped before any naks (as in close)
+            subscription.stop()
+        if mine:
+            await asyncio.gather(*(s.close() for s in mine), return_exceptions=True)
+        self._targets.pop(topic, None)  # the next use creates it again
+        stream = stream_name(topic)
+        try:
+            await js.delete_stream(stream)
+        except nats.js.errors.NotFoundError:
+            return  # no such stream: nothing to delete
+        except Exception as exc:
+            raise BusError(
+                f"nats bus: cannot delete stream {stream!r} of topic {topic!r}: {describe(exc)}",
                 retryable=not self._closed and retryable(exc),
             ) from exc
 

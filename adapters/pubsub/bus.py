@@ -41,6 +41,9 @@ Model:
 - Deleting a group. ``delete_group`` closes the group's subscriptions of this bus (nacking what
   they hold), then deletes the Pub/Sub subscription, which otherwise keeps every message
   published to its topic for days. A subscription that does not exist is fine.
+- Deleting a topic. ``delete_topic`` closes the topic's subscriptions of this bus, deletes every
+  subscription of the topic in the bus's project (Pub/Sub would keep them, detached, with what
+  they hold), then the topic. What does not exist (any more) is fine.
 - Settling. The handler returning acks (acks are batched into Acknowledge RPCs). While a message
   is held (queued locally, in a handler, or waiting out a Nack delay) its lease is extended
   (ModifyAckDeadline) so that Pub/Sub does not hand it to someone else. A handler raising
@@ -346,6 +349,39 @@ class PubSubBus:
         except (*DRIVER_ERRORS, BusError) as exc:
             raise BusError(
                 f"pubsub: cannot delete subscription {path}: {exc!r}",
+                retryable=not self._closed and retryable(exc),
+            ) from exc
+
+    async def delete_topic(self, topic: str) -> None:
+        """Close ``topic``'s subscriptions here, then delete its subscriptions and the topic."""
+        if self._closed or self._publisher is None or self._subscriber is None:
+            raise BusError("pubsub bus is closed (or not open)", retryable=False)
+        mine = [s for s in self._subscriptions if s.topic == topic]
+        if mine:
+            await asyncio.gather(*(s.close() for s in mine), return_exceptions=True)
+        path = self._topic_path(topic)
+        self.forget_topic(path)  # the next use creates it again
+        ours = f"projects/{self.project}/subscriptions/"
+        try:
+            try:
+                pager = await self.publisher_client().list_topic_subscriptions(
+                    topic=path, retry=self.retry, timeout=self.rpc_timeout
+                )
+                subscriptions = [name async for name in pager if name.startswith(ours)]
+            except api_exceptions.NotFound:
+                return  # no such topic: nothing to delete
+            for subscription in subscriptions:
+                with contextlib.suppress(api_exceptions.NotFound):
+                    await self._subscriber_client().delete_subscription(
+                        subscription=subscription, retry=self.retry, timeout=self.rpc_timeout
+                    )
+            with contextlib.suppress(api_exceptions.NotFound):
+                await self.publisher_client().delete_topic(
+                    topic=path, retry=self.retry, timeout=self.rpc_timeout
+                )
+        except (*DRIVER_ERRORS, BusError) as exc:
+            raise BusError(
+                f"pubsub: cannot delete topic {path}: {exc!r}",
                 retryable=not self._closed and retryable(exc),
             ) from exc
 

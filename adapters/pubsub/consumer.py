@@ -125,6 +125,11 @@ class PubSubSubscription:
         """The Pub/Sub subscription this consumes."""
         return self._path
 
+    @property
+    def topic(self) -> str:
+        """The cemesh topic this consumes."""
+        return self._topic
+
     # -- receiving ----------------------------------------------------------------------------
 
     async def _requests(

@@ -52,6 +52,8 @@ Model:
   then XGROUP DESTROY: the group, its consumers and its pending entries go, and the stream is
   trimmed at once (the group no longer holds its place). A group or stream that does not exist
   is fine.
+- ``delete_topic`` closes every subscription of the topic in this bus, then DEL the stream key:
+  its entries, groups, consumers and pending entries go in one step. A missing key is fine.
 - Trimming: entries stay in a stream after every group acked them (XACK does not delete), so
   every ``trim_interval`` the bus trims each stream it used up to the oldest entry some group
   still needs (XTRIM ``MINID ~``: the oldest pending entry, or the first not yet delivered, of
@@ -247,6 +249,24 @@ class RedisStreamsBus:
             ) from exc
         with contextlib.suppress(RedisError, OSError):
             await self.trim(stream)  # what only this group held back goes now
+
+    async def delete_topic(self, topic: str) -> None:
+        """Close ``topic``'s subscriptions here, then DEL its stream. Idempotent."""
+        if self._closed:
+            raise BusError("redis bus is closed", retryable=False)
+        stream = stream_key(topic)
+        mine = [s for s in self._subscriptions if s.stream == stream]
+        for subscription in mine:  # all stopped before any releases (as in close)
+            subscription.begin_close()
+        await asyncio.gather(*(s.close() for s in mine), return_exceptions=True)
+        self._streams.discard(stream)  # nothing left to trim
+        try:
+            await self.open()
+            await self.client.delete(stream)  # 0 when there was no such key: fine
+        except (RedisError, OSError) as exc:
+            raise BusError(
+                f"redis bus: cannot delete stream {stream!r}: {exc}", retryable=retryable(exc)
+            ) from exc
 
     def forget(self, subscription: RedisSubscription) -> None:
         self._subscriptions.discard(subscription)

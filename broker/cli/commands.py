@@ -398,7 +398,11 @@ def get(
 def delete(
     state: _State, kind: str | None, names: tuple[str, ...], namespace: str, files: tuple[str, ...]
 ) -> None:
-    """Delete objects: KIND NAME... or -f FILE."""
+    """Delete objects: KIND NAME... or -f FILE.
+
+    What they kept on the bus goes with them: a Trigger's or Subscription's consumer group, a
+    Broker's or Channel's topic with the events still on it.
+    """
     targets: list[tuple[ResourceType, str, str] | str] = []
     if files:
         if kind:

@@ -24,6 +24,17 @@ go. Either way the removal happens once a snapshot built without the object has 
 i.e. once the dispatcher stopped consuming its group. Only deletion retires a group: a Trigger
 that is merely not Ready keeps its group, which goes on collecting events for when it is Ready
 again.
+
+Deleting topics, in the same place: a deleted Broker or channel implementation leaves its topic
+on the bus (a Kafka topic, a JetStream stream, a Redis stream, a Pub/Sub topic, with what they
+hold); :func:`broker.controlplane.eventing.topics.topics_to_delete` says which topics a deletion
+frees (never one that an object still listed owns: a Broker applied again under the same name
+keeps it). On cemesh's own store another replica may still serve the Broker until its next poll,
+and re-create the topic (empty) meanwhile: its consumer finds the topic gone, its ingress
+publishes. So such a topic is deleted once more after :data:`RECHECK_POLLS` resync intervals,
+when every replica polling as often has applied a snapshot without it (replicas share
+``CEMESH_RESYNC_INTERVAL``). On a cluster the replicas follow the same watch, and a Broker's
+finalizer stays until its topic is gone.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from broker.controlplane.admission import admit
 from broker.controlplane.catalog import Catalog
 from broker.controlplane.control_policy import ControlPolicy, Plan, StorePolicy
+from broker.controlplane.eventing.topics import owned_topic, topics_to_delete
 from broker.controlplane.reconcile import Reconciled, reconcile
 from broker.controlplane.resource_store import ResourceStore, StatusChange
 from broker.controlplane.resources import SUBSCRIPTION, TRIGGER
@@ -60,6 +72,8 @@ MAX_PASSES = 6  # owner -> owned -> owned-by-owned -> ready: enough for Sequence
 # Statuses written per store transaction: one commit for many (the first sync after a start
 # writes every object's status), yet a bounded hold of the store's write lock.
 STATUS_BATCH = 200
+# Resync intervals after which a deleted topic is deleted once more (see the module docstring).
+RECHECK_POLLS = 2
 # (API group, kind) of the objects that own a consumer group on the bus (retired on deletion).
 GROUP_KINDS = frozenset({(TRIGGER.group, TRIGGER.kind), (SUBSCRIPTION.group, SUBSCRIPTION.kind)})
 
@@ -139,6 +153,7 @@ class Controller:
         open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
         resync_interval: float,
         retire_groups: Callable[[dict], Awaitable[None]] | None = None,
+        delete_topic: Callable[[str, str | None], Awaitable[None]] | None = None,
         ingress_oidc: bool = False,
         default_authorization_mode: AuthorizationMode = "allow-same-namespace",
         https_base_url: str | None = None,
@@ -162,6 +177,9 @@ class Controller:
         self._retiring: list[dict] = []  # deleted objects whose bus state is to go
         self._released: set[str] = set()  # uids of releasing objects whose bus state went
         self._unreleased = False  # the last pass failed to remove some bus state: retry
+        self._delete_topic = delete_topic
+        # Deleted objects whose topic went, with when to delete it once more (loop time).
+        self._recheck: list[tuple[float, dict]] = []
         self._resync_interval = resync_interval
         self._lock = asyncio.Lock()
         self._tickets = 0  # sync() calls and writes (writing()) so far, numbered
@@ -289,14 +307,21 @@ class Controller:
         """Remove the bus state of the objects deleted from the store (``gone``: tried once)
         and of the plan's releasing ones (each once, until the policy lets it go); then tell
         the policy which of those went."""
+        present = plan.objects
+        now = asyncio.get_running_loop().time()
+        due = [obj for when, obj in self._recheck if when <= now]
+        self._recheck = [(when, obj) for when, obj in self._recheck if when > now]
+        for obj in due:  # a second deletion, in case a replica re-created it (docstring)
+            await self._remove_logged(obj, present, groups=False)
         for obj in gone:
-            await self._remove_logged(obj)
+            if await self._remove_logged(obj, present) and owned_topic(obj) is not None:
+                self._recheck.append((now + RECHECK_POLLS * self._resync_interval, obj))
         failed: set[str] = set()
         for obj in plan.releasing:
             uid = str(obj["metadata"].get("uid"))
             if uid in self._released:
                 continue
-            if await self._remove_logged(obj):
+            if await self._remove_logged(obj, present):
                 self._released.add(uid)
             else:
                 failed.add(uid)
@@ -305,23 +330,32 @@ class Controller:
         self._unreleased = bool(failed)
         await self._policy.release(plan, failed)
 
-    async def _remove_logged(self, obj: dict) -> bool:
+    async def _remove_logged(self, obj: dict, present: list[dict], groups: bool = True) -> bool:
         """:meth:`_remove_from_bus`, a failure logged; whether it succeeded."""
         try:
-            await self._remove_from_bus(obj)
+            await self._remove_from_bus(obj, present, groups=groups)
         except Exception:  # the resource is gone (or going) either way; its state lingers
             log.exception(
-                "consumer group not retired",
+                "bus state of a deleted resource not removed",
                 extra={"kind": obj.get("kind"), "object": obj["metadata"].get("name")},
             )
             return False
         return True
 
-    async def _remove_from_bus(self, obj: dict) -> None:
+    async def _remove_from_bus(self, obj: dict, present: list[dict], groups: bool = True) -> None:
         """What cemesh removes on the bus when ``obj`` is deleted: a Trigger's or a
-        Subscription's consumer group. Raises when the bus refuses."""
-        if self._retire_groups is not None and (_group(obj), obj.get("kind")) in GROUP_KINDS:
+        Subscription's consumer group; a Broker's or a channel implementation's topic, unless
+        an object of ``present`` owns it too. Raises when the bus refuses."""
+        kind = (_group(obj), obj.get("kind"))
+        if groups and self._retire_groups is not None and kind in GROUP_KINDS:
             await self._retire_groups(obj)
+        if self._delete_topic is not None:
+            for topic in topics_to_delete([obj], present):
+                await self._delete_topic(topic.name, topic.bus)
+
+    def _recheck_due(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        return any(when <= now for when, _ in self._recheck)
 
     @property
     def bus_errors(self) -> dict[str, str]:
@@ -429,11 +463,12 @@ class Controller:
                     self._seen_revision, self._resync_interval
                 )
                 # A bus that failed to open is tried again on every poll, and bus state of
-                # deleted resources still to remove is removed after the next apply.
+                # deleted resources still to remove is removed after the next apply (topics twice).
                 if (
                     self._bus_errors
                     or self._retiring
                     or self._unreleased
+                    or self._recheck_due()
                     or revision != self._seen_revision
                 ):
                     await self.sync()

@@ -199,6 +199,7 @@ class Runtime:
             open_buses=self.open_buses,
             resync_interval=settings.resync_interval,
             retire_groups=self.retire_groups,
+            delete_topic=self.delete_topic,
             **self.reconcile_options,
         )
         context = RuntimeContext(
@@ -310,6 +311,18 @@ class Runtime:
         await bus.delete_group(topic, group)
         log.info("consumer group deleted", extra={"bus": name, "topic": topic, "group": group})
 
+    async def delete_topic(self, topic: str, bus: str | None = None) -> None:
+        """Delete the topic of a deleted Broker or Channel from its bus.
+
+        Called by the control loop once the data plane no longer serves the topic, for what
+        :func:`broker.controlplane.eventing.topics.topics_to_delete` allows. The bus is ``bus``
+        (what the object's config resolved to, as its status records it), else the one the data
+        plane served the topic on, else the default bus. Raises BusError when the bus refuses.
+        """
+        name = bus or self._topic_bus.get(topic, self.default_bus)
+        await (await self._bus(name)).delete_topic(topic)
+        log.info("topic deleted", extra={"bus": name, "topic": topic})
+
     async def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Hand the snapshot to ingress and dispatcher (its buses are open: see open_buses)."""
         addressables: list[BrokerSpec | ChannelSpec] = [
@@ -344,6 +357,7 @@ class Runtime:
                 apply_snapshot=self.apply_snapshot,
                 open_buses=self.open_buses,
                 retire_groups=self.retire_groups,
+                delete_topic=self.delete_topic,
                 default_delivery=default_delivery(self.settings),
                 catalog=self.catalog,
                 reconcile_options=self.reconcile_options,

@@ -16,14 +16,16 @@ a run can share one server.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from adapters.memory import MemoryBus
-from broker.dataplane.bus import Bus, Capability
+from broker.dataplane.bus import Bus, Capability, bus_factory
 from tests.support.servers.kafka import KafkaServer
 from tests.support.servers.nats import NatsServer
 from tests.support.servers.pubsub import PubSubEmulator
@@ -151,6 +153,42 @@ async def redis_bus(redis_server: RedisServer) -> AsyncIterator[Bus]:
     await bus.open()
     yield bus
     await bus.close()
+
+
+@pytest.fixture
+async def bus_without_server(
+    adapter: AdapterCase, request: pytest.FixtureRequest
+) -> AsyncIterator[Bus]:
+    """An open bus of the current adapter whose server (its own, started for this test) is then
+    stopped: for the unhappy paths. Short timeouts, so that giving up is quick. The memory bus
+    has no server: the tests using this skip it."""
+    if adapter.name == "memory":
+        pytest.skip("the memory bus has no server to stop")
+    server = request.getfixturevalue(_RESTARTABLE[adapter.name])
+    options = _stopped_server_options(adapter.name, server)
+    bus = bus_factory(adapter.name)(options)
+    await bus.open()
+    await asyncio.to_thread(server.stop)
+    yield bus
+    await bus.close()
+
+
+_RESTARTABLE = {
+    "nats": "restartable_nats_server",
+    "pubsub": "restartable_pubsub_emulator",
+    "kafka": "restartable_kafka_server",
+    "redis": "restartable_redis_server",
+}
+
+
+def _stopped_server_options(name: str, server: Any) -> dict[str, Any]:
+    if name == "nats":
+        return {"url": server.url, "connect_timeout": 5.0, "request_timeout": 2.0}
+    if name == "pubsub":
+        return {"emulator_host": server.host, "project": "cemesh-test", "rpc_timeout": 3.0}
+    if name == "kafka":
+        return {"bootstrap_servers": server.bootstrap_servers, "request_timeout_ms": 3000}
+    return {"url": server.url, "socket_timeout": 2.0, "connect_timeout": 2.0}
 
 
 @pytest.fixture(params=list(ADAPTERS), ids=list(ADAPTERS))

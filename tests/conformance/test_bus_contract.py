@@ -602,3 +602,97 @@ async def test_delete_group_after_close_raises_bus_error(
     with pytest.raises(BusError) as raised:
         await bus.delete_group(topic, unique("group"))
     assert raised.value.retryable is False
+
+
+# -- delete_topic ------------------------------------------------------------------------------
+
+
+async def test_delete_topic_then_same_names_start_empty_and_a_second_delete_is_fine(
+    bus: Bus, topic: str, unique: Names
+) -> None:
+    """``delete_topic`` of a topic whose consumer is gone takes its events and its groups' state:
+    a later subscribe, under the old group name or a new one, and a later publish start on an
+    empty topic; deleting it again is fine."""
+    old_group = unique("group")
+    first = sample_event(0)
+    inbox = Inbox()
+    subscription = await bus.subscribe(topic, group=old_group, handler=inbox.handler)
+    await bus.publish(topic, first)
+    await inbox.wait_for_ids({first.id})
+    await subscription.close()  # the consumer is gone; a durable bus keeps what follows for it
+    for index in range(1, 6):
+        await bus.publish(topic, sample_event(index))
+
+    await bus.delete_topic(topic)
+    await bus.delete_topic(topic)
+
+    again, newcomer = Inbox(), Inbox()
+    await bus.subscribe(topic, group=old_group, handler=again.handler)
+    await bus.subscribe(topic, group=unique("group"), handler=newcomer.handler)
+    fresh = sample_event(99)
+    await bus.publish(topic, fresh)
+    await again.wait_for_ids({fresh.id})
+    await newcomer.wait_for_ids({fresh.id})
+    await asyncio.sleep(SETTLE)  # room for a wrongful delivery of the deleted events
+    assert again.ids() == [fresh.id]
+    assert newcomer.ids() == [fresh.id]
+
+
+async def test_delete_topic_closes_its_subscriptions_and_leaves_other_topics_alone(
+    bus: Bus, topic: str, unique: Names
+) -> None:
+    """The topic's live subscriptions here are closed first (even with a handler stuck); another
+    topic and its groups keep working and keep their backlog."""
+    other_topic = unique("topic")
+    victim, other = Inbox(), Inbox()
+    stuck = asyncio.Event()
+
+    async def stuck_on_first(message: Message) -> None:
+        victim.record(message)
+        stuck.set()
+        await asyncio.Event().wait()  # until delete_topic closes the subscription
+
+    await bus.subscribe(topic, group=unique("group"), handler=stuck_on_first)
+    await bus.subscribe(other_topic, group=unique("group"), handler=other.handler)
+    await bus.publish(topic, sample_event(0))
+    await wait_set(stuck, "the topic's handler to start")
+
+    await asyncio.wait_for(bus.delete_topic(topic), WAIT)
+    seen_by_victim = len(victim.messages)
+
+    events = [sample_event(i) for i in range(1, 6)]
+    await publish_all(bus, other_topic, events)
+    await bus.publish(topic, sample_event(50))  # a new topic of the old name: nobody subscribed
+    await other.wait_for_ids({event.id for event in events})
+    await asyncio.sleep(SETTLE)  # room for a wrongful delivery to the closed subscription
+    assert len(victim.messages) == seen_by_victim
+
+
+async def test_delete_topic_never_used_is_fine(bus: Bus, unique: Names) -> None:
+    """Deleting a topic that does not exist is success (idempotent), and the bus goes on."""
+    await bus.delete_topic(unique("topic"))
+    topic = unique("topic")
+    inbox = Inbox()
+    await bus.subscribe(topic, group=unique("group"), handler=inbox.handler)
+    event = sample_event()
+    await bus.publish(topic, event)
+    await inbox.wait_for_ids({event.id})
+
+
+async def test_delete_topic_after_close_raises_bus_error(bus: Bus, topic: str) -> None:
+    """A closed bus refuses to delete a topic with a terminal BusError."""
+    await bus.close()
+    with pytest.raises(BusError) as raised:
+        await bus.delete_topic(topic)
+    assert raised.value.retryable is False
+
+
+async def test_delete_topic_with_the_server_stopped_raises_a_bus_error_from_the_driver(
+    bus_without_server: Bus, topic: str
+) -> None:
+    """With the server down, ``delete_topic`` fails (within a bound) with a BusError of the
+    project's tree, chained from the driver's error, never with the driver's exception."""
+    with pytest.raises(BusError) as raised:
+        await asyncio.wait_for(bus_without_server.delete_topic(topic), 60)
+    assert raised.value.__cause__ is not None
+    assert not isinstance(raised.value.__cause__, BusError)

@@ -16,8 +16,9 @@ and, in the ``shared_conformance`` pass, with Knative's own CRDs from
   Ready when the Service gets one (watched, not polled); one to a core Service, which this
   API server cannot list, is not Ready (``DestinationNotReadable``) and holds nothing else up;
 - deleting a Trigger retires its consumer group on the bus, then removes the finalizer;
-- deleting a Broker retires its Triggers' groups, then removes its finalizer (kept while the bus
-  refuses: Redis down); its Triggers stay, BrokerReady False (``BrokerDoesNotExist``);
+- deleting a Broker retires its Triggers' groups and deletes its topic on the bus, then removes
+  its finalizer (kept while the bus refuses: Redis down, the stream still there on the server
+  until Redis is back); its Triggers stay, BrokerReady False (``BrokerDoesNotExist``);
 - switching the Broker's class away releases it (finalizers removed, nothing served).
 
 Core kinds (ConfigMaps, core Services) are not served by this API server; their paths are
@@ -40,6 +41,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as redis
 
 from broker.controlplane.eventing.types import bus_of_channel
 from broker.controlplane.kube.client import USER_AGENT
@@ -364,10 +366,10 @@ async def test_a_kubernetes_control_plane_without_a_usable_kubeconfig_says_which
 async def test_deleting_a_broker_retires_its_triggers_groups_then_releases_it(
     crd_server: KubeApiServer, tmp_path: Path
 ) -> None:
-    """The Broker's finalizer goes only after its Triggers' consumer groups are gone from the
-    bus; its Triggers stay, not Ready (BrokerReady False, BrokerDoesNotExist) rather than with
-    their last status, and keep cemesh's finalizer so that deleting them is clean too. (The bus
-    contract deletes groups only: the Broker's topic stays, bounded by the bus's retention.)"""
+    """The Broker's finalizer goes only after its Triggers' consumer groups and its topic are
+    gone from the bus; its Triggers stay, not Ready (BrokerReady False, BrokerDoesNotExist)
+    rather than with their last status, and keep cemesh's finalizer so that deleting them is
+    clean too."""
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     cluster = Cluster(crd_server, namespace)
     async with RecordingSubscriber() as subscriber:
@@ -389,6 +391,7 @@ async def test_deleting_a_broker_retires_its_triggers_groups_then_releases_it(
             await asyncio.to_thread(cluster.wait, "broker/default", "delete")
             for uid in uids:
                 assert trigger_group(uid) not in bus._topics.get(topic, {})
+            assert topic not in bus._topics  # white-box: the memory bus's topics
             for name in ("a", "b"):
                 await eventually(lambda n=name: conditions(cluster.get("triggers", n))
                                  .get("BrokerReady", {}).get("status") == "False")  # fmt: skip
@@ -435,3 +438,85 @@ async def test_a_deleted_broker_keeps_its_finalizer_while_the_bus_refuses_to_dro
             await asyncio.to_thread(redis.start)
             await asyncio.to_thread(cluster.wait, "broker/default", "delete")
             assert FINALIZER in cluster.get("triggers", "a")["metadata"]["finalizers"]
+
+
+async def test_a_deleted_broker_keeps_its_finalizer_until_its_topic_is_gone_from_the_server(
+    crd_server: KubeApiServer,
+    restartable_redis_server: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Broker without Triggers, whose topic holds an event (a Redis stream on the server):
+    while Redis is down its deletion cannot delete the stream, so the Broker stays (finalizer
+    kept, retried every pass); once Redis is back (with its data: an fsynced AOF), the stream
+    is deleted on the server, then the finalizer goes and the Broker with it."""
+    server = restartable_redis_server
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    cluster = Cluster(crd_server, namespace)
+    topic = broker_topic(namespace, "default")
+    raw = redis.Redis.from_url(server.url)
+    cluster.apply(broker("default", "cemesh"))
+    try:
+        async with running_cemesh(
+            tmp_path, control_plane="kubernetes", kubeconfig=str(crd_server.kubeconfig),
+            kube_namespaces=[namespace], kube_lease_namespace=namespace, resync_interval=0.5,
+            default_channel="RedisStreamChannel", redis_url=server.url,
+        ) as cemesh:  # fmt: skip
+            await asyncio.to_thread(cluster.wait, "broker/default")
+            url = cluster.get("brokers", "default")["status"]["address"]["url"]
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.post(url, headers=cloudevent("kept"), content=b"{}")
+                assert answer.status_code == 202, answer.text
+            assert await raw.exists(topic)
+            plane = cemesh.runtime.kube_plane
+            await asyncio.to_thread(server.stop)
+            crd_server.kubectl("delete", "broker", "default", "-n", namespace, "--wait=false")
+            await eventually(lambda: bool(cluster.get("brokers", "default")["metadata"]
+                                          .get("deletionTimestamp")))  # fmt: skip
+            passes = 0
+            async with asyncio.timeout(60):  # several passes fail to delete the topic
+                while passes < 3:
+                    await plane.sync()
+                    passes += 1
+            assert FINALIZER in cluster.get("brokers", "default")["metadata"]["finalizers"]
+            assert "topic not deleted" in caplog.text
+            await asyncio.to_thread(server.start)
+            await asyncio.to_thread(cluster.wait, "broker/default", "delete")
+            assert not await raw.exists(topic)
+    finally:
+        await raw.aclose()
+
+
+async def test_a_broker_deleted_while_cemesh_was_down_loses_its_topic_on_the_bus_its_config_chose(
+    crd_server: KubeApiServer, redis_server: Any, tmp_path: Path
+) -> None:
+    """The Broker's spec.config picks Redis Streams (the default channel is in-memory); it is
+    deleted while no cemesh runs (the finalizer holds it). The next cemesh never served it, yet
+    deletes its stream on Redis, the bus its status records, and only then releases it."""
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    cluster = Cluster(crd_server, namespace)
+    topic = broker_topic(namespace, "default")
+    configured = broker("default", "cemesh")
+    configured["spec"] = {"config": {"apiVersion": "messaging.cemesh.dev/v1alpha1",
+                                     "kind": "RedisStreamChannel", "name": "redis"}}  # fmt: skip
+    settings = {"control_plane": "kubernetes", "kubeconfig": str(crd_server.kubeconfig),
+                "kube_namespaces": [namespace], "kube_lease_namespace": namespace,
+                "resync_interval": 0.5, "redis_url": redis_server.url}  # fmt: skip
+    raw = redis.Redis.from_url(redis_server.url)
+    try:
+        cluster.apply(configured)
+        async with running_cemesh(tmp_path, **settings):
+            await asyncio.to_thread(cluster.wait, "broker/default")
+            url = cluster.get("brokers", "default")["status"]["address"]["url"]
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.post(url, headers=cloudevent("kept"), content=b"{}")
+                assert answer.status_code == 202, answer.text
+        assert await raw.exists(topic)
+        crd_server.kubectl("delete", "broker", "default", "-n", namespace, "--wait=false")
+        assert FINALIZER in cluster.get("brokers", "default")["metadata"]["finalizers"]
+        async with running_cemesh(tmp_path, **settings):
+            await asyncio.to_thread(cluster.wait, "broker/default", "delete")
+        assert not await raw.exists(topic)
+    finally:
+        await raw.delete(topic)
+        await raw.aclose()

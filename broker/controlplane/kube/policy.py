@@ -435,6 +435,7 @@ async def connect_control_plane(
     apply_snapshot: Callable[[Snapshot], Awaitable[None]],
     open_buses: Callable[[set[str]], Awaitable[dict[str, str]]],
     retire_groups: Callable[[dict], Awaitable[None]] | None,
+    delete_topic: Callable[[str, str | None], Awaitable[None]] | None = None,
     default_delivery: DeliveryPolicy,
     catalog: Catalog,
     reconcile_options: Mapping[str, Any] | None = None,
@@ -464,6 +465,7 @@ async def connect_control_plane(
         open_buses=open_buses,
         resync_interval=settings.resync_interval,
         retire_groups=retire_groups,
+        delete_topic=delete_topic,
         policy=policy,
         **(reconcile_options or {}),
     )

@@ -27,6 +27,16 @@ A bus moves events from ingress to the dispatcher. Every adapter (``adapters/mem
   is fine. Failures are :class:`~broker.core.errors.BusError` chained from the driver's error.
   cemesh calls it only when a Trigger or Subscription is deleted, never while one is merely not
   Ready (its group must keep collecting events until it is Ready again).
+- ``delete_topic(topic)`` removes the topic from the server with all it holds: its events and
+  every group's state on it (the Kafka topic, the JetStream stream with its consumers, the Redis
+  stream with its groups, the Pub/Sub topic with its subscriptions), first closing every live
+  subscription of the topic in this process (never acking what they hold). A later ``publish``
+  or ``subscribe`` of that name starts a new, empty topic, and a group subscribing to it again,
+  even under an old name, gets only what is published after its ``subscribe`` returned.
+  Idempotent: a topic that does not exist is fine. Failures are
+  :class:`~broker.core.errors.BusError` chained from the driver's error. cemesh calls it only
+  once the Broker or Channel that owns the topic is deleted and no longer served
+  (:mod:`broker.controlplane.eventing.topics` says which topics are cemesh's to delete).
 
 Adapters are built from a plain mapping of options (``BusFactory``), so that they need nothing
 from the rest of cemesh but the bus layer, ``events`` and ``errors``;
@@ -114,7 +124,7 @@ class Subscription(Protocol):
 
 @runtime_checkable
 class Bus(Protocol):
-    """The adapter contract: five methods and the declared capabilities."""
+    """The adapter contract: six methods and the declared capabilities."""
 
     name: str
     capabilities: frozenset[Capability]
@@ -141,6 +151,13 @@ class Bus(Protocol):
 
     async def delete_group(self, topic: str, group: str) -> None:
         """Close ``group``'s subscriptions here, then delete its server-side state (see above).
+
+        Idempotent; raises BusError (chained from the driver's error) when it cannot.
+        """
+        ...
+
+    async def delete_topic(self, topic: str) -> None:
+        """Close ``topic``'s subscriptions here, then delete it and its groups (see above).
 
         Idempotent; raises BusError (chained from the driver's error) when it cannot.
         """
