@@ -335,8 +335,9 @@ class Controller:
         try:
             await self._remove_from_bus(obj, present, groups=groups)
         except Exception:  # the resource is gone (or going) either way; its state lingers
+            has_group = (_group(obj), obj.get("kind")) in GROUP_KINDS
             log.exception(
-                "bus state of a deleted resource not removed",
+                "consumer group not retired" if has_group else "topic not deleted",
                 extra={"kind": obj.get("kind"), "object": obj["metadata"].get("name")},
             )
             return False
