@@ -298,7 +298,10 @@ class Invoker:
             await self._scale(state, desired, "activating: a request is waiting at zero replicas")
         finally:
             state.waking = False
-        if not self._notifies and await self.backend.wait_ready(state.ref, self._hold):
+        # The statuses are written once a replica listens (or the hold ran out), not while it
+        # starts: the write and the reconcile it triggers would take CPU from the starting
+        # replica, and the request waiting for it (a function's cold start).
+        if await self.backend.wait_ready(state.ref, self._hold) and not self._notifies:
             self.metrics.replica_listening(state, self.clock())
             state.activator.replicas_changed()
         await self._write_statuses(resync=False)
