@@ -15,9 +15,6 @@ from broker.core.errors import BusError
 if TYPE_CHECKING:
     import confluent_kafka
 
-# How long (s) a thread waits in a librdkafka call before it looks whether it should stop.
-POLL_SLICE = 0.2
-
 
 def load() -> Any:
     """The confluent_kafka module, or a terminal BusError saying how to install it."""

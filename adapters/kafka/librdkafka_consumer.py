@@ -30,12 +30,14 @@ from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from adapters.kafka.librdkafka import POLL_SLICE, bus_error, consumer_config, load
+from adapters.kafka.librdkafka import bus_error, consumer_config, load
 from adapters.kafka.options import KafkaOptions
 from broker.core.errors import BusError
 
 log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 
+# How long (s) the member's thread waits in ``consume``: ``stop`` waits for it to come back.
+POLL_SLICE = 0.2
 # How long a rebalance callback may wait for the listener (its grace plus the final commit).
 LISTENER_TIMEOUT = 60.0
 
@@ -95,7 +97,7 @@ class LibrdkafkaConsumer:
         if self._stopped:
             raise BusError("kafka consumer is stopped", retryable=False)
         timeout = min(timeout_ms / 1000, POLL_SLICE)  # so that stop is never kept waiting long
-        consume = partial(self._consumer.consume, max_records, timeout)
+        consume = partial(self._fetch, max_records, timeout)
         try:
             messages = await self._loop.run_in_executor(self._polling, consume)
         except (self._kafka.KafkaException, RuntimeError) as exc:  # RuntimeError: closed
@@ -111,6 +113,21 @@ class LibrdkafkaConsumer:
             record = Record(message.offset(), message.key(), message.value(), message.headers())
             batches.setdefault(tp, []).append(record)
         return batches
+
+    def _fetch(self, max_records: int, timeout: float) -> list[Any]:
+        """What is there, up to ``max_records``; else wait (``timeout``) for the first record.
+
+        librdkafka's ``consume(n, timeout)`` waits until it has ``n`` records or the time is
+        up, which would hold records back for the whole timeout under a light load.
+        """
+        consume = self._consumer.consume
+        messages: list[Any] = consume(max_records, 0)
+        if messages or max_records <= 1:
+            return messages or consume(1, timeout)
+        messages = consume(1, timeout)
+        if messages:
+            messages += consume(max_records - 1, 0)
+        return messages
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` (the next offset to read, per partition); BusError if refused."""
