@@ -62,6 +62,7 @@ GOAL_P50_MS = 1.0
 GOAL_ROUTE_P50_MS = 0.1
 GOAL_COLD_GAP_MS = 20.0
 BURST_CONCURRENCY = 4
+SETTLE = 0.3  # seconds before each cold start: the replica stopped last has exited, cemesh idles
 BURST_WORK = 0.2  # seconds each burst request keeps its replica busy (function_server x-sleep)
 
 
@@ -185,6 +186,7 @@ async def cold_starts(
     try:
         for index in range(rounds):
             await to_zero(invoker, state)
+            await asyncio.sleep(SETTLE)
             if index % 2:  # taking turns at going first, so that drift hits both alike
                 direct.append(await direct_cold_start(command, client))
             started = time.perf_counter()
@@ -192,6 +194,7 @@ async def cold_starts(
             figures.append(time.perf_counter() - started)
             assert response.status in (200, 202), response.body
             if not index % 2:
+                await asyncio.sleep(SETTLE)
                 direct.append(await direct_cold_start(command, client))
     finally:
         await client.close()
