@@ -92,6 +92,7 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from adapters.kafka.client import client_kwargs, retryable
 from adapters.kafka.consumer import Attempts, KafkaSubscription
+from adapters.kafka.librdkafka import load as load_librdkafka
 from adapters.kafka.librdkafka_producer import LibrdkafkaProducer
 from adapters.kafka.options import KafkaOptions
 from adapters.kafka.wire import encode_record, kafka_topic
@@ -135,6 +136,8 @@ class KafkaBus:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = parse_options(KafkaOptions, self.name, options)
         self._client_kwargs = client_kwargs(self.options)  # fails early on bad TLS files
+        if self.options.driver == "confluent":
+            load_librdkafka()  # fails early (BusClientMissing) when confluent-kafka is missing
         self._producer: AIOKafkaProducer | None = None  # metadata; records with aiokafka
         self._fast_producer: LibrdkafkaProducer | None = None  # records with driver confluent
         self._admin: AIOKafkaAdminClient | None = None

@@ -1,8 +1,9 @@
 """The Kafka bus's use of librdkafka (``driver: confluent``): its configuration and its errors.
 
-Shared by :mod:`.librdkafka_producer` and :mod:`.librdkafka_consumer`. confluent-kafka is the
-optional ``kafka-confluent`` extra, so it is imported only when this driver is chosen; a bus
-asking for it without the package gets a terminal BusError naming the extra.
+Shared by :mod:`.librdkafka_producer` and :mod:`.librdkafka_consumer`. confluent-kafka comes
+with the ``kafka`` extra and is imported only when this driver is used; a bus asking for it
+without the package gets :class:`~broker.core.errors.BusClientMissing` naming the extra, as a
+bus whose client cannot be imported at all.
 """
 
 from __future__ import annotations
@@ -10,21 +11,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from adapters.kafka.options import KafkaOptions
-from broker.core.errors import BusError
+from broker.core.errors import BusClientMissing, BusError
 
 if TYPE_CHECKING:
     import confluent_kafka
 
 
 def load() -> Any:
-    """The confluent_kafka module, or a terminal BusError saying how to install it."""
+    """The confluent_kafka module; BusClientMissing (terminal) saying how to install it."""
     try:
         import confluent_kafka
     except ImportError as exc:
-        raise BusError(
-            "kafka bus: driver 'confluent' needs the confluent-kafka package "
-            "(pip install 'cemesh[kafka-confluent]')",
-            retryable=False,
+        raise BusClientMissing(
+            "the kafka bus needs its client library, which is not installed: pip install "
+            f"'cemesh[kafka]' (driver confluent needs confluent-kafka: {exc}); or set the "
+            "kafka option driver (CEMESH_KAFKA_DRIVER) to aiokafka"
         ) from exc
     return confluent_kafka
 

@@ -22,10 +22,10 @@ class KafkaOptions(BaseModel):
     SERVED_LIMITS: ClassVar[dict[str, list[Any]]] = {"session_timeout_ms": [Ge(1000)]}
 
     driver: Literal["aiokafka", "confluent"] = Field(
-        default="aiokafka",
+        default="confluent",
         description=(
-            "Client library: aiokafka (pure Python) or confluent (librdkafka, through the "
-            "confluent-kafka package: the kafka-confluent extra)."
+            "Client library: confluent (librdkafka through confluent-kafka: less CPU per "
+            "event, see make bench-buses) or aiokafka (pure Python)."
         ),
     )
     bootstrap_servers: str = Field(

@@ -79,7 +79,7 @@ BEFORE = {
 
 # Bus settings added since, with their defaults.
 ADDED = {
-    "kafka_driver": "aiokafka",
+    "kafka_driver": "confluent",
     "kafka_linger_ms": 1,
 }
 
