@@ -106,9 +106,11 @@ class LibrdkafkaConsumer:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.code() == self._kafka.KafkaError._PARTITION_EOF:
-                    continue
-                raise bus_error("fetch", self._kafka.KafkaException(error))
+                # An event, not a record (librdkafka retries by itself): never a reason to drop
+                # the records fetched with it, which librdkafka would not hand out again.
+                if error.code() != self._kafka.KafkaError._PARTITION_EOF:
+                    log.warning("kafka consumer: %s", error.str(), extra={"fatal": error.fatal()})
+                continue
             tp = TopicPartition(message.topic(), message.partition())
             record = Record(message.offset(), message.key(), message.value(), message.headers())
             batches.setdefault(tp, []).append(record)
