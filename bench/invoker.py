@@ -11,9 +11,18 @@ request by request so that drift hits every path alike:
   producer outside cemesh takes).
 
 Latency is wall time per request, sequential (one in flight), after a warm-up. The invoker's
-overhead is invoker minus direct (goal: < 1 ms at p50). Cold start is the time from a request
-at zero replicas to its response: spawn the replica process, wait until it listens, forward; the
-autoscaler's rounds are off meanwhile, so only the request wakes the Revision.
+overhead is invoker minus direct (goal: < 1 ms at p50); the HTTP route's is "via HTTP" minus
+invoker (goal: < 0.1 ms at p50: what the ``/services/...`` HTTP handling adds over the
+in-process path, beside "via HTTP" minus direct, which also counts the extra HTTP hop the
+producer's client makes). Cold start is the time from a request at
+zero replicas to its response: spawn the replica process, wait until it listens, forward; the
+autoscaler's rounds are off meanwhile, so only the request wakes the Revision. Its ceiling, in
+the same run, turn by turn with cemesh's: spawning the same command directly (with the
+environment cemesh gives a replica), trying to connect every millisecond until its port
+accepts, then sending it the one request (goal: cemesh within 20 ms of it at p50). Burst:
+``--burst`` concurrent requests (each held ``BURST_WORK`` s by the function) at zero replicas
+of a Service with containerConcurrency ``BURST_CONCURRENCY``: the replicas started (goal:
+ceil(burst / containerConcurrency) at once), and the wait of the median request.
 
 Run: ``.venv/bin/python bench/invoker.py [--requests 5000] [--cold 5]``.
 """
@@ -23,6 +32,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -34,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from broker.dataplane.dispatch.client import DeliveryClient  # noqa: E402
+from broker.features.supervisor import child_env  # noqa: E402
 from tests.support.cemesh import running_cemesh  # noqa: E402
 
 SUBSCRIBER = str(ROOT / "bench" / "subscriber.py")
@@ -47,9 +59,14 @@ HEADERS = [
     ("ce-type", "bench"),
 ]
 GOAL_P50_MS = 1.0
+GOAL_ROUTE_P50_MS = 0.1
+GOAL_COLD_GAP_MS = 20.0
+BURST_CONCURRENCY = 4
+SETTLE = 0.3  # seconds before each cold start: the replica stopped last has exited, cemesh idles
+BURST_WORK = 0.2  # seconds each burst request keeps its replica busy (function_server x-sleep)
 
 
-def service(name: str, command: list[str]) -> dict[str, Any]:
+def service(name: str, command: list[str], concurrency: int = 0) -> dict[str, Any]:
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
@@ -57,7 +74,10 @@ def service(name: str, command: list[str]) -> dict[str, Any]:
         "spec": {
             "template": {
                 "metadata": {"annotations": {"autoscaling.knative.dev/min-scale": "0"}},
-                "spec": {"containers": [{"image": "bench", "command": command}]},
+                "spec": {
+                    "containerConcurrency": concurrency,
+                    "containers": [{"image": "bench", "command": command}],
+                },
             }
         },
     }
@@ -120,46 +140,136 @@ async def latency(mesh: Any, requests: int, warmup: int) -> dict[str, dict[str, 
     return {name: summary(values) for name, values in times.items()}
 
 
-async def cold_starts(mesh: Any, name: str, rounds: int) -> list[float]:
+async def to_zero(invoker: Any, state: Any) -> None:
+    await invoker._scale(state, 0, "bench: to zero")
+    await wait_for(lambda: invoker.backend.replica_count(state.ref) == 0)
+
+
+async def direct_cold_start(command: list[str], client: DeliveryClient) -> float:
+    """The ceiling: spawn ``command`` with a free PORT, connect until it listens, one request."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = child_env({"PORT": str(port)}, os.environ)  # the environment cemesh gives a replica
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.001)
+                    continue
+                writer.close()
+                break
+        response = await client.post(f"http://127.0.0.1:{port}/", [], b"", timeout=10)
+        elapsed = time.perf_counter() - started
+        assert response.status in (200, 202), response.body
+        return elapsed
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def cold_starts(
+    mesh: Any, name: str, command: list[str], rounds: int
+) -> tuple[list[float], list[float]]:
+    """(cemesh's, direct spawn's) cold starts, taking turns round by round."""
     invoker = mesh.runtime.component("invoker")
     state = invoker.revision("default", f"{name}-00001")
-    figures = []
-    for _ in range(rounds):
-        await invoker._scale(state, 0, "bench: to zero")
-        await wait_for(lambda: invoker.backend.replica_count(state.ref) == 0)
+    figures: list[float] = []
+    direct: list[float] = []
+    client = DeliveryClient()
+    try:
+        for index in range(rounds):
+            await to_zero(invoker, state)
+            await asyncio.sleep(SETTLE)
+            if index % 2:  # taking turns at going first, so that drift hits both alike
+                direct.append(await direct_cold_start(command, client))
+            started = time.perf_counter()
+            response = await invoker.invoke("default", name, None, "/", [], b"")
+            figures.append(time.perf_counter() - started)
+            assert response.status in (200, 202), response.body
+            if not index % 2:
+                await asyncio.sleep(SETTLE)
+                direct.append(await direct_cold_start(command, client))
+    finally:
+        await client.close()
+    return figures, direct
+
+
+async def burst(mesh: Any, name: str, size: int) -> dict[str, Any]:
+    """``size`` concurrent requests at zero replicas: waits, and the replicas started."""
+    invoker = mesh.runtime.component("invoker")
+    state = invoker.revision("default", f"{name}-00001")
+    await to_zero(invoker, state)
+    headers = [("x-sleep", str(BURST_WORK))]
+
+    async def one() -> float:
         started = time.perf_counter()
-        response = await invoker.invoke("default", name, None, "/", [], b"")
-        figures.append(time.perf_counter() - started)
+        response = await invoker.invoke("default", name, None, "/", headers, b"")
         assert response.status in (200, 202), response.body
-    return figures
+        return time.perf_counter() - started
+
+    waits = await asyncio.gather(*(one() for _ in range(size)))
+    replicas = invoker.backend.replica_count(state.ref)
+    return {
+        "requests": size,
+        "container_concurrency": BURST_CONCURRENCY,
+        "replicas_started": replicas,
+        "replicas_needed": -(-size // BURST_CONCURRENCY),
+        **summary(list(waits)),
+    }
 
 
-async def main(requests: int, warmup: int, cold: int) -> dict[str, Any]:
+async def main(requests: int, warmup: int, cold: int, burst_size: int) -> dict[str, Any]:
+    lean = ["sh", "-c", f'exec {sys.executable} {SUBSCRIBER} --port "$PORT"']
+    fn = [sys.executable, FUNCTION]
     with tempfile.TemporaryDirectory() as tmp:
         # Autoscaler rounds off: the replica count is what this benchmark sets.
         async with running_cemesh(
             Path(tmp), resync_interval=0.1, invoker_autoscaler_tick=3600
         ) as mesh:
-            lean = ["sh", "-c", f'exec {sys.executable} {SUBSCRIBER} --port "$PORT"']
             await mesh.apply(service("lean", lean))
-            await mesh.apply(service("fn", [sys.executable, FUNCTION]))
-            await ready_service(mesh, "lean")
-            await ready_service(mesh, "fn")
+            await mesh.apply(service("fn", fn))
+            await mesh.apply(service("burst", fn, BURST_CONCURRENCY))
+            for name in ("lean", "fn", "burst"):
+                await ready_service(mesh, name)
             figures = await latency(mesh, requests, warmup)
-            cold_lean = await cold_starts(mesh, "lean", cold)
-            cold_fn = await cold_starts(mesh, "fn", cold)
+            cold_lean = await cold_starts(mesh, "lean", lean, cold)
+            cold_fn = await cold_starts(mesh, "fn", fn, cold)
+            bursts = await burst(mesh, "burst", burst_size)
     overhead = {
         key: figures["invoker"][key] - figures["direct"][key] for key in ("p50_ms", "p99_ms")
     }
+    route = {
+        key: figures["via HTTP"][key] - figures["invoker"][key] for key in ("p50_ms", "p99_ms")
+    }
+    hop = {key: figures["via HTTP"][key] - figures["direct"][key] for key in ("p50_ms", "p99_ms")}
+    cold_starts_ms = {}
+    for label, (mine, direct) in (
+        ("bench/subscriber.py (uvloop)", cold_lean),
+        ("tests/support/function_server.py (http.server)", cold_fn),
+    ):
+        cold_starts_ms[label] = {
+            "cemesh": summary(mine),
+            "direct spawn": summary(direct),
+            "gap_p50_ms": (statistics.median(mine) - statistics.median(direct)) * 1000,
+        }
     return {
         "requests": requests,
         "latency": figures,
         "invoker_overhead_ms": overhead,
+        "route_overhead_ms": route,
+        "route_and_hop_overhead_ms": hop,
         "goal_overhead_p50_ms": GOAL_P50_MS,
-        "cold_start_ms": {
-            "bench/subscriber.py (uvloop)": summary(cold_lean),
-            "tests/support/function_server.py (http.server)": summary(cold_fn),
-        },
+        "goal_route_p50_ms": GOAL_ROUTE_P50_MS,
+        "goal_cold_gap_ms": GOAL_COLD_GAP_MS,
+        "cold_start_ms": cold_starts_ms,
+        "burst": bursts,
     }
 
 
@@ -176,9 +286,31 @@ def report(result: dict[str, Any]) -> None:
         f"  added by the invoker: p50 {overhead['p50_ms']:.3f} ms, p99 {overhead['p99_ms']:.3f} ms"
         f" (goal p50 < {GOAL_P50_MS:g} ms: {verdict})"
     )
-    print("cold start, zero replicas -> first response:")
+    route = result["route_overhead_ms"]
+    verdict = "met" if route["p50_ms"] < GOAL_ROUTE_P50_MS else "MISSED"
+    print(
+        f"  added by the /services route (via HTTP - invoker): p50 {route['p50_ms']:.3f} ms,"
+        f" p99 {route['p99_ms']:.3f} ms (goal p50 < {GOAL_ROUTE_P50_MS:g} ms: {verdict});"
+        f" with the extra HTTP hop (via HTTP - direct): p50"
+        f" {result['route_and_hop_overhead_ms']['p50_ms']:.3f} ms"
+    )
+    print("cold start, zero replicas -> first response (cemesh beside spawning it directly):")
     for name, figures in result["cold_start_ms"].items():
-        print(f"  {name:<46} p50 {figures['p50_ms']:.0f} ms   worst {figures['p99_ms']:.0f} ms")
+        mine, direct = figures["cemesh"], figures["direct spawn"]
+        verdict = "met" if figures["gap_p50_ms"] <= GOAL_COLD_GAP_MS else "MISSED"
+        print(
+            f"  {name:<46} cemesh p50 {mine['p50_ms']:.0f} ms (worst {mine['p99_ms']:.0f})"
+            f"   direct p50 {direct['p50_ms']:.0f} ms (worst {direct['p99_ms']:.0f})"
+            f"   gap {figures['gap_p50_ms']:.0f} ms (goal <= {GOAL_COLD_GAP_MS:g}: {verdict})"
+        )
+    b = result["burst"]
+    verdict = "met" if b["replicas_started"] >= b["replicas_needed"] else "MISSED"
+    print(
+        f"burst of {b['requests']} at zero (containerConcurrency {b['container_concurrency']},"
+        f" {BURST_WORK * 1000:.0f} ms each): {b['replicas_started']} replicas started"
+        f" (needed {b['replicas_needed']}: {verdict}), wait p50 {b['p50_ms']:.0f} ms,"
+        f" worst {b['p99_ms']:.0f} ms"
+    )
     print(json.dumps(result))
 
 
@@ -187,5 +319,6 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--cold", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=20)
     args = parser.parse_args()
-    report(asyncio.run(main(args.requests, args.warmup, args.cold)))
+    report(asyncio.run(main(args.requests, args.warmup, args.cold, args.burst)))

@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/kafka_drivers.py [--events 20000] [--size 1024] [--rounds 2]
 
-``confluent-kafka`` is not a cemesh dependency (issue 14 asks for the comparison before choosing
-a driver): install it into the venv to run this (``.venv/bin/pip install confluent-kafka``).
+Both clients come with the ``kafka`` extra (and ``dev``); the Kafka bus uses either
+(``driver``: ``confluent``, the default, or ``aiokafka``), and ``make bench-buses`` compares
+cemesh on each.
 
 Starts one Tansu on a free 127.0.0.1 port (stopped, by its PID, at the end). For each driver,
 alternating for ``--rounds`` rounds, on a topic of its own: publish ``--events`` messages of

@@ -100,6 +100,59 @@ async def kafka(bootstrap: str, count: int, payload: bytes, concurrency: int) ->
         await producer.stop()
 
 
+async def kafka_confluent(bootstrap: str, count: int, payload: bytes, concurrency: int) -> float:
+    """librdkafka (confluent-kafka) through the adapter's own asyncio bridges, which add no
+    batching of their own: the producer batches as librdkafka does for ``linger_ms``."""
+    from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+    from adapters.kafka.librdkafka_consumer import LibrdkafkaConsumer
+    from adapters.kafka.librdkafka_producer import LibrdkafkaProducer
+    from adapters.kafka.options import KafkaOptions
+
+    topic = "bench-raw-overlapped-confluent"
+    options = KafkaOptions(
+        bootstrap_servers=bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=200
+    )
+    producer = LibrdkafkaProducer(options)
+    consumer = LibrdkafkaConsumer(options, topic)
+
+    class Listener(ConsumerRebalanceListener):  # nothing to do: one member, no handlers
+        async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+            pass
+
+        async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+            pass
+
+    try:
+        await producer.send(topic, b"warm-up", None, [])  # the topic exists before the join
+        consumer.subscribe([topic], listener=Listener())
+        warm = 0
+        while warm < 1:  # joined, assigned, warm-up read
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            warm += sum(len(records) for records in batches.values())
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+        await consumer.commit(offsets)
+
+        async def publish_one() -> object:
+            await producer.send(topic, payload, None, [])
+            return None
+
+        async def consume(wanted: int) -> None:
+            got = 0
+            while got < wanted:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=500)
+                got += sum(len(records) for records in batches.values())
+                if batches:
+                    await consumer.commit(
+                        {tp: records[-1].offset + 1 for tp, records in batches.items()}
+                    )
+
+        return await _run(count, concurrency, publish_one, consume)
+    finally:
+        await consumer.stop()
+        await producer.close()
+
+
 async def nats(url: str, count: int, payload: bytes, concurrency: int) -> float:
     import nats as nats_client
     from nats.errors import TimeoutError as NatsTimeout
@@ -162,6 +215,7 @@ async def redis(url: str, count: int, payload: bytes, concurrency: int) -> float
 
 RAW_OVERLAPPED: dict[str, Callable[[str, int, bytes, int], Awaitable[float]]] = {
     "kafka": kafka,
+    "kafka-confluent": kafka_confluent,
     "nats": nats,
     "redis": redis,
 }

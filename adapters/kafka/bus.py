@@ -1,4 +1,4 @@
-"""The Kafka bus (``bus: kafka``, aiokafka): a topic per cemesh topic, a consumer group per group.
+"""The Kafka bus (``bus: kafka``): a topic per cemesh topic, a consumer group per group.
 
 Model:
 
@@ -72,6 +72,12 @@ Model:
 - Settling is at-least-once: a crash, or a rebalance cancelling a handler, redelivers messages
   whose handler had already run, and messages acked behind an unacked one are re-read with it.
 
+- Drivers (``driver``): ``aiokafka`` (pure Python) or ``confluent`` (librdkafka through
+  confluent-kafka, :mod:`.librdkafka_producer` and :mod:`.librdkafka_consumer`), which does the
+  records' encoding, batching and network I/O in C threads: less CPU per event on the event
+  loop. Both behave as described here; admin requests (topics, group offsets, DeleteGroups) go
+  through aiokafka with either. The producer batches records for up to ``linger_ms``.
+
 Options: :class:`~adapters.kafka.options.KafkaOptions` (each also the setting
 ``kafka_<option>``), where their defaults, limits and meanings are declared.
 """
@@ -92,6 +98,8 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from adapters.kafka.client import client_kwargs, retryable
 from adapters.kafka.consumer import Attempts, KafkaSubscription
+from adapters.kafka.librdkafka import load as load_librdkafka
+from adapters.kafka.librdkafka_producer import LibrdkafkaProducer
 from adapters.kafka.options import KafkaOptions
 from adapters.kafka.wire import encode_record, kafka_topic
 from broker.core.errors import BusError, PublishError, SubscribeError
@@ -136,7 +144,10 @@ class KafkaBus:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = parse_options(KafkaOptions, self.name, options)
         self._client_kwargs = client_kwargs(self.options)  # fails early on bad TLS files
-        self._producer: AIOKafkaProducer | None = None
+        if self.options.driver == "confluent":
+            load_librdkafka()  # fails early (BusClientMissing) when confluent-kafka is missing
+        self._producer: AIOKafkaProducer | None = None  # metadata; records with aiokafka
+        self._fast_producer: LibrdkafkaProducer | None = None  # records with driver confluent
         self._admin: AIOKafkaAdminClient | None = None
         self._open_lock = asyncio.Lock()
         self._topics: dict[str, asyncio.Future[None]] = {}  # Kafka name -> created (or exists)
@@ -157,6 +168,7 @@ class KafkaBus:
                 # Tansu and some managed services lack idempotent producers; with one request
                 # in flight per partition, retries keep the order anyway.
                 enable_idempotence=False,
+                linger_ms=self.options.linger_ms,
             )
             admin = AIOKafkaAdminClient(**self._client_kwargs)
             try:
@@ -169,6 +181,13 @@ class KafkaBus:
                     f"kafka bus: cannot connect to {self.options.bootstrap_servers}: {exc!r}",
                     retryable=retryable(exc),
                 ) from exc
+            if self.options.driver == "confluent":
+                try:
+                    self._fast_producer = LibrdkafkaProducer(self.options)
+                except BusError:
+                    await producer.stop()
+                    await admin.close()
+                    raise
             self._producer, self._admin = producer, admin
 
     async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
@@ -184,6 +203,9 @@ class KafkaBus:
                 raise PublishError("kafka bus closed while publishing", retryable=False)
             value, headers = encode_record(event)
             key_bytes = None if key is None else key.encode()
+            if self._fast_producer is not None:
+                await self._fast_producer.send(name, value, key_bytes, headers)
+                return
             delivery = await producer.send(name, value, key=key_bytes, headers=headers)
             await delivery
         except BusError as exc:
@@ -314,8 +336,11 @@ class KafkaBus:
         subscriptions = list(self._subscriptions)
         if subscriptions:
             await asyncio.gather(*(s.close() for s in subscriptions), return_exceptions=True)
-        producer, admin = self._producer, self._admin
-        self._producer = self._admin = None
+        producer, admin, fast = self._producer, self._admin, self._fast_producer
+        self._producer = self._admin = self._fast_producer = None
+        if fast is not None:
+            with contextlib.suppress(BusError):
+                await fast.close()
         if producer is not None:
             with contextlib.suppress(kafka_errors.KafkaError):
                 await producer.stop()

@@ -1,9 +1,11 @@
 """One Kafka consumer-group member of the Kafka bus: fetching, handing to handlers, committing.
 
-A :class:`KafkaSubscription` owns an ``AIOKafkaConsumer``, its fetch loop, its commit loop and
-``concurrency`` handler tasks, and follows the group's rebalances (see the package's ``bus.py``
-for the model). Messages reach handler tasks through :class:`~broker.dataplane.bus.handoff.HandOff`,
-whose lanes are (partition, key) for ordered groups.
+A :class:`KafkaSubscription` owns an ``AIOKafkaConsumer`` (or, with ``driver: confluent``, a
+:class:`~adapters.kafka.librdkafka_consumer.LibrdkafkaConsumer` offering the same calls), its
+fetch loop, its commit loop and ``concurrency`` handler tasks, and follows the group's
+rebalances (see the package's ``bus.py`` for the model). Messages reach handler tasks through
+:class:`~broker.dataplane.bus.handoff.HandOff`, whose lanes are (partition, key) for ordered
+groups.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from adapters.kafka.client import client_kwargs
+from adapters.kafka.librdkafka_consumer import LibrdkafkaConsumer, Record
 from adapters.kafka.options import KafkaOptions
 from adapters.kafka.wire import decode_record
+from broker.core.errors import BusError
 from broker.core.events import CloudEvent
 from broker.dataplane.bus import Handler, Message, run_handler
 from broker.dataplane.bus.handoff import HandOff
@@ -134,14 +138,18 @@ class KafkaSubscription:
         self._concurrency = concurrency
         self._limit = max(options.max_buffered, 4 * concurrency)
         self._grace = options.rebalance_grace_ms / 1000
-        self.consumer = AIOKafkaConsumer(
-            **client_kwargs(options),
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=options.session_timeout_ms,
-            heartbeat_interval_ms=options.heartbeat_ms,
-        )
+        self.consumer: AIOKafkaConsumer | LibrdkafkaConsumer
+        if options.driver == "confluent":
+            self.consumer = LibrdkafkaConsumer(options, group)
+        else:
+            self.consumer = AIOKafkaConsumer(
+                **client_kwargs(options),
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=options.session_timeout_ms,
+                heartbeat_interval_ms=options.heartbeat_ms,
+            )
         self._partitions: dict[TopicPartition, _Partition] = {}
         # Deliverable messages for the handler tasks; lanes are (partition, key) when ordered.
         self._handoff: HandOff[_Entry] = HandOff()
@@ -212,7 +220,7 @@ class KafkaSubscription:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self._commit(parts, final=True)
                 await self.consumer.stop()  # leaves the group: its partitions move at once
-        except (TimeoutError, kafka_errors.KafkaError) as exc:
+        except (TimeoutError, kafka_errors.KafkaError, BusError) as exc:
             log.warning("kafka consumer did not stop cleanly: %r", exc, extra=self._log_extra())
         finally:
             for part in parts:
@@ -283,7 +291,7 @@ class KafkaSubscription:
                     room = 1  # poll anyway (one record at most) to stay in the group
             try:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=min(room, 500))
-            except (kafka_errors.KafkaError, kafka_errors.ConsumerStoppedError) as exc:
+            except (kafka_errors.KafkaError, kafka_errors.ConsumerStoppedError, BusError) as exc:
                 log.warning("kafka fetch failed: %r", exc, extra=self._log_extra())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), 1.0)
@@ -297,7 +305,7 @@ class KafkaSubscription:
                         part.next_offset = record.offset + 1
                         self._admit(part, record)
 
-    def _admit(self, part: _Partition, record: ConsumerRecord[Any, Any]) -> None:
+    def _admit(self, part: _Partition, record: ConsumerRecord[Any, Any] | Record) -> None:
         key = None if record.key is None else record.key.decode(errors="replace")
         try:
             event: CloudEvent | None = decode_record(record.value, record.headers)
@@ -425,7 +433,7 @@ class KafkaSubscription:
                 return True
             try:
                 await self.consumer.commit(offsets)
-            except (kafka_errors.KafkaError, AssertionError) as exc:
+            except (kafka_errors.KafkaError, AssertionError, BusError) as exc:
                 # Those messages will be redelivered to the partitions' next owner: at least once.
                 level = logging.WARNING if final else logging.INFO
                 log.log(level, "kafka commit failed: %r", exc, extra=self._log_extra())

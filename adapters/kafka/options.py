@@ -1,7 +1,8 @@
 """The Kafka bus's options: one typed model, the one place for their defaults and limits.
 
 Light on purpose (pydantic only): ``broker/core/config.py`` builds the ``kafka_<option>`` settings
-from these fields; the adapter turns them into aiokafka's arguments (``client.py``).
+from these fields; the adapter turns them into its client library's arguments (``client.py``
+for aiokafka, ``confluent_client.py`` for librdkafka).
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ class KafkaOptions(BaseModel):
     # cemesh serve: brokers refuse sessions under their group.min.session.timeout.ms anyway.
     SERVED_LIMITS: ClassVar[dict[str, list[Any]]] = {"session_timeout_ms": [Ge(1000)]}
 
+    driver: Literal["aiokafka", "confluent"] = Field(
+        default="confluent",
+        description=(
+            "Client library: confluent (librdkafka through confluent-kafka: less CPU per "
+            "event, see make bench-buses) or aiokafka (pure Python)."
+        ),
+    )
     bootstrap_servers: str = Field(
         default="127.0.0.1:9092", description="Comma-separated host:port of Kafka brokers."
     )
@@ -49,6 +57,12 @@ class KafkaOptions(BaseModel):
         default=1_000,
         ge=1,
         description="Unsettled messages per subscription (raised to 4 * concurrency).",
+    )
+    linger_ms: int = Field(
+        default=1,
+        ge=0,
+        le=1_000,
+        description="How long the producer waits for more records to send in one request.",
     )
     client_id: str = "cemesh"
 

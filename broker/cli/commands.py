@@ -135,7 +135,9 @@ def serve(host: str | None, port: int | None, config_file: Path | None, insecure
     from broker.dataplane.bus import bus_factory
 
     try:  # the default channel's bus is needed by every Broker: no point starting without it
-        bus_factory(bus_of_channel(settings.default_channel))
+        name = bus_of_channel(settings.default_channel)
+        # Built, not opened (no I/O): what its options need must be installed too (a driver).
+        bus_factory(name)(settings.bus_options(name))
     except CemeshError as exc:
         raise CliError(
             f"cannot serve with default channel {settings.default_channel}: {exc.message}"

@@ -23,10 +23,16 @@ One :class:`SupervisedProcess` runs one :class:`ProcessSpec`:
 
 No child outlives cemesh, even when cemesh is killed with SIGKILL (nothing of cemesh runs then):
 
-- on Linux the child asks the kernel for SIGKILL when cemesh dies (``prctl(PR_SET_PDEATHSIG)``,
-  set between fork and exec; the kernel keeps it across exec), which ends the process cemesh
-  spawned at once. It checks right after that cemesh is still its parent, closing the window
-  in which cemesh died before the request was made;
+- on Linux the child asks the kernel for SIGKILL when cemesh dies (``prctl(PR_SET_PDEATHSIG)``;
+  the kernel keeps it across exec), which ends the process cemesh spawned at once. The request
+  is made by util-linux's ``setpriv --pdeathsig KILL`` exec'ed in front of the command when it
+  is installed (it is on every Debian-like system), because the other way, a ``preexec_fn``
+  between fork and exec, makes Python fork the whole cemesh process instead of vfork-ing it:
+  tens of milliseconds per spawn for a cemesh of a few hundred MB (a function's cold start).
+  Without setpriv, or for a command that is not found or not executable (so that its error is
+  reported as before), the ``preexec_fn`` does it and also checks that cemesh is still its
+  parent; with setpriv, a SIGKILL of cemesh in the few hundred microseconds between the spawn
+  and the guard's learning of the new group (below) could leave that one child running;
 - the death signal is not inherited by the child's own children (a shell's commands), so one
   small guard process per cemesh (:class:`_GroupGuard`, ``python -c``, started with the first
   child) holds a pipe from cemesh and knows every process group cemesh runs. When the pipe
@@ -55,6 +61,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +121,25 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
             os._exit(EXIT_CANNOT_EXECUTE)
 
     return preexec
+
+
+_SETPRIV = shutil.which("setpriv") if _LIBC is not None else None
+
+
+def _launch(
+    command: Sequence[str], env: Mapping[str, str], cwd: str | None
+) -> tuple[list[str], Callable[[], None] | None]:
+    """(argv, preexec_fn) that run ``command`` with the parent-death signal set (docstring)."""
+    program = command[0] if command else ""
+    if _SETPRIV is not None and program:
+        if os.sep in program:
+            found = os.path.join(cwd or "", program)
+            runnable = os.path.isfile(found) and os.access(found, os.X_OK)
+        else:
+            runnable = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+        if runnable:
+            return [_SETPRIV, "--pdeathsig", "KILL", "--", *command], None
+    return list(command), _die_with_parent(os.getpid())
 
 
 # The guard: reads "+pgid" / "-pgid" lines; when its stdin closes (cemesh is gone, however it
@@ -339,18 +365,20 @@ class SupervisedProcess:
         self._spawned_at = time.monotonic()
         self.tail.clear()
         command = list(self.spec.command)
+        env = child_env(self.spec.env, os.environ)
+        argv, preexec = _launch(command, env, self.spec.cwd)
         pipes = (os.pipe(), os.pipe())  # our own pipes: see _watch for why
         (out_read, out_write), (err_read, err_write) = pipes
         try:
             process = await asyncio.create_subprocess_exec(
-                *command,
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out_write,
                 stderr=err_write,
-                env=child_env(self.spec.env, os.environ),
+                env=env,
                 cwd=self.spec.cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=preexec,
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             os.close(out_read)

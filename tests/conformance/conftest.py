@@ -39,6 +39,12 @@ class AdapterCase:
     name: str  # the adapter's registered name (``Bus.name``)
     fixture: str  # an async fixture yielding an open Bus (closed by the fixture afterwards)
     capabilities: frozenset[Capability]
+    variant: str = ""  # a second configuration of the same adapter (e.g. another driver)
+
+    @property
+    def id(self) -> str:
+        """The row's test id: the adapter's name, plus its variant."""
+        return f"{self.name}-{self.variant}" if self.variant else self.name
 
     def require(self, capability: Capability) -> None:
         """Skip the calling test unless this adapter declares ``capability``."""
@@ -46,8 +52,17 @@ class AdapterCase:
             pytest.skip(f"{self.name} does not declare {capability.name}")
 
 
+_KAFKA_CAPABILITIES = frozenset(
+    {
+        Capability.DURABLE,
+        Capability.NACK_DELAY,
+        Capability.REDELIVERY_COUNT,
+        Capability.ORDERED_BY_KEY,
+    }
+)
+
 ADAPTERS: dict[str, AdapterCase] = {
-    case.name: case
+    case.id: case
     for case in (
         AdapterCase(
             "memory",
@@ -73,18 +88,8 @@ ADAPTERS: dict[str, AdapterCase] = {
             "pubsub_bus",
             frozenset({Capability.DURABLE, Capability.NACK_DELAY, Capability.ORDERED_BY_KEY}),
         ),
-        AdapterCase(
-            "kafka",
-            "kafka_bus",
-            frozenset(
-                {
-                    Capability.DURABLE,
-                    Capability.NACK_DELAY,
-                    Capability.REDELIVERY_COUNT,
-                    Capability.ORDERED_BY_KEY,
-                }
-            ),
-        ),
+        AdapterCase("kafka", "kafka_bus", _KAFKA_CAPABILITIES),
+        AdapterCase("kafka", "kafka_confluent_bus", _KAFKA_CAPABILITIES, variant="confluent"),
         AdapterCase(
             "redis",
             "redis_bus",
@@ -126,14 +131,14 @@ async def pubsub_bus(pubsub_emulator: PubSubEmulator) -> AsyncIterator[Bus]:
     await bus.close()
 
 
-@pytest.fixture
-async def kafka_bus(kafka_server: KafkaServer) -> AsyncIterator[Bus]:
+async def _kafka_bus(server: KafkaServer, driver: str) -> AsyncIterator[Bus]:
     """A KafkaBus on the session's Tansu server; short session timeout so that joins are quick."""
-    from adapters.kafka import KafkaBus  # imported here: only this row needs aiokafka
+    from adapters.kafka import KafkaBus  # imported here: only these rows need the Kafka clients
 
     bus = KafkaBus(
         {
-            "bootstrap_servers": kafka_server.bootstrap_servers,
+            "driver": driver,
+            "bootstrap_servers": server.bootstrap_servers,
             "session_timeout_ms": 1000,
             "heartbeat_interval_ms": 100,
             "request_timeout_ms": 10_000,
@@ -142,6 +147,20 @@ async def kafka_bus(kafka_server: KafkaServer) -> AsyncIterator[Bus]:
     await bus.open()
     yield bus
     await bus.close()
+
+
+@pytest.fixture
+async def kafka_bus(kafka_server: KafkaServer) -> AsyncIterator[Bus]:
+    """The Kafka bus with the aiokafka driver."""
+    async for bus in _kafka_bus(kafka_server, "aiokafka"):
+        yield bus
+
+
+@pytest.fixture
+async def kafka_confluent_bus(kafka_server: KafkaServer) -> AsyncIterator[Bus]:
+    """The Kafka bus with the librdkafka (confluent-kafka) driver."""
+    async for bus in _kafka_bus(kafka_server, "confluent"):
+        yield bus
 
 
 @pytest.fixture

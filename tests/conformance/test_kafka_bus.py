@@ -32,14 +32,21 @@ Names = Callable[[str], str]
 MakeBus = Callable[..., Awaitable[KafkaBus]]
 
 
+@pytest.fixture(params=["aiokafka", "confluent"])
+def driver(request: pytest.FixtureRequest) -> str:
+    """Every test here runs with each client library the bus can use (``driver``)."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def make_bus(kafka_server: KafkaServer) -> AsyncIterator[MakeBus]:
+async def make_bus(kafka_server: KafkaServer, driver: str) -> AsyncIterator[MakeBus]:
     """Open KafkaBuses on the session's server (test timeouts; ``options`` override them)."""
     buses: list[KafkaBus] = []
 
     async def make(**options: Any) -> KafkaBus:
         bus = KafkaBus(
             {
+                "driver": driver,
                 "bootstrap_servers": kafka_server.bootstrap_servers,
                 "session_timeout_ms": 1000,
                 "heartbeat_interval_ms": 100,

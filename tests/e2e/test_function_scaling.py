@@ -266,3 +266,21 @@ async def test_metrics_show_a_cold_start_its_duration_and_the_revisions_replicas
         # A second request finds the replica up: no second cold start.
         assert await scene.call() == 200
         assert (await samples())["cemesh_revision_cold_starts_total"] == 1
+
+
+async def test_a_burst_at_zero_starts_the_replicas_it_needs_at_once_up_to_max_scale(
+    tmp_path: Path,
+) -> None:
+    """Requests waiting at zero start ceil(waiting / containerConcurrency) replicas together
+    (capped by max-scale), rather than one replica and then the autoscaler's next round."""
+    record = tmp_path / "calls.jsonl"
+    # No autoscaler rounds: only the activation can scale the Revision here.
+    async with running_cemesh(tmp_path, **{**SETTINGS, "invoker_autoscaler_tick": 3600}) as mesh:
+        scene = await start(mesh, record)
+        burst = [asyncio.create_task(scene.call(0.5)) for _ in range(MAX_SCALE + 2)]
+        await eventually(lambda: scene.invoker.backend.replica_count(scene.state.ref) > 1)
+        assert await asyncio.gather(*burst) == [200] * (MAX_SCALE + 2)
+        # containerConcurrency 1 would want 6; max-scale keeps it at 4.
+        assert scene.state.desired == MAX_SCALE
+        assert scene.invoker.backend.replica_count(scene.state.ref) == MAX_SCALE
+        assert len(scene.records()) == MAX_SCALE + 2

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -321,3 +322,22 @@ async def test_stop_before_start_is_safe_and_runs_nothing(recorder: Recorder) ->
     await child.start()
     await child.stop()
     assert recorder.starts == [] and child.pid is None
+
+
+def test_a_runnable_command_starts_through_setpriv_without_a_preexec_fn(tmp_path: Path) -> None:
+    """The parent-death signal is set by setpriv, so Python vforks instead of copying cemesh
+    (a preexec_fn forces a full fork); a command that cannot run keeps the old path, so its
+    error is the one the exec itself gives."""
+    from broker.features.supervisor import _SETPRIV, _launch
+
+    assert _SETPRIV is not None, "setpriv (util-linux) is part of every Debian-like system"
+    env = {"PATH": os.environ["PATH"]}
+    argv, preexec = _launch([sys.executable, "-c", "pass"], env, None)
+    assert argv == [_SETPRIV, "--pdeathsig", "KILL", "--", sys.executable, "-c", "pass"]
+    assert preexec is None
+    argv, preexec = _launch(["no-such-command-anywhere"], env, None)
+    assert argv == ["no-such-command-anywhere"] and preexec is not None
+    script = tmp_path / "not-executable.sh"
+    script.write_text("exit 0\n")
+    argv, preexec = _launch(["./not-executable.sh"], env, str(tmp_path))
+    assert argv == ["./not-executable.sh"] and preexec is not None

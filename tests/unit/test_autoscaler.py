@@ -12,8 +12,11 @@ Every time is an explicit ``now``; nothing sleeps.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.core.errors import InvalidResource
 from broker.features.serving.autoscaler import (
@@ -22,6 +25,7 @@ from broker.features.serving.autoscaler import (
     MetricWindow,
     ScalerState,
     ScalingPolicy,
+    activation_replicas,
     decide,
     defaults_from_config_map,
     initial_replicas,
@@ -741,3 +745,59 @@ def test_initial_replicas(overrides: dict[str, object], replicas: int) -> None:
 def test_decide_rejects_negative_inputs() -> None:
     with pytest.raises(ValueError):
         tick(make_policy(), ACTIVE, ready=-1, stable=0.0)
+
+
+# --------------------------------------------------------------------------- activation at zero
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "waiting", "expected"),
+    [
+        (4, 20, 5),  # a burst of 20 at containerConcurrency 4 needs 5 replicas at once
+        (4, 21, 6),  # rounded up: no request left queueing behind a full replica
+        (1, 3, 3),
+        (4, 1, 1),
+        (0, 500, 1),  # containerConcurrency 0 (unlimited): one replica takes them all
+        (4, 0, 1),  # woken with nobody waiting any more: still at least one
+    ],
+)
+def test_a_burst_at_zero_starts_ceil_waiting_over_container_concurrency_replicas(
+    concurrency: int, waiting: int, expected: int
+) -> None:
+    policy = make_policy(container_concurrency=concurrency)
+    assert activation_replicas(policy, waiting=waiting, decided=0) == expected
+
+
+def test_activation_keeps_the_autoscaler_decision_and_activation_scale_when_higher() -> None:
+    policy = make_policy(container_concurrency=10, activation_scale=3)
+    assert activation_replicas(policy, waiting=5, decided=0) == 3
+    assert activation_replicas(policy, waiting=5, decided=7) == 7
+
+
+def test_activation_never_exceeds_max_scale() -> None:
+    policy = make_policy(container_concurrency=1, max_scale=4)
+    assert activation_replicas(policy, waiting=100, decided=0) == 4
+
+
+def test_activation_rejects_negative_counts() -> None:
+    with pytest.raises(ValueError, match="zero or more"):
+        activation_replicas(make_policy(), waiting=-1, decided=0)
+
+
+@given(
+    concurrency=st.integers(0, 1000),
+    waiting=st.integers(0, 10_000),
+    decided=st.integers(0, 100),
+    max_scale=st.integers(0, 50),
+)
+def test_activation_serves_every_waiting_request_within_max_scale(
+    concurrency: int, waiting: int, decided: int, max_scale: int
+) -> None:
+    """Enough slots for all waiting requests (unless max-scale caps it), never zero."""
+    policy = make_policy(container_concurrency=concurrency, max_scale=max_scale)
+    replicas = activation_replicas(policy, waiting=waiting, decided=decided)
+    assert replicas >= 1
+    if max_scale:
+        assert replicas <= max(max_scale, 1)
+    needed = math.ceil(waiting / concurrency) if concurrency else 1
+    assert replicas >= min(max(needed, decided), max_scale or needed + decided)

@@ -77,11 +77,19 @@ BEFORE = {
 }
 
 
+# Bus settings added since, with their defaults.
+ADDED = {
+    "kafka_driver": "confluent",
+    "kafka_linger_ms": 1,
+}
+
+
 def test_every_bus_setting_of_before_exists_with_its_default() -> None:
     fields = Settings.model_fields
     bus_fields = {name for name in fields if name.split("_")[0] in BUS_OPTIONS}
-    assert bus_fields == set(BEFORE)
+    assert bus_fields == set(BEFORE) | set(ADDED)
     assert {name: fields[name].default for name in BEFORE} == BEFORE
+    assert {name: fields[name].default for name in ADDED} == ADDED
 
 
 def test_bus_settings_are_read_from_their_environment_variables(

@@ -5,7 +5,8 @@ Owns :func:`decide`, one autoscaler tick for cemesh's function invoker: Knative'
 panic mode, scale-down delay, excess burst capacity) followed by
 ``pkg/reconciler/autoscaling/kpa/scaler.go`` ``scale`` / ``handleScaleToZero`` (min/max/initial
 bounds, scale to zero after the grace period); and the scaler's memory between ticks
-(:class:`ScalerState`, :func:`restarted_state`).
+(:class:`ScalerState`, :func:`restarted_state`); and :func:`activation_replicas`, how many
+replicas a Revision at zero starts for the requests it holds.
 
 Its inputs come from its neighbours, re-exported here for the invoker and tests:
 :mod:`broker.features.serving.scaling_config` (``config-autoscaler``: :class:`AutoscalerDefaults`),
@@ -163,6 +164,23 @@ def decide(
         state=new_state,
         excess_burst_capacity=excess_burst_capacity(policy, ready_replicas, panic),
     )
+
+
+def activation_replicas(policy: ScalingPolicy, *, waiting: int, decided: int) -> int:
+    """Replicas to start for ``waiting`` requests held while a Revision has none ready.
+
+    Enough to serve every waiting request at once, ceil(waiting / containerConcurrency) (one
+    replica when containerConcurrency is 0, unlimited), so a burst at zero does not queue
+    behind one replica until the next tick; never below the autoscaler's own ``decided`` count,
+    ``activation-scale`` or 1, never above ``max-scale``. (Knative's activator instead waits for
+    the next metrics scrape; cemesh holds the requests itself and knows their number now.)
+    """
+    if waiting < 0 or decided < 0:
+        raise ValueError("waiting and decided must be zero or more")
+    limit = policy.container_concurrency
+    needed = math.ceil(waiting / limit) if limit else 1
+    desired = max(needed, decided, policy.activation_scale, 1)
+    return min(desired, policy.max_scale) if policy.max_scale else desired
 
 
 def excess_burst_capacity(policy: ScalingPolicy, ready_replicas: int, panic: float) -> float:

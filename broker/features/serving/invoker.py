@@ -58,6 +58,7 @@ from broker.features.serving.activator import Activator, HoldTimeout, Overloaded
 from broker.features.serving.autoscaler import (
     Decision,
     ScalerState,
+    activation_replicas,
     decide,
     initial_replicas,
 )
@@ -268,8 +269,19 @@ class Invoker:
             state.error = None
 
     def _wake(self, state: RevisionState) -> None:
-        """A request waits and no replica is ready: scale up now if nothing is on its way."""
-        if state.waking or state.desired > 0 or state.activator.closed:
+        """A request waits and no replica is ready: start the replicas the waiting ones need.
+
+        The first request at zero activates the Revision; later ones arriving before a replica
+        is ready add replicas when their number needs more (:func:`activation_replicas`).
+        """
+        if state.waking or state.activator.closed:
+            return
+        if state.desired > 0:
+            more = activation_replicas(
+                state.spec.policy, waiting=state.activator.waiting, decided=state.desired
+            )
+            if more > state.desired:
+                self._spawn(self._scale(state, more, "activating: a burst is waiting"))
             return
         state.waking = True
         self.metrics.cold_start_began(state, self.clock())
@@ -279,15 +291,17 @@ class Invoker:
         try:
             now = self.clock()
             self._sample(state, now)
-            policy = state.spec.policy
             decision = self._decide(state, now)
-            desired = max(decision.desired, policy.activation_scale, 1)
-            if policy.max_scale:
-                desired = min(desired, policy.max_scale)
+            desired = activation_replicas(
+                state.spec.policy, waiting=state.activator.waiting, decided=decision.desired
+            )
             await self._scale(state, desired, "activating: a request is waiting at zero replicas")
         finally:
             state.waking = False
-        if not self._notifies and await self.backend.wait_ready(state.ref, self._hold):
+        # The statuses are written once a replica listens (or the hold ran out), not while it
+        # starts: the write and the reconcile it triggers would take CPU from the starting
+        # replica, and the request waiting for it (a function's cold start).
+        if await self.backend.wait_ready(state.ref, self._hold) and not self._notifies:
             self.metrics.replica_listening(state, self.clock())
             state.activator.replicas_changed()
         await self._write_statuses(resync=False)

@@ -36,7 +36,11 @@ from broker.features.supervisor import ProcessSpec, SupervisedProcess
 
 log = logging.getLogger(__name__)
 
-PROBE_INTERVAL = 0.01  # seconds between connection attempts while a replica starts
+# Connection attempts while a replica starts: the first after PROBE_FIRST s, each wait then
+# doubling up to PROBE_INTERVAL, so a replica that listens quickly is seen within a millisecond
+# or two (a function's cold start) and a slow one costs a hundred attempts a second at most.
+PROBE_FIRST = 0.001
+PROBE_INTERVAL = 0.01
 # Crash-loop backoff of a replica that keeps exiting (Kubernetes' CrashLoopBackOff doubles from
 # 10 s to 5 min; local processes start in milliseconds, so cemesh starts lower and caps lower).
 CRASH_BACKOFF_INITIAL = 0.2
@@ -124,11 +128,13 @@ class _Replica:
 
     async def _wait_listening(self, pid: int) -> None:
         # Until the port accepts a connection; the supervisor cancels us if the process exits.
+        pause = PROBE_FIRST
         while self.process.pid == pid and self.process.running:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
             except OSError:
-                await asyncio.sleep(PROBE_INTERVAL)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, PROBE_INTERVAL)
                 continue
             writer.close()
             with contextlib.suppress(OSError):
