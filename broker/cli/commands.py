@@ -31,7 +31,6 @@ from broker.cli.failures import (
     CliError,
     Unreachable,
     server_message,
-    settings_error,
     unreachable,
 )
 from broker.cli.manifests import (
@@ -51,7 +50,7 @@ from broker.cli.manifests import (
 from broker.cli.observe import describe, no_watch_with, tail, watch_list
 from broker.cli.redaction import hide_secret, mask_password, redact
 from broker.cli.replay import replay
-from broker.cli.state import _Cli, _State, namespace_option, pass_state
+from broker.cli.state import _Cli, _State, load_settings, namespace_option, pass_state
 from broker.cli.tables import empty_message, render_objects, render_table
 from broker.cli.waiting import WAIT_HELP, applied_key, wait_ready
 from broker.controlplane.catalog import ResourceType
@@ -145,17 +144,6 @@ def serve(host: str | None, port: int | None, config_file: Path | None, insecure
     from broker.server.app import serve as run
 
     run(settings)
-
-
-def load_settings(**overrides: Any) -> Any:
-    """Settings with the given flags on top of env and config file; one error line when bad."""
-    from broker.core.config import Settings
-
-    given = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        return Settings(**given)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
-        raise CliError(settings_error(exc)) from exc
 
 
 @cli.command()

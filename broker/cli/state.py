@@ -14,7 +14,7 @@ import click
 import httpx
 
 from broker.cli.client import ApiClient
-from broker.cli.failures import CliError
+from broker.cli.failures import CliError, settings_error
 from broker.cli.manifests import DEFAULT_NAMESPACE
 from broker.core.errors import CemeshError
 
@@ -110,3 +110,14 @@ namespace_option = click.option(
     show_default=True,
     help="Namespace of the objects (a manifest's metadata.namespace wins).",
 )
+
+
+def load_settings(**overrides: Any) -> Any:
+    """Settings with the given flags on top of env and config file; one error line when bad."""
+    from broker.core.config import Settings
+
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+        raise CliError(settings_error(exc)) from exc
