@@ -1,7 +1,8 @@
 """The in-memory bus (``bus: memory``): the embedded default adapter (see :mod:`.bus`).
 
 Rooms: ``options.py`` (its options model), ``budget.py`` (what an event weighs and the bus-wide
-byte budget publishers wait on), ``bus.py`` (groups, subscriptions and the adapter).
+byte budget publishers wait on), ``selection.py`` (which groups get an event when the
+dispatcher selects them), ``bus.py`` (groups, subscriptions and the adapter).
 """
 
 from typing import TYPE_CHECKING

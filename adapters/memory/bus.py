@@ -75,6 +75,7 @@ from typing import Any
 
 from adapters.memory.budget import ByteBudget, WaitQueue, event_footprint
 from adapters.memory.options import MemoryOptions
+from adapters.memory.selection import GroupSelection
 from broker.core.errors import BusError, PublishError
 from broker.core.events import CloudEvent
 from broker.dataplane.bus import (
@@ -246,33 +247,6 @@ class _Group:
         self._timers.clear()
 
 
-class _Selection:
-    """A topic's group selector (:meth:`MemoryBus.select_groups`) and the groups it leaves
-    alone, found again only when the bus's groups changed (not per event)."""
-
-    __slots__ = ("_seen", "_uncovered", "covered", "selector")
-
-    def __init__(self, selector: GroupSelector, covered: frozenset[str]) -> None:
-        self.selector = selector
-        self.covered = covered
-        self._uncovered: list[_Group] = []
-        self._seen = -1  # the bus's group version _uncovered was found at
-
-    def targets(self, groups: dict[str, _Group], version: int, event: CloudEvent) -> list[_Group]:
-        """The live groups of ``groups`` that get ``event``: the uncovered ones, and the
-        covered ones the selector names."""
-        if self._seen != version:
-            self._uncovered = [g for name, g in groups.items() if name not in self.covered]
-            self._seen = version
-        found = [group for group in self._uncovered if group.subscriptions]
-        covered = self.covered
-        for name in self.selector(event):
-            group = groups.get(name)
-            if group is not None and group.subscriptions and name in covered:
-                found.append(group)
-        return found
-
-
 class _MemorySubscription:
     """Up to ``concurrency`` handler tasks consuming one group for one subscriber, started on
     demand (see the module docstring)."""
@@ -383,7 +357,7 @@ class MemoryBus:
         self._topics: dict[str, dict[str, _Group]] = {}
         self._subscriptions: set[_MemorySubscription] = set()
         self._closed = False
-        self._selections: dict[str, _Selection] = {}  # topic -> its group selector
+        self._selections: dict[str, GroupSelection[_Group]] = {}  # topic -> its group selector
         self._groups_changed = 0  # moves whenever a group is made or forgotten
 
     def backlog(self, topic: str, group: str) -> int | None:
@@ -447,7 +421,7 @@ class MemoryBus:
         if selector is None or not covered:
             self._selections.pop(topic, None)
         else:
-            self._selections[topic] = _Selection(selector, covered)
+            self._selections[topic] = GroupSelection(selector, covered)
 
     def _targets(self, topic: str, event: CloudEvent) -> list[_Group]:
         """The live groups of ``topic`` that get ``event``."""
