@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -387,6 +387,28 @@ class MemoryBus:
         if budget.held < budget.limit:
             # Woken for room, and some is left: the next waiting publisher may fit too.
             budget.waiting.wake_one()
+
+    def publish_now(self, topic: str, events: Sequence[CloudEvent]) -> bool:
+        """Queue all of ``events`` now when every live group of ``topic`` has room for all of
+        them and no publisher waits before them; else queue none and return False
+        (:class:`~broker.dataplane.bus.PublishesNow`: the caller then uses ``publish``)."""
+        if self._closed or self._budget.waiting.waiters:
+            return False
+        groups = self._topics.get(topic)
+        if not groups:
+            return True  # no group: no one to deliver to (as publish)
+        sizes = [event_footprint(event) for event in events]
+        live = [group for group in groups.values() if group.subscriptions]
+        room = self.queue_size - len(events)
+        if any(group.held > room for group in live) or not self._budget.has_room(
+            sum(sizes) * len(live)
+        ):
+            return False
+        for event, size in zip(events, sizes, strict=True):
+            key = event.key
+            for group in live:
+                group.put(_Entry(event, key, size))
+        return True
 
     def _blocker(self, groups: Mapping[str, _Group], size: int) -> _Group | ByteBudget | None:
         """What ``size`` more bytes for each live group of ``groups`` wait for, if anything."""

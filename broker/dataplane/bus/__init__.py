@@ -2,7 +2,7 @@
 
 - :mod:`~broker.dataplane.bus.contract`: THE contract every adapter implements (:class:`Bus`,
   :class:`Message`, :class:`Nack`, :class:`Capability`, :func:`run_handler`, the optional
-  :class:`ReportsBacklog`); read it first.
+  :class:`ReportsBacklog` and :class:`PublishesNow`); read it first.
 - :mod:`~broker.dataplane.bus.registry`: finds an adapter by name and builds it
   (:func:`create_bus`).
 - :mod:`~broker.dataplane.bus.options`: parses an adapter's option mapping with its typed model.
@@ -20,6 +20,7 @@ from broker.dataplane.bus.contract import (
     Handler,
     Message,
     Nack,
+    PublishesNow,
     ReportsBacklog,
     Subscription,
     run_handler,
@@ -41,6 +42,7 @@ __all__ = [
     "Handler",
     "Message",
     "Nack",
+    "PublishesNow",
     "ReportsBacklog",
     "Subscription",
     "UnknownBus",

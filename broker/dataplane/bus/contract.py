@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -157,6 +157,22 @@ class ReportsBacklog(Protocol):
 
     def backlog(self, topic: str, group: str) -> int | None:
         """Events of ``group`` not yet acked (queued or in a handler); None: unknown group."""
+        ...
+
+
+@runtime_checkable
+class PublishesNow(Protocol):
+    """Optional: a bus that can take events without waiting, when it has room for them now.
+
+    The ingress answers a request inside the server's read callback when every event of it is
+    taken at once (no task, no coroutine); otherwise it publishes them one by one with
+    ``publish``. Only a bus whose ``publish`` completes without I/O can offer this.
+    """
+
+    def publish_now(self, topic: str, events: Sequence[CloudEvent]) -> bool:
+        """Publish all of ``events`` (each keyed by its ``key``) now, as ``publish`` would, and
+        return True; or, when any of them would have to wait (or the bus is closed), publish
+        none of them and return False."""
         ...
 
 
