@@ -35,7 +35,7 @@ from broker.auth.oidc import OidcVerifier, TrustedIssuers
 from broker.core import binding, tracing
 from broker.core.asgi import Receive, Scope, Send, read_body, send_json
 from broker.core.errors import BindingError, PublishError, RequestIncomplete, Unauthenticated
-from broker.core.events import ARRIVAL_TIME, BROKER_TTL, CloudEvent, now_rfc3339
+from broker.core.events import ARRIVAL_TIME, BROKER_TTL, AttributeValue, CloudEvent, now_rfc3339
 from broker.core.http_status import http_status
 from broker.core.ingress_authorization import IngressAuthorization
 from broker.core.metrics import Metrics
@@ -284,8 +284,17 @@ class Ingress:
             elapsed_ms = (perf_counter() - started) * 1000.0
             observe, type_label = metrics.ingress_latency.observe, metrics.event_type
             kind, namespace, name = route
+            if len(events) == 1:
+                observe((kind, namespace, name, type_label(events[0].type), "202"), elapsed_ms)
+                return
+            # A batch: one observation per event type, counted once per event.
+            counts: dict[AttributeValue, int] = {}
             for event in events:
-                observe((kind, namespace, name, type_label(event.type), "202"), elapsed_ms)
+                event_type = event.attributes["type"]
+                counts[event_type] = counts.get(event_type, 0) + 1
+            for event_type, count in counts.items():
+                label = type_label(str(event_type))
+                observe((kind, namespace, name, label, "202"), elapsed_ms, count)
 
     async def _authenticate(
         self,

@@ -385,3 +385,36 @@ async def test_unordered_group_runs_one_keys_events_concurrently(topic: str) -> 
     await bus.publish(topic, sample_event(1), key="same")
     await asyncio.wait_for(both_started.wait(), 5)
     await bus.close()
+
+
+async def test_publish_now_takes_all_events_in_order_or_none(
+    small_bus: MemoryBus, topic: str
+) -> None:
+    """``publish_now`` (PublishesNow): all of a request's events at once, in order, or none of
+    them when a group could not hold them all (queue_size 2 here), leaving nothing queued."""
+    release = asyncio.Event()
+    inbox = Inbox()
+    events = [sample_event(i) for i in range(4)]
+
+    async def held(message: Message) -> None:
+        await release.wait()
+        inbox.record(message)
+
+    assert small_bus.publish_now(topic, [events[0]]) is True  # no group: dropped, as publish
+    await small_bus.subscribe(topic, group="g", handler=held)
+    assert small_bus.publish_now(topic, events[1:4]) is False
+    assert small_bus.backlog(topic, "g") == 0
+    assert small_bus.bytes_held == 0
+    assert small_bus.publish_now(topic, events[1:3]) is True
+    assert small_bus.publish_now(topic, [events[3]]) is False  # the group holds queue_size
+    release.set()
+    await inbox.wait_for_ids({events[1].id, events[2].id})
+    assert inbox.ids() == [events[1].id, events[2].id]
+
+
+async def test_publish_now_refuses_on_a_closed_bus(topic: str) -> None:
+    """A closed bus takes nothing at once (the caller's publish then says why)."""
+    bus = MemoryBus()
+    await bus.open()
+    await bus.close()
+    assert bus.publish_now(topic, [sample_event(0)]) is False

@@ -95,9 +95,12 @@ def _binary(event_id: str, *, extra: str = "", version: str = "1.1", data: bytes
     ).encode() + data
 
 
-def _batch(ids: list[str]) -> bytes:
+def _batch(ids: list[str], types: tuple[str, ...] = ("instant",)) -> bytes:
     body = orjson.dumps(
-        [{"specversion": "1.0", "id": i, "source": "/instant", "type": "instant"} for i in ids]
+        [
+            {"specversion": "1.0", "id": i, "source": "/instant", "type": types[n % len(types)]}
+            for n, i in enumerate(ids)
+        ]
     )
     return (
         "POST /default/default HTTP/1.1\r\nhost: cemesh\r\n"
@@ -212,11 +215,30 @@ async def test_connection_close_and_http_1_0_are_answered_and_closed(
         assert await _delivered_ids(mesh, 2) == ["d1", "d2"]
 
 
-async def test_a_batch_is_accepted_whole_and_each_event_delivered_once(
+async def test_a_batch_is_accepted_whole_each_event_delivered_and_counted_once(
     instant: Mesh, asgi: Mesh
 ) -> None:
     ids = [f"e{i}" for i in range(5)]
-    answers = await _same(instant, asgi, [_batch(ids)], 1)
+    answers = await _same(instant, asgi, [_batch(ids, ("odd.one", "even.one"))], 1)
     assert answers[0].startswith(b"HTTP/1.1 202 Accepted\r\n")
     for mesh in (instant, asgi):
         assert await _delivered_ids(mesh, 5) == ids
+        async with mesh.process.client() as client:
+            text = (await client.get("/metrics")).text
+        counts = {
+            event_type: _sample(text, "cemesh_broker_ingress_event_count_total", event_type)
+            for event_type in ("odd.one", "even.one")
+        }
+        assert counts == {"odd.one": 3.0, "even.one": 2.0}
+
+
+def _sample(text: str, family: str, event_type: str) -> float:
+    """The value of ``family``'s sample with ``event_type`` (and code 202) in ``text``."""
+    for line in text.splitlines():
+        if (
+            line.startswith(family + "{")
+            and f'event_type="{event_type}"' in line
+            and 'response_code="202"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {family} sample for {event_type!r} in:\n{text}")
