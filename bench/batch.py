@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -199,7 +200,7 @@ def _options(args: argparse.Namespace) -> Options:
         strict=False,
         keep_logs=None,
         profile=None,
-        cemesh_cmd=None,
+        cemesh_cmd=shlex.split(args.cemesh_cmd) if args.cemesh_cmd else None,
     )
 
 
@@ -255,6 +256,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=100, help="events per request")
     parser.add_argument("--event-bytes", type=int, default=250, help="JSON bytes per event")
     parser.add_argument("--no-kafka", action="store_true", help="skip the Kafka figure")
+    parser.add_argument(
+        "--cemesh-cmd", default=None, help="serve a variant instead of `cemesh serve` (e2e.py's)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--strict", action="store_true", help="exit 1 when the goal is missed")
     return parser.parse_args(argv)
