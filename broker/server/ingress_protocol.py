@@ -11,11 +11,12 @@ uvicorn's default headers, the ingress's headers, ``connection: close`` when the
 not kept alive). Anything else (a body spread over reads, a refusal, a bus without room, OIDC
 on) starts the task as uvicorn would have, and the app serves it as before.
 
-What stays as it was: the read deadlines and header bound of :class:`DeadlineHttpToolsProtocol`
-(the request's cycle is made as usual), pipelining (a request queued behind another is never
-held back), ``limit_concurrency`` (a request it refuses goes to uvicorn's 503 app), keep-alive
-and the request count. The answer is written only while the transport takes writes; a request
-whose connection pauses writing takes the task, whose ``send`` waits for the drain.
+What stays as it was: ``Expect: 100-continue`` (such a request takes the task), the read
+deadlines and header bound of :class:`DeadlineHttpToolsProtocol` (the request's cycle is made as
+usual), pipelining (a request queued behind another is never held back), ``limit_concurrency``
+(a request it refuses goes to uvicorn's 503 app), keep-alive and the request count. The answer is
+written only while the transport takes writes; a request whose connection pauses writing takes
+the task, whose ``send`` waits for the drain.
 
 This reaches into uvicorn's httptools protocol as ``broker/server/http_server.py`` does (its
 ``cycle``, ``_start_asgi_task`` and ``STATUS_LINE``); ``tests/e2e/test_ingress_protocol.py``
@@ -79,8 +80,9 @@ class IngressHttpProtocol(DeadlineHttpToolsProtocol):
             self._in_headers = False
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        # Only a request starting the usual way (not a pipelined one, not a 503) is held back.
-        if self._in_headers and app is self.app:
+        # Only a request starting the usual way (not a pipelined one, not a 503) is held back,
+        # and not one expecting "100 Continue" (the app's first receive answers that).
+        if self._in_headers and app is self.app and not cycle.waiting_for_100_continue:
             route = self.ingress.instant_route(cycle.scope)
             if route is not None:
                 self._held = (cycle, app, route)

@@ -242,3 +242,13 @@ def _sample(text: str, family: str, event_type: str) -> float:
         ):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no {family} sample for {event_type!r} in:\n{text}")
+
+
+async def test_expect_100_continue_is_answered_as_the_asgi_path_answers_it(
+    instant: Mesh, asgi: Mesh
+) -> None:
+    answers = await _same(instant, asgi, [_binary("f1", extra="expect: 100-continue\r\n")], 2)
+    assert answers[0].startswith(b"HTTP/1.1 100 Continue\r\n")
+    assert answers[1].startswith(b"HTTP/1.1 202 Accepted\r\n")
+    for mesh in (instant, asgi):
+        assert await _delivered_ids(mesh, 1) == ["f1"]
