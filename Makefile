@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck servers console-vendor bench bench-buses bench-filters bench-control-plane bench-invoker bench-oidc clean
+.PHONY: run test lint typecheck servers console-vendor bench bench-buses bench-batch bench-costs bench-filters bench-control-plane bench-invoker bench-oidc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,16 @@ bench: $(VENV)/.installed-dev
 bench-buses: $(VENV)/.installed-dev
 	sh bench/install_wrk.sh
 	$(BIN)/python bench/buses.py
+
+# Batched ingress (100 events per request) on the memory bus beside the bare app, and on Kafka.
+bench-batch: $(VENV)/.installed-dev
+	sh bench/install_wrk.sh
+	$(BIN)/python bench/batch.py
+
+# Cost table: 1, 10, 100 Triggers per event and 1 KiB / 64 KiB / 1 MiB events (~3 min).
+bench-costs: $(VENV)/.installed-dev
+	sh bench/install_wrk.sh
+	$(BIN)/python bench/cost_table.py
 
 # Matching one event against 1,000 Triggers of mixed filter dialects (issue 6; seconds), then
 # against 10,000 Triggers with the Trigger index beside the full scan (issue 14; ~1 min).

@@ -19,6 +19,9 @@ Control requests on the same port (``GET``):
 
 Every other request (any path, usually ``POST``) is an event: ``202``, no body.
 
+With ``--uvicorn`` the same recording is a plain ASGI app under uvicorn (uvloop, httptools): an
+ordinary Python subscriber, for ``bench/e2e.py``'s second end-to-end figure.
+
 Run: ``python bench/subscriber.py --port PORT`` (prints ``listening`` once it accepts).
 """
 
@@ -189,31 +192,84 @@ class EventProtocol(asyncio.Protocol):
             transport.close()
 
     def _control(self) -> bytes:
-        path = self.url.split(b"?", 1)[0]
-        if path == b"/count":
-            ids = self.recorder.ids
-            payload: dict[str, Any] = {"received": len(ids), "distinct": len(set(ids))}
-        elif path == b"/stats":
-            payload = self.recorder.stats()
-        elif path == b"/account":  # ?tag=<tag>&sent=<n>: see account()
-            query = dict(parse_qsl(self.url.split(b"?", 1)[-1].decode("ascii")))
-            payload = account(
-                self.recorder.ids,
-                query["tag"].encode(),
-                int(query["sent"]),
-                int(query.get("first", "1")),
-            )
-        elif path == b"/reset":
-            self.recorder.reset()
-            payload = {"received": 0}
-        else:
-            body = b'{"error": "unknown control path"}'
-            return b"HTTP/1.1 404 Not Found\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-        body = json.dumps(payload).encode()
+        status, body = control(self.recorder, self.url)
+        reason = b"OK" if status == 200 else b"Not Found"
         return (
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-            % (len(body), body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, reason, len(body), body)
         )
+
+
+def control(recorder: Recorder, url: bytes) -> tuple[int, bytes]:
+    """The answer (status, JSON body) to a control ``GET`` of ``url`` (see the module doc)."""
+    path = url.split(b"?", 1)[0]
+    if path == b"/count":
+        ids = recorder.ids
+        payload: dict[str, Any] = {"received": len(ids), "distinct": len(set(ids))}
+    elif path == b"/stats":
+        payload = recorder.stats()
+    elif path == b"/account":  # ?tag=<tag>&sent=<n>: see account()
+        query = dict(parse_qsl(url.split(b"?", 1)[-1].decode("ascii")))
+        payload = account(
+            recorder.ids, query["tag"].encode(), int(query["sent"]), int(query.get("first", "1"))
+        )
+    elif path == b"/reset":
+        recorder.reset()
+        payload = {"received": 0}
+    else:
+        return 404, b'{"error": "unknown control path"}'
+    return 200, json.dumps(payload).encode()
+
+
+class UvicornSubscriber:
+    """The same recording as :class:`EventProtocol`, as a plain ASGI app for uvicorn
+    (``--uvicorn``): what delivering to an ordinary Python HTTP subscriber costs."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].replace("lifespan.", "")
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        message = await receive()
+        while message.get("more_body", False):
+            message = await receive()
+        if scope["method"] == "GET":
+            url = scope["raw_path"] + (
+                b"?" + scope["query_string"] if scope["query_string"] else b""
+            )
+            status, body = control(self.recorder, url)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        event_id, arrival = b"", None
+        for name, value in scope["headers"]:
+            if name == ARRIVAL_HEADER:
+                arrival = value
+            elif name == ID_HEADER:
+                event_id = value
+        recorder = self.recorder
+        recorder.received_at.append(time.time())
+        recorder.ids.append(event_id)
+        recorder.arrivals.append(arrival)
+        await send(_UVICORN_ACCEPTED)
+        await send({"type": "http.response.body", "body": b""})
+
+
+_UVICORN_ACCEPTED = {
+    "type": "http.response.start",
+    "status": 202,
+    "headers": [(b"content-length", b"0")],
+}
 
 
 async def serve(host: str, port: int) -> None:
@@ -235,7 +291,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--uvicorn", action="store_true", help="serve as a plain ASGI app under uvicorn"
+    )
     args = parser.parse_args()
+    if args.uvicorn:
+        import uvicorn
+
+        print("listening", flush=True)
+        uvicorn.run(
+            UvicornSubscriber(Recorder()),
+            host=args.host,
+            port=args.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_config=None,
+            lifespan="on",
+        )
+        return
     if uvloop is not None:
         uvloop.run(serve(args.host, args.port))
     else:

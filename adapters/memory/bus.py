@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -422,6 +422,31 @@ class MemoryBus:
             self._selections.pop(topic, None)
         else:
             self._selections[topic] = GroupSelection(selector, covered)
+
+    def publish_now(self, topic: str, events: Sequence[CloudEvent]) -> bool:
+        """Queue all of ``events`` now when every group that gets one (as :meth:`publish`
+        picks them) has room for all of them and no publisher waits before them; else queue
+        none and return False (:class:`~broker.dataplane.bus.PublishesNow`: the caller then
+        uses ``publish``)."""
+        if self._closed or self._budget.waiting.waiters:
+            return False
+        targets = [self._targets(topic, event) for event in events]
+        sizes = [event_footprint(event) for event in events]
+        added: dict[int, int] = {}  # id(group) -> entries this call adds to it
+        total = 0
+        for groups, size in zip(targets, sizes, strict=True):
+            total += size * len(groups)
+            for group in groups:
+                added[id(group)] = added.get(id(group), 0) + 1
+        limit = self.queue_size
+        if any(
+            group.held + added[id(group)] > limit for groups in targets for group in groups
+        ) or not self._budget.has_room(total):
+            return False
+        for event, size, groups in zip(events, sizes, targets, strict=True):
+            for group in groups:
+                group.put(_Entry(event, event.key, size))
+        return True
 
     def _targets(self, topic: str, event: CloudEvent) -> list[_Group]:
         """The live groups of ``topic`` that get ``event``."""

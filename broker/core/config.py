@@ -123,6 +123,11 @@ class Settings(BusSettings):
     # Ingress
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     max_ttl: int = Field(default=255, ge=1, description="knativebrokerttl given to new events.")
+    instant_ingress: bool = Field(
+        default=True,
+        description="Accept a whole ingress POST in the server's read callback when it can be "
+        "done at once (no ASGI task): false serves every request through the ASGI app.",
+    )
 
     # OIDC bearer tokens (JWT). The issuer and its keys (JWKS URL, else discovered from
     # <issuer>/.well-known/openid-configuration) are shared by the management API (tokens whose

@@ -80,12 +80,13 @@ class Histogram:
         self.bounds = tuple(bounds)
         self.series: dict[tuple[str, ...], list[float]] = {}
 
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
+    def observe(self, labels: tuple[str, ...], value: float, count: int = 1) -> None:
+        """Record ``value`` (``count`` times: the events of one batch share a latency)."""
         series = self.series.get(labels)
         if series is None:
             series = self.series[labels] = [0] * (len(self.bounds) + 2)
-        series[bisect_left(self.bounds, value)] += 1
-        series[-1] += value
+        series[bisect_left(self.bounds, value)] += count
+        series[-1] += value * count
 
     def family(
         self,

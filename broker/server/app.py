@@ -422,6 +422,18 @@ class CemeshApp:
             console = HostGuard(Console(self.api, runtime.access), allowed)
             self._routes.append((CONSOLE_PREFIX, console))
 
+    def instant_route(self, scope: Scope) -> tuple[str, str, str] | None:
+        """The ingress route of a POST, which the server may accept in its read callback
+        (:class:`~broker.server.ingress_protocol.InstantIngress`)."""
+        return match_route(scope["path"]) if scope["method"] == "POST" else None
+
+    def accept_now(
+        self, route: tuple[str, str, str], headers: Sequence[tuple[bytes, bytes]], body: bytes
+    ) -> list[tuple[bytes, bytes]] | None:
+        """The headers of the 202 once the request is accepted, or None (see
+        :meth:`~broker.dataplane.ingress.Ingress.accept_now`)."""
+        return self._ingress.accept_now(route, headers, body)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.api(scope, receive, send)  # lifespan: its failures are the server's

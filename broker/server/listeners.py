@@ -26,6 +26,7 @@ from uvicorn.main import STARTUP_FAILURE
 
 from broker.core.config import Settings
 from broker.server.http_server import DeadlineServer, ReadDeadlines, server_options
+from broker.server.ingress_protocol import InstantIngress, instant_protocol_class
 from broker.server.tls import ReloadingCertificate
 
 
@@ -77,6 +78,9 @@ class Listeners:
         # Both listeners share the connection limits and read deadlines
         # (broker/server/http_server.py).
         limits, deadlines = server_options(settings)
+        if settings.instant_ingress and isinstance(app, InstantIngress):
+            # Whole ingress POSTs answered in the read callback (broker/server/ingress_protocol.py).
+            limits["http"] = instant_protocol_class(deadlines, app)
         options = {**options, **limits}
         self.certificate: ReloadingCertificate | None = None
         context: ssl.SSLContext | None = None

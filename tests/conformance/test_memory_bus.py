@@ -447,3 +447,56 @@ async def test_a_full_group_holds_back_only_the_publishes_it_is_selected_for(
     assert not blocked.done()
     release.set()
     await asyncio.wait_for(blocked, WAIT)
+
+
+async def test_publish_now_takes_all_events_in_order_or_none(
+    small_bus: MemoryBus, topic: str
+) -> None:
+    """``publish_now`` (PublishesNow): all of a request's events at once, in order, or none of
+    them when a group could not hold them all (queue_size 2 here), leaving nothing queued."""
+    release = asyncio.Event()
+    inbox = Inbox()
+    events = [sample_event(i) for i in range(4)]
+
+    async def held(message: Message) -> None:
+        await release.wait()
+        inbox.record(message)
+
+    assert small_bus.publish_now(topic, [events[0]]) is True  # no group: dropped, as publish
+    await small_bus.subscribe(topic, group="g", handler=held)
+    assert small_bus.publish_now(topic, events[1:4]) is False
+    assert small_bus.backlog(topic, "g") == 0
+    assert small_bus.bytes_held == 0
+    assert small_bus.publish_now(topic, events[1:3]) is True
+    assert small_bus.publish_now(topic, [events[3]]) is False  # the group holds queue_size
+    release.set()
+    await inbox.wait_for_ids({events[1].id, events[2].id})
+    assert inbox.ids() == [events[1].id, events[2].id]
+
+
+async def test_publish_now_refuses_on_a_closed_bus(topic: str) -> None:
+    """A closed bus takes nothing at once (the caller's publish then says why)."""
+    bus = MemoryBus()
+    await bus.open()
+    await bus.close()
+    assert bus.publish_now(topic, [sample_event(0)]) is False
+
+
+async def test_publish_now_gives_events_only_to_the_groups_the_selector_names(topic: str) -> None:
+    """The ingress' instant path (``publish_now``) and ``publish`` pick the same groups."""
+    bus = MemoryBus()
+    await bus.open()
+    try:
+        inboxes = {name: Inbox() for name in ("even", "odd")}
+        for name, inbox in inboxes.items():
+            await bus.subscribe(topic, group=name, handler=inbox.handler)
+        bus.select_groups(topic, _by_seq_parity, frozenset({"even", "odd"}))
+        events = [sample_event(i) for i in range(6)]
+        assert bus.publish_now(topic, events)
+        await inboxes["even"].wait_for_ids({e.id for e in events[0::2]})
+        await inboxes["odd"].wait_for_ids({e.id for e in events[1::2]})
+        await asyncio.sleep(SETTLE)  # room for a wrongful extra delivery
+        assert sorted(inboxes["even"].ids()) == sorted(e.id for e in events[0::2])
+        assert sorted(inboxes["odd"].ids()) == sorted(e.id for e in events[1::2])
+    finally:
+        await bus.close()

@@ -46,3 +46,15 @@ def test_response_code_classes() -> None:
         "5xx",
         "none",
     ]
+
+
+@given(st.floats(min_value=0, max_value=1e6), st.integers(min_value=1, max_value=500))
+def test_a_batch_observed_once_with_its_count_equals_one_observation_per_event(
+    value: float, count: int
+) -> None:
+    once, each = Histogram((1, 10, 100)), Histogram((1, 10, 100))
+    once.observe(("a",), value, count)
+    for _ in range(count):
+        each.observe(("a",), value)
+    assert once.series[("a",)][:-1] == each.series[("a",)][:-1]
+    assert abs(once.series[("a",)][-1] - each.series[("a",)][-1]) <= 1e-6 * max(1.0, value * count)

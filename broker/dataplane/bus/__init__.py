@@ -2,7 +2,7 @@
 
 - :mod:`~broker.dataplane.bus.contract`: THE contract every adapter implements (:class:`Bus`,
   :class:`Message`, :class:`Nack`, :class:`Capability`, :func:`run_handler`, the optional
-  :class:`ReportsBacklog` and :class:`SelectsGroups`); read it first.
+  :class:`ReportsBacklog`, :class:`SelectsGroups` and :class:`PublishesNow`); read it first.
 - :mod:`~broker.dataplane.bus.registry`: finds an adapter by name and builds it
   (:func:`create_bus`).
 - :mod:`~broker.dataplane.bus.options`: parses an adapter's option mapping with its typed model.
@@ -21,6 +21,7 @@ from broker.dataplane.bus.contract import (
     Handler,
     Message,
     Nack,
+    PublishesNow,
     ReportsBacklog,
     SelectsGroups,
     Subscription,
@@ -44,6 +45,7 @@ __all__ = [
     "Handler",
     "Message",
     "Nack",
+    "PublishesNow",
     "ReportsBacklog",
     "SelectsGroups",
     "Subscription",

@@ -164,9 +164,9 @@ _Settle = Callable[[Response], Awaitable[_Failure | None]]
 
 
 class _AttemptLog:
-    """What one delivery's attempt log lines say, and the delivery's ``hand_back`` signal."""
+    """One delivery's ``hand_back`` signal and attempt log fields (made only when logged)."""
 
-    __slots__ = ("fields", "hand_back", "phase")
+    __slots__ = ("_event_id", "_log_fields", "hand_back", "phase")
 
     def __init__(
         self,
@@ -175,14 +175,17 @@ class _AttemptLog:
         hand_back: asyncio.Event | None,
         phase: str = "subscriber",
     ) -> None:
-        self.fields: dict[str, object] = {**dict(log_fields), "event_id": event_id}
+        self._event_id = event_id
+        self._log_fields = log_fields
         self.hand_back = hand_back
         self.phase = phase  # "subscriber" or "dead_letter_sink": which destination is tried
 
+    @property
+    def fields(self) -> dict[str, object]:
+        return {**dict(self._log_fields), "event_id": self._event_id}
+
     def to_dead_letter(self) -> _AttemptLog:
-        copy = _AttemptLog("", (), self.hand_back, "dead_letter_sink")
-        copy.fields = self.fields
-        return copy
+        return _AttemptLog(self._event_id, self._log_fields, self.hand_back, "dead_letter_sink")
 
     def failed(self, failure: _Failure, attempt: int, attempts: int, wait: float | None) -> None:
         logger.warning(
