@@ -1,6 +1,6 @@
 """Ingress POSTs answered in the server's read callback answer exactly as the ASGI path does.
 
-Two real ``cemesh serve`` children, one with ``CEMESH_INSTANT_INGRESS`` on (the default) and one
+Two real ``cemesh serve`` children, one with ``CEMESH_INSTANT_INGRESS`` on and one (the default)
 with it off, each with a Broker and a Trigger to a recording subscriber. Raw sockets send the
 same bytes to both (single requests, pipelined requests, a body split over two writes,
 ``Connection: close``, HTTP/1.0, a batch); the answers must be the same bytes (the ``date`` header
