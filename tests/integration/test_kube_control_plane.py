@@ -403,6 +403,21 @@ async def test_deleting_a_broker_retires_its_triggers_groups_then_releases_it(
             await asyncio.to_thread(cluster.wait, "trigger/a", "delete")
 
 
+async def _delete_broker_while_the_bus_is_down(
+    crd_server: KubeApiServer, cluster: Cluster, plane: Any, bus_server: Any
+) -> None:
+    """Stop the bus's server, delete Broker "default", let several passes fail to remove what it
+    left on the bus, and check it is still there, finalizer kept."""
+    await asyncio.to_thread(bus_server.stop)
+    crd_server.kubectl("delete", "broker", "default", "-n", cluster.namespace, "--wait=false")
+    await eventually(lambda: bool(cluster.get("brokers", "default")["metadata"]
+                                  .get("deletionTimestamp")))  # fmt: skip
+    async with asyncio.timeout(60):
+        for _ in range(3):
+            await plane.sync()
+    assert FINALIZER in cluster.get("brokers", "default")["metadata"]["finalizers"]
+
+
 async def test_a_deleted_broker_keeps_its_finalizer_while_the_bus_refuses_to_drop_its_groups(
     crd_server: KubeApiServer,
     restartable_redis_server: Any,
@@ -423,17 +438,9 @@ async def test_a_deleted_broker_keeps_its_finalizer_while_the_bus_refuses_to_dro
             default_channel="RedisStreamChannel", redis_url=redis.url,
         ) as cemesh:  # fmt: skip
             await asyncio.to_thread(cluster.wait, "trigger/a")
-            plane = cemesh.runtime.kube_plane
-            await asyncio.to_thread(redis.stop)
-            crd_server.kubectl("delete", "broker", "default", "-n", namespace, "--wait=false")
-            await eventually(lambda: bool(cluster.get("brokers", "default")["metadata"]
-                                          .get("deletionTimestamp")))  # fmt: skip
-            passes = 0
-            async with asyncio.timeout(60):  # several passes fail to retire the group
-                while passes < 3:
-                    await plane.sync()
-                    passes += 1
-            assert FINALIZER in cluster.get("brokers", "default")["metadata"]["finalizers"]
+            await _delete_broker_while_the_bus_is_down(
+                crd_server, cluster, cemesh.runtime.kube_plane, redis
+            )
             assert "consumer group not retired" in caplog.text
             await asyncio.to_thread(redis.start)
             await asyncio.to_thread(cluster.wait, "broker/default", "delete")
@@ -468,17 +475,9 @@ async def test_a_deleted_broker_keeps_its_finalizer_until_its_topic_is_gone_from
                 answer = await http.post(url, headers=cloudevent("kept"), content=b"{}")
                 assert answer.status_code == 202, answer.text
             assert await raw.exists(topic)
-            plane = cemesh.runtime.kube_plane
-            await asyncio.to_thread(server.stop)
-            crd_server.kubectl("delete", "broker", "default", "-n", namespace, "--wait=false")
-            await eventually(lambda: bool(cluster.get("brokers", "default")["metadata"]
-                                          .get("deletionTimestamp")))  # fmt: skip
-            passes = 0
-            async with asyncio.timeout(60):  # several passes fail to delete the topic
-                while passes < 3:
-                    await plane.sync()
-                    passes += 1
-            assert FINALIZER in cluster.get("brokers", "default")["metadata"]["finalizers"]
+            await _delete_broker_while_the_bus_is_down(
+                crd_server, cluster, cemesh.runtime.kube_plane, server
+            )
             assert "topic not deleted" in caplog.text
             await asyncio.to_thread(server.start)
             await asyncio.to_thread(cluster.wait, "broker/default", "delete")
