@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck servers console-vendor bench bench-buses bench-batch bench-costs bench-filters bench-control-plane bench-invoker bench-oidc clean
+.PHONY: run test lint typecheck servers console-vendor bench bench-buses bench-batch bench-costs bench-filters bench-control-plane bench-invoker bench-oidc bench-metrics clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,12 @@ bench-control-plane: $(VENV)/.installed-dev
 # What the function invoker adds over calling a replica directly, and cold start (issue 5).
 bench-invoker: $(VENV)/.installed-dev
 	$(BIN)/python bench/invoker.py
+
+# What the per-Broker/Trigger metrics cost: the recording in process, then over HTTP (issue 15).
+bench-metrics: $(VENV)/.installed-dev
+	sh bench/install_wrk.sh
+	$(BIN)/python bench/metrics_cost.py
+	$(BIN)/python bench/metrics_overhead.py
 
 # Ingress events/s without OIDC, with it (verified-token cache), and with every token checked.
 bench-oidc: $(VENV)/.installed-dev

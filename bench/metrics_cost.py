@@ -22,7 +22,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker.core.events import new_event
-from broker.core.metrics import NO_RESPONSE, Metrics
+from broker.core.metrics import DeliveryMeter, Metrics
 
 ROUTE = ("broker", "default", "default")
 CONSUMER = ("trigger", "default", "default", "bench")
@@ -35,24 +35,22 @@ def ingress_record(metrics: Metrics) -> None:
     metrics.accepted += 1
     if metrics.detail:
         elapsed_ms = (perf_counter() - started) * 1000.0
-        observe, type_label = metrics.ingress_latency.observe, metrics.event_type
-        observe((*ROUTE, type_label(event.type), "202"), elapsed_ms)
+        metrics.ingress_meter(ROUTE).accepted(event.type, elapsed_ms)
 
 
 def dispatch_record(metrics: Metrics) -> None:
-    """The dispatcher's recording of one settled delivery (Dispatcher._count)."""
+    """The dispatcher's recording of one settled delivery (Dispatcher._count, the consumer's
+    meter looked up as _Consumer.meter does: once per spec, here once per run)."""
     started = perf_counter()
     metrics.deliveries["delivered"] += 1
-    if not metrics.detail:
-        return
-    metrics.outcomes[(*CONSUMER, "delivered")] += 1
-    status: int | None = 202  # the subscriber's last status, as DeliveryRecord has it
-    code = NO_RESPONSE if status is None else str(status)
-    metrics.dispatch_latency.observe(
-        (*CONSUMER, metrics.event_type(EVENT.type), code), (perf_counter() - started) * 1000.0
-    )
+    if metrics.detail:
+        meter = METERS.get(id(metrics))
+        if meter is None:
+            meter = METERS[id(metrics)] = metrics.delivery_meter(CONSUMER)
+        meter.settled(EVENT.type, "delivered", 202, perf_counter() - started)
 
 
+METERS: dict[int, DeliveryMeter] = {}
 EVENT = new_event(type="com.example.bench", source="/bench")
 
 

@@ -15,8 +15,13 @@ Cost on the hot path: recording is a dict lookup and a few integer additions, no
 (a prometheus_client ``Counter`` or ``Histogram`` takes a lock per update, measurable at tens of
 thousands of events per second); a collector turns the plain numbers into Prometheus families
 when ``/metrics`` is scraped, and the ``event_count`` families are derived from the latency
-histograms' counts there, so an event is recorded once. Each cemesh app has its own registry, so
-several apps can live in one process (tests, or an application that embeds cemesh).
+histograms' counts there, so an event is recorded once. The ingress and the dispatcher record
+through a meter per Broker/Channel (:class:`IngressMeter`) or Trigger/Subscription
+(:class:`DeliveryMeter`), which keeps the series of each event type it has seen at hand: no
+label tuple is built per event (``bench/metrics_cost.py`` measures it).
+
+Each cemesh app has its own registry, so several apps can live in one process (tests, or an
+application that embeds cemesh).
 
 Label cardinality is bounded: namespaces, Brokers, Triggers, Channels and Subscriptions are
 resources an operator applied; response codes are HTTP statuses; the event type comes from
@@ -82,9 +87,7 @@ class Histogram:
 
     def observe(self, labels: tuple[str, ...], value: float, count: int = 1) -> None:
         """Record ``value`` (``count`` times: the events of one batch share a latency)."""
-        series = self.series.get(labels)
-        if series is None:
-            series = self.series[labels] = [0] * (len(self.bounds) + 2)
+        series = self.series_of(labels)
         series[bisect_left(self.bounds, value)] += count
         series[-1] += value * count
 
@@ -108,10 +111,88 @@ class Histogram:
             family.add_metric(list(values), buckets, series[-1])
         return family
 
+    def series_of(self, labels: tuple[str, ...]) -> list[float]:
+        """The series of ``labels`` (made empty when new): a meter keeps it to add to directly."""
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = [0] * (len(self.bounds) + 2)
+        return series
+
     def counts(self) -> Iterator[tuple[tuple[str, ...], float]]:
         """(labels, number of observations) per series."""
         for labels, series in sorted(self.series.items()):
             yield labels, sum(series[:-1])
+
+
+class IngressMeter:
+    """What one Broker's or Channel's ingress records of the events it accepted (202).
+
+    Keeps the latency series of each admitted event type; a type reported as ``other`` is looked
+    up each time instead, so senders cannot grow the cache beyond ``max_event_types``."""
+
+    __slots__ = ("_bounds", "_histogram", "_route", "_series", "_type_label")
+
+    def __init__(self, metrics: Metrics, route: tuple[str, str, str]) -> None:
+        self._route = route
+        self._histogram = metrics.ingress_latency
+        self._bounds = metrics.ingress_latency.bounds
+        self._type_label = metrics.event_type
+        self._series: dict[str, list[float]] = {}
+
+    def accepted(self, event_type: str, elapsed_ms: float, count: int = 1) -> None:
+        """``count`` events of ``event_type`` answered 202 after ``elapsed_ms``."""
+        series = self._series.get(event_type)
+        if series is None:
+            series = self._series_for(event_type)
+        series[bisect_left(self._bounds, elapsed_ms)] += count
+        series[-1] += elapsed_ms * count
+
+    def _series_for(self, event_type: str) -> list[float]:
+        label = self._type_label(event_type)
+        series = self._histogram.series_of((*self._route, label, "202"))
+        if label == event_type:
+            self._series[event_type] = series
+        return series
+
+
+class DeliveryMeter:
+    """What the dispatcher records of one Trigger's or Subscription's settled deliveries: the
+    outcome and the latency by event type and the subscriber's last status (cached as in
+    :class:`IngressMeter`)."""
+
+    __slots__ = ("_bounds", "_histogram", "_series", "_type_label", "labels", "outcomes")
+    _series: dict[tuple[str, int | None], list[float]]
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str, str, str]) -> None:
+        self.labels = labels
+        self.outcomes: dict[str, int] = {}  # settled events by outcome
+        self._histogram = metrics.dispatch_latency
+        self._bounds = metrics.dispatch_latency.bounds
+        self._series = {}
+        self._type_label = metrics.event_type
+
+    def settled(self, event_type: str, outcome: str, status: int | None, seconds: float) -> None:
+        """One delivery of ``event_type`` ended ``outcome`` (subscriber's last ``status``)."""
+        outcomes = self.outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        series = self._series.get((event_type, status))
+        if series is None:
+            series = self._series_for(event_type, status)
+        elapsed_ms = seconds * 1000.0
+        series[bisect_left(self._bounds, elapsed_ms)] += 1
+        series[-1] += elapsed_ms
+
+    def outcome(self, outcome: str) -> None:
+        """Count one event settled ``outcome`` (``filtered`` has no delivery, so no latency)."""
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def _series_for(self, event_type: str, status: int | None) -> list[float]:
+        label = self._type_label(event_type)
+        code = NO_RESPONSE if status is None else str(status)
+        series = self._histogram.series_of((*self.labels, label, code))
+        if label == event_type:  # statuses are HTTP codes: a bounded set
+            self._series[event_type, status] = series
+        return series
 
 
 def response_code_class(code: str) -> str:
@@ -139,15 +220,30 @@ class Metrics(Collector):
         # ("trigger"|"subscription", namespace, broker/channel, name, event type, code) -> ms
         self.dispatch_latency = Histogram(LATENCY_BUCKETS_MS)
         self.deliveries: Counter[str] = Counter()  # by outcome
-        # ("trigger"|"subscription", namespace, broker/channel, name, outcome) -> events
-        self.outcomes: Counter[tuple[str, str, str, str, str]] = Counter()
         # ("trigger"|"subscription", namespace, broker/channel, name) -> retries (attempts - 1)
         self.retries: Counter[tuple[str, str, str, str]] = Counter()
         self.loops_stopped = 0
         self.incomplete_requests = 0  # ingress requests whose client left mid-body: unused
         self._sources: list[MetricSource] = []
+        # One meter per resource, kept as long as the counts are (resources an operator applied).
+        self._ingress_meters: dict[tuple[str, str, str], IngressMeter] = {}
+        self._delivery_meters: dict[tuple[str, str, str, str], DeliveryMeter] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
+
+    def ingress_meter(self, route: tuple[str, str, str]) -> IngressMeter:
+        """The meter of a Broker's or Channel's ingress (``route``: kind, namespace, name)."""
+        meter = self._ingress_meters.get(route)
+        if meter is None:
+            meter = self._ingress_meters[route] = IngressMeter(self, route)
+        return meter
+
+    def delivery_meter(self, labels: tuple[str, str, str, str]) -> DeliveryMeter:
+        """The meter of a Trigger or Subscription (``labels``: kind, namespace, parent, name)."""
+        meter = self._delivery_meters.get(labels)
+        if meter is None:
+            meter = self._delivery_meters[labels] = DeliveryMeter(self, labels)
+        return meter
 
     def add_source(self, source: MetricSource) -> None:
         """Call ``source`` at every scrape and expose the families it yields."""
@@ -220,8 +316,9 @@ class Metrics(Collector):
             "dropped (failed without a dead-letter sink).",
             labels=["resource_kind", "namespace_name", "parent_name", "resource_name", "outcome"],
         )
-        for labels, count in sorted(self.outcomes.items()):
-            outcomes.add_metric(list(labels), count)
+        for labels, meter in sorted(self._delivery_meters.items()):
+            for outcome, count in sorted(meter.outcomes.items()):
+                outcomes.add_metric([*labels, outcome], count)
         yield outcomes
         retries = CounterMetricFamily(
             "cemesh_delivery_retries",

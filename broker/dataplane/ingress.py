@@ -282,10 +282,9 @@ class Ingress:
         metrics.accepted += len(events)
         if metrics.detail:
             elapsed_ms = (perf_counter() - started) * 1000.0
-            observe, type_label = metrics.ingress_latency.observe, metrics.event_type
-            kind, namespace, name = route
+            meter = metrics.ingress_meter(route)
             if len(events) == 1:
-                observe((kind, namespace, name, type_label(events[0].type), "202"), elapsed_ms)
+                meter.accepted(events[0].type, elapsed_ms)
                 return
             # A batch: one observation per event type, counted once per event.
             counts: dict[AttributeValue, int] = {}
@@ -293,8 +292,7 @@ class Ingress:
                 event_type = event.attributes["type"]
                 counts[event_type] = counts.get(event_type, 0) + 1
             for event_type, count in counts.items():
-                label = type_label(str(event_type))
-                observe((kind, namespace, name, label, "202"), elapsed_ms, count)
+                meter.accepted(str(event_type), elapsed_ms, count)
 
     async def _authenticate(
         self,

@@ -55,7 +55,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily
 
 from broker.core.errors import NotFound
 from broker.core.events import BROKER_TTL, DEFAULT_MAX_TTL, CloudEvent, EventFilter
-from broker.core.metrics import NO_RESPONSE, Metrics
+from broker.core.metrics import DeliveryMeter, Metrics
 from broker.core.spec import Snapshot, SubscriptionSpec, TriggerSpec
 from broker.dataplane.bus import (
     Bus,
@@ -96,11 +96,22 @@ class _Consumer:
     in_flight: int = 0  # deliveries of this consumer under way now
     _labels: tuple[str, str, str, str] = ("", "", "", "")
     _labels_of: object = None  # the spec _labels were made from
+    _meter: DeliveryMeter | None = None
+    _meter_labels: object = None  # the labels _meter records under
 
     @property
     def name(self) -> str:
         kind = "trigger" if isinstance(self.spec, TriggerSpec) else "subscription"
         return f"{kind} {self.spec.namespace}/{self.spec.name}"
+
+    def meter(self, metrics: Metrics) -> DeliveryMeter:
+        """Its metrics meter (for its current labels)."""
+        labels = self.labels
+        if self._meter_labels is not labels:
+            self._meter = metrics.delivery_meter(labels)
+            self._meter_labels = labels
+        assert self._meter is not None
+        return self._meter
 
     @property
     def labels(self) -> tuple[str, str, str, str]:
@@ -335,7 +346,7 @@ class Dispatcher:
             if isinstance(spec, TriggerSpec) and not spec.filter(event):
                 self._deliveries["filtered"] += 1
                 if self._metrics.detail:
-                    self._metrics.outcomes[(*consumer.labels, "filtered")] += 1
+                    consumer.meter(self._metrics).outcome("filtered")
                 return
             ttl = event.attributes.get(BROKER_TTL)
             if ttl is not None and consumer.strip_ttl:
@@ -373,14 +384,8 @@ class Dispatcher:
         """Record one settled delivery: its outcome and its latency by the subscriber's code."""
         metrics = self._metrics
         self._deliveries[outcome] += 1
-        if not metrics.detail:
-            return
-        labels = consumer.labels
-        metrics.outcomes[(*labels, outcome)] += 1
-        code = NO_RESPONSE if record.status is None else str(record.status)
-        metrics.dispatch_latency.observe(
-            (*labels, metrics.event_type(event_type), code), took * 1000.0
-        )
+        if metrics.detail:
+            consumer.meter(metrics).settled(event_type, outcome, record.status, took)
 
     def backlog_families(self) -> Iterator[GaugeMetricFamily]:
         """``cemesh_bus_group_backlog`` per Trigger/Subscription whose bus can tell cheaply

@@ -1,0 +1,183 @@
+"""The hot-path cost of the per-Broker/Trigger metrics over HTTP (issue 15 item 1: < 5%).
+
+    .venv/bin/python bench/metrics_overhead.py [--blocks 3] [--rounds 2] [--slice 4] [--same]
+
+Starts two ``cemesh serve`` (each with its own store and bench subscriber, both on 127.0.0.1):
+one as configured by default (``CEMESH_METRICS_DETAIL=true``: per-Broker/Trigger counts and
+latency histograms) and one with ``CEMESH_METRICS_DETAIL=false`` (only the process-wide
+counters). Only one of them is loaded at a time, in ABBA order (on, off, off, on, ...), so that a
+machine that speeds up or slows down during the run moves both alike; ``--blocks`` times over,
+each block with fresh processes (two processes of the same build differ by a few percent:
+hash seeds, memory layout; ``--same`` measures that):
+
+1. **ingress**: POSTs to a Broker without Trigger (wrk, the bench's 1 KiB binary event):
+   requests/s and cemesh's CPU per accepted event, per round;
+2. **end to end**: a Trigger to the bench subscriber, closed loop: delivered events/s and
+   cemesh's CPU per delivered event (every accepted event delivered, counted by id).
+
+Prints the medians of each side, the cost (off -> on) in percent beside the 5% goal, and the
+per-round figures; CPU per event is the steadier figure on a shared machine (it does not depend
+on what else runs), so the verdict is on it, with the rates shown beside. Last line: JSON.
+``--same`` starts both without the metrics, to read the cost against that spread.
+Every child process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.e2e import Bench, Options
+
+GOAL = 0.05  # issue 15: metrics cost < 5% of the hot path
+SIDES = ("on", "off")
+
+
+def _abba(rounds: int) -> list[str]:
+    """on, off, off, on, on, off, ... (2 x rounds turns)."""
+    return [SIDES[0] if turn % 4 in (0, 3) else SIDES[1] for turn in range(rounds * 2)]
+
+
+def _start(options: Options, workdir: Path, detail: bool) -> tuple[Bench, str, str]:
+    bench = Bench(options, workdir)
+    previous = os.environ.get("CEMESH_METRICS_DETAIL")
+    os.environ["CEMESH_METRICS_DETAIL"] = "true" if detail else "false"
+    try:
+        cemesh_url, subscriber_url = bench.start_cemesh_and_subscriber()
+    finally:
+        if previous is None:
+            os.environ.pop("CEMESH_METRICS_DETAIL", None)
+        else:
+            os.environ["CEMESH_METRICS_DETAIL"] = previous
+    return bench, cemesh_url, subscriber_url
+
+
+def ingress_round(bench: Bench, cemesh_url: str, seconds: float) -> dict[str, float]:
+    before, cpu = bench.accepted(cemesh_url), bench.cemesh.cpu_seconds()
+    result = bench.wrk(f"{cemesh_url}/default/default", seconds)
+    accepted = bench.accepted(cemesh_url) - before
+    used = bench.cemesh.cpu_seconds() - cpu
+    if result.non_2xx or result.socket_errors:
+        raise RuntimeError(f"ingress answered non-2xx or failed: {result}")
+    return {"rate": result.rate, "cpu_us": used / accepted * 1e6 if accepted else 0.0}
+
+
+def e2e_round(bench: Bench, cemesh_url: str, subscriber_url: str) -> dict[str, float]:
+    result = bench.end_to_end(cemesh_url, subscriber_url, rate=0.0)
+    if result["lost"] or result["duplicated"]:
+        raise RuntimeError(f"lost {result['lost']}, duplicated {result['duplicated']}")
+    return {"rate": result["delivered_rate"], "cpu_us": result["cpu_us_per_event"]["cemesh"]}
+
+
+def summary(rounds: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    median = {
+        side: {key: statistics.median(r[key] for r in rounds[side]) for key in ("rate", "cpu_us")}
+        for side in SIDES
+    }
+    on, off = median["on"], median["off"]
+    return {
+        "median": median,
+        "cpu_cost": on["cpu_us"] / off["cpu_us"] - 1.0,
+        "rate_cost": 1.0 - on["rate"] / off["rate"],
+        "rounds": rounds,
+    }
+
+
+def run_block(
+    options: Options,
+    args: argparse.Namespace,
+    ingress: dict[str, list[dict[str, float]]],
+    e2e: dict[str, list[dict[str, float]]],
+) -> None:
+    """Fresh processes for both sides, then ``args.rounds`` ABBA rounds of each phase."""
+    benches: dict[str, tuple[Bench, str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="cemesh-metrics-") as tmp:
+        try:
+            for side in SIDES:
+                (Path(tmp) / side).mkdir()
+                detail = side == "on" and not args.same
+                benches[side] = _start(options, Path(tmp) / side, detail=detail)
+            for bench, url, _ in benches.values():
+                bench.wrk(f"{url}/default/default", options.warmup)
+            for side in _abba(args.rounds):
+                bench, url, _ = benches[side]
+                ingress[side].append(ingress_round(bench, url, args.slice))
+            for bench, url, subscriber_url in benches.values():
+                bench.add_trigger(url, subscriber_url)
+            for side in _abba(args.rounds):
+                bench, url, subscriber_url = benches[side]
+                e2e[side].append(e2e_round(bench, url, subscriber_url))
+        finally:
+            for bench, _, _ in benches.values():
+                bench.stop_all()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=3, help="fresh processes per block")
+    parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds per phase and block")
+    parser.add_argument("--slice", type=float, default=4.0, help="seconds of load per round")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--same",
+        action="store_true",
+        help="calibration: both servers without the metrics (the spread of two processes)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args()
+    options = Options(
+        duration=args.slice,
+        warmup=1.0,
+        connections=args.connections,
+        rate=0.0,
+        drain_timeout=60.0,
+        rounds=1,
+        json_path=None,
+        strict=False,
+        keep_logs=None,
+        profile=None,
+        cemesh_cmd=None,
+    )
+    ingress: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    e2e: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    for block in range(args.blocks):
+        print(f"[metrics] block {block + 1} of {args.blocks}", file=sys.stderr, flush=True)
+        run_block(options, args, ingress, e2e)
+    results = {"ingress": summary(ingress), "e2e": summary(e2e), "same": args.same}
+    print_table(results)
+    text = json.dumps(results)
+    if args.json is not None:
+        args.json.write_text(text)
+    print(text)
+    return 0
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"{'phase':<10}{'metrics':<9}{'rate/s (median)':>17}{'CPU us/event':>14}  per round")
+    for phase in ("ingress", "e2e"):
+        figures = results[phase]
+        for side in SIDES:
+            median = figures["median"][side]
+            rounds = " ".join(f"{r['rate']:.0f}/{r['cpu_us']:.0f}" for r in figures["rounds"][side])
+            print(
+                f"{phase:<10}{side:<9}{median['rate']:>17,.0f}{median['cpu_us']:>14.1f}  {rounds}"
+            )
+        cpu_cost, rate_cost = figures["cpu_cost"], figures["rate_cost"]
+        verdict = "pass" if cpu_cost < GOAL else "FAIL"
+        print(
+            f"{phase:<10}cost: CPU/event {cpu_cost:+.1%}, rate {rate_cost:+.1%}"
+            f"  (goal < {GOAL:.0%} CPU/event: {verdict})"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
