@@ -30,6 +30,7 @@ import os
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,11 @@ def run_block(
             for side in SIDES:
                 (Path(tmp) / side).mkdir()
                 detail = side == "on" and not args.same
-                benches[side] = _start(options, Path(tmp) / side, detail=detail)
+                # --profile: py-spy on each side's end-to-end rounds, in a folder per side.
+                profile = None if args.profile is None else args.profile / side
+                benches[side] = _start(
+                    replace(options, profile=profile), Path(tmp) / side, detail=detail
+                )
             for bench, url, _ in benches.values():
                 bench.wrk(f"{url}/default/default", options.warmup)
             for side in _abba(args.rounds):
@@ -131,6 +136,9 @@ def main() -> int:
         "--same",
         action="store_true",
         help="calibration: both servers without the metrics (the spread of two processes)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy raw profiles of the e2e rounds here"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
@@ -163,14 +171,15 @@ def main() -> int:
 
 def print_table(results: dict[str, Any]) -> None:
     print(f"{'phase':<10}{'metrics':<9}{'rate/s (median)':>17}{'CPU us/event':>14}  per round")
+    # With --same both sides run without the metrics: name them so.
+    names = {"on": "off (A)", "off": "off (B)"} if results["same"] else {s: s for s in SIDES}
     for phase in ("ingress", "e2e"):
         figures = results[phase]
         for side in SIDES:
             median = figures["median"][side]
             rounds = " ".join(f"{r['rate']:.0f}/{r['cpu_us']:.0f}" for r in figures["rounds"][side])
-            print(
-                f"{phase:<10}{side:<9}{median['rate']:>17,.0f}{median['cpu_us']:>14.1f}  {rounds}"
-            )
+            rate, cpu = median["rate"], median["cpu_us"]
+            print(f"{phase:<10}{names[side]:<9}{rate:>17,.0f}{cpu:>14.1f}  {rounds}")
         cpu_cost, rate_cost = figures["cpu_cost"], figures["rate_cost"]
         verdict = "pass" if cpu_cost < GOAL else "FAIL"
         print(
