@@ -13,7 +13,10 @@ hash seeds, memory layout; ``--same`` measures that):
 1. **ingress**: POSTs to a Broker without Trigger (wrk, the bench's 1 KiB binary event):
    requests/s and cemesh's CPU per accepted event, per round;
 2. **end to end**: a Trigger to the bench subscriber, closed loop: delivered events/s and
-   cemesh's CPU per delivered event (every accepted event delivered, counted by id).
+   cemesh's CPU per delivered event (every accepted event delivered, counted by id);
+3. **paced**: the same at ``--paced`` events/s (2,000): both sides do the same work per second,
+   so CPU per event compares the work alone (in the closed loop a slower side also batches
+   differently).
 
 Prints the medians of each side, the cost (off -> on) in percent beside the 5% goal, and the
 per-round figures; CPU per event is the steadier figure on a shared machine (it does not depend
@@ -41,6 +44,7 @@ from bench.e2e import Bench, Options
 
 GOAL = 0.05  # issue 15: metrics cost < 5% of the hot path
 SIDES = ("on", "off")
+PHASES = ("ingress", "e2e", "paced")
 
 
 def _abba(rounds: int) -> list[str]:
@@ -72,8 +76,10 @@ def ingress_round(bench: Bench, cemesh_url: str, seconds: float) -> dict[str, fl
     return {"rate": result.rate, "cpu_us": used / accepted * 1e6 if accepted else 0.0}
 
 
-def e2e_round(bench: Bench, cemesh_url: str, subscriber_url: str) -> dict[str, float]:
-    result = bench.end_to_end(cemesh_url, subscriber_url, rate=0.0)
+def e2e_round(
+    bench: Bench, cemesh_url: str, subscriber_url: str, rate: float = 0.0
+) -> dict[str, float]:
+    result = bench.end_to_end(cemesh_url, subscriber_url, rate=rate)
     if result["lost"] or result["duplicated"]:
         raise RuntimeError(f"lost {result['lost']}, duplicated {result['duplicated']}")
     return {"rate": result["delivered_rate"], "cpu_us": result["cpu_us_per_event"]["cemesh"]}
@@ -93,12 +99,10 @@ def summary(rounds: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     }
 
 
-def run_block(
-    options: Options,
-    args: argparse.Namespace,
-    ingress: dict[str, list[dict[str, float]]],
-    e2e: dict[str, list[dict[str, float]]],
-) -> None:
+Rounds = dict[str, list[dict[str, float]]]  # side -> one figure dict per round
+
+
+def run_block(options: Options, args: argparse.Namespace, phases: dict[str, Rounds]) -> None:
     """Fresh processes for both sides, then ``args.rounds`` ABBA rounds of each phase."""
     benches: dict[str, tuple[Bench, str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="cemesh-metrics-") as tmp:
@@ -115,12 +119,13 @@ def run_block(
                 bench.wrk(f"{url}/default/default", options.warmup)
             for side in _abba(args.rounds):
                 bench, url, _ = benches[side]
-                ingress[side].append(ingress_round(bench, url, args.slice))
+                phases["ingress"][side].append(ingress_round(bench, url, args.slice))
             for bench, url, subscriber_url in benches.values():
                 bench.add_trigger(url, subscriber_url)
-            for side in _abba(args.rounds):
-                bench, url, subscriber_url = benches[side]
-                e2e[side].append(e2e_round(bench, url, subscriber_url))
+            for phase, rate in (("e2e", 0.0), ("paced", args.paced)):
+                for side in _abba(args.rounds):
+                    bench, url, subscriber_url = benches[side]
+                    phases[phase][side].append(e2e_round(bench, url, subscriber_url, rate))
         finally:
             for bench, _, _ in benches.values():
                 bench.stop_all()
@@ -132,6 +137,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds per phase and block")
     parser.add_argument("--slice", type=float, default=4.0, help="seconds of load per round")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--paced", type=float, default=2000.0, help="events/s of the paced phase")
     parser.add_argument(
         "--same",
         action="store_true",
@@ -155,12 +161,12 @@ def main() -> int:
         profile=None,
         cemesh_cmd=None,
     )
-    ingress: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
-    e2e: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    phases: dict[str, Rounds] = {phase: {side: [] for side in SIDES} for phase in PHASES}
     for block in range(args.blocks):
         print(f"[metrics] block {block + 1} of {args.blocks}", file=sys.stderr, flush=True)
-        run_block(options, args, ingress, e2e)
-    results = {"ingress": summary(ingress), "e2e": summary(e2e), "same": args.same}
+        run_block(options, args, phases)
+    results: dict[str, Any] = {phase: summary(phases[phase]) for phase in PHASES}
+    results["same"], results["paced_rate"] = args.same, args.paced
     print_table(results)
     text = json.dumps(results)
     if args.json is not None:
@@ -173,7 +179,7 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"{'phase':<10}{'metrics':<9}{'rate/s (median)':>17}{'CPU us/event':>14}  per round")
     # With --same both sides run without the metrics: name them so.
     names = {"on": "off (A)", "off": "off (B)"} if results["same"] else {s: s for s in SIDES}
-    for phase in ("ingress", "e2e"):
+    for phase in PHASES:
         figures = results[phase]
         for side in SIDES:
             median = figures["median"][side]
