@@ -156,12 +156,6 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         connections=args.connections,
         rate=0.0,
         drain_timeout=args.drain_timeout,
-        rounds=1,
-        json_path=None,
-        strict=False,
-        keep_logs=None,
-        profile=None,
-        cemesh_cmd=None,
     )
     bench = CostBench(options, workdir)
     out: dict[str, Any] = {"triggers": [], "sizes": [], "ceiling": []}

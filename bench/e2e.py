@@ -96,12 +96,12 @@ class Options:
     connections: int
     rate: float
     drain_timeout: float
-    rounds: int
-    json_path: Path | None
-    strict: bool
-    keep_logs: Path | None
-    profile: Path | None
-    cemesh_cmd: list[str] | None
+    rounds: int = 1
+    json_path: Path | None = None
+    strict: bool = False
+    keep_logs: Path | None = None
+    profile: Path | None = None
+    cemesh_cmd: list[str] | None = None
 
 
 class Bench:

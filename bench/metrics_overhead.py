@@ -154,12 +154,6 @@ def main() -> int:
         connections=args.connections,
         rate=0.0,
         drain_timeout=60.0,
-        rounds=1,
-        json_path=None,
-        strict=False,
-        keep_logs=None,
-        profile=None,
-        cemesh_cmd=None,
     )
     phases: dict[str, Rounds] = {phase: {side: [] for side in SIDES} for phase in PHASES}
     for block in range(args.blocks):
