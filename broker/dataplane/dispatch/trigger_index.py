@@ -251,10 +251,9 @@ def _residual_spec(parsed: Mapping[str, Any], pin: Pin) -> dict[str, Any] | None
         return {"filters": [element for element in conjuncts if element != pinned]}
     attributes = dict((parsed.get("filter") or {}).get("attributes") or {})
     # Legacy: an exact pin is `name: value`; the empty prefix is `name: ""` (present).
-    wanted = pin.value if pin.kind == "exact" else "" if pin.kind == "prefix" else None
-    if not pin.value and pin.kind == "exact":
+    if (pin.kind, bool(pin.value)) not in (("exact", True), ("prefix", False)):
         return None
-    if wanted is None or attributes.get(pin.name) != wanted:
+    if attributes.get(pin.name) != pin.value:
         return None
     del attributes[pin.name]
     return {"filter": {"attributes": attributes}}
