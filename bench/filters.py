@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/filters.py [--iterations 2000] [--triggers 1000] [--json FILE]
     .venv/bin/python bench/filters.py --mix scale --triggers 10000   # issue 14, item 5
+    .venv/bin/python bench/filters.py --mix scale --triggers 10000 --distinct
 
 Builds 1,000 Trigger filter specs with mixed dialects (exact, prefix, suffix, all/any/not,
 CESQL, a few CESQL payload filters), compiles each once with
@@ -20,7 +21,9 @@ Both mixes are also matched through :class:`broker.dataplane.dispatch.trigger_in
 checked. ``--mix scale`` is a Broker with many Triggers: ``--unpinned-percent`` (default 1%)
 are CESQL / ``any`` / ``not`` / ``suffix`` filters that the index cannot pin and tests for every
 event; the rest pin ``type`` to a value (a quarter of them also the same ``source``, some with a
-CESQL filter beside it) or a prefix; 1 in 50 match. Its goal (issue 14): the index matches one
+CESQL filter beside it) or a prefix; 1 in 50 match. Triggers that share what the index must
+still test share one predicate call per event; ``--distinct`` gives each its own text (the
+same outcomes), the worst case for that. Its goal (issue 14): the index matches one
 event in under 50 us at p50. Memory: what compiling the filters and building the index allocate,
 per Trigger (tracemalloc).
 """
@@ -150,17 +153,24 @@ def _spec(index: int) -> tuple[str, dict[str, Any], bool]:
     return "cesql", {"filters": [{"cesql": f"specversion = '1.0' AND type = '{the_type}'"}]}, False
 
 
-def _scale_spec(index: int, unpinned_percent: float) -> tuple[str, dict[str, Any], bool]:
+def _scale_spec(
+    index: int, unpinned_percent: float, distinct: bool = False
+) -> tuple[str, dict[str, Any], bool]:
     """The ``index``-th Trigger of a large Broker: ``unpinned_percent`` of them the index cannot
     pin (CESQL only, any, not, suffix), the rest pin ``type`` to a value or a prefix of their own
-    (2% to the event's), most legacy ones also pin the same ``source``."""
+    (2% to the event's), most legacy ones also pin the same ``source``. ``distinct``: no two
+    Triggers share what the index must still test (their ``not`` filters, and the CESQL beside
+    an exact type, differ), so the index cannot share one predicate call between them."""
     hit = (index // 20 + index) % 50 == 0
     the_type = "com.example.order.created" if hit else f"com.example.t{index}.created"
+    negated: dict[str, Any] = {"prefix": {"type": "com.example."}}
+    if distinct:  # the same outcome, a text of its own
+        negated = {"any": [negated, {"exact": {"subject": f"s{index}"}}]}
     if int((index + 1) * unpinned_percent / 100) != int(index * unpinned_percent / 100):
         fallback = [
             {"filters": [{"cesql": f"type = '{the_type}'"}]},
             {"filters": [{"any": [{"exact": {"type": the_type}}, {"exact": {"subject": "x"}}]}]},
-            {"filters": [{"not": {"prefix": {"type": "com.example."}}}]},
+            {"filters": [{"not": negated}]},
             {"filters": [{"suffix": {"type": ".created" if hit else f".s{index}"}}]},
         ]
         return "unpinned", fallback[(index // 7) % len(fallback)], False
@@ -171,7 +181,8 @@ def _scale_spec(index: int, unpinned_percent: float) -> tuple[str, dict[str, Any
         spec = {"filter": {"attributes": {"type": the_type, "source": EVENT_ATTRIBUTES["source"]}}}
         return "legacy", spec, False
     if kind < 18:
-        spec = {"filters": [{"exact": {"type": the_type}}, {"cesql": "INT(priority) > 1"}]}
+        condition = f"INT(priority) + {index} > {index + 1}" if distinct else "INT(priority) > 1"
+        spec = {"filters": [{"exact": {"type": the_type}}, {"cesql": condition}]}
         return "exact+cesql", spec, False
     prefix = "com.example.order" if hit else f"com.example.p{index}"
     return "prefix", {"filters": [{"prefix": {"type": prefix}}]}, False
@@ -238,7 +249,7 @@ def _measure_index(
     expected = [n for n, predicate in enumerate(predicates) if predicate(probe)]
     assert sorted(index.matching(probe)) == expected, "the index disagrees with the full scan"
     candidates = index.candidates(probe)
-    tested = sum(predicate is not None for _, predicate in candidates)
+    tested = index.predicate_calls(probe)
     # Ceiling: an ideal index, one dict lookup of the event's type giving the answer's keys.
     answers = {EVENT_ATTRIBUTES["type"]: expected}
     ceiling_samples = _time_lookup(answers, iterations)
@@ -293,11 +304,18 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="--mix scale: share of Triggers the index cannot pin (tested for every event)",
     )
+    parser.add_argument(
+        "--distinct",
+        action="store_true",
+        help="--mix scale: no two Triggers share a `not` filter or the CESQL beside their type",
+    )
     args = parser.parse_args(argv)
     spec_of = (
         _spec
         if args.mix == "mixed"
-        else functools.partial(_scale_spec, unpinned_percent=args.unpinned_percent)
+        else functools.partial(
+            _scale_spec, unpinned_percent=args.unpinned_percent, distinct=args.distinct
+        )
     )
 
     labels: list[str] = []
@@ -354,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_ms": GOAL_MS,
         "goal_met": mean_ms < GOAL_MS,
         "mix": args.mix,
+        "distinct": args.distinct,
         "index": indexed,
         "index_goal_us": INDEX_GOAL_US,
         "index_goal_met": indexed["p50_us"] < INDEX_GOAL_US,

@@ -58,7 +58,8 @@ Model:
   topic a selector (its Triggers' filters, indexed) and the groups it covers; a covered group
   then gets only the events the selector names it for, so an event costs one queue entry per
   Trigger it matches rather than per Trigger of its Broker, and only the groups that get an
-  event can hold its publish back. Groups it does not cover get every event, as ever.
+  event can hold its publish back. Groups it does not cover get every event, as ever. A
+  message carries the selector that named its group for it, if one did (``selected_by``).
 - Events are passed by reference, not copied: consumers treat them as immutable (see
   ``broker/core/events.py``).
 - ``close`` loses what the groups still hold (queued, or waiting for a redelivery): it logs how
@@ -75,7 +76,7 @@ from typing import Any
 
 from adapters.memory.budget import ByteBudget, WaitQueue, event_footprint
 from adapters.memory.options import MemoryOptions
-from adapters.memory.selection import GroupSelection
+from adapters.memory.selection import GroupSelection, live_targets, selected_by
 from broker.core.errors import BusError, PublishError
 from broker.core.events import CloudEvent
 from broker.dataplane.bus import (
@@ -105,13 +106,14 @@ _in_handler: ContextVar[bool] = ContextVar("cemesh_memory_bus_in_handler", defau
 class _Entry:
     """One event held for one group (each group counts its own attempts)."""
 
-    __slots__ = ("attempt", "event", "key", "size")
+    __slots__ = ("attempt", "event", "key", "selected_by", "size")
 
-    def __init__(self, event: CloudEvent, key: str | None, size: int, attempt: int = 1) -> None:
+    def __init__(self, event: CloudEvent, key: str | None, size: int, by: GroupSelector | None):
         self.event = event
         self.key = key
         self.size = size  # its event_footprint, charged to the bus's byte budget
-        self.attempt = attempt
+        self.attempt = 1
+        self.selected_by = by  # the selector that named the group, if one did
 
 
 class _Group:
@@ -300,7 +302,7 @@ class _MemorySubscription:
             try:
                 delay = await run_handler(
                     handler,
-                    Message(entry.event, entry.key, entry.attempt),
+                    Message(entry.event, entry.key, entry.attempt, entry.selected_by),
                     error_delay=ERROR_REDELIVERY_DELAY,
                     logger=log,
                     log_extra={"topic": group.topic, "group": group.name},
@@ -395,8 +397,7 @@ class MemoryBus:
         if (not budget.waiting.waiters and self._blocker(targets, size) is None) or (
             _in_handler.get()
         ):
-            for group in targets:
-                group.put(_Entry(event, key, size))
+            self._put(topic, targets, event, key, size)
             return
         try:
             async with asyncio.timeout(self.publish_timeout):
@@ -407,8 +408,7 @@ class MemoryBus:
                 f"{self.publish_timeout:g} s",
                 retryable=True,
             ) from None
-        for group in self._targets(topic, event):
-            group.put(_Entry(event, key, size))
+        self._put(topic, self._targets(topic, event), event, key, size)
         if budget.held < budget.limit:
             # Woken for room, and some is left: the next waiting publisher may fit too.
             budget.waiting.wake_one()
@@ -444,19 +444,19 @@ class MemoryBus:
         ) or not self._budget.has_room(total):
             return False
         for event, size, groups in zip(events, sizes, targets, strict=True):
-            for group in groups:
-                group.put(_Entry(event, event.key, size))
+            self._put(topic, groups, event, event.key, size)
         return True
+
+    def _put(self, topic: str, to: list[_Group], e: CloudEvent, key: str | None, n: int) -> None:
+        """Queue event ``e`` (footprint ``n``) for ``to``, each tagged with its selector if any."""
+        selection = self._selections.get(topic)
+        for group in to:
+            group.put(_Entry(e, key, n, selected_by(selection, group.name)))
 
     def _targets(self, topic: str, event: CloudEvent) -> list[_Group]:
         """The live groups of ``topic`` that get ``event``."""
-        groups = self._topics.get(topic)
-        if not groups:
-            return []
-        selection = self._selections.get(topic)
-        if selection is None:
-            return [group for group in groups.values() if group.subscriptions]
-        return selection.targets(groups, self._groups_changed, event)
+        selection, version = self._selections.get(topic), self._groups_changed
+        return live_targets(self._topics.get(topic), selection, version, event)
 
     def _blocker(self, targets: list[_Group], size: int) -> _Group | ByteBudget | None:
         """What ``size`` more bytes for each of ``targets`` wait for, if anything."""

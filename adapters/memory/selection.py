@@ -8,7 +8,7 @@ ones the selector names.
 
 from __future__ import annotations
 
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from broker.core.events import CloudEvent
 from broker.dataplane.bus import GroupSelector
@@ -47,3 +47,27 @@ class GroupSelection(Generic[G]):
             if group is not None and group.subscriptions and name in covered:
                 found.append(group)
         return found
+
+
+def live_targets(
+    groups: dict[str, G] | None,
+    selection: GroupSelection[G] | None,
+    version: int,
+    event: CloudEvent,
+) -> list[G]:
+    """The live groups of a topic's ``groups`` that get ``event``: every one of them when the
+    topic has no ``selection`` (``version``: the bus's group version, see
+    :meth:`GroupSelection.targets`)."""
+    if not groups:
+        return []
+    if selection is None:
+        return [group for group in groups.values() if group.subscriptions]
+    return selection.targets(groups, version, event)
+
+
+def selected_by(selection: GroupSelection[Any] | None, group: str) -> GroupSelector | None:
+    """What a message for ``group`` carries (``Message.selected_by``): the topic's selector,
+    when it is what decides which events the group gets."""
+    if selection is None or group not in selection.covered:
+        return None
+    return selection.selector

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from broker.core.events import CloudEvent, match_all
 from broker.dataplane.dispatch.filters import compile_trigger_filter
-from broker.dataplane.dispatch.trigger_index import Pin, TriggerIndex, choose_pin, pins_of
+from broker.dataplane.dispatch.trigger_index import (
+    Pin,
+    TriggerIndex,
+    choose_pin,
+    pins_of,
+    residual,
+)
 
 # Few names and short overlapping values, so that pins, prefixes and events collide often.
 NAMES = ["type", "source", "tenant", "region", "datamediatype", "datacontenttype", "schemaurl"]
@@ -186,3 +192,45 @@ def test_an_any_is_filed_under_each_branch_and_reported_once() -> None:
     assert len(index.candidates(both)) == 2
     assert index.matching(both) == ["any"]
     assert index.candidates(neither) == []
+
+
+def test_triggers_with_the_same_residual_cost_one_predicate_call_per_event() -> None:
+    # 100 Triggers pin the same type beside the same CESQL, 50 more share one unpinned filter:
+    # each group's predicate runs once per event, and every member is reported.
+    shared_cesql = {"filters": [{"exact": {"type": "t"}}, {"cesql": "INT(priority) > 1"}]}
+    negated = {"filters": [{"not": {"prefix": {"type": "x."}}}]}
+    specs = [shared_cesql] * 100 + [negated] * 50
+    index = TriggerIndex(_compiled(specs))
+    assert index.unpinned == 50
+    event = CloudEvent(
+        {"specversion": "1.0", "id": "1", "source": "/", "type": "t", "priority": "5"}, None
+    )
+    assert index.predicate_calls(event) == 2
+    assert sorted(index.matching(event)) == list(range(150))
+    low = CloudEvent({**event.attributes, "priority": "0"}, None)
+    assert sorted(index.matching(low)) == list(range(100, 150))
+
+
+def test_the_residual_is_what_the_filter_asks_beyond_its_pin() -> None:
+    def rest(spec: dict[str, Any], pin: Pin) -> str | None:
+        decided, found = residual(compile_trigger_filter(spec)[1], pin)
+        assert decided
+        return None if found is None else found[0]
+
+    type_t = Pin("exact", "type", "t")
+    assert rest({"filters": [{"exact": {"type": "t", "source": "/s"}}]}, type_t) == (
+        '{"filters":[{"exact":{"source":"/s"}}]}'
+    )
+    nested = {"filters": [{"all": [{"exact": {"type": "t"}}, {"cesql": "EXISTS a"}]}, {}]}
+    assert rest(nested, type_t) == '{"filters":[{"cesql":"EXISTS a"}]}'
+    assert rest({"filter": {"attributes": {"type": "t", "tenant": ""}}}, type_t) == (
+        '{"filter":{"attributes":{"tenant":""}}}'
+    )
+    assert rest({"filter": {"attributes": {"tenant": ""}}}, Pin("prefix", "tenant", "")) is None
+    assert rest({"filters": [{"exact": {"type": "t"}}, {"exact": {"type": "t"}}]}, type_t) is None
+    # A pin found inside CESQL or an `any` is no conjunct of its own: the whole filter runs.
+    for whole in (
+        {"filters": [{"cesql": "type = 't' AND EXISTS a"}]},
+        {"filters": [{"any": [{"exact": {"type": "t"}}]}]},
+    ):
+        assert residual(compile_trigger_filter(whole)[1], type_t) == (False, None)

@@ -70,6 +70,9 @@ class Message:
     event: CloudEvent
     key: str | None = None
     attempt: int = 1  # 1 on first delivery; adapters with REDELIVERY_COUNT increase it
+    # The selector that named this message's group for it (SelectsGroups), so a handler can
+    # tell what the selection already proved; None when the group got it unselected.
+    selected_by: GroupSelector | None = None
 
 
 Handler = Callable[[Message], Awaitable[None]]
@@ -190,11 +193,13 @@ class SelectsGroups(Protocol):
     10,000 Triggers on a Broker is the whole cost of an event. The dispatcher gives it a
     selector per topic (its Triggers' filters, indexed:
     :mod:`broker.dataplane.dispatch.trigger_index`): a group in ``covered`` then receives an
-    event only when ``selector(event)`` names it; a group not in ``covered`` still receives
-    every event. Whatever a covered group is not given is, for it, as if it had been received
-    and acked at once. ``selector=None`` drops the topic's selection: every group gets every
-    event again. A bus backed by a server (Kafka, NATS, ...) does not offer it: there each
-    group is the server's, and what it must receive is decided where it is stored.
+    event only when ``selector(event)`` names it, as a :class:`Message` whose ``selected_by`` is
+    that selector (what it proved need not be tested again); a group not in ``covered`` still
+    receives every event, with ``selected_by`` None. Whatever a covered group is not given is,
+    for it, as if it had been received and acked at once. ``selector=None`` drops the topic's
+    selection: every group gets every event again. A bus backed by a server (Kafka, NATS, ...)
+    does not offer it: there each group is the server's, and what it must receive is decided
+    where it is stored.
     """
 
     def select_groups(

@@ -15,8 +15,10 @@ restarts stay its own. On a bus that :class:`~broker.dataplane.bus.SelectsGroups
 bus, where every group is a queue in this process) the dispatcher also gives each Broker topic the
 :class:`~broker.dataplane.dispatch.trigger_index.TriggerIndex` of its Triggers' filters, and the
 bus queues an event only for the groups of the Triggers it matches: one indexed match per event
-instead of one queue entry, handler call and filter call per Trigger. The handler still runs the
-Trigger's filter (cheap, and right when a filter changed between publish and delivery). Events a
+instead of one queue entry, handler call and filter call per Trigger. Such a message carries the
+selector that picked it (``Message.selected_by``); the handler runs the Trigger's filter again
+only when that selector tested another predicate than the Trigger's current one (its filter
+changed between publish and delivery) or none (a durable bus, a group not covered). Events a
 Trigger is not given count as ``filtered`` in total, not per Trigger. On the durable buses each
 group is the server's and receives every event, as before (docs/trigger-index.md says why).
 
@@ -46,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from time import perf_counter
@@ -124,6 +127,45 @@ class _Consumer:
                 self._labels = ("subscription", spec.namespace, spec.channel, spec.name)
             self._labels_of = spec
         return self._labels
+
+
+class _IndexSelector:
+    """A Broker topic's group selector (:class:`~broker.dataplane.bus.SelectsGroups`): the
+    groups of the Triggers whose filter an event matches, by the
+    :class:`~broker.dataplane.dispatch.trigger_index.TriggerIndex` of their filters.
+
+    The index is built at the first event: applying 1,000 Triggers one sync after another
+    would otherwise build it once per sync, for no event. ``filters`` is the predicate each
+    group was selected by: a message this selector named a group for has passed that filter.
+    """
+
+    __slots__ = ("_deliveries", "_entries", "_index", "filters")
+
+    def __init__(
+        self, entries: list[tuple[str, str, EventFilter]], deliveries: Counter[str]
+    ) -> None:
+        self._entries = entries
+        self._deliveries = deliveries
+        self._index: TriggerIndex[str] | None = None
+        self.filters = {group: predicate for group, _, predicate in entries}
+
+    def __call__(self, event: CloudEvent) -> list[str]:
+        index = self._index
+        if index is None:
+            index = self._index = TriggerIndex(self._entries)
+        groups = index.matching(event)
+        self._deliveries["filtered"] += len(self._entries) - len(groups)
+        return groups
+
+
+def _proved(selected_by: object, spec: TriggerSpec) -> bool:
+    """Whether the selector that named ``spec``'s group for a message already tested the
+    Trigger's filter as it is now (the very same predicate: a filter changed since the message
+    was selected is tested again)."""
+    return (
+        selected_by.__class__ is _IndexSelector
+        and selected_by.filters.get(spec.group) is spec.filter
+    )
 
 
 class Dispatcher:
@@ -267,24 +309,10 @@ class Dispatcher:
             bus.select_groups(topic, self._selector(entries), covered)
             self._selections[topic] = signature
 
-    def _selector(
-        self, entries: list[tuple[str, str, EventFilter]]
-    ) -> Callable[[CloudEvent], list[str]]:
+    def _selector(self, entries: list[tuple[str, str, EventFilter]]) -> _IndexSelector:
         """The groups the index of ``entries`` selects for an event; the others count as
-        filtered. The index is built at the first event: applying 1,000 Triggers one sync
-        after another would otherwise build it once per sync, for no event."""
-        deliveries = self._deliveries
-        size = len(entries)
-        built: list[TriggerIndex[str]] = []
-
-        def select(event: CloudEvent) -> list[str]:
-            if not built:
-                built.append(TriggerIndex(entries))
-            groups = built[0].matching(event)
-            deliveries["filtered"] += size - len(groups)
-            return groups
-
-        return select
+        filtered."""
+        return _IndexSelector(entries, self._deliveries)
 
     def _retarget(self, consumer: _Consumer, spec: TriggerSpec | SubscriptionSpec) -> None:
         """Swap in ``spec`` with its target and ttl handling for the current snapshot's routes."""
@@ -343,7 +371,11 @@ class Dispatcher:
         try:
             spec = consumer.spec
             event = message.event
-            if isinstance(spec, TriggerSpec) and not spec.filter(event):
+            if (
+                isinstance(spec, TriggerSpec)
+                and not _proved(message.selected_by, spec)
+                and not spec.filter(event)
+            ):
                 self._deliveries["filtered"] += 1
                 if self._metrics.detail:
                     consumer.meter(self._metrics).outcome("filtered")

@@ -19,11 +19,14 @@ Pins are found by dict lookups: an exact pin ``(attribute, value)`` by the event
 prefix (suffix) pin by the event value's prefixes (suffixes) of the lengths some pinned prefix
 (suffix) has (a legacy ``""`` value, "attribute present", is the empty prefix).
 
-:meth:`TriggerIndex.matching` gathers the candidates from the event's values and then runs each
-candidate's full compiled predicate (skipped when the filter is nothing but its one pin, which the
-lookup has just checked), so the answer is exactly the set of Triggers whose filter
-matches; the index only skips Triggers that could not match (the property tests check this against
-testing every filter). Pins are never taken from inside ``not``.
+:meth:`TriggerIndex.matching` gathers the candidates from the event's values and then runs, for
+each candidate, only what its filter asks beyond the pin the lookup has just proved (its
+*residual*: the other conjuncts, compiled on their own; nothing when the filter is its pin
+alone; the whole filter when the pin came from CESQL or an ``any``). Candidates of one bucket
+whose residuals are equal (the same canonical text) share one predicate call, and so do unpinned
+Triggers with equal filters. The answer is therefore exactly the set of Triggers whose filter
+matches; the index only skips Triggers that could not match and work already done (the property
+tests check this against testing every filter). Pins are never taken from inside ``not``.
 
 Pure and synchronous: built once per snapshot from each Trigger's canonical filter text
 (``TriggerSpec.filter_source``, from
@@ -37,20 +40,35 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 from broker.cesql import CesqlError, ast, parse
 from broker.core.events import CloudEvent, EventFilter, attribute_text
-from broker.dataplane.dispatch.filters import DERIVED_ATTRIBUTE_NAMES, set_dialects
+from broker.dataplane.dispatch.filters import (
+    DERIVED_ATTRIBUTE_NAMES,
+    compile_trigger_filter,
+    set_dialects,
+)
 
-__all__ = ["Cover", "Pin", "Pins", "TriggerIndex", "choose_cover", "choose_pin", "pins_of"]
+__all__ = [
+    "Cover",
+    "Pin",
+    "Pins",
+    "TriggerIndex",
+    "choose_cover",
+    "choose_pin",
+    "pins_of",
+    "residual",
+]
 
 Key = TypeVar("Key", bound=Hashable)
 # A Trigger's key and the predicate still to run, None when its pin alone decides.
 _Entry = tuple[Key, EventFilter | None]
+# What a Trigger's filter asks beyond its pin: canonical filter text and its predicate.
+_Residual = tuple[str, EventFilter]
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +218,65 @@ def _pins_of_parsed(parsed: object) -> Pins:
     return Pins(pins, complete=len(pins) == len(attributes))
 
 
+def _conjuncts(elements: Iterable[Any]) -> list[Any]:
+    """``elements`` (all of which must hold) as a flat list of conjuncts that must all hold:
+    ``all`` opened, an attribute map of several names split into one map per name, ``{}``
+    (always true) dropped; anything else (``any``, ``not``, CESQL) is one conjunct."""
+    flat: list[Any] = []
+    for element in elements:
+        dialects = set_dialects(element) if isinstance(element, Mapping) else None
+        if dialects is not None and len(dialects) <= 1:
+            if not dialects:
+                continue
+            ((dialect, value),) = dialects.items()
+            if dialect in ("exact", "prefix", "suffix") and isinstance(value, Mapping):
+                flat += [{dialect: {name: wanted}} for name, wanted in value.items()]
+                continue
+            if dialect == "all" and isinstance(value, list):
+                flat += _conjuncts(value)
+                continue
+        flat.append(element)
+    return flat
+
+
+def _residual_spec(parsed: Mapping[str, Any], pin: Pin) -> dict[str, Any] | None:
+    """The filter (parsed canonical form) with the conjuncts that are exactly ``pin`` taken
+    out, as a Trigger spec; None when no conjunct is (the pin came from CESQL or an ``any``)."""
+    filters = parsed.get("filters")
+    if filters:
+        conjuncts = _conjuncts(filters)
+        pinned = {pin.kind: {pin.name: pin.value}}
+        if pin.name in DERIVED_ATTRIBUTE_NAMES or pinned not in conjuncts:
+            return None
+        return {"filters": [element for element in conjuncts if element != pinned]}
+    attributes = dict((parsed.get("filter") or {}).get("attributes") or {})
+    # Legacy: an exact pin is `name: value`; the empty prefix is `name: ""` (present).
+    if (pin.kind, bool(pin.value)) not in (("exact", True), ("prefix", False)):
+        return None
+    if attributes.get(pin.name) != pin.value:
+        return None
+    del attributes[pin.name]
+    return {"filter": {"attributes": attributes}}
+
+
+@lru_cache(maxsize=16_384)
+def residual(filter_source: str, pin: Pin) -> tuple[bool, _Residual | None]:
+    """What the filter ``filter_source`` asks beyond ``pin``, once an index lookup has found
+    that ``pin`` holds: ``(True, None)`` nothing (the pin decides), ``(True, (text,
+    predicate))`` the rest of its conjunction, compiled, or ``(False, None)`` when the pin is no
+    conjunct of its own (from CESQL, or an ``any``), so the whole filter must run.
+
+    Triggers whose residuals are equal share one predicate call per event (:class:`_Bucket`);
+    the typical one is a type pinned beside a CESQL condition many Triggers repeat.
+    """
+    parsed = json.loads(filter_source)
+    rest = _residual_spec(parsed, pin) if isinstance(parsed, Mapping) else None
+    if rest is None:
+        return False, None
+    predicate, text = compile_trigger_filter(rest, payload=parsed.get("payload") is True)
+    return True, (None if text == "{}" else (text, predicate))
+
+
 def _cost(cover: Cover, shared_by: Mapping[Pin, int]) -> tuple[int, int, int, int]:
     """Fewest Triggers sharing it (fewest candidates per event), then fewest pins, then exact
     over prefix/suffix (one lookup), then the longest values."""
@@ -223,24 +300,46 @@ def choose_pin(pins: Iterable[Pin], shared_by: Mapping[Pin, int]) -> Pin | None:
 
 
 class _Bucket(Generic[Key]):
-    """The Triggers filed under one pin: those the pin decides, and those whose predicate must
-    still run."""
+    """The Triggers filed under one pin (or, for the unpinned bucket, under none).
 
-    __slots__ = ("check", "sure")
+    ``sure``: filed here alone, and the pin is all their filter asks. ``check``: filed here
+    alone, grouped by what their filter asks beyond the pin (its *residual*, canonical text ->
+    predicate and the Triggers that share it), so Triggers with the same residual cost one
+    predicate call per event, not one each. ``shared``: Triggers filed under several pins (an
+    ``any``'s cover), with their full predicate; :meth:`TriggerIndex.matching` reports each once.
+    """
+
+    __slots__ = ("_grouping", "check", "shared", "sure")
 
     def __init__(self) -> None:
         self.sure: list[Key] = []
-        self.check: list[tuple[Key, EventFilter]] = []
+        self.check: tuple[tuple[EventFilter, tuple[Key, ...]], ...] = ()
+        self.shared: list[tuple[Key, EventFilter]] = []
+        self._grouping: dict[str, tuple[EventFilter, list[Key]]] | None = None
 
-    def add(self, entry: _Entry[Key]) -> None:
-        key, predicate = entry
-        if predicate is None:
+    def add(self, key: Key, residual: _Residual | None) -> None:
+        """File ``key``: decided here (``residual`` None), or by ``residual``'s predicate."""
+        if residual is None:
             self.sure.append(key)
-        else:
-            self.check.append((key, predicate))
+            return
+        text, predicate = residual
+        if self._grouping is None:
+            self._grouping = {}
+        self._grouping.setdefault(text, (predicate, []))[1].append(key)
+
+    def freeze(self) -> None:
+        """Done adding: fix the groups (a tuple is cheaper to walk per event than a dict)."""
+        if self._grouping is not None:
+            self.check = tuple(
+                (predicate, tuple(keys)) for predicate, keys in self._grouping.values()
+            )
+            self._grouping = None
 
     def entries(self) -> list[_Entry[Key]]:
-        return [(key, None) for key in self.sure] + list(self.check)
+        found: list[_Entry[Key]] = [(key, None) for key in self.sure]
+        found += [(key, predicate) for predicate, keys in self.check for key in keys]
+        found += self.shared
+        return found
 
 
 def _all_exact(pins: Pins) -> tuple[str, ...] | None:
@@ -268,10 +367,14 @@ class _AffixTable(Generic[Key]):
 class TriggerIndex(Generic[Key]):
     """Triggers filed by a necessary condition of their filter; see the module docstring."""
 
-    __slots__ = ("_compound", "_exact", "_prefix", "_repeats", "_size", "_suffix", "_unpinned")
+    __slots__ = ("_compound", "_exact", "_prefix", "_size", "_suffix", "_unpinned")
 
     def __init__(self, entries: Iterable[tuple[Key, str | Mapping[str, Any], EventFilter]]) -> None:
-        """``entries``: (key, canonical filter text or its parsed form, compiled predicate)."""
+        """``entries``: (key, canonical filter text or its parsed form, compiled predicate).
+
+        Long: one pass to count how many Triggers share each pin (to choose the least shared),
+        one to file each Trigger, and a last one to freeze the buckets and affix lengths.
+        """
         # attribute -> value -> bucket
         self._exact: dict[str, dict[str, _Bucket[Key]]] = {}
         # Filters that are exact values of several attributes and nothing else (the legacy
@@ -280,43 +383,61 @@ class TriggerIndex(Generic[Key]):
         self._prefix: dict[str, _AffixTable[Key]] = {}
         self._suffix: dict[str, _AffixTable[Key]] = {}
         self._unpinned: _Bucket[Key] = _Bucket()
-        self._repeats = False  # some Trigger is filed under several pins (an `any` cover)
-        pinned = [(key, pins_of(source), predicate) for key, source, predicate in entries]
+        pinned = [
+            (key, text, pins_of(text), predicate)
+            for key, text, predicate in (
+                (key, _text(source), predicate) for key, source, predicate in entries
+            )
+        ]
         self._size = len(pinned)
         # How many Triggers have each pin: a pin many share (a common source) selects little.
         shared_by: Counter[Pin] = Counter()
-        for _, pins, _ in pinned:
+        for _, _, pins, _ in pinned:
             shared_by.update(pins.distinct)
-        for key, pins, predicate in pinned:
+        for key, text, pins, predicate in pinned:
             names = _all_exact(pins)
             if names is not None:  # decided by one lookup of all its values at once
                 values = {pin.name: pin.value for pin in pins.pins}
                 by_values = self._compound.setdefault(names, {})
-                by_values.setdefault(tuple(values[n] for n in names), _Bucket()).add((key, None))
+                _lookup(by_values, tuple(values[n] for n in names)).add(key, None)
                 continue
             covers = pins.covers
             cover = covers[0] if len(covers) == 1 else choose_cover(covers, shared_by)
-            # A filter that is its one pin and nothing else matches whenever the pin does (and
-            # one of no pins at all, {}, always).
-            sure = pins.complete and not pins.alternatives and len(set(pins.pins)) <= 1
-            entry = (key, None if sure else predicate)
-            if cover is None:
-                self._unpinned.add(entry)
-                continue
-            self._repeats = self._repeats or len(cover) > 1
-            for pin in cover:
-                self._bucket(pin).add(entry)
+            if cover is None:  # tested for every event; {} (no pins, nothing else) always holds
+                always = pins.complete and not pins.pins and not pins.alternatives
+                self._unpinned.add(key, None if always else (text, predicate))
+            elif len(cover) > 1:  # an `any`: filed under one pin of each branch
+                for pin in cover:
+                    self._bucket(pin).shared.append((key, predicate))
+            elif pins.complete and not pins.alternatives and len(set(pins.pins)) == 1:
+                self._bucket(cover[0]).add(key, None)  # the filter is its pin and nothing else
+            else:
+                decided, rest = residual(text, cover[0])
+                self._bucket(cover[0]).add(key, rest if decided else (text, predicate))
+        for bucket in self._all_buckets():
+            bucket.freeze()
         for tables in (self._prefix, self._suffix):
             for table in tables.values():
                 table.lengths = tuple(sorted({len(affix) for affix in table.by_affix}))
 
+    def _all_buckets(self) -> Iterator[_Bucket[Key]]:
+        yield self._unpinned
+        for by_value in self._exact.values():
+            yield from by_value.values()
+        for by_values in self._compound.values():
+            yield from by_values.values()
+        for tables in (self._prefix, self._suffix):
+            for table in tables.values():
+                yield from table.by_affix.values()
+
     def _bucket(self, pin: Pin) -> _Bucket[Key]:
         if pin.kind == "exact":
-            by_value = self._exact.setdefault(pin.name, {})
-            return by_value.setdefault(pin.value, _Bucket())
+            return _lookup(self._exact.setdefault(pin.name, {}), pin.value)
         tables = self._prefix if pin.kind == "prefix" else self._suffix
-        table = tables.setdefault(pin.name, _AffixTable())
-        return table.by_affix.setdefault(pin.value, _Bucket())
+        table = tables.get(pin.name)
+        if table is None:
+            table = tables[pin.name] = _AffixTable()
+        return _lookup(table.by_affix, pin.value)
 
     def __len__(self) -> int:
         return self._size
@@ -324,7 +445,8 @@ class TriggerIndex(Generic[Key]):
     @property
     def unpinned(self) -> int:
         """How many Triggers are tested for every event (no usable pin)."""
-        return len(self._unpinned.sure) + len(self._unpinned.check)
+        unpinned = self._unpinned
+        return len(unpinned.sure) + sum(len(keys) for _, keys in unpinned.check)
 
     def _buckets(self, event: CloudEvent) -> list[_Bucket[Key]]:
         """The buckets ``event`` hits, the unpinned Triggers' first."""
@@ -380,12 +502,41 @@ class TriggerIndex(Generic[Key]):
         the Trigger's filter is its pin alone and so matches)."""
         return [entry for bucket in self._buckets(event) for entry in bucket.entries()]
 
+    def predicate_calls(self, event: CloudEvent) -> int:
+        """How many predicates :meth:`matching` runs for ``event`` (at most; fewer when a
+        Trigger filed under several pins is decided at its first)."""
+        return sum(len(bucket.check) + len(bucket.shared) for bucket in self._buckets(event))
+
     def matching(self, event: CloudEvent) -> list[Key]:
-        """Keys of exactly the Triggers whose filter matches ``event`` (full predicate run)."""
+        """Keys of exactly the Triggers whose filter matches ``event``, each once."""
         keys: list[Key] = []
+        shared: dict[Key, bool] | None = None
         for bucket in self._buckets(event):
             keys += bucket.sure
-            for key, predicate in bucket.check:
+            for predicate, group in bucket.check:
                 if predicate(event):
-                    keys.append(key)
-        return list(dict.fromkeys(keys)) if self._repeats else keys
+                    keys += group
+            if bucket.shared:
+                if shared is None:
+                    shared = {}
+                for key, predicate in bucket.shared:
+                    if key not in shared:
+                        shared[key] = predicate(event)
+        if shared:
+            keys += [key for key, matched in shared.items() if matched]
+        return keys
+
+
+def _lookup(buckets: dict[Any, _Bucket[Key]], at: Any) -> _Bucket[Key]:
+    """The bucket of ``buckets`` at ``at``, made when there is none yet."""
+    bucket = buckets.get(at)
+    if bucket is None:
+        bucket = buckets[at] = _Bucket()
+    return bucket
+
+
+def _text(source: str | Mapping[str, Any]) -> str:
+    """The canonical text of a filter given as text or in parsed form."""
+    if isinstance(source, str):
+        return source
+    return json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
