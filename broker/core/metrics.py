@@ -161,7 +161,7 @@ class DeliveryMeter:
     :class:`IngressMeter`)."""
 
     __slots__ = ("_bounds", "_histogram", "_series", "_type_label", "labels", "outcomes")
-    _series: dict[tuple[str, int | None], list[float]]
+    _series: dict[int | None, dict[str, list[float]]]  # status -> event type -> series
 
     def __init__(self, metrics: Metrics, labels: tuple[str, str, str, str]) -> None:
         self.labels = labels
@@ -175,7 +175,8 @@ class DeliveryMeter:
         """One delivery of ``event_type`` ended ``outcome`` (subscriber's last ``status``)."""
         outcomes = self.outcomes
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        series = self._series.get((event_type, status))
+        by_type = self._series.get(status)
+        series = None if by_type is None else by_type.get(event_type)
         if series is None:
             series = self._series_for(event_type, status)
         elapsed_ms = seconds * 1000.0
@@ -191,7 +192,7 @@ class DeliveryMeter:
         code = NO_RESPONSE if status is None else str(status)
         series = self._histogram.series_of((*self.labels, label, code))
         if label == event_type:  # statuses are HTTP codes: a bounded set
-            self._series[event_type, status] = series
+            self._series.setdefault(status, {})[event_type] = series
         return series
 
 

@@ -100,7 +100,7 @@ class _Consumer:
     _labels: tuple[str, str, str, str] = ("", "", "", "")
     _labels_of: object = None  # the spec _labels were made from
     _meter: DeliveryMeter | None = None
-    _meter_labels: object = None  # the labels _meter records under
+    _meter_of: object = None  # the spec _meter was picked for
 
     @property
     def name(self) -> str:
@@ -108,12 +108,10 @@ class _Consumer:
         return f"{kind} {self.spec.namespace}/{self.spec.name}"
 
     def meter(self, metrics: Metrics) -> DeliveryMeter:
-        """Its metrics meter (for its current labels)."""
-        labels = self.labels
-        if self._meter_labels is not labels:
-            self._meter = metrics.delivery_meter(labels)
-            self._meter_labels = labels
-        assert self._meter is not None
+        """Its metrics meter (for its current spec's labels)."""
+        if self._meter_of is not self.spec or self._meter is None:
+            self._meter = metrics.delivery_meter(self.labels)
+            self._meter_of = self.spec
         return self._meter
 
     @property
