@@ -62,7 +62,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -210,28 +210,50 @@ class NatsBus:
 
     async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
         """Store ``event`` in the stream of ``topic``; return once the server acknowledged it."""
+        js = self._publishing()
+        target = self._targets.get(topic) or await self._target(topic, PublishError)
+        try:
+            await js.publish(target.subject, encode_envelope(event), headers=_headers(event, key))
+        except Exception as exc:
+            raise self._publish_error(topic, exc) from exc
+
+    async def publish_batch(self, topic: str, events: Sequence[CloudEvent]) -> None:
+        """Send every event's publish (in order) before awaiting any PubAck (PublishesBatch)."""
+        js = self._publishing()
+        target = self._targets.get(topic) or await self._target(topic, PublishError)
+        acks: list[asyncio.Future[api.PubAck]] = []
+        try:
+            for event in events:
+                acks.append(
+                    await js.publish_async(
+                        target.subject, encode_envelope(event), headers=_headers(event, event.key)
+                    )
+                )
+            # The acks have no timeout of their own: the batch gets publish's.
+            async with asyncio.timeout(self.options.request_timeout):
+                for ack in acks:
+                    await ack
+        except Exception as exc:
+            for ack in acks:  # no publisher waits for them any more
+                ack.cancel()
+            raise self._publish_error(topic, exc) from exc
+
+    def _publishing(self) -> JetStreamContext:
         js = self._js
         if self._closed or js is None:
             state = "closed" if self._closed else "not open"
             raise PublishError(f"nats bus is {state}", retryable=False)
-        target = self._targets.get(topic) or await self._target(topic, PublishError)
-        headers: dict[str, str] = {}
-        msg_id = dedup_id(event)
-        if msg_id is not None:
-            headers[MSG_ID_HEADER] = msg_id
-        if key is not None:
-            headers[KEY_HEADER] = quote(key, safe="")
-        try:
-            await js.publish(target.subject, encode_envelope(event), headers=headers)
-        except Exception as exc:
-            if isinstance(exc, nats.js.errors.NoStreamResponseError):
-                # The stream went away (deleted by hand, server state lost): the next publish
-                # creates it again.
-                self._targets.pop(topic, None)
-            raise PublishError(
-                f"nats bus: publish to {topic!r} failed: {describe(exc)}",
-                retryable=not self._closed and retryable(exc),
-            ) from exc
+        return js
+
+    def _publish_error(self, topic: str, exc: Exception) -> PublishError:
+        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+            # The stream went away (deleted by hand, server state lost): the next publish
+            # creates it again.
+            self._targets.pop(topic, None)
+        return PublishError(
+            f"nats bus: publish to {topic!r} failed: {describe(exc)}",
+            retryable=not self._closed and retryable(exc),
+        )
 
     async def _target(self, topic: str, error: type[BusError]) -> Target:
         """Create the stream of ``topic`` unless this bus already did."""
@@ -403,6 +425,17 @@ class NatsBus:
 
     def forget_target(self, topic: str) -> None:
         self._targets.pop(topic, None)
+
+
+def _headers(event: CloudEvent, key: str | None) -> dict[str, str]:
+    """The message headers of ``event``: its de-duplication id and its key (module doc)."""
+    headers: dict[str, str] = {}
+    msg_id = dedup_id(event)
+    if msg_id is not None:
+        headers[MSG_ID_HEADER] = msg_id
+    if key is not None:
+        headers[KEY_HEADER] = quote(key, safe="")
+    return headers
 
 
 # Checked by mypy: NatsBus is a BusFactory building a Bus.
