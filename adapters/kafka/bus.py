@@ -208,7 +208,8 @@ class KafkaBus:
             name = self._kafka_names.get(topic)
             if name is None:
                 name = self._kafka_names[topic] = kafka_topic(topic)
-            await self._ensure_topic(name)
+            if not self._topic_ready(name):
+                await self._ensure_topic(name)
             producer = self._producer
             if producer is None:
                 raise PublishError("kafka bus closed while publishing", retryable=False)
@@ -227,7 +228,10 @@ class KafkaBus:
                 # A record could not be queued: those before it are on their way; wait for them.
                 await asyncio.gather(*acknowledged, return_exceptions=True)
                 raise
-            await _all_settled(acknowledged)
+            if len(acknowledged) == 1:  # one publish: the common case, without gather
+                await acknowledged[0]
+            else:
+                await _all_settled(acknowledged)
         except BusError as exc:
             raise PublishError(exc.message, retryable=exc.retryable) from exc
         except kafka_errors.KafkaError as exc:
@@ -370,6 +374,16 @@ class KafkaBus:
 
     # -- topics and group positions -------------------------------------------------------------
 
+    def _topic_ready(self, name: str) -> bool:
+        """Whether Kafka topic ``name`` was created (or found) by this bus: no wait needed."""
+        created = self._topics.get(name)
+        return (
+            created is not None
+            and created.done()
+            and not created.cancelled()
+            and created.exception() is None
+        )
+
     async def _ensure_topic(self, name: str) -> None:
         """Create Kafka topic ``name`` once per bus (concurrent callers share the attempt)."""
         created = self._topics.get(name)
@@ -431,9 +445,6 @@ class KafkaBus:
 
 async def _all_settled(futures: list[asyncio.Future[Any]]) -> None:
     """Wait until none of ``futures`` is pending; raise the first failure, if any."""
-    if len(futures) == 1:  # one publish: the common case, without gather's machinery
-        await futures[0]
-        return
     for outcome in await asyncio.gather(*futures, return_exceptions=True):
         if isinstance(outcome, BaseException):
             raise outcome

@@ -328,10 +328,11 @@ class KafkaSubscription:
             if part.advance():
                 self._dirty.set()
             return
-        remembered = (self._topic, self._group, part.tp.partition, record.offset)
-        entry.deliveries = self._attempts.pop(remembered, 0)
+        if self._attempts:  # deliveries left by a closed or revoked subscription of the bus
+            remembered = (self._topic, self._group, part.tp.partition, record.offset)
+            entry.deliveries = self._attempts.pop(remembered, 0)
         self._buffered += 1
-        self._handoff.put(entry, self._lane(entry))
+        self._handoff.put(entry, self._lane(entry) if self._ordered else None)
 
     # -- handling -------------------------------------------------------------------------------
 
@@ -353,6 +354,7 @@ class KafkaSubscription:
         task = asyncio.current_task()
         assert task is not None
         handler = self._handler
+        log_extra = self._log_extra()  # once, not per message
         # The closing check is for handlers that swallow the cancellation of close().
         while not self._closing.is_set():
             entry: _Entry | None = None
@@ -369,7 +371,7 @@ class KafkaSubscription:
                         Message(entry.event, entry.key, entry.deliveries),
                         error_delay=ERROR_REDELIVERY_DELAY,
                         logger=log,
-                        log_extra=self._log_extra(),
+                        log_extra=log_extra,
                     )
                 finally:
                     part.in_handler -= 1
