@@ -228,10 +228,10 @@ class PublishesBatch(Protocol):
     instead of awaiting one ``publish`` after the other, so a request of 100 events costs about
     one round trip to the server, not 100. Each event is keyed by its ``key``. The guarantees are
     ``publish``'s, for every event: the call returns only once all of them are durably accepted,
-    and events of one key are stored in the order given. If any is refused it raises
-    :class:`~broker.core.errors.PublishError` (``retryable`` as ``publish`` would say) once no
-    event of the batch is still on its way; others of the batch may have been stored, so the
-    sender's retry may store them twice, which at-least-once allows.
+    and on a bus declaring ``ORDERED_BY_KEY`` events of one key are stored in the order given.
+    If any is refused it raises :class:`~broker.core.errors.PublishError` (``retryable`` as
+    ``publish`` would say) once it waits for none of the others; some of them may have been
+    stored, so the sender's retry may store them twice, which at-least-once allows.
     """
 
     async def publish_batch(self, topic: str, events: Sequence[CloudEvent]) -> None:
