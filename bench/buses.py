@@ -367,7 +367,7 @@ def run_bus(kind: BusKind, args: argparse.Namespace, workdir: Path) -> dict[str,
     except pytest.fail.Exception as exc:  # the launcher fails the "test": this bus only
         result["error"] = f"server did not start: {exc}"
         return result
-    bench = Bench(bench_options(args), workdir / f"{kind.name}-cemesh")
+    bench = Bench(bench_options(args, kind.name), workdir / f"{kind.name}-cemesh")
     bench.workdir.mkdir()
     try:
         address = kind.address(server)
@@ -434,7 +434,7 @@ def run_memory(
     kind: BusKind, args: argparse.Namespace, workdir: Path, result: dict[str, Any]
 ) -> dict[str, Any]:
     """cemesh on the in-memory bus, as on the others (the CPU reference, no raw client)."""
-    bench = Bench(bench_options(args), workdir / f"{kind.name}-cemesh")
+    bench = Bench(bench_options(args, kind.name), workdir / f"{kind.name}-cemesh")
     bench.workdir.mkdir()
     log(f"{kind.name}: cemesh ({kind.channel}), wrk {args.duration:g}s")
     try:
@@ -448,7 +448,7 @@ def run_memory(
     return result
 
 
-def bench_options(args: argparse.Namespace) -> Options:
+def bench_options(args: argparse.Namespace, bus: str) -> Options:
     return Options(
         duration=args.duration,
         warmup=args.warmup,
@@ -459,7 +459,7 @@ def bench_options(args: argparse.Namespace) -> Options:
         json_path=None,
         strict=False,
         keep_logs=None,
-        profile=args.profile,
+        profile=None if args.profile is None else args.profile / bus,  # one directory per bus
         cemesh_cmd=None,
     )
 
