@@ -60,12 +60,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import api
@@ -214,10 +216,21 @@ class NatsBus:
 
     async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
         """Store ``event`` in the stream of ``topic``; return once the server acknowledged it."""
-        js = self._publishing()
+        self._publishing()
+        nc = self._nc
+        assert nc is not None  # open, as _publishing checked
         target = self._targets.get(topic) or await self._target(topic, PublishError)
         try:
-            await js.publish(target.subject, encode_envelope(event), headers=_headers(event, key))
+            # JetStream's publish is a request whose answer is the PubAck: sent as such, so that
+            # the answer is only checked for an error, not parsed into nats-py's PubAck (JSON
+            # and a dataclass per event, the largest part of publishing one).
+            answer = await nc.request(
+                target.subject,
+                encode_envelope(event),
+                timeout=self.options.request_timeout,
+                headers=_headers(event, key),
+            )
+            check_pub_ack(answer.data)
         except Exception as exc:
             raise self._publish_error(topic, exc) from exc
 
@@ -250,7 +263,7 @@ class NatsBus:
         return js
 
     def _publish_error(self, topic: str, exc: Exception) -> PublishError:
-        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+        if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
             # The stream went away (deleted by hand, server state lost): the next publish
             # creates it again.
             self._targets.pop(topic, None)
@@ -429,6 +442,17 @@ class NatsBus:
 
     def forget_target(self, topic: str) -> None:
         self._targets.pop(topic, None)
+
+
+def check_pub_ack(answer: bytes) -> None:
+    """Raise nats-py's APIError when JetStream's answer to a publish is an error, not a PubAck
+    (``{"stream": ..., "seq": ...}``; stream names cannot hold a quote, so a PubAck never
+    contains ``"error"``)."""
+    if b'"error"' not in answer:
+        return
+    document = json.loads(answer)
+    if isinstance(document, dict) and isinstance(document.get("error"), dict):
+        raise nats.js.errors.APIError.from_error(document["error"])
 
 
 def _headers(event: CloudEvent, key: str | None) -> dict[str, str]:

@@ -108,6 +108,29 @@ async def test_republished_event_is_stored_once_within_the_duplicate_window(
     assert [m.event.get(BROKER_TTL) for m in inbox.messages[:2]] == [255, 254]
 
 
+async def test_publish_after_the_stream_was_deleted_behind_the_bus_is_retryable_then_works(
+    make_bus: BusMaker, nats_server: NatsServer
+) -> None:
+    """A stream deleted by someone else: the next publish fails retryably (nothing stored it),
+    the one after it creates the stream again and is stored; a batch likewise."""
+    bus = await make_bus()
+    topic = fresh("broker")
+    await bus.publish(topic, sample_event(0))
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().delete_stream(stream_name(topic))
+        with pytest.raises(PublishError) as raised:
+            await bus.publish(topic, sample_event(1))
+        assert raised.value.retryable is True
+        await bus.publish(topic, sample_event(2))
+        await bus.publish_batch(topic, [sample_event(3), sample_event(4)])
+        stream = await nc.jetstream().stream_info(stream_name(topic))
+        assert stream.state.messages == 0  # interest retention, no group: nothing kept
+        assert stream.state.last_seq == 3
+    finally:
+        await nc.close()
+
+
 async def test_handler_busy_longer_than_ack_wait_is_not_redelivered(make_bus: BusMaker) -> None:
     """In-progress heartbeats keep a long delivery alive: no redelivery to the group's peer."""
     ack_wait = 1.0

@@ -1,12 +1,15 @@
-"""The nats bus adapter's pure parts: name mapping, de-duplication id, options."""
+"""The nats bus adapter's pure parts: name mapping, de-duplication id, delivery count, PubAck
+check, options."""
 
 from __future__ import annotations
 
+import nats.js.errors
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
 
+from adapters.nats.bus import check_pub_ack
 from adapters.nats.names import consumer_name, dedup_id, delivery_count, stream_name, subject_of
 from adapters.nats.options import NatsOptions
 from broker.core.config import Settings
@@ -122,3 +125,25 @@ def test_delivery_count_refuses_what_is_no_jetstream_ack_subject(reply: str) -> 
     """A message that is not JetStream's has no delivery count: ValueError, not a guess."""
     with pytest.raises(ValueError):
         delivery_count(reply)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"stream":"cemesh_broker_default_b","seq":7}',
+        b'{"stream":"s","seq":8,"duplicate":true}',
+        b'{"stream":"s","domain":"hub","seq":9}',
+    ],
+)
+def test_check_pub_ack_passes_a_pub_ack(answer: bytes) -> None:
+    """JetStream's PubAck (new or duplicate) is an accepted publish."""
+    check_pub_ack(answer)
+
+
+def test_check_pub_ack_raises_the_api_error_jetstream_answered() -> None:
+    """An error answer is nats-py's APIError with JetStream's code and description."""
+    answer = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}'
+    with pytest.raises(nats.js.errors.APIError) as raised:
+        check_pub_ack(answer)
+    assert raised.value.code == 503
+    assert raised.value.err_code == 10077
