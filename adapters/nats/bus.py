@@ -77,6 +77,7 @@ from adapters.nats.consumer import CLOSE_TIMEOUT, KEY_HEADER, MSG_ID_HEADER, Nat
 from adapters.nats.failures import describe, retryable
 from adapters.nats.names import Target, consumer_name, dedup_id, stream_name, subject_of
 from adapters.nats.options import NatsOptions
+from adapters.nats.publisher import Publisher
 from broker.core.errors import BusError, PublishError, SubscribeError
 from broker.core.events import CloudEvent, encode_envelope
 from broker.dataplane.bus import BusFactory, Capability, Handler
@@ -105,6 +106,7 @@ class NatsBus:
         self.options = parse_options(NatsOptions, self.name, options)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._publisher: Publisher | None = None
         self._open_lock = asyncio.Lock()
         self._stream_lock = asyncio.Lock()
         self._targets: dict[str, Target] = {}  # topics whose stream exists
@@ -138,7 +140,17 @@ class NatsBus:
                     f"nats bus: cannot connect to {self.options.url}: {describe(exc)}",
                     retryable=retryable(exc),
                 ) from exc
-            self._nc = nc
+            publisher = Publisher(nc, self.options.request_timeout)
+            try:
+                await publisher.start()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT)
+                raise BusError(
+                    f"nats bus: cannot subscribe to publish answers: {describe(exc)}",
+                    retryable=retryable(exc),
+                ) from exc
+            self._nc, self._publisher = nc, publisher
             self._js = nc.jetstream(timeout=self.options.request_timeout)
 
     def _connect_options(self) -> dict[str, Any]:
@@ -206,6 +218,9 @@ class NatsBus:
         if subscriptions:
             await asyncio.gather(*(s.close() for s in subscriptions), return_exceptions=True)
         nc, self._nc, self._js = self._nc, None, None
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.close()
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=int(CLOSE_TIMEOUT))  # the naks above
@@ -216,51 +231,41 @@ class NatsBus:
 
     async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
         """Store ``event`` in the stream of ``topic``; return once the server acknowledged it."""
-        self._publishing()
-        nc = self._nc
-        assert nc is not None  # open, as _publishing checked
+        publisher = self._publishing()
         target = self._targets.get(topic) or await self._target(topic, PublishError)
         try:
-            # JetStream's publish is a request whose answer is the PubAck: sent as such, so that
-            # the answer is only checked for an error, not parsed into nats-py's PubAck (JSON
-            # and a dataclass per event, the largest part of publishing one).
-            answer = await nc.request(
-                target.subject,
-                encode_envelope(event),
-                timeout=self.options.request_timeout,
-                headers=_headers(event, key),
+            answer = await publisher.send(
+                target.subject, encode_envelope(event), _headers(event, key)
             )
-            check_pub_ack(answer.data)
+            check_pub_ack(await answer)
         except Exception as exc:
             raise self._publish_error(topic, exc) from exc
 
     async def publish_batch(self, topic: str, events: Sequence[CloudEvent]) -> None:
         """Send every event's publish (in order) before awaiting any PubAck (PublishesBatch)."""
-        js = self._publishing()
+        publisher = self._publishing()
         target = self._targets.get(topic) or await self._target(topic, PublishError)
-        acks: list[asyncio.Future[api.PubAck]] = []
+        answers: list[asyncio.Future[bytes]] = []
         try:
             for event in events:
-                acks.append(
-                    await js.publish_async(
-                        target.subject, encode_envelope(event), headers=_headers(event, event.key)
+                answers.append(
+                    await publisher.send(
+                        target.subject, encode_envelope(event), _headers(event, event.key)
                     )
                 )
-            # The acks have no timeout of their own: the batch gets publish's.
-            async with asyncio.timeout(self.options.request_timeout):
-                for ack in acks:
-                    await ack
+            for answer in answers:
+                check_pub_ack(await answer)
         except Exception as exc:
-            for ack in acks:  # no publisher waits for them any more
-                ack.cancel()
+            for answer in answers:  # no publisher waits for them any more
+                answer.cancel()
             raise self._publish_error(topic, exc) from exc
 
-    def _publishing(self) -> JetStreamContext:
-        js = self._js
-        if self._closed or js is None:
+    def _publishing(self) -> Publisher:
+        publisher = self._publisher
+        if self._closed or publisher is None:
             state = "closed" if self._closed else "not open"
             raise PublishError(f"nats bus is {state}", retryable=False)
-        return js
+        return publisher
 
     def _publish_error(self, topic: str, exc: Exception) -> PublishError:
         if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):

@@ -15,11 +15,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
+import nats.aio.msg
+import nats.errors
 import pytest
 from nats.js import api
 
 from adapters.nats import NatsBus
 from adapters.nats.names import consumer_name, stream_name, subject_of
+from adapters.nats.publisher import Publisher
 from broker.core.errors import BusError, PublishError
 from broker.core.events import BROKER_TTL
 from broker.dataplane.bus import Message
@@ -128,6 +131,33 @@ async def test_publish_after_the_stream_was_deleted_behind_the_bus_is_retryable_
         assert stream.state.messages == 0  # interest retention, no group: nothing kept
         assert stream.state.last_seq == 3
     finally:
+        await nc.close()
+
+
+async def test_publish_unanswered_fails_with_a_timeout_and_an_answer_resolves_it(
+    nats_server: NatsServer,
+) -> None:
+    """The bus's publisher fails a publish nobody answers once its timeout passed (swept), says
+    no responders when nobody listens, and hands back the answer's bytes otherwise."""
+    nc = await nats.connect(nats_server.url)
+    publisher = Publisher(nc, timeout=0.3)
+    try:
+        await publisher.start()
+        silent = await nc.subscribe("cemesh-test.silent")  # listens, never answers
+        with pytest.raises(nats.errors.TimeoutError):
+            await asyncio.wait_for(await publisher.send("cemesh-test.silent", b"x", {}), WAIT)
+        with pytest.raises(nats.errors.NoRespondersError):
+            await asyncio.wait_for(await publisher.send("cemesh-test.nobody", b"x", {}), WAIT)
+
+        async def echo(msg: nats.aio.msg.Msg) -> None:
+            await nc.publish(msg.reply, b"answer:" + msg.data)
+
+        await nc.subscribe("cemesh-test.echo", cb=echo)
+        answer = await publisher.send("cemesh-test.echo", b"hi", {"Nats-Msg-Id": "1"})
+        assert await asyncio.wait_for(answer, WAIT) == b"answer:hi"
+        await silent.unsubscribe()
+    finally:
+        await publisher.close()
         await nc.close()
 
 
