@@ -88,7 +88,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiokafka.errors as kafka_errors
@@ -151,6 +151,7 @@ class KafkaBus:
         self._admin: AIOKafkaAdminClient | None = None
         self._open_lock = asyncio.Lock()
         self._topics: dict[str, asyncio.Future[None]] = {}  # Kafka name -> created (or exists)
+        self._kafka_names: dict[str, str] = {}  # cemesh topic -> Kafka name (kafka_topic's)
         self._subscriptions: set[KafkaSubscription] = set()
         self._attempts: Attempts = OrderedDict()
         self._closed = False
@@ -192,22 +193,45 @@ class KafkaBus:
 
     async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
         """Return once the server acknowledged the record with ``acks=all``."""
+        await self._publish(topic, ((event, key),))
+
+    async def publish_batch(self, topic: str, events: Sequence[CloudEvent]) -> None:
+        """Queue every record (in order) before awaiting any acknowledgement (PublishesBatch)."""
+        await self._publish(topic, [(event, event.key) for event in events])
+
+    async def _publish(self, topic: str, records: Sequence[tuple[CloudEvent, str | None]]) -> None:
         if self._closed:
             raise PublishError("kafka bus is closed", retryable=False)
         try:
-            await self.open()
-            name = kafka_topic(topic)
-            await self._ensure_topic(name)
+            if self._producer is None:
+                await self.open()
+            name = self._kafka_names.get(topic)
+            if name is None:
+                name = self._kafka_names[topic] = kafka_topic(topic)
+            if not self._topic_ready(name):
+                await self._ensure_topic(name)
             producer = self._producer
             if producer is None:
                 raise PublishError("kafka bus closed while publishing", retryable=False)
-            value, headers = encode_record(event)
-            key_bytes = None if key is None else key.encode()
-            if self._fast_producer is not None:
-                await self._fast_producer.send(name, value, key_bytes, headers)
-                return
-            delivery = await producer.send(name, value, key=key_bytes, headers=headers)
-            await delivery
+            acknowledged: list[asyncio.Future[Any]] = []
+            fast = self._fast_producer
+            try:
+                for event, key in records:
+                    value, headers = encode_record(event)
+                    key_bytes = None if key is None else key.encode()
+                    if fast is not None:
+                        acknowledged.append(fast.produce(name, value, key_bytes, headers))
+                    else:
+                        sent = await producer.send(name, value, key=key_bytes, headers=headers)
+                        acknowledged.append(sent)
+            except Exception:
+                # A record could not be queued: those before it are on their way; wait for them.
+                await asyncio.gather(*acknowledged, return_exceptions=True)
+                raise
+            if len(acknowledged) == 1:  # one publish: the common case, without gather
+                await acknowledged[0]
+            else:
+                await _all_settled(acknowledged)
         except BusError as exc:
             raise PublishError(exc.message, retryable=exc.retryable) from exc
         except kafka_errors.KafkaError as exc:
@@ -350,6 +374,16 @@ class KafkaBus:
 
     # -- topics and group positions -------------------------------------------------------------
 
+    def _topic_ready(self, name: str) -> bool:
+        """Whether Kafka topic ``name`` was created (or found) by this bus: no wait needed."""
+        created = self._topics.get(name)
+        return (
+            created is not None
+            and created.done()
+            and not created.cancelled()
+            and created.exception() is None
+        )
+
     async def _ensure_topic(self, name: str) -> None:
         """Create Kafka topic ``name`` once per bus (concurrent callers share the attempt)."""
         created = self._topics.get(name)
@@ -407,6 +441,13 @@ class KafkaBus:
                 log.info("kafka group %s is active; keeping its offsets", group)
         finally:
             await consumer.stop()
+
+
+async def _all_settled(futures: list[asyncio.Future[Any]]) -> None:
+    """Wait until none of ``futures`` is pending; raise the first failure, if any."""
+    for outcome in await asyncio.gather(*futures, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 # Checked by mypy: KafkaBus is a BusFactory building a Bus.

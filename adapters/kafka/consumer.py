@@ -328,10 +328,11 @@ class KafkaSubscription:
             if part.advance():
                 self._dirty.set()
             return
-        remembered = (self._topic, self._group, part.tp.partition, record.offset)
-        entry.deliveries = self._attempts.pop(remembered, 0)
+        if self._attempts:  # deliveries left by a closed or revoked subscription of the bus
+            remembered = (self._topic, self._group, part.tp.partition, record.offset)
+            entry.deliveries = self._attempts.pop(remembered, 0)
         self._buffered += 1
-        self._handoff.put(entry, self._lane(entry))
+        self._handoff.put(entry, self._lane(entry) if self._ordered else None)
 
     # -- handling -------------------------------------------------------------------------------
 
@@ -342,23 +343,21 @@ class KafkaSubscription:
             return (entry.partition, entry.key)
         return None
 
-    async def _next(self) -> _Entry:
-        """The next message of a partition still ours (revoked ones are passed over)."""
-        while True:
-            entry = await self._handoff.take()
-            if not entry.partition.draining:
-                return entry
-
     async def _work(self) -> None:
         task = asyncio.current_task()
         assert task is not None
         handler = self._handler
+        handoff = self._handoff
+        log_extra = self._log_extra()  # once, not per message
         # The closing check is for handlers that swallow the cancellation of close().
         while not self._closing.is_set():
             entry: _Entry | None = None
             try:
-                entry = await self._next()
+                entry = await handoff.take()
                 part = entry.partition
+                if part.draining:  # revoked: passed over, its next owner delivers it
+                    entry = None
+                    continue
                 assert entry.event is not None
                 entry.deliveries += 1
                 self._running[task] = entry
@@ -369,7 +368,7 @@ class KafkaSubscription:
                         Message(entry.event, entry.key, entry.deliveries),
                         error_delay=ERROR_REDELIVERY_DELAY,
                         logger=log,
-                        log_extra=self._log_extra(),
+                        log_extra=log_extra,
                     )
                 finally:
                     part.in_handler -= 1

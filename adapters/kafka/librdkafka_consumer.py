@@ -103,6 +103,9 @@ class LibrdkafkaConsumer:
         except (self._kafka.KafkaException, RuntimeError) as exc:  # RuntimeError: closed
             raise bus_error("fetch", exc) from exc
         batches: dict[TopicPartition, list[Record]] = {}
+        # A fetch holds runs of records of one partition: look its list up once per run.
+        last: tuple[str, int] | None = None
+        records: list[Record] = []
         for message in messages:
             error = message.error()
             if error is not None:
@@ -111,9 +114,13 @@ class LibrdkafkaConsumer:
                 if error.code() != self._kafka.KafkaError._PARTITION_EOF:
                     log.warning("kafka consumer: %s", error.str(), extra={"fatal": error.fatal()})
                 continue
-            tp = TopicPartition(message.topic(), message.partition())
-            record = Record(message.offset(), message.key(), message.value(), message.headers())
-            batches.setdefault(tp, []).append(record)
+            where = (message.topic(), message.partition())
+            if where != last:
+                last = where
+                records = batches.setdefault(TopicPartition(*where), [])
+            records.append(
+                Record(message.offset(), message.key(), message.value(), message.headers())
+            )
         return batches
 
     def _fetch(self, max_records: int, timeout: float) -> list[Any]:

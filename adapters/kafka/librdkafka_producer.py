@@ -40,6 +40,14 @@ class LibrdkafkaProducer:
         self, topic: str, value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]]
     ) -> None:
         """Queue the record; return once acknowledged (BusError when it was not)."""
+        await self.produce(topic, value, key, headers)
+
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]]
+    ) -> asyncio.Future[None]:
+        """Queue the record now (records queued one after the other keep their order); the
+        future resolves once it is acknowledged, or fails with a BusError. Raises BusError when
+        librdkafka refuses to queue it."""
         future: asyncio.Future[None] = self._loop.create_future()
 
         def delivered(error: Any, _message: Any) -> None:  # inside poll, on the loop's thread
@@ -61,7 +69,7 @@ class LibrdkafkaProducer:
         self._idle.clear()
         if self._timer is None:
             self._timer = self._loop.call_later(POLL_EVERY, self._poll)
-        await future
+        return future
 
     def _poll(self) -> None:
         self._timer = None

@@ -8,6 +8,7 @@ package's ``bus.py`` for the model.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import string
@@ -46,48 +47,65 @@ Headers = list[tuple[str, bytes]]
 def encode_record(event: CloudEvent) -> tuple[bytes, Headers]:
     """The record value and headers of ``event`` (Kafka binding, binary mode, C71)."""
     headers: Headers = []
-    types: dict[str, str] = {}
+    append = headers.append
+    typed: list[tuple[str, str]] | None = None
     for name, value in event.attributes.items():
-        if isinstance(value, bool):
-            types[name] = "Boolean"
-        elif isinstance(value, int):
-            types[name] = "Integer"
-        elif name == "datacontenttype":
-            headers.append(("content-type", value.encode()))
+        if value.__class__ is str:  # nearly every attribute: no type to record
+            if name == "datacontenttype":
+                append(("content-type", value.encode()))
+            else:
+                append(("ce_" + name, value.encode()))
             continue
-        headers.append(("ce_" + name, attribute_text(value).encode()))
-    if types:
-        headers.append((TYPES_HEADER, json.dumps(types, separators=(",", ":")).encode()))
+        if isinstance(value, int):  # bool included
+            if typed is None:
+                typed = []
+            typed.append((name, "Boolean" if isinstance(value, bool) else "Integer"))
+        append(("ce_" + name, attribute_text(value).encode()))
+    if typed:
+        append((TYPES_HEADER, _types_header(tuple(typed))))
     if event.data is None:
-        headers.append((NO_DATA_HEADER, b"1"))
+        append((NO_DATA_HEADER, b"1"))
         return b"", headers
     return event.data, headers
+
+
+@functools.lru_cache(maxsize=256)
+def _types_header(typed: tuple[tuple[str, str], ...]) -> bytes:
+    """The ``cemesh_attribute_types`` value (events of one source share a few; memoized)."""
+    return json.dumps(dict(typed), separators=(",", ":")).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_types_header(raw: bytes) -> tuple[tuple[str, Any], ...]:
+    """The pairs of a ``cemesh_attribute_types`` value; ValueError when it is no JSON object."""
+    types = json.loads(raw)
+    if not isinstance(types, dict):
+        raise ValueError(f"bad {TYPES_HEADER} header")
+    return tuple(types.items())
 
 
 def decode_record(value: bytes | None, headers: Any) -> CloudEvent:
     """The event of a record: binary mode (C71) or structured JSON (C72). ValueError otherwise."""
     attributes: dict[str, AttributeValue] = {}
     content_type: str | None = None
-    types: Any = {}
+    types: tuple[tuple[str, Any], ...] = ()
     no_data = False
     for name, raw in headers:
-        if name.startswith("ce_"):
+        if name[:3] == "ce_":
             attributes[name[3:]] = raw.decode()
-        elif name.lower() == "content-type":
-            content_type = raw.decode()
         elif name == TYPES_HEADER:
-            types = json.loads(raw)
+            types = _parse_types_header(raw)
         elif name == NO_DATA_HEADER:
             no_data = True
+        elif name.lower() == "content-type":
+            content_type = raw.decode()
     if "specversion" not in attributes:
         if content_type is not None and content_type.startswith("application/cloudevents+json"):
             return _decode_structured(value or b"")
         raise ValueError("neither a binary-mode nor a structured CloudEvents record")
     if content_type is not None:
         attributes["datacontenttype"] = content_type
-    if not isinstance(types, dict):
-        raise ValueError(f"bad {TYPES_HEADER} header")
-    for name, type_name in types.items():
+    for name, type_name in types:
         text = attributes.get(name)
         if type_name == "Boolean" and text in ("true", "false"):
             attributes[name] = text == "true"

@@ -60,12 +60,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import api
@@ -75,6 +77,7 @@ from adapters.nats.consumer import CLOSE_TIMEOUT, KEY_HEADER, MSG_ID_HEADER, Nat
 from adapters.nats.failures import describe, retryable
 from adapters.nats.names import Target, consumer_name, dedup_id, stream_name, subject_of
 from adapters.nats.options import NatsOptions
+from adapters.nats.publisher import Publisher
 from broker.core.errors import BusError, PublishError, SubscribeError
 from broker.core.events import CloudEvent, encode_envelope
 from broker.dataplane.bus import BusFactory, Capability, Handler
@@ -103,6 +106,7 @@ class NatsBus:
         self.options = parse_options(NatsOptions, self.name, options)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._publisher: Publisher | None = None
         self._open_lock = asyncio.Lock()
         self._stream_lock = asyncio.Lock()
         self._targets: dict[str, Target] = {}  # topics whose stream exists
@@ -136,7 +140,17 @@ class NatsBus:
                     f"nats bus: cannot connect to {self.options.url}: {describe(exc)}",
                     retryable=retryable(exc),
                 ) from exc
-            self._nc = nc
+            publisher = Publisher(nc, self.options.request_timeout)
+            try:
+                await publisher.start()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT)
+                raise BusError(
+                    f"nats bus: cannot subscribe to publish answers: {describe(exc)}",
+                    retryable=retryable(exc),
+                ) from exc
+            self._nc, self._publisher = nc, publisher
             self._js = nc.jetstream(timeout=self.options.request_timeout)
 
     def _connect_options(self) -> dict[str, Any]:
@@ -153,6 +167,10 @@ class NatsBus:
             "error_cb": self._on_error,
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
+            # Every subject this bus uses is made safe where it is made (subject_of: printable
+            # ASCII, no whitespace or CR/LF; inboxes and ack subjects are the client's and the
+            # server's), so the client need not check each publish and ack again.
+            "skip_subject_validation": True,
         }
         if o.user is not None:
             connect["user"] = o.user
@@ -200,6 +218,9 @@ class NatsBus:
         if subscriptions:
             await asyncio.gather(*(s.close() for s in subscriptions), return_exceptions=True)
         nc, self._nc, self._js = self._nc, None, None
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.close()
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=int(CLOSE_TIMEOUT))  # the naks above
@@ -210,28 +231,51 @@ class NatsBus:
 
     async def publish(self, topic: str, event: CloudEvent, *, key: str | None = None) -> None:
         """Store ``event`` in the stream of ``topic``; return once the server acknowledged it."""
-        js = self._js
-        if self._closed or js is None:
+        publisher = self._publishing()
+        target = self._targets.get(topic) or await self._target(topic, PublishError)
+        try:
+            answer = await publisher.send(
+                target.subject, encode_envelope(event), _headers(event, key)
+            )
+            check_pub_ack(await answer)
+        except Exception as exc:
+            raise self._publish_error(topic, exc) from exc
+
+    async def publish_batch(self, topic: str, events: Sequence[CloudEvent]) -> None:
+        """Send every event's publish (in order) before awaiting any PubAck (PublishesBatch)."""
+        publisher = self._publishing()
+        target = self._targets.get(topic) or await self._target(topic, PublishError)
+        answers: list[asyncio.Future[bytes]] = []
+        try:
+            for event in events:
+                answers.append(
+                    await publisher.send(
+                        target.subject, encode_envelope(event), _headers(event, event.key)
+                    )
+                )
+            for answer in answers:
+                check_pub_ack(await answer)
+        except Exception as exc:
+            for answer in answers:  # no publisher waits for them any more
+                answer.cancel()
+            raise self._publish_error(topic, exc) from exc
+
+    def _publishing(self) -> Publisher:
+        publisher = self._publisher
+        if self._closed or publisher is None:
             state = "closed" if self._closed else "not open"
             raise PublishError(f"nats bus is {state}", retryable=False)
-        target = self._targets.get(topic) or await self._target(topic, PublishError)
-        headers: dict[str, str] = {}
-        msg_id = dedup_id(event)
-        if msg_id is not None:
-            headers[MSG_ID_HEADER] = msg_id
-        if key is not None:
-            headers[KEY_HEADER] = quote(key, safe="")
-        try:
-            await js.publish(target.subject, encode_envelope(event), headers=headers)
-        except Exception as exc:
-            if isinstance(exc, nats.js.errors.NoStreamResponseError):
-                # The stream went away (deleted by hand, server state lost): the next publish
-                # creates it again.
-                self._targets.pop(topic, None)
-            raise PublishError(
-                f"nats bus: publish to {topic!r} failed: {describe(exc)}",
-                retryable=not self._closed and retryable(exc),
-            ) from exc
+        return publisher
+
+    def _publish_error(self, topic: str, exc: Exception) -> PublishError:
+        if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
+            # The stream went away (deleted by hand, server state lost): the next publish
+            # creates it again.
+            self._targets.pop(topic, None)
+        return PublishError(
+            f"nats bus: publish to {topic!r} failed: {describe(exc)}",
+            retryable=not self._closed and retryable(exc),
+        )
 
     async def _target(self, topic: str, error: type[BusError]) -> Target:
         """Create the stream of ``topic`` unless this bus already did."""
@@ -403,6 +447,28 @@ class NatsBus:
 
     def forget_target(self, topic: str) -> None:
         self._targets.pop(topic, None)
+
+
+def check_pub_ack(answer: bytes) -> None:
+    """Raise nats-py's APIError when JetStream's answer to a publish is an error, not a PubAck
+    (``{"stream": ..., "seq": ...}``; stream names cannot hold a quote, so a PubAck never
+    contains ``"error"``)."""
+    if b'"error"' not in answer:
+        return
+    document = json.loads(answer)
+    if isinstance(document, dict) and isinstance(document.get("error"), dict):
+        raise nats.js.errors.APIError.from_error(document["error"])
+
+
+def _headers(event: CloudEvent, key: str | None) -> dict[str, str]:
+    """The message headers of ``event``: its de-duplication id and its key (module doc)."""
+    headers: dict[str, str] = {}
+    msg_id = dedup_id(event)
+    if msg_id is not None:
+        headers[MSG_ID_HEADER] = msg_id
+    if key is not None:
+        headers[KEY_HEADER] = quote(key, safe="")
+    return headers
 
 
 # Checked by mypy: NatsBus is a BusFactory building a Bus.

@@ -19,7 +19,7 @@ from nats.aio.subscription import Subscription as NatsSubscriptionHandle
 from nats.js import api
 
 from adapters.nats.failures import describe
-from adapters.nats.names import Target
+from adapters.nats.names import Target, delivery_count
 from broker.core.errors import BusError
 from broker.core.events import decode_envelope
 from broker.dataplane.bus import Handler, Message, run_handler
@@ -227,6 +227,7 @@ class NatsSubscription:
 
     async def _work(self) -> None:
         handler = self._handler
+        log_extra = {"topic": self._topic, "group": self._group}  # once, not per message
         while not self._closed:
             held = await self._queue.get()
             msg = held.msg
@@ -247,7 +248,7 @@ class NatsSubscription:
                     message,
                     error_delay=ERROR_REDELIVERY_DELAY,
                     logger=log,
-                    log_extra={"topic": self._topic, "group": self._group},
+                    log_extra=log_extra,
                 )
             except BaseException:  # cancellation (close) and interpreter exit: never an ack
                 await self._settle(held, "nak")
@@ -316,7 +317,7 @@ def _message(msg: Msg) -> Message:
     return Message(
         decode_envelope(msg.data),
         None if key is None else unquote(key),
-        msg.metadata.num_delivered,
+        delivery_count(msg.reply),
     )
 
 

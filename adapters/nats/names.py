@@ -66,6 +66,20 @@ def dedup_id(event: CloudEvent) -> str | None:
     return " ".join(parts)
 
 
+def delivery_count(reply: str) -> int:
+    """How many times JetStream delivered the message whose ack subject is ``reply``.
+
+    What nats-py's ``Msg.metadata.num_delivered`` says, without building the whole metadata (a
+    datetime and two dataclasses per message, the largest cost of receiving one): the ack
+    subject is ``$JS.ACK.<stream>.<consumer>.<delivered>.<...>`` (9 tokens) or, with a domain
+    and account hash, ``$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<...>`` (11 or
+    more). ValueError for anything else (not a JetStream message)."""
+    tokens = reply.split(".")
+    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK" or len(tokens) == 10:
+        raise ValueError(f"not a JetStream ack subject: {reply!r}")
+    return int(tokens[4] if len(tokens) == 9 else tokens[6])
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where the events of one topic go: its stream and the subject it captures."""

@@ -203,6 +203,7 @@ class RedisSubscription:
     # -- handling ---------------------------------------------------------------------------
 
     async def _work(self) -> None:
+        log_extra = self.log_extra()  # once, not per message
         while True:
             entry = await self._queue.get()
             try:
@@ -220,7 +221,7 @@ class RedisSubscription:
                     message,
                     error_delay=ERROR_REDELIVERY_DELAY,
                     logger=log,
-                    log_extra=self.log_extra(),
+                    log_extra=log_extra,
                 )
             except BaseException:  # cancellation (close) and interpreter exit: never an ack
                 self._settle(entry, 0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Sequence
 
 import redis.asyncio as redis
 
@@ -36,6 +37,21 @@ class Publisher:
         self._idle.clear()
         self._wake.set()
         await future
+
+    async def xadd_many(self, stream: str, entries: Sequence[dict[bytes, bytes]]) -> None:
+        """Queue every entry's XADD at once (in order: they share a pipeline, or follow in the
+        next); return once Redis answered them all; raise the first error otherwise."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for fields in entries:
+            future: asyncio.Future[None] = loop.create_future()
+            self._pending.append((stream, fields, future))
+            futures.append(future)
+        self._idle.clear()
+        self._wake.set()
+        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _run(self) -> None:
         while True:

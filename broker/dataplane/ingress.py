@@ -192,8 +192,14 @@ class Ingress:
         bus = self.buses[target.bus]
         topic = target.topic
         try:
-            for event in events:
-                await bus.publish(topic, event, key=event.key)
+            # A batch goes out together where the bus can (PublishesBatch): one wait for all of
+            # its acks rather than one per event.
+            publish_batch = getattr(bus, "publish_batch", None) if len(events) > 1 else None
+            if publish_batch is not None:
+                await publish_batch(topic, events)
+            else:
+                for event in events:
+                    await bus.publish(topic, event, key=event.key)
         except PublishError as exc:
             _end_all(span_ends)
             log.error(

@@ -22,7 +22,15 @@ import pytest
 
 from broker.core.errors import BusError, PublishError, SubscribeError
 from broker.core.events import CloudEvent
-from broker.dataplane.bus import Bus, Capability, Handler, Message, Nack, bus_factory
+from broker.dataplane.bus import (
+    Bus,
+    Capability,
+    Handler,
+    Message,
+    Nack,
+    PublishesBatch,
+    bus_factory,
+)
 from tests.conformance.conftest import AdapterCase
 from tests.conformance.inbox import WAIT, Inbox, sample_event, wait_set
 
@@ -462,6 +470,58 @@ async def test_key_order_holds_across_redelivery(
     await inbox.wait_for_count(len(keys) * per_key)
     for key in keys:
         assert acked[key] == list(range(per_key)), key
+
+
+# -- batches (optional: PublishesBatch) ----------------------------------------------------------
+
+
+def batching(bus: Bus) -> PublishesBatch:
+    """The bus as a PublishesBatch; skip the calling test for an adapter that does not offer it."""
+    if not isinstance(bus, PublishesBatch):
+        pytest.skip(f"{bus.name} does not offer publish_batch")
+    return bus
+
+
+async def test_publish_batch_stores_every_event_each_key_in_order(
+    bus: Bus, adapter: AdapterCase, topic: str, unique: Names
+) -> None:
+    """``publish_batch`` returns once every event is accepted; each arrives, keyed by its
+    ``partitionkey``, and (ORDERED_BY_KEY) one key's events in the order of the batch."""
+    batch_bus = batching(bus)
+    keys = ["key-a", "key-b", "key-c"]
+    per_key = 30
+    by_key: dict[str | None, list[int]] = defaultdict(list)
+    inbox = Inbox()
+
+    async def handler(message: Message) -> None:
+        seq = message.event.get("seq")
+        assert isinstance(seq, int)
+        by_key[message.key].append(seq)
+        inbox.record(message)
+
+    ordered = Capability.ORDERED_BY_KEY in adapter.capabilities
+    await bus.subscribe(
+        topic, group=unique("group"), handler=handler, concurrency=4, ordered=ordered
+    )
+    events = [sample_event(seq, partitionkey=key) for seq in range(per_key) for key in keys] + [
+        sample_event(per_key + n) for n in range(10)
+    ]  # and some without a key
+    await batch_bus.publish_batch(topic, events)
+    await inbox.wait_for_ids({event.id for event in events})
+    assert sorted(inbox.ids()) == sorted(event.id for event in events)
+    assert sorted(by_key[None]) == list(range(per_key, per_key + 10))
+    for key in keys:
+        seqs = by_key[key]
+        assert (seqs if ordered else sorted(seqs)) == list(range(per_key)), key
+
+
+async def test_publish_batch_after_close_raises_publish_error(bus: Bus, topic: str) -> None:
+    """A closed bus refuses a batch as it refuses one event: a terminal PublishError."""
+    batch_bus = batching(bus)
+    await bus.close()
+    with pytest.raises(PublishError) as raised:
+        await batch_bus.publish_batch(topic, [sample_event(0), sample_event(1)])
+    assert raised.value.retryable is False
 
 
 # -- lifecycle -----------------------------------------------------------------------------------

@@ -15,11 +15,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
+import nats.aio.msg
+import nats.errors
 import pytest
 from nats.js import api
 
 from adapters.nats import NatsBus
 from adapters.nats.names import consumer_name, stream_name, subject_of
+from adapters.nats.publisher import Publisher
 from broker.core.errors import BusError, PublishError
 from broker.core.events import BROKER_TTL
 from broker.dataplane.bus import Message
@@ -106,6 +109,56 @@ async def test_republished_event_is_stored_once_within_the_duplicate_window(
     await inbox.wait_for_ids({sentinel.id})
     assert inbox.ids() == [event.id, event.id, sentinel.id]
     assert [m.event.get(BROKER_TTL) for m in inbox.messages[:2]] == [255, 254]
+
+
+async def test_publish_after_the_stream_was_deleted_behind_the_bus_is_retryable_then_works(
+    make_bus: BusMaker, nats_server: NatsServer
+) -> None:
+    """A stream deleted by someone else: the next publish fails retryably (nothing stored it),
+    the one after it creates the stream again and is stored; a batch likewise."""
+    bus = await make_bus()
+    topic = fresh("broker")
+    await bus.publish(topic, sample_event(0))
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().delete_stream(stream_name(topic))
+        with pytest.raises(PublishError) as raised:
+            await bus.publish(topic, sample_event(1))
+        assert raised.value.retryable is True
+        await bus.publish(topic, sample_event(2))
+        await bus.publish_batch(topic, [sample_event(3), sample_event(4)])
+        stream = await nc.jetstream().stream_info(stream_name(topic))
+        assert stream.state.messages == 0  # interest retention, no group: nothing kept
+        assert stream.state.last_seq == 3
+    finally:
+        await nc.close()
+
+
+async def test_publish_unanswered_fails_with_a_timeout_and_an_answer_resolves_it(
+    nats_server: NatsServer,
+) -> None:
+    """The bus's publisher fails a publish nobody answers once its timeout passed (swept), says
+    no responders when nobody listens, and hands back the answer's bytes otherwise."""
+    nc = await nats.connect(nats_server.url)
+    publisher = Publisher(nc, timeout=0.3)
+    try:
+        await publisher.start()
+        silent = await nc.subscribe("cemesh-test.silent")  # listens, never answers
+        with pytest.raises(nats.errors.TimeoutError):
+            await asyncio.wait_for(await publisher.send("cemesh-test.silent", b"x", {}), WAIT)
+        with pytest.raises(nats.errors.NoRespondersError):
+            await asyncio.wait_for(await publisher.send("cemesh-test.nobody", b"x", {}), WAIT)
+
+        async def echo(msg: nats.aio.msg.Msg) -> None:
+            await nc.publish(msg.reply, b"answer:" + msg.data)
+
+        await nc.subscribe("cemesh-test.echo", cb=echo)
+        answer = await publisher.send("cemesh-test.echo", b"hi", {"Nats-Msg-Id": "1"})
+        assert await asyncio.wait_for(answer, WAIT) == b"answer:hi"
+        await silent.unsubscribe()
+    finally:
+        await publisher.close()
+        await nc.close()
 
 
 async def test_handler_busy_longer_than_ack_wait_is_not_redelivered(make_bus: BusMaker) -> None:

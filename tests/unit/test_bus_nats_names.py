@@ -1,10 +1,16 @@
-"""The nats bus adapter's pure parts: name mapping, de-duplication id, options."""
+"""The nats bus adapter's pure parts: name mapping, de-duplication id, delivery count, PubAck
+check, options."""
 
 from __future__ import annotations
 
+import nats.js.errors
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.msg import Msg
 
-from adapters.nats.names import consumer_name, dedup_id, stream_name, subject_of
+from adapters.nats.bus import check_pub_ack
+from adapters.nats.names import consumer_name, dedup_id, delivery_count, stream_name, subject_of
 from adapters.nats.options import NatsOptions
 from broker.core.config import Settings
 from broker.core.errors import BusError
@@ -89,3 +95,55 @@ def test_every_nats_setting_is_an_option_of_the_adapter() -> None:
     """The ``nats_*`` settings (with their defaults) are what the adapter is built from."""
     options = parse_options(NatsOptions, "nats", bus_options(Settings(), "nats"))
     assert options == NatsOptions()
+
+
+@given(
+    delivered=st.integers(min_value=1, max_value=10**9),
+    stream_seq=st.integers(min_value=1, max_value=10**12),
+    domain=st.sampled_from(["", "hub"]),
+    v2=st.booleans(),
+    extra_tokens=st.integers(min_value=0, max_value=2),
+)
+def test_delivery_count_reads_num_delivered_as_nats_py_does(
+    delivered: int, stream_seq: int, domain: str, v2: bool, extra_tokens: int
+) -> None:
+    """The ack subject's delivery count (v1 and v2 formats) is what nats-py's metadata says."""
+    stamp = 1_733_480_000_000_000_000
+    if v2:
+        tokens = ["$JS", "ACK", domain or "_", "ACCHASH", "stream_a", "consumer-b", str(delivered)]
+        tokens += [str(stream_seq), "7", str(stamp), "3"] + ["x"] * extra_tokens
+    else:
+        tokens = ["$JS", "ACK", "stream_a", "consumer-b", str(delivered), str(stream_seq), "7"]
+        tokens += [str(stamp), "3"]
+    reply = ".".join(tokens)
+    expected = Msg(None, subject="s", reply=reply, data=b"").metadata.num_delivered  # type: ignore[arg-type]
+    assert delivery_count(reply) == expected == delivered
+
+
+@pytest.mark.parametrize("reply", ["", "_INBOX.abc", "$JS.ACK.a.b.1", "$JS.API.a.b.c.d.e.f.g"])
+def test_delivery_count_refuses_what_is_no_jetstream_ack_subject(reply: str) -> None:
+    """A message that is not JetStream's has no delivery count: ValueError, not a guess."""
+    with pytest.raises(ValueError):
+        delivery_count(reply)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"stream":"cemesh_broker_default_b","seq":7}',
+        b'{"stream":"s","seq":8,"duplicate":true}',
+        b'{"stream":"s","domain":"hub","seq":9}',
+    ],
+)
+def test_check_pub_ack_passes_a_pub_ack(answer: bytes) -> None:
+    """JetStream's PubAck (new or duplicate) is an accepted publish."""
+    check_pub_ack(answer)
+
+
+def test_check_pub_ack_raises_the_api_error_jetstream_answered() -> None:
+    """An error answer is nats-py's APIError with JetStream's code and description."""
+    answer = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}'
+    with pytest.raises(nats.js.errors.APIError) as raised:
+        check_pub_ack(answer)
+    assert raised.value.code == 503
+    assert raised.value.err_code == 10077

@@ -2,7 +2,8 @@
 
 - :mod:`~broker.dataplane.bus.contract`: THE contract every adapter implements (:class:`Bus`,
   :class:`Message`, :class:`Nack`, :class:`Capability`, :func:`run_handler`, the optional
-  :class:`ReportsBacklog`, :class:`SelectsGroups` and :class:`PublishesNow`); read it first.
+  :class:`ReportsBacklog`, :class:`SelectsGroups`, :class:`PublishesNow` and
+  :class:`PublishesBatch`); read it first.
 - :mod:`~broker.dataplane.bus.registry`: finds an adapter by name and builds it
   (:func:`create_bus`).
 - :mod:`~broker.dataplane.bus.options`: parses an adapter's option mapping with its typed model.
@@ -21,6 +22,7 @@ from broker.dataplane.bus.contract import (
     Handler,
     Message,
     Nack,
+    PublishesBatch,
     PublishesNow,
     ReportsBacklog,
     SelectsGroups,
@@ -45,6 +47,7 @@ __all__ = [
     "Handler",
     "Message",
     "Nack",
+    "PublishesBatch",
     "PublishesNow",
     "ReportsBacklog",
     "SelectsGroups",

@@ -225,4 +225,23 @@ class PublishesNow(Protocol):
         ...
 
 
+@runtime_checkable
+class PublishesBatch(Protocol):
+    """Optional: a bus that sends the events of one batch together and awaits their acks once.
+
+    The ingress hands it the events of a batched request (``application/cloudevents-batch+json``)
+    instead of awaiting one ``publish`` after the other, so a request of 100 events costs about
+    one round trip to the server, not 100. Each event is keyed by its ``key``. The guarantees are
+    ``publish``'s, for every event: the call returns only once all of them are durably accepted,
+    and on a bus declaring ``ORDERED_BY_KEY`` events of one key are stored in the order given.
+    If any is refused it raises :class:`~broker.core.errors.PublishError` (``retryable`` as
+    ``publish`` would say) once it waits for none of the others; some of them may have been
+    stored, so the sender's retry may store them twice, which at-least-once allows.
+    """
+
+    async def publish_batch(self, topic: str, events: Sequence[CloudEvent]) -> None:
+        """Publish every event of ``events`` to ``topic`` as ``publish`` would, together."""
+        ...
+
+
 BusFactory = Callable[[Mapping[str, Any]], Bus]
