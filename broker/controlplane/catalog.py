@@ -115,6 +115,8 @@ class Admission:
 # what it decided in the world. The world is typed loosely here so that the catalog, which the
 # resource model needs, does not depend on the reconcile machinery.
 Reconciler = Callable[[Mapping[str, Any], Any], None]
+# The keys (API group, kind, namespace, name) of the objects one object's reconcile reads.
+References = Callable[[Mapping[str, Any]], tuple[tuple[str, str, str, str], ...]]
 # How a referenced object of one kind turns into a URL (a Destination's ref), from the world.
 AddressResolver = Callable[[Mapping[str, Any], Any], str]
 
@@ -122,12 +124,21 @@ AddressResolver = Callable[[Mapping[str, Any], Any], str]
 @dataclass(frozen=True, slots=True)
 class KindReconciler:
     """The reconciler of one kind. ``owns_children``: it adds owned objects to
-    ``world.children``, which the controller keeps in the store (and deletes when unwanted)."""
+    ``world.children``, which the controller keeps in the store (and deletes when unwanted).
+
+    ``references`` (optional): the keys (API group, kind, namespace, name) of every object
+    whose state reconciling an object of this kind reads. A kind that gives it lets a pass
+    reuse an object's outcome from the previous pass when neither the object nor what it
+    references changed (:mod:`broker.controlplane.incremental`); its reconciler must then
+    record nothing but the object's own status, its runtime spec under its uid
+    (``world.triggers`` or ``world.subscriptions``) and forward look-ups.
+    """
 
     group: str
     kind: str
     reconcile: Reconciler
     owns_children: bool = False
+    references: References | None = None
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from broker.controlplane.admission import admit
 from broker.controlplane.catalog import Catalog
 from broker.controlplane.control_policy import ControlPolicy, Plan, StorePolicy
 from broker.controlplane.eventing.topics import owned_topic, topics_to_delete
+from broker.controlplane.incremental import Memo
 from broker.controlplane.reconcile import Reconciled, reconcile
 from broker.controlplane.resource_store import ResourceStore, StatusChange
 from broker.controlplane.resources import SUBSCRIPTION, TRIGGER
@@ -72,6 +74,9 @@ MAX_PASSES = 6  # owner -> owned -> owned-by-owned -> ready: enough for Sequence
 # Statuses written per store transaction: one commit for many (the first sync after a start
 # writes every object's status), yet a bounded hold of the store's write lock.
 STATUS_BATCH = 200
+# Seconds between full reconciles (no outcome reused, broker.controlplane.incremental): the
+# safety net under incremental reconcile, whose result is the same by construction.
+FULL_RECONCILE_INTERVAL = 300.0
 # Resync intervals after which a deleted topic is deleted once more (see the module docstring).
 RECHECK_POLLS = 2
 # (API group, kind) of the objects that own a consumer group on the bus (retired on deletion).
@@ -189,6 +194,8 @@ class Controller:
         self._no_writes.set()
         self.syncs_shared = 0  # calls answered by another caller's sync (for tests and metrics)
         self._seen_revision = -1
+        self._memo: Memo | None = None  # what the next reconcile may reuse
+        self._full_reconcile_due = 0.0  # time.monotonic() of the next full reconcile
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
 
@@ -368,8 +375,16 @@ class Controller:
             return self._reconcile_now(objects, unavailable)
 
     def _reconcile_now(self, objects: list[dict], unavailable: dict[str, str]) -> Reconciled:
-        return reconcile(
+        """Reconcile, reusing the outcomes of the last reconcile for what did not change
+        (a full reconcile every :data:`FULL_RECONCILE_INTERVAL` seconds)."""
+        now = time.monotonic()
+        memo = self._memo if now < self._full_reconcile_due else None
+        if memo is None:
+            self._full_reconcile_due = now + FULL_RECONCILE_INTERVAL
+        result = reconcile(
             objects,
+            memo=memo,
+            incremental=True,
             catalog=self._catalog,
             base_url=self._base_url,
             default_delivery=self._default_delivery,
@@ -380,6 +395,8 @@ class Controller:
             https_base_url=self._https_base_url,
             ca_certs=self._ca_certs,
         )
+        self._memo = result.memo
+        return result
 
     async def _write_statuses(self, objects: list[dict], statuses: dict[str, dict]) -> int:
         """Write the statuses that changed, :data:`STATUS_BATCH` per transaction; how many

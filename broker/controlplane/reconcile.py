@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.controlplane.catalog import Catalog
+from broker.controlplane.incremental import Memo, MemoPass
 from broker.controlplane.resources import (
     BROKER,
     CHANNEL_BUSES,
@@ -57,6 +58,9 @@ class Reconciled:
     snapshot: Snapshot
     # Objects owned by others (ownerReferences, controller) that must exist, as desired now.
     children: list[dict[str, Any]] = field(default_factory=list)
+    # What the next reconcile may reuse (broker.controlplane.incremental); None when not asked.
+    memo: Memo | None = None
+    reused: int = 0  # objects whose outcome came from ``memo`` given (last settle pass)
 
 
 def reconcile(
@@ -72,6 +76,8 @@ def reconcile(
     default_authorization_mode: AuthorizationMode = "allow-same-namespace",
     https_base_url: str | None = None,
     ca_certs: str | None = None,
+    memo: Memo | None = None,
+    incremental: bool = False,
 ) -> Reconciled:
     """Statuses for ``objects`` (stored resources, with metadata.uid) and the Snapshot to run.
 
@@ -81,6 +87,9 @@ def reconcile(
     out of the snapshot, so that one unreachable bus does not stop everything else.
     ``ingress_oidc``: senders must present tokens (audiences published, EventPolicies compiled
     into the snapshot); ``default_authorization_mode`` decides where no EventPolicy applies.
+    ``incremental``: return a :class:`~broker.controlplane.incremental.Memo` for the next call,
+    which passes it as ``memo`` to reuse the outcomes of objects that did not change (the
+    result is the same as without it).
     """
     stored = {
         obj["metadata"]["uid"]: obj["status"]
@@ -94,13 +103,19 @@ def reconcile(
     for obj in objects:
         by_kind.setdefault((group_of(obj["apiVersion"]), obj["kind"]), []).append(obj)
     by_key = {key_of(obj): obj for obj in objects}
+    unavailable = unavailable_buses or {}
+    settings = (
+        base_url, default_delivery, default_channel, sorted(unavailable.items()), ingress_oidc,
+        default_authorization_mode, https_base_url, ca_certs,
+    )  # fmt: skip
+    reuse = MemoPass(memo, catalog, settings)
     for _ in range(MAX_SETTLE_PASSES):
         world = World(
             base_url=base_url.rstrip("/"),
             default_delivery=default_delivery,
             default_channel=channel_type(default_channel) or IN_MEMORY_CHANNEL,
             now=now or now_rfc3339(),
-            unavailable_buses=unavailable_buses or {},
+            unavailable_buses=unavailable,
             objects=by_key,
             prior=prior,
             ingress_oidc=ingress_oidc,
@@ -110,8 +125,7 @@ def reconcile(
             address_resolvers=catalog.address_resolvers,
         )
         for entry in catalog.reconcilers:
-            for obj in by_kind.get((entry.group, entry.kind), ()):
-                entry.reconcile(obj, world)
+            reuse.run(entry, by_kind.get((entry.group, entry.kind), []), world)
         settled = all(
             serves(world.statuses[uid]) == seen
             for uid, seen in world.forward.items()
@@ -120,6 +134,12 @@ def reconcile(
         if settled:
             break
         prior = {**stored, **world.statuses}
+        reuse.next_pass()
+    return _result(world, reuse.memo() if incremental else None, reuse.reused)
+
+
+def _result(world: World, memo: Memo | None, reused: int) -> Reconciled:
+    """What the last pass decided, channels' subscriber lists in uid order."""
     for status in world.statuses.values():
         if "subscribers" in status:
             status["subscribers"].sort(key=lambda entry: entry["uid"])
@@ -134,6 +154,8 @@ def reconcile(
             ingress_authorization=_ingress_authorization(world),
         ),
         children=world.children,
+        memo=memo,
+        reused=reused,
     )
 
 

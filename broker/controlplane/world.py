@@ -71,6 +71,25 @@ def key_of(obj: Obj) -> ObjKey:
     return (group_of(obj["apiVersion"]), obj["kind"], metadata["namespace"], metadata["name"])
 
 
+def reference_key(ref: Mapping[str, Any], namespace: str) -> ObjKey:
+    """The key of the object a reference (a Destination's ``ref``) names; its namespace
+    defaults to the referrer's ``namespace``."""
+    return (
+        group_of(str(ref.get("apiVersion", ""))),
+        str(ref.get("kind", "")),
+        str(ref.get("namespace") or namespace),
+        str(ref.get("name", "")),
+    )
+
+
+def destination_references(destination: object, namespace: str) -> tuple[ObjKey, ...]:
+    """The keys of the objects resolving ``destination`` reads (:meth:`World.resolve`)."""
+    if not isinstance(destination, Mapping):
+        return ()
+    ref = destination.get("ref")
+    return (reference_key(ref, namespace),) if isinstance(ref, Mapping) else ()
+
+
 def describe(kind: str, namespace: str, name: str) -> str:
     return f'{kind} "{namespace}/{name}"'
 
@@ -205,6 +224,8 @@ class World:
     # uid -> what a forward look-up saw of it (readiness, address): checked after the pass.
     forward: dict[str, tuple[bool | None, bool]] = field(default_factory=dict)
     # (API group, kind) -> how a Destination's ref to such an object resolves (the catalog's).
+    # A resolver reads only the target object and the world's settings, no other object
+    # (broker.controlplane.incremental relies on it).
     address_resolvers: Mapping[tuple[str, str], AddressResolver] = field(default_factory=dict)
 
     def find(self, key: ObjKey) -> Obj | None:
@@ -263,11 +284,10 @@ class World:
     ) -> tuple[str, Mapping[str, Any]]:
         """The URL of a referenced object and its ``status.address`` (``{}`` when none)."""
         uri = destination.get("uri") or ""
-        api_version, kind = str(ref.get("apiVersion", "")), str(ref.get("kind", ""))
-        name = str(ref.get("name", ""))
-        ref_namespace = str(ref.get("namespace") or namespace)
-        what = describe(kind, ref_namespace, name)
-        resolver = self.address_resolvers.get((group_of(api_version), kind))
+        api_version = str(ref.get("apiVersion", ""))
+        key = reference_key(ref, namespace)
+        what = describe(*key[1:])
+        resolver = self.address_resolvers.get(key[:2])
         if resolver is None:
             supported = ", ".join(k for _, k in self.address_resolvers)
             raise Unresolvable(
@@ -275,7 +295,7 @@ class World:
                 f"cannot resolve {what} ({api_version}): only {supported} references "
                 "and uri resolve in this version",
             )
-        target = self.find((group_of(api_version), kind, ref_namespace, name))
+        target = self.find(key)
         if target is None:
             raise Unresolvable("DestinationNotFound", f"{what} does not exist")
         if require_ready and self.is_ready(target) is False and not self.has_address(target):

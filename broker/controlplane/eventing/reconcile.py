@@ -20,7 +20,11 @@ from typing import Any
 import yaml
 
 from broker.controlplane.catalog import KindReconciler
-from broker.controlplane.eventing.subscribers import reconcile_subscription, reconcile_trigger
+from broker.controlplane.eventing.subscribers import (
+    reconcile_subscription,
+    reconcile_trigger,
+    trigger_references,
+)
 from broker.controlplane.resources import (
     BROKER,
     BROKER_CLASS_ANNOTATION,
@@ -326,5 +330,5 @@ EVENTING_RECONCILERS: tuple[KindReconciler, ...] = (
     # After the backing channels it owns (and keeps in the store: owns_children).
     KindReconciler(MESSAGING, CHANNEL.kind, _reconcile_channel, owns_children=True),
     KindReconciler(MESSAGING, SUBSCRIPTION.kind, reconcile_subscription),
-    KindReconciler(EVENTING, TRIGGER.kind, reconcile_trigger),
+    KindReconciler(EVENTING, TRIGGER.kind, reconcile_trigger, references=trigger_references),
 )

@@ -10,6 +10,7 @@ Pure.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ from broker.controlplane.world import (
     World,
     base_status,
     describe,
+    destination_references,
     effective_delivery,
     group_of,
     ready_condition,
@@ -62,6 +64,18 @@ _CHANNEL_KINDS = frozenset(
 )
 
 
+def _dependency_key(obj: Obj, text: str) -> ObjKey:
+    """The object a ``knative.dev/dependency`` annotation names; ValueError, KeyError or
+    TypeError when it does not parse."""
+    ref = orjson.loads(text)
+    return (
+        group_of(str(ref["apiVersion"])),
+        str(ref["kind"]),
+        str(ref.get("namespace") or obj["metadata"]["namespace"]),
+        str(ref["name"]),
+    )
+
+
 def _dependency(obj: Obj, world: World, conditions: Conditions) -> None:
     """``knative.dev/dependency`` (K69): the Trigger waits for that object to be Ready."""
     text = (obj["metadata"].get("annotations") or {}).get(DEPENDENCY_ANNOTATION)
@@ -69,13 +83,7 @@ def _dependency(obj: Obj, world: World, conditions: Conditions) -> None:
         conditions.set("DependencyReady", "True")
         return
     try:
-        ref = orjson.loads(text)
-        key = (
-            group_of(str(ref["apiVersion"])),
-            str(ref["kind"]),
-            str(ref.get("namespace") or obj["metadata"]["namespace"]),
-            str(ref["name"]),
-        )
+        key = _dependency_key(obj, text)
     except (ValueError, KeyError, TypeError):
         conditions.set(
             "DependencyReady", "False", "DependencyInvalid", f"{DEPENDENCY_ANNOTATION}: {text!r}"
@@ -213,6 +221,26 @@ def reconcile_trigger(obj: Obj, world: World) -> None:
     world.statuses[uid] = {**base_status(obj, conditions), **status_fields}
     if trigger_spec is not None:
         world.triggers[uid] = trigger_spec
+
+
+def trigger_references(obj: Obj) -> tuple[ObjKey, ...]:
+    """The keys of every object :func:`reconcile_trigger` reads: its Broker, its subscriber's
+    and dead-letter sink's refs, its ``knative.dev/dependency`` (incremental reconcile)."""
+    metadata, spec = obj["metadata"], obj.get("spec") or {}
+    namespace = metadata["namespace"]
+    delivery = spec.get("delivery")
+    keys = [
+        (EVENTING, BROKER.kind, namespace, trigger_broker(spec)),
+        *destination_references(spec.get("subscriber"), namespace),
+        *destination_references(
+            delivery.get("deadLetterSink") if isinstance(delivery, Mapping) else None, namespace
+        ),
+    ]
+    text = (metadata.get("annotations") or {}).get(DEPENDENCY_ANNOTATION)
+    if text:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # invalid: it reads nothing
+            keys.append(_dependency_key(obj, text))
+    return tuple(keys)
 
 
 def _channel_condition(conditions: Conditions, world: World, key: ObjKey) -> Obj | None:
