@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,7 +110,12 @@ def start(name: str, workdir: Path) -> tuple[Child, str]:
         wait_until_serving(child, f"{url}/readyz")
         manifest = workdir / f"{name}.yaml"
         manifest.write_text(BROKER_MANIFEST)
-        os.system(f"{CEMESH} --server {url} apply -f {manifest} >/dev/null")
+        subprocess.run(
+            [str(CEMESH), "--server", url, "apply", "-f", str(manifest)],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
         deadline = time.monotonic() + 30
         while not _accepts(f"{url}/default/default"):
             if time.monotonic() > deadline:
