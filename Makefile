@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck servers console-vendor bench bench-buses bench-batch bench-costs bench-filters bench-control-plane bench-invoker bench-oidc bench-metrics clean
+.PHONY: run test lint typecheck servers console-vendor bench bench-buses bench-batch bench-costs bench-filters bench-servers bench-control-plane bench-invoker bench-oidc bench-metrics clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench-costs: $(VENV)/.installed-dev
 
 # Matching one event against 1,000 Triggers of mixed filter dialects (issue 6; seconds), then
 # against 10,000 Triggers with the Trigger index beside the full scan (issue 14; ~1 min).
+# The ingress under uvicorn and granian (and uvicorn's own settings), side by side in one run.
+bench-servers: $(VENV)/.installed-dev
+	sh bench/install_wrk.sh
+	$(BIN)/python bench/http_servers.py
+
 bench-filters: $(VENV)/.installed-dev
 	$(BIN)/python bench/filters.py
 	$(BIN)/python bench/filters.py --mix scale --triggers 10000

@@ -22,7 +22,7 @@ from typing import Any
 
 from broker.core.config import Settings
 from broker.server.app import UVICORN_OPTIONS
-from broker.server.listeners import Listeners
+from broker.server.listeners import http_listeners
 
 Message = MutableMapping[str, Any]
 
@@ -55,9 +55,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--http-server",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
+        help="uvicorn (the ceiling, whatever CEMESH_HTTP_SERVER says) or granian, to compare",
+    )
     args = parser.parse_args()
     # The same server and arguments as broker.server.app.serve, so the only difference is the app.
-    Listeners(app, Settings(host=args.host, port=args.port), **UVICORN_OPTIONS).run()
+    settings = Settings(host=args.host, port=args.port, http_server=args.http_server)
+    http_listeners(app, settings, **UVICORN_OPTIONS).run()
 
 
 if __name__ == "__main__":

@@ -6,13 +6,12 @@ feeds the same binary-mode POST (1 KiB) to uvicorn's httptools protocol with a t
 only counts what is written, in one process, and times ``time.process_time`` per request for:
 
 - **bare**: ``bench/bare_app.py``'s app under cemesh's protocol class (the ceiling);
-- **asgi**: cemesh's ingress served through the ASGI app (``CEMESH_INSTANT_INGRESS=false``);
-- **instant**: cemesh's ingress accepted in the read callback (the default).
+- **asgi**: cemesh's ingress served through the ASGI app.
 
 The ingress has Broker ``default/default`` on an in-memory bus with no Trigger, as in
-``bench/e2e.py``'s ingress phase. ``--rounds`` rounds alternate the three (rotating order);
-reported: the median microseconds per request of each and the ratios bare/asgi and
-bare/instant (a ratio above 1 means cheaper than the bare app).
+``bench/e2e.py``'s ingress phase. ``--rounds`` rounds alternate the two (ABBA order);
+reported: the median microseconds per request of each and the ratio bare/asgi (a ratio above 1
+means cheaper than the bare app).
 
 Run: ``.venv/bin/python bench/ingress_inprocess.py [--requests 20000] [--rounds 5]``.
 """
@@ -43,7 +42,6 @@ from broker.core.spec import BrokerSpec, Snapshot, broker_topic
 from broker.dataplane.ingress import Ingress
 from broker.server.app import UVICORN_OPTIONS, CemeshApp
 from broker.server.http_server import server_options
-from broker.server.ingress_protocol import instant_protocol_class
 
 CONNECTIONS = 64
 
@@ -103,10 +101,8 @@ async def _run(kind: str, requests: list[bytes]) -> float:
     """CPU microseconds per request of ``kind``, served on CONNECTIONS keep-alive connections."""
     loop = asyncio.get_running_loop()
     settings = Settings()
-    limits, deadlines = server_options(settings)
+    limits, _ = server_options(settings)
     app: Any = bare_app if kind == "bare" else _cemesh_app()
-    if kind == "instant":
-        limits["http"] = instant_protocol_class(deadlines, app)
     config = uvicorn.Config(app, **{**UVICORN_OPTIONS, **limits, "lifespan": "off"})
     config.load()
     state = ServerState()
@@ -141,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     requests = _requests(args.requests)
-    kinds = ["bare", "asgi", "instant"]
+    kinds = ["bare", "asgi"]
     results: dict[str, list[float]] = {kind: [] for kind in kinds}
 
     async def measure() -> None:
         for kind in kinds:  # warm-up
             await _run(kind, requests[: CONNECTIONS * 20])
         for round_ in range(args.rounds):
-            for kind in kinds[round_ % 3 :] + kinds[: round_ % 3]:
+            for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
                 results[kind].append(await _run(kind, requests))
 
     import uvloop
@@ -159,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     for kind, label in (
         ("bare", "bare uvicorn 202 app (ceiling)"),
         ("asgi", "cemesh ingress, ASGI path (default)"),
-        ("instant", "cemesh ingress, instant (CEMESH_INSTANT_INGRESS=true)"),
     ):
         print(f"{label:<40}{median[kind]:>24.2f}{median['bare'] / median[kind]:>14.0%}")
     print(json.dumps({"us_per_request": results, "median": median}, sort_keys=True))

@@ -14,6 +14,7 @@ cemesh error tree, HTTP transport errors and Kubernetes ``Status`` bodies to ONE
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,6 +142,8 @@ def serve(host: str | None, port: int | None, config_file: Path | None, insecure
         raise CliError(
             f"cannot serve with default channel {settings.default_channel}: {exc.message}"
         ) from exc
+    if settings.http_server == "granian" and importlib.util.find_spec("granian") is None:
+        raise CliError("CEMESH_HTTP_SERVER=granian needs granian: pip install 'cemesh[granian]'")
     from broker.server.app import serve as run
 
     run(settings)

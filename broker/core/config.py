@@ -123,14 +123,12 @@ class Settings(BusSettings):
     # Ingress
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     max_ttl: int = Field(default=255, ge=1, description="knativebrokerttl given to new events.")
-    # Off by default: on an idle machine it measured slower than the ASGI path (53-54% of the
-    # bare app's CPU per request against 56-57% in process; 58% against 70% of the bare app's
-    # rate over HTTP), so the figures do not justify it (README, Benchmarks).
-    instant_ingress: bool = Field(
-        default=False,
-        description="Accept a whole ingress POST in the server's read callback when it can be "
-        "done at once (no ASGI task); false (the default) serves every request through the "
-        "ASGI app.",
+    # granian measured faster for the ingress, but lacks TLS reload, a body deadline, 503 at
+    # max_connections and the keep-alive timeout (broker/server/granian_server.py): not the default.
+    http_server: Literal["uvicorn", "granian"] = Field(
+        default="uvicorn",
+        description="The HTTP server cemesh runs on: uvicorn (httptools, uvloop) or granian "
+        "(HTTP in Rust on its own thread, the app in cemesh's uvloop event loop; plain HTTP only).",
     )
 
     # OIDC bearer tokens (JWT). The issuer and its keys (JWKS URL, else discovered from
@@ -403,6 +401,11 @@ class Settings(BusSettings):
             raise ValueError("https_port needs tls_cert_file and tls_key_file")
         if self.https_port is not None and self.https_port == self.port:
             raise ValueError("https_port must differ from port (unset it to serve only HTTPS)")
+        if self.http_server == "granian" and self.tls_cert_file is not None:
+            raise ValueError(
+                "http_server granian serves plain HTTP only (it cannot reload a renewed "
+                "certificate): unset tls_cert_file, tls_key_file and https_port, or use uvicorn"
+            )
         return self
 
     def bus_options(self, bus: str) -> dict[str, Any]:

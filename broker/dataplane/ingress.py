@@ -215,42 +215,6 @@ class Ingress:
         await send(_ACCEPTED_START)
         await send(_EMPTY_BODY)
 
-    def accept_now(
-        self, route: tuple[str, str, str], headers: Sequence[tuple[bytes, bytes]], body: bytes
-    ) -> list[tuple[bytes, bytes]] | None:
-        """Accept a complete POST to ``route`` without waiting for anything, if it can be done:
-        the headers of its 202 once every event is on the bus and counted; None when nothing was
-        done (and nothing was published), so the request is to be served by :meth:`post`.
-
-        The server calls it in its read callback when a request arrived whole
-        (:mod:`broker.server.ingress_protocol`): that saves the task, the coroutines and the
-        ASGI messages of the request, a large share of the ingress's CPU per event. Only the
-        plain case is done here: a valid request to a Ready target whose bus has room now
-        (:class:`~broker.dataplane.bus.PublishesNow`), with no sender to authenticate and no span
-        to export; every refusal is :meth:`post`'s, which says precisely what is wrong.
-        """
-        target = self._targets.get(route)
-        if (
-            target is None
-            or self._verifier is not None
-            or self._spans is not None
-            or len(body) > self.max_request_bytes
-        ):
-            return None
-        publish_now = getattr(self.buses[target.bus], "publish_now", None)
-        if publish_now is None:
-            return None
-        timed = (route, perf_counter())
-        try:
-            events = binding.parse_request(headers, body)
-            self._stamp(route, headers, events)
-        except BindingError:
-            return None  # post parses it again and answers 400 naming the fault
-        if not publish_now(target.topic, events):
-            return None
-        self._count_accepted(timed, events)
-        return ACCEPTED_HEADERS
-
     def _stamp(
         self,
         route: tuple[str, str, str],

@@ -72,7 +72,7 @@ from broker.features.feature import Feature, build_catalog, build_components
 from broker.server.console.gate import PREFIX as CONSOLE_PREFIX
 from broker.server.console.gate import Console
 from broker.server.features import FEATURES
-from broker.server.listeners import Listeners
+from broker.server.listeners import http_listeners
 from broker.server.otlp import OtlpSpans
 from broker.server.tls import TlsConfigError
 
@@ -422,18 +422,6 @@ class CemeshApp:
             console = HostGuard(Console(self.api, runtime.access), allowed)
             self._routes.append((CONSOLE_PREFIX, console))
 
-    def instant_route(self, scope: Scope) -> tuple[str, str, str] | None:
-        """The ingress route of a POST, which the server may accept in its read callback
-        (:class:`~broker.server.ingress_protocol.InstantIngress`)."""
-        return match_route(scope["path"]) if scope["method"] == "POST" else None
-
-    def accept_now(
-        self, route: tuple[str, str, str], headers: Sequence[tuple[bytes, bytes]], body: bytes
-    ) -> list[tuple[bytes, bytes]] | None:
-        """The headers of the 202 once the request is accepted, or None (see
-        :meth:`~broker.dataplane.ingress.Ingress.accept_now`)."""
-        return self._ingress.accept_now(route, headers, body)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.api(scope, receive, send)  # lifespan: its failures are the server's
@@ -535,13 +523,13 @@ UVICORN_OPTIONS: dict[str, Any] = {
 
 
 def serve(settings: Settings) -> None:
-    """Run cemesh under uvicorn until SIGTERM/SIGINT."""
+    """Run cemesh under its HTTP server (``settings.http_server``) until SIGTERM/SIGINT."""
     app = create_app(settings)
     # Everything imported and built so far (FastAPI, SQLAlchemy, pydantic models, ...) lives as
     # long as the process: keep it out of the collector's generations, so that collecting the
     # per-event garbage stays cheap. Only here, not in create_app: an embedding app owns its GC.
     gc.freeze()
-    listeners = Listeners(
+    listeners = http_listeners(
         app, settings, timeout_graceful_shutdown=int(settings.drain_timeout) + 5, **UVICORN_OPTIONS
     )
     listeners.run()

@@ -19,15 +19,17 @@ import contextlib
 import ssl
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.main import STARTUP_FAILURE
 
 from broker.core.config import Settings
 from broker.server.http_server import DeadlineServer, ReadDeadlines, server_options
-from broker.server.ingress_protocol import InstantIngress, instant_protocol_class
 from broker.server.tls import ReloadingCertificate
+
+if TYPE_CHECKING:
+    from broker.server.granian_server import GranianListener
 
 
 class _Config(uvicorn.Config):
@@ -78,9 +80,6 @@ class Listeners:
         # Both listeners share the connection limits and read deadlines
         # (broker/server/http_server.py).
         limits, deadlines = server_options(settings)
-        if settings.instant_ingress and isinstance(app, InstantIngress):
-            # Whole ingress POSTs answered in the read callback (broker/server/ingress_protocol.py).
-            limits["http"] = instant_protocol_class(deadlines, app)
         options = {**options, **limits}
         self.certificate: ReloadingCertificate | None = None
         context: ssl.SSLContext | None = None
@@ -155,3 +154,14 @@ class Listeners:
         self.main.should_exit = True
         for companion in self.companions:
             companion.should_exit = True
+
+
+def http_listeners(app: Any, settings: Settings, **options: Any) -> Listeners | GranianListener:
+    """What serves ``app`` for ``settings.http_server``: uvicorn (``options`` are uvicorn's) or
+    granian (broker/server/granian_server.py)."""
+    if settings.http_server == "granian":
+        # Imported here: granian is an optional extra (cemesh[granian]).
+        from broker.server.granian_server import GranianListener
+
+        return GranianListener(app, settings)
+    return Listeners(app, settings, **options)

@@ -483,7 +483,7 @@ async def test_publish_now_refuses_on_a_closed_bus(topic: str) -> None:
 
 
 async def test_publish_now_gives_events_only_to_the_groups_the_selector_names(topic: str) -> None:
-    """The ingress' instant path (``publish_now``) and ``publish`` pick the same groups."""
+    """``publish_now`` and ``publish`` pick the same groups."""
     bus = MemoryBus()
     await bus.open()
     try:
