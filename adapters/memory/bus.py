@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -422,30 +422,6 @@ class MemoryBus:
             self._selections.pop(topic, None)
         else:
             self._selections[topic] = GroupSelection(selector, covered)
-
-    def publish_now(self, topic: str, events: Sequence[CloudEvent]) -> bool:
-        """Queue all of ``events`` now when every group that gets one (as :meth:`publish`
-        picks them) has room for all of them and no publisher waits before them; else queue
-        none and return False (:class:`~broker.dataplane.bus.PublishesNow`: the caller then
-        uses ``publish``)."""
-        if self._closed or self._budget.waiting.waiters:
-            return False
-        targets = [self._targets(topic, event) for event in events]
-        sizes = [event_footprint(event) for event in events]
-        added: dict[int, int] = {}  # id(group) -> entries this call adds to it
-        total = 0
-        for groups, size in zip(targets, sizes, strict=True):
-            total += size * len(groups)
-            for group in groups:
-                added[id(group)] = added.get(id(group), 0) + 1
-        limit = self.queue_size
-        if any(
-            group.held + added[id(group)] > limit for groups in targets for group in groups
-        ) or not self._budget.has_room(total):
-            return False
-        for event, size, groups in zip(events, sizes, targets, strict=True):
-            self._put(topic, groups, event, event.key, size)
-        return True
 
     def _put(self, topic: str, to: list[_Group], e: CloudEvent, key: str | None, n: int) -> None:
         """Queue event ``e`` (footprint ``n``) for ``to``, each tagged with its selector if any."""

@@ -39,7 +39,7 @@ async def test_the_memory_bus_hands_the_same_event_object_to_its_consumer() -> N
 
     try:
         await bus.subscribe("topic", group="g", handler=handler)
-        assert bus.publish_now("topic", [event]) is True
+        await bus.publish("topic", event)
         message = await asyncio.wait_for(got, 10)
         assert message.event is event
         assert message.event.data is body

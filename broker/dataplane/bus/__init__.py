@@ -2,8 +2,7 @@
 
 - :mod:`~broker.dataplane.bus.contract`: THE contract every adapter implements (:class:`Bus`,
   :class:`Message`, :class:`Nack`, :class:`Capability`, :func:`run_handler`, the optional
-  :class:`ReportsBacklog`, :class:`SelectsGroups`, :class:`PublishesNow` and
-  :class:`PublishesBatch`); read it first.
+  :class:`ReportsBacklog`, :class:`SelectsGroups` and :class:`PublishesBatch`); read it first.
 - :mod:`~broker.dataplane.bus.registry`: finds an adapter by name and builds it
   (:func:`create_bus`).
 - :mod:`~broker.dataplane.bus.options`: parses an adapter's option mapping with its typed model.
@@ -23,7 +22,6 @@ from broker.dataplane.bus.contract import (
     Message,
     Nack,
     PublishesBatch,
-    PublishesNow,
     ReportsBacklog,
     SelectsGroups,
     Subscription,
@@ -48,7 +46,6 @@ __all__ = [
     "Message",
     "Nack",
     "PublishesBatch",
-    "PublishesNow",
     "ReportsBacklog",
     "SelectsGroups",
     "Subscription",

@@ -210,22 +210,6 @@ class SelectsGroups(Protocol):
 
 
 @runtime_checkable
-class PublishesNow(Protocol):
-    """Optional: a bus that can take events without waiting, when it has room for them now.
-
-    The ingress answers a request inside the server's read callback when every event of it is
-    taken at once (no task, no coroutine); otherwise it publishes them one by one with
-    ``publish``. Only a bus whose ``publish`` completes without I/O can offer this.
-    """
-
-    def publish_now(self, topic: str, events: Sequence[CloudEvent]) -> bool:
-        """Publish all of ``events`` (each keyed by its ``key``) now, as ``publish`` would, and
-        return True; or, when any of them would have to wait (or the bus is closed), publish
-        none of them and return False."""
-        ...
-
-
-@runtime_checkable
 class PublishesBatch(Protocol):
     """Optional: a bus that sends the events of one batch together and awaits their acks once.
 
