@@ -71,10 +71,14 @@ class _Transport:
         pass
 
 
-def _cemesh_app() -> CemeshApp:
-    """CemeshApp's routing around a real Ingress (memory bus, one Broker, no Trigger)."""
+def _cemesh_app(metrics_detail: bool = True) -> CemeshApp:
+    """CemeshApp's routing around a real Ingress (memory bus, one Broker, no Trigger);
+    ``metrics_detail`` as ``CEMESH_METRICS_DETAIL`` (bench/metrics_cost.py compares the two)."""
     ingress = Ingress(
-        buses={"memory": MemoryBus()}, metrics=Metrics(), max_request_bytes=4 << 20, max_ttl=255
+        buses={"memory": MemoryBus()},
+        metrics=Metrics(detail=metrics_detail),
+        max_request_bytes=4 << 20,
+        max_ttl=255,
     )
     spec = BrokerSpec("default", "default", "uid", broker_topic("default", "default"))
     ingress.snapshot = Snapshot(brokers={("default", "default"): spec})
@@ -84,7 +88,8 @@ def _cemesh_app() -> CemeshApp:
     return app
 
 
-def _requests(count: int) -> list[bytes]:
+def requests_for(count: int) -> list[bytes]:
+    """``count`` keep-alive POSTs of the bench's 1 KiB binary-mode event, each its own id."""
     body = event_body(1024)
     return [
         (
@@ -97,12 +102,13 @@ def _requests(count: int) -> list[bytes]:
     ]
 
 
-async def _run(kind: str, requests: list[bytes]) -> float:
-    """CPU microseconds per request of ``kind``, served on CONNECTIONS keep-alive connections."""
+async def run_served(kind: str, requests: list[bytes]) -> float:
+    """CPU microseconds per request of ``kind`` (``bare``, ``asgi``, or ``asgi-no-metrics``: the
+    ingress without per-Broker metrics), served on CONNECTIONS keep-alive connections."""
     loop = asyncio.get_running_loop()
     settings = Settings()
     limits, _ = server_options(settings)
-    app: Any = bare_app if kind == "bare" else _cemesh_app()
+    app: Any = bare_app if kind == "bare" else _cemesh_app(kind != "asgi-no-metrics")
     config = uvicorn.Config(app, **{**UVICORN_OPTIONS, **limits, "lifespan": "off"})
     config.load()
     state = ServerState()
@@ -136,16 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
-    requests = _requests(args.requests)
+    requests = requests_for(args.requests)
     kinds = ["bare", "asgi"]
     results: dict[str, list[float]] = {kind: [] for kind in kinds}
 
     async def measure() -> None:
         for kind in kinds:  # warm-up
-            await _run(kind, requests[: CONNECTIONS * 20])
+            await run_served(kind, requests[: CONNECTIONS * 20])
         for round_ in range(args.rounds):
             for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
-                results[kind].append(await _run(kind, requests))
+                results[kind].append(await run_served(kind, requests))
 
     import uvloop
 

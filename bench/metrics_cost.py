@@ -1,11 +1,14 @@
 """What the per-Broker/Trigger metrics cost per event, measured in process (issue 15 item 1).
 
-End-to-end runs (``CEMESH_METRICS_DETAIL=true|false .venv/bin/python bench/e2e.py``) compare
-events/s with and without the metrics, but on a shared machine their run-to-run spread is larger
-than the effect. This measures the recording itself, exactly as the ingress (one accepted event)
-and the dispatcher (one settled delivery) do it, against the same calls with recording off, with
-``timeit`` (best of ``--repeat``). Divide by cemesh's CPU per event (bench/e2e.py prints it) for
-the share of the hot path.
+Over HTTP (``bench/metrics_overhead.py``) the spread between runs and processes is about as large
+as the effect, so this measures it in one process, without sockets:
+
+1. the recording itself, exactly as the ingress (one accepted event) and the dispatcher (one
+   settled delivery) do it, against the same calls with recording off, with ``timeit`` (best of
+   ``--repeat``);
+2. the ingress as served: the same 1 KiB POSTs fed to uvicorn's protocol and cemesh's app
+   (``bench/ingress_inprocess.py``), with the metrics on and off in turns (ABBA, ``--rounds``),
+   CPU per request (median): server and app, without the kernel's share.
 
 Run: ``.venv/bin/python bench/metrics_cost.py``.
 """
@@ -13,6 +16,7 @@ Run: ``.venv/bin/python bench/metrics_cost.py``.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import timeit
 from pathlib import Path
@@ -21,6 +25,7 @@ from time import perf_counter
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.ingress_inprocess import requests_for, run_served
 from broker.core.events import new_event
 from broker.core.metrics import DeliveryMeter, Metrics
 
@@ -58,10 +63,31 @@ def best_us(call: object, number: int, repeat: int) -> float:
     return min(timeit.repeat(call, number=number, repeat=repeat)) / number * 1e6  # type: ignore[arg-type]
 
 
+def served_us(requests: int, rounds: int) -> tuple[float, float]:
+    """Median CPU us per request served with the metrics on and off (ABBA order)."""
+    batch = requests_for(requests)
+    results: dict[str, list[float]] = {"asgi": [], "asgi-no-metrics": []}
+
+    async def measure() -> None:
+        for kind in results:  # warm-up
+            await run_served(kind, batch[: len(batch) // 10])
+        for round_ in range(rounds):
+            order = list(results) if round_ % 2 == 0 else list(results)[::-1]
+            for kind in order:
+                results[kind].append(await run_served(kind, batch))
+
+    import uvloop
+
+    uvloop.run(measure())
+    return statistics.median(results["asgi"]), statistics.median(results["asgi-no-metrics"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--number", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=10_000, help="per served round")
+    parser.add_argument("--rounds", type=int, default=8, help="served rounds per side")
     options = parser.parse_args()
     on, off = Metrics(), Metrics(detail=False)
     rows = []
@@ -69,9 +95,12 @@ def main() -> None:
         with_us = best_us(lambda r=record: r(on), options.number, options.repeat)
         without_us = best_us(lambda r=record: r(off), options.number, options.repeat)
         rows.append((name, with_us, without_us, with_us - without_us))
-    print(f"{'recording':<22}{'on (us)':>10}{'off (us)':>10}{'added (us)':>12}")
+    with_us, without_us = served_us(options.requests, options.rounds)
+    rows.append(("ingress served", with_us, without_us, with_us - without_us))
+    print(f"{'in process':<22}{'on (us)':>10}{'off (us)':>10}{'added (us)':>12}{'added':>9}")
     for name, with_us, without_us, added in rows:
-        print(f"{name:<22}{with_us:>10.3f}{without_us:>10.3f}{added:>12.3f}")
+        share = f"{added / without_us:+.1%}" if name == "ingress served" else ""
+        print(f"{name:<22}{with_us:>10.3f}{without_us:>10.3f}{added:>12.3f}{share:>9}")
 
 
 if __name__ == "__main__":
