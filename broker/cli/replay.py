@@ -104,12 +104,20 @@ def pick_archive(broker: str, archives: list[Mapping[str, Any]], wanted: str | N
 
 
 def progress_of(status: Mapping[str, Any]) -> tuple[int, int | None, bool]:
-    """(replayed, total or None when not counted yet, finished) from a Replay's status."""
+    """(replayed, total or None when not counted yet, finished) from a Replay's status.
+
+    Finished once the status says so whole: the replayer's ``completedAt`` and the Succeeded
+    condition the controller derives from it at its next sync (a ``cemesh get`` right after
+    the CLI said "done" must not show Succeeded Unknown)."""
     total = status.get("total")
+    succeeded = any(
+        c.get("type") == "Succeeded" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
     return (
         int(status.get("replayed") or 0),
         int(total) if isinstance(total, int) else None,
-        bool(status.get("completedAt")),
+        bool(status.get("completedAt")) and succeeded,
     )
 
 

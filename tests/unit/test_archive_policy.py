@@ -145,10 +145,18 @@ def test_cli_builds_the_replay_and_picks_the_brokers_one_archive() -> None:
         pick_archive("default", archives, "x")
 
 
-def test_cli_progress_lines_say_how_far_or_why_it_waits() -> None:
+def test_cli_progress_lines_say_how_far_or_why_it_waits_and_done_only_once_succeeded() -> None:
     assert progress_line("r", {"replayed": 120, "total": 1000}) == "replay r: 120/1000 events (12%)"
-    done = {"replayed": 0, "total": 0, "completedAt": "t"}
+    done = {
+        "replayed": 0,
+        "total": 0,
+        "completedAt": "t",
+        "conditions": [{"type": "Succeeded", "status": "True"}],
+    }
     assert progress_line("r", done) == "replay r: 0/0 events (100%) done"
+    # The replayer wrote completedAt; the controller has not derived Succeeded yet: not done.
+    completed = {"replayed": 5, "total": 5, "completedAt": "t"}
+    assert progress_line("r", completed) == "replay r: 5/5 events (100%)"
     waiting = {"conditions": [{"type": "Ready", "message": 'Trigger "x" is not Ready'}]}
     assert progress_line("r", waiting) == 'replay r: waiting: Trigger "x" is not Ready'
 
