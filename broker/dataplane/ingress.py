@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 _ALLOW = (b"allow", b"POST, OPTIONS")
 # An explicit empty Content-Length: otherwise uvicorn answers chunked, with one more send.
-ACCEPTED_HEADERS = [_ALLOW, (b"content-length", b"0")]
-_ACCEPTED_START = {"type": "http.response.start", "status": 202, "headers": ACCEPTED_HEADERS}
+_ACCEPTED_HEADERS = [_ALLOW, (b"content-length", b"0")]
+_ACCEPTED_START = {"type": "http.response.start", "status": 202, "headers": _ACCEPTED_HEADERS}
 _EMPTY_BODY = {"type": "http.response.body", "body": b""}
 _BEARER_CHALLENGE = (b"www-authenticate", b"Bearer")
 _OPTIONS_HEADERS = [

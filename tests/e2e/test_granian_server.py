@@ -23,6 +23,7 @@ import httptools
 import orjson
 import pytest
 
+from tests.durability.test_crash import apply, broker_and_trigger
 from tests.support.process import CEMESH, CemeshProcess, cemesh_process
 from tests.support.subscriber import RecordingSubscriber
 
@@ -43,27 +44,7 @@ async def _mesh(tmp_path: Path, http_server: str) -> AsyncIterator[Mesh]:
         cemesh_process(tmp_path, http_server=http_server) as process,
         process.client() as client,
     ):
-        for path, obj in (
-            (
-                "/apis/eventing.knative.dev/v1/namespaces/default/brokers",
-                {
-                    "apiVersion": "eventing.knative.dev/v1",
-                    "kind": "Broker",
-                    "metadata": {"name": "default"},
-                },
-            ),
-            (
-                "/apis/eventing.knative.dev/v1/namespaces/default/triggers",
-                {
-                    "apiVersion": "eventing.knative.dev/v1",
-                    "kind": "Trigger",
-                    "metadata": {"name": "all"},
-                    "spec": {"broker": "default", "subscriber": {"uri": subscriber.url}},
-                },
-            ),
-        ):
-            response = await client.post(path, json=obj)
-            assert response.status_code == 201, response.text
+        await apply(client, broker_and_trigger(subscriber.url))
         mesh = Mesh(process, subscriber)
         # Live once a probe reaches the subscriber (the controller applies the Trigger async).
         for _ in range(200):
