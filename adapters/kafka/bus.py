@@ -26,7 +26,9 @@ Model:
 - ``subscribe`` makes the group's position explicit before it returns: every partition the group
   has no committed offset for gets the partition's current end committed (with a stand-alone
   commit, as a group without members accepts), so the group starts exactly at "now" and gets
-  everything published after ``subscribe`` returned, however long the join takes. Partitions
+  everything published after ``subscribe`` returned, however long the join takes. The end is
+  the larger of ListOffsets' answer and a Fetch's high watermark (Tansu 0.6 lists the start of
+  the last record batch, see ``_log_ends``). Partitions
   the group never committed later (added partitions) are read from their start
   (``auto_offset_reset=earliest``): nothing is skipped. It then joins the group and waits (at
   most ``join_timeout_ms``) until it has its assignment, so that competing subscriptions share
@@ -122,6 +124,10 @@ _CREATE_REFUSED = frozenset(
     )
 )
 # DeleteGroups answers meaning the group is gone already (or never was): delete is idempotent.
+# Finding a partition's end (see _log_ends): how long one fetch may wait at the end of a log,
+# and how long finding every partition's high watermark may take in all.
+END_PROBE_FETCH_WAIT_MS = 50
+END_PROBE_TIMEOUT = 5.0
 _GROUP_GONE = frozenset((0, kafka_errors.GroupIdNotFound.errno))
 _NON_EMPTY_GROUP = kafka_errors.NonEmptyGroup.errno
 # DeleteTopics answers meaning the topic is gone already (or never was): delete is idempotent.
@@ -421,11 +427,16 @@ class KafkaBus:
         assert self._producer is not None
         partitions = await self._producer.partitions_for(name)
         tps = [TopicPartition(name, p) for p in sorted(partitions)]
-        consumer = AIOKafkaConsumer(**self._client_kwargs, group_id=group, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            **self._client_kwargs,
+            group_id=group,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=END_PROBE_FETCH_WAIT_MS,
+        )
         await consumer.start()
         try:
             consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
+            ends = await _log_ends(consumer, tps)
             # No offset yet, or one beyond the end: left from a deleted topic of the same name.
             starts = {}
             for tp in tps:
@@ -441,6 +452,29 @@ class KafkaBus:
                 log.info("kafka group %s is active; keeping its offsets", group)
         finally:
             await consumer.stop()
+
+
+async def _log_ends(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Each partition's end: the offset the next record will get.
+
+    ListOffsets (``end_offsets``) says so on Apache Kafka, but Tansu 0.6 answers the base offset
+    of the partition's last record batch plus one: behind the end whenever that batch holds more
+    than one record (a batched publish, a producer's linger), so a group started there would be
+    handed records published before it subscribed, and a committed offset inside that batch would
+    look "beyond the end". A Fetch's high watermark is right on both, so the end is the larger of
+    the two, with one fetch round from the listed offsets (bounded; without an answer the listed
+    offset stands).
+    """
+    listed = await consumer.end_offsets(tps)
+    for tp in tps:
+        consumer.seek(tp, listed[tp])
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(END_PROBE_TIMEOUT):
+            while any(consumer.highwater(tp) is None for tp in tps):
+                await consumer.getmany(*tps, timeout_ms=END_PROBE_FETCH_WAIT_MS)
+    return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in tps}
 
 
 async def _all_settled(futures: list[asyncio.Future[Any]]) -> None:

@@ -293,6 +293,39 @@ async def test_group_resumes_from_its_committed_offset_in_a_new_bus(
     assert sorted(second.ids()) == sorted(expected)
 
 
+async def test_group_starts_after_a_batch_published_before_it_and_resumes_after_it(
+    make_bus: MakeBus, kafka_server: KafkaServer, topic: str, unique: Names
+) -> None:
+    """A new group gets only what is published after ``subscribe``, even when what came before
+    is one multi-record batch (whose start Tansu lists as the partition's end), and a group
+    whose committed offset is the end of such a batch resumes there, not inside the batch."""
+    bus = await make_bus(num_partitions=1)
+    earlier = [sample_event(i) for i in range(20)]
+    await bus.publish_batch(topic, earlier)  # one record batch
+    group = unique("group")
+    first = Inbox()
+    await bus.subscribe(topic, group=group, handler=first.handler)
+    now = sample_event(100)
+    await bus.publish(topic, now)
+    await first.wait_for_ids({now.id})
+    await asyncio.sleep(0.2)  # room for an earlier event to show up wrongly
+    assert first.ids() == [now.id]
+
+    acked = [sample_event(i) for i in range(200, 220)]
+    await bus.publish_batch(topic, acked)
+    await first.wait_for_ids({now.id} | {e.id for e in acked})
+    await wait_committed(kafka_server, topic, group, lambda o: o[0] == 41)  # 20 + 1 + 20
+    await bus.close()
+    second_bus = await make_bus(num_partitions=1)
+    second = Inbox()
+    await second_bus.subscribe(topic, group=group, handler=second.handler)
+    last = sample_event(300)
+    await second_bus.publish(topic, last)
+    await second.wait_for_ids({last.id})
+    await asyncio.sleep(0.2)
+    assert second.ids() == [last.id]  # nothing of the acked batch again
+
+
 async def test_revoked_handler_is_cancelled_after_the_grace_and_redelivered(
     make_bus: MakeBus, topic: str, unique: Names
 ) -> None:
