@@ -1,14 +1,25 @@
-"""The hot-path cost of the per-Broker/Trigger metrics over HTTP (issue 15 item 1: < 5%).
+"""The hot-path cost of the metrics, or of tracing, over HTTP (issue 15: < 5%).
 
-    .venv/bin/python bench/metrics_overhead.py [--blocks 3] [--rounds 2] [--slice 4] [--same]
+    .venv/bin/python bench/metrics_overhead.py [--feature metrics|tracing] [--blocks 3]
+        [--rounds 2] [--slice 4] [--same]
 
-Starts two ``cemesh serve`` (each with its own store and bench subscriber, both on 127.0.0.1):
-one as configured by default (``CEMESH_METRICS_DETAIL=true``: per-Broker/Trigger counts and
-latency histograms) and one with ``CEMESH_METRICS_DETAIL=false`` (only the process-wide
-counters). Only one of them is loaded at a time, in ABBA order (on, off, off, on, ...), so that a
+Starts two ``cemesh serve`` (each with its own store and bench subscriber, both on 127.0.0.1),
+"on" and "off" for ``--feature``:
+
+- ``metrics`` (the default): "on" as configured by default (``CEMESH_METRICS_DETAIL=true``:
+  per-Broker/Trigger counts and latency histograms), "off" with ``CEMESH_METRICS_DETAIL=false``
+  (only the process-wide counters);
+- ``tracing``: both with the default metrics; "on" exports spans over OTLP/HTTP
+  (``CEMESH_OTLP_TRACES_ENDPOINT``, the ``otlp`` extra) to a sink of the bench's (its
+  subscriber's lean server, answering 202), "off" without an endpoint (the trace context is
+  still carried, as always); ``--sample-rate`` sets the "on" side's
+  ``CEMESH_OTLP_TRACES_SAMPLE_RATE`` (1 by default).
+
+Only one of them is loaded at a time, in ABBA order (on, off, off, on, ...), so that a
 machine that speeds up or slows down during the run moves both alike; ``--blocks`` times over,
-each block with fresh processes (two processes of the same build differ by a few percent:
-hash seeds, memory layout; ``--same`` measures that):
+each block with fresh processes, started on first in odd blocks and off first in even ones
+(two processes of the same build differ by a few percent: hash seeds, memory layout, which one
+started first; ``--same`` measures that):
 
 1. **ingress**: POSTs to a Broker without Trigger (wrk, the bench's 1 KiB binary event):
    requests/s and cemesh's CPU per accepted event, per round;
@@ -21,7 +32,7 @@ hash seeds, memory layout; ``--same`` measures that):
 Prints the medians of each side, the cost (off -> on) in percent beside the 5% goal, and the
 per-round figures; CPU per event is the steadier figure on a shared machine (it does not depend
 on what else runs), so the verdict is on it, with the rates shown beside. Last line: JSON.
-``--same`` starts both without the metrics, to read the cost against that spread.
+``--same`` starts both "off", to read the cost against that spread.
 Every child process is stopped by its PID.
 """
 
@@ -40,7 +51,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.e2e import Bench, Options
+from bench.e2e import BENCH_DIR, Bench, Options
+from bench.procs import free_port, wait_until_serving
 
 GOAL = 0.05  # issue 15: metrics cost < 5% of the hot path
 SIDES = ("on", "off")
@@ -52,17 +64,33 @@ def _abba(rounds: int) -> list[str]:
     return [SIDES[0] if turn % 4 in (0, 3) else SIDES[1] for turn in range(rounds * 2)]
 
 
-def _start(options: Options, workdir: Path, detail: bool) -> tuple[Bench, str, str]:
+def _start(
+    options: Options, workdir: Path, feature: str, on: bool, sample_rate: float
+) -> tuple[Bench, str, str]:
     bench = Bench(options, workdir)
-    previous = os.environ.get("CEMESH_METRICS_DETAIL")
-    os.environ["CEMESH_METRICS_DETAIL"] = "true" if detail else "false"
+    settings = {"CEMESH_METRICS_DETAIL": "true" if on or feature != "metrics" else "false"}
+    if feature == "tracing" and on:
+        sink_port = free_port()
+        sink = bench.start(
+            "otlp-sink",
+            [sys.executable, str(BENCH_DIR / "subscriber.py"), "--port", str(sink_port)],
+        )
+        wait_until_serving(sink, f"http://127.0.0.1:{sink_port}/count")
+        settings["CEMESH_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink_port}/v1/traces"
+        settings["CEMESH_OTLP_TRACES_SAMPLE_RATE"] = str(sample_rate)
+    tracing = ("CEMESH_OTLP_TRACES_ENDPOINT", "CEMESH_OTLP_TRACES_SAMPLE_RATE")
+    previous = {name: os.environ.get(name) for name in (*settings, *tracing)}
+    for name in tracing:
+        os.environ.pop(name, None)
+    os.environ.update(settings)
     try:
         cemesh_url, subscriber_url = bench.start_cemesh_and_subscriber()
     finally:
-        if previous is None:
-            os.environ.pop("CEMESH_METRICS_DETAIL", None)
-        else:
-            os.environ["CEMESH_METRICS_DETAIL"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return bench, cemesh_url, subscriber_url
 
 
@@ -102,18 +130,25 @@ def summary(rounds: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
 Rounds = dict[str, list[dict[str, float]]]  # side -> one figure dict per round
 
 
-def run_block(options: Options, args: argparse.Namespace, phases: dict[str, Rounds]) -> None:
-    """Fresh processes for both sides, then ``args.rounds`` ABBA rounds of each phase."""
+def run_block(
+    options: Options, args: argparse.Namespace, phases: dict[str, Rounds], block: int
+) -> None:
+    """Fresh processes for both sides (on first in even-numbered blocks from 0, off first in
+    the others), then ``args.rounds`` ABBA rounds of each phase."""
     benches: dict[str, tuple[Bench, str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="cemesh-metrics-") as tmp:
         try:
-            for side in SIDES:
+            for side in SIDES if block % 2 == 0 else tuple(reversed(SIDES)):
                 (Path(tmp) / side).mkdir()
-                detail = side == "on" and not args.same
+                on = side == "on" and not args.same
                 # --profile: py-spy on each side's end-to-end rounds, in a folder per side.
                 profile = None if args.profile is None else args.profile / side
                 benches[side] = _start(
-                    replace(options, profile=profile), Path(tmp) / side, detail=detail
+                    replace(options, profile=profile),
+                    Path(tmp) / side,
+                    args.feature,
+                    on,
+                    args.sample_rate,
                 )
             for bench, url, _ in benches.values():
                 bench.wrk(f"{url}/default/default", options.warmup)
@@ -133,6 +168,18 @@ def run_block(options: Options, args: argparse.Namespace, phases: dict[str, Roun
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--feature",
+        choices=("metrics", "tracing"),
+        default="metrics",
+        help="what the on side has and the off side has not",
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=float,
+        default=1.0,
+        help="--feature tracing: CEMESH_OTLP_TRACES_SAMPLE_RATE of the on side",
+    )
     parser.add_argument("--blocks", type=int, default=3, help="fresh processes per block")
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds per phase and block")
     parser.add_argument("--slice", type=float, default=4.0, help="seconds of load per round")
@@ -141,7 +188,7 @@ def main() -> int:
     parser.add_argument(
         "--same",
         action="store_true",
-        help="calibration: both servers without the metrics (the spread of two processes)",
+        help="calibration: both servers off (the spread of two processes)",
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy raw profiles of the e2e rounds here"
@@ -158,9 +205,12 @@ def main() -> int:
     phases: dict[str, Rounds] = {phase: {side: [] for side in SIDES} for phase in PHASES}
     for block in range(args.blocks):
         print(f"[metrics] block {block + 1} of {args.blocks}", file=sys.stderr, flush=True)
-        run_block(options, args, phases)
+        run_block(options, args, phases, block)
     results: dict[str, Any] = {phase: summary(phases[phase]) for phase in PHASES}
     results["same"], results["paced_rate"] = args.same, args.paced
+    results["feature"] = args.feature
+    if args.feature == "tracing":
+        results["sample_rate"] = args.sample_rate
     print_table(results)
     text = json.dumps(results)
     if args.json is not None:
@@ -170,8 +220,12 @@ def main() -> int:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"{'phase':<10}{'metrics':<9}{'rate/s (median)':>17}{'CPU us/event':>14}  per round")
-    # With --same both sides run without the metrics: name them so.
+    feature = results["feature"]
+    if "sample_rate" in results:
+        feature += f" (sample rate {results['sample_rate']:g})"
+    print(f"{feature}: cost of turning it on (CPU per event is the verdict's figure)")
+    print(f"{'phase':<10}{'side':<9}{'rate/s (median)':>17}{'CPU us/event':>14}  per round")
+    # With --same both sides run off: name them so.
     names = {"on": "off (A)", "off": "off (B)"} if results["same"] else {s: s for s in SIDES}
     for phase in PHASES:
         figures = results[phase]

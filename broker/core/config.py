@@ -301,6 +301,13 @@ class Settings(BusSettings):
         default=None,
         description="OTLP/HTTP traces URL (http://host:4318/v1/traces): export spans.",
     )
+    otlp_traces_sample_rate: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of new traces whose spans are exported (Knative's sample-rate); "
+        "a sender's sampled or unsampled trace is followed as it says.",
+    )
     metrics_detail: bool = Field(
         default=True,
         description="false: no per-Broker/Trigger counts and latencies (the hot path's cost).",

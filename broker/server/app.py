@@ -155,7 +155,9 @@ class Runtime:
         self.ingress_verifier: OidcVerifier | TrustedIssuers | None = None
         self._build_identity()
         self.spans = (
-            OtlpSpans(settings.otlp_traces_endpoint) if settings.otlp_traces_endpoint else None
+            OtlpSpans(settings.otlp_traces_endpoint, settings.otlp_traces_sample_rate)
+            if settings.otlp_traces_endpoint
+            else None
         )
         self.feed = LiveFeed()
         self.metrics.add_source(self.feed.families)

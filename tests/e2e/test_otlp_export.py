@@ -126,3 +126,45 @@ async def test_one_trace_from_ingress_through_attempts_and_the_reply(tmp_path: P
         assert by_id[reply.parent_span_id.hex()] is ingress
         [audit_call] = audit.received
         assert audit_call.headers["traceparent"].split("-")[1] == TRACE
+
+
+async def test_sample_rate_zero_exports_only_what_the_sender_sampled_and_still_carries_context(
+    tmp_path: Path,
+) -> None:
+    """``otlp_traces_sample_rate: 0``: a new trace is not recorded (no span exported), yet the
+    subscriber still gets a W3C context, marked not sampled; an event whose sender sampled its
+    trace is recorded all the same (the sender's decision is followed)."""
+    async with RecordingSubscriber(otlp_ok) as receiver, RecordingSubscriber() as subscriber:
+        endpoint = f"{receiver.url}/v1/traces"
+        async with running_cemesh(
+            tmp_path, otlp_traces_endpoint=endpoint, otlp_traces_sample_rate="0"
+        ) as mesh:
+            await mesh.apply(
+                {
+                    "apiVersion": "eventing.knative.dev/v1",
+                    "kind": "Broker",
+                    "metadata": {"name": "default"},
+                }
+            )
+            await mesh.apply(trigger("all", "com.example.order", subscriber.url))
+            await ready_object(mesh.client, f"{TRIGGERS}/all")
+            headers = {
+                "ce-specversion": "1.0",
+                "ce-source": "/tests/otlp",
+                "ce-type": "com.example.order",
+            }
+            for event_id, extra in (("new", {}), ("sampled", {"traceparent": PARENT})):
+                response = await mesh.post_event(
+                    "/default/default", {**headers, "ce-id": event_id, **extra}
+                )
+                assert response.status_code == 202
+            await subscriber.wait_for(2)
+        spans = spans_of(receiver)
+        assert sorted(span.name for span in spans) == ["cemesh.deliver", "cemesh.ingress"]
+        assert {span.trace_id.hex() for span in spans} == {TRACE}
+        by_id = {call.event.id: call for call in subscriber.received if call.event is not None}
+        # The sampled flag is bit 0 of the flags (the SDK may also set Level 2's random bit).
+        version, trace_id, _, flags = by_id["new"].headers["traceparent"].split("-")
+        assert version == "00" and trace_id != TRACE and not int(flags, 16) & 1
+        _, trace_id, _, flags = by_id["sampled"].headers["traceparent"].split("-")
+        assert trace_id == TRACE and int(flags, 16) & 1
