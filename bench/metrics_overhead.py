@@ -235,11 +235,11 @@ def print_table(results: dict[str, Any]) -> None:
             rate, cpu = median["rate"], median["cpu_us"]
             print(f"{phase:<10}{names[side]:<9}{rate:>17,.0f}{cpu:>14.1f}  {rounds}")
         cpu_cost, rate_cost = figures["cpu_cost"], figures["rate_cost"]
-        verdict = "pass" if cpu_cost < GOAL else "FAIL"
-        print(
-            f"{phase:<10}cost: CPU/event {cpu_cost:+.1%}, rate {rate_cost:+.1%}"
-            f"  (goal < {GOAL:.0%} CPU/event: {verdict})"
-        )
+        if results["feature"] == "metrics":
+            verdict = f"goal < {GOAL:.0%} CPU/event: " + ("pass" if cpu_cost < GOAL else "FAIL")
+        else:
+            verdict = "reported; the 5% goal is the metrics'"
+        print(f"{phase:<10}cost: CPU/event {cpu_cost:+.1%}, rate {rate_cost:+.1%}  ({verdict})")
 
 
 if __name__ == "__main__":
