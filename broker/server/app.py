@@ -154,11 +154,8 @@ class Runtime:
         self.tokens: DeliveryTokens | None = None
         self.ingress_verifier: OidcVerifier | TrustedIssuers | None = None
         self._build_identity()
-        self.spans = (
-            OtlpSpans(settings.otlp_traces_endpoint, settings.otlp_traces_sample_rate)
-            if settings.otlp_traces_endpoint
-            else None
-        )
+        endpoint = settings.otlp_traces_endpoint
+        self.spans = OtlpSpans(endpoint, settings.otlp_traces_sample_rate) if endpoint else None
         self.feed = LiveFeed()
         self.metrics.add_source(self.feed.families)
         self.ingress = Ingress(
