@@ -13,11 +13,11 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from broker.core.events import new_event
-from tests.support.cemesh import running_cemesh
+from tests.e2e.test_trace_propagation import TRIGGERS, trigger
+from tests.support.cemesh import RunningCemesh, running_cemesh
 from tests.support.flows import ready_object, reply_with
 from tests.support.subscriber import Received, RecordingSubscriber, Reply
 
-TRIGGERS = "/apis/eventing.knative.dev/v1/namespaces/default/triggers"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SENDER_SPAN = "00f067aa0ba902b7"
 PARENT = f"00-{TRACE}-{SENDER_SPAN}-01"
@@ -50,17 +50,15 @@ def attribute(span: Any, key: str) -> Any:
     return None
 
 
-def trigger(name: str, event_type: str, uri: str) -> dict[str, object]:
-    return {
-        "apiVersion": "eventing.knative.dev/v1",
-        "kind": "Trigger",
-        "metadata": {"name": name},
-        "spec": {
-            "broker": "default",
-            "filter": {"attributes": {"type": event_type}},
-            "subscriber": {"uri": uri},
-        },
-    }
+async def broker_and_triggers(mesh: RunningCemesh, *triggers: dict[str, object]) -> None:
+    """Broker ``default`` and ``triggers`` applied, each Trigger Ready."""
+    await mesh.apply(
+        {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "default"}}
+    )
+    for each in triggers:
+        await mesh.apply(each)
+    for each in triggers:
+        await ready_object(mesh.client, f"{TRIGGERS}/{each['metadata']['name']}")
 
 
 async def test_one_trace_from_ingress_through_attempts_and_the_reply(tmp_path: Path) -> None:
@@ -79,17 +77,11 @@ async def test_one_trace_from_ingress_through_attempts_and_the_reply(tmp_path: P
     ):
         endpoint = f"{receiver.url}/v1/traces"
         async with running_cemesh(tmp_path, otlp_traces_endpoint=endpoint) as mesh:
-            await mesh.apply(
-                {
-                    "apiVersion": "eventing.knative.dev/v1",
-                    "kind": "Broker",
-                    "metadata": {"name": "default"},
-                }
+            await broker_and_triggers(
+                mesh,
+                trigger("orders", "com.example.order", answerer.url),
+                trigger("answers", "com.example.answer", audit.url),
             )
-            await mesh.apply(trigger("orders", "com.example.order", answerer.url))
-            await mesh.apply(trigger("answers", "com.example.answer", audit.url))
-            await ready_object(mesh.client, f"{TRIGGERS}/orders")
-            await ready_object(mesh.client, f"{TRIGGERS}/answers")
             headers = {
                 "ce-specversion": "1.0",
                 "ce-id": "1",
@@ -139,15 +131,7 @@ async def test_sample_rate_zero_exports_only_what_the_sender_sampled_and_still_c
         async with running_cemesh(
             tmp_path, otlp_traces_endpoint=endpoint, otlp_traces_sample_rate="0"
         ) as mesh:
-            await mesh.apply(
-                {
-                    "apiVersion": "eventing.knative.dev/v1",
-                    "kind": "Broker",
-                    "metadata": {"name": "default"},
-                }
-            )
-            await mesh.apply(trigger("all", "com.example.order", subscriber.url))
-            await ready_object(mesh.client, f"{TRIGGERS}/all")
+            await broker_and_triggers(mesh, trigger("all", "com.example.order", subscriber.url))
             headers = {
                 "ce-specversion": "1.0",
                 "ce-source": "/tests/otlp",
