@@ -123,11 +123,11 @@ _CREATE_REFUSED = frozenset(
         kafka_errors.PolicyViolationError,
     )
 )
-# DeleteGroups answers meaning the group is gone already (or never was): delete is idempotent.
 # Finding a partition's end (see _log_ends): how long one fetch may wait at the end of a log,
 # and how long finding every partition's high watermark may take in all.
 END_PROBE_FETCH_WAIT_MS = 50
 END_PROBE_TIMEOUT = 5.0
+# DeleteGroups answers meaning the group is gone already (or never was): delete is idempotent.
 _GROUP_GONE = frozenset((0, kafka_errors.GroupIdNotFound.errno))
 _NON_EMPTY_GROUP = kafka_errors.NonEmptyGroup.errno
 # DeleteTopics answers meaning the topic is gone already (or never was): delete is idempotent.

@@ -85,8 +85,8 @@ class OtlpSpans:
         trace_id = random.getrandbits(128) or 1
         return (trace_id & _LOW_64) < self._bound, trace_id
 
-    def _parent(self, event: CloudEvent) -> Any:
-        context = tracing.context_of(event)
+    def _parent(self, context: tuple[str, str | None] | None) -> Any:
+        """The SDK's parent context for an event's trace ``context`` (read once by the caller)."""
         if context is None:
             return None
         carrier = {tracing.TRACEPARENT: context[0]}
@@ -111,7 +111,7 @@ class OtlpSpans:
         kind, namespace, name = route
         span = self._tracer.start_span(
             "cemesh.ingress",
-            context=self._parent(event),
+            context=self._parent(context),
             kind=self._kinds.SERVER,
             attributes={
                 f"cemesh.{kind}": f"{namespace}/{name}",
@@ -135,7 +135,7 @@ class OtlpSpans:
             return context, _end_nothing
         span = self._tracer.start_span(
             "cemesh.deliver",
-            context=self._parent(event),
+            context=self._parent(context),
             kind=self._kinds.CLIENT,
             attributes={
                 "cemesh.attempt": attempt,
@@ -157,7 +157,7 @@ class OtlpSpans:
             return  # the reply inherited the unrecorded context (or keeps its own)
         span = self._tracer.start_span(
             "cemesh.reply",
-            context=self._parent(answered),
+            context=self._parent(context),
             kind=self._kinds.INTERNAL,
             attributes={"cloudevents.event_id": reply.id, "cloudevents.event_type": reply.type},
         )
