@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import click
 import httpx
@@ -171,22 +172,18 @@ def apply(state: _State, files: tuple[str, ...], recursive: bool, **options: Any
     are Ready until all are, failing with the ones that are not and why.
     """
     namespace, wait, applied, failed = options["namespace"], options["wait"], [], False
+    # Sent while earlier ones are under way (the server shares its syncs between concurrent
+    # writes), printed in document order.
+    in_flight: deque[tuple[Document, Future[str]]] = deque()
     with ThreadPoolExecutor(APPLY_CONCURRENCY, thread_name_prefix="cemesh-apply") as pool:
-        for wave in _waves(_documents(files, recursive)):
-            # Applied at once (the server shares its syncs between concurrent writes), printed
-            # in document order.
-            outcomes = [
-                item
-                if isinstance(item, str)
-                else (item, pool.submit(apply_one, state.api, item.obj, namespace))
-                for item in wave
-            ]
-            for outcome in outcomes:
-                if isinstance(outcome, str):
-                    _error_line(outcome)
-                    failed = True
-                    continue
-                document, future = outcome
+        for step, item in _schedule(_documents(files, recursive)):
+            if isinstance(item, str):
+                _error_line(item)
+                failed = True
+            elif step == "send":
+                in_flight.append((item, pool.submit(apply_one, state.api, item.obj, namespace)))
+            else:
+                document, future = in_flight.popleft()
                 try:
                     click.echo(future.result())
                     applied.append(applied_key(document.obj, namespace))
@@ -201,28 +198,47 @@ def apply(state: _State, files: tuple[str, ...], recursive: bool, **options: Any
         sys.exit(1)
 
 
-# Objects one `cemesh apply` sends at once: concurrent writes share the server's syncs, each of
-# which reconciles every object (1,000 Triggers one by one were 1,000 full reconciles).
+# Objects one `cemesh apply` has under way at once: concurrent writes share the server's syncs,
+# each of which reconciles every object (1,000 Triggers one by one were 1,000 full reconciles).
 APPLY_CONCURRENCY = 64
 
 
-def _waves(items: Iterable[Document | str]) -> Iterator[list[Document | str]]:
-    """Consecutive manifest items, at most :data:`APPLY_CONCURRENCY` objects per wave and never
-    the same object twice in one (a later document of an object is applied after the earlier)."""
-    wave: list[Document | str] = []
-    names: set[tuple[str, str]] = set()
+def _schedule(
+    items: Iterable[Document | str],
+) -> Iterator[tuple[Literal["send", "finish"], Document | str]]:
+    """The order in which ``apply`` sends objects and finishes (prints) them: a window sliding
+    over the manifest (pure; no I/O).
+
+    ``("send", doc)`` sends ``doc``; ``("finish", doc)`` waits for the oldest object under way,
+    which is ``doc``, and prints its outcome; a message (str, a document that cannot be read) is
+    yielded as ``("finish", message)`` in its place. Objects finish in document order, at most
+    :data:`APPLY_CONCURRENCY` are under way, and the same object is never under way twice (a
+    later document of an object is sent once the earlier one has finished). Unlike sending in
+    waves, one slow object holds back only the objects more than a window behind it.
+    """
+    window: deque[Document | str] = deque()  # sent (or messages), not finished yet
+    under_way: set[tuple[str, str]] = set()  # the identities of the window's documents
     for item in items:
         if isinstance(item, Document):
-            metadata = item.obj.get("metadata")
-            name = metadata.get("name") if isinstance(metadata, dict) else None
-            identity = (str(item.obj.get("kind")), str(name))  # namespace aside: stricter
-            if identity in names or len(names) >= APPLY_CONCURRENCY:
-                yield wave
-                wave, names = [], set()
-            names.add(identity)
-        wave.append(item)
-    if wave:
-        yield wave
+            identity = _identity(item)
+            while window and (len(under_way) >= APPLY_CONCURRENCY or identity in under_way):
+                oldest = window.popleft()
+                if isinstance(oldest, Document):
+                    under_way.discard(_identity(oldest))
+                yield "finish", oldest
+            under_way.add(identity)
+            yield "send", item
+        window.append(item)
+    while window:
+        yield "finish", window.popleft()
+
+
+def _identity(document: Document) -> tuple[str, str]:
+    """What makes two documents the same object for :func:`_schedule`: kind and name (the
+    namespace aside, which is stricter)."""
+    metadata = document.obj.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return str(document.obj.get("kind")), str(name)
 
 
 def apply_one(api: ApiClient, obj: dict[str, Any], default_namespace: str) -> str:

@@ -28,6 +28,10 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 Decision = Literal["created", "configured", "unchanged"]
 
+# libyaml's parser when PyYAML has it (the wheels do): the same safe constructor, about 9x faster
+# (1,000 Trigger documents: 1.74 s with the pure-Python parser, 0.19 s with libyaml's).
+_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 @dataclass(frozen=True, slots=True)
 class Document:
@@ -50,11 +54,11 @@ def parse_manifest(text: str, source: str) -> list[Any]:
             try:
                 loaded = json.loads(text)
             except json.JSONDecodeError:
-                docs = list(yaml.safe_load_all(text))
+                docs = list(yaml.load_all(text, Loader=_SAFE_LOADER))
             else:
                 docs = loaded if isinstance(loaded, list) else [loaded]
         else:
-            docs = list(yaml.safe_load_all(text))
+            docs = list(yaml.load_all(text, Loader=_SAFE_LOADER))
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""

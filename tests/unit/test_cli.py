@@ -11,8 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import click
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker import cli
+from broker.cli.manifests import Document
 from broker.controlplane.resources import BROKER, SECRET, TRIGGER
 from broker.core.errors import InvalidResource
 from broker.server.features import type_for_name
@@ -472,25 +475,58 @@ def test_empty_subject_is_refused_c9() -> None:
         )
 
 
-def test_apply_waves_keep_order_never_hold_one_object_twice_and_stay_bounded() -> None:
-    from broker.cli.commands import APPLY_CONCURRENCY, _waves
-    from broker.cli.manifests import Document
+def _manifest_items() -> st.SearchStrategy[list[Document | str]]:
+    document = st.builds(
+        lambda kind, name: Document({"kind": kind, "metadata": {"name": name}}, "m.yaml"),
+        st.sampled_from(["Broker", "Trigger"]),
+        st.sampled_from([f"n{index}" for index in range(80)]),
+    )
+    return st.lists(document | st.just("m.yaml: bad document"), max_size=300)
 
-    def doc(kind: str, name: str) -> Document:
-        return Document({"kind": kind, "metadata": {"name": name}}, "m.yaml")
 
-    items: list[Document | str] = [
-        doc("Broker", "b"),
-        "m.yaml: bad document",
-        doc("Trigger", "t"),
-        doc("Trigger", "t"),  # the same object again: applied after the first, in a new wave
-        *(doc("Trigger", f"x{n}") for n in range(APPLY_CONCURRENCY + 1)),
+@given(_manifest_items())
+@settings(max_examples=200, deadline=None)
+def test_apply_sends_in_a_bounded_window_never_one_object_twice_and_prints_in_order(
+    items: list[Document | str],
+) -> None:
+    from broker.cli.commands import APPLY_CONCURRENCY, _identity, _schedule
+
+    sent: list[Document | str] = []
+    finished: list[Document | str] = []
+    under_way: list[Document] = []
+    for step, item in _schedule(items):
+        if step == "send":
+            assert isinstance(item, Document)
+            assert _identity(item) not in {_identity(other) for other in under_way}
+            under_way.append(item)
+            assert len(under_way) <= APPLY_CONCURRENCY
+            sent.append(item)
+        else:
+            if isinstance(item, Document):
+                assert under_way[0] is item  # the oldest under way finishes first
+                under_way.pop(0)
+            finished.append(item)
+    assert finished == items  # every document and message, in document order
+    assert sent == [item for item in items if isinstance(item, Document)]
+    assert not under_way
+
+
+def test_apply_holds_back_only_what_the_window_or_a_repeated_object_requires() -> None:
+    from broker.cli.commands import APPLY_CONCURRENCY, _schedule
+
+    def doc(name: str) -> Document:
+        return Document({"kind": "Trigger", "metadata": {"name": name}}, "m.yaml")
+
+    distinct = [doc(f"x{n}") for n in range(APPLY_CONCURRENCY + 1)]
+    steps = [step for step, _ in _schedule(distinct)]
+    # A full window of distinct objects is sent before the first finishes; then one at a time.
+    assert steps[: APPLY_CONCURRENCY + 2] == ["send"] * APPLY_CONCURRENCY + ["finish", "send"]
+    again = [doc("a"), doc("b"), doc("a")]
+    assert [(step, item.obj["metadata"]["name"]) for step, item in _schedule(again)] == [
+        ("send", "a"),
+        ("send", "b"),
+        ("finish", "a"),  # the same object again waits for its first document
+        ("send", "a"),
+        ("finish", "b"),
+        ("finish", "a"),
     ]
-    waves = list(_waves(items))
-    assert [item for wave in waves for item in wave] == items  # nothing lost, order kept
-    assert waves[0] == items[:3]
-    for wave in waves:
-        objects = [item for item in wave if isinstance(item, Document)]
-        assert len(objects) <= APPLY_CONCURRENCY
-        names = [(d.obj["kind"], d.obj["metadata"]["name"]) for d in objects]
-        assert len(names) == len(set(names))

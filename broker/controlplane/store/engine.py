@@ -4,7 +4,8 @@ SQLite (the embedded default) and PostgreSQL are both served. For SQLite several
 share one file: WAL lets readers run beside a writer, a busy timeout makes a writer wait for the
 lock instead of failing, and write transactions start with ``BEGIN IMMEDIATE`` so that two
 writers queue at BEGIN rather than deadlocking when both upgrade a read lock (which SQLite
-reports at once as "database is locked", without waiting).
+reports at once as "database is locked", without waiting). Reads are single statements, each
+atomic on its own, and run without a BEGIN (:func:`reader`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from broker.core.errors import Conflict, StoreError
 
-# Execution option naming how a transaction begins on SQLite (ignored elsewhere).
+# Execution option naming how a transaction begins on SQLite (ignored elsewhere); empty: no
+# BEGIN, each statement its own transaction.
 SQLITE_BEGIN = "cemesh_sqlite_begin"
 BEGIN_WRITE = "BEGIN IMMEDIATE"
+NO_BEGIN = ""
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -81,7 +84,18 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql(connection.get_execution_options().get(SQLITE_BEGIN, "BEGIN"))
+        begin = connection.get_execution_options().get(SQLITE_BEGIN, "BEGIN")
+        if begin:
+            connection.exec_driver_sql(begin)
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (same pool) for connections that run ONE read statement each: on SQLite
+    without a BEGIN, since a single SELECT is atomic by itself and aiosqlite makes every
+    statement a round trip to its thread (a BEGIN made a read of one object about twice as
+    dear, measured in ``cemesh apply``, issue 14). A read of several statements that must agree
+    needs a transaction: use the plain engine."""
+    return engine.execution_options(**{SQLITE_BEGIN: NO_BEGIN})
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:
