@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import click
 import httpx
@@ -36,10 +36,12 @@ from broker.cli.failures import (
     unreachable,
 )
 from broker.cli.manifests import (
+    APPLY_CONCURRENCY,
     Document,
     ManifestError,
     admission_defaults,
     apply_decision,
+    apply_schedule,
     load_documents,
     manifest_files,
     object_name,
@@ -176,7 +178,7 @@ def apply(state: _State, files: tuple[str, ...], recursive: bool, **options: Any
     # writes), printed in document order.
     in_flight: deque[tuple[Document, Future[str]]] = deque()
     with ThreadPoolExecutor(APPLY_CONCURRENCY, thread_name_prefix="cemesh-apply") as pool:
-        for step, item in _schedule(_documents(files, recursive)):
+        for step, item in apply_schedule(_documents(files, recursive)):
             if isinstance(item, str):
                 _error_line(item)
                 failed = True
@@ -196,49 +198,6 @@ def apply(state: _State, files: tuple[str, ...], recursive: bool, **options: Any
         wait_ready(state.api, applied, wait)
     if failed:
         sys.exit(1)
-
-
-# Objects one `cemesh apply` has under way at once: concurrent writes share the server's syncs,
-# each of which reconciles every object (1,000 Triggers one by one were 1,000 full reconciles).
-APPLY_CONCURRENCY = 64
-
-
-def _schedule(
-    items: Iterable[Document | str],
-) -> Iterator[tuple[Literal["send", "finish"], Document | str]]:
-    """The order in which ``apply`` sends objects and finishes (prints) them: a window sliding
-    over the manifest (pure; no I/O).
-
-    ``("send", doc)`` sends ``doc``; ``("finish", doc)`` waits for the oldest object under way,
-    which is ``doc``, and prints its outcome; a message (str, a document that cannot be read) is
-    yielded as ``("finish", message)`` in its place. Objects finish in document order, at most
-    :data:`APPLY_CONCURRENCY` are under way, and the same object is never under way twice (a
-    later document of an object is sent once the earlier one has finished). Unlike sending in
-    waves, one slow object holds back only the objects more than a window behind it.
-    """
-    window: deque[Document | str] = deque()  # sent (or messages), not finished yet
-    under_way: set[tuple[str, str]] = set()  # the identities of the window's documents
-    for item in items:
-        if isinstance(item, Document):
-            identity = _identity(item)
-            while window and (len(under_way) >= APPLY_CONCURRENCY or identity in under_way):
-                oldest = window.popleft()
-                if isinstance(oldest, Document):
-                    under_way.discard(_identity(oldest))
-                yield "finish", oldest
-            under_way.add(identity)
-            yield "send", item
-        window.append(item)
-    while window:
-        yield "finish", window.popleft()
-
-
-def _identity(document: Document) -> tuple[str, str]:
-    """What makes two documents the same object for :func:`_schedule`: kind and name (the
-    namespace aside, which is stricter)."""
-    metadata = document.obj.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    return str(document.obj.get("kind")), str(name)
 
 
 def apply_one(api: ApiClient, obj: dict[str, Any], default_namespace: str) -> str:

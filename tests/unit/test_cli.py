@@ -489,15 +489,15 @@ def _manifest_items() -> st.SearchStrategy[list[Document | str]]:
 def test_apply_sends_in_a_bounded_window_never_one_object_twice_and_prints_in_order(
     items: list[Document | str],
 ) -> None:
-    from broker.cli.commands import APPLY_CONCURRENCY, _identity, _schedule
+    from broker.cli.manifests import APPLY_CONCURRENCY, apply_schedule, document_identity
 
     sent: list[Document | str] = []
     finished: list[Document | str] = []
     under_way: list[Document] = []
-    for step, item in _schedule(items):
+    for step, item in apply_schedule(items):
         if step == "send":
             assert isinstance(item, Document)
-            assert _identity(item) not in {_identity(other) for other in under_way}
+            assert document_identity(item) not in {document_identity(other) for other in under_way}
             under_way.append(item)
             assert len(under_way) <= APPLY_CONCURRENCY
             sent.append(item)
@@ -512,17 +512,18 @@ def test_apply_sends_in_a_bounded_window_never_one_object_twice_and_prints_in_or
 
 
 def test_apply_holds_back_only_what_the_window_or_a_repeated_object_requires() -> None:
-    from broker.cli.commands import APPLY_CONCURRENCY, _schedule
+    from broker.cli.manifests import APPLY_CONCURRENCY, apply_schedule
 
     def doc(name: str) -> Document:
         return Document({"kind": "Trigger", "metadata": {"name": name}}, "m.yaml")
 
     distinct = [doc(f"x{n}") for n in range(APPLY_CONCURRENCY + 1)]
-    steps = [step for step, _ in _schedule(distinct)]
+    steps = [step for step, _ in apply_schedule(distinct)]
     # A full window of distinct objects is sent before the first finishes; then one at a time.
     assert steps[: APPLY_CONCURRENCY + 2] == ["send"] * APPLY_CONCURRENCY + ["finish", "send"]
-    again = [doc("a"), doc("b"), doc("a")]
-    assert [(step, item.obj["metadata"]["name"]) for step, item in _schedule(again)] == [
+    again: list[Document | str] = [doc("a"), doc("b"), doc("a")]
+    named = [(step, item) for step, item in apply_schedule(again) if isinstance(item, Document)]
+    assert [(step, item.obj["metadata"]["name"]) for step, item in named] == [
         ("send", "a"),
         ("send", "b"),
         ("finish", "a"),  # the same object again waits for its first document
