@@ -55,6 +55,7 @@ from broker.controlplane.signing_keys import KeyRing
 from broker.controlplane.store import Store
 from broker.controlplane.store.archive import SqlArchive
 from broker.core.asgi import Receive, Scope, Send
+from broker.core.collector import collector_paused
 from broker.core.config import Settings
 from broker.core.durations import parse_duration
 from broker.core.errors import BusClientMissing, CemeshError, RequestIncomplete
@@ -363,7 +364,11 @@ class Runtime:
             )
             self.kube_plane.start()
         else:
-            await self.controller.sync()
+            # The first sync builds every resource's runtime state at once (10,000 Triggers:
+            # their consumers, statuses, the store's rows), before anything is served: the
+            # collector would scan that growing heap again and again (broker.core.collector).
+            with collector_paused():
+                await self.controller.sync()
             self.controller.start()
         self.ready = True
         log.info(
