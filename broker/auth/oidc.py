@@ -22,6 +22,10 @@ dropped when that shows a key was withdrawn.
 
 :class:`OidcAuthenticator` puts a verifier behind the :class:`~broker.auth.Authenticator`
 protocol for the management API (settings ``CEMESH_OIDC_*``, see :func:`verifier_from_settings`).
+
+PyJWT (and with it ``cryptography``, a tenth of a second to import) is imported by the functions
+that check a token, not with this module: a cemesh without OIDC never loads it (issue 14: the
+restart time).
 """
 
 from __future__ import annotations
@@ -31,15 +35,17 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import jwt
 
 from broker.auth.principal import Principal
 from broker.core.config import Settings
 from broker.core.errors import Unauthenticated
 from broker.core.tasks import cancel_and_wait
+
+if TYPE_CHECKING:  # a type only: PyJWT is imported where a token is checked (module docstring)
+    import jwt
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +174,8 @@ class OidcVerifier:
         claims = self.cached(token, audience)
         if claims is not None:
             return claims
+        import jwt  # deferred: see the module docstring
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -189,6 +197,8 @@ class OidcVerifier:
         return claims
 
     def _decode(self, token: str, key: jwt.PyJWK, algorithm: str, audience: str) -> Claims:
+        import jwt  # deferred: see the module docstring
+
         try:
             claims: Claims = jwt.decode(
                 token,
@@ -295,6 +305,8 @@ class OidcVerifier:
         else:
             url = self._jwks_url or await self._discover()
             document = await self._get_json(url, "JWKS")
+        import jwt  # deferred: see the module docstring
+
         try:
             key_set = jwt.PyJWKSet.from_dict(dict(document))
         except jwt.PyJWTError as exc:
@@ -352,6 +364,8 @@ class _Key:
 
 def _unverified(token: str) -> Claims:
     """The claims of a token whose check failed, for the error message only."""
+    import jwt  # deferred: see the module docstring
+
     try:
         claims: Claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
@@ -379,6 +393,8 @@ class TrustedIssuers:
         return None
 
     async def verify(self, token: str, audience: str) -> Claims:
+        import jwt  # deferred: see the module docstring
+
         try:
             issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
         except jwt.PyJWTError as exc:

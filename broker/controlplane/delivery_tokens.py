@@ -8,6 +8,9 @@ dead letter to a destination with an ``audience`` carries ``Authorization: Beare
 (audience, subject) and reused until a fifth of its lifetime is left, so no event pays for a
 signature. Verifiers find the keys through :data:`DISCOVERY_PATH` and :data:`JWKS_PATH` (the
 paths Kubernetes serves its service-account issuer at); both need no credential.
+
+PyJWT is imported when the first token is signed, not with this module (as in
+:mod:`broker.controlplane.signing_keys`): a cemesh without delivery OIDC never loads it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
@@ -64,6 +66,8 @@ class DeliveryTokens:
             raise DeliveryError("no signing key yet for the delivery token", retryable=True)
         issued = int(now)
         expires = issued + int(self._lifetime)
+        import jwt  # deferred: see the module docstring
+
         claims = {
             "iss": self.issuer,
             "sub": subject,

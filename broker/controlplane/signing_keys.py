@@ -18,6 +18,10 @@ Rotation without downtime (:func:`plan`, applied by :class:`KeyRing` every
 
 Replicas that rotate at the same moment each add a key; both are published and all replicas pick
 the same signer (latest activation, then kid), so the race is harmless.
+
+``cryptography`` and PyJWT (together a fifth of a second to import) are imported by the
+functions that make, load or publish a key, not with this module: a cemesh without OIDC never
+needs them, and its start should not pay for them (issue 14: the restart time).
 """
 
 from __future__ import annotations
@@ -32,9 +36,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 from sqlalchemy import delete, insert, select
 
 from broker.controlplane.store.engine import translated
@@ -43,6 +44,8 @@ from broker.core.errors import CemeshError
 from broker.core.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # a type only: broker.controlplane.store imports the resources
+    from cryptography.hazmat.primitives.asymmetric import rsa  # deferred: module docstring
+
     from broker.controlplane.store import Store
 
 log = logging.getLogger(__name__)
@@ -62,11 +65,15 @@ class SigningKey:
 
     def public_jwk(self) -> dict[str, Any]:
         """The public half as a JWK (for the JWKS document)."""
+        from jwt.algorithms import RSAAlgorithm  # deferred: see the module docstring
+
         jwk: dict[str, Any] = RSAAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
         return {**jwk, "kid": self.kid, "use": "sig", "alg": ALGORITHM}
 
 
 def generate_key(now: float, activates_at: float) -> SigningKey:
+    from cryptography.hazmat.primitives.asymmetric import rsa  # deferred: module docstring
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return SigningKey(uuid.uuid4().hex, key, now, activates_at)
 
@@ -112,6 +119,9 @@ async def load_keys(store: Store) -> list[SigningKey]:
     with translated():
         async with store._reader().connect() as conn:
             rows = (await conn.execute(select(SigningKeyRow))).all()
+    from cryptography.hazmat.primitives import serialization  # deferred: module docstring
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     keys = []
     for row in rows:
         private = serialization.load_pem_private_key(row.private_key.encode(), password=None)
@@ -123,6 +133,8 @@ async def load_keys(store: Store) -> list[SigningKey]:
 
 
 async def insert_key(store: Store, key: SigningKey) -> None:
+    from cryptography.hazmat.primitives import serialization  # deferred: module docstring
+
     pem = key.private_key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

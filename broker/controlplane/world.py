@@ -139,6 +139,17 @@ class Conditions:
     def get(self, type_: str) -> dict[str, str]:
         return next(c for c in self._items if c["type"] == type_)
 
+    def not_true(self, types: tuple[str, ...]) -> list[str]:
+        """Those of ``types`` whose condition (each set) is not True, in the order of ``types``.
+
+        One pass over the conditions for all of them (a Trigger asks for four, 10,000 times in
+        a start's reconcile), not one :meth:`get` each.
+        """
+        first: dict[str, str] = {}
+        for condition in self._items:
+            first.setdefault(condition["type"], condition["status"])
+        return [type_ for type_ in types if first[type_] != "True"]
+
     def summary(self) -> list[dict[str, str]]:
         """``[Ready, *sub-conditions]``: Ready is the first False, else first Unknown, else True."""
         worst = next((c for c in self._items if c["status"] == "False"), None)

@@ -49,6 +49,25 @@ _UNKNOWN = object()
 _ROUTES: dict[str, Route | object | None] = {}  # written through memo.remember
 
 
+def may_name_route(uri: str, names: frozenset[str]) -> bool:
+    """False when ``uri`` cannot be the URL of a route named one of ``names``: its path's last
+    segment is none of them. True does not say it is one (parse it and :func:`match_route`).
+
+    A cheap test before parsing the URL: the dispatcher asks it for each of 10,000 subscriber
+    URIs at a start, where parsing each was a third of applying the snapshot (issue 14). The
+    path of a URL ends at its first ``?`` or ``#``; a URI with a tab or line break (which URL
+    parsing drops) is left to the parser.
+    """
+    if "\t" in uri or "\n" in uri or "\r" in uri:
+        return True
+    end = len(uri)
+    for mark in ("?", "#"):
+        at = uri.find(mark, 0, end)
+        if at != -1:
+            end = at
+    return uri[:end].rstrip("/").rpartition("/")[2] in names
+
+
 def _parse_route(path: str) -> Route | None:
     parts = path.strip("/").split("/")
     if len(parts) == 2:

@@ -16,9 +16,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
+import migrations
 from broker.controlplane.store import Store
 from broker.controlplane.store.engine import make_engine
-from broker.controlplane.store.migrate import alembic_config, downgrade, upgrade
+from broker.controlplane.store.migrate import alembic_config, at_head, downgrade, upgrade
 from broker.controlplane.store.models import Base
 from broker.core.errors import StoreError
 
@@ -60,6 +61,31 @@ def test_migrations_form_one_line_starting_at_0001() -> None:
     assert revisions[0] == ("0001", "base")
     for (_, down), (previous, _) in zip(revisions[1:], revisions, strict=False):
         assert down == previous
+
+
+def test_the_head_constant_names_alembics_head() -> None:
+    """``migrations.HEAD`` lets a start at head skip Alembic: it must be the newest revision."""
+    assert revisions_in_order()[-1][0] == migrations.HEAD, "update migrations.HEAD"
+
+
+async def test_store_open_upgrades_a_schema_below_head_and_sees_it_at_head_after(
+    database_url: str,
+) -> None:
+    engine = make_engine(database_url)
+    try:
+        assert not await at_head(engine)  # no version table yet
+        below = revisions_in_order()[-1][1]
+        await upgrade(database_url, below)
+        assert not await at_head(engine)
+        store = Store(database_url)
+        await store.open()
+        await store.close()
+        assert await at_head(engine)
+        assert await on_connection(database_url, current_revision) == migrations.HEAD
+        await store.open()  # at head: opens without migrating
+        await store.close()
+    finally:
+        await engine.dispose()
 
 
 async def test_every_migration_goes_up_down_and_up_again(database_url: str) -> None:

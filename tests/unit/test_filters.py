@@ -6,10 +6,16 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.core.errors import InvalidResource
 from broker.core.events import CloudEvent, match_all
-from broker.dataplane.dispatch.filters import compile_trigger_filter, validate_trigger_filters
+from broker.dataplane.dispatch.filters import (
+    canonical_text,
+    compile_trigger_filter,
+    validate_trigger_filters,
+)
 
 
 def event(**attributes: Any) -> CloudEvent:
@@ -464,3 +470,57 @@ def test_equal_filters_compile_once_and_values_of_other_types_never_share_the_re
     for _ in range(2):
         with pytest.raises(InvalidResource):
             compile_trigger_filter({"filter": {"attributes": {True: "x"}}})
+
+
+# --- the canonical filter text ------------------------------------------------------------------
+
+_NAMES = st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True).filter(lambda name: name != "data")
+# Any text, control characters, quotes, backslashes and non-ASCII included (and lone surrogates,
+# which orjson refuses and json writes).
+_VALUES = st.text(st.characters(exclude_categories=()), max_size=12)
+_ATTRIBUTES = st.dictionaries(_NAMES, _VALUES, min_size=1, max_size=4)
+_NON_EMPTY = st.dictionaries(_NAMES, _VALUES.filter(bool), min_size=1, max_size=4)
+_ELEMENTS = st.recursive(
+    st.one_of(
+        st.builds(lambda pairs: {"exact": pairs}, _NON_EMPTY),
+        st.builds(lambda pairs: {"prefix": pairs}, _NON_EMPTY),
+        st.builds(lambda pairs: {"suffix": pairs}, _NON_EMPTY),
+    ),
+    lambda inner: st.one_of(
+        st.builds(lambda items: {"all": items}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda items: {"any": items}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda item: {"not": item}, inner),
+    ),
+    max_leaves=6,
+)
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(_VALUES, inner, max_size=3)
+
+
+@given(st.recursive(st.none() | st.booleans() | _VALUES, _containers, max_leaves=12))
+def test_canonical_text_is_the_sorted_compact_json_text_of_the_value(value: Any) -> None:
+    wrapped = {"value": value}
+    assert canonical_text(wrapped) == _json_text(wrapped)
+
+
+@given(_ATTRIBUTES)
+def test_a_legacy_filters_text_is_its_canonical_json(attributes: dict[str, str]) -> None:
+    _, text = compile_trigger_filter({"filter": {"attributes": attributes}})
+    assert text == _json_text({"filter": {"attributes": attributes}})
+
+
+@given(st.lists(_ELEMENTS, min_size=1, max_size=3), st.booleans())
+def test_a_dialect_filters_text_is_its_canonical_json(
+    elements: list[dict[str, Any]], payload: bool
+) -> None:
+    _, text = compile_trigger_filter({"filters": elements}, payload=payload)
+    expected: dict[str, Any] = {"filters": elements}
+    if payload:
+        expected["payload"] = True
+    assert text == _json_text(expected)

@@ -109,7 +109,12 @@ def _dependency(obj: Obj, world: World, conditions: Conditions) -> None:
         )
 
 
-_TRIGGER_PREREQUISITES = ("BrokerReady", "SubscriberResolved", "DeadLetterSinkResolved")
+_TRIGGER_PREREQUISITES = (
+    "BrokerReady",
+    "SubscriberResolved",
+    "DeadLetterSinkResolved",
+    "DependencyReady",
+)
 
 
 def _broker_ready(conditions: Conditions, world: World, namespace: str, broker: str) -> Obj | None:
@@ -142,16 +147,14 @@ def _trigger_spec(
     conditions: Conditions,
     subscriber: Address,
     delivery: Delivery,
+    broker: str,
 ) -> TriggerSpec | None:
-    """SubscriptionReady: the Trigger's runtime spec once every prerequisite holds (K61)."""
+    """SubscriptionReady: the Trigger's runtime spec once every prerequisite holds (K61).
+    ``broker``: the Broker it names (:func:`~broker.controlplane.resources.trigger_broker`)."""
     metadata = obj["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
     spec = obj.get("spec") or {}
-    waiting = [
-        t
-        for t in (*_TRIGGER_PREREQUISITES, "DependencyReady")
-        if conditions.get(t)["status"] != "True"
-    ]
+    waiting = conditions.not_true(_TRIGGER_PREREQUISITES)
     if waiting:
         message = f"waiting for {', '.join(waiting)}"
         conditions.set("SubscriptionReady", "Unknown", "NotSubscribed", message)
@@ -166,7 +169,6 @@ def _trigger_spec(
     except InvalidResource as exc:  # stored before a rule tightened: report, do not crash
         conditions.set("SubscriptionReady", "False", "InvalidSpec", str(exc))
         return None
-    broker = trigger_broker(spec)
     conditions.set("SubscriptionReady", "True")
     return TriggerSpec(
         namespace=namespace,
@@ -217,7 +219,7 @@ def reconcile_trigger(obj: Obj, world: World) -> None:
 
     _dependency(obj, world, conditions)
 
-    trigger_spec = _trigger_spec(obj, world, conditions, subscriber, delivery)
+    trigger_spec = _trigger_spec(obj, world, conditions, subscriber, delivery, broker)
     world.statuses[uid] = {**base_status(obj, conditions), **status_fields}
     if trigger_spec is not None:
         world.triggers[uid] = trigger_spec

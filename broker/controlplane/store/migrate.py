@@ -6,6 +6,11 @@ is built here in code, and the live connection is handed to ``migrations/env.py`
 as the store. All migrations run in one transaction; on PostgreSQL an advisory lock inside it
 makes replicas that start together migrate one after the other (on SQLite the write lock taken
 at BEGIN does the same).
+
+Alembic is imported only when a migration runs: importing it costs a fifth of a second (its DDL
+modules pull in every dialect), and most starts find the schema already at
+:data:`migrations.HEAD`, which one read of the version table tells (:func:`at_head`), so
+``cemesh serve`` skips Alembic then (issue 14: restart time).
 """
 
 from __future__ import annotations
@@ -16,17 +21,18 @@ import fcntl
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from alembic import command
-from alembic.config import Config
-from alembic.util.exc import CommandError
+from sqlalchemy import exc, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
 from broker.controlplane.store.engine import make_engine, translated, writer
 from broker.core.errors import StoreError
+
+if TYPE_CHECKING:  # a type only: Alembic is imported when a migration runs (module docstring)
+    from alembic.config import Config
 
 # __path__ rather than __file__: an editable install made before migrations/__init__.py
 # existed maps the package as a namespace package, which has no __file__.
@@ -40,6 +46,8 @@ Action = Literal["upgrade", "downgrade"]
 
 def alembic_config(database_url: str | None = None) -> Config:
     """An Alembic Config for the cemesh migrations (no alembic.ini needed)."""
+    from alembic.config import Config  # deferred: see the module docstring
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if database_url is not None:
@@ -66,8 +74,27 @@ async def _with_engine(database_url: str, action: Action, revision: str) -> None
         await engine.dispose()
 
 
+async def at_head(engine: AsyncEngine) -> bool:
+    """Whether the schema behind ``engine`` is at :data:`migrations.HEAD` (one read; False when
+    there is no version table yet). Migrations commit in one transaction, so a schema seen at
+    head is complete."""
+    try:
+        async with engine.connect() as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+    except exc.DBAPIError:  # no version table: never migrated
+        return False
+    return [row[0] for row in versions] == [migrations.HEAD]
+
+
 async def migrate_engine(engine: AsyncEngine, action: Action, revision: str) -> None:
-    """Run ``alembic upgrade|downgrade revision`` on ``engine`` in one transaction."""
+    """Run ``alembic upgrade|downgrade revision`` on ``engine`` in one transaction.
+
+    An upgrade to ``head`` of a schema already there reads the version only (:func:`at_head`).
+    """
+    if action == "upgrade" and revision == "head":
+        with translated():
+            if await at_head(engine):
+                return
     # Alembic keeps its running context in module globals (alembic.context, alembic.op), and
     # run_sync yields to the event loop at every statement: two migrations interleaved in one
     # process would overwrite each other's context. Other processes are kept out by the
@@ -111,6 +138,9 @@ def _in_process_lock() -> asyncio.Lock:
 
 
 def _run_alembic(connection: Connection, action: Action, revision: str) -> None:
+    from alembic import command  # deferred: see the module docstring
+    from alembic.util.exc import CommandError
+
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
     config = alembic_config()

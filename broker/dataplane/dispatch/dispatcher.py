@@ -79,7 +79,7 @@ from broker.dataplane.dispatch.delivery import (
 from broker.dataplane.dispatch.http import HttpClient
 from broker.dataplane.dispatch.trigger_index import TriggerIndex
 from broker.dataplane.reply import ReplyToBroker, subscription_reply, trigger_reply
-from broker.dataplane.routes import Route, match_route
+from broker.dataplane.routes import Route, match_route, may_name_route
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,7 @@ class Dispatcher:
         self._max_ttl = max_ttl
         # Ingress routes of the Brokers and Channels cemesh serves now (see _route).
         self._routes: frozenset[Route] = frozenset()
+        self._route_names: frozenset[str] = frozenset()  # the names of the routes
         # Broker topics whose bus selects groups by the index: (group, filter) of each Trigger.
         self._selections: dict[str, frozenset[tuple[str, str]]] = {}
 
@@ -221,6 +222,7 @@ class Dispatcher:
             | {("channel", *key) for key in snapshot.channels}
         )
         routes_changed, self._routes = routes != self._routes, routes
+        self._route_names = frozenset(name for _, _, name in routes)
         async with self._lock:
             # Before subscribing: a new Trigger's group is covered from its first event on.
             self._select_groups(snapshot.triggers)
@@ -441,6 +443,8 @@ class Dispatcher:
         """``("broker"|"channel", namespace, name)`` when ``uri`` is the ingress of a Broker or
         Channel cemesh serves now, else None. Decided by path (cemesh does not know the host
         names it is reached by); asked once per consumer and snapshot."""
+        if not may_name_route(uri, self._route_names):
+            return None  # most subscribers: no URL parsing needed to tell
         route = match_route(urlsplit(uri).path)
         return route if route in self._routes else None
 

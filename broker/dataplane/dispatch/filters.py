@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from broker.cesql import CesqlParseError, Expression, PayloadNotEnabled, Type, compile_expression
 from broker.cesql.ast import Node
 from broker.core.errors import InvalidResource
@@ -42,6 +44,7 @@ __all__ = [
     "DERIVED_ATTRIBUTE_NAMES",
     "FILTER_PAYLOAD_ANNOTATION",
     "FILTER_PAYLOAD_ENABLED",
+    "canonical_text",
     "compile_trigger_filter",
     "set_dialects",
     "validate_trigger_filters",
@@ -486,5 +489,17 @@ def _compile_trigger_filter(spec: Mapping[str, Any], payload: bool) -> tuple[Eve
             return match_all, "{}"
         predicate = _compile_legacy(attributes)
         effective = {"filter": {"attributes": dict(attributes)}}
-    text = json.dumps(effective, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return predicate, text
+    return predicate, canonical_text(effective)
+
+
+def canonical_text(value: Mapping[str, Any]) -> str:
+    """``value`` as canonical JSON text: keys sorted at every level, no spaces, non-ASCII as is.
+
+    The text of ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``,
+    written by orjson, ~5x faster (a tenth of compiling a Trigger's filter, issue 14); a string
+    orjson refuses (a lone surrogate, which is not UTF-8) is left to ``json`` as before.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -49,6 +49,7 @@ from broker.cesql import CesqlError, ast, parse
 from broker.core.events import CloudEvent, EventFilter, attribute_text
 from broker.dataplane.dispatch.filters import (
     DERIVED_ATTRIBUTE_NAMES,
+    canonical_text,
     compile_trigger_filter,
     set_dialects,
 )
@@ -539,4 +540,4 @@ def _text(source: str | Mapping[str, Any]) -> str:
     """The canonical text of a filter given as text or in parsed form."""
     if isinstance(source, str):
         return source
-    return json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonical_text(source)
