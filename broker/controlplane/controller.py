@@ -72,8 +72,10 @@ log = logging.getLogger(__name__)
 COALESCE_WAIT = 1.0
 MAX_PASSES = 6  # owner -> owned -> owned-by-owned -> ready: enough for Sequence and Parallel
 # Statuses written per store transaction: one commit for many (the first sync after a start
-# writes every object's status), yet a bounded hold of the store's write lock.
-STATUS_BATCH = 200
+# writes every object's status), yet a bounded hold of the store's write lock (~80 ms for 1,000
+# on SQLite). 10,000 statuses: 1.02-1.07 s in batches of 200, 0.76 s in batches of 1,000 or
+# 5,000 (in process, issue 14).
+STATUS_BATCH = 1000
 # Seconds between full reconciles (no outcome reused, broker.controlplane.incremental): the
 # safety net under incremental reconcile, whose result is the same by construction.
 FULL_RECONCILE_INTERVAL = 300.0
