@@ -107,6 +107,10 @@ class Options:
 class Bench:
     """Owns the temp dir and the child processes of one benchmark run."""
 
+    cemesh: Child
+    subscriber: Child
+    bare_app: Child
+
     def __init__(self, options: Options, workdir: Path) -> None:
         self.options = options
         self.workdir = workdir
@@ -159,6 +163,7 @@ class Bench:
         self.bare_app.stop()  # idle from here on, but nothing should share the CPU
         self.add_trigger(cemesh_url, subscriber_url)
         results["e2e_closed"] = self.end_to_end(cemesh_url, subscriber_url, rate=0.0)
+        results["e2e_ceiling"] = self.relay_ceiling(subscriber_url)
         results["e2e_paced"] = self.end_to_end(cemesh_url, subscriber_url, rate=self.options.rate)
         results["e2e_uvicorn"] = self.uvicorn_subscriber_phase(cemesh_url)
         return results
@@ -177,6 +182,55 @@ class Bench:
         self.add_trigger(cemesh_url, url)
         self.log("end to end, closed loop, uvicorn subscriber")
         return self.end_to_end(cemesh_url, url, rate=0.0)
+
+    def relay_ceiling(self, subscriber_url: str) -> dict[str, Any]:
+        """The end-to-end ceiling: ``bench/relay_app.py`` (uvicorn in, cemesh's HTTP client out,
+        nothing between) in the same closed loop to the same subscriber, cemesh idle meanwhile."""
+        port = free_port()
+        relay = self.start(
+            "relay",
+            [
+                sys.executable,
+                str(BENCH_DIR / "relay_app.py"),
+                "--port",
+                str(port),
+                "--target",
+                f"{subscriber_url}/",
+            ],
+        )
+        relay_url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_serving(relay, f"{relay_url}/count")
+            self.log("end-to-end ceiling (bench/relay_app.py), closed loop")
+            self.wrk(f"{relay_url}/default/default", self.options.warmup)
+            self.wait_for(lambda: _relay_settled(relay_url), "the relay's warm-up to drain")
+            http("GET", f"{subscriber_url}/reset")
+            before = get_json(f"{relay_url}/count")
+            cpu_relay, cpu_sub = relay.cpu_seconds(), self.subscriber.cpu_seconds()
+            result = self.wrk(f"{relay_url}/default/default", self.options.duration)
+            self.wait_for(
+                lambda: _relay_settled(relay_url),
+                "the relay to drain",
+                timeout=self.options.drain_timeout,
+            )
+            cpu_relay = relay.cpu_seconds() - cpu_relay
+            cpu_sub = self.subscriber.cpu_seconds() - cpu_sub
+            after = get_json(f"{relay_url}/count")
+            stats = get_json(f"{subscriber_url}/stats")
+        finally:
+            relay.stop()
+        delivered = after["delivered"] - before["delivered"]
+        return {
+            "ingress_rate": result.rate,
+            "accepted_202": after["accepted"] - before["accepted"],
+            "delivered": delivered,
+            "failed": after["failed"] - before["failed"],
+            "delivered_rate": stats["rate"],
+            "cpu_us_per_event": {
+                "relay": cpu_relay / delivered * 1e6 if delivered else None,
+                "subscriber": cpu_sub / delivered * 1e6 if delivered else None,
+            },
+        }
 
     def start_bare_app(self) -> str:
         port = free_port()
@@ -492,6 +546,12 @@ def _settings_passed_on() -> dict[str, str]:
     }
 
 
+def _relay_settled(relay_url: str) -> bool:
+    """Every event the relay accepted has been delivered (or has failed)."""
+    counts = get_json(f"{relay_url}/count")
+    return bool(counts["delivered"] + counts["failed"] >= counts["accepted"])
+
+
 def _rate(results: list[WrkResult]) -> float:
     duration = sum(r.duration for r in results)
     return sum(r.requests for r in results) / duration if duration > 0 else 0.0
@@ -574,6 +634,19 @@ def rows_for(results: dict[str, Any], options: Options) -> list[Row]:
                 _check(phase["delivered_rate"] >= needed) if needed else "",
             )
         )
+        relay = results.get("e2e_ceiling")
+        if phase is closed and relay is not None:
+            rows.append(
+                Row(
+                    "  ceiling: bare relay (bench/relay_app.py)",
+                    f"{relay['delivered_rate']:,.0f} ev/s",
+                    "(uvicorn in, HTTP out)",
+                    f"{closed['delivered_rate'] / relay['delivered_rate']:.0%}"
+                    if relay["delivered_rate"]
+                    else "",
+                )
+            )
+            rows.append(Row("  relay CPU per event", _us(relay["cpu_us_per_event"]["relay"])))
         rows.append(Row("  ingress (wrk completed)", f"{phase['ingress_rate']:,.0f} req/s"))
         lat = phase["latency_ms"]
         p99_ok = lat["p99"] is not None and lat["p99"] < P99_GOAL_MS

@@ -8,13 +8,19 @@ request by request so that drift hits every path alike:
 - **invoker**: the same client's request goes through the invoker in-process, as the dispatcher
   delivers to a Service (traffic split, activator, containerConcurrency accounting, forward);
 - **via HTTP**: a POST to cemesh's ``/services/...`` route (one more HTTP hop: the path a
-  producer outside cemesh takes).
+  producer outside cemesh takes);
+- **bare hop**: the same client's POST to ``bench/bare_app.py``'s app (read the body, answer
+  202) served in this process exactly as cemesh is: the floor of any route behind that server.
+
+cemesh is served as ``cemesh serve`` serves it (``broker.server.listeners``: httptools, the read
+deadlines, no proxy headers), on a uvloop event loop like ``cemesh serve``'s.
 
 Latency is wall time per request, sequential (one in flight), after a warm-up. The invoker's
 overhead is invoker minus direct (goal: < 1 ms at p50); the HTTP route's is "via HTTP" minus
 invoker (goal: < 0.1 ms at p50: what the ``/services/...`` HTTP handling adds over the
 in-process path, beside "via HTTP" minus direct, which also counts the extra HTTP hop the
-producer's client makes). Cold start is the time from a request at
+producer's client makes, and beside the bare hop, which costs the client and the server what
+the route's hop costs them, with nothing behind it). Cold start is the time from a request at
 zero replicas to its response: spawn the replica process, wait until it listens, forward; the
 autoscaler's rounds are off meanwhile, so only the request wakes the Revision. Its ceiling, in
 the same run, turn by turn with cemesh's: spawning the same command directly (with the
@@ -44,8 +50,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import uvloop  # noqa: E402
+
+from bench.bare_app import app as bare_app  # noqa: E402
+from broker.core.config import Settings  # noqa: E402
 from broker.dataplane.dispatch.client import DeliveryClient  # noqa: E402
 from broker.features.supervisor import child_env  # noqa: E402
+from broker.server.app import UVICORN_OPTIONS  # noqa: E402
+from broker.server.listeners import Listeners  # noqa: E402
 from tests.support.cemesh import running_cemesh  # noqa: E402
 
 SUBSCRIBER = str(ROOT / "bench" / "subscriber.py")
@@ -119,10 +131,18 @@ async def latency(mesh: Any, requests: int, warmup: int) -> dict[str, dict[str, 
     [replica] = invoker.backend.ready(state.ref)
     client = DeliveryClient()
     mesh_route = f"{mesh.url}/services/default/lean/"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        bare_port = probe.getsockname()[1]
+    bare = Listeners(bare_app, Settings(port=bare_port), **UVICORN_OPTIONS)
+    bare_task = asyncio.create_task(bare.serve())
+    await wait_for(lambda: bare.started)
+    bare_url = f"http://127.0.0.1:{bare_port}/"
     paths = {
         "direct": lambda: client.post(replica.url + "/", HEADERS, BODY, timeout=10),
         "invoker": lambda: invoker.invoke("default", "lean", None, "/", HEADERS, BODY, 10),
         "via HTTP": lambda: client.post(mesh_route, HEADERS, BODY, timeout=10),
+        "bare hop": lambda: client.post(bare_url, HEADERS, BODY, timeout=10),
     }
     times: dict[str, list[float]] = {name: [] for name in paths}
     clock = time.perf_counter
@@ -137,6 +157,8 @@ async def latency(mesh: Any, requests: int, warmup: int) -> dict[str, dict[str, 
                     times[name].append(elapsed)
     finally:
         await client.close()
+        bare.stop()
+        await bare_task
     return {name: summary(values) for name, values in times.items()}
 
 
@@ -231,7 +253,7 @@ async def main(requests: int, warmup: int, cold: int, burst_size: int) -> dict[s
     with tempfile.TemporaryDirectory() as tmp:
         # Autoscaler rounds off: the replica count is what this benchmark sets.
         async with running_cemesh(
-            Path(tmp), resync_interval=0.1, invoker_autoscaler_tick=3600
+            Path(tmp), as_served=True, resync_interval=0.1, invoker_autoscaler_tick=3600
         ) as mesh:
             await mesh.apply(service("lean", lean))
             await mesh.apply(service("fn", fn))
@@ -249,6 +271,7 @@ async def main(requests: int, warmup: int, cold: int, burst_size: int) -> dict[s
         key: figures["via HTTP"][key] - figures["invoker"][key] for key in ("p50_ms", "p99_ms")
     }
     hop = {key: figures["via HTTP"][key] - figures["direct"][key] for key in ("p50_ms", "p99_ms")}
+    beyond_floor = {key: route[key] - figures["bare hop"][key] for key in ("p50_ms", "p99_ms")}
     cold_starts_ms = {}
     for label, (mine, direct) in (
         ("bench/subscriber.py (uvloop)", cold_lean),
@@ -265,6 +288,8 @@ async def main(requests: int, warmup: int, cold: int, burst_size: int) -> dict[s
         "invoker_overhead_ms": overhead,
         "route_overhead_ms": route,
         "route_and_hop_overhead_ms": hop,
+        "route_floor_ms": figures["bare hop"],
+        "route_beyond_floor_ms": beyond_floor,
         "goal_overhead_p50_ms": GOAL_P50_MS,
         "goal_route_p50_ms": GOAL_ROUTE_P50_MS,
         "goal_cold_gap_ms": GOAL_COLD_GAP_MS,
@@ -294,6 +319,12 @@ def report(result: dict[str, Any]) -> None:
         f" with the extra HTTP hop (via HTTP - direct): p50"
         f" {result['route_and_hop_overhead_ms']['p50_ms']:.3f} ms"
     )
+    floor = result["route_floor_ms"]["p50_ms"]
+    print(
+        f"  the floor of any HTTP route here (bare hop: the bare app, served as cemesh is): p50"
+        f" {floor:.3f} ms{' (above the goal by itself)' if floor >= GOAL_ROUTE_P50_MS else ''};"
+        f" the route beyond it: p50 {result['route_beyond_floor_ms']['p50_ms']:.3f} ms"
+    )
     print("cold start, zero replicas -> first response (cemesh beside spawning it directly):")
     for name, figures in result["cold_start_ms"].items():
         mine, direct = figures["cemesh"], figures["direct spawn"]
@@ -321,4 +352,5 @@ if __name__ == "__main__":
     parser.add_argument("--cold", type=int, default=5)
     parser.add_argument("--burst", type=int, default=20)
     args = parser.parse_args()
-    report(asyncio.run(main(args.requests, args.warmup, args.cold, args.burst)))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `cemesh serve`
+        report(runner.run(main(args.requests, args.warmup, args.cold, args.burst)))

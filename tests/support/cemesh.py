@@ -22,8 +22,9 @@ from broker import Settings, create_app
 from broker.auth.local_token import read_token
 from broker.controlplane.catalog import Catalog
 from broker.features.feature import Feature
-from broker.server.app import CemeshApp
+from broker.server.app import UVICORN_OPTIONS, CemeshApp
 from broker.server.features import FEATURES
+from broker.server.listeners import Listeners
 
 
 def free_port() -> int:
@@ -92,10 +93,20 @@ def _collection_path(catalog: Catalog, doc: dict[str, Any], namespace: str) -> s
 
 @contextlib.asynccontextmanager
 async def running_cemesh(
-    tmp_path: Path, *, features: Sequence[Feature] = FEATURES, **overrides: Any
+    tmp_path: Path,
+    *,
+    features: Sequence[Feature] = FEATURES,
+    as_served: bool = False,
+    **overrides: Any,
 ) -> AsyncIterator[RunningCemesh]:
     """Serve cemesh on 127.0.0.1:<free port> with a SQLite store in ``tmp_path``, serving
-    ``features`` (default: cemesh's own)."""
+    ``features`` (default: cemesh's own).
+
+    ``as_served``: through uvicorn as ``cemesh serve`` runs it (``broker.server.listeners``
+    with its options: httptools, the read deadlines, no proxy headers), as a benchmark wants it;
+    the event loop stays the caller's. Otherwise uvicorn's defaults, as the tests have always
+    run it.
+    """
     port = free_port()
     settings = Settings(
         **{
@@ -107,16 +118,20 @@ async def running_cemesh(
         }
     )
     app = create_app(settings, features)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        loop="none",
-    )
-    server = uvicorn.Server(config)
+    server: Any
+    if as_served:
+        server = Listeners(app, settings, **{**UVICORN_OPTIONS, "log_level": "warning"})
+    else:
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            loop="none",
+        )
+        server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     url = f"http://127.0.0.1:{port}"
     try:
@@ -130,6 +145,9 @@ async def running_cemesh(
         async with httpx.AsyncClient(base_url=url, timeout=10, headers=bearer(token)) as client:
             yield RunningCemesh(app, url, client, token or "")
     finally:
-        server.should_exit = True
+        if as_served:
+            server.stop()
+        else:
+            server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 30)
