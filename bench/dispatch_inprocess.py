@@ -45,6 +45,16 @@ BENCH_DIR = Path(__file__).resolve().parent
 BODY = b'{"hello": "world"}' + b" " * 1000  # ~1 KiB, as bench/e2e.py sends
 WORKERS = 64  # cemesh's default dispatch concurrency
 ARRIVAL = "2026-01-01T00:00:00.000000Z"  # what the ingress would have stamped
+MANIFEST = """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: bench}}
+spec: {{broker: default, subscriber: {{uri: "{uri}"}}}}
+"""
 
 
 def event(event_id: str) -> CloudEvent:
@@ -115,21 +125,7 @@ async def measure(url: str, events: int, rounds: int) -> dict[str, list[tuple[fl
     results: dict[str, list[tuple[float, float]]] = {"cemesh": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
         async with running_cemesh(Path(tmp), as_served=True) as mesh:
-            await mesh.apply(
-                {
-                    "apiVersion": "eventing.knative.dev/v1",
-                    "kind": "Broker",
-                    "metadata": {"name": "default"},
-                }
-            )
-            await mesh.apply(
-                {
-                    "apiVersion": "eventing.knative.dev/v1",
-                    "kind": "Trigger",
-                    "metadata": {"name": "bench"},
-                    "spec": {"broker": "default", "subscriber": {"uri": f"{url}/"}},
-                }
-            )
+            await mesh.apply(MANIFEST.format(uri=f"{url}/"))
             await live(mesh, url)
             await through_cemesh(mesh, url, "warm", events // 4)
             await bare_loop(url, "warm", events // 4)
