@@ -34,16 +34,16 @@ import base64
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from broker.core import binding, tracing
 from broker.core.errors import BindingError, CemeshError, DeliveryError
 from broker.core.events import ERROR_CODE, ERROR_DATA, ERROR_DEST, AttributeValue, CloudEvent
 from broker.core.spec import DeliveryPolicy
 from broker.dataplane.bus import Nack
+from broker.dataplane.dispatch.gate import OriginGates
 from broker.dataplane.dispatch.http import HttpClient, Response
 from broker.dataplane.dispatch.retry import (
     RETRY_AFTER_STATUSES,
@@ -80,6 +80,15 @@ ERROR_DATA_MAX_BYTES = ERROR_DATA_MAX_CHARS // 4 * 3
 
 
 @dataclass(frozen=True, slots=True)
+class _Peer:
+    """Who one request goes to, beyond its URL: token audience, trusted CAs, our identity."""
+
+    audience: str | None
+    ca_certs: str | None
+    identity: str
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """Where and how one event is delivered (built per Trigger / Subscription by the dispatcher).
 
@@ -97,6 +106,14 @@ class Target:
     identity: str = ""  # sub of the tokens sent on behalf of this Trigger/Subscription
     # Who this delivery is for, added to its log lines: (("trigger", "ns/name"),), say.
     log_fields: tuple[tuple[str, str], ...] = ()
+    # Made once per Target, not per event: the peer of its requests, and the headers each of
+    # them carries after the event's own (Prefer: reply, then ``headers``).
+    peer: _Peer = field(init=False, repr=False, compare=False)
+    request_headers: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peer", _Peer(self.audience, self.ca_certs, self.identity))
+        object.__setattr__(self, "request_headers", (PREFER_REPLY, *self.headers))
 
 
 class Outcome(enum.Enum):
@@ -150,16 +167,7 @@ class _Failure:
     retry_after: float | None = None  # seconds, from a Retry-After header
 
 
-@dataclass(frozen=True, slots=True)
-class _Peer:
-    """Who one request goes to, beyond its URL: token audience, trusted CAs, our identity."""
-
-    audience: str | None
-    ca_certs: str | None
-    identity: str
-
-
-# Judges a 2xx response: None = the attempt succeeded.
+# Judges a 2xx response other than 202 (always a success): None = the attempt succeeded.
 _Settle = Callable[[Response], Awaitable[_Failure | None]]
 
 
@@ -222,11 +230,9 @@ class Deliverer:
         self._spans = spans  # span export (OTLP) when configured
         self._tokens = tokens
         self._error_data_max_bytes = error_data_max_bytes
-        self._max_inflight = max_inflight_per_subscriber
         self._redelivery_delay = dead_letter_redelivery_delay
         self._sleep = sleep
-        self._gates: dict[str, asyncio.Semaphore] = {}  # by scheme://host:port
-        self._origins: dict[str, str] = {}  # URL -> its scheme://host:port
+        self._gates = OriginGates(max_inflight_per_subscriber)  # by scheme://host:port
 
     async def deliver(
         self,
@@ -249,8 +255,7 @@ class Deliverer:
         """
         policy = target.policy
         headers, body = _encode(event, policy)
-        headers.append(PREFER_REPLY)
-        headers.extend(target.headers)
+        headers += target.request_headers
 
         async def settle(response: Response) -> _Failure | None:
             return await self._settle_reply(response, target, reply_ttl, event)
@@ -262,7 +267,7 @@ class Deliverer:
             body,
             policy,
             settle,
-            _Peer(target.audience, target.ca_certs, target.identity),
+            target.peer,
             attempt_log,
             record,
             traced=event,
@@ -278,9 +283,8 @@ class Deliverer:
         reply_ttl: AttributeValue | None,
         answered: CloudEvent,
     ) -> _Failure | None:
-        """A 2xx arrived: find the reply in it and pass it on (K17-K19, K100-K110)."""
-        if response.status == 202:
-            return None  # a 202 body is never a reply, even a valid CloudEvent (K18)
+        """A 2xx other than 202 arrived: find the reply in it and pass it on (K17-K19,
+        K100-K110). A 202 never gets here: its body is never a reply (K18, :meth:`_attempt`)."""
         url = target.subscriber_uri
         try:
             reply = binding.parse_response(response.headers, response.body)
@@ -477,15 +481,19 @@ class Deliverer:
             except DeliveryError as exc:
                 return _Failure(url, None, b"", exc.retryable, exc.message)
             headers = [*headers, ("authorization", f"Bearer {bearer}")]
-        async with self._gate(url):
-            try:
-                response = await self._client.post(
-                    url, headers, body, timeout=policy.timeout, ca_certs=peer.ca_certs
-                )
-            except DeliveryError as exc:
-                if record is not None:
-                    record.status = None
-                return _Failure(url, None, b"", exc.retryable, exc.message)
+        gate = self._gates(url)  # the in-flight limit shared by the URLs of one origin
+        if not gate.enter():
+            await gate.wait()
+        try:
+            response = await self._client.post(
+                url, headers, body, timeout=policy.timeout, ca_certs=peer.ca_certs
+            )
+        except DeliveryError as exc:
+            if record is not None:
+                record.status = None
+            return _Failure(url, None, b"", exc.retryable, exc.message)
+        finally:
+            gate.leave()
         if record is not None:
             record.status = response.status
         if not is_success(response.status):
@@ -497,20 +505,12 @@ class Deliverer:
                 f"HTTP {response.status}",
                 _retry_after(response),
             )
+        if response.status == 202:
+            # Success for every destination, and never a reply, even with a valid CloudEvent
+            # in its body (K18): no settle coroutine needed.
+            return None
         # Outside the gate: on_reply may publish or POST elsewhere and must not hold this slot.
         return await settle(response)
-
-    def _gate(self, url: str) -> asyncio.Semaphore:
-        """The in-flight limit shared by every URL on the same scheme://host:port."""
-        origin = self._origins.get(url)
-        if origin is None:
-            if len(self._origins) > 10_000:  # URLs come from config; this only bounds a leak
-                self._origins.clear()
-            origin = self._origins[url] = _origin(url)
-        gate = self._gates.get(origin)
-        if gate is None:
-            gate = self._gates[origin] = asyncio.Semaphore(self._max_inflight)
-        return gate
 
 
 def reply_poster(
@@ -575,7 +575,10 @@ def _encode(event: CloudEvent, policy: DeliveryPolicy) -> tuple[list[tuple[str, 
     else:
         headers, body = binding.to_binary(event)  # binary is the default (K93)
     # Every request cemesh sends carries the event's trace context as W3C headers too.
-    return [*headers, *tracing.http_headers(event)], body
+    trace = tracing.http_headers(event)
+    if trace:
+        headers += trace
+    return headers, body
 
 
 def _retry_after(response: Response) -> float | None:
@@ -586,14 +589,3 @@ def _retry_after(response: Response) -> float | None:
         if name == b"retry-after":
             return parse_retry_after(value.decode("latin-1"), datetime.now(UTC))
     return None
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:  # a malformed port: the request will fail on its own, keep one gate
-        port = None
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{parts.hostname}:{port}"
