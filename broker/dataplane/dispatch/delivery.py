@@ -167,49 +167,43 @@ class _Failure:
     retry_after: float | None = None  # seconds, from a Retry-After header
 
 
-# Judges a 2xx response other than 202 (always a success): None = the attempt succeeded.
-_Settle = Callable[[Response], Awaitable[_Failure | None]]
+_SUBSCRIBER = "subscriber"
+_DEAD_LETTER_SINK = "dead_letter_sink"
 
 
-class _AttemptLog:
-    """One delivery's ``hand_back`` signal and attempt log fields (made only when logged)."""
+class _Job:
+    """What one delivery's attempts need beyond the request: the event and its target (for the
+    reply and the log lines), the ttl a reply gets, the ``hand_back`` signal, the record to fill
+    in, and which destination is tried. One object per delivery, and per dead letter."""
 
-    __slots__ = ("_event_id", "_log_fields", "hand_back", "phase")
+    __slots__ = ("event", "hand_back", "phase", "record", "reply_ttl", "target")
 
     def __init__(
         self,
-        event_id: str,
-        log_fields: tuple[tuple[str, str], ...],
+        event: CloudEvent,
+        target: Target,
+        reply_ttl: AttributeValue | None,
         hand_back: asyncio.Event | None,
-        phase: str = "subscriber",
+        record: DeliveryRecord | None,
+        phase: str = _SUBSCRIBER,
     ) -> None:
-        self._event_id = event_id
-        self._log_fields = log_fields
+        self.event = event
+        self.target = target
+        self.reply_ttl = reply_ttl
         self.hand_back = hand_back
-        self.phase = phase  # "subscriber" or "dead_letter_sink": which destination is tried
+        self.record = record
+        # _SUBSCRIBER: a 2xx may carry a reply, and attempts are traced. _DEAD_LETTER_SINK: any
+        # 2xx will do and its body is ignored.
+        self.phase = phase
 
     @property
     def fields(self) -> dict[str, object]:
-        return {**dict(self._log_fields), "event_id": self._event_id}
+        """Who and what its log lines are about."""
+        return {**dict(self.target.log_fields), "event_id": self.event.id}
 
-    def to_dead_letter(self) -> _AttemptLog:
-        return _AttemptLog(self._event_id, self._log_fields, self.hand_back, "dead_letter_sink")
-
-    def failed(self, failure: _Failure, attempt: int, attempts: int, wait: float | None) -> None:
-        logger.warning(
-            "delivery attempt failed" if wait is not None else "delivery attempt failed (last)",
-            extra={
-                **self.fields,
-                "to": self.phase,
-                "destination": failure.destination,
-                "attempt": attempt,
-                "attempts": attempts,
-                "status": failure.status,
-                "reason": failure.reason,
-                "retryable": failure.retryable,
-                "next_delay": wait,
-            },
-        )
+    def to_dead_letter(self) -> _Job:
+        """The job of sending the event to the dead-letter sink (no record, no reply)."""
+        return _Job(self.event, self.target, None, self.hand_back, None, _DEAD_LETTER_SINK)
 
 
 class Deliverer:
@@ -256,35 +250,16 @@ class Deliverer:
         policy = target.policy
         headers, body = _encode(event, policy)
         headers += target.request_headers
-
-        async def settle(response: Response) -> _Failure | None:
-            return await self._settle_reply(response, target, reply_ttl, event)
-
-        attempt_log = _AttemptLog(event.id, target.log_fields, hand_back)
-        failure = await self._send(
-            target.subscriber_uri,
-            headers,
-            body,
-            policy,
-            settle,
-            target.peer,
-            attempt_log,
-            record,
-            traced=event,
-        )
+        job = _Job(event, target, reply_ttl, hand_back, record)
+        failure = await self._send(target.subscriber_uri, headers, body, policy, target.peer, job)
         if failure is None:
             return Outcome.DELIVERED
-        return await self._dead_letter(event, target, failure, attempt_log)
+        return await self._dead_letter(event, target, failure, job)
 
-    async def _settle_reply(
-        self,
-        response: Response,
-        target: Target,
-        reply_ttl: AttributeValue | None,
-        answered: CloudEvent,
-    ) -> _Failure | None:
+    async def _settle_reply(self, response: Response, job: _Job) -> _Failure | None:
         """A 2xx other than 202 arrived: find the reply in it and pass it on (K17-K19,
         K100-K110). A 202 never gets here: its body is never a reply (K18, :meth:`_attempt`)."""
+        target, answered = job.target, job.event
         url = target.subscriber_uri
         try:
             reply = binding.parse_response(response.headers, response.body)
@@ -303,7 +278,7 @@ class Deliverer:
         if self._spans is not None:
             self._spans.reply(reply, answered)
         try:
-            await target.on_reply(reply, reply_ttl)
+            await target.on_reply(reply, job.reply_ttl)
         except ReplyError as exc:
             return _Failure(exc.destination, exc.status, exc.body, exc.retryable, exc.message)
         except CemeshError as exc:
@@ -313,7 +288,7 @@ class Deliverer:
         return None
 
     async def _dead_letter(
-        self, event: CloudEvent, target: Target, failure: _Failure, attempt_log: _AttemptLog
+        self, event: CloudEvent, target: Target, failure: _Failure, job: _Job
     ) -> Outcome:
         policy = target.policy
         log_fields = {
@@ -345,9 +320,8 @@ class Deliverer:
             headers,
             body,
             policy,
-            _accept,
             peer,
-            attempt_log.to_dead_letter(),
+            job.to_dead_letter(),
         )
         if dls_failure is not None:
             logger.error(
@@ -372,26 +346,24 @@ class Deliverer:
         headers: list[tuple[str, str]],
         body: bytes,
         policy: DeliveryPolicy,
-        settle: _Settle,
         peer: _Peer,
-        attempt_log: _AttemptLog,
-        record: DeliveryRecord | None = None,
-        traced: CloudEvent | None = None,
+        job: _Job,
     ) -> _Failure | None:
         """Up to ``policy.retry + 1`` attempts (K113); the last failure, or None on success.
 
-        Raises Nack instead of waiting for a retry once ``attempt_log.hand_back`` is set. With
-        span export on, each attempt of ``traced`` (the subscriber's event) is a span whose
-        context the attempt's W3C headers carry.
+        Raises Nack instead of waiting for a retry once ``job.hand_back`` is set. With span
+        export on, each attempt to the subscriber is a span whose context the attempt's W3C
+        headers carry.
         """
         retry_number = 0
+        record = job.record
         while True:
-            if self._spans is not None and traced is not None:
+            if self._spans is not None and job.phase == _SUBSCRIBER:
                 failure = await self._traced_attempt(
-                    traced, retry_number + 1, url, headers, body, policy, settle, peer, record
+                    retry_number + 1, url, headers, body, policy, peer, job
                 )
             else:
-                failure = await self._attempt(url, headers, body, policy, settle, peer, record)
+                failure = await self._attempt(url, headers, body, policy, peer, job)
             if failure is None:
                 return None
             last = not failure.retryable or retry_number >= policy.retry
@@ -400,37 +372,36 @@ class Deliverer:
                 if last
                 else next_wait(policy, retry_number + 1, failure.status, failure.retry_after)
             )
-            attempt_log.failed(failure, retry_number + 1, policy.retry + 1, wait)
+            _log_failed(job, failure, retry_number + 1, policy.retry + 1, wait)
             if wait is None:
                 return failure
             retry_number += 1
             if record is not None:
                 record.retries = retry_number
             # Sleeping outside the in-flight gate: a backing-off event holds no slot.
-            await self._wait(wait, attempt_log)
+            await self._wait(wait, job)
 
     async def _traced_attempt(
         self,
-        event: CloudEvent,
         attempt: int,
         url: str,
         headers: list[tuple[str, str]],
         body: bytes,
         policy: DeliveryPolicy,
-        settle: _Settle,
         peer: _Peer,
-        record: DeliveryRecord | None,
+        job: _Job,
     ) -> _Failure | None:
         """One attempt inside its span; the W3C headers name the span as the parent."""
         assert self._spans is not None
-        (parent, state), end = self._spans.attempt(event, url, attempt)
+        record = job.record
+        (parent, state), end = self._spans.attempt(job.event, url, attempt)
         traced = [h for h in headers if h[0] not in (tracing.TRACEPARENT, tracing.TRACESTATE)]
         traced.append((tracing.TRACEPARENT, parent))
         if state:
             traced.append((tracing.TRACESTATE, state))
         status: int | None = None
         try:
-            failure = await self._attempt(url, traced, body, policy, settle, peer, record)
+            failure = await self._attempt(url, traced, body, policy, peer, job)
             status = None if failure is None else failure.status
             if failure is None:
                 status = record.status if record is not None else 200
@@ -438,9 +409,9 @@ class Deliverer:
         finally:
             end(status)
 
-    async def _wait(self, seconds: float, attempt_log: _AttemptLog) -> None:
+    async def _wait(self, seconds: float, job: _Job) -> None:
         """Wait ``seconds`` before a retry, or raise Nack once ``hand_back`` is set."""
-        hand_back = attempt_log.hand_back
+        hand_back = job.hand_back
         if hand_back is None:
             await self._sleep(seconds)
             return
@@ -459,7 +430,7 @@ class Deliverer:
         remaining = max(0.0, seconds - (loop.time() - start))
         logger.info(
             "shutting down: event handed back to the bus instead of waiting out its backoff",
-            extra={**attempt_log.fields, "backoff_left": round(remaining, 3)},
+            extra={**job.fields, "backoff_left": round(remaining, 3)},
         )
         # No delay: the next delivery (after the restart, or by another replica) is a fresh
         # one, with the policy's retries from the start, and should not wait for this one.
@@ -471,10 +442,10 @@ class Deliverer:
         headers: list[tuple[str, str]],
         body: bytes,
         policy: DeliveryPolicy,
-        settle: _Settle,
         peer: _Peer,
-        record: DeliveryRecord | None = None,
+        job: _Job,
     ) -> _Failure | None:
+        record = job.record
         if peer.audience is not None and self._tokens is not None:
             try:
                 bearer = self._tokens.token(peer.audience, peer.identity)
@@ -509,8 +480,10 @@ class Deliverer:
             # Success for every destination, and never a reply, even with a valid CloudEvent
             # in its body (K18): no settle coroutine needed.
             return None
+        if job.phase != _SUBSCRIBER:
+            return None  # a dead-letter sink: any 2xx will do and its body is ignored (K134)
         # Outside the gate: on_reply may publish or POST elsewhere and must not hold this slot.
-        return await settle(response)
+        return await self._settle_reply(response, job)
 
 
 def reply_poster(
@@ -564,9 +537,24 @@ def error_data(body: bytes, max_bytes: int = ERROR_DATA_MAX_BYTES) -> str:
     return base64.b64encode(body[:max_bytes]).decode("ascii")
 
 
-async def _accept(response: Response) -> _Failure | None:
-    """Settles a dead-letter sink's 2xx: any 2xx will do and its body is ignored."""
-    return None
+def _log_failed(
+    job: _Job, failure: _Failure, attempt: int, attempts: int, wait: float | None
+) -> None:
+    """Log one failed attempt (WARNING), with the delay before the next one (None: none)."""
+    logger.warning(
+        "delivery attempt failed" if wait is not None else "delivery attempt failed (last)",
+        extra={
+            **job.fields,
+            "to": job.phase,
+            "destination": failure.destination,
+            "attempt": attempt,
+            "attempts": attempts,
+            "status": failure.status,
+            "reason": failure.reason,
+            "retryable": failure.retryable,
+            "next_delay": wait,
+        },
+    )
 
 
 def _encode(event: CloudEvent, policy: DeliveryPolicy) -> tuple[list[tuple[str, str]], bytes]:
