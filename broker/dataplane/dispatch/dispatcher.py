@@ -368,7 +368,8 @@ class Dispatcher:
             raise Nack(0.5)  # leave it on the bus for whoever comes next; no busy loop
         self._inflight += 1
         consumer.in_flight += 1
-        self._idle.clear()
+        if self._inflight == 1:  # it is set only when this drops to 0
+            self._idle.clear()
         try:
             spec = consumer.spec
             event = message.event
