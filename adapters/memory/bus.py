@@ -86,7 +86,7 @@ from broker.dataplane.bus import (
     Handler,
     Message,
     SelectsGroups,
-    run_handler,
+    redelivery_delay,
 )
 from broker.dataplane.bus.arguments import check_subscribe
 from broker.dataplane.bus.handoff import HandOff
@@ -295,10 +295,16 @@ class _MemorySubscription:
             if not handoff.ready and len(self._tasks) > 1 and handoff.has_waiting_taker:
                 return  # nothing to do and another task already waits: not needed now
             entry = await handoff.take()
+            message = Message(entry.event, entry.key, entry.attempt, entry.selected_by)
+            # run_handler, written out: one coroutine less per message (and one frame less to
+            # pass through on every suspension of the handler).
             try:
-                delay = await run_handler(
-                    handler,
-                    Message(entry.event, entry.key, entry.attempt, entry.selected_by),
+                await handler(message)
+                delay = None
+            except Exception as exc:
+                delay = redelivery_delay(
+                    exc,
+                    message,
                     error_delay=ERROR_REDELIVERY_DELAY,
                     logger=log,
                     log_extra={"topic": group.topic, "group": group.name},

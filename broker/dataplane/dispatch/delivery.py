@@ -563,9 +563,8 @@ def _encode(event: CloudEvent, policy: DeliveryPolicy) -> tuple[list[tuple[str, 
     else:
         headers, body = binding.to_binary(event)  # binary is the default (K93)
     # Every request cemesh sends carries the event's trace context as W3C headers too.
-    trace = tracing.http_headers(event)
-    if trace:
-        headers += trace
+    if tracing.TRACEPARENT in event.attributes:  # without one it has no context: no calls
+        headers += tracing.http_headers(event)
     return headers, body
 
 
