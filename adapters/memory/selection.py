@@ -40,7 +40,9 @@ class GroupSelection(Generic[G]):
         if self._seen != version:
             self._uncovered = [g for name, g in groups.items() if name not in self.covered]
             self._seen = version
-        found = [group for group in self._uncovered if group.subscriptions]
+        uncovered = self._uncovered
+        # Usually every group of a Broker topic is covered: no list to filter then.
+        found = [group for group in uncovered if group.subscriptions] if uncovered else []
         covered = self.covered
         for name in self.selector(event):
             group = groups.get(name)

@@ -134,13 +134,7 @@ def encode_header_value(value: str) -> str:
     non-ASCII) becomes the ``%XY`` upper-case hex of its UTF-8 bytes, so
     ``Euro € 😀`` -> ``Euro%20%E2%82%AC%20%F0%9F%98%80`` (C41).
     """
-    if (
-        value.isascii()
-        and value.isprintable()
-        and " " not in value
-        and '"' not in value
-        and "%" not in value
-    ):
+    if _kept_as_is(value):
         return value
     try:
         return quote(value, safe=_SAFE_HEADER_CHARS)
@@ -148,6 +142,19 @@ def encode_header_value(value: str) -> str:
         raise BindingError(
             f"cannot encode {value[exc.start : exc.end]!r} (an unpaired surrogate) in a header"
         ) from None
+
+
+def _kept_as_is(text: str) -> bool:
+    """Whether every character of ``text`` is one :func:`encode_header_value` keeps (C36):
+    a property of each character, so it holds for a concatenation exactly when it holds for
+    each part (what :func:`to_binary` checks all of an event's values with, at once)."""
+    return (
+        text.isascii()
+        and text.isprintable()
+        and " " not in text
+        and '"' not in text
+        and "%" not in text
+    )
 
 
 def decode_header_value(raw: bytes) -> str:
@@ -372,14 +379,24 @@ def parse_response(headers: Headers, body: bytes) -> CloudEvent | None:
 
 
 def to_binary(event: CloudEvent) -> tuple[list[tuple[str, str]], bytes]:
-    """Binary mode: ``ce-`` headers (percent-encoded, C36), Content-Type and the raw data."""
+    """Binary mode: ``ce-`` headers (percent-encoded, C36), Content-Type and the raw data.
+
+    On the delivery hot path: the usual event has no value that needs encoding, which one
+    check of all the values joined tells (:func:`_kept_as_is`); only otherwise is each value
+    encoded on its own.
+    """
     headers: list[tuple[str, str]] = []
+    texts: list[str] = []
     content_type: AttributeValue | None = None
     for name, value in event.attributes.items():
         if name == "datacontenttype":
             content_type = value
-        else:
-            headers.append(("ce-" + name, encode_header_value(attribute_text(value))))
+            continue
+        text = value if value.__class__ is str else attribute_text(value)
+        texts.append(text)
+        headers.append(("ce-" + name, text))
+    if not _kept_as_is("".join(texts)):
+        headers = [(name, encode_header_value(text)) for name, text in headers]
     if content_type is not None:
         headers.append(("content-type", attribute_text(content_type)))
     return headers, event.data if event.data is not None else b""

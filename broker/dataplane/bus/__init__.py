@@ -1,7 +1,8 @@
 """The bus layer: the adapter contract, the registry of adapters, and the adapters' toolkit.
 
 - :mod:`~broker.dataplane.bus.contract`: THE contract every adapter implements (:class:`Bus`,
-  :class:`Message`, :class:`Nack`, :class:`Capability`, :func:`run_handler`, the optional
+  :class:`Message`, :class:`Nack`, :class:`Capability`, :func:`run_handler` (and
+  :func:`redelivery_delay`, its failure rule), the optional
   :class:`ReportsBacklog`, :class:`SelectsGroups` and :class:`PublishesBatch`); read it first.
 - :mod:`~broker.dataplane.bus.registry`: finds an adapter by name and builds it
   (:func:`create_bus`).
@@ -25,6 +26,7 @@ from broker.dataplane.bus.contract import (
     ReportsBacklog,
     SelectsGroups,
     Subscription,
+    redelivery_delay,
     run_handler,
 )
 from broker.dataplane.bus.registry import (
@@ -52,5 +54,6 @@ __all__ = [
     "UnknownBus",
     "bus_factory",
     "create_bus",
+    "redelivery_delay",
     "run_handler",
 ]

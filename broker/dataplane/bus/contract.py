@@ -97,26 +97,46 @@ async def run_handler(
     """Run ``handler`` on ``message`` as the contract says; what every adapter's worker calls.
 
     Returns None when the handler returned (ack), else the delay after which the message is to be
-    redelivered: the :class:`Nack`'s, or ``error_delay`` after any other exception (logged on the
-    adapter's ``logger`` with ``log_extra``). Cancellation and other BaseExceptions propagate:
+    redelivered (:func:`redelivery_delay`). Cancellation and other BaseExceptions propagate:
     the caller must not ack then.
     """
     try:
         await handler(message)
-    except Nack as nack:
-        return nack.delay
-    except Exception:
-        logger.warning(
-            "bus handler failed; redelivering the message",
-            exc_info=True,
-            extra={
-                **log_extra,
-                "event_id": message.event.attributes.get("id"),
-                "attempt": message.attempt,
-            },
+    except Exception as exc:
+        return redelivery_delay(
+            exc, message, error_delay=error_delay, logger=logger, log_extra=log_extra
         )
-        return error_delay
     return None
+
+
+def redelivery_delay(
+    exc: Exception,
+    message: Message,
+    *,
+    error_delay: float,
+    logger: logging.Logger,
+    log_extra: Mapping[str, Any],
+) -> float:
+    """The delay after which ``message`` is redelivered, its handler having raised ``exc``:
+    the :class:`Nack`'s, or ``error_delay`` after any other exception (logged on the adapter's
+    ``logger`` with ``log_extra``).
+
+    :func:`run_handler` is this around an ``await handler(message)``; an adapter on a hot path
+    may write that ``try`` itself to save a coroutine per message, and call this in its
+    ``except Exception``.
+    """
+    if isinstance(exc, Nack):
+        return exc.delay
+    logger.warning(
+        "bus handler failed; redelivering the message",
+        exc_info=exc,
+        extra={
+            **log_extra,
+            "event_id": message.event.attributes.get("id"),
+            "attempt": message.attempt,
+        },
+    )
+    return error_delay
 
 
 class Subscription(Protocol):

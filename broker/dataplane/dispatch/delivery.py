@@ -34,16 +34,16 @@ import base64
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from broker.core import binding, tracing
 from broker.core.errors import BindingError, CemeshError, DeliveryError
 from broker.core.events import ERROR_CODE, ERROR_DATA, ERROR_DEST, AttributeValue, CloudEvent
 from broker.core.spec import DeliveryPolicy
 from broker.dataplane.bus import Nack
+from broker.dataplane.dispatch.gate import OriginGates
 from broker.dataplane.dispatch.http import HttpClient, Response
 from broker.dataplane.dispatch.retry import (
     RETRY_AFTER_STATUSES,
@@ -80,6 +80,15 @@ ERROR_DATA_MAX_BYTES = ERROR_DATA_MAX_CHARS // 4 * 3
 
 
 @dataclass(frozen=True, slots=True)
+class _Peer:
+    """Who one request goes to, beyond its URL: token audience, trusted CAs, our identity."""
+
+    audience: str | None
+    ca_certs: str | None
+    identity: str
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """Where and how one event is delivered (built per Trigger / Subscription by the dispatcher).
 
@@ -97,6 +106,14 @@ class Target:
     identity: str = ""  # sub of the tokens sent on behalf of this Trigger/Subscription
     # Who this delivery is for, added to its log lines: (("trigger", "ns/name"),), say.
     log_fields: tuple[tuple[str, str], ...] = ()
+    # Made once per Target, not per event: the peer of its requests, and the headers each of
+    # them carries after the event's own (Prefer: reply, then ``headers``).
+    peer: _Peer = field(init=False, repr=False, compare=False)
+    request_headers: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peer", _Peer(self.audience, self.ca_certs, self.identity))
+        object.__setattr__(self, "request_headers", (PREFER_REPLY, *self.headers))
 
 
 class Outcome(enum.Enum):
@@ -150,58 +167,43 @@ class _Failure:
     retry_after: float | None = None  # seconds, from a Retry-After header
 
 
-@dataclass(frozen=True, slots=True)
-class _Peer:
-    """Who one request goes to, beyond its URL: token audience, trusted CAs, our identity."""
-
-    audience: str | None
-    ca_certs: str | None
-    identity: str
+_SUBSCRIBER = "subscriber"
+_DEAD_LETTER_SINK = "dead_letter_sink"
 
 
-# Judges a 2xx response: None = the attempt succeeded.
-_Settle = Callable[[Response], Awaitable[_Failure | None]]
+class _Job:
+    """What one delivery's attempts need beyond the request: the event and its target (for the
+    reply and the log lines), the ttl a reply gets, the ``hand_back`` signal, the record to fill
+    in, and which destination is tried. One object per delivery, and per dead letter."""
 
-
-class _AttemptLog:
-    """One delivery's ``hand_back`` signal and attempt log fields (made only when logged)."""
-
-    __slots__ = ("_event_id", "_log_fields", "hand_back", "phase")
+    __slots__ = ("event", "hand_back", "phase", "record", "reply_ttl", "target")
 
     def __init__(
         self,
-        event_id: str,
-        log_fields: tuple[tuple[str, str], ...],
+        event: CloudEvent,
+        target: Target,
+        reply_ttl: AttributeValue | None,
         hand_back: asyncio.Event | None,
-        phase: str = "subscriber",
+        record: DeliveryRecord | None,
+        phase: str = _SUBSCRIBER,
     ) -> None:
-        self._event_id = event_id
-        self._log_fields = log_fields
+        self.event = event
+        self.target = target
+        self.reply_ttl = reply_ttl
         self.hand_back = hand_back
-        self.phase = phase  # "subscriber" or "dead_letter_sink": which destination is tried
+        self.record = record
+        # _SUBSCRIBER: a 2xx may carry a reply, and attempts are traced. _DEAD_LETTER_SINK: any
+        # 2xx will do and its body is ignored.
+        self.phase = phase
 
     @property
     def fields(self) -> dict[str, object]:
-        return {**dict(self._log_fields), "event_id": self._event_id}
+        """Who and what its log lines are about."""
+        return {**dict(self.target.log_fields), "event_id": self.event.id}
 
-    def to_dead_letter(self) -> _AttemptLog:
-        return _AttemptLog(self._event_id, self._log_fields, self.hand_back, "dead_letter_sink")
-
-    def failed(self, failure: _Failure, attempt: int, attempts: int, wait: float | None) -> None:
-        logger.warning(
-            "delivery attempt failed" if wait is not None else "delivery attempt failed (last)",
-            extra={
-                **self.fields,
-                "to": self.phase,
-                "destination": failure.destination,
-                "attempt": attempt,
-                "attempts": attempts,
-                "status": failure.status,
-                "reason": failure.reason,
-                "retryable": failure.retryable,
-                "next_delay": wait,
-            },
-        )
+    def to_dead_letter(self) -> _Job:
+        """The job of sending the event to the dead-letter sink (no record, no reply)."""
+        return _Job(self.event, self.target, None, self.hand_back, None, _DEAD_LETTER_SINK)
 
 
 class Deliverer:
@@ -222,11 +224,9 @@ class Deliverer:
         self._spans = spans  # span export (OTLP) when configured
         self._tokens = tokens
         self._error_data_max_bytes = error_data_max_bytes
-        self._max_inflight = max_inflight_per_subscriber
         self._redelivery_delay = dead_letter_redelivery_delay
         self._sleep = sleep
-        self._gates: dict[str, asyncio.Semaphore] = {}  # by scheme://host:port
-        self._origins: dict[str, str] = {}  # URL -> its scheme://host:port
+        self._gates = OriginGates(max_inflight_per_subscriber)  # by scheme://host:port
 
     async def deliver(
         self,
@@ -249,38 +249,17 @@ class Deliverer:
         """
         policy = target.policy
         headers, body = _encode(event, policy)
-        headers.append(PREFER_REPLY)
-        headers.extend(target.headers)
-
-        async def settle(response: Response) -> _Failure | None:
-            return await self._settle_reply(response, target, reply_ttl, event)
-
-        attempt_log = _AttemptLog(event.id, target.log_fields, hand_back)
-        failure = await self._send(
-            target.subscriber_uri,
-            headers,
-            body,
-            policy,
-            settle,
-            _Peer(target.audience, target.ca_certs, target.identity),
-            attempt_log,
-            record,
-            traced=event,
-        )
+        headers += target.request_headers
+        job = _Job(event, target, reply_ttl, hand_back, record)
+        failure = await self._send(target.subscriber_uri, headers, body, policy, target.peer, job)
         if failure is None:
             return Outcome.DELIVERED
-        return await self._dead_letter(event, target, failure, attempt_log)
+        return await self._dead_letter(event, target, failure, job)
 
-    async def _settle_reply(
-        self,
-        response: Response,
-        target: Target,
-        reply_ttl: AttributeValue | None,
-        answered: CloudEvent,
-    ) -> _Failure | None:
-        """A 2xx arrived: find the reply in it and pass it on (K17-K19, K100-K110)."""
-        if response.status == 202:
-            return None  # a 202 body is never a reply, even a valid CloudEvent (K18)
+    async def _settle_reply(self, response: Response, job: _Job) -> _Failure | None:
+        """A 2xx other than 202 arrived: find the reply in it and pass it on (K17-K19,
+        K100-K110). A 202 never gets here: its body is never a reply (K18, :meth:`_attempt`)."""
+        target, answered = job.target, job.event
         url = target.subscriber_uri
         try:
             reply = binding.parse_response(response.headers, response.body)
@@ -299,7 +278,7 @@ class Deliverer:
         if self._spans is not None:
             self._spans.reply(reply, answered)
         try:
-            await target.on_reply(reply, reply_ttl)
+            await target.on_reply(reply, job.reply_ttl)
         except ReplyError as exc:
             return _Failure(exc.destination, exc.status, exc.body, exc.retryable, exc.message)
         except CemeshError as exc:
@@ -309,7 +288,7 @@ class Deliverer:
         return None
 
     async def _dead_letter(
-        self, event: CloudEvent, target: Target, failure: _Failure, attempt_log: _AttemptLog
+        self, event: CloudEvent, target: Target, failure: _Failure, job: _Job
     ) -> Outcome:
         policy = target.policy
         log_fields = {
@@ -341,9 +320,8 @@ class Deliverer:
             headers,
             body,
             policy,
-            _accept,
             peer,
-            attempt_log.to_dead_letter(),
+            job.to_dead_letter(),
         )
         if dls_failure is not None:
             logger.error(
@@ -368,26 +346,24 @@ class Deliverer:
         headers: list[tuple[str, str]],
         body: bytes,
         policy: DeliveryPolicy,
-        settle: _Settle,
         peer: _Peer,
-        attempt_log: _AttemptLog,
-        record: DeliveryRecord | None = None,
-        traced: CloudEvent | None = None,
+        job: _Job,
     ) -> _Failure | None:
         """Up to ``policy.retry + 1`` attempts (K113); the last failure, or None on success.
 
-        Raises Nack instead of waiting for a retry once ``attempt_log.hand_back`` is set. With
-        span export on, each attempt of ``traced`` (the subscriber's event) is a span whose
-        context the attempt's W3C headers carry.
+        Raises Nack instead of waiting for a retry once ``job.hand_back`` is set. With span
+        export on, each attempt to the subscriber is a span whose context the attempt's W3C
+        headers carry.
         """
         retry_number = 0
+        record = job.record
         while True:
-            if self._spans is not None and traced is not None:
+            if self._spans is not None and job.phase == _SUBSCRIBER:
                 failure = await self._traced_attempt(
-                    traced, retry_number + 1, url, headers, body, policy, settle, peer, record
+                    retry_number + 1, url, headers, body, policy, peer, job
                 )
             else:
-                failure = await self._attempt(url, headers, body, policy, settle, peer, record)
+                failure = await self._attempt(url, headers, body, policy, peer, job)
             if failure is None:
                 return None
             last = not failure.retryable or retry_number >= policy.retry
@@ -396,37 +372,36 @@ class Deliverer:
                 if last
                 else next_wait(policy, retry_number + 1, failure.status, failure.retry_after)
             )
-            attempt_log.failed(failure, retry_number + 1, policy.retry + 1, wait)
+            _log_failed(job, failure, retry_number + 1, policy.retry + 1, wait)
             if wait is None:
                 return failure
             retry_number += 1
             if record is not None:
                 record.retries = retry_number
             # Sleeping outside the in-flight gate: a backing-off event holds no slot.
-            await self._wait(wait, attempt_log)
+            await self._wait(wait, job)
 
     async def _traced_attempt(
         self,
-        event: CloudEvent,
         attempt: int,
         url: str,
         headers: list[tuple[str, str]],
         body: bytes,
         policy: DeliveryPolicy,
-        settle: _Settle,
         peer: _Peer,
-        record: DeliveryRecord | None,
+        job: _Job,
     ) -> _Failure | None:
         """One attempt inside its span; the W3C headers name the span as the parent."""
         assert self._spans is not None
-        (parent, state), end = self._spans.attempt(event, url, attempt)
+        record = job.record
+        (parent, state), end = self._spans.attempt(job.event, url, attempt)
         traced = [h for h in headers if h[0] not in (tracing.TRACEPARENT, tracing.TRACESTATE)]
         traced.append((tracing.TRACEPARENT, parent))
         if state:
             traced.append((tracing.TRACESTATE, state))
         status: int | None = None
         try:
-            failure = await self._attempt(url, traced, body, policy, settle, peer, record)
+            failure = await self._attempt(url, traced, body, policy, peer, job)
             status = None if failure is None else failure.status
             if failure is None:
                 status = record.status if record is not None else 200
@@ -434,9 +409,9 @@ class Deliverer:
         finally:
             end(status)
 
-    async def _wait(self, seconds: float, attempt_log: _AttemptLog) -> None:
+    async def _wait(self, seconds: float, job: _Job) -> None:
         """Wait ``seconds`` before a retry, or raise Nack once ``hand_back`` is set."""
-        hand_back = attempt_log.hand_back
+        hand_back = job.hand_back
         if hand_back is None:
             await self._sleep(seconds)
             return
@@ -455,7 +430,7 @@ class Deliverer:
         remaining = max(0.0, seconds - (loop.time() - start))
         logger.info(
             "shutting down: event handed back to the bus instead of waiting out its backoff",
-            extra={**attempt_log.fields, "backoff_left": round(remaining, 3)},
+            extra={**job.fields, "backoff_left": round(remaining, 3)},
         )
         # No delay: the next delivery (after the restart, or by another replica) is a fresh
         # one, with the policy's retries from the start, and should not wait for this one.
@@ -467,25 +442,29 @@ class Deliverer:
         headers: list[tuple[str, str]],
         body: bytes,
         policy: DeliveryPolicy,
-        settle: _Settle,
         peer: _Peer,
-        record: DeliveryRecord | None = None,
+        job: _Job,
     ) -> _Failure | None:
+        record = job.record
         if peer.audience is not None and self._tokens is not None:
             try:
                 bearer = self._tokens.token(peer.audience, peer.identity)
             except DeliveryError as exc:
                 return _Failure(url, None, b"", exc.retryable, exc.message)
             headers = [*headers, ("authorization", f"Bearer {bearer}")]
-        async with self._gate(url):
-            try:
-                response = await self._client.post(
-                    url, headers, body, timeout=policy.timeout, ca_certs=peer.ca_certs
-                )
-            except DeliveryError as exc:
-                if record is not None:
-                    record.status = None
-                return _Failure(url, None, b"", exc.retryable, exc.message)
+        gate = self._gates(url)  # the in-flight limit shared by the URLs of one origin
+        if not gate.enter():
+            await gate.wait()
+        try:
+            response = await self._client.post(
+                url, headers, body, timeout=policy.timeout, ca_certs=peer.ca_certs
+            )
+        except DeliveryError as exc:
+            if record is not None:
+                record.status = None
+            return _Failure(url, None, b"", exc.retryable, exc.message)
+        finally:
+            gate.leave()
         if record is not None:
             record.status = response.status
         if not is_success(response.status):
@@ -497,20 +476,14 @@ class Deliverer:
                 f"HTTP {response.status}",
                 _retry_after(response),
             )
+        if response.status == 202:
+            # Success for every destination, and never a reply, even with a valid CloudEvent
+            # in its body (K18): no settle coroutine needed.
+            return None
+        if job.phase != _SUBSCRIBER:
+            return None  # a dead-letter sink: any 2xx will do and its body is ignored (K134)
         # Outside the gate: on_reply may publish or POST elsewhere and must not hold this slot.
-        return await settle(response)
-
-    def _gate(self, url: str) -> asyncio.Semaphore:
-        """The in-flight limit shared by every URL on the same scheme://host:port."""
-        origin = self._origins.get(url)
-        if origin is None:
-            if len(self._origins) > 10_000:  # URLs come from config; this only bounds a leak
-                self._origins.clear()
-            origin = self._origins[url] = _origin(url)
-        gate = self._gates.get(origin)
-        if gate is None:
-            gate = self._gates[origin] = asyncio.Semaphore(self._max_inflight)
-        return gate
+        return await self._settle_reply(response, job)
 
 
 def reply_poster(
@@ -564,9 +537,24 @@ def error_data(body: bytes, max_bytes: int = ERROR_DATA_MAX_BYTES) -> str:
     return base64.b64encode(body[:max_bytes]).decode("ascii")
 
 
-async def _accept(response: Response) -> _Failure | None:
-    """Settles a dead-letter sink's 2xx: any 2xx will do and its body is ignored."""
-    return None
+def _log_failed(
+    job: _Job, failure: _Failure, attempt: int, attempts: int, wait: float | None
+) -> None:
+    """Log one failed attempt (WARNING), with the delay before the next one (None: none)."""
+    logger.warning(
+        "delivery attempt failed" if wait is not None else "delivery attempt failed (last)",
+        extra={
+            **job.fields,
+            "to": job.phase,
+            "destination": failure.destination,
+            "attempt": attempt,
+            "attempts": attempts,
+            "status": failure.status,
+            "reason": failure.reason,
+            "retryable": failure.retryable,
+            "next_delay": wait,
+        },
+    )
 
 
 def _encode(event: CloudEvent, policy: DeliveryPolicy) -> tuple[list[tuple[str, str]], bytes]:
@@ -575,7 +563,9 @@ def _encode(event: CloudEvent, policy: DeliveryPolicy) -> tuple[list[tuple[str, 
     else:
         headers, body = binding.to_binary(event)  # binary is the default (K93)
     # Every request cemesh sends carries the event's trace context as W3C headers too.
-    return [*headers, *tracing.http_headers(event)], body
+    if tracing.TRACEPARENT in event.attributes:  # without one it has no context: no calls
+        headers += tracing.http_headers(event)
+    return headers, body
 
 
 def _retry_after(response: Response) -> float | None:
@@ -586,14 +576,3 @@ def _retry_after(response: Response) -> float | None:
         if name == b"retry-after":
             return parse_retry_after(value.decode("latin-1"), datetime.now(UTC))
     return None
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:  # a malformed port: the request will fail on its own, keep one gate
-        port = None
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{parts.hostname}:{port}"

@@ -72,6 +72,7 @@ from broker.dataplane.bus import (
 from broker.dataplane.dispatch.delivery import (
     Deliverer,
     DeliveryRecord,
+    Outcome,
     Target,
     TokenSource,
     reply_poster,
@@ -367,7 +368,8 @@ class Dispatcher:
             raise Nack(0.5)  # leave it on the bus for whoever comes next; no busy loop
         self._inflight += 1
         consumer.in_flight += 1
-        self._idle.clear()
+        if self._inflight == 1:  # it is set only when this drops to 0
+            self._idle.clear()
         try:
             spec = consumer.spec
             event = message.event
@@ -398,7 +400,7 @@ class Dispatcher:
             finally:
                 if record.retries:
                     self._metrics.retries[consumer.labels] += record.retries
-            self._count(consumer, event.type, outcome.value, record, perf_counter() - started)
+            self._count(consumer, event, outcome, record, perf_counter() - started)
         finally:
             self._inflight -= 1
             consumer.in_flight -= 1
@@ -408,16 +410,18 @@ class Dispatcher:
     def _count(
         self,
         consumer: _Consumer,
-        event_type: str,
-        outcome: str,
+        event: CloudEvent,
+        outcome: Outcome,
         record: DeliveryRecord,
         took: float,
     ) -> None:
         """Record one settled delivery: its outcome and its latency by the subscriber's code."""
         metrics = self._metrics
-        self._deliveries[outcome] += 1
+        # The member's value as a plain attribute (Enum.value is a property: slower, per event).
+        name: str = outcome._value_
+        self._deliveries[name] += 1
         if metrics.detail:
-            consumer.meter(metrics).settled(event_type, outcome, record.status, took)
+            consumer.meter(metrics).settled(event.type, name, record.status, took)
 
     def backlog_families(self) -> Iterator[GaugeMetricFamily]:
         """``cemesh_bus_group_backlog`` per Trigger/Subscription whose bus can tell cheaply
