@@ -31,6 +31,7 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from adapters.kafka.librdkafka import bus_error, consumer_config, load
+from adapters.kafka.member_thread import MemberThread
 from adapters.kafka.options import KafkaOptions
 from broker.core.errors import BusError
 
@@ -40,6 +41,9 @@ log = logging.getLogger(__package__)  # one logger per adapter: adapters.<name>
 POLL_SLICE = 0.2
 # How long a rebalance callback may wait for the listener (its grace plus the final commit).
 LISTENER_TIMEOUT = 60.0
+# How long ``stop`` waits for librdkafka's ``close`` (its revoke callback included) before it
+# gives the member up (see stop).
+CLOSE_TIMEOUT = LISTENER_TIMEOUT + 10.0
 
 
 def _answer(
@@ -72,7 +76,7 @@ class LibrdkafkaConsumer:
         self._kafka = load()
         self._consumer = self._kafka.Consumer(consumer_config(options, group))
         self._loop = asyncio.get_running_loop()
-        self._polling = concurrent.futures.ThreadPoolExecutor(1, f"kafka-consume {group}")
+        self._member = MemberThread(f"kafka-consume {group}")
         # Commits waiting for the member's thread: (offsets, the committer's future).
         self._commits: queue.SimpleQueue[tuple[list[Any], asyncio.Future[list[Any]]] | None] = (
             queue.SimpleQueue()
@@ -99,7 +103,7 @@ class LibrdkafkaConsumer:
         timeout = min(timeout_ms / 1000, POLL_SLICE)  # so that stop is never kept waiting long
         consume = partial(self._fetch, max_records, timeout)
         try:
-            messages = await self._loop.run_in_executor(self._polling, consume)
+            messages = await self._member.run(consume)
         except (self._kafka.KafkaException, RuntimeError) as exc:  # RuntimeError: closed
             raise bus_error("fetch", exc) from exc
         batches: dict[TopicPartition, list[Record]] = {}
@@ -150,7 +154,7 @@ class LibrdkafkaConsumer:
         self._commits.put((positions, answered))
         try:
             # The job runs now if the thread is in a rebalance callback, else on this call.
-            self._loop.run_in_executor(self._polling, self._run_commits)
+            self._member.run(self._run_commits)
             answers = await answered
         except (self._kafka.KafkaException, RuntimeError) as exc:
             raise bus_error("commit", exc) from exc
@@ -159,17 +163,29 @@ class LibrdkafkaConsumer:
                 raise bus_error("commit", self._kafka.KafkaException(answer.error))
 
     async def stop(self) -> None:
-        """Leave the group (the revoke callback runs first) and release the threads."""
+        """Leave the group (the revoke callback runs first) and release the thread.
+
+        librdkafka's ``close`` has no deadline and can wait forever against a wedged group
+        (:mod:`adapters.kafka.member_thread`): after ``CLOSE_TIMEOUT`` the member is given up
+        (logged) and its daemon thread left behind. Nothing is lost: what the member did not
+        commit is redelivered to the group, which the server rebalances once the member's
+        session expires.
+        """
         if self._stopped:
             return
         self._stopped = True
         try:
-            await self._loop.run_in_executor(self._polling, self._consumer.close)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._member.run(self._consumer.close)
+        except TimeoutError:
+            log.warning(
+                "kafka consumer did not leave its group within %.0fs; given up", CLOSE_TIMEOUT
+            )
         except (self._kafka.KafkaException, RuntimeError) as exc:
             raise bus_error("leave the group", exc) from exc
         finally:
             self._gone = True
-            self._polling.shutdown(wait=False)
+            self._member.shutdown()
             self._run_commits()  # the thread is done: fail what still waits
 
     # -- rebalance callbacks (in the consume thread) ----------------------------------------------
