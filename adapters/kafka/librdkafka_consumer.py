@@ -165,7 +165,7 @@ class LibrdkafkaConsumer:
     async def stop(self) -> None:
         """Leave the group (the revoke callback runs first) and release the thread.
 
-        librdkafka's ``close`` has no deadline and can wait forever against a wedged group
+        librdkafka's ``close`` has no deadline, and was seen waiting in it for good
         (:mod:`adapters.kafka.member_thread`): after ``CLOSE_TIMEOUT`` the member is given up
         (logged) and its daemon thread left behind. Nothing is lost: what the member did not
         commit is redelivered to the group, which the server rebalances once the member's

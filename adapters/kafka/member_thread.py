@@ -2,9 +2,10 @@
 
 It does what a one-thread :class:`concurrent.futures.ThreadPoolExecutor` would, with one
 difference that is the reason it exists: the thread is a daemon. librdkafka's consumer ``close``
-has no deadline of its own and has been seen to wait forever inside its revoke step (in
-``rd_kafka_assign``) against a server whose group is wedged (Tansu 0.6, see
-``tests/support/servers/kafka.py``). :meth:`LibrdkafkaConsumer.stop
+has no deadline of its own, and a test run on Tansu 0.6 once saw it wait for over 15 minutes in
+its revoke step (in ``rd_kafka_assign``, called by confluent-kafka after the revoke callback
+returned; Tansu has known group bugs, see ``tests/support/servers/kafka.py``).
+:meth:`LibrdkafkaConsumer.stop
 <adapters.kafka.librdkafka_consumer.LibrdkafkaConsumer.stop>` then gives up waiting; an executor's
 thread stuck there would still be joined when the interpreter exits, so the process could never
 end. A daemon thread stuck in C is left behind instead.

@@ -1,7 +1,7 @@
 """A librdkafka group member that cannot leave its group never keeps cemesh from stopping.
 
-librdkafka's ``close`` has no deadline and has been seen to wait forever in its revoke step
-against a wedged Tansu group (``adapters/kafka/member_thread.py``). Here a real member of a real
+librdkafka's ``close`` has no deadline, and a test run once saw it wait in its revoke step for
+over 15 minutes on Tansu (``adapters/kafka/member_thread.py``). Here a real member of a real
 group on Tansu gets a ``close`` that blocks the same way (a fault put in front of the real one);
 ``stop`` must give the member up after ``CLOSE_TIMEOUT``, fail later commits as a closed
 consumer's, and leave nothing that would keep the process from exiting.
